@@ -1,0 +1,3 @@
+pub mod v1 {
+    tonic::include_proto!("bits.v1");
+}
