@@ -1,0 +1,54 @@
+//! Where a daemon and its clients meet by default. Pure functions of the caller's identity and
+//! environment, so bitsd and bitsctl cannot disagree.
+
+use std::path::PathBuf;
+
+/// The socket of the system daemon.
+pub const SYSTEM_SOCKET: &str = "/run/bitsd/bitsd.sock";
+/// The data directory of the system daemon.
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/bitsd";
+
+/// `$XDG_RUNTIME_DIR/bitsd/bitsd.sock` for a user (falling back to `/run/user/UID`), or
+/// [`SYSTEM_SOCKET`] for root.
+pub fn socket_path(euid: u32, xdg_runtime_dir: Option<&str>) -> PathBuf {
+    if euid == 0 {
+        return PathBuf::from(SYSTEM_SOCKET);
+    }
+    let runtime = match xdg_runtime_dir {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(format!("/run/user/{euid}")),
+    };
+    runtime.join("bitsd").join("bitsd.sock")
+}
+
+/// `$XDG_DATA_HOME/bitsd` (falling back to `$HOME/.local/share/bitsd`) for a user, or
+/// [`SYSTEM_DATA_DIR`] for root. `None` when a user has neither variable set.
+pub fn data_dir(euid: u32, xdg_data_home: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
+    if euid == 0 {
+        return Some(PathBuf::from(SYSTEM_DATA_DIR));
+    }
+    match (xdg_data_home, home) {
+        (Some(dir), _) if !dir.is_empty() => Some(PathBuf::from(dir).join("bitsd")),
+        (_, Some(home)) if !home.is_empty() => Some(PathBuf::from(home).join(".local/share/bitsd")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_uses_system_paths_users_use_xdg() {
+        assert_eq!(socket_path(0, Some("/run/user/0")), PathBuf::from(SYSTEM_SOCKET));
+        assert_eq!(
+            socket_path(1000, Some("/run/user/1000")),
+            PathBuf::from("/run/user/1000/bitsd/bitsd.sock")
+        );
+        assert_eq!(socket_path(1000, None), PathBuf::from("/run/user/1000/bitsd/bitsd.sock"));
+        assert_eq!(data_dir(0, None, None), Some(PathBuf::from(SYSTEM_DATA_DIR)));
+        assert_eq!(data_dir(5, Some("/x"), Some("/h")), Some(PathBuf::from("/x/bitsd")));
+        assert_eq!(data_dir(5, None, Some("/h")), Some(PathBuf::from("/h/.local/share/bitsd")));
+        assert_eq!(data_dir(5, None, None), None);
+    }
+}
