@@ -1,1 +1,105 @@
-fn main() {}
+//! bitsd: the background transfer service. `main` only wires: arguments, logging, the store, the
+//! job manager, the gRPC server on a Unix socket, and a clean shutdown on SIGTERM/SIGINT.
+
+mod grpc;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Background transfer service: a persistent queue of BITS-style download jobs, served over gRPC
+/// on a Unix socket.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Socket to serve on [default: $XDG_RUNTIME_DIR/bitsd/bitsd.sock, or /run/bitsd/bitsd.sock as root]
+    #[arg(long, env = "BITSD_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Where the job store lives [default: $XDG_DATA_HOME/bitsd, or /var/lib/bitsd as root]
+    #[arg(long, env = "BITSD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Sync downloaded data and record it as filled after this many bytes
+    #[arg(long, default_value_t = 16 << 20)]
+    sync_bytes: u64,
+    /// …or after this many milliseconds, whichever comes first
+    #[arg(long, default_value_t = 1000)]
+    sync_interval_ms: u64,
+    /// Minimum retry delay given to new jobs, in seconds (BITS default 600; at least 5)
+    #[arg(long, default_value_t = bits_core::job::DEFAULT_MINIMUM_RETRY_DELAY_SECS)]
+    retry_delay_secs: u32,
+}
+
+fn main() -> std::process::ExitCode {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let euid = rustix::process::geteuid().as_raw();
+    let socket = match args.socket {
+        Some(path) => path,
+        None => bits_core::defaults::socket_path(euid, std::env::var("XDG_RUNTIME_DIR").ok().as_deref()),
+    };
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => bits_core::defaults::data_dir(
+            euid,
+            std::env::var("XDG_DATA_HOME").ok().as_deref(),
+            std::env::var("HOME").ok().as_deref(),
+        )
+        .context("cannot choose a data directory: set --data-dir, XDG_DATA_HOME or HOME")?,
+    };
+
+    let store = bits_store::SledStore::open(&data_dir)
+        .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
+    let config = bits_manager::ManagerConfig {
+        sync_bytes: args.sync_bytes.max(1),
+        sync_interval: Duration::from_millis(args.sync_interval_ms.max(1)),
+        default_retry_delay_secs: args.retry_delay_secs.max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS),
+        ..Default::default()
+    };
+    let manager = bits_manager::Manager::start(Arc::new(store), config).context("cannot start the job manager")?;
+    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), uid = euid, "bitsd starting");
+
+    let listener = server::bind(&socket)?;
+    let served = server::serve(listener, grpc::BitsService::new(manager.clone(), euid), shutdown_signal()).await;
+    tracing::info!("shutting down: stopping transfers and persisting progress");
+    if tokio::time::timeout(Duration::from_secs(4), manager.shutdown()).await.is_err() {
+        tracing::warn!("transfers did not stop within 4 s; progress recorded so far is kept");
+    }
+    let _ = std::fs::remove_file(&socket);
+    served
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop bitsd with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

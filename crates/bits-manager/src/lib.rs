@@ -1,1 +1,14 @@
-//! placeholder
+//! The job manager: the BITS job operations, the scheduler that decides which jobs run, and the
+//! workers that move bytes from an HTTP range fetcher into temp files and the filled-range set.
+//!
+//! Data path: a gRPC handler calls a [`Manager`] method → the job table changes and is persisted
+//! (`bits-store`) before the reply → the scheduler starts a worker → the worker probes and fetches
+//! ranges (`bits-http`), writes and syncs them (`bits-disk`), and only then records them as filled.
+
+mod manager;
+mod scheduler;
+mod validate;
+mod worker;
+mod writer;
+
+pub use manager::{Caller, Manager, ManagerConfig, ManagerError};

@@ -1,0 +1,692 @@
+//! The job manager: the BITS operations (create, add files, resume, suspend, cancel, complete, …)
+//! on the in-memory job table, each persisted to the store before it is acknowledged.
+//!
+//! The table lives behind one `std::sync::Mutex` that is never held across an `.await`; slow work
+//! (store flushes, file syncs, renames, stopping a worker) happens after the lock is released.
+//! gRPC handlers call these methods and return; transfers are owned by worker tasks that the
+//! scheduler starts, never by a request.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bits_core::job::{
+    DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS, MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE,
+};
+use bits_core::{
+    BitsError, ByteRange, Code, Event, Job, JobError, JobFile, JobId, JobState, JobType, Priority, Progress,
+    RangeSet, Validator, transition, validate_static_ranges,
+};
+use bits_store::Store;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::validate;
+
+/// Who is calling: the uid from the socket's peer credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+}
+
+impl Caller {
+    /// Root is exempt from the per-job limits (spec §8).
+    pub fn is_admin(self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// Tunables of the manager and its workers.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// Sync the temp file and record filled ranges after this many new bytes…
+    pub sync_bytes: u64,
+    /// …or after this much time with unsynced bytes, whichever comes first.
+    pub sync_interval: Duration,
+    /// HTTP client settings (timeouts, redirects, extra roots for tests).
+    pub http: bits_http::HttpConfig,
+    /// Minimum retry delay given to new jobs (BITS default 600 s).
+    pub default_retry_delay_secs: u32,
+    /// No-progress timeout given to new jobs (BITS default 14 days).
+    pub default_no_progress_timeout_secs: u32,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> ManagerConfig {
+        ManagerConfig {
+            sync_bytes: 16 << 20,
+            sync_interval: Duration::from_secs(1),
+            http: bits_http::HttpConfig::default(),
+            default_retry_delay_secs: DEFAULT_MINIMUM_RETRY_DELAY_SECS,
+            default_no_progress_timeout_secs: DEFAULT_NO_PROGRESS_TIMEOUT_SECS,
+        }
+    }
+}
+
+/// Failures of the manager itself (as opposed to a refused BITS operation).
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("job store: {0}")]
+    Store(#[from] bits_store::StoreError),
+    #[error("HTTP client: {0}")]
+    Http(#[from] bits_http::FetchError),
+}
+
+/// How many finished jobs are remembered so that calls on them say BG_E_INVALID_STATE.
+const MAX_TOMBSTONES: usize = 4096;
+
+/// A cheap-to-clone handle on the manager.
+#[derive(Clone)]
+pub struct Manager {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) table: Mutex<Table>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) http: bits_http::HttpClient,
+    pub(crate) config: ManagerConfig,
+    /// Wakes the scheduler after anything that may let a job start.
+    pub(crate) wake: Notify,
+    /// Set at shutdown: workers stop, the scheduler exits.
+    pub(crate) shutdown: CancellationToken,
+}
+
+#[derive(Default)]
+pub(crate) struct Table {
+    pub(crate) jobs: HashMap<JobId, Entry>,
+    /// Final jobs by id, oldest first, with their owner and final state.
+    pub(crate) tombstones: Vec<(JobId, u32, JobState)>,
+    /// Insertion counter giving FIFO order among jobs of equal priority.
+    pub(crate) next_seq: u64,
+}
+
+/// A job plus what only the running daemon knows about it.
+pub(crate) struct Entry {
+    pub(crate) job: Job,
+    pub(crate) seq: u64,
+    pub(crate) run: Option<Run>,
+    /// When a TRANSIENT_ERROR job is due for its retry.
+    pub(crate) retry_at: Option<Instant>,
+    /// Start of the current stretch without progress, set at the first transient error.
+    pub(crate) stalled_since: Option<Instant>,
+    /// Complete or Cancel is in progress: other changes are refused.
+    pub(crate) finishing: bool,
+}
+
+/// A running worker.
+pub(crate) struct Run {
+    pub(crate) stop: CancellationToken,
+    /// Tells the worker to choose its next piece again (new on-demand ranges, new files).
+    pub(crate) repick: Arc<Notify>,
+    pub(crate) task: Option<JoinHandle<()>>,
+}
+
+impl Manager {
+    /// Opens the manager on a store: every job is loaded, jobs that were active when the previous
+    /// process died go back to QUEUED, and the scheduler starts.
+    pub fn start(store: Arc<dyn Store>, config: ManagerConfig) -> Result<Manager, ManagerError> {
+        let http = bits_http::HttpClient::new(config.http.clone())?;
+        let mut jobs = store.load_all()?;
+        jobs.sort_by_key(|j| j.creation_time);
+        let mut table = Table::default();
+        let now = Instant::now();
+        for mut job in jobs {
+            let before = job.state;
+            if let Ok(after) = transition(job.state, Event::Recover) {
+                job.state = after;
+            }
+            if before != job.state {
+                store.put_job(&job)?;
+            }
+            // A job waiting to retry when the daemon stopped retries soon after start.
+            let retry_at = (job.state == JobState::TransientError).then_some(now);
+            let seq = table.next_seq;
+            table.next_seq += 1;
+            table.jobs.insert(
+                job.id,
+                Entry { job, seq, run: None, retry_at, stalled_since: None, finishing: false },
+            );
+        }
+        store.flush()?;
+        tracing::info!(jobs = table.jobs.len(), "job table loaded");
+        let manager = Manager {
+            inner: Arc::new(Inner {
+                table: Mutex::new(table),
+                store,
+                http,
+                config,
+                wake: Notify::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        tokio::spawn(crate::scheduler::run(manager.clone()));
+        Ok(manager)
+    }
+
+    /// Stops every worker (each syncs and records what it wrote) and flushes the store.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        self.inner.wake.notify_one();
+        let tasks: Vec<JoinHandle<()>> = {
+            let mut table = self.table();
+            table
+                .jobs
+                .values_mut()
+                .filter_map(|e| e.run.as_mut())
+                .filter_map(|run| {
+                    run.stop.cancel();
+                    run.task.take()
+                })
+                .collect()
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = self.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+    }
+
+    pub(crate) fn table(&self) -> MutexGuard<'_, Table> {
+        // A poisoned lock means a panic elsewhere; the table itself is still consistent because
+        // every mutation is completed before the guard drops, so keep serving.
+        self.inner.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+
+    /// Makes every store write so far durable, off the async threads.
+    pub(crate) async fn flush(&self) -> Result<(), BitsError> {
+        let store = self.inner.store.clone();
+        run_blocking(move || store.flush().map_err(store_error)).await
+    }
+
+    /// Writes the whole job (fields and files) to the store; the caller flushes.
+    pub(crate) fn persist_job(&self, job: &Job) -> Result<(), BitsError> {
+        self.inner.store.put_job(job).map_err(store_error)
+    }
+
+    // ---- BITS operations -------------------------------------------------------------------
+
+    pub async fn create_job(
+        &self,
+        caller: Caller,
+        display_name: &str,
+        description: &str,
+        job_type: JobType,
+        priority: Priority,
+    ) -> Result<JobId, BitsError> {
+        validate::display_name(display_name)?;
+        validate::description(description)?;
+        if job_type != JobType::Download {
+            return Err(BitsError::new(Code::E_NOTIMPL, format!("job type {job_type:?} is not supported")));
+        }
+        let now = SystemTime::now();
+        let job = Job {
+            id: JobId::new_random(),
+            display_name: display_name.to_string(),
+            description: description.to_string(),
+            job_type,
+            priority,
+            state: JobState::Suspended,
+            owner_uid: caller.uid,
+            minimum_retry_delay_secs: self.config().default_retry_delay_secs,
+            no_progress_timeout_secs: self.config().default_no_progress_timeout_secs,
+            creation_time: now,
+            modification_time: now,
+            transfer_completion_time: None,
+            error: None,
+            error_count: 0,
+            files: Vec::new(),
+        };
+        let id = job.id;
+        {
+            let mut table = self.table();
+            self.persist_job(&job)?;
+            let seq = table.next_seq;
+            table.next_seq += 1;
+            table.jobs.insert(
+                id,
+                Entry { job, seq, run: None, retry_at: None, stalled_since: None, finishing: false },
+            );
+        }
+        self.flush().await?;
+        tracing::info!(job = %id, uid = caller.uid, "job created");
+        Ok(id)
+    }
+
+    pub fn get_job(&self, caller: Caller, id: JobId) -> Result<Job, BitsError> {
+        let table = self.table();
+        Ok(lookup(&table, caller, id)?.job.clone())
+    }
+
+    /// The caller's jobs, oldest first. Final jobs are never listed.
+    pub fn list_jobs(&self, caller: Caller) -> Vec<Job> {
+        let table = self.table();
+        let mut entries: Vec<&Entry> =
+            table.jobs.values().filter(|e| e.job.owner_uid == caller.uid).collect();
+        entries.sort_by_key(|e| e.seq);
+        entries.into_iter().map(|e| e.job.clone()).collect()
+    }
+
+    /// AddFile (`ranges` empty) or AddFileWithRanges. Returns the new file's index.
+    pub async fn add_file(
+        &self,
+        caller: Caller,
+        id: JobId,
+        remote_url: &str,
+        local_path: &Path,
+        ranges: Option<Vec<ByteRange>>,
+    ) -> Result<u32, BitsError> {
+        // Lookup and state first (spec §3 order), then syntax, quota, filesystem.
+        let n_files = {
+            let table = self.table();
+            let entry = lookup_mut_check(&table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+            entry.job.files.len()
+        };
+        if let Some(ranges) = &ranges {
+            let limit = if caller.is_admin() { usize::MAX } else { MAX_RANGES_PER_FILE };
+            validate_static_ranges(ranges, limit)?;
+        }
+        validate::remote_url(remote_url)?;
+        validate::local_path(local_path)?;
+        if !caller.is_admin() && n_files >= MAX_FILES_PER_JOB {
+            return Err(BitsError::new(
+                Code::BG_E_TOO_MANY_FILES_IN_JOB,
+                format!("the job already has {n_files} files, at most {MAX_FILES_PER_JOB} are allowed"),
+            ));
+        }
+        let dest = local_path.to_path_buf();
+        run_blocking(move || bits_disk::check_destination(&dest).map_err(disk_error)).await?;
+
+        let index = {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+            if entry.job.files.iter().any(|f| f.local_path == local_path) {
+                return Err(BitsError::new(
+                    Code::E_INVALIDARG,
+                    format!("local path {:?} is already a file of this job", local_path.display()),
+                ));
+            }
+            let index = entry.job.files.len() as u32;
+            entry.job.files.push(JobFile {
+                remote_url: remote_url.to_string(),
+                local_path: local_path.to_path_buf(),
+                ranges: ranges.unwrap_or_default(),
+                remote_size: None,
+                validator: Validator::default(),
+                filled: RangeSet::new(),
+                requested: RangeSet::new(),
+                temp_path: bits_disk::temp_path_for(local_path, &id.to_string(), index),
+                completed: false,
+            });
+            entry.job.modification_time = SystemTime::now();
+            self.persist_job(&entry.job)?;
+            if let Some(run) = &entry.run {
+                run.repick.notify_one();
+            }
+            index
+        };
+        self.flush().await?;
+        tracing::info!(job = %id, index, url = remote_url, "file added");
+        Ok(index)
+    }
+
+    pub async fn resume(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
+        {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            let event =
+                Event::Resume { has_files: !entry.job.files.is_empty(), all_transferred: entry.job.all_transferred() };
+            let next = transition(entry.job.state, event)?;
+            if next != entry.job.state {
+                if next == JobState::Transferred && entry.job.transfer_completion_time.is_none() {
+                    entry.job.transfer_completion_time = Some(SystemTime::now());
+                }
+                set_state(entry, next);
+                entry.retry_at = None;
+                self.persist_job(&entry.job)?;
+            }
+        }
+        self.flush().await?;
+        self.inner.wake.notify_one();
+        Ok(Code::S_OK)
+    }
+
+    pub async fn suspend(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
+        {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            let next = transition(entry.job.state, Event::Suspend)?;
+            if let Some(run) = &entry.run {
+                // The worker syncs and records what it wrote, then exits; it reports no state.
+                run.stop.cancel();
+            }
+            if next != entry.job.state {
+                set_state(entry, next);
+                entry.retry_at = None;
+                self.persist_job(&entry.job)?;
+            }
+        }
+        self.flush().await?;
+        self.inner.wake.notify_one();
+        Ok(Code::S_OK)
+    }
+
+    pub async fn cancel(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
+        let files = self.begin_finish(caller, id, Event::Cancel).await?;
+        let temps: Vec<PathBuf> = files.iter().filter(|f| !f.completed).map(|f| f.temp_path.clone()).collect();
+        let all_deleted = run_blocking(move || {
+            let mut ok = true;
+            for temp in temps {
+                if let Err(e) = bits_disk::remove_temp(&temp) {
+                    tracing::warn!(error = %e, "cannot delete temp file");
+                    ok = false;
+                }
+            }
+            Ok(ok)
+        })
+        .await?;
+        self.end_finish(id, JobState::Cancelled).await?;
+        tracing::info!(job = %id, "job cancelled");
+        Ok(if all_deleted { Code::S_OK } else { Code::BG_S_UNABLE_TO_DELETE_FILES })
+    }
+
+    /// Complete: renames every fully transferred file into place (fsync, rename, fsync dir, mtime
+    /// from Last-Modified), deletes the rest, and retires the job. If a rename fails the job stays
+    /// (TRANSFERRED when all its bytes are present) and Complete may be called again.
+    pub async fn complete(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
+        let files = self.begin_finish(caller, id, Event::Complete).await?;
+        let done: Vec<bool> = files.iter().map(JobFile::is_transferred).collect();
+        let to_finalize: Vec<(u32, JobFile)> = files
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| done[*i] && !f.completed)
+            .map(|(i, f)| (i as u32, f.clone()))
+            .collect();
+        let to_delete: Vec<PathBuf> =
+            files.iter().enumerate().filter(|(i, _)| !done[*i]).map(|(_, f)| f.temp_path.clone()).collect();
+
+        for (index, file) in to_finalize {
+            let mtime = file.validator.last_modified.as_deref().and_then(|s| httpdate::parse_http_date(s).ok());
+            let (temp, dest) = (file.temp_path.clone(), file.local_path.clone());
+            let renamed = run_blocking(move || {
+                prepare_temp_for_finalize(&temp, file.bytes_total().unwrap_or(0))?;
+                bits_disk::finalize(&temp, &dest, mtime).map_err(disk_error)
+            })
+            .await;
+            if let Err(e) = renamed {
+                self.abort_finish(id).await;
+                tracing::warn!(job = %id, index, error = %e, "complete failed");
+                return Err(e);
+            }
+            self.mark_completed(id, index)?;
+        }
+        let all_deleted = run_blocking(move || {
+            let mut ok = true;
+            for temp in to_delete {
+                ok &= bits_disk::remove_temp(&temp).is_ok();
+            }
+            Ok(ok)
+        })
+        .await?;
+        self.end_finish(id, JobState::Acknowledged).await?;
+        tracing::info!(job = %id, "job completed");
+        Ok(if !done.iter().all(|d| *d) {
+            Code::BG_S_PARTIAL_COMPLETE
+        } else if !all_deleted {
+            Code::BG_S_UNABLE_TO_DELETE_FILES
+        } else {
+            Code::S_OK
+        })
+    }
+
+    pub fn get_progress(&self, caller: Caller, id: JobId) -> Result<Progress, BitsError> {
+        let table = self.table();
+        Ok(lookup(&table, caller, id)?.job.progress())
+    }
+
+    /// The error object, which exists only in ERROR and TRANSIENT_ERROR.
+    pub fn get_error(&self, caller: Caller, id: JobId) -> Result<JobError, BitsError> {
+        let table = self.table();
+        let job = &lookup(&table, caller, id)?.job;
+        match (&job.error, job.state) {
+            (Some(error), JobState::Error | JobState::TransientError) => Ok(error.clone()),
+            _ => Err(BitsError::new(
+                Code::BG_E_ERROR_INFORMATION_UNAVAILABLE,
+                format!("job {id} is {}, not in an error state", job.state.name()),
+            )),
+        }
+    }
+
+    pub async fn set_priority(&self, caller: Caller, id: JobId, priority: Priority) -> Result<Code, BitsError> {
+        {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+            entry.job.priority = priority;
+            entry.job.modification_time = SystemTime::now();
+            self.persist_job(&entry.job)?;
+        }
+        self.flush().await?;
+        self.inner.wake.notify_one();
+        Ok(Code::S_OK)
+    }
+
+    /// RequestFileRanges: these remote ranges are fetched ahead of the rest of the file. Ranges may
+    /// overlap each other and what is already filled; no byte is fetched twice.
+    pub async fn request_file_ranges(
+        &self,
+        caller: Caller,
+        id: JobId,
+        index: u32,
+        ranges: &[ByteRange],
+    ) -> Result<Code, BitsError> {
+        {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+            let file = file_mut(&mut entry.job, index)?;
+            if !file.ranges.is_empty() {
+                return Err(BitsError::new(
+                    Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
+                    format!("file {index} was added with static ranges; on-demand ranges need a whole-file download"),
+                ));
+            }
+            if ranges.is_empty() {
+                return Err(BitsError::new(Code::E_INVALIDARG, "at least one range is required"));
+            }
+            let mut wanted = RangeSet::new();
+            for range in ranges {
+                let span = match file.remote_size {
+                    Some(size) => range.resolve(size)?,
+                    None if range.offset == bits_core::LENGTH_TO_EOF => {
+                        return Err(BitsError::new(Code::BG_E_INVALID_RANGE, "range offset is BG_LENGTH_TO_EOF"));
+                    }
+                    // Size not known yet: keep it open-ended; the worker clips it after the probe.
+                    None => bits_core::Span::new(range.offset, range.offset.saturating_add(range.length)),
+                };
+                wanted.insert(span.start, span.end);
+            }
+            file.requested.insert_set(&wanted.subtract(&file.filled));
+            entry.job.modification_time = SystemTime::now();
+            self.persist_job(&entry.job)?;
+            if let Some(run) = &entry.run {
+                run.repick.notify_one();
+            }
+        }
+        self.flush().await?;
+        self.inner.wake.notify_one();
+        Ok(Code::S_OK)
+    }
+
+    /// The remote byte ranges durably present, sorted and merged.
+    pub fn get_filled_file_ranges(&self, caller: Caller, id: JobId, index: u32) -> Result<RangeSet, BitsError> {
+        let table = self.table();
+        let job = &lookup(&table, caller, id)?.job;
+        let file = job.files.get(index as usize).ok_or_else(|| no_such_file(job, index))?;
+        Ok(file.filled.clone())
+    }
+
+    // ---- Complete / Cancel plumbing --------------------------------------------------------
+
+    /// Checks the operation is allowed, marks the job as finishing and stops its worker. Returns
+    /// the files as they are once the worker has recorded its last bytes.
+    async fn begin_finish(&self, caller: Caller, id: JobId, event: Event) -> Result<Vec<JobFile>, BitsError> {
+        let task = {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            transition(entry.job.state, event)?;
+            entry.finishing = true;
+            entry.run.as_mut().and_then(|run| {
+                run.stop.cancel();
+                run.task.take()
+            })
+        };
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let table = self.table();
+        Ok(table.jobs.get(&id).map(|e| e.job.files.clone()).unwrap_or_default())
+    }
+
+    async fn abort_finish(&self, id: JobId) {
+        {
+            let mut table = self.table();
+            if let Some(entry) = table.jobs.get_mut(&id) {
+                entry.finishing = false;
+                if entry.job.all_transferred() && entry.job.state != JobState::Transferred {
+                    set_state(entry, JobState::Transferred);
+                } else if entry.job.state.is_active() {
+                    set_state(entry, JobState::Suspended);
+                }
+                if let Err(e) = self.persist_job(&entry.job) {
+                    tracing::error!(job = %id, error = %e, "cannot persist job");
+                }
+            }
+        }
+        let _ = self.flush().await;
+    }
+
+    fn mark_completed(&self, id: JobId, index: u32) -> Result<(), BitsError> {
+        let mut table = self.table();
+        if let Some(entry) = table.jobs.get_mut(&id) {
+            if let Some(file) = entry.job.files.get_mut(index as usize) {
+                file.completed = true;
+                self.inner.store.put_file(id, index, file).map_err(store_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_finish(&self, id: JobId, final_state: JobState) -> Result<(), BitsError> {
+        {
+            let mut table = self.table();
+            if let Some(entry) = table.jobs.remove(&id) {
+                table.tombstones.push((id, entry.job.owner_uid, final_state));
+                if table.tombstones.len() > MAX_TOMBSTONES {
+                    table.tombstones.remove(0);
+                }
+            }
+            self.inner.store.delete_job(id).map_err(store_error)?;
+        }
+        self.flush().await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// The temp file of a transferred zero-length file may never have been created (no byte was
+/// written); make sure there is something to rename.
+fn prepare_temp_for_finalize(temp: &Path, len: u64) -> Result<(), BitsError> {
+    if len == 0 && !temp.exists() {
+        let part = bits_disk::PartFile::open(temp).map_err(disk_error)?;
+        part.sync().map_err(disk_error)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn set_state(entry: &mut Entry, state: JobState) {
+    entry.job.state = state;
+    entry.job.modification_time = SystemTime::now();
+}
+
+fn lookup<'t>(table: &'t Table, caller: Caller, id: JobId) -> Result<&'t Entry, BitsError> {
+    match table.jobs.get(&id) {
+        Some(entry) => {
+            check_owner(caller, &entry.job)?;
+            Ok(entry)
+        }
+        None => Err(BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}"))),
+    }
+}
+
+/// Lookup for a change: a job that has just been completed or cancelled answers
+/// BG_E_INVALID_STATE rather than BG_E_NOT_FOUND (spec §1.1 tombstones).
+fn lookup_mut_check<'t>(table: &'t Table, caller: Caller, id: JobId) -> Result<&'t Entry, BitsError> {
+    if let Some((_, owner, state)) = table.tombstones.iter().find(|(t, _, _)| *t == id) {
+        if *owner == caller.uid || caller.is_admin() {
+            return Err(BitsError::new(
+                Code::BG_E_INVALID_STATE,
+                format!("job {id} is {} and can no longer change", state.name()),
+            ));
+        }
+    }
+    let entry = lookup(table, caller, id)?;
+    if entry.finishing {
+        return Err(BitsError::new(Code::BG_E_INVALID_STATE, format!("job {id} is being completed or cancelled")));
+    }
+    Ok(entry)
+}
+
+fn lookup_mut<'t>(table: &'t mut Table, caller: Caller, id: JobId) -> Result<&'t mut Entry, BitsError> {
+    lookup_mut_check(table, caller, id)?;
+    table.jobs.get_mut(&id).ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))
+}
+
+fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
+    if job.owner_uid == caller.uid || caller.is_admin() {
+        Ok(())
+    } else {
+        Err(BitsError::new(Code::E_ACCESSDENIED, format!("job {} belongs to another user", job.id)))
+    }
+}
+
+fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {
+    let n = job.files.len();
+    job.files.get_mut(index as usize).ok_or_else(|| {
+        BitsError::new(Code::E_INVALIDARG, format!("file index {index} is out of range; the job has {n} files"))
+    })
+}
+
+fn no_such_file(job: &Job, index: u32) -> BitsError {
+    BitsError::new(
+        Code::E_INVALIDARG,
+        format!("file index {index} is out of range; the job has {} files", job.files.len()),
+    )
+}
+
+pub(crate) fn store_error(e: bits_store::StoreError) -> BitsError {
+    tracing::error!(error = %e, "job store failure");
+    BitsError::new(Code::BG_E_DATABASE_CORRUPT, format!("job store failure: {e}"))
+}
+
+pub(crate) fn disk_error(e: bits_disk::DiskError) -> BitsError {
+    BitsError::new(e.code(), e.to_string())
+}
+
+/// Runs blocking file or store work on tokio's blocking pool.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BitsError> + Send + 'static,
+) -> Result<T, BitsError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(BitsError::new(Code::E_FAIL, format!("blocking task failed: {e}"))))
+}

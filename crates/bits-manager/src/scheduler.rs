@@ -1,0 +1,93 @@
+//! Decides which queued jobs run. BITS model (spec §5.1): every FOREGROUND job runs at once, and
+//! one background job (HIGH, NORMAL, LOW; most urgent first, FIFO within a priority) runs beside
+//! them. Jobs in TRANSIENT_ERROR go back to QUEUED when their retry delay has passed.
+//!
+//! The scheduler wakes on `Inner::wake` (any change that may let a job start) or at the next
+//! retry time, so it costs nothing while the queue is idle.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bits_core::{Event, JobId, JobState, Priority, transition};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::{Manager, Run, set_state};
+
+pub(crate) async fn run(manager: Manager) {
+    loop {
+        let next_retry = schedule_once(&manager);
+        let persist = manager.flush().await;
+        if let Err(e) = persist {
+            tracing::error!(error = %e, "scheduler could not flush the store");
+        }
+        let sleep = next_retry.map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = manager.inner.shutdown.cancelled() => return,
+            _ = manager.inner.wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+}
+
+/// One pass: due retries re-queue, then runnable jobs start. Returns the earliest pending retry.
+fn schedule_once(manager: &Manager) -> Option<Instant> {
+    if manager.inner.shutdown.is_cancelled() {
+        return None;
+    }
+    let now = Instant::now();
+    let mut table = manager.table();
+    let mut next_retry: Option<Instant> = None;
+    for entry in table.jobs.values_mut() {
+        if entry.job.state != JobState::TransientError || entry.run.is_some() {
+            continue;
+        }
+        match entry.retry_at {
+            Some(at) if at <= now => {
+                if let Ok(next) = transition(entry.job.state, Event::RetryDue) {
+                    set_state(entry, next);
+                    entry.retry_at = None;
+                    if let Err(e) = manager.persist_job(&entry.job) {
+                        tracing::error!(job = %entry.job.id, error = %e, "cannot persist retry");
+                    }
+                }
+            }
+            Some(at) => next_retry = Some(next_retry.map_or(at, |n| n.min(at))),
+            None => {}
+        }
+    }
+
+    let background_busy =
+        table.jobs.values().any(|e| e.run.is_some() && e.job.priority != Priority::Foreground);
+    let mut queued: Vec<(Priority, u64, JobId)> = table
+        .jobs
+        .values()
+        .filter(|e| e.job.state == JobState::Queued && e.run.is_none() && !e.finishing)
+        .map(|e| (e.job.priority, e.seq, e.job.id))
+        .collect();
+    queued.sort();
+    let mut start_background = !background_busy;
+    let mut to_start = Vec::new();
+    for (priority, _, id) in queued {
+        if priority == Priority::Foreground {
+            to_start.push(id);
+        } else if start_background {
+            start_background = false;
+            to_start.push(id);
+        }
+    }
+    for id in to_start {
+        let Some(entry) = table.jobs.get_mut(&id) else { continue };
+        let Ok(next) = transition(entry.job.state, Event::Start) else { continue };
+        set_state(entry, next);
+        if let Err(e) = manager.persist_job(&entry.job) {
+            tracing::error!(job = %id, error = %e, "cannot persist job start");
+        }
+        let stop = CancellationToken::new();
+        let repick = Arc::new(Notify::new());
+        let task = tokio::spawn(crate::worker::run_job(manager.clone(), id, stop.clone(), repick.clone()));
+        entry.run = Some(Run { stop, repick, task: Some(task) });
+        tracing::info!(job = %id, priority = entry.job.priority.name(), "job started");
+    }
+    next_retry
+}

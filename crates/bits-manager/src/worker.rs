@@ -1,0 +1,371 @@
+//! One running job: its files in insertion order (spec I2), each probed, then fetched piece by
+//! piece with ranged GETs into the temp file until every wanted byte is durably filled.
+//!
+//! The worker reads what is missing from the job table, so a restart, a new on-demand request or
+//! a file added mid-transfer all need no special path: the next piece is always "the first
+//! requested byte still missing, else the first missing byte". It never changes the job's state
+//! directly except through `transition`, and a stop request (Suspend, Cancel, Complete,
+//! shutdown) always ends with the bytes written so far synced and recorded.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bits_core::{
+    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span, transition,
+};
+use bits_disk::PartFile;
+use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::{Manager, disk_error, run_blocking, set_state, store_error};
+use crate::writer::Pipeline;
+
+/// How often one file may be found changed on the server before it counts as a transient error.
+const MAX_RESTARTS: u32 = 3;
+
+/// Why a transfer stopped short.
+enum Halt {
+    /// Asked to stop; whoever asked owns the state.
+    Stopped,
+    /// The remote file changed: restart this file from zero.
+    Changed,
+    Failed { error: JobError, transient: bool },
+}
+
+enum PieceEnd {
+    Done,
+    Repick,
+}
+
+pub(crate) async fn run_job(manager: Manager, id: JobId, stop: CancellationToken, repick: Arc<Notify>) {
+    let outcome = transfer_job(&manager, id, &stop, &repick).await;
+    {
+        let mut table = manager.table();
+        let Some(entry) = table.jobs.get_mut(&id) else { return };
+        entry.run = None;
+        if !entry.finishing {
+            match outcome {
+                Ok(()) => {
+                    if let Ok(next) = transition(entry.job.state, Event::AllTransferred) {
+                        set_state(entry, next);
+                        entry.job.transfer_completion_time = Some(SystemTime::now());
+                        entry.job.error = None;
+                        entry.stalled_since = None;
+                        tracing::info!(job = %id, "job transferred");
+                    }
+                }
+                Err(Halt::Stopped) | Err(Halt::Changed) => {}
+                Err(Halt::Failed { error, transient }) => {
+                    let now = Instant::now();
+                    let job = &entry.job;
+                    let delay = job.minimum_retry_delay_secs.max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS);
+                    let since = *entry.stalled_since.get_or_insert(now);
+                    let timeout = job.no_progress_timeout_secs;
+                    let fatal = !transient
+                        || timeout == 0
+                        || delay > timeout
+                        || now.duration_since(since).as_secs() >= u64::from(timeout);
+                    let event = if fatal { Event::FatalFailure } else { Event::TransientFailure };
+                    if let Ok(next) = transition(entry.job.state, event) {
+                        tracing::warn!(job = %id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
+                        set_state(entry, next);
+                        entry.job.error_count = entry.job.error_count.saturating_add(1);
+                        entry.job.error = Some(error);
+                        entry.retry_at = (!fatal).then(|| now + std::time::Duration::from_secs(u64::from(delay)));
+                    }
+                }
+            }
+            if let Err(e) = manager.persist_job(&entry.job) {
+                tracing::error!(job = %id, error = %e, "cannot persist job");
+            }
+        }
+    }
+    if let Err(e) = manager.flush().await {
+        tracing::error!(job = %id, error = %e, "cannot flush the store");
+    }
+    manager.inner.wake.notify_one();
+}
+
+async fn transfer_job(
+    manager: &Manager,
+    id: JobId,
+    stop: &CancellationToken,
+    repick: &Notify,
+) -> Result<(), Halt> {
+    loop {
+        if stop.is_cancelled() {
+            return Err(Halt::Stopped);
+        }
+        let next = {
+            let table = manager.table();
+            let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+            entry.job.files.iter().position(|f| !f.is_transferred())
+        };
+        let Some(index) = next else { return Ok(()) };
+        transfer_file(manager, id, index as u32, stop, repick).await?;
+    }
+}
+
+async fn transfer_file(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    stop: &CancellationToken,
+    repick: &Notify,
+) -> Result<(), Halt> {
+    let mut restarts = 0;
+    loop {
+        match transfer_file_once(manager, id, index, stop, repick).await {
+            Err(Halt::Changed) => {
+                restarts += 1;
+                tracing::info!(job = %id, index, "remote file changed; restarting it from zero");
+                reset_file(manager, id, index).await?;
+                if restarts > MAX_RESTARTS {
+                    return Err(Halt::Failed {
+                        error: job_error(
+                            ErrorContext::RemoteFile,
+                            Code::BG_E_REMOTE_FILE_CHANGED,
+                            format!("the remote file changed {restarts} times during the transfer"),
+                            index,
+                        ),
+                        transient: true,
+                    });
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn transfer_file_once(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    stop: &CancellationToken,
+    repick: &Notify,
+) -> Result<(), Halt> {
+    let file = snapshot(manager, id, index)?;
+    let remote = tokio::select! {
+        _ = stop.cancelled() => return Err(Halt::Stopped),
+        probed = manager.inner.http.probe(&file.remote_url) => probed.map_err(|e| fetch_halt(e, index))?,
+    };
+    let changed = file.remote_size.is_some_and(|s| s != remote.size)
+        || (file.validator != Default::default() && file.validator != remote.validator);
+    if changed {
+        return Err(Halt::Changed);
+    }
+    let layout = Layout::new(&file.ranges, remote.size).map_err(|e| Halt::Failed {
+        error: job_error(ErrorContext::RemoteFile, e.code, e.message, index),
+        transient: false,
+    })?;
+    let layout = Arc::new(layout);
+
+    // Open the temp file; one shorter than the layout lost its tail (or never existed), so what
+    // the store says is filled cannot be trusted and the file starts over.
+    let temp = file.temp_path.clone();
+    let local_len = layout.local_len();
+    let (part, intact) = run_blocking(move || {
+        let part = PartFile::open(&temp).map_err(disk_error)?;
+        let intact = part.len().map_err(disk_error)? >= local_len;
+        part.set_len(local_len).map_err(disk_error)?;
+        Ok((part, intact))
+    })
+    .await
+    .map_err(|e| local_halt(e, index))?;
+    let part = Arc::new(part);
+    connected(manager, id, index, &remote, intact).await?;
+
+    loop {
+        let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
+        match fetch_piece(manager, id, index, &remote, piece, &part, &layout, stop, repick).await? {
+            PieceEnd::Done | PieceEnd::Repick => continue,
+        }
+    }
+}
+
+/// Records what the server said about the file and moves the job to TRANSFERRING.
+async fn connected(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    remote: &RemoteInfo,
+    intact: bool,
+) -> Result<(), Halt> {
+    {
+        let mut table = manager.table();
+        let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
+        let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
+        if !intact && !file.filled.is_empty() {
+            tracing::warn!(job = %id, index, path = %file.temp_path.display(), "temp file missing or short; refetching the file");
+            file.filled = RangeSet::new();
+        }
+        file.remote_size = Some(remote.size);
+        file.validator = remote.validator.clone();
+        // On-demand requests made before the size was known are clipped to the file now.
+        file.requested = file.requested.intersect_span(0, remote.size);
+        if let Ok(next) = transition(entry.job.state, Event::Connected) {
+            if next != entry.job.state {
+                set_state(entry, next);
+            }
+            // The error object lasts until the job is transferring again (spec §3.H).
+            entry.job.error = None;
+        }
+        manager.persist_job(&entry.job).map_err(|e| store_halt(e, index))?;
+    }
+    manager.flush().await.map_err(|e| store_halt(e, index))
+}
+
+/// The next remote span to fetch: the first requested byte still missing, else the first
+/// missing byte; `None` when the file is complete.
+fn next_piece(manager: &Manager, id: JobId, index: u32, layout: &Layout) -> Result<Option<Span>, Halt> {
+    let table = manager.table();
+    let file = table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)).ok_or(Halt::Stopped)?;
+    let missing = layout.wanted().subtract(&file.filled);
+    let urgent = file.requested.subtract(&file.filled);
+    let urgent = missing.subtract(&missing.subtract(&urgent));
+    Ok(urgent.iter().next().or_else(|| missing.iter().next()))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_piece(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    remote: &RemoteInfo,
+    piece: Span,
+    part: &Arc<PartFile>,
+    layout: &Arc<Layout>,
+    stop: &CancellationToken,
+    repick: &Notify,
+) -> Result<PieceEnd, Halt> {
+    let mut body = tokio::select! {
+        _ = stop.cancelled() => return Err(Halt::Stopped),
+        got = manager.inner.http.get_range(remote, piece) => got.map_err(|e| fetch_halt(e, index))?,
+    };
+    tracing::debug!(job = %id, index, start = piece.start, end = piece.end, "fetching");
+    let config = manager.config();
+    let mut pipe = Pipeline::new(part.clone(), layout.clone(), piece.start);
+    let mut pos = piece.start;
+    let mut checkpointed = piece.start;
+    let mut last_checkpoint = Instant::now();
+
+    // Every exit drains the pipeline: what was written is synced and recorded.
+    let end: Result<PieceEnd, Halt> = loop {
+        let deadline = tokio::time::Instant::from_std(last_checkpoint + config.sync_interval);
+        let due = pos > checkpointed;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Err(Halt::Stopped),
+            _ = repick.notified() => break Ok(PieceEnd::Repick),
+            _ = tokio::time::sleep_until(deadline), if due => {
+                last_checkpoint = Instant::now();
+                checkpointed = pos;
+                if let Err(h) = checkpoint(manager, id, index, &mut pipe, pos).await { break Err(h) }
+            }
+            chunk = body.next_chunk() => match chunk {
+                Ok(Some(bytes)) => {
+                    let n = bytes.len() as u64;
+                    if let Err(e) = pipe.push(pos, bytes).await { break Err(local_halt(disk_error(e), index)) }
+                    pos += n;
+                    if pos - checkpointed >= config.sync_bytes || last_checkpoint.elapsed() >= config.sync_interval {
+                        last_checkpoint = Instant::now();
+                        checkpointed = pos;
+                        if let Err(h) = checkpoint(manager, id, index, &mut pipe, pos).await { break Err(h) }
+                    }
+                }
+                Ok(None) => break Ok(PieceEnd::Done),
+                Err(e) => break Err(fetch_halt(e, index)),
+            },
+        }
+    };
+    drop(body);
+    // Drain: a final checkpoint, then wait for that sync and record it.
+    checkpoint(manager, id, index, &mut pipe, pos).await?;
+    match pipe.wait_sync().await {
+        Ok(Some(span)) => record_filled(manager, id, index, span).await?,
+        Ok(None) => {}
+        Err(e) => return Err(local_halt(disk_error(e), index)),
+    }
+    end
+}
+
+/// Hands bytes up to `upto` to a sync and records the span of the previous sync, now durable.
+async fn checkpoint(manager: &Manager, id: JobId, index: u32, pipe: &mut Pipeline, upto: u64) -> Result<(), Halt> {
+    match pipe.checkpoint(upto).await {
+        Ok(Some(span)) => record_filled(manager, id, index, span).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(local_halt(disk_error(e), index)),
+    }
+}
+
+/// The span is synced: it joins the filled set, in memory and in the store (flushed).
+async fn record_filled(manager: &Manager, id: JobId, index: u32, span: Span) -> Result<(), Halt> {
+    let file = {
+        let mut table = manager.table();
+        let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };
+        entry.stalled_since = None;
+        entry.job.modification_time = SystemTime::now();
+        let Some(file) = entry.job.files.get_mut(index as usize) else { return Ok(()) };
+        file.filled.insert(span.start, span.end);
+        file.requested.remove(span.start, span.end);
+        file.clone()
+    };
+    let store = manager.inner.store.clone();
+    run_blocking(move || {
+        store.put_file(id, index, &file).map_err(store_error)?;
+        store.flush().map_err(store_error)
+    })
+    .await
+    .map_err(|e| store_halt(e, index))
+}
+
+/// Forgets a file's progress after the server's copy changed, and empties its temp file.
+async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt> {
+    let file = {
+        let mut table = manager.table();
+        let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
+        let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
+        file.reset_progress();
+        file.clone()
+    };
+    let store = manager.inner.store.clone();
+    run_blocking(move || {
+        // Truncate before the store forgets: a crash in between leaves an empty filled set
+        // pointing at a shorter file, which is safe.
+        if file.temp_path.exists() {
+            PartFile::open(&file.temp_path).and_then(|p| p.set_len(0)).map_err(disk_error)?;
+        }
+        store.put_file(id, index, &file).map_err(store_error)?;
+        store.flush().map_err(store_error)
+    })
+    .await
+    .map_err(|e| local_halt(e, index))
+}
+
+fn snapshot(manager: &Manager, id: JobId, index: u32) -> Result<JobFile, Halt> {
+    let table = manager.table();
+    table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)).cloned().ok_or(Halt::Stopped)
+}
+
+fn job_error(context: ErrorContext, code: Code, description: impl Into<String>, index: u32) -> JobError {
+    JobError { context, code, description: description.into(), file_index: Some(index) }
+}
+
+fn fetch_halt(e: FetchError, index: u32) -> Halt {
+    if e.kind == FetchErrorKind::RemoteChanged {
+        return Halt::Changed;
+    }
+    Halt::Failed { error: job_error(e.context, e.code, e.message.clone(), index), transient: e.transient }
+}
+
+/// A local file problem. A full disk is worth retrying once space is freed; anything else
+/// (permissions, a vanished directory) needs the user.
+fn local_halt(e: BitsError, index: u32) -> Halt {
+    let transient = e.code == Code::ERROR_DISK_FULL;
+    Halt::Failed { error: job_error(ErrorContext::LocalFile, e.code, e.message, index), transient }
+}
+
+fn store_halt(e: BitsError, index: u32) -> Halt {
+    Halt::Failed { error: job_error(ErrorContext::GeneralQueueManager, e.code, e.message, index), transient: true }
+}
