@@ -1,0 +1,134 @@
+//! BITS errors on the wire as gRPC statuses (see `proto/README.md`).
+//!
+//! A [`BitsError`] travels as a status whose gRPC code is chosen by the BITS code (so generic gRPC
+//! tooling sees something sensible), whose message is `"<NAME> (0x<HR8>): <message>"`, and whose
+//! metadata carries `bits-code: <NAME>` and `bits-hresult: 0x<HR8>` for programs.
+
+use bits_core::{BitsError, Code};
+use tonic::metadata::{MetadataMap, MetadataValue};
+
+/// Metadata key carrying the BITS code name, e.g. `BG_E_NOT_FOUND`.
+pub const CODE_KEY: &str = "bits-code";
+/// Metadata key carrying the HRESULT as `0x` + 8 upper-case hex digits, e.g. `0x80200001`.
+pub const HRESULT_KEY: &str = "bits-hresult";
+
+/// The gRPC status code used for a BITS code.
+pub fn grpc_code(code: Code) -> tonic::Code {
+    use tonic::Code as G;
+    match code {
+        Code::BG_E_NOT_FOUND => G::NotFound,
+        Code::BG_E_INVALID_STATE | Code::BG_E_EMPTY => G::FailedPrecondition,
+        Code::E_ACCESSDENIED => G::PermissionDenied,
+        Code::E_NOTIMPL => G::Unimplemented,
+        Code::E_INVALIDARG
+        | Code::BG_E_INVALID_RANGE
+        | Code::BG_E_OVERLAPPING_RANGES
+        | Code::BG_E_STRING_TOO_LONG
+        | Code::ERROR_PATH_NOT_FOUND => G::InvalidArgument,
+        Code::BG_E_TOO_MANY_FILES_IN_JOB | Code::BG_E_TOO_MANY_RANGES_IN_FILE => {
+            G::ResourceExhausted
+        }
+        _ => G::Internal,
+    }
+}
+
+/// The gRPC status for a failed BITS operation.
+pub fn to_status(err: &BitsError) -> tonic::Status {
+    let mut metadata = MetadataMap::new();
+    if let Ok(value) = MetadataValue::try_from(err.code.name()) {
+        metadata.insert(CODE_KEY, value);
+    }
+    if let Ok(value) = MetadataValue::try_from(format!("0x{:08X}", err.code.hresult())) {
+        metadata.insert(HRESULT_KEY, value);
+    }
+    tonic::Status::with_metadata(grpc_code(err.code), err.to_string(), metadata)
+}
+
+/// The BITS error carried by a status. A status without (valid) BITS metadata — a transport
+/// failure, or a server that is not bitsd — becomes `E_FAIL` with the status message.
+pub fn from_status(status: &tonic::Status) -> BitsError {
+    let code = status
+        .metadata()
+        .get(HRESULT_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_hresult)
+        .and_then(Code::from_hresult);
+    match code {
+        Some(code) => {
+            let prefix = format!("{code}: ");
+            let message = status.message();
+            let message = message.strip_prefix(prefix.as_str()).unwrap_or(message);
+            BitsError::new(code, message)
+        }
+        None => {
+            let message = if status.message().is_empty() {
+                format!("gRPC status {:?}: {}", status.code(), status.code().description())
+            } else {
+                status.message().to_string()
+            };
+            BitsError::new(Code::E_FAIL, message)
+        }
+    }
+}
+
+/// `0x80200001` (either case, `0x` optional) → 0x8020_0001.
+fn parse_hresult(text: &str) -> Option<u32> {
+    let hex = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+    u32::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn errors_round_trip_through_a_status() {
+        for (code, grpc) in [
+            (Code::BG_E_NOT_FOUND, tonic::Code::NotFound),
+            (Code::BG_E_INVALID_STATE, tonic::Code::FailedPrecondition),
+            (Code::BG_E_EMPTY, tonic::Code::FailedPrecondition),
+            (Code::E_ACCESSDENIED, tonic::Code::PermissionDenied),
+            (Code::E_NOTIMPL, tonic::Code::Unimplemented),
+            (Code::E_INVALIDARG, tonic::Code::InvalidArgument),
+            (Code::BG_E_OVERLAPPING_RANGES, tonic::Code::InvalidArgument),
+            (Code::ERROR_PATH_NOT_FOUND, tonic::Code::InvalidArgument),
+            (Code::BG_E_TOO_MANY_RANGES_IN_FILE, tonic::Code::ResourceExhausted),
+            (Code::BG_E_TOO_MANY_FILES_IN_JOB, tonic::Code::ResourceExhausted),
+            (Code::Http(404), tonic::Code::Internal),
+            (Code::E_FAIL, tonic::Code::Internal),
+        ] {
+            let err = BitsError::new(code, "range 5:eof: something (odd) happened");
+            let status = to_status(&err);
+            assert_eq!(status.code(), grpc, "{code}");
+            assert_eq!(status.message(), format!("{}: {}", code, err.message));
+            assert_eq!(status.metadata().get(CODE_KEY).unwrap().to_str().unwrap(), code.name());
+            assert_eq!(
+                status.metadata().get(HRESULT_KEY).unwrap().to_str().unwrap(),
+                format!("0x{:08X}", code.hresult())
+            );
+            assert_eq!(from_status(&status), err);
+        }
+    }
+
+    #[test]
+    fn wire_format_is_exact() {
+        let status = to_status(&BitsError::new(Code::BG_E_EMPTY, "the job has no files"));
+        assert_eq!(status.message(), "BG_E_EMPTY (0x80200003): the job has no files");
+        assert_eq!(status.metadata().get("bits-hresult").unwrap(), "0x80200003");
+        assert_eq!(status.metadata().get("bits-code").unwrap(), "BG_E_EMPTY");
+    }
+
+    #[test]
+    fn statuses_without_metadata_are_e_fail() {
+        let err = from_status(&tonic::Status::unavailable("connection refused"));
+        assert_eq!(err, BitsError::new(Code::E_FAIL, "connection refused"));
+        let err = from_status(&tonic::Status::new(tonic::Code::Unknown, ""));
+        assert_eq!(err.code, Code::E_FAIL);
+        assert!(err.message.contains("Unknown"), "{}", err.message);
+        let mut bad = tonic::Status::internal("x");
+        bad.metadata_mut().insert(HRESULT_KEY, MetadataValue::from_static("zzz"));
+        assert_eq!(from_status(&bad).code, Code::E_FAIL);
+    }
+}
