@@ -1,0 +1,60 @@
+//! What can go wrong with the job store, worded for an operator reading the daemon's log: each
+//! message says which store, key or version is involved and what to do about it where that is known.
+
+use std::path::PathBuf;
+
+use bits_core::JobId;
+
+/// A failed store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store directory or database could not be created or opened.
+    #[error("cannot open the job store at {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Another process (probably another bitsd) holds the store's lock, and kept it for the
+    /// whole retry period.
+    #[error(
+        "the job store at {} is locked by another process; is another bitsd running with the same data directory?",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+
+    /// The store was written with a layout this build does not understand. `found` is 0 when the
+    /// store holds data but no version at all. The data is left untouched.
+    #[error(
+        "the job store has schema version {found} (0 = none recorded) but this bitsd uses version {expected}; refusing to use it, and its data was left untouched"
+    )]
+    SchemaMismatch { found: u32, expected: u32 },
+
+    /// A stored value (or key) cannot be decoded.
+    #[error("the job store is corrupt at key `{key}`: {reason}")]
+    Corrupt { key: String, reason: String },
+
+    /// A record could not be encoded for storage (nothing was written).
+    #[error("cannot encode the record for key `{key}`: {reason}")]
+    Encode { key: String, reason: String },
+
+    /// `put_file` named a job that is not stored, or a file index the job does not have.
+    #[error("job {job} has no file {index} in the store")]
+    NotFound { job: JobId, index: u32 },
+
+    /// The storage engine failed (an I/O error, or an engine error converted to one).
+    #[error("job store I/O error while trying to {op}: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Wraps an engine error; `op` says what was being done ("flush", "write job 1234…").
+    pub(crate) fn io(op: &'static str, source: impl Into<std::io::Error>) -> StoreError {
+        StoreError::Io { op, source: source.into() }
+    }
+}

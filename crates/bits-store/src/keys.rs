@@ -1,0 +1,260 @@
+//! The layout inside the storage engine: one keyspace with prefixes, so a single atomic batch can
+//! touch a job and all of its files.
+//!
+//! ```text
+//! meta/schema_version            -> u32 big-endian
+//! job/<uuid>                     -> JSON of JobRecord (the job without its files)
+//! file/<uuid>/<index u32 BE>     -> JSON of bits_core::JobFile
+//! ```
+//!
+//! Big-endian indices keep a job's files in file order under a prefix scan.
+
+use std::time::SystemTime;
+
+use bits_core::{ErrorContext, Job, JobError, JobFile, JobId, JobState, JobType, Priority};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+pub(crate) const SCHEMA_KEY: &[u8] = b"meta/schema_version";
+const JOB_PREFIX: &[u8] = b"job/";
+const FILE_PREFIX: &[u8] = b"file/";
+/// Length of a hyphenated UUID.
+const UUID_LEN: usize = 36;
+
+pub(crate) fn job_key(job: JobId) -> Vec<u8> {
+    let mut key = JOB_PREFIX.to_vec();
+    key.extend_from_slice(job.to_string().as_bytes());
+    key
+}
+
+/// The prefix under which all of a job's files live.
+pub(crate) fn file_prefix(job: JobId) -> Vec<u8> {
+    let mut key = FILE_PREFIX.to_vec();
+    key.extend_from_slice(job.to_string().as_bytes());
+    key.push(b'/');
+    key
+}
+
+pub(crate) fn file_key(job: JobId, index: u32) -> Vec<u8> {
+    let mut key = file_prefix(job);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// What a stored key names.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Key {
+    Schema,
+    Job(JobId),
+    File(JobId, u32),
+    /// Under a known prefix but malformed.
+    Malformed,
+    /// Not a prefix this version knows.
+    Unknown,
+}
+
+pub(crate) fn parse_key(key: &[u8]) -> Key {
+    if key == SCHEMA_KEY {
+        return Key::Schema;
+    }
+    let parse_id = |bytes: &[u8]| std::str::from_utf8(bytes).ok().and_then(JobId::parse);
+    if let Some(rest) = key.strip_prefix(JOB_PREFIX) {
+        return parse_id(rest).map_or(Key::Malformed, Key::Job);
+    }
+    if let Some(rest) = key.strip_prefix(FILE_PREFIX) {
+        if rest.len() != UUID_LEN + 1 + 4 || rest[UUID_LEN] != b'/' {
+            return Key::Malformed;
+        }
+        let mut index = [0u8; 4];
+        index.copy_from_slice(&rest[UUID_LEN + 1..]);
+        return parse_id(&rest[..UUID_LEN])
+            .map_or(Key::Malformed, |id| Key::File(id, u32::from_be_bytes(index)));
+    }
+    Key::Unknown
+}
+
+/// A key as an operator would write it: `file/<uuid>/<index>` with a decimal index, anything
+/// unparsable escaped.
+pub(crate) fn display_key(key: &[u8]) -> String {
+    match parse_key(key) {
+        Key::File(id, index) => format!("file/{id}/{index}"),
+        _ => key.escape_ascii().to_string(),
+    }
+}
+
+pub(crate) fn encode_schema(version: u32) -> [u8; 4] {
+    version.to_be_bytes()
+}
+
+pub(crate) fn decode_schema(value: &[u8]) -> Result<u32, StoreError> {
+    let bytes: [u8; 4] = value.try_into().map_err(|_| StoreError::Corrupt {
+        key: display_key(SCHEMA_KEY),
+        reason: format!("expected a 4-byte version, found {} bytes", value.len()),
+    })?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
+/// A job as stored: every field of [`Job`] except its files, plus the file count so a missing
+/// file record is detected instead of silently shortening the job.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct JobRecord {
+    id: JobId,
+    display_name: String,
+    description: String,
+    job_type: JobType,
+    priority: Priority,
+    state: JobState,
+    owner_uid: u32,
+    minimum_retry_delay_secs: u32,
+    no_progress_timeout_secs: u32,
+    creation_time: SystemTime,
+    modification_time: SystemTime,
+    transfer_completion_time: Option<SystemTime>,
+    error: Option<JobErrorRecord>,
+    error_count: u32,
+    pub(crate) file_count: u32,
+}
+
+/// [`JobError`] is stored field by field too, so a field added to it is a compile error here.
+#[derive(Debug, Serialize, Deserialize)]
+struct JobErrorRecord {
+    context: ErrorContext,
+    code: bits_core::Code,
+    description: String,
+    file_index: Option<u32>,
+}
+
+impl JobRecord {
+    /// Exhaustive destructuring: adding a field to `Job` fails to compile until it is stored.
+    pub(crate) fn from_job(job: &Job) -> JobRecord {
+        let Job {
+            id,
+            display_name,
+            description,
+            job_type,
+            priority,
+            state,
+            owner_uid,
+            minimum_retry_delay_secs,
+            no_progress_timeout_secs,
+            creation_time,
+            modification_time,
+            transfer_completion_time,
+            error,
+            error_count,
+            files,
+        } = job;
+        JobRecord {
+            id: *id,
+            display_name: display_name.clone(),
+            description: description.clone(),
+            job_type: *job_type,
+            priority: *priority,
+            state: *state,
+            owner_uid: *owner_uid,
+            minimum_retry_delay_secs: *minimum_retry_delay_secs,
+            no_progress_timeout_secs: *no_progress_timeout_secs,
+            creation_time: *creation_time,
+            modification_time: *modification_time,
+            transfer_completion_time: *transfer_completion_time,
+            error: error.as_ref().map(|e| {
+                let JobError { context, code, description, file_index } = e;
+                JobErrorRecord {
+                    context: *context,
+                    code: *code,
+                    description: description.clone(),
+                    file_index: *file_index,
+                }
+            }),
+            error_count: *error_count,
+            file_count: files.len() as u32,
+        }
+    }
+
+    pub(crate) fn id(&self) -> JobId {
+        self.id
+    }
+
+    pub(crate) fn into_job(self, files: Vec<JobFile>) -> Job {
+        let JobRecord {
+            id,
+            display_name,
+            description,
+            job_type,
+            priority,
+            state,
+            owner_uid,
+            minimum_retry_delay_secs,
+            no_progress_timeout_secs,
+            creation_time,
+            modification_time,
+            transfer_completion_time,
+            error,
+            error_count,
+            file_count: _,
+        } = self;
+        Job {
+            id,
+            display_name,
+            description,
+            job_type,
+            priority,
+            state,
+            owner_uid,
+            minimum_retry_delay_secs,
+            no_progress_timeout_secs,
+            creation_time,
+            modification_time,
+            transfer_completion_time,
+            error: error.map(|e| JobError {
+                context: e.context,
+                code: e.code,
+                description: e.description,
+                file_index: e.file_index,
+            }),
+            error_count,
+            files,
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Encode { key: display_key(key), reason: e.to_string() })
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(value)
+        .map_err(|e| StoreError::Corrupt { key: display_key(key), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_sort_files_in_order() {
+        let id = JobId::new_random();
+        assert_eq!(parse_key(&job_key(id)), Key::Job(id));
+        assert_eq!(parse_key(&file_key(id, 7)), Key::File(id, 7));
+        assert_eq!(parse_key(SCHEMA_KEY), Key::Schema);
+        assert_eq!(parse_key(b"job/not-a-uuid"), Key::Malformed);
+        assert_eq!(parse_key(b"file/short"), Key::Malformed);
+        assert_eq!(parse_key(b"other/x"), Key::Unknown);
+        assert!(file_key(id, 2) < file_key(id, 10));
+        assert!(file_key(id, 255) < file_key(id, 256));
+        assert!(file_key(id, 0).starts_with(&file_prefix(id)));
+        assert_eq!(display_key(&file_key(id, 300)), format!("file/{id}/300"));
+        assert_eq!(display_key(&job_key(id)), format!("job/{id}"));
+    }
+
+    #[test]
+    fn schema_value_must_be_four_bytes() {
+        assert_eq!(decode_schema(&encode_schema(1)).unwrap(), 1);
+        assert!(matches!(decode_schema(b"1"), Err(StoreError::Corrupt { .. })));
+    }
+}

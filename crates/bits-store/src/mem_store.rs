@@ -1,0 +1,60 @@
+//! The [`Store`] contract held in memory, so the manager and the daemon can be tested without a
+//! database on disk. It passes the same conformance suite as [`crate::SledStore`]; `flush` is a
+//! no-op because nothing outlives the process anyway.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+
+use bits_core::{Job, JobFile, JobId};
+
+use crate::{Store, StoreError, sort_jobs};
+
+/// An in-memory store. Every method works on its own snapshot copy, as a database would.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    jobs: Mutex<BTreeMap<JobId, Job>>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    fn jobs(&self) -> MutexGuard<'_, BTreeMap<JobId, Job>> {
+        // A panic elsewhere while holding the lock leaves the map consistent (every update is
+        // a single insert/remove), so poisoning carries no information here.
+        self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Store for MemStore {
+    fn load_all(&self) -> Result<Vec<Job>, StoreError> {
+        let mut jobs: Vec<Job> = self.jobs().values().cloned().collect();
+        sort_jobs(&mut jobs);
+        Ok(jobs)
+    }
+
+    fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.jobs().insert(job.id, job.clone());
+        Ok(())
+    }
+
+    fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
+        let mut jobs = self.jobs();
+        let slot = jobs
+            .get_mut(&job)
+            .and_then(|j| j.files.get_mut(index as usize))
+            .ok_or(StoreError::NotFound { job, index })?;
+        *slot = file.clone();
+        Ok(())
+    }
+
+    fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
+        self.jobs().remove(&job);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! The [`Store`] on sled 0.34, the engine bitsd ships with. Nothing sled-specific leaves this
+//! module: engine errors become [`StoreError::Io`].
+//!
+//! Two sled 0.34 pitfalls shape it (see the workspace notes, deps.md §6–§7):
+//! - writes are durable only after a flush, so [`Store::flush`] is a synchronous `Db::flush`;
+//! - dropping a `Db` does not join its flusher thread, so reopening right after (a daemon restart,
+//!   a test) can fail with "could not acquire lock" for a moment. Opening retries that error, and
+//!   only that error (sled reports it as `ErrorKind::Other`, so it is matched by message), for up
+//!   to five seconds before reporting [`StoreError::Locked`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bits_core::{Job, JobFile, JobId};
+
+use crate::keys::{
+    JobRecord, Key, SCHEMA_KEY, decode, decode_schema, display_key, encode, encode_schema,
+    file_key, file_prefix, job_key, parse_key,
+};
+use crate::{SCHEMA_VERSION, Store, StoreError, sort_jobs};
+
+/// How long [`SledStore::open`] waits for a previous holder of the lock to let go.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// sled's in-memory page cache; its default (1 GiB) is far more than a job queue needs.
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+
+/// The job store in `dir/db`, a sled database.
+pub struct SledStore {
+    pub(crate) db: sled::Db,
+    path: PathBuf,
+    /// Serialises writers, so `put_file`'s existence check and `put_job`'s scan for stale file
+    /// records see no interleaved write from this process.
+    write_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir/db`. `dir` is created with mode 0700 if missing. A
+    /// new store gets the current schema version; an existing one must already have it.
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with_lock_wait(dir, LOCK_WAIT)
+    }
+
+    pub(crate) fn open_with_lock_wait(dir: &Path, wait: Duration) -> Result<SledStore, StoreError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+        let path = dir.join("db");
+        let db = open_db(&path, wait)?;
+        check_schema(&db)?;
+        tracing::debug!(path = %path.display(), "job store opened");
+        Ok(SledStore { db, path, write_lock: Mutex::new(()) })
+    }
+
+    /// The database path (`dir/db`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        // The guard protects no data of its own, so a poisoned lock is still a valid lock.
+        self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Keys of every file record stored for `job`.
+    fn file_keys(&self, job: JobId) -> Result<Vec<sled::IVec>, StoreError> {
+        self.db
+            .scan_prefix(file_prefix(job))
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::io("scan the job's file records", e))
+    }
+}
+
+/// Opens the sled database at `path`, retrying for up to `wait` while another handle (typically
+/// the previous process, or a just-dropped `Db` whose flusher is still running) holds its lock.
+pub(crate) fn open_db(path: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + wait;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match sled::Config::new().path(path).cache_capacity(CACHE_CAPACITY).open() {
+            Ok(db) => return Ok(db),
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(StoreError::Locked { path: path.to_path_buf() });
+                }
+                tracing::debug!(path = %path.display(), "job store is locked, retrying");
+                std::thread::sleep(delay.min(deadline - now));
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(StoreError::Open { path: path.to_path_buf(), source: e.into() }),
+        }
+    }
+}
+
+/// Stamps an empty database with [`SCHEMA_VERSION`]; refuses any other version, and a database
+/// with data but no version. Never changes existing data.
+fn check_schema(db: &sled::Db) -> Result<(), StoreError> {
+    let stored = db.get(SCHEMA_KEY).map_err(|e| StoreError::io("read the schema version", e))?;
+    match stored {
+        Some(value) => {
+            let found = decode_schema(&value)?;
+            if found != SCHEMA_VERSION {
+                return Err(StoreError::SchemaMismatch { found, expected: SCHEMA_VERSION });
+            }
+        }
+        None if db.is_empty() => {
+            db.insert(SCHEMA_KEY, &encode_schema(SCHEMA_VERSION))
+                .map_err(|e| StoreError::io("write the schema version", e))?;
+            db.flush().map_err(|e| StoreError::io("flush the schema version", e))?;
+        }
+        None => return Err(StoreError::SchemaMismatch { found: 0, expected: SCHEMA_VERSION }),
+    }
+    Ok(())
+}
+
+impl Store for SledStore {
+    fn load_all(&self) -> Result<Vec<Job>, StoreError> {
+        let mut records: BTreeMap<JobId, JobRecord> = BTreeMap::new();
+        let mut files: HashMap<JobId, BTreeMap<u32, JobFile>> = HashMap::new();
+        for item in self.db.iter() {
+            let (key, value) = item.map_err(|e| StoreError::io("read the job store", e))?;
+            match parse_key(&key) {
+                Key::Schema => {}
+                Key::Job(id) => {
+                    let record: JobRecord = decode(&key, &value)?;
+                    if record.id() != id {
+                        return Err(StoreError::Corrupt {
+                            key: display_key(&key),
+                            reason: format!("the record is for job {}", record.id()),
+                        });
+                    }
+                    records.insert(id, record);
+                }
+                Key::File(id, index) => {
+                    let file: JobFile = decode(&key, &value)?;
+                    files.entry(id).or_default().insert(index, file);
+                }
+                Key::Malformed => {
+                    return Err(StoreError::Corrupt {
+                        key: display_key(&key),
+                        reason: "malformed key".into(),
+                    });
+                }
+                Key::Unknown => {
+                    tracing::warn!(key = %display_key(&key), "ignoring an unknown key in the job store");
+                }
+            }
+        }
+
+        let mut jobs = Vec::with_capacity(records.len());
+        for (id, record) in records {
+            let mut by_index = files.remove(&id).unwrap_or_default();
+            let count = record.file_count;
+            let extra = by_index.split_off(&count);
+            if !extra.is_empty() {
+                tracing::warn!(job = %id, count, extra = extra.len(), "ignoring file records beyond the job's file count");
+            }
+            if by_index.len() != count as usize {
+                let missing = (0..count).find(|i| !by_index.contains_key(i)).unwrap_or(0);
+                return Err(StoreError::Corrupt {
+                    key: display_key(&file_key(id, missing)),
+                    reason: format!("job {id} has {count} files but this file's record is missing"),
+                });
+            }
+            jobs.push(record.into_job(by_index.into_values().collect()));
+        }
+        for (id, orphans) in files {
+            tracing::warn!(job = %id, files = orphans.len(), "ignoring file records of a job that is not stored");
+        }
+        sort_jobs(&mut jobs);
+        Ok(jobs)
+    }
+
+    fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let key = job_key(job.id);
+        let value = encode(&key, &JobRecord::from_job(job))?;
+        batch.insert(key, value);
+        for (index, file) in job.files.iter().enumerate() {
+            let key = file_key(job.id, index as u32);
+            let value = encode(&key, file)?;
+            batch.insert(key, value);
+        }
+        let _writing = self.lock_writes();
+        for key in self.file_keys(job.id)? {
+            let stale = match parse_key(&key) {
+                Key::File(_, index) => index as usize >= job.files.len(),
+                _ => true, // a malformed key under this job's prefix
+            };
+            if stale {
+                batch.remove(key);
+            }
+        }
+        self.db.apply_batch(batch).map_err(|e| StoreError::io("write a job", e))
+    }
+
+    fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
+        let key = file_key(job, index);
+        let value = encode(&key, file)?;
+        let _writing = self.lock_writes();
+        // put_job and delete_job keep file records in step with their job, so the record exists
+        // exactly when the job has this file.
+        let exists =
+            self.db.contains_key(&key).map_err(|e| StoreError::io("look up a file record", e))?;
+        if !exists {
+            return Err(StoreError::NotFound { job, index });
+        }
+        self.db.insert(key, value).map_err(|e| StoreError::io("write a file record", e))?;
+        Ok(())
+    }
+
+    fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(job_key(job));
+        let _writing = self.lock_writes();
+        for key in self.file_keys(job)? {
+            batch.remove(key);
+        }
+        self.db.apply_batch(batch).map_err(|e| StoreError::io("delete a job", e))
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|e| StoreError::io("flush the job store to disk", e))?;
+        Ok(())
+    }
+}
+
+impl Drop for SledStore {
+    /// A clean shutdown loses nothing even if a caller forgot the last flush.
+    fn drop(&mut self) {
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(path = %self.path.display(), error = %e, "flushing the job store on close failed");
+        }
+    }
+}

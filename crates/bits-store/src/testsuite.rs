@@ -1,0 +1,338 @@
+//! The conformance suite every [`Store`] must pass, run against [`MemStore`] and [`SledStore`],
+//! plus the tests only a persistent store can have (reopen, schema, corruption, locking).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bits_core::{
+    ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState, JobType, LENGTH_TO_EOF,
+    Priority, RangeSet, Validator,
+};
+use tempfile::TempDir;
+
+use crate::keys::{SCHEMA_KEY, encode_schema, file_key, job_key};
+use crate::sled_store::open_db;
+use crate::{MemStore, SCHEMA_VERSION, SledStore, Store, StoreError};
+
+fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
+    let mut filled = RangeSet::new();
+    filled.insert(0, 10);
+    filled.insert(500 + u64::from(n), 700);
+    let mut requested = RangeSet::new();
+    requested.insert(40, 50);
+    JobFile {
+        remote_url: format!("https://example.com/file{n}?q=1"),
+        local_path: PathBuf::from(format!("/home/u/file{n}")),
+        ranges,
+        remote_size: Some(1000 + u64::from(n)),
+        validator: Validator {
+            etag: Some(format!("\"etag-{n}\"")),
+            last_modified: Some("Wed, 21 Oct 2015 07:28:00 GMT".into()),
+        },
+        filled,
+        requested,
+        temp_path: PathBuf::from(format!("/home/u/.file{n}.bitsd-x-{n}.part")),
+        completed: n == 0,
+    }
+}
+
+fn job(created_secs: u64, files: Vec<JobFile>) -> Job {
+    let created = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000 + created_secs, 123_456_789);
+    Job {
+        id: JobId::new_random(),
+        display_name: format!("job {created_secs} ünïcode"),
+        description: "a description".into(),
+        job_type: JobType::Download,
+        priority: Priority::High,
+        state: JobState::TransientError,
+        owner_uid: 1000,
+        minimum_retry_delay_secs: 60,
+        no_progress_timeout_secs: 3600,
+        creation_time: created,
+        modification_time: created + Duration::from_millis(5),
+        transfer_completion_time: None,
+        error: Some(JobError {
+            context: ErrorContext::RemoteFile,
+            code: Code::Http(503),
+            description: "service unavailable".into(),
+            file_index: Some(1),
+        }),
+        error_count: 3,
+        files,
+    }
+}
+
+/// Three files, the second with ranges in a non-sorted caller order.
+fn three_file_job(created_secs: u64) -> Job {
+    job(
+        created_secs,
+        vec![
+            file(0, vec![]),
+            file(
+                1,
+                vec![
+                    ByteRange::new(900, 100),
+                    ByteRange::new(100, 100),
+                    ByteRange::new(400, LENGTH_TO_EOF),
+                ],
+            ),
+            file(2, vec![ByteRange::new(5, 5)]),
+        ],
+    )
+}
+
+/// The contract of [`Store`]; `make` returns a fresh, empty store each call.
+pub(crate) fn store_suite(make: impl Fn() -> Box<dyn Store>) {
+    // Empty store.
+    let store = make();
+    assert!(store.load_all().unwrap().is_empty());
+
+    // Round trip: jobs with files, filled ranges, ranges in caller order; load order is by
+    // creation time whatever the insertion order.
+    let a = three_file_job(10);
+    let b = job(5, vec![]);
+    store.put_job(&a).unwrap();
+    store.put_job(&b).unwrap();
+    store.flush().unwrap();
+    let loaded = store.load_all().unwrap();
+    assert_eq!(loaded, vec![b.clone(), a.clone()]);
+    assert_eq!(loaded[1].files[1].ranges[0], ByteRange::new(900, 100));
+
+    // put_job replaces the job's own fields.
+    let mut a2 = a.clone();
+    a2.state = JobState::Suspended;
+    a2.error = None;
+    a2.transfer_completion_time = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1));
+    store.put_job(&a2).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![b.clone(), a2.clone()]);
+
+    // put_file updates exactly one file.
+    let mut f1 = a2.files[1].clone();
+    f1.filled.insert(100, 200);
+    f1.validator.etag = None;
+    store.put_file(a2.id, 1, &f1).unwrap();
+    let mut expected = a2.clone();
+    expected.files[1] = f1.clone();
+    assert_eq!(store.load_all().unwrap(), vec![b.clone(), expected.clone()]);
+
+    // put_file for an unknown job or index is refused and writes nothing.
+    let unknown = JobId::new_random();
+    assert!(matches!(
+        store.put_file(unknown, 0, &f1),
+        Err(StoreError::NotFound { job, index: 0 }) if job == unknown
+    ));
+    assert!(matches!(store.put_file(a2.id, 3, &f1), Err(StoreError::NotFound { index: 3, .. })));
+    assert!(matches!(store.put_file(b.id, 0, &f1), Err(StoreError::NotFound { .. })));
+    assert_eq!(store.load_all().unwrap(), vec![b.clone(), expected.clone()]);
+
+    // put_job with fewer files drops the stale ones, for good.
+    let mut shrunk = expected.clone();
+    shrunk.files.truncate(1);
+    store.put_job(&shrunk).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![b.clone(), shrunk.clone()]);
+    assert!(matches!(store.put_file(a2.id, 1, &f1), Err(StoreError::NotFound { index: 1, .. })));
+    let mut grown = shrunk.clone();
+    grown.files.push(file(7, vec![]));
+    store.put_job(&grown).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![b.clone(), grown.clone()]);
+
+    // Files added to a job that had none.
+    let mut b2 = b.clone();
+    b2.files = vec![file(3, vec![]), file(4, vec![])];
+    store.put_job(&b2).unwrap();
+    store.put_file(b2.id, 1, &f1).unwrap();
+    b2.files[1] = f1.clone();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
+
+    // Delete removes one job and its files; deleting again (or an unknown job) is fine.
+    store.delete_job(grown.id).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone()]);
+    assert!(matches!(store.put_file(grown.id, 0, &f1), Err(StoreError::NotFound { .. })));
+    store.delete_job(grown.id).unwrap();
+    store.delete_job(unknown).unwrap();
+    store.delete_job(b2.id).unwrap();
+    store.flush().unwrap();
+    assert!(store.load_all().unwrap().is_empty());
+
+    // A job re-created under a deleted id starts clean.
+    store.put_job(&shrunk).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![shrunk]);
+}
+
+/// A sled store that owns its temporary directory.
+struct TempSled {
+    store: SledStore,
+    _dir: TempDir,
+}
+
+impl Store for TempSled {
+    fn load_all(&self) -> Result<Vec<Job>, StoreError> {
+        self.store.load_all()
+    }
+    fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.store.put_job(job)
+    }
+    fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
+        self.store.put_file(job, index, file)
+    }
+    fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
+        self.store.delete_job(job)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.store.flush()
+    }
+}
+
+#[test]
+fn mem_store_conforms() {
+    store_suite(|| Box::new(MemStore::new()));
+}
+
+#[test]
+fn sled_store_conforms() {
+    store_suite(|| {
+        let dir = TempDir::new().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        Box::new(TempSled { store, _dir: dir })
+    });
+}
+
+#[test]
+fn store_is_object_safe() {
+    let stores: Vec<std::sync::Arc<dyn Store>> = vec![std::sync::Arc::new(MemStore::new())];
+    assert!(stores[0].load_all().unwrap().is_empty());
+}
+
+fn store_dir() -> (TempDir, PathBuf) {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("state").join("bitsd");
+    (tmp, dir)
+}
+
+/// Writes some jobs, flushes and drops the store.
+fn populate(dir: &Path) -> Vec<Job> {
+    let store = SledStore::open(dir).unwrap();
+    let jobs = vec![three_file_job(1), job(2, vec![file(9, vec![])])];
+    for job in &jobs {
+        store.put_job(job).unwrap();
+    }
+    let mut f = jobs[0].files[2].clone();
+    f.filled.insert(0, 1000);
+    store.put_file(jobs[0].id, 2, &f).unwrap();
+    store.flush().unwrap();
+    let mut jobs = jobs;
+    jobs[0].files[2] = f;
+    jobs
+}
+
+#[test]
+fn reopen_sees_every_flushed_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_tmp, dir) = store_dir();
+    let jobs = populate(&dir);
+    // Reopen immediately: this races the dropped Db's flusher thread, which the retry absorbs.
+    for _ in 0..3 {
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(store.load_all().unwrap(), jobs);
+    }
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(dir.join("db").exists());
+}
+
+/// Opens the raw database behind a store directory, waiting out a just-dropped handle.
+fn raw(dir: &Path) -> sled::Db {
+    open_db(&dir.join("db"), Duration::from_secs(5)).unwrap()
+}
+
+#[test]
+fn schema_mismatch_refuses_and_keeps_data() {
+    let (_tmp, dir) = store_dir();
+    let jobs = populate(&dir);
+    {
+        let db = raw(&dir);
+        db.insert(SCHEMA_KEY, &encode_schema(SCHEMA_VERSION + 1)).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(&dir).unwrap_err();
+    assert!(matches!(err, StoreError::SchemaMismatch { found: 2, expected: 1 }), "{err:?}");
+    assert!(err.to_string().contains("schema version 2"), "{err}");
+    {
+        let db = raw(&dir);
+        // The refused open changed nothing.
+        assert_eq!(&*db.get(SCHEMA_KEY).unwrap().unwrap(), &encode_schema(2));
+        assert!(db.get(job_key(jobs[0].id)).unwrap().is_some());
+        // No version at all in a store with data is refused too.
+        db.remove(SCHEMA_KEY).unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(&dir).unwrap_err();
+    assert!(matches!(err, StoreError::SchemaMismatch { found: 0, expected: 1 }), "{err:?}");
+    {
+        let db = raw(&dir);
+        assert!(db.get(SCHEMA_KEY).unwrap().is_none());
+        db.insert(SCHEMA_KEY, &encode_schema(SCHEMA_VERSION)).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(&dir).unwrap();
+    assert_eq!(store.load_all().unwrap(), jobs);
+}
+
+#[test]
+fn corrupt_values_are_reported_by_key() {
+    let (_tmp, dir) = store_dir();
+    let jobs = populate(&dir);
+    let id = jobs[0].id;
+    let store = SledStore::open(&dir).unwrap();
+
+    store.db.insert(file_key(id, 1), &b"{not json"[..]).unwrap();
+    match store.load_all() {
+        Err(StoreError::Corrupt { key, reason }) => {
+            assert_eq!(key, format!("file/{id}/1"));
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    store.put_job(&jobs[0]).unwrap();
+    assert_eq!(store.load_all().unwrap(), jobs);
+
+    store.db.insert(job_key(id), &b"[]"[..]).unwrap();
+    let err = store.load_all().unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { key, .. } if *key == format!("job/{id}")));
+    assert!(err.to_string().contains(&format!("job/{id}")), "{err}");
+
+    // A missing file record is corruption too, named by the missing key.
+    store.put_job(&jobs[0]).unwrap();
+    store.db.remove(file_key(id, 1)).unwrap();
+    let err = store.load_all().unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { key, .. } if *key == format!("file/{id}/1")),
+        "{err:?}"
+    );
+    store.put_job(&jobs[0]).unwrap();
+
+    // A file record whose job is missing is ignored.
+    let orphan = JobId::new_random();
+    store.db.insert(file_key(orphan, 0), serde_json::to_vec(&jobs[0].files[0]).unwrap()).unwrap();
+    assert_eq!(store.load_all().unwrap(), jobs);
+}
+
+#[test]
+fn a_second_open_reports_locked() {
+    let (_tmp, dir) = store_dir();
+    let _first = SledStore::open(&dir).unwrap();
+    let started = std::time::Instant::now();
+    let err = SledStore::open_with_lock_wait(&dir, Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(&err, StoreError::Locked { path } if *path == dir.join("db")), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(err.to_string().contains("another bitsd"), "{err}");
+}
+
+#[test]
+fn open_reports_an_uncreatable_directory() {
+    let tmp = TempDir::new().unwrap();
+    let blocker = tmp.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let err = SledStore::open(&blocker.join("sub")).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+}
