@@ -1,1 +1,11 @@
-//! placeholder
+//! Test support for the bitsd end-to-end tests: the real daemon in a temp dir ([`daemon`]), a
+//! private nginx ([`nginx`]), an instrumented in-process HTTP server ([`server`]) and reproducible
+//! test content ([`data`]).
+
+// This is test support code: a failed setup step should stop the test with its message, which is
+// what unwrap/expect do.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod data;
+pub mod nginx;
+pub mod server;

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The test command: `bash scripts/test.sh` from anywhere in the checkout.
+#
+# 1. fails fast on formatting and clippy warnings;
+# 2. installs nginx if it is missing (the end-to-end tests start their own nginx on a random
+#    loopback port with their own config; the system nginx service is never used);
+# 3. builds the `bitsd` and `bitsctl` binaries (the end-to-end tests run them from target/debug);
+# 4. runs every test in the workspace. The closing "test result:" lines are what CI counts.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+find_nginx() {
+    command -v nginx 2>/dev/null && return 0
+    for candidate in /usr/sbin/nginx /usr/local/sbin/nginx /usr/local/nginx/sbin/nginx; do
+        if [ -x "$candidate" ]; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+install_nginx() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            echo "error: nginx is not installed and this script is not root and sudo is missing;" >&2
+            echo "       install it yourself (apt-get install nginx-light) and run again" >&2
+            exit 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: nginx is not installed and apt-get is not available; install nginx and run again" >&2
+        exit 1
+    fi
+    # Keep the package's own service from starting (it would try to bind port 80): policy-rc.d
+    # exit 101 tells invoke-rc.d "not allowed". Without systemd (containers) nothing starts anyway.
+    local policy=/usr/sbin/policy-rc.d created_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+        "${sudo[@]}" chmod 755 "$policy"
+        created_policy=1
+    fi
+    local status=0
+    "${sudo[@]}" apt-get update -q || status=$?
+    if [ "$status" -eq 0 ]; then
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light \
+            || "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx \
+            || status=$?
+    fi
+    if [ "$created_policy" -eq 1 ]; then
+        "${sudo[@]}" rm -f "$policy"
+    fi
+    if [ "$status" -ne 0 ] || ! find_nginx >/dev/null; then
+        echo "error: installing nginx failed (apt-get exit status $status); the end-to-end tests need it" >&2
+        exit 1
+    fi
+}
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if ! nginx_bin="$(find_nginx)"; then
+    step "installing nginx (needed by the end-to-end tests)"
+    install_nginx
+    nginx_bin="$(find_nginx)"
+fi
+echo "nginx: $nginx_bin ($("$nginx_bin" -v 2>&1))"
+# The tests look nginx up on PATH first; /usr/sbin is not on every user's PATH.
+export NGINX="$nginx_bin"
+
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+step "cargo test --workspace"
+cargo test --workspace
