@@ -1,1 +1,34 @@
-//! placeholder
+//! HTTP(S) range fetching for one remote file: probe it (size and validators), then GET byte spans
+//! of it, checking that each response holds exactly the requested bytes of the probed version.
+//!
+//! This crate decides nothing about jobs and persists nothing. Every failure comes back as a
+//! [`FetchError`] that already carries the BITS code, error context and transient/fatal decision,
+//! so the job manager only has to act on it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), bits_http::FetchError> {
+//! use bits_http::{HttpClient, HttpConfig};
+//! let client = HttpClient::new(HttpConfig::default())?;
+//! let remote = client.probe("https://example.com/file.iso").await?;
+//! let mut body = client.get_range(&remote, bits_core::Span::new(0, remote.size)).await?;
+//! while let Some(chunk) = body.next_chunk().await? {
+//!     let _ = chunk; // write at remote offset body.span().start + bytes so far
+//! }
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod classify;
+mod client;
+pub mod content_range;
+mod error;
+mod headers;
+mod probe;
+mod range;
+mod redirect;
+
+pub use body::RangeBody;
+pub use classify::classify_status;
+pub use client::{HttpClient, HttpConfig};
+pub use error::{FetchError, FetchErrorKind};
+pub use probe::RemoteInfo;

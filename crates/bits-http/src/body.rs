@@ -1,0 +1,117 @@
+//! The body of an accepted range response, handed out chunk by chunk as it arrives (never
+//! buffered whole), with the idle timeout applied to each wait and the byte count checked against
+//! the span so a short or long body can never pass for the requested bytes.
+
+use std::time::Duration;
+
+use bits_core::Span;
+use bytes::Bytes;
+use http::Version;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::client::map_hyper_error;
+use crate::error::FetchError;
+
+/// A validated response body holding exactly the bytes of [`RangeBody::span`].
+#[derive(Debug)]
+pub struct RangeBody {
+    body: Incoming,
+    span: Span,
+    received: u64,
+    idle_timeout: Duration,
+    version: Version,
+    url: String,
+    finished: bool,
+}
+
+impl RangeBody {
+    pub(crate) fn new(
+        body: Incoming,
+        span: Span,
+        idle_timeout: Duration,
+        version: Version,
+        url: String,
+    ) -> RangeBody {
+        RangeBody { body, span, received: 0, idle_timeout, version, url, finished: false }
+    }
+
+    /// The remote bytes this body carries, `[start, end)`.
+    pub fn span(&self) -> Span {
+        self.span
+    }
+
+    /// Bytes handed out so far; the next chunk starts at remote offset `span().start + received()`.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The HTTP version the response came over (HTTP/1.1 or HTTP/2).
+    pub fn http_version(&self) -> Version {
+        self.version
+    }
+
+    /// The next chunk of bytes, or `None` once the whole span has arrived. Errors if the server
+    /// sends nothing for the idle timeout, the connection breaks, the body ends early
+    /// (`ERROR_WINHTTP_CONNECTION_ERROR`) or runs past the span (`InvalidResponse`).
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, FetchError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let expected = self.span.len();
+        loop {
+            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
+                Err(_) => {
+                    self.finished = true;
+                    return Err(FetchError::timeout(format!(
+                        "no data from {} for {:?} after {} of {expected} bytes",
+                        self.url, self.idle_timeout, self.received
+                    )));
+                }
+                Ok(frame) => frame,
+            };
+            match frame {
+                None => {
+                    self.finished = true;
+                    if self.received != expected {
+                        return Err(FetchError::transport(
+                            bits_core::Code::ERROR_WINHTTP_CONNECTION_ERROR,
+                            format!(
+                                "body from {} ended after {} of {expected} bytes",
+                                self.url, self.received
+                            ),
+                        ));
+                    }
+                    debug!(url = %self.url, span = %self.span, "range body complete");
+                    return Ok(None);
+                }
+                Some(Err(err)) => {
+                    self.finished = true;
+                    let mut err = map_hyper_error(&err, &self.url);
+                    err.message =
+                        format!("{} (after {} of {expected} bytes)", err.message, self.received);
+                    return Err(err);
+                }
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers carry no file bytes
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let len = data.len() as u64;
+                    if len > expected - self.received {
+                        self.finished = true;
+                        return Err(FetchError::invalid_response(format!(
+                            "body from {} is longer than the {expected} bytes of span {}",
+                            self.url, self.span
+                        )));
+                    }
+                    self.received += len;
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}

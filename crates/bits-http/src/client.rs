@@ -1,0 +1,303 @@
+//! The shared HTTP(S) client: one hyper-util connection pool (HTTP/1.1 and HTTP/2 via ALPN, TLS by
+//! rustls with the ring provider and verified certificates) used for every probe and range GET,
+//! with redirect following, timeouts, and the mapping of transport failures to BITS codes.
+
+use std::error::Error as StdError;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bits_core::{Code, Span};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, header};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use tracing::debug;
+use url::Url;
+
+use crate::body::RangeBody;
+use crate::classify::is_followed_redirect;
+use crate::error::FetchError;
+use crate::probe::{self, RemoteInfo};
+use crate::redirect::{Redirects, parse_url, strip_sensitive_headers, to_uri};
+use crate::{headers, range};
+
+/// Settings of an [`HttpClient`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Redirects followed per request before giving up (`ERROR_WINHTTP_REDIRECT_FAILED`).
+    pub max_redirects: u32,
+    /// Limit for establishing a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for the next body chunk, or for response headers once connected.
+    pub idle_timeout: Duration,
+    pub user_agent: String,
+    /// DER certificates trusted in addition to the system roots (tests, private CAs).
+    pub extra_root_certs_der: Vec<Vec<u8>>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            max_redirects: 10,
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            user_agent: format!("bitsd/{}", env!("CARGO_PKG_VERSION")),
+            extra_root_certs_der: Vec::new(),
+        }
+    }
+}
+
+type PoolClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// Fetches remote files over http and https. Cheap to clone; clones share one connection pool,
+/// so connections to a host are reused across files and jobs.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: PoolClient,
+    config: HttpConfig,
+    base_headers: HeaderMap,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl HttpClient {
+    pub fn new(config: HttpConfig) -> Result<HttpClient, FetchError> {
+        let https = connector(&config)?;
+        let client =
+            Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(https);
+        let mut base_headers = HeaderMap::new();
+        let agent = HeaderValue::from_str(&config.user_agent).map_err(|_| {
+            FetchError::bad_url(format!("invalid user agent {:?}", config.user_agent))
+        })?;
+        base_headers.insert(header::USER_AGENT, agent);
+        base_headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        Ok(HttpClient { inner: Arc::new(Inner { client, config, base_headers }) })
+    }
+
+    pub fn config(&self) -> &HttpConfig {
+        &self.inner.config
+    }
+
+    /// HEAD the URL (following redirects) and learn its size and validators. A server that
+    /// refuses HEAD with 405 or 501 is asked `GET` with `Range: bytes=0-0` instead, and the size is
+    /// taken from the Content-Range total.
+    pub async fn probe(&self, url: &str) -> Result<RemoteInfo, FetchError> {
+        let start = parse_url(url)?;
+        let (resp, final_url) =
+            self.send(Method::HEAD, &start, self.inner.base_headers.clone()).await?;
+        let (parts, _body) = resp.into_parts();
+        if !probe::head_refused(parts.status) {
+            return probe::from_head(&parts, &final_url);
+        }
+        debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
+        let mut headers = self.inner.base_headers.clone();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
+        let (resp, final_url) = self.send(Method::GET, &final_url, headers).await?;
+        let (parts, _body) = resp.into_parts();
+        probe::from_range_probe(&parts, &final_url)
+    }
+
+    /// GET the remote bytes `span` (`[start, end)`, `end <= remote.size`) of `remote.final_url`,
+    /// with `If-Range` when the probe saw a validator. The returned body has been checked to be
+    /// exactly those bytes of the probed version.
+    pub async fn get_range(
+        &self,
+        remote: &RemoteInfo,
+        span: Span,
+    ) -> Result<RangeBody, FetchError> {
+        if span.start >= span.end || span.end > remote.size {
+            return Err(FetchError::invalid_range(format!(
+                "span {span} is empty or outside the {} bytes of {}",
+                remote.size, remote.final_url
+            )));
+        }
+        let start = parse_url(&remote.final_url)?;
+        let mut headers = self.inner.base_headers.clone();
+        let range = format!("bytes={}-{}", span.start, span.end - 1);
+        headers.insert(
+            header::RANGE,
+            HeaderValue::from_str(&range)
+                .map_err(|_| FetchError::invalid_range(format!("unencodable range {range}")))?,
+        );
+        if let Some(value) =
+            headers::if_range(&remote.validator).and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            headers.insert(header::IF_RANGE, value);
+        }
+        let (resp, url) = self.send(Method::GET, &start, headers).await?;
+        let (parts, body) = resp.into_parts();
+        range::check(&parts, remote, span, &url)?;
+        Ok(RangeBody::new(
+            body,
+            span,
+            self.inner.config.idle_timeout,
+            parts.version,
+            url.to_string(),
+        ))
+    }
+
+    /// Sends one request, following redirects; returns the final response and its URL.
+    async fn send(
+        &self,
+        method: Method,
+        start: &Url,
+        mut headers: HeaderMap,
+    ) -> Result<(Response<Incoming>, Url), FetchError> {
+        let config = &self.inner.config;
+        let mut redirects = Redirects::new(start, config.max_redirects);
+        let mut url = start.clone();
+        loop {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(to_uri(&url)?)
+                .body(Empty::new())
+                .map_err(|e| FetchError::bad_url(format!("cannot build request for {url}: {e}")))?;
+            *req.headers_mut() = headers.clone();
+            debug!(%method, %url, range = ?headers.get(header::RANGE), "request");
+            // Connecting gets its own limit inside the connector; after that the server has
+            // idle_timeout to answer.
+            let limit = config.connect_timeout.saturating_add(config.idle_timeout);
+            let resp = match tokio::time::timeout(limit, self.inner.client.request(req)).await {
+                Err(_) => {
+                    return Err(FetchError::timeout(format!(
+                        "no response from {url} within {limit:?}"
+                    )));
+                }
+                Ok(Err(err)) => {
+                    let err = map_client_error(&err, url.as_str());
+                    debug!(%method, %url, error = %err, "request failed");
+                    return Err(err);
+                }
+                Ok(Ok(resp)) => resp,
+            };
+            let status = resp.status().as_u16();
+            debug!(%method, %url, status, version = ?resp.version(), "response");
+            if !is_followed_redirect(status) {
+                return Ok((resp, url));
+            }
+            let next = redirects.next(&url, status, resp.headers().get(header::LOCATION))?;
+            debug!(from = %url, to = %next, status, "following redirect");
+            strip_sensitive_headers(&mut headers, &url, &next);
+            url = next;
+        }
+    }
+}
+
+/// The TLS-capable connector: ring provider, system roots (webpki roots if the system has none),
+/// plus any extra roots; ALPN offers h2 and http/1.1.
+fn connector(config: &HttpConfig) -> Result<HttpsConnector<HttpConnector>, FetchError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(config.connect_timeout));
+    http.set_nodelay(true);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_err = |e: &dyn std::fmt::Display| FetchError::tls(format!("TLS setup failed: {e}"));
+    let builder = if config.extra_root_certs_der.is_empty() {
+        match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
+            Ok(builder) => builder,
+            Err(err) => {
+                debug!(error = %err, "no native root certificates; using webpki roots");
+                HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(provider)
+                    .map_err(|e| tls_err(&e))?
+            }
+        }
+    } else {
+        let mut roots = RootCertStore::empty();
+        let (added, _) =
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if added == 0 {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        for der in &config.extra_root_certs_der {
+            roots.add(CertificateDer::from(der.clone())).map_err(|e| tls_err(&e))?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls_err(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        HttpsConnectorBuilder::new().with_tls_config(tls)
+    };
+    Ok(builder.https_or_http().enable_http1().enable_http2().wrap_connector(http))
+}
+
+/// Maps a failed request (connect, TLS, send, or response head) to a BITS error.
+fn map_client_error(err: &hyper_util::client::legacy::Error, url: &str) -> FetchError {
+    map_chain(err, err.is_connect(), url)
+}
+
+/// Maps a failure while reading a response body.
+pub(crate) fn map_hyper_error(err: &hyper::Error, url: &str) -> FetchError {
+    map_chain(err, false, url)
+}
+
+fn map_chain(err: &(dyn StdError + 'static), is_connect: bool, url: &str) -> FetchError {
+    let mut description = err.to_string();
+    let mut tls = None;
+    let mut dns = false;
+    let mut io_kind = None;
+    let mut parse = false;
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            tls = Some(e.to_string());
+        }
+        if let Some(io_err) = e.downcast_ref::<io::Error>() {
+            io_kind.get_or_insert(io_err.kind());
+            // io::Error's source() skips the error it wraps; look at that one too.
+            if let Some(inner) = io_err.get_ref()
+                && inner.downcast_ref::<rustls::Error>().is_some()
+            {
+                tls = Some(inner.to_string());
+            }
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            parse |= h.is_parse() || h.is_parse_status() || h.is_parse_too_large();
+        }
+        if e.to_string() == "dns error" {
+            dns = true;
+        }
+        if !std::ptr::addr_eq(e, err) {
+            description.push_str(": ");
+            description.push_str(&e.to_string());
+        }
+        cur = e.source();
+    }
+    let message = format!("{url}: {description}");
+    if let Some(tls) = tls {
+        return FetchError::tls(format!("TLS failure with {url}: {tls}"));
+    }
+    if dns {
+        return FetchError::transport(Code::ERROR_WINHTTP_NAME_NOT_RESOLVED, message);
+    }
+    match io_kind {
+        Some(io::ErrorKind::TimedOut) => return FetchError::timeout(message),
+        Some(io::ErrorKind::ConnectionRefused) => {
+            return FetchError::transport(Code::ERROR_WINHTTP_CANNOT_CONNECT, message);
+        }
+        _ => {}
+    }
+    if is_connect {
+        return FetchError::transport(Code::ERROR_WINHTTP_CANNOT_CONNECT, message);
+    }
+    if parse {
+        return FetchError::invalid_response(message);
+    }
+    FetchError::transport(Code::ERROR_WINHTTP_CONNECTION_ERROR, message)
+}

@@ -1,0 +1,203 @@
+//! What a probe learns about a remote file, and how a HEAD answer (or the `GET bytes=0-0`
+//! fallback for servers that refuse HEAD) is turned into it. Pure functions over response heads so
+//! every rule is unit-testable without a server.
+
+use std::time::SystemTime;
+
+use bits_core::Validator;
+use http::StatusCode;
+use http::response::Parts;
+use url::Url;
+
+use crate::content_range::ContentRange;
+use crate::error::FetchError;
+use crate::headers;
+
+/// The remote file as the probe saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteInfo {
+    /// The URL after redirects; ranged GETs go here.
+    pub final_url: String,
+    pub size: u64,
+    /// ETag and Last-Modified as sent; identifies the version (spec §6.4).
+    pub validator: Validator,
+    /// The server advertised `Accept-Ranges: bytes` (or answered a range request with 206).
+    pub accept_ranges: bool,
+    /// Last-Modified parsed as an HTTP date, for the final file's mtime (spec §6.5).
+    pub last_modified: Option<SystemTime>,
+}
+
+impl RemoteInfo {
+    fn from_parts(parts: &Parts, url: &Url, size: u64, accept_ranges: bool) -> RemoteInfo {
+        let validator = headers::validator(&parts.headers);
+        let last_modified =
+            validator.last_modified.as_deref().and_then(|d| httpdate::parse_http_date(d).ok());
+        RemoteInfo { final_url: url.to_string(), size, validator, accept_ranges, last_modified }
+    }
+}
+
+/// Whether a HEAD answer means "use GET instead".
+pub(crate) fn head_refused(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 405 | 501)
+}
+
+/// An error status as a [`FetchError`], carrying `Retry-After`.
+pub(crate) fn status_error(parts: &Parts, url: &Url) -> FetchError {
+    let mut err = FetchError::http_status(parts.status.as_u16(), url.as_str());
+    err.retry_after = headers::retry_after(&parts.headers);
+    err
+}
+
+/// Interprets the final (non-redirect) answer to HEAD.
+pub(crate) fn from_head(parts: &Parts, url: &Url) -> Result<RemoteInfo, FetchError> {
+    match parts.status.as_u16() {
+        200 | 203 => {}
+        s if (200..300).contains(&s) => {
+            return Err(FetchError::invalid_response(format!("HEAD {url} answered {s}")));
+        }
+        _ => return Err(status_error(parts, url)),
+    }
+    let size = match headers::content_length(&parts.headers) {
+        Ok(Some(size)) => size,
+        Ok(None) => {
+            return Err(FetchError::missing_size(format!(
+                "HEAD {url} gave no Content-Length, so the file size is unknown"
+            )));
+        }
+        Err(why) => {
+            return Err(FetchError::missing_size(format!("HEAD {url}: {why}")));
+        }
+    };
+    Ok(RemoteInfo::from_parts(parts, url, size, headers::accepts_byte_ranges(&parts.headers)))
+}
+
+/// Interprets the answer to the fallback `GET` with `Range: bytes=0-0`.
+pub(crate) fn from_range_probe(parts: &Parts, url: &Url) -> Result<RemoteInfo, FetchError> {
+    let content_range = || -> Result<Option<ContentRange>, FetchError> {
+        match parts.headers.get(http::header::CONTENT_RANGE) {
+            None => Ok(None),
+            Some(v) => {
+                let text = v.to_str().map_err(|_| {
+                    FetchError::invalid_response(format!("unreadable Content-Range from {url}"))
+                })?;
+                ContentRange::parse(text)
+                    .map(Some)
+                    .map_err(|e| FetchError::invalid_response(format!("GET {url}: {e}")))
+            }
+        }
+    };
+    match parts.status.as_u16() {
+        206 => match content_range()? {
+            Some(ContentRange::Satisfied { first: 0, last: 0, complete: Some(size) }) => {
+                Ok(RemoteInfo::from_parts(parts, url, size, true))
+            }
+            Some(ContentRange::Satisfied { complete: None, .. }) => Err(FetchError::missing_size(
+                format!("GET {url} gave Content-Range without a total size"),
+            )),
+            Some(other) => Err(FetchError::invalid_response(format!(
+                "GET {url} bytes=0-0 answered with Content-Range {other}"
+            ))),
+            None => {
+                Err(FetchError::invalid_response(format!("206 from {url} without Content-Range")))
+            }
+        },
+        200 | 203 => match headers::content_length(&parts.headers) {
+            Ok(Some(size)) => Ok(RemoteInfo::from_parts(
+                parts,
+                url,
+                size,
+                headers::accepts_byte_ranges(&parts.headers),
+            )),
+            Ok(None) => Err(FetchError::missing_size(format!(
+                "GET {url} gave neither Content-Range nor Content-Length"
+            ))),
+            Err(why) => Err(FetchError::missing_size(format!("GET {url}: {why}"))),
+        },
+        // The only file for which bytes=0-0 is unsatisfiable is the empty one.
+        416 => match content_range()? {
+            Some(ContentRange::Unsatisfied { complete: 0 }) => {
+                Ok(RemoteInfo::from_parts(parts, url, 0, true))
+            }
+            _ => Err(status_error(parts, url)),
+        },
+        s if (200..300).contains(&s) => {
+            Err(FetchError::invalid_response(format!("GET {url} answered {s}")))
+        }
+        _ => Err(status_error(parts, url)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bits_core::Code;
+
+    use super::*;
+    use crate::FetchErrorKind;
+
+    fn parts(status: u16, pairs: &[(&str, &str)]) -> Parts {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in pairs {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn url() -> Url {
+        Url::parse("http://h/f").unwrap()
+    }
+
+    #[test]
+    fn head_records_size_and_validators() {
+        let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let info = from_head(
+            &parts(
+                200,
+                &[
+                    ("content-length", "10"),
+                    ("etag", "\"v1\""),
+                    ("last-modified", lm),
+                    ("accept-ranges", "bytes"),
+                ],
+            ),
+            &url(),
+        )
+        .unwrap();
+        assert_eq!(info.size, 10);
+        assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
+        assert_eq!(info.validator.last_modified.as_deref(), Some(lm));
+        assert!(info.accept_ranges);
+        assert_eq!(info.last_modified, httpdate::parse_http_date(lm).ok());
+        assert_eq!(info.final_url, "http://h/f");
+    }
+
+    #[test]
+    fn head_without_length_is_missing_size() {
+        for p in [parts(200, &[]), parts(200, &[("content-length", "x")])] {
+            let err = from_head(&p, &url()).unwrap_err();
+            assert_eq!(
+                (err.kind, err.code),
+                (FetchErrorKind::MissingSize, Code::BG_E_MISSING_FILE_SIZE)
+            );
+            assert!(!err.transient);
+        }
+        let err = from_head(&parts(503, &[("retry-after", "7")]), &url()).unwrap_err();
+        assert_eq!(err.kind, FetchErrorKind::Http(503));
+        assert_eq!(err.retry_after, Some(std::time::Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn range_probe_reads_the_total() {
+        let info =
+            from_range_probe(&parts(206, &[("content-range", "bytes 0-0/77")]), &url()).unwrap();
+        assert_eq!((info.size, info.accept_ranges), (77, true));
+        let info = from_range_probe(&parts(200, &[("content-length", "5")]), &url()).unwrap();
+        assert_eq!((info.size, info.accept_ranges), (5, false));
+        let info =
+            from_range_probe(&parts(416, &[("content-range", "bytes */0")]), &url()).unwrap();
+        assert_eq!(info.size, 0);
+        let err = from_range_probe(&parts(206, &[("content-range", "bytes 0-1/77")]), &url());
+        assert_eq!(err.unwrap_err().kind, FetchErrorKind::InvalidResponse);
+        let err = from_range_probe(&parts(200, &[]), &url()).unwrap_err();
+        assert_eq!(err.kind, FetchErrorKind::MissingSize);
+    }
+}

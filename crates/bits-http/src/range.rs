@@ -1,0 +1,225 @@
+//! Accepting or rejecting the answer to a ranged GET. This is where a response is checked to hold
+//! exactly the requested bytes of the probed version of the file (spec §6.1, §6.4) before any of
+//! its body is handed to the caller.
+
+use bits_core::Span;
+use http::header;
+use http::response::Parts;
+use url::Url;
+
+use crate::content_range::ContentRange;
+use crate::error::FetchError;
+use crate::headers;
+use crate::probe::{RemoteInfo, status_error};
+
+/// Checks a (non-redirect) response head to `GET` of `span`. `Ok` means the body is exactly the
+/// bytes of `span` (a 206 for it, or a 200 when `span` is the whole file).
+pub(crate) fn check(
+    parts: &Parts,
+    remote: &RemoteInfo,
+    span: Span,
+    url: &Url,
+) -> Result<(), FetchError> {
+    let status = parts.status.as_u16();
+    let response_validator = headers::validator(&parts.headers);
+    match status {
+        206 => {
+            let value = parts.headers.get(header::CONTENT_RANGE).ok_or_else(|| {
+                FetchError::invalid_response(format!("206 from {url} without Content-Range"))
+            })?;
+            let text = value.to_str().map_err(|_| {
+                FetchError::invalid_response(format!("unreadable Content-Range from {url}"))
+            })?;
+            let range = ContentRange::parse(text)
+                .map_err(|e| FetchError::invalid_response(format!("206 from {url}: {e}")))?;
+            let (first, last, complete) = match range {
+                ContentRange::Satisfied { first, last, complete } => (first, last, complete),
+                ContentRange::Unsatisfied { .. } => {
+                    return Err(FetchError::invalid_response(format!(
+                        "206 from {url} with unsatisfied Content-Range {text}"
+                    )));
+                }
+            };
+            if first != span.start || last + 1 != span.end {
+                return Err(FetchError::invalid_response(format!(
+                    "asked {url} for bytes {}-{}, got Content-Range {text}",
+                    span.start,
+                    span.end - 1
+                )));
+            }
+            match complete {
+                Some(total) if total == remote.size => {}
+                // A new total is a new version of the file, not a broken answer.
+                Some(total) => {
+                    return Err(FetchError::remote_changed(format!(
+                        "{url} is now {total} bytes, was {} (Content-Range {text})",
+                        remote.size
+                    )));
+                }
+                None => {
+                    return Err(FetchError::invalid_response(format!(
+                        "206 from {url} without the total size in Content-Range {text}"
+                    )));
+                }
+            }
+            if let Some(why) = headers::validator_change(&remote.validator, &response_validator) {
+                return Err(FetchError::remote_changed(format!("{url}: {why}")));
+            }
+            check_length(parts, span, url)?;
+            check_encoding(parts, url)
+        }
+        200 => {
+            if let Some(why) = headers::validator_change(&remote.validator, &response_validator) {
+                return Err(FetchError::remote_changed(format!("{url}: {why}")));
+            }
+            match headers::content_length(&parts.headers) {
+                Ok(Some(len)) if len != remote.size => {
+                    return Err(FetchError::remote_changed(format!(
+                        "{url} is now {len} bytes, was {}",
+                        remote.size
+                    )));
+                }
+                Ok(_) => {}
+                Err(why) => return Err(FetchError::invalid_response(format!("{url}: {why}"))),
+            }
+            check_encoding(parts, url)?;
+            if span.start != 0 || span.end != remote.size {
+                return Err(FetchError::range_not_supported(format!(
+                    "{url} ignored Range bytes={}-{} and sent the whole file",
+                    span.start,
+                    span.end - 1
+                )));
+            }
+            Ok(())
+        }
+        412 => Err(FetchError::remote_changed(format!(
+            "{url} answered 412: its validator no longer matches"
+        ))),
+        416 => Err(FetchError::invalid_range(format!(
+            "{url} answered 416 to bytes={}-{} (probed size {})",
+            span.start,
+            span.end - 1,
+            remote.size
+        ))),
+        s if (200..300).contains(&s) => {
+            Err(FetchError::invalid_response(format!("ranged GET {url} answered {s}")))
+        }
+        _ => Err(status_error(parts, url)),
+    }
+}
+
+fn check_length(parts: &Parts, span: Span, url: &Url) -> Result<(), FetchError> {
+    match headers::content_length(&parts.headers) {
+        Ok(Some(len)) if len != span.len() => Err(FetchError::invalid_response(format!(
+            "{url} sent Content-Length {len} for the {} bytes of {span}",
+            span.len()
+        ))),
+        Ok(_) => Ok(()),
+        Err(why) => Err(FetchError::invalid_response(format!("{url}: {why}"))),
+    }
+}
+
+fn check_encoding(parts: &Parts, url: &Url) -> Result<(), FetchError> {
+    match headers::non_identity_encoding(&parts.headers) {
+        Some(coding) => Err(FetchError::invalid_response(format!(
+            "{url} sent Content-Encoding {coding} although identity was asked for"
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bits_core::{Code, Validator};
+
+    use super::*;
+    use crate::FetchErrorKind;
+
+    fn parts(status: u16, pairs: &[(&str, &str)]) -> Parts {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in pairs {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn remote() -> RemoteInfo {
+        RemoteInfo {
+            final_url: "http://h/f".into(),
+            size: 100,
+            validator: Validator { etag: Some("\"v1\"".into()), last_modified: None },
+            accept_ranges: true,
+            last_modified: None,
+        }
+    }
+
+    fn kind(
+        status: u16,
+        pairs: &[(&str, &str)],
+        span: Span,
+    ) -> Result<(), (FetchErrorKind, Code, bool)> {
+        let url = Url::parse("http://h/f").unwrap();
+        check(&parts(status, pairs), &remote(), span, &url)
+            .map_err(|e| (e.kind, e.code, e.transient))
+    }
+
+    const INVALID: (FetchErrorKind, Code, bool) =
+        (FetchErrorKind::InvalidResponse, Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, true);
+    const CHANGED: (FetchErrorKind, Code, bool) =
+        (FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
+
+    #[test]
+    fn partial_content_must_match_exactly() {
+        let mid = Span::new(10, 20);
+        assert_eq!(
+            kind(206, &[("Content-Range", "bytes 10-19/100"), ("content-length", "10")], mid),
+            Ok(())
+        );
+        assert_eq!(
+            kind(206, &[("content-range", "bytes 10-19/100"), ("etag", "\"v1\"")], mid),
+            Ok(())
+        );
+        assert_eq!(kind(206, &[("content-range", "bytes 10-20/100")], mid), Err(INVALID));
+        assert_eq!(kind(206, &[("content-range", "bytes 9-18/100")], mid), Err(INVALID));
+        assert_eq!(kind(206, &[("content-range", "bytes 10-19/*")], mid), Err(INVALID));
+        assert_eq!(kind(206, &[("content-range", "bytes */100")], mid), Err(INVALID));
+        assert_eq!(kind(206, &[], mid), Err(INVALID));
+        assert_eq!(
+            kind(206, &[("content-range", "bytes 10-19/100"), ("content-length", "11")], mid),
+            Err(INVALID)
+        );
+        assert_eq!(
+            kind(206, &[("content-range", "bytes 10-19/100"), ("content-encoding", "gzip")], mid),
+            Err(INVALID)
+        );
+        assert_eq!(kind(206, &[("content-range", "bytes 10-19/101")], mid), Err(CHANGED));
+        assert_eq!(
+            kind(206, &[("content-range", "bytes 10-19/100"), ("etag", "\"v2\"")], mid),
+            Err(CHANGED)
+        );
+    }
+
+    #[test]
+    fn full_content_only_for_the_whole_file() {
+        let whole = Span::new(0, 100);
+        assert_eq!(kind(200, &[("content-length", "100"), ("etag", "\"v1\"")], whole), Ok(()));
+        assert_eq!(kind(200, &[], whole), Ok(()));
+        assert_eq!(
+            kind(200, &[("content-length", "100"), ("etag", "\"v2\"")], whole),
+            Err(CHANGED)
+        );
+        assert_eq!(kind(200, &[("content-length", "99")], whole), Err(CHANGED));
+        assert_eq!(kind(200, &[("content-encoding", "br")], whole), Err(INVALID));
+        assert_eq!(
+            kind(200, &[("content-length", "100")], Span::new(0, 50)),
+            Err((FetchErrorKind::RangeNotSupported, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, false))
+        );
+        assert_eq!(kind(412, &[], whole), Err(CHANGED));
+        assert_eq!(
+            kind(416, &[], whole),
+            Err((FetchErrorKind::InvalidRange, Code::BG_E_INVALID_RANGE, false))
+        );
+        assert_eq!(kind(404, &[], whole), Err((FetchErrorKind::Http(404), Code::Http(404), false)));
+        assert_eq!(kind(204, &[], whole), Err(INVALID));
+    }
+}

@@ -1,0 +1,194 @@
+//! URL checks and redirect following. Kept apart from the client so the rules (which schemes, how
+//! many hops, no https→http downgrade, credentials never cross to another origin) are plain
+//! functions with unit tests.
+
+use std::collections::HashSet;
+
+use http::{HeaderMap, HeaderValue, Uri, header};
+use url::Url;
+
+use crate::error::FetchError;
+
+/// Parses a caller's URL: absolute, `http` or `https`, with a host. The fragment is dropped (it is
+/// never sent to a server).
+pub(crate) fn parse_url(url: &str) -> Result<Url, FetchError> {
+    let mut parsed =
+        Url::parse(url).map_err(|e| FetchError::bad_url(format!("invalid URL {url:?}: {e}")))?;
+    check_url(&parsed)?;
+    parsed.set_fragment(None);
+    Ok(parsed)
+}
+
+fn check_url(url: &Url) -> Result<(), FetchError> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FetchError::bad_url(format!(
+            "unsupported URL scheme {:?} in {url} (only http and https)",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(FetchError::bad_url(format!("URL {url} has no host")));
+    }
+    Ok(())
+}
+
+/// The request target for hyper.
+pub(crate) fn to_uri(url: &Url) -> Result<Uri, FetchError> {
+    url.as_str().parse::<Uri>().map_err(|e| FetchError::bad_url(format!("invalid URL {url}: {e}")))
+}
+
+/// Tracks one chain of redirects.
+#[derive(Debug)]
+pub(crate) struct Redirects {
+    max: u32,
+    followed: u32,
+    visited: HashSet<String>,
+}
+
+impl Redirects {
+    pub(crate) fn new(start: &Url, max: u32) -> Redirects {
+        let mut visited = HashSet::new();
+        visited.insert(start.as_str().to_owned());
+        Redirects { max, followed: 0, visited }
+    }
+
+    /// The URL a redirect from `current` leads to, or why it must not be followed.
+    pub(crate) fn next(
+        &mut self,
+        current: &Url,
+        status: u16,
+        location: Option<&HeaderValue>,
+    ) -> Result<Url, FetchError> {
+        let location = location.ok_or_else(|| {
+            FetchError::redirect(format!("HTTP {status} from {current} without a Location header"))
+        })?;
+        let location = location.to_str().map_err(|_| {
+            FetchError::redirect(format!(
+                "HTTP {status} from {current} with an unreadable Location"
+            ))
+        })?;
+        let mut next = current.join(location).map_err(|e| {
+            FetchError::redirect(format!(
+                "redirect from {current} to invalid URL {location:?}: {e}"
+            ))
+        })?;
+        next.set_fragment(None);
+        check_url(&next)?;
+        if current.scheme() == "https" && next.scheme() == "http" {
+            return Err(FetchError::redirect(format!(
+                "refusing redirect from https to http ({current} -> {next})"
+            )));
+        }
+        if !self.visited.insert(next.as_str().to_owned()) {
+            return Err(FetchError::redirect(format!("redirect loop at {next} (from {current})")));
+        }
+        self.followed += 1;
+        if self.followed > self.max {
+            return Err(FetchError::redirect(format!(
+                "more than {} redirects (last {current} -> {next})",
+                self.max
+            )));
+        }
+        Ok(next)
+    }
+}
+
+/// Removes credentials before a request goes to another origin than the previous hop, so a
+/// redirect can never leak them to a third party.
+pub(crate) fn strip_sensitive_headers(headers: &mut HeaderMap, from: &Url, to: &Url) {
+    if from.origin() != to.origin() {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::PROXY_AUTHORIZATION);
+        headers.remove(header::COOKIE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bits_core::Code;
+
+    use super::*;
+    use crate::FetchErrorKind;
+
+    fn url(s: &str) -> Url {
+        parse_url(s).unwrap()
+    }
+
+    fn hv(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn parse_url_accepts_http_and_https_only() {
+        assert_eq!(url("http://h/a#frag").as_str(), "http://h/a");
+        assert!(parse_url("https://h:8443/x?y=1").is_ok());
+        for bad in ["ftp://h/x", "file:///etc/passwd", "h/x", "", "http://", "data:,x"] {
+            let err = parse_url(bad).unwrap_err();
+            assert_eq!(err.kind, FetchErrorKind::BadUrl, "{bad}");
+            assert_eq!(err.code, Code::E_INVALIDARG);
+            assert!(!err.transient);
+        }
+    }
+
+    #[test]
+    fn relative_locations_resolve_against_the_current_url() {
+        let start = url("http://h/dir/a?q=1");
+        let mut r = Redirects::new(&start, 10);
+        assert_eq!(r.next(&start, 302, Some(&hv("b"))).unwrap().as_str(), "http://h/dir/b");
+        let cur = url("http://h/dir/b");
+        assert_eq!(r.next(&cur, 301, Some(&hv("../c"))).unwrap().as_str(), "http://h/c");
+        let cur = url("http://h/c");
+        assert_eq!(
+            r.next(&cur, 307, Some(&hv("//other:81/d"))).unwrap().as_str(),
+            "http://other:81/d"
+        );
+        assert_eq!(r.next(&cur, 308, Some(&hv("https://s/e#x"))).unwrap().as_str(), "https://s/e");
+    }
+
+    #[test]
+    fn refuses_loops_limits_downgrades_and_other_schemes() {
+        let a = url("http://h/a");
+        let b = url("http://h/b");
+        let mut r = Redirects::new(&a, 10);
+        r.next(&a, 302, Some(&hv("/b"))).unwrap();
+        let err = r.next(&b, 302, Some(&hv("/a"))).unwrap_err();
+        assert_eq!(
+            (err.kind, err.code),
+            (FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED)
+        );
+        assert!(!err.transient);
+
+        let mut r = Redirects::new(&a, 2);
+        let mut cur = a.clone();
+        for i in 0..2 {
+            cur = r.next(&cur, 302, Some(&hv(&format!("/n{i}")))).unwrap();
+        }
+        assert_eq!(r.next(&cur, 302, Some(&hv("/n9"))).unwrap_err().kind, FetchErrorKind::Redirect);
+
+        let s = url("https://h/a");
+        let err = Redirects::new(&s, 10).next(&s, 301, Some(&hv("http://h/a"))).unwrap_err();
+        assert_eq!(err.kind, FetchErrorKind::Redirect);
+
+        let err = Redirects::new(&a, 10).next(&a, 302, Some(&hv("ftp://h/a"))).unwrap_err();
+        assert_eq!((err.kind, err.code), (FetchErrorKind::BadUrl, Code::E_INVALIDARG));
+
+        let err = Redirects::new(&a, 10).next(&a, 302, None).unwrap_err();
+        assert_eq!(err.kind, FetchErrorKind::Redirect);
+    }
+
+    #[test]
+    fn credentials_do_not_cross_origins() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, hv("Basic eDp5"));
+        headers.insert(header::COOKIE, hv("a=b"));
+        headers.insert(header::RANGE, hv("bytes=0-1"));
+        strip_sensitive_headers(&mut headers, &url("http://h/a"), &url("http://h/b"));
+        assert_eq!(headers.len(), 3);
+        strip_sensitive_headers(&mut headers, &url("http://h/a"), &url("https://h/a"));
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::RANGE));
+        headers.insert(header::COOKIE, hv("a=b"));
+        strip_sensitive_headers(&mut headers, &url("http://h/a"), &url("http://h:8080/a"));
+        assert!(!headers.contains_key(header::COOKIE));
+    }
+}

@@ -1,0 +1,349 @@
+//! The fetcher against an in-process HTTP/1.1 server that serves a file correctly or misbehaves in
+//! one specific way per test; each test asserts the exact kind, BITS code and transient flag.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bits_core::{Code, ErrorContext, Span};
+use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
+use common::{LAST_MODIFIED, Mode, SIZE, client, client_with, read_all, start};
+use http::{Method, header};
+
+fn assert_err(err: &FetchError, kind: FetchErrorKind, code: Code, transient: bool) {
+    assert_eq!((err.kind, err.code, err.transient), (kind, code, transient), "{err}");
+}
+
+async fn probe_ok(url: &str) -> RemoteInfo {
+    client().probe(url).await.unwrap()
+}
+
+#[tokio::test]
+async fn probe_learns_size_and_validators() {
+    let server = start(Mode::Normal).await;
+    let info = probe_ok(&server.url("/file")).await;
+    assert_eq!(info.final_url, server.url("/file"));
+    assert_eq!(info.size, SIZE as u64);
+    assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(info.validator.last_modified.as_deref(), Some(LAST_MODIFIED));
+    assert_eq!(info.last_modified, httpdate::parse_http_date(LAST_MODIFIED).ok());
+    assert!(info.accept_ranges);
+    let head = server.state.last();
+    assert_eq!(head.method, Method::HEAD);
+    assert_eq!(head.headers[header::ACCEPT_ENCODING], "identity");
+    assert!(head.headers[header::USER_AGENT].to_str().unwrap().starts_with("bitsd/"));
+}
+
+#[tokio::test]
+async fn whole_file_via_206() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let mut body = http.get_range(&info, Span::new(0, info.size)).await.unwrap();
+    assert_eq!(body.span(), Span::new(0, SIZE as u64));
+    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(body.next_chunk().await.unwrap(), None);
+    let get = server.state.last();
+    assert_eq!(get.method, Method::GET);
+    assert_eq!(get.headers[header::RANGE], format!("bytes=0-{}", SIZE - 1));
+    assert_eq!(get.headers[header::IF_RANGE], "\"v1\"");
+    assert_eq!(get.headers[header::ACCEPT_ENCODING], "identity");
+    assert!(!get.headers.contains_key(header::AUTHORIZATION));
+}
+
+#[tokio::test]
+async fn middle_span_via_206_streams_in_chunks() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let span = Span::new(1234, 56789);
+    let mut body = http.get_range(&info, span).await.unwrap();
+    let got = read_all(&mut body).await.unwrap();
+    assert_eq!(got, &server.state.data[1234..56789]);
+    assert_eq!(body.received(), span.len());
+    assert_eq!(server.state.last().headers[header::RANGE], "bytes=1234-56788");
+    // The last byte alone.
+    let mut body = http.get_range(&info, Span::new(SIZE as u64 - 1, SIZE as u64)).await.unwrap();
+    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[SIZE - 1..]);
+}
+
+#[tokio::test]
+async fn connections_are_reused_across_clones() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    for i in 0..3u64 {
+        let clone = http.clone();
+        let mut body = clone.get_range(&info, Span::new(i * 100, i * 100 + 50)).await.unwrap();
+        read_all(&mut body).await.unwrap();
+    }
+    assert_eq!(server.state.connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn whole_file_via_200_when_range_is_ignored() {
+    let server = start(Mode::IgnoreRange).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let mut body = http.get_range(&info, Span::new(0, info.size)).await.unwrap();
+    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+}
+
+#[tokio::test]
+async fn partial_span_with_range_ignored_is_insufficient_range_support() {
+    let server = start(Mode::IgnoreRange).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let err = http.get_range(&info, Span::new(10, 20)).await.unwrap_err();
+    assert_err(
+        &err,
+        FetchErrorKind::RangeNotSupported,
+        Code::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+        false,
+    );
+    assert_eq!(err.context, ErrorContext::RemoteFile);
+}
+
+#[tokio::test]
+async fn wrong_content_range_is_invalid_response() {
+    let server = start(Mode::WrongContentRange).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let err = http.get_range(&info, Span::new(10, 20)).await.unwrap_err();
+    assert_err(
+        &err,
+        FetchErrorKind::InvalidResponse,
+        Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE,
+        true,
+    );
+}
+
+#[tokio::test]
+async fn short_body_then_close_is_a_connection_error() {
+    let server = start(Mode::ShortBody).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let mut body = http.get_range(&info, Span::new(0, 1000)).await.unwrap();
+    let mut got = Vec::new();
+    let err = loop {
+        match body.next_chunk().await {
+            Ok(Some(chunk)) => got.extend_from_slice(&chunk),
+            Ok(None) => panic!("short body accepted"),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(got, &server.state.data[..500]);
+    assert_err(&err, FetchErrorKind::Transport, Code::ERROR_WINHTTP_CONNECTION_ERROR, true);
+    assert_eq!(err.context, ErrorContext::GeneralTransport);
+}
+
+#[tokio::test]
+async fn stalled_body_times_out() {
+    let server = start(Mode::StallBody).await;
+    let http = client_with(|c| c.idle_timeout = Duration::from_millis(300));
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let mut body = http.get_range(&info, Span::new(0, 1000)).await.unwrap();
+    assert_eq!(body.next_chunk().await.unwrap().unwrap(), &server.state.data[..500]);
+    let started = Instant::now();
+    let err = body.next_chunk().await.unwrap_err();
+    assert_err(&err, FetchErrorKind::Timeout, Code::ERROR_WINHTTP_TIMEOUT, true);
+    assert_eq!(err.context, ErrorContext::GeneralTransport);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "{waited:?}");
+}
+
+#[tokio::test]
+async fn stalled_headers_time_out() {
+    let server = start(Mode::Normal).await;
+    let http = client_with(|c| {
+        c.idle_timeout = Duration::from_millis(300);
+        c.connect_timeout = Duration::from_millis(300);
+    });
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    server.state.set_mode(Mode::StallHeaders);
+    let started = Instant::now();
+    let err = http.get_range(&info, Span::new(0, 10)).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::Timeout, Code::ERROR_WINHTTP_TIMEOUT, true);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn http_statuses_are_classified() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let span = Span::new(0, 10);
+    for (code, transient) in
+        [(404, false), (403, false), (500, true), (501, false), (429, true), (408, true)]
+    {
+        server.state.set_mode(Mode::GetStatus(code));
+        let err = http.get_range(&info, span).await.unwrap_err();
+        assert_err(&err, FetchErrorKind::Http(code), Code::Http(code), transient);
+        assert_eq!(err.context, ErrorContext::RemoteFile);
+    }
+    server.state.set_mode(Mode::GetStatus(503));
+    let err = http.get_range(&info, span).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::Http(503), Code::Http(503), true);
+    assert_eq!(err.retry_after, Some(Duration::from_secs(3)));
+    server.state.set_mode(Mode::GetStatus(412));
+    let err = http.get_range(&info, span).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
+    assert!(err.restarts_file());
+    // A missing file fails the probe with the same classification.
+    let err = http.probe(&server.url("/missing")).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::Http(404), Code::Http(404), false);
+}
+
+#[tokio::test]
+async fn range_past_the_end_is_invalid_range() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    // The file shrank behind our back: the server answers 416.
+    let stale = RemoteInfo { size: 2 * SIZE as u64, validator: Default::default(), ..info.clone() };
+    let err =
+        http.get_range(&stale, Span::new(SIZE as u64 + 10, SIZE as u64 + 20)).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::InvalidRange, Code::BG_E_INVALID_RANGE, false);
+    // Asking past the probed size never reaches the server.
+    let before = server.state.seen().len();
+    for span in [Span::new(0, SIZE as u64 + 1), Span::new(5, 5)] {
+        let err = http.get_range(&info, span).await.unwrap_err();
+        assert_err(&err, FetchErrorKind::InvalidRange, Code::BG_E_INVALID_RANGE, false);
+    }
+    assert_eq!(server.state.seen().len(), before);
+}
+
+#[tokio::test]
+async fn head_without_content_length_is_missing_file_size() {
+    let server = start(Mode::HeadNoLength).await;
+    let err = client().probe(&server.url("/file")).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::MissingSize, Code::BG_E_MISSING_FILE_SIZE, false);
+    assert_eq!(err.context, ErrorContext::RemoteFile);
+}
+
+#[tokio::test]
+async fn head_refused_falls_back_to_a_one_byte_get() {
+    for refusal in [405, 501] {
+        let server = start(Mode::HeadStatus(refusal)).await;
+        let http = client();
+        let info = http.probe(&server.url("/file")).await.unwrap();
+        assert_eq!(info.size, SIZE as u64);
+        assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
+        assert!(info.accept_ranges);
+        let seen = server.state.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].method, Method::GET);
+        assert_eq!(seen[1].headers[header::RANGE], "bytes=0-0");
+        let mut body = http.get_range(&info, Span::new(100, 200)).await.unwrap();
+        assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[100..200]);
+    }
+}
+
+#[tokio::test]
+async fn redirects_are_followed_for_head_and_get() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    // Relative Location with dot segments.
+    let info = http.probe(&server.url("/dir/sub/start")).await.unwrap();
+    assert_eq!(info.final_url, server.url("/file"));
+    // A chain of 10 (the default limit) mixing 307 and 301.
+    let info = http.probe(&server.url("/chain/9")).await.unwrap();
+    assert_eq!(info.final_url, server.url("/file"));
+    assert_eq!(info.size, SIZE as u64);
+    // 303 keeps HEAD as HEAD.
+    let info = http.probe(&server.url("/see-other")).await.unwrap();
+    assert_eq!(info.final_url, server.url("/file"));
+    assert!(server.state.seen().iter().all(|s| s.method == Method::HEAD));
+    // GET follows redirects too.
+    let via = RemoteInfo { final_url: server.url("/chain/2"), ..info };
+    let mut body = http.get_range(&via, Span::new(7, 70)).await.unwrap();
+    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[7..70]);
+    let last = server.state.last();
+    assert_eq!((last.method, last.path.as_str()), (Method::GET, "/file"));
+    assert_eq!(last.headers[header::RANGE], "bytes=7-69");
+}
+
+#[tokio::test]
+async fn bad_redirects_fail() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    for path in ["/loop/a", "/chain/10", "/no-location"] {
+        let err = http.probe(&server.url(path)).await.unwrap_err();
+        assert_err(&err, FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false);
+    }
+    let strict = client_with(|c| c.max_redirects = 3);
+    assert!(strict.probe(&server.url("/chain/2")).await.is_ok());
+    let err = strict.probe(&server.url("/chain/3")).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false);
+    let err = http.probe(&server.url("/ftp")).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::BadUrl, Code::E_INVALIDARG, false);
+}
+
+#[tokio::test]
+async fn changed_etag_restarts_the_file() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    server.state.set_etag("\"v2\"");
+    for span in [Span::new(10, 20), Span::new(0, SIZE as u64)] {
+        let err = http.get_range(&info, span).await.unwrap_err();
+        assert_err(&err, FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
+        assert!(err.restarts_file());
+        assert_eq!(server.state.last().headers[header::IF_RANGE], "\"v1\"");
+    }
+    // A fresh probe sees the new version and fetching works again.
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    assert_eq!(info.validator.etag.as_deref(), Some("\"v2\""));
+    let mut body = http.get_range(&info, Span::new(10, 20)).await.unwrap();
+    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[10..20]);
+}
+
+#[tokio::test]
+async fn compressed_bodies_are_refused() {
+    let server = start(Mode::Gzip).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let err = http.get_range(&info, Span::new(0, 100)).await.unwrap_err();
+    assert_err(
+        &err,
+        FetchErrorKind::InvalidResponse,
+        Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE,
+        true,
+    );
+}
+
+#[tokio::test]
+async fn body_longer_than_the_span_is_invalid() {
+    let server = start(Mode::LongBody).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let mut body = http.get_range(&info, Span::new(0, 100)).await.unwrap();
+    let err = read_all(&mut body).await.unwrap_err();
+    assert_err(
+        &err,
+        FetchErrorKind::InvalidResponse,
+        Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE,
+        true,
+    );
+}
+
+#[tokio::test]
+async fn transport_failures() {
+    // Connection refused: a port that was just freed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let err = client().probe(&format!("http://127.0.0.1:{port}/file")).await.unwrap_err();
+    assert_err(&err, FetchErrorKind::Transport, Code::ERROR_WINHTTP_CANNOT_CONNECT, true);
+    assert_eq!(err.context, ErrorContext::GeneralTransport);
+    // DNS failure (.invalid never resolves, RFC 6761).
+    let err = client().probe("http://no-such-host.invalid/file").await.unwrap_err();
+    assert_err(&err, FetchErrorKind::Transport, Code::ERROR_WINHTTP_NAME_NOT_RESOLVED, true);
+    // Not http(s) at all.
+    for url in ["ftp://example.com/x", "not a url", "file:///etc/passwd"] {
+        let err = client().probe(url).await.unwrap_err();
+        assert_err(&err, FetchErrorKind::BadUrl, Code::E_INVALIDARG, false);
+    }
+}
