@@ -1,1 +1,276 @@
-//! placeholder
+//! Typed async client of the bitsd gRPC API over its Unix socket.
+//!
+//! Every method maps one RPC, speaks bits-core types (and the [`JobInfo`] / [`FileInfo`] views of
+//! bits-proto), and turns a failed call into the [`BitsError`] the daemon reported.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bits_core::{BitsError, ByteRange, Code, JobError, JobId, Priority, Progress};
+use bits_proto::convert;
+use bits_proto::v1::{self, bits_client::BitsClient};
+pub use bits_proto::{FileInfo, JobInfo};
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// What can go wrong talking to bitsd.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon's socket could not be reached.
+    #[error("cannot connect to bitsd at {}: {source}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon (or the transport, as `E_FAIL`) refused the call.
+    #[error(transparent)]
+    Bits(#[from] BitsError),
+    /// The daemon answered with something this client cannot read.
+    #[error("bad reply from bitsd: {0}")]
+    Protocol(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> ClientError {
+        ClientError::Bits(bits_proto::status::from_status(&status))
+    }
+}
+
+/// A reply that did not convert: the daemon, not the caller, is at fault.
+fn protocol(err: BitsError) -> ClientError {
+    ClientError::Protocol(err.to_string())
+}
+
+/// The socket a daemon for this user listens on by default (`bits_core::defaults::socket_path` of
+/// the effective uid and `$XDG_RUNTIME_DIR`).
+pub fn default_socket() -> PathBuf {
+    let euid = rustix::process::geteuid().as_raw();
+    let runtime = std::env::var("XDG_RUNTIME_DIR").ok();
+    bits_core::defaults::socket_path(euid, runtime.as_deref())
+}
+
+/// A connection to bitsd. Cheap to clone (clones share the connection).
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: BitsClient<Channel>,
+}
+
+/// Explains a failed `connect(2)` on the socket in terms of the daemon.
+fn explain_connect_error(err: io::Error) -> io::Error {
+    let why = match err.kind() {
+        io::ErrorKind::NotFound => "no such socket; is bitsd running?".to_string(),
+        io::ErrorKind::ConnectionRefused => {
+            "connection refused; bitsd is not running (stale socket)".to_string()
+        }
+        io::ErrorKind::PermissionDenied => format!("permission denied ({err})"),
+        _ => err.to_string(),
+    };
+    io::Error::new(err.kind(), why)
+}
+
+fn path_str<'a>(path: &'a Path, what: &str) -> Result<&'a str, ClientError> {
+    path.to_str().ok_or_else(|| {
+        ClientError::Bits(BitsError::new(
+            Code::E_INVALIDARG,
+            format!("{what} {} is not valid UTF-8", path.display()),
+        ))
+    })
+}
+
+impl Client {
+    /// Connects to the daemon listening on `socket`. The socket is connected eagerly, so a missing
+    /// or dead daemon is reported here as [`ClientError::Connect`] naming the path.
+    pub async fn connect(socket: &Path) -> Result<Client, ClientError> {
+        let connect_error =
+            |source: io::Error| ClientError::Connect { socket: socket.to_path_buf(), source };
+        let first = UnixStream::connect(socket).await.map_err(explain_connect_error);
+        let first = first.map_err(connect_error)?;
+        // The first stream is handed to the channel; reconnects dial the socket again.
+        let slot = Arc::new(Mutex::new(Some(first)));
+        let path = socket.to_path_buf();
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let slot = Arc::clone(&slot);
+            let path = path.clone();
+            async move {
+                let ready = slot.lock().ok().and_then(|mut s| s.take());
+                let stream = match ready {
+                    Some(stream) => stream,
+                    None => UnixStream::connect(&path).await?,
+                };
+                Ok::<_, io::Error>(TokioIo::new(stream))
+            }
+        });
+        // The URI is required syntactically and ignored by the connector.
+        let channel = Endpoint::from_static("http://bitsd.localhost")
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| connect_error(io::Error::other(e)))?;
+        Ok(Client { inner: BitsClient::new(channel) })
+    }
+
+    /// CreateJob for a download job; returns its id.
+    pub async fn create_job(&self, name: &str, priority: Priority) -> Result<JobId, ClientError> {
+        let reply = self
+            .inner
+            .clone()
+            .create_job(v1::CreateJobRequest {
+                display_name: name.to_string(),
+                r#type: v1::JobType::Download as i32,
+                priority: convert::priority_to_wire(priority) as i32,
+                description: String::new(),
+            })
+            .await?
+            .into_inner();
+        convert::parse_job_id(&reply.job_id).map_err(protocol)
+    }
+
+    pub async fn get_job(&self, job: JobId) -> Result<JobInfo, ClientError> {
+        let reply = self.inner.clone().get_job(job_ref(job)).await?.into_inner();
+        convert::job_from_wire(&reply).map_err(protocol)
+    }
+
+    /// Every job the caller may see.
+    pub async fn list_jobs(&self) -> Result<Vec<JobInfo>, ClientError> {
+        let reply = self.inner.clone().list_jobs(v1::ListJobsRequest {}).await?.into_inner();
+        reply.jobs.iter().map(|j| convert::job_from_wire(j).map_err(protocol)).collect()
+    }
+
+    /// AddFile; returns the new file's index. `local_path` is sent as given (the daemon requires it
+    /// to be absolute).
+    pub async fn add_file(
+        &self,
+        job: JobId,
+        url: &str,
+        local_path: &Path,
+    ) -> Result<u32, ClientError> {
+        let reply = self
+            .inner
+            .clone()
+            .add_file(v1::AddFileRequest {
+                job_id: job.to_string(),
+                remote_url: url.to_string(),
+                local_path: path_str(local_path, "local path")?.to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.file_index)
+    }
+
+    /// AddFileWithRanges; returns the new file's index.
+    pub async fn add_file_with_ranges(
+        &self,
+        job: JobId,
+        url: &str,
+        local_path: &Path,
+        ranges: &[ByteRange],
+    ) -> Result<u32, ClientError> {
+        let reply = self
+            .inner
+            .clone()
+            .add_file_with_ranges(v1::AddFileWithRangesRequest {
+                job_id: job.to_string(),
+                remote_url: url.to_string(),
+                local_path: path_str(local_path, "local path")?.to_string(),
+                ranges: convert::ranges_to_wire(ranges),
+            })
+            .await?
+            .into_inner();
+        Ok(reply.file_index)
+    }
+
+    pub async fn list_files(&self, job: JobId) -> Result<Vec<FileInfo>, ClientError> {
+        let reply = self.inner.clone().list_files(job_ref(job)).await?.into_inner();
+        reply.files.iter().map(|f| convert::file_from_wire(f).map_err(protocol)).collect()
+    }
+
+    /// Resume; returns the success code (S_OK or another `*_S_*` code).
+    pub async fn resume(&self, job: JobId) -> Result<Code, ClientError> {
+        status_code(self.inner.clone().resume(job_ref(job)).await?.into_inner())
+    }
+
+    pub async fn suspend(&self, job: JobId) -> Result<Code, ClientError> {
+        status_code(self.inner.clone().suspend(job_ref(job)).await?.into_inner())
+    }
+
+    pub async fn cancel(&self, job: JobId) -> Result<Code, ClientError> {
+        status_code(self.inner.clone().cancel(job_ref(job)).await?.into_inner())
+    }
+
+    /// Complete; S_OK means every file is in place, `BG_S_PARTIAL_COMPLETE` that some are not.
+    pub async fn complete(&self, job: JobId) -> Result<Code, ClientError> {
+        status_code(self.inner.clone().complete(job_ref(job)).await?.into_inner())
+    }
+
+    pub async fn get_progress(&self, job: JobId) -> Result<Progress, ClientError> {
+        let reply = self.inner.clone().get_progress(job_ref(job)).await?.into_inner();
+        Ok(convert::progress_from_wire(&reply))
+    }
+
+    /// GetError; `BG_E_ERROR_INFORMATION_UNAVAILABLE` (as [`ClientError::Bits`]) when the job has
+    /// no error.
+    pub async fn get_error(&self, job: JobId) -> Result<JobError, ClientError> {
+        let reply = self.inner.clone().get_error(job_ref(job)).await?.into_inner();
+        convert::job_error_from_wire(&reply).map_err(protocol)
+    }
+
+    pub async fn request_file_ranges(
+        &self,
+        job: JobId,
+        file_index: u32,
+        ranges: &[ByteRange],
+    ) -> Result<Code, ClientError> {
+        let reply = self
+            .inner
+            .clone()
+            .request_file_ranges(v1::RequestFileRangesRequest {
+                job_id: job.to_string(),
+                file_index,
+                ranges: convert::ranges_to_wire(ranges),
+            })
+            .await?
+            .into_inner();
+        status_code(reply)
+    }
+
+    /// The remote byte ranges of a file that are durably downloaded, sorted and merged.
+    pub async fn get_filled_file_ranges(
+        &self,
+        job: JobId,
+        file_index: u32,
+    ) -> Result<Vec<ByteRange>, ClientError> {
+        let reply = self
+            .inner
+            .clone()
+            .get_filled_file_ranges(v1::FileRef { job_id: job.to_string(), file_index })
+            .await?
+            .into_inner();
+        Ok(convert::ranges_from_wire(&reply.ranges))
+    }
+
+    pub async fn set_priority(&self, job: JobId, priority: Priority) -> Result<Code, ClientError> {
+        let reply = self
+            .inner
+            .clone()
+            .set_priority(v1::SetPriorityRequest {
+                job_id: job.to_string(),
+                priority: convert::priority_to_wire(priority) as i32,
+            })
+            .await?
+            .into_inner();
+        status_code(reply)
+    }
+}
+
+fn job_ref(job: JobId) -> v1::JobRef {
+    v1::JobRef { job_id: job.to_string() }
+}
+
+fn status_code(reply: v1::StatusReply) -> Result<Code, ClientError> {
+    convert::code_from_status_reply(&reply).map_err(protocol)
+}
+
+#[cfg(test)]
+mod tests;
