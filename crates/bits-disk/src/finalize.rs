@@ -1,0 +1,262 @@
+//! Paths and the file lifecycle around a [`crate::PartFile`]: where the temp file lives, checking
+//! a destination when a file is added, moving the finished file into place atomically and
+//! durably, and cleaning up a cancelled one.
+
+use std::ffi::OsString;
+use std::fs::{File, FileTimes};
+use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rustix::fs::Access;
+
+use crate::DiskError;
+
+/// Longest file name most Linux file systems accept (NAME_MAX), in bytes.
+const NAME_MAX: usize = 255;
+
+/// The temp file next to the destination: `.<file name>.bitsd-<job id>-<index>.part` in the
+/// destination's directory (same file system, so the final rename is atomic). A destination name
+/// too long for the suffix is shortened so the temp name stays within NAME_MAX; the job id and
+/// index keep it unique.
+pub fn temp_path_for(dest: &Path, job: &str, index: u32) -> PathBuf {
+    let suffix = format!(".bitsd-{job}-{index}.part");
+    let name = dest.file_name().map_or(&b"download"[..], |n| n.as_bytes());
+    let room = NAME_MAX.saturating_sub(1 + suffix.len());
+    let name = shorten(name, room);
+    let mut temp = Vec::with_capacity(1 + name.len() + suffix.len());
+    temp.push(b'.');
+    temp.extend_from_slice(name);
+    temp.extend_from_slice(suffix.as_bytes());
+    let temp = PathBuf::from(OsString::from_vec(temp));
+    match dest.parent() {
+        Some(dir) => dir.join(temp),
+        None => temp,
+    }
+}
+
+/// At most `max` bytes of `name`, not splitting a UTF-8 character of a UTF-8 name.
+fn shorten(name: &[u8], max: usize) -> &[u8] {
+    if name.len() <= max {
+        return name;
+    }
+    match std::str::from_utf8(name) {
+        Ok(text) => {
+            let end = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            &name[..end]
+        }
+        Err(_) => &name[..max],
+    }
+}
+
+/// Completes a file: fsyncs the temp file, renames it onto `dest` (atomically replacing any
+/// existing file), and fsyncs the directory so the rename survives a crash. With `mtime`, dest's
+/// modification and access times are set to it; they are set on the temp file before its fsync,
+/// so the file never appears at `dest` with other times and the times are as durable as the data.
+pub fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
+    let file = File::open(temp).map_err(|e| DiskError::from_io(temp, "open", e))?;
+    if let Some(time) = mtime {
+        file.set_times(FileTimes::new().set_modified(time).set_accessed(time))
+            .map_err(|e| DiskError::from_io(temp, "set the times of", e))?;
+    }
+    file.sync_all().map_err(|e| DiskError::from_io(temp, "sync", e))?;
+    drop(file);
+    std::fs::rename(temp, dest).map_err(|e| DiskError::from_io(dest, "rename into", e))?;
+    sync_dir(parent_dir(dest))
+}
+
+/// The directory holding `path` (`.` for a bare relative name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// fsyncs a directory, making a rename in it durable.
+fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+    let handle = File::open(dir).map_err(|e| DiskError::from_io(dir, "open directory", e))?;
+    match handle.sync_all() {
+        Ok(()) => Ok(()),
+        // Some file systems do not support fsync on a directory; nothing more can be done there.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            tracing::debug!(dir = %dir.display(), "directory fsync not supported");
+            Ok(())
+        }
+        Err(e) => Err(DiskError::from_io(dir, "sync directory", e)),
+    }
+}
+
+/// Deletes a temp file; a file that is already gone is fine.
+pub fn remove_temp(temp: &Path) -> Result<(), DiskError> {
+    match std::fs::remove_file(temp) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DiskError::from_io(temp, "remove", e)),
+    }
+}
+
+/// Checks, when a file is added, that `dest` can be written later: it is absolute and names a
+/// file (not a directory), its parent exists and is a directory, and this process may create
+/// files there. A missing or non-directory parent is [`DiskError::NotFound`] (naming the parent).
+pub fn check_destination(dest: &Path) -> Result<(), DiskError> {
+    let invalid = |reason| Err(DiskError::InvalidPath { path: dest.to_path_buf(), reason });
+    if !dest.is_absolute() {
+        return invalid("the destination must be an absolute path");
+    }
+    if dest.as_os_str().as_bytes().ends_with(b"/") || dest.file_name().is_none() {
+        return invalid("the destination must name a file, not a directory");
+    }
+    let dir = parent_dir(dest);
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(DiskError::NotFound { path: dir.to_path_buf() }),
+        Err(e) => return Err(DiskError::from_io(dir, "inspect", e)),
+    }
+    if std::fs::metadata(dest).is_ok_and(|meta| meta.is_dir()) {
+        return invalid("the destination is an existing directory");
+    }
+    rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK)
+        .map_err(|e| DiskError::from_io(dir, "check write access to", e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::PartFile;
+
+    #[test]
+    fn temp_path_format() {
+        assert_eq!(
+            temp_path_for(Path::new("/home/u/file.iso"), "5c4f-id", 3),
+            PathBuf::from("/home/u/.file.iso.bitsd-5c4f-id-3.part")
+        );
+        assert_eq!(temp_path_for(Path::new("f"), "j", 0), PathBuf::from(".f.bitsd-j-0.part"));
+        let job = "0b6e7c36-7d7a-4c3e-9d2f-4cba8d1f2a10";
+        let long = format!("/d/{}", "é".repeat(127)); // 254 bytes
+        let temp = temp_path_for(Path::new(&long), job, 199);
+        let name = temp.file_name().unwrap();
+        assert!(name.len() <= NAME_MAX, "{}", name.len());
+        let name = name.to_str().unwrap();
+        assert!(name.starts_with(".é") && name.ends_with(&format!(".bitsd-{job}-199.part")));
+        assert_eq!(temp.parent(), Some(Path::new("/d")));
+    }
+
+    fn write_temp(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+        let temp = dir.join(name);
+        let part = PartFile::open(&temp).unwrap();
+        part.write_at(0, body).unwrap();
+        part.sync().unwrap();
+        temp
+    }
+
+    #[test]
+    fn finalize_moves_the_file_and_sets_its_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        let temp = write_temp(dir.path(), ".out.bin.part", b"payload");
+        let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_600_000_000, 123_456_789);
+        finalize(&temp, &dest, Some(mtime)).unwrap();
+        assert!(!temp.exists());
+        // Times first: reading the file could move its access time.
+        let meta = std::fs::metadata(&dest).unwrap();
+        assert_eq!(meta.modified().unwrap(), mtime);
+        assert_eq!(meta.accessed().unwrap(), mtime);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"payload");
+    }
+
+    #[test]
+    fn finalize_replaces_an_existing_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        std::fs::write(&dest, b"an older, longer version").unwrap();
+        let temp = write_temp(dir.path(), "t.part", b"new");
+        let before = SystemTime::now() - Duration::from_secs(60);
+        finalize(&temp, &dest, None).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+        assert!(!temp.exists());
+        assert!(std::fs::metadata(&dest).unwrap().modified().unwrap() > before);
+    }
+
+    #[test]
+    fn finalize_without_a_temp_file_fails_and_leaves_dest() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        std::fs::write(&dest, b"keep").unwrap();
+        let missing = dir.path().join("gone.part");
+        let err = finalize(&missing, &dest, None).unwrap_err();
+        assert!(matches!(&err, DiskError::NotFound { path } if *path == missing), "{err:?}");
+        assert_eq!(std::fs::read(&dest).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn remove_temp_tolerates_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = write_temp(dir.path(), "t.part", b"x");
+        remove_temp(&temp).unwrap();
+        assert!(!temp.exists());
+        remove_temp(&temp).unwrap();
+        // Removing a directory is a real error, not "already gone".
+        let err = remove_temp(dir.path()).unwrap_err();
+        assert_eq!(err.path(), dir.path());
+    }
+
+    fn is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
+    #[test]
+    fn check_destination_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        check_destination(&dir.path().join("new.bin")).unwrap();
+
+        let err = check_destination(Path::new("relative/file.bin")).unwrap_err();
+        assert!(matches!(err, DiskError::InvalidPath { .. }), "{err:?}");
+        assert_eq!(err.code(), bits_core::Code::E_INVALIDARG);
+        for bad in ["/", "/tmp/..", "/tmp/dir/"] {
+            let err = check_destination(Path::new(bad)).unwrap_err();
+            assert!(matches!(err, DiskError::InvalidPath { .. }), "{bad}: {err:?}");
+        }
+        let err = check_destination(dir.path()).unwrap_err();
+        assert!(matches!(err, DiskError::InvalidPath { .. }), "{err:?}");
+
+        let missing = dir.path().join("no-such-dir");
+        let err = check_destination(&missing.join("f.bin")).unwrap_err();
+        assert!(matches!(&err, DiskError::NotFound { path } if *path == missing), "{err:?}");
+        assert_eq!(err.code(), bits_core::Code::ERROR_PATH_NOT_FOUND);
+
+        // A regular file as the "parent directory": fails for every user, root included.
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let err = check_destination(&file.join("f.bin")).unwrap_err();
+        assert!(matches!(&err, DiskError::NotFound { path } if *path == file), "{err:?}");
+        let err = check_destination(&file.join("sub/f.bin")).unwrap_err();
+        assert!(matches!(err, DiskError::NotFound { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn check_destination_in_a_read_only_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let ro = dir.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let result = check_destination(&ro.join("f.bin"));
+        // Could we really create a file there? Root can, an ordinary user cannot; the check
+        // must agree with reality either way.
+        let probe = std::fs::File::create(ro.join("probe"));
+        if is_root() {
+            assert!(probe.is_ok());
+            result.unwrap();
+        } else {
+            assert!(probe.is_err());
+            let err = result.unwrap_err();
+            assert!(matches!(&err, DiskError::AccessDenied { path } if *path == ro), "{err:?}");
+            assert_eq!(err.code(), bits_core::Code::E_ACCESSDENIED);
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}

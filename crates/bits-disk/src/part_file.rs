@@ -1,0 +1,114 @@
+//! The temp file a download writes into: positional writes, so pieces can arrive in any order,
+//! and an explicit sync that marks the point after which written bytes may be recorded as filled.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::DiskError;
+
+/// An open temp file. Writes go to the page cache; [`PartFile::sync`] makes them durable.
+#[derive(Debug)]
+pub struct PartFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl PartFile {
+    /// Opens `path` for writing, creating it (default mode 0666 less the umask, as for any
+    /// download) if missing. Never truncates: existing bytes are the resume point.
+    pub fn open(path: &Path) -> Result<PartFile, DiskError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| DiskError::from_io(path, "open", e))?;
+        Ok(PartFile { file, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Current length on disk (to detect a missing or short temp file on restart).
+    pub fn len(&self) -> Result<u64, DiskError> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| DiskError::from_io(&self.path, "read the length of", e))
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> Result<bool, DiskError> {
+        self.len().map(|len| len == 0)
+    }
+
+    /// Sets the length: a sparse extension, or a truncation when a file restarts from zero.
+    pub fn set_len(&self, len: u64) -> Result<(), DiskError> {
+        self.file.set_len(len).map_err(|e| DiskError::from_io(&self.path, "set the length of", e))
+    }
+
+    /// Writes all of `buf` at `offset`.
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DiskError> {
+        self.file.write_all_at(buf, offset).map_err(|e| DiskError::from_io(&self.path, "write", e))
+    }
+
+    /// fdatasync: after this returns, everything written so far survives a crash.
+    pub fn sync(&self) -> Result<(), DiskError> {
+        self.file.sync_data().map_err(|e| DiskError::from_io(&self.path, "sync", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scattered_writes_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.part");
+        let part = PartFile::open(&path).unwrap();
+        assert!(part.is_empty().unwrap());
+        part.write_at(1000, b"tail").unwrap();
+        part.write_at(0, b"head").unwrap();
+        part.write_at(500, b"middle").unwrap();
+        part.sync().unwrap();
+        assert_eq!(part.len().unwrap(), 1004);
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(&data[0..4], b"head");
+        assert_eq!(&data[500..506], b"middle");
+        assert_eq!(&data[1000..], b"tail");
+        assert!(data[4..500].iter().all(|&b| b == 0));
+
+        // Reopening keeps the bytes: no truncation.
+        drop(part);
+        let part = PartFile::open(&path).unwrap();
+        assert_eq!(part.len().unwrap(), 1004);
+        part.write_at(2, b"AD").unwrap();
+        assert_eq!(&std::fs::read(&path).unwrap()[0..4], b"heAD");
+        assert_eq!(part.path(), path);
+    }
+
+    #[test]
+    fn set_len_extends_and_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.part");
+        let part = PartFile::open(&path).unwrap();
+        part.write_at(0, b"0123456789").unwrap();
+        part.set_len(4).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123");
+        part.set_len(1 << 30).unwrap();
+        assert_eq!(part.len().unwrap(), 1 << 30);
+        part.set_len(0).unwrap();
+        assert!(part.is_empty().unwrap());
+    }
+
+    #[test]
+    fn open_in_a_missing_directory_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = PartFile::open(&dir.path().join("missing/f.part")).unwrap_err();
+        assert!(matches!(err, DiskError::NotFound { .. }), "{err:?}");
+        assert_eq!(err.path(), dir.path().join("missing/f.part"));
+    }
+}
