@@ -258,15 +258,6 @@ fn map_chain(err: &(dyn StdError + 'static), is_connect: bool, url: &str) -> Fet
         if e.downcast_ref::<rustls::Error>().is_some() {
             tls = Some(e.to_string());
         }
-        if let Some(io_err) = e.downcast_ref::<io::Error>() {
-            io_kind.get_or_insert(io_err.kind());
-            // io::Error's source() skips the error it wraps; look at that one too.
-            if let Some(inner) = io_err.get_ref()
-                && inner.downcast_ref::<rustls::Error>().is_some()
-            {
-                tls = Some(inner.to_string());
-            }
-        }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             parse |= h.is_parse() || h.is_parse_status() || h.is_parse_too_large();
         }
@@ -277,7 +268,20 @@ fn map_chain(err: &(dyn StdError + 'static), is_connect: bool, url: &str) -> Fet
             description.push_str(": ");
             description.push_str(&e.to_string());
         }
-        cur = e.source();
+        cur = match e.downcast_ref::<io::Error>() {
+            Some(io_err) => {
+                // The innermost specific kind wins (hyper-rustls wraps io errors in `Other`).
+                if io_err.kind() != io::ErrorKind::Other {
+                    io_kind = Some(io_err.kind());
+                }
+                // io::Error's source() skips the error it wraps; descend into that one instead.
+                match io_err.get_ref() {
+                    Some(inner) => Some(inner as &(dyn StdError + 'static)),
+                    None => e.source(),
+                }
+            }
+            None => e.source(),
+        };
     }
     let message = format!("{url}: {description}");
     if let Some(tls) = tls {

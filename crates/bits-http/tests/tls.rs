@@ -1,0 +1,84 @@
+//! The fetcher over https against an in-process rustls server with a self-signed certificate:
+//! HTTP/2 is negotiated by ALPN, certificates are verified (an untrusted one fails with `Tls`),
+//! and an https→http redirect is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use bits_core::{Code, ErrorContext, Span};
+use bits_http::FetchErrorKind;
+use common::{Mode, SIZE, client_with, read_all, start, start_tls};
+use http::Version;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+fn self_signed() -> (CertificateDer<'static>, rustls::ServerConfig) {
+    let key =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = key.cert.der().clone();
+    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], private)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    (cert, config)
+}
+
+#[tokio::test]
+async fn https_fetch_uses_http2_and_verifies_the_certificate() {
+    let (cert, config) = self_signed();
+    let server = start_tls(Mode::Normal, config).await;
+    let url = format!("https://127.0.0.1:{}/file", server.addr.port());
+
+    let trusted = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
+    let info = trusted.probe(&url).await.unwrap();
+    assert_eq!(info.size, SIZE as u64);
+    assert_eq!(info.final_url, url);
+    let mut body = trusted.get_range(&info, Span::new(0, info.size)).await.unwrap();
+    assert_eq!(body.http_version(), Version::HTTP_2);
+    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    let mut body = trusted.get_range(&info, Span::new(4096, 9000)).await.unwrap();
+    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[4096..9000]);
+    let seen = server.state.seen();
+    assert!(seen.iter().all(|s| s.version == Version::HTTP_2), "{seen:?}");
+    assert_eq!(seen.len(), 3);
+    // One HTTP/2 connection carries all three requests.
+    assert_eq!(server.state.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Without the extra root the self-signed certificate is rejected.
+    let untrusted = client_with(|_| {});
+    let err = untrusted.probe(&url).await.unwrap_err();
+    assert_eq!(
+        (err.kind, err.code, err.transient),
+        (FetchErrorKind::Tls, Code::ERROR_WINHTTP_SECURE_FAILURE, false),
+        "{err}"
+    );
+    assert_eq!(err.context, ErrorContext::GeneralTransport);
+}
+
+#[tokio::test]
+async fn https_to_http_redirect_is_refused() {
+    let (cert, config) = self_signed();
+    let tls = start_tls(Mode::Normal, config).await;
+    let plain = start(Mode::Normal).await;
+    *tls.state.redirect_target.lock().unwrap() = plain.url("/file");
+    let http = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
+    let url = format!("https://localhost:{}/abs-redirect", tls.addr.port());
+    let err = http.probe(&url).await.unwrap_err();
+    assert_eq!(
+        (err.kind, err.code, err.transient),
+        (FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false),
+        "{err}"
+    );
+    assert!(plain.state.seen().is_empty());
+    // Redirects within https are fine.
+    *tls.state.redirect_target.lock().unwrap() = "/file".into();
+    let info = http.probe(&url).await.unwrap();
+    assert_eq!(info.final_url, format!("https://localhost:{}/file", tls.addr.port()));
+}
