@@ -17,15 +17,14 @@ use crate::grpc::BitsService;
 /// Binds `socket`, creating its directory if needed. A stale socket file from a crashed daemon is
 /// replaced; a socket another live daemon answers on is left alone and reported.
 pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
         }
-    }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!("another bitsd is already serving on {}", socket.display());

@@ -577,12 +577,11 @@ impl Manager {
 
     fn mark_completed(&self, id: JobId, index: u32) -> Result<(), BitsError> {
         let mut table = self.table();
-        if let Some(entry) = table.jobs.get_mut(&id) {
-            if let Some(file) = entry.job.files.get_mut(index as usize) {
+        if let Some(entry) = table.jobs.get_mut(&id)
+            && let Some(file) = entry.job.files.get_mut(index as usize) {
                 file.completed = true;
                 self.inner.store.put_file(id, index, file).map_err(store_error)?;
             }
-        }
         Ok(())
     }
 
@@ -618,7 +617,7 @@ pub(crate) fn set_state(entry: &mut Entry, state: JobState) {
     entry.job.modification_time = SystemTime::now();
 }
 
-fn lookup<'t>(table: &'t Table, caller: Caller, id: JobId) -> Result<&'t Entry, BitsError> {
+fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
     match table.jobs.get(&id) {
         Some(entry) => {
             check_owner(caller, &entry.job)?;
@@ -630,15 +629,14 @@ fn lookup<'t>(table: &'t Table, caller: Caller, id: JobId) -> Result<&'t Entry, 
 
 /// Lookup for a change: a job that has just been completed or cancelled answers
 /// BG_E_INVALID_STATE rather than BG_E_NOT_FOUND (spec §1.1 tombstones).
-fn lookup_mut_check<'t>(table: &'t Table, caller: Caller, id: JobId) -> Result<&'t Entry, BitsError> {
-    if let Some((_, owner, state)) = table.tombstones.iter().find(|(t, _, _)| *t == id) {
-        if *owner == caller.uid || caller.is_admin() {
+fn lookup_mut_check(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
+    if let Some((_, owner, state)) = table.tombstones.iter().find(|(t, _, _)| *t == id)
+        && (*owner == caller.uid || caller.is_admin()) {
             return Err(BitsError::new(
                 Code::BG_E_INVALID_STATE,
                 format!("job {id} is {} and can no longer change", state.name()),
             ));
         }
-    }
     let entry = lookup(table, caller, id)?;
     if entry.finishing {
         return Err(BitsError::new(Code::BG_E_INVALID_STATE, format!("job {id} is being completed or cancelled")));
@@ -646,7 +644,7 @@ fn lookup_mut_check<'t>(table: &'t Table, caller: Caller, id: JobId) -> Result<&
     Ok(entry)
 }
 
-fn lookup_mut<'t>(table: &'t mut Table, caller: Caller, id: JobId) -> Result<&'t mut Entry, BitsError> {
+fn lookup_mut(table: &mut Table, caller: Caller, id: JobId) -> Result<&mut Entry, BitsError> {
     lookup_mut_check(table, caller, id)?;
     table.jobs.get_mut(&id).ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))
 }
