@@ -1,11 +1,13 @@
 //! Test support for the bitsd end-to-end tests: the real daemon in a temp dir ([`daemon`]), a
 //! private nginx ([`nginx`]), an instrumented in-process HTTP server ([`server`]) and reproducible
-//! test content ([`data`]).
+//! test content ([`data`]), and polling with a deadline ([`wait`]).
 
 // This is test support code: a failed setup step should stop the test with its message, which is
 // what unwrap/expect do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod daemon;
 pub mod data;
 pub mod nginx;
 pub mod server;
+pub mod wait;

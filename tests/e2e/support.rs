@@ -1,0 +1,135 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::time::Duration;
+
+use bits_client::{Client, ClientError, JobInfo};
+use bits_core::{BitsError, ByteRange, Code, JobId, JobState};
+use bits_tests::wait::{TIMEOUT, wait_for};
+
+pub fn range(offset: u64, length: u64) -> ByteRange {
+    ByteRange::new(offset, length)
+}
+
+/// Polls GetJob until the job is in `want`. Fails at once if the job lands in ERROR (or any
+/// final state) when that is not what the test waits for, showing the job's error.
+pub async fn wait_state(client: &Client, job: JobId, want: JobState) -> JobInfo {
+    wait_state_within(client, job, want, TIMEOUT).await
+}
+
+pub async fn wait_state_within(
+    client: &Client,
+    job: JobId,
+    want: JobState,
+    timeout: Duration,
+) -> JobInfo {
+    wait_for(&format!("job {job} to reach {}", want.name()), timeout, || async {
+        let info = client.get_job(job).await.map_err(|e| format!("GetJob failed: {e}"))?;
+        if info.state == want {
+            return Ok(info);
+        }
+        let stuck =
+            matches!(info.state, JobState::Error | JobState::Transferred) || info.state.is_final();
+        if stuck {
+            panic!(
+                "job {job} is {} while waiting for {}; error: {:?}",
+                info.state.name(),
+                want.name(),
+                info.error
+            );
+        }
+        Err(format!("state {} (error {:?})", info.state.name(), info.error))
+    })
+    .await
+}
+
+/// The BITS error a failed call returned; panics if the call succeeded or failed otherwise.
+pub fn bits_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> BitsError {
+    match result {
+        Err(ClientError::Bits(e)) => e,
+        other => panic!("expected a BITS error, got {other:?}"),
+    }
+}
+
+/// Asserts that `result` failed with `code` and returns the error.
+pub fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> BitsError {
+    let err = bits_error(result);
+    assert_eq!(err.code, code, "wrong code in {err}");
+    err
+}
+
+/// `[start, end)` of a counted range.
+pub fn span(r: &ByteRange) -> (u64, u64) {
+    assert!(!r.is_to_eof(), "filled ranges are never to-EOF: {r:?}");
+    (r.offset, r.offset + r.length)
+}
+
+pub fn total(ranges: &[ByteRange]) -> u64 {
+    ranges.iter().map(|r| r.length).sum()
+}
+
+/// GetFilledFileRanges promises a sorted, merged set: non-empty pieces, each starting after the
+/// previous one ended (touching pieces would have been merged).
+pub fn assert_normalised(ranges: &[ByteRange], size: u64) {
+    for r in ranges {
+        assert!(r.length > 0, "empty piece in {ranges:?}");
+        assert!(span(r).1 <= size, "piece beyond the file size {size}: {ranges:?}");
+    }
+    for pair in ranges.windows(2) {
+        assert!(span(&pair[0]).1 < pair[1].offset, "not sorted and merged: {ranges:?}");
+    }
+}
+
+/// Every byte of `inner` is in `outer` (both normalised).
+pub fn covers(outer: &[ByteRange], inner: &[ByteRange]) -> bool {
+    inner.iter().all(|i| {
+        let (start, end) = span(i);
+        outer.iter().any(|o| o.offset <= start && end <= span(o).1)
+    })
+}
+
+/// Bytes of `[start, end)` that lie inside `ranges`.
+pub fn overlap(ranges: &[ByteRange], start: u64, end: u64) -> u64 {
+    ranges
+        .iter()
+        .map(|r| {
+            let (a, b) = span(r);
+            b.min(end).saturating_sub(a.max(start))
+        })
+        .sum()
+}
+
+/// Every value stored under `key` anywhere in a JSON document.
+pub fn json_values<'a>(value: &'a serde_json::Value, key: &str) -> Vec<&'a serde_json::Value> {
+    let mut found = Vec::new();
+    collect(value, key, &mut found);
+    found
+}
+
+fn collect<'a>(value: &'a serde_json::Value, key: &str, found: &mut Vec<&'a serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if k == key {
+                    found.push(v);
+                }
+                collect(v, key, found);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect(v, key, found)),
+        _ => {}
+    }
+}
+
+/// Parses bitsctl's `--json` output (one document).
+pub fn parse_json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("bitsctl --json printed invalid JSON ({e}):\n{text}"))
+}
+
+/// The job id `bitsctl create` printed.
+pub fn job_id_in(stdout: &str) -> JobId {
+    stdout
+        .split_whitespace()
+        .find_map(JobId::parse)
+        .unwrap_or_else(|| panic!("no job id in bitsctl output: {stdout:?}"))
+}

@@ -1,0 +1,277 @@
+//! The real `bitsd` binary in a temp dir: started on its own socket and data dir, killed with
+//! SIGKILL or stopped with SIGTERM, restarted on the same state, and driven with `bitsctl`.
+//!
+//! The binaries are the ones `cargo build --workspace --bins` put next to the test executable
+//! (target/debug); the tests never build them themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bits_client::Client;
+
+/// How long a daemon may take to answer ListJobs after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One daemon with its own temp dir (`bitsd.sock`, `data/`, `bitsd.log`, and `out/` for test
+/// downloads). Dropping it kills the process; if the test is panicking, the tail of the daemon's
+/// log is printed first.
+pub struct TestDaemon {
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// How many times the process was started; each start appends to the same log.
+    starts: u32,
+}
+
+/// What a `bitsctl` run printed.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Panics with the whole output unless the command exited 0.
+    pub fn success(self) -> CtlOutput {
+        assert!(self.status.success(), "bitsctl failed: {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for CtlOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n--- stdout ---\n{}--- stderr ---\n{}", self.status, self.stdout, self.stderr)
+    }
+}
+
+/// A binary of this workspace, from the target directory this test executable was built into
+/// (target/debug/deps/e2e-… → target/debug/NAME; target/release/bench-… → target/release/NAME).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent().unwrap().to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (or `bash scripts/test.sh`)",
+        path.display()
+    );
+    path
+}
+
+impl TestDaemon {
+    /// Starts `bitsd` with default settings and waits until it answers.
+    pub async fn start() -> TestDaemon {
+        TestDaemon::start_with(&[]).await
+    }
+
+    /// Starts `bitsd --socket DIR/bitsd.sock --data-dir DIR/data ARGS...` and waits until it answers.
+    pub async fn start_with(args: &[&str]) -> TestDaemon {
+        let dir = tempfile::Builder::new().prefix("bitsd-e2e-").tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        let mut daemon = TestDaemon {
+            dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: None,
+            starts: 0,
+        };
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// The temp dir holding everything of this daemon.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A directory for test downloads (`DIR/out`), on the same filesystem as the data dir.
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("bitsd.sock")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("bitsd.log")
+    }
+
+    /// Everything the daemon has logged, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read(self.log_path())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is not running").id()
+    }
+
+    /// A new client connection.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket()).await.unwrap_or_else(|e| {
+            panic!("cannot connect to bitsd: {e}\n--- bitsd log ---\n{}", self.log_tail(40))
+        })
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub async fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("the daemon is not running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait (up to 20 s) for the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.terminate_within(Duration::from_secs(20)).await
+    }
+
+    /// SIGTERM and wait up to `timeout` for the exit status; panics (after SIGKILL) if it takes longer.
+    pub async fn terminate_within(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("the daemon is not running");
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let sent = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if sent.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "bitsd did not exit within {timeout:?} of SIGTERM\n--- bitsd log ---\n{}",
+                    self.log_tail(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts the daemon again on the same socket and data dir (SIGKILLing it first if it is
+    /// still running) and waits until it answers.
+    pub async fn restart(&mut self) {
+        if self.child.is_some() {
+            self.kill_9().await;
+        }
+        self.spawn().await;
+    }
+
+    /// Runs `bitsctl --socket SOCKET ARGS...` (60 s at most) and captures what it printed.
+    pub async fn bitsctl(&self, args: &[&str]) -> CtlOutput {
+        self.bitsctl_timeout(args, Duration::from_secs(60)).await
+    }
+
+    /// [`TestDaemon::bitsctl`] with an explicit time limit.
+    pub async fn bitsctl_timeout(&self, args: &[&str], timeout: Duration) -> CtlOutput {
+        let mut command = tokio::process::Command::new(workspace_binary("bitsctl"));
+        command
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .env_remove("BITSD_SOCKET")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(timeout, command.output())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "bitsctl {args:?} did not finish within {timeout:?}\n--- bitsd log ---\n{}",
+                    self.log_tail(40)
+                )
+            })
+            .unwrap();
+        CtlOutput {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log_for_stdout = log.try_clone().unwrap();
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+        let child = Command::new(workspace_binary("bitsd"))
+            .arg("--socket")
+            .arg(self.socket())
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(&self.args)
+            .env("RUST_LOG", rust_log)
+            .env_remove("BITSD_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_for_stdout))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// Polls until ListJobs succeeds on the socket; panics with the log if the process dies or
+    /// [`READY_TIMEOUT`] passes.
+    async fn wait_ready(&mut self) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "bitsd (start #{}) exited with {status} before answering\n--- bitsd log ---\n{}",
+                    self.starts,
+                    self.log_tail(60)
+                );
+            }
+            let last_error = match Client::connect(&self.socket()).await {
+                Ok(client) => match client.list_jobs().await {
+                    Ok(_) => return,
+                    Err(e) => format!("ListJobs: {e}"),
+                },
+                Err(e) => e.to_string(),
+            };
+            if started.elapsed() > READY_TIMEOUT {
+                panic!(
+                    "bitsd (start #{}) did not answer ListJobs within {READY_TIMEOUT:?}: {last_error}\n--- bitsd log ---\n{}",
+                    self.starts,
+                    self.log_tail(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- bitsd log ({}), last 60 lines ---\n{}\n--- end of bitsd log ---",
+                self.log_path().display(),
+                self.log_tail(60)
+            );
+        }
+    }
+}
