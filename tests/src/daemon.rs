@@ -18,6 +18,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// log is printed first.
 pub struct TestDaemon {
     dir: tempfile::TempDir,
+    /// Where `bitsd` and `bitsctl` are.
+    bin_dir: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
     /// How many times the process was started; each start appends to the same log.
@@ -46,14 +48,19 @@ impl std::fmt::Display for CtlOutput {
     }
 }
 
-/// A binary of this workspace, from the target directory this test executable was built into
-/// (target/debug/deps/e2e-… → target/debug/NAME; target/release/bench-… → target/release/NAME).
-pub fn workspace_binary(name: &str) -> PathBuf {
+/// The target directory this executable was built into (target/debug/deps/e2e-… → target/debug;
+/// target/release/bench-download → target/release).
+pub fn own_target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let mut dir = exe.parent().unwrap().to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
+    dir
+}
+
+/// `DIR/NAME`, or a panic telling how to build it.
+pub fn binary_in(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
@@ -71,10 +78,19 @@ impl TestDaemon {
 
     /// Starts `bitsd --socket DIR/bitsd.sock --data-dir DIR/data ARGS...` and waits until it answers.
     pub async fn start_with(args: &[&str]) -> TestDaemon {
-        let dir = tempfile::Builder::new().prefix("bitsd-e2e-").tempdir().unwrap();
+        TestDaemon::start_from(&own_target_dir(), &std::env::temp_dir(), args).await
+    }
+
+    /// [`TestDaemon::start_with`] using the `bitsd` and `bitsctl` in `bin_dir` (e.g. target/release),
+    /// with the daemon's temp dir created inside `parent`.
+    pub async fn start_from(bin_dir: &Path, parent: &Path, args: &[&str]) -> TestDaemon {
+        binary_in(bin_dir, "bitsd");
+        binary_in(bin_dir, "bitsctl");
+        let dir = tempfile::Builder::new().prefix("bitsd-e2e-").tempdir_in(parent).unwrap();
         std::fs::create_dir(dir.path().join("out")).unwrap();
         let mut daemon = TestDaemon {
             dir,
+            bin_dir: bin_dir.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             starts: 0,
@@ -122,6 +138,11 @@ impl TestDaemon {
     /// Process id of the running daemon.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the daemon is not running").id()
+    }
+
+    /// The `bitsctl` this daemon is driven with.
+    pub fn bitsctl_path(&self) -> PathBuf {
+        binary_in(&self.bin_dir, "bitsctl")
     }
 
     /// A new client connection.
@@ -181,7 +202,7 @@ impl TestDaemon {
 
     /// [`TestDaemon::bitsctl`] with an explicit time limit.
     pub async fn bitsctl_timeout(&self, args: &[&str], timeout: Duration) -> CtlOutput {
-        let mut command = tokio::process::Command::new(workspace_binary("bitsctl"));
+        let mut command = tokio::process::Command::new(self.bitsctl_path());
         command
             .arg("--socket")
             .arg(self.socket())
@@ -211,7 +232,7 @@ impl TestDaemon {
             std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let log_for_stdout = log.try_clone().unwrap();
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
-        let child = Command::new(workspace_binary("bitsd"))
+        let child = Command::new(binary_in(&self.bin_dir, "bitsd"))
             .arg("--socket")
             .arg(self.socket())
             .arg("--data-dir")
