@@ -1,1 +1,106 @@
-fn main() {}
+//! bitsctl: the command-line client of bitsd. Parses the command line, runs one command through
+//! bits-client, and maps the outcome to an exit code: 0 success, 1 a BITS error, 2 usage (clap),
+//! 3 the daemon could not be reached, 130 interrupted.
+#![allow(clippy::print_stdout)] // printing to stdout is this binary's job (it writes via cmd::out)
+
+mod args;
+mod cmd;
+mod render;
+
+use std::process::ExitCode;
+
+use bits_client::ClientError;
+use bits_core::{BitsError, Code};
+use clap::Parser;
+
+use crate::cmd::download::Interrupted;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse(); // usage errors: clap prints them and exits 2
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let err = anyhow::Error::new(e).context("cannot start the async runtime");
+            cmd::err_out(&format!("bitsctl: {}\n", error_line(&err)));
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cmd::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            cmd::err_out(&format!("bitsctl: {}\n", error_line(&err)));
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// The one line printed after `bitsctl: `: `<NAME> (0x<HR>): <message>` for BITS errors, or
+/// `cannot connect to bitsd at <path>: <reason>`.
+fn error_line(err: &anyhow::Error) -> String {
+    let line = if let Some(e) = err.downcast_ref::<ClientError>() {
+        match e {
+            ClientError::Protocol(_) => format!("{}: {e}", Code::E_FAIL),
+            ClientError::Connect { .. } | ClientError::Bits(_) => e.to_string(),
+        }
+    } else if let Some(e) = err.downcast_ref::<BitsError>() {
+        e.to_string()
+    } else if let Some(e) = err.downcast_ref::<Interrupted>() {
+        e.to_string()
+    } else {
+        format!("{}: {err:#}", Code::E_FAIL)
+    };
+    line.replace(['\n', '\r'], " ")
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<ClientError>() {
+        Some(ClientError::Connect { .. }) => 3,
+        _ if err.downcast_ref::<Interrupted>().is_some() => 130,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::PathBuf;
+
+    use bits_core::JobId;
+
+    use super::*;
+
+    fn connect_error() -> anyhow::Error {
+        ClientError::Connect {
+            socket: PathBuf::from("/run/user/1000/bitsd/bitsd.sock"),
+            source: io::Error::new(io::ErrorKind::NotFound, "no such socket; is bitsd running?"),
+        }
+        .into()
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(&connect_error()), 3);
+        let bits: anyhow::Error =
+            ClientError::Bits(BitsError::new(Code::BG_E_NOT_FOUND, "no job x")).into();
+        assert_eq!(exit_code(&bits), 1);
+        assert_eq!(exit_code(&BitsError::new(Code::Http(404), "gone").into()), 1);
+        assert_eq!(exit_code(&ClientError::Protocol("bad".into()).into()), 1);
+        assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+        assert_eq!(exit_code(&Interrupted(JobId::new_random()).into()), 130);
+    }
+
+    #[test]
+    fn error_lines() {
+        assert_eq!(
+            error_line(&connect_error()),
+            "cannot connect to bitsd at /run/user/1000/bitsd/bitsd.sock: no such socket; is bitsd running?"
+        );
+        let bits: anyhow::Error =
+            ClientError::Bits(BitsError::new(Code::BG_E_EMPTY, "the job has no files")).into();
+        assert_eq!(error_line(&bits), "BG_E_EMPTY (0x80200003): the job has no files");
+        let http: anyhow::Error = BitsError::new(Code::Http(404), "Not\nFound").into();
+        assert_eq!(error_line(&http), "BG_E_HTTP_ERROR_404 (0x80190194): Not Found");
+        let protocol: anyhow::Error = ClientError::Protocol("x".into()).into();
+        assert_eq!(error_line(&protocol), "E_FAIL (0x80004005): bad reply from bitsd: x");
+    }
+}

@@ -1,0 +1,217 @@
+//! The command line: clap definitions and the value parsers for job ids and byte ranges.
+
+use std::path::PathBuf;
+
+use bits_core::{ByteRange, JobId, LENGTH_TO_EOF, Priority};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bitsctl",
+    version,
+    about = "Control bitsd, the background download daemon",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The daemon's Unix socket.
+    #[arg(
+        long,
+        global = true,
+        env = "BITSD_SOCKET",
+        value_name = "PATH",
+        default_value_os_t = bits_client::default_socket()
+    )]
+    pub socket: PathBuf,
+
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a download job (suspended) and print its id.
+    Create {
+        /// Display name of the job.
+        #[arg(long, default_value = "bitsctl job")]
+        name: String,
+        #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
+        priority: PriorityArg,
+    },
+    /// Add a file to a job and print its index.
+    Add {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+        url: String,
+        /// Destination; made absolute against the current directory.
+        dest: PathBuf,
+        /// Download only these bytes (repeatable; the local file is their concatenation in order).
+        #[arg(long = "range", value_name = "OFFSET:LENGTH", value_parser = parse_range)]
+        ranges: Vec<ByteRange>,
+    },
+    /// Start or restart transferring a job.
+    Resume {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+    },
+    /// Pause a job.
+    Suspend {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+    },
+    /// Cancel a job and delete its temporary files.
+    Cancel {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+    },
+    /// Move a transferred job's files into place and end it.
+    Complete {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+    },
+    /// List jobs.
+    List,
+    /// Show a job and its files.
+    Info {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+    },
+    /// Show the downloaded ranges of a file, one OFFSET:LENGTH per line.
+    Ranges {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+        file_index: u32,
+    },
+    /// Ask for ranges of a file to be downloaded first.
+    RequestRanges {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+        file_index: u32,
+        #[arg(value_name = "OFFSET:LENGTH", required = true, value_parser = parse_range)]
+        ranges: Vec<ByteRange>,
+    },
+    /// Download one URL to DEST: create a job, wait for it, complete it.
+    Download {
+        url: String,
+        dest: PathBuf,
+        #[arg(long = "range", value_name = "OFFSET:LENGTH", value_parser = parse_range)]
+        ranges: Vec<ByteRange>,
+        #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
+        priority: PriorityArg,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PriorityArg {
+    Foreground,
+    High,
+    Normal,
+    Low,
+}
+
+impl From<PriorityArg> for Priority {
+    fn from(p: PriorityArg) -> Priority {
+        match p {
+            PriorityArg::Foreground => Priority::Foreground,
+            PriorityArg::High => Priority::High,
+            PriorityArg::Normal => Priority::Normal,
+            PriorityArg::Low => Priority::Low,
+        }
+    }
+}
+
+/// A job id as printed by `bitsctl create` (a UUID).
+pub fn parse_job_id(text: &str) -> Result<JobId, String> {
+    JobId::parse(text.trim()).ok_or_else(|| format!("'{text}' is not a job id (expected a UUID)"))
+}
+
+/// `OFFSET:LENGTH`, decimal, with `eof` as LENGTH for "to the end of the file".
+pub fn parse_range(text: &str) -> Result<ByteRange, String> {
+    let bad = |why: &str| format!("'{text}' is not a byte range OFFSET:LENGTH ({why})");
+    let (offset, length) = text.split_once(':').ok_or_else(|| bad("missing ':'"))?;
+    let offset: u64 = offset.trim().parse().map_err(|_| bad("OFFSET is not a number"))?;
+    let length = length.trim();
+    let length = if length.eq_ignore_ascii_case("eof") {
+        LENGTH_TO_EOF
+    } else {
+        length.parse().map_err(|_| bad("LENGTH is not a number or 'eof'"))?
+    };
+    Ok(ByteRange::new(offset, length))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("0:100").unwrap(), ByteRange::new(0, 100));
+        assert_eq!(parse_range("111:eof").unwrap(), ByteRange::new(111, LENGTH_TO_EOF));
+        assert_eq!(parse_range("5:EOF").unwrap(), ByteRange::new(5, LENGTH_TO_EOF));
+        assert_eq!(parse_range("7:0").unwrap(), ByteRange::new(7, 0));
+        for bad in ["", "10", "a:1", "1:b", "-1:5", "1:-5", ":", "1:2:3", "18446744073709551616:1"]
+        {
+            let err = parse_range(bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_them() {
+        let id = "0b3e4a9e-8d4f-4a32-9c55-1f0d6d2c8e11";
+        let err = Cli::try_parse_from(["bitsctl", "add", id, "http://h/f", "f", "--range", "x:1"])
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("'x:1'"), "{err}");
+        let err = Cli::try_parse_from(["bitsctl", "info", "nope"]).unwrap_err();
+        assert!(err.to_string().contains("'nope'"), "{err}");
+        let err = Cli::try_parse_from(["bitsctl", "request-ranges", id, "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+
+        let cli = Cli::try_parse_from([
+            "bitsctl",
+            "--socket",
+            "/s",
+            "download",
+            "http://h/f",
+            "out",
+            "--range",
+            "0:10",
+            "--range",
+            "20:eof",
+            "--priority",
+            "high",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.socket, PathBuf::from("/s"));
+        match cli.command {
+            Command::Download { ranges, priority, .. } => {
+                assert_eq!(ranges, vec![ByteRange::new(0, 10), ByteRange::new(20, LENGTH_TO_EOF)]);
+                assert_eq!(priority, PriorityArg::High);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["bitsctl", "create"]).unwrap();
+        match cli.command {
+            Command::Create { name, priority } => {
+                assert_eq!(name, "bitsctl job");
+                assert_eq!(priority, PriorityArg::Normal);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

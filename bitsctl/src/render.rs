@@ -1,0 +1,511 @@
+//! How bitsctl shows things: human text and JSON (serde structs), and RFC 3339 times.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bits_client::{FileInfo, JobInfo};
+use bits_core::{ByteRange, Code, JobError, JobType, Progress};
+use serde::Serialize;
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct JobJson {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    #[serde(rename = "type")]
+    pub job_type: &'static str,
+    pub state: &'static str,
+    pub priority: &'static str,
+    pub owner_uid: u32,
+    pub creation_time: String,
+    pub modification_time: String,
+    pub transfer_completion_time: Option<String>,
+    pub minimum_retry_delay_secs: u32,
+    pub no_progress_timeout_secs: u32,
+    pub error_count: u32,
+    pub error: Option<ErrorJson>,
+    pub progress: ProgressJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileJson>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorJson {
+    pub code: String,
+    pub hresult: String,
+    pub context: &'static str,
+    pub description: String,
+    pub file_index: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgressJson {
+    pub bytes_total: Option<u64>,
+    pub bytes_transferred: u64,
+    pub files_total: u32,
+    pub files_transferred: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileJson {
+    pub index: u32,
+    pub url: String,
+    pub dest: String,
+    pub ranges: Vec<RangeJson>,
+    pub remote_size: Option<u64>,
+    pub bytes_total: Option<u64>,
+    pub bytes_transferred: u64,
+    pub completed: bool,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    pub temp_path: String,
+}
+
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct RangeJson {
+    pub offset: u64,
+    pub length: LengthJson,
+}
+
+/// A byte count, or the string `"eof"` for `BG_LENGTH_TO_EOF`.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum LengthJson {
+    Bytes(u64),
+    Eof(&'static str),
+}
+
+/// `{"job_id", "state", "bytes"}`: the result of `bitsctl download --json`.
+#[derive(Debug, Serialize)]
+pub struct DownloadJson {
+    pub job_id: String,
+    pub state: &'static str,
+    pub bytes: u64,
+    pub code: String,
+}
+
+/// `{"code", "hresult"}`: the success code of an action command under `--json`.
+#[derive(Debug, Serialize)]
+pub struct CodeJson {
+    pub code: String,
+    pub hresult: String,
+}
+
+pub fn hresult(code: Code) -> String {
+    format!("0x{:08X}", code.hresult())
+}
+
+pub fn code_json(code: Code) -> CodeJson {
+    CodeJson { code: code.name(), hresult: hresult(code) }
+}
+
+pub fn range_json(range: &ByteRange) -> RangeJson {
+    RangeJson {
+        offset: range.offset,
+        length: if range.is_to_eof() {
+            LengthJson::Eof("eof")
+        } else {
+            LengthJson::Bytes(range.length)
+        },
+    }
+}
+
+pub fn error_json(error: &JobError) -> ErrorJson {
+    ErrorJson {
+        code: error.code.name(),
+        hresult: hresult(error.code),
+        context: error.context.name(),
+        description: error.description.clone(),
+        file_index: error.file_index,
+    }
+}
+
+pub fn progress_json(progress: &Progress) -> ProgressJson {
+    ProgressJson {
+        bytes_total: progress.bytes_total,
+        bytes_transferred: progress.bytes_transferred,
+        files_total: progress.files_total,
+        files_transferred: progress.files_transferred,
+    }
+}
+
+fn job_type_name(t: JobType) -> &'static str {
+    match t {
+        JobType::Download => "DOWNLOAD",
+        JobType::Upload => "UPLOAD",
+        JobType::UploadReply => "UPLOAD_REPLY",
+    }
+}
+
+fn path_string(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+pub fn file_json(file: &FileInfo) -> FileJson {
+    FileJson {
+        index: file.index,
+        url: file.remote_url.clone(),
+        dest: path_string(&file.local_path),
+        ranges: file.ranges.iter().map(range_json).collect(),
+        remote_size: file.remote_size,
+        bytes_total: file.progress.bytes_total,
+        bytes_transferred: file.progress.bytes_transferred,
+        completed: file.progress.completed,
+        etag: file.etag.clone(),
+        last_modified: file.last_modified.clone(),
+        temp_path: path_string(&file.temp_path),
+    }
+}
+
+/// A job as JSON; `files` is included when given (`info`), left out otherwise (`list`).
+pub fn job_json(job: &JobInfo, files: Option<&[FileInfo]>) -> JobJson {
+    JobJson {
+        id: job.id.to_string(),
+        name: job.display_name.clone(),
+        description: job.description.clone(),
+        job_type: job_type_name(job.job_type),
+        state: job.state.name(),
+        priority: job.priority.name(),
+        owner_uid: job.owner_uid,
+        creation_time: rfc3339(job.creation_time),
+        modification_time: rfc3339(job.modification_time),
+        transfer_completion_time: job.transfer_completion_time.map(rfc3339),
+        minimum_retry_delay_secs: job.minimum_retry_delay_secs,
+        no_progress_timeout_secs: job.no_progress_timeout_secs,
+        error_count: job.error_count,
+        error: job.error.as_ref().map(error_json),
+        progress: progress_json(&job.progress),
+        files: files.map(|fs| fs.iter().map(file_json).collect()),
+    }
+}
+
+/// Pretty JSON plus a newline. Serializing these plain structs cannot fail; if it somehow did,
+/// the error text is printed instead of panicking.
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut text) => {
+            text.push('\n');
+            text
+        }
+        Err(e) => format!("{{\"error\": \"{e}\"}}\n"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Human text
+// ---------------------------------------------------------------------------------------------
+
+/// `transferred/total` with `?` for an unknown total.
+pub fn bytes_fraction(transferred: u64, total: Option<u64>) -> String {
+    match total {
+        Some(total) => format!("{transferred}/{total}"),
+        None => format!("{transferred}/?"),
+    }
+}
+
+/// `1.5 MiB`-style size.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `BG_E_HTTP_ERROR_404 (0x80190194): description [REMOTE_FILE, file 0]`.
+pub fn error_line(error: &JobError) -> String {
+    let mut line = format!("{}: {} [{}", error.code, error.description, error.context.name());
+    if let Some(i) = error.file_index {
+        let _ = write!(line, ", file {i}");
+    }
+    line.push(']');
+    line
+}
+
+/// The `list` table.
+pub fn jobs_table(jobs: &[JobInfo]) -> String {
+    let header = ["ID", "STATE", "PRIORITY", "BYTES", "FILES", "NAME"];
+    let rows: Vec<[String; 6]> = jobs
+        .iter()
+        .map(|j| {
+            [
+                j.id.to_string(),
+                j.state.name().to_string(),
+                j.priority.name().to_string(),
+                bytes_fraction(j.progress.bytes_transferred, j.progress.bytes_total),
+                format!("{}/{}", j.progress.files_transferred, j.progress.files_total),
+                j.display_name.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 6]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+fn ranges_text(ranges: &[ByteRange]) -> String {
+    if ranges.is_empty() {
+        "whole file".to_string()
+    } else {
+        ranges.iter().map(ByteRange::display).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn opt_u64(value: Option<u64>) -> String {
+    value.map_or_else(|| "unknown".to_string(), |v| v.to_string())
+}
+
+/// The `info` text: the job, then its files.
+pub fn job_info(job: &JobInfo, files: &[FileInfo]) -> String {
+    let mut out = String::new();
+    let mut kv = |key: &str, value: &str| {
+        let _ = writeln!(out, "{key:<12}{value}");
+    };
+    kv("Job", &job.id.to_string());
+    kv("Name", &job.display_name);
+    if !job.description.is_empty() {
+        kv("Description", &job.description);
+    }
+    kv("State", job.state.name());
+    kv("Priority", job.priority.name());
+    kv("Owner", &format!("uid {}", job.owner_uid));
+    kv("Created", &rfc3339(job.creation_time));
+    kv("Modified", &rfc3339(job.modification_time));
+    kv("Transferred", &job.transfer_completion_time.map_or_else(|| "-".to_string(), rfc3339));
+    kv("Errors", &job.error_count.to_string());
+    let p = &job.progress;
+    kv(
+        "Progress",
+        &format!(
+            "{} bytes, {}/{} files",
+            bytes_fraction(p.bytes_transferred, p.bytes_total),
+            p.files_transferred,
+            p.files_total
+        ),
+    );
+    if let Some(error) = &job.error {
+        kv("Error", &error_line(error));
+    }
+    if files.is_empty() {
+        kv("Files", "none");
+    } else {
+        kv("Files", "");
+    }
+    for f in files {
+        let _ = writeln!(out, "  [{}] {}", f.index, f.remote_url);
+        let mut fkv = |key: &str, value: &str| {
+            let _ = writeln!(out, "      {key:<11}{value}");
+        };
+        fkv("dest", &f.local_path.display().to_string());
+        fkv("ranges", &ranges_text(&f.ranges));
+        fkv("remote size", &opt_u64(f.remote_size));
+        fkv(
+            "progress",
+            &format!(
+                "{} bytes",
+                bytes_fraction(f.progress.bytes_transferred, f.progress.bytes_total)
+            ),
+        );
+        fkv("completed", if f.progress.completed { "yes" } else { "no" });
+        fkv("temp", &f.temp_path.display().to_string());
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------------------------
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC, whole seconds).
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs: i64 = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => {
+            let d = e.duration();
+            // Floor towards the past for times before the epoch.
+            let s = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            if d.subsec_nanos() > 0 { -s - 1 } else { -s }
+        }
+    };
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 → (year, month, day).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use bits_core::{ErrorContext, FileProgress, JobId, JobState, LENGTH_TO_EOF, Priority};
+    use serde_json::json;
+
+    use super::*;
+
+    fn sample() -> (JobInfo, Vec<FileInfo>) {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let job = JobInfo {
+            id: JobId::parse("0b3e4a9e-8d4f-4a32-9c55-1f0d6d2c8e11").unwrap(),
+            display_name: "nightly".into(),
+            description: String::new(),
+            job_type: JobType::Download,
+            priority: Priority::Normal,
+            state: JobState::TransientError,
+            owner_uid: 1000,
+            minimum_retry_delay_secs: 600,
+            no_progress_timeout_secs: 1_209_600,
+            creation_time: t,
+            modification_time: t + Duration::from_secs(61),
+            transfer_completion_time: None,
+            error_count: 2,
+            error: Some(JobError {
+                context: ErrorContext::RemoteFile,
+                code: Code::Http(404),
+                description: "Not Found".into(),
+                file_index: Some(0),
+            }),
+            progress: Progress {
+                bytes_total: None,
+                bytes_transferred: 42,
+                files_total: 1,
+                files_transferred: 0,
+                files: vec![],
+            },
+        };
+        let file = FileInfo {
+            index: 0,
+            remote_url: "http://h/f".into(),
+            local_path: PathBuf::from("/tmp/f"),
+            ranges: vec![ByteRange::new(0, 10), ByteRange::new(100, LENGTH_TO_EOF)],
+            remote_size: None,
+            etag: None,
+            last_modified: None,
+            temp_path: PathBuf::from("/tmp/.f.part"),
+            progress: FileProgress { bytes_total: None, bytes_transferred: 42, completed: false },
+        };
+        (job, vec![file])
+    }
+
+    #[test]
+    fn job_json_uses_bits_names_nulls_and_eof() {
+        let (job, files) = sample();
+        let value = serde_json::to_value(job_json(&job, Some(&files))).unwrap();
+        assert_eq!(value["state"], "TRANSIENT_ERROR");
+        assert_eq!(value["priority"], "NORMAL");
+        assert_eq!(value["type"], "DOWNLOAD");
+        assert_eq!(value["creation_time"], "2023-11-14T22:13:20Z");
+        assert_eq!(value["modification_time"], "2023-11-14T22:14:21Z");
+        assert_eq!(value["transfer_completion_time"], serde_json::Value::Null);
+        assert_eq!(value["progress"]["bytes_total"], serde_json::Value::Null);
+        assert_eq!(value["progress"]["bytes_transferred"], 42);
+        assert_eq!(
+            value["error"],
+            json!({
+                "code": "BG_E_HTTP_ERROR_404",
+                "hresult": "0x80190194",
+                "context": "REMOTE_FILE",
+                "description": "Not Found",
+                "file_index": 0
+            })
+        );
+        let file = &value["files"][0];
+        assert_eq!(
+            file["ranges"],
+            json!([{"offset": 0, "length": 10}, {"offset": 100, "length": "eof"}])
+        );
+        assert_eq!(file["remote_size"], serde_json::Value::Null);
+        assert_eq!(file["dest"], "/tmp/f");
+        assert_eq!(file["completed"], false);
+
+        let listed = serde_json::to_value(job_json(&job, None)).unwrap();
+        assert!(listed.get("files").is_none());
+    }
+
+    #[test]
+    fn human_text_shows_what_matters() {
+        let (job, files) = sample();
+        let table = jobs_table(std::slice::from_ref(&job));
+        let mut lines = table.lines();
+        assert!(lines.next().unwrap().starts_with("ID "));
+        let row = lines.next().unwrap();
+        for part in [&job.id.to_string()[..], "TRANSIENT_ERROR", "NORMAL", "42/?", "0/1", "nightly"]
+        {
+            assert!(row.contains(part), "{row}");
+        }
+        let info = job_info(&job, &files);
+        for part in [
+            "TRANSIENT_ERROR",
+            "BG_E_HTTP_ERROR_404 (0x80190194): Not Found [REMOTE_FILE, file 0]",
+            "0:10, 100:eof",
+            "/tmp/.f.part",
+            "uid 1000",
+        ] {
+            assert!(info.contains(part), "{part} not in:\n{info}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_from_system_time() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::new(4_102_444_799, 999)), "2099-12-31T23:59:59Z");
+        assert_eq!(rfc3339(UNIX_EPOCH - Duration::from_millis(1)), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_bytes(5), "5 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(10 * 1024 * 1024), "10.0 MiB");
+        assert_eq!(bytes_fraction(1, Some(2)), "1/2");
+    }
+}

@@ -1,0 +1,350 @@
+//! bitsctl as a process against an in-process fake daemon: output formats and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bits_core::{
+    BitsError, ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState, JobType,
+    LENGTH_TO_EOF, Priority, RangeSet, Validator,
+};
+use bits_proto::convert::{
+    files_to_wire, job_to_wire, parse_job_id, priority_from_wire, ranges_from_wire, status_reply,
+};
+use bits_proto::status::to_status;
+use bits_proto::v1::{
+    self,
+    bits_server::{Bits, BitsServer},
+};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+#[derive(Default)]
+struct State {
+    job: Option<Job>,
+    /// GetJob calls until the job reaches its end state.
+    polls_left: u32,
+    end_state: Option<JobState>,
+    cancelled: bool,
+    completed: bool,
+    /// Complete answers BG_S_PARTIAL_COMPLETE.
+    partial: bool,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<State>>);
+
+fn not_found(id: &str) -> Status {
+    to_status(&BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))
+}
+
+impl Fake {
+    fn with_job<T>(&self, id: &str, f: impl FnOnce(&mut State) -> T) -> Result<T, Status> {
+        let id = parse_job_id(id).map_err(|e| to_status(&e))?;
+        let mut state = self.0.lock().unwrap();
+        match &state.job {
+            Some(job) if job.id == id => Ok(f(&mut state)),
+            _ => Err(not_found(&id.to_string())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Bits for Fake {
+    async fn create_job(
+        &self,
+        req: Request<v1::CreateJobRequest>,
+    ) -> Result<Response<v1::CreateJobReply>, Status> {
+        let req = req.into_inner();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let job = Job {
+            id: JobId::new_random(),
+            display_name: req.display_name,
+            description: String::new(),
+            job_type: JobType::Download,
+            priority: priority_from_wire(req.priority).map_err(|e| to_status(&e))?,
+            state: JobState::Suspended,
+            owner_uid: 1000,
+            minimum_retry_delay_secs: 600,
+            no_progress_timeout_secs: 1_209_600,
+            creation_time: now,
+            modification_time: now,
+            transfer_completion_time: None,
+            error: None,
+            error_count: 0,
+            files: vec![],
+        };
+        let id = job.id.to_string();
+        self.0.lock().unwrap().job = Some(job);
+        Ok(Response::new(v1::CreateJobReply { job_id: id }))
+    }
+    async fn get_job(&self, req: Request<v1::JobRef>) -> Result<Response<v1::Job>, Status> {
+        self.with_job(&req.into_inner().job_id, |s| {
+            let end = s.end_state;
+            let left = s.polls_left;
+            s.polls_left = left.saturating_sub(1);
+            let job = s.job.as_mut().unwrap();
+            if left == 0 {
+                if let Some(end) = end {
+                    job.state = end;
+                    for f in &mut job.files {
+                        f.remote_size = Some(1000);
+                        if end == JobState::Transferred {
+                            f.filled.insert(0, 1000);
+                        }
+                    }
+                    if end == JobState::Error {
+                        job.error = Some(JobError {
+                            context: ErrorContext::RemoteFile,
+                            code: Code::Http(404),
+                            description: "Not Found".into(),
+                            file_index: Some(0),
+                        });
+                    }
+                }
+            } else if job.state == JobState::Queued {
+                job.state = JobState::Transferring;
+            }
+            Response::new(job_to_wire(job))
+        })
+    }
+    async fn list_jobs(
+        &self,
+        _: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsReply>, Status> {
+        let state = self.0.lock().unwrap();
+        Ok(Response::new(v1::ListJobsReply { jobs: state.job.iter().map(job_to_wire).collect() }))
+    }
+    async fn add_file(
+        &self,
+        req: Request<v1::AddFileRequest>,
+    ) -> Result<Response<v1::AddFileReply>, Status> {
+        let req = req.into_inner();
+        self.with_job(&req.job_id.clone(), |s| add(s, req.remote_url, req.local_path, vec![]))
+    }
+    async fn add_file_with_ranges(
+        &self,
+        req: Request<v1::AddFileWithRangesRequest>,
+    ) -> Result<Response<v1::AddFileReply>, Status> {
+        let req = req.into_inner();
+        let ranges = ranges_from_wire(&req.ranges);
+        self.with_job(&req.job_id.clone(), |s| add(s, req.remote_url, req.local_path, ranges))
+    }
+    async fn list_files(
+        &self,
+        req: Request<v1::JobRef>,
+    ) -> Result<Response<v1::ListFilesReply>, Status> {
+        self.with_job(&req.into_inner().job_id, |s| {
+            Response::new(v1::ListFilesReply { files: files_to_wire(s.job.as_ref().unwrap()) })
+        })
+    }
+    async fn resume(&self, req: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
+        self.with_job(&req.into_inner().job_id, |s| {
+            s.job.as_mut().unwrap().state = JobState::Queued;
+            Response::new(status_reply(Code::S_OK))
+        })
+    }
+    async fn suspend(&self, _: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("suspend"))
+    }
+    async fn cancel(&self, req: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
+        self.with_job(&req.into_inner().job_id, |s| {
+            s.cancelled = true;
+            s.job.as_mut().unwrap().state = JobState::Cancelled;
+            Response::new(status_reply(Code::S_OK))
+        })
+    }
+    async fn complete(
+        &self,
+        req: Request<v1::JobRef>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        self.with_job(&req.into_inner().job_id, |s| {
+            s.completed = true;
+            s.job.as_mut().unwrap().state = JobState::Acknowledged;
+            let code = if s.partial { Code::BG_S_PARTIAL_COMPLETE } else { Code::S_OK };
+            Response::new(status_reply(code))
+        })
+    }
+    async fn get_progress(&self, _: Request<v1::JobRef>) -> Result<Response<v1::Progress>, Status> {
+        Err(Status::unimplemented("get_progress"))
+    }
+    async fn get_error(&self, _: Request<v1::JobRef>) -> Result<Response<v1::JobError>, Status> {
+        Err(Status::unimplemented("get_error"))
+    }
+    async fn request_file_ranges(
+        &self,
+        _: Request<v1::RequestFileRangesRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("request_file_ranges"))
+    }
+    async fn get_filled_file_ranges(
+        &self,
+        req: Request<v1::FileRef>,
+    ) -> Result<Response<v1::FileRangesReply>, Status> {
+        let req = req.into_inner();
+        self.with_job(&req.job_id, |_| {
+            Response::new(v1::FileRangesReply {
+                ranges: vec![
+                    v1::ByteRange { offset: 0, length: 10 },
+                    v1::ByteRange { offset: 20, length: 5 },
+                ],
+            })
+        })
+    }
+    async fn set_priority(
+        &self,
+        _: Request<v1::SetPriorityRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_priority"))
+    }
+}
+
+fn add(
+    s: &mut State,
+    url: String,
+    path: String,
+    ranges: Vec<ByteRange>,
+) -> Response<v1::AddFileReply> {
+    let job = s.job.as_mut().unwrap();
+    job.files.push(JobFile {
+        remote_url: url,
+        local_path: PathBuf::from(&path),
+        ranges,
+        remote_size: None,
+        validator: Validator::default(),
+        filled: RangeSet::new(),
+        requested: RangeSet::new(),
+        temp_path: PathBuf::from(format!("{path}.part")),
+        completed: false,
+    });
+    Response::new(v1::AddFileReply { file_index: job.files.len() as u32 - 1 })
+}
+
+struct Daemon {
+    fake: Fake,
+    sock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn daemon() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("bitsd.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let fake = Fake::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(BitsServer::new(fake.clone()))
+            .serve_with_incoming(UnixListenerStream::new(listener)),
+    );
+    Daemon { fake, sock, _dir: dir }
+}
+
+async fn bitsctl(sock: &Path, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bitsctl"));
+    cmd.arg("--socket").arg(sock).args(args).env_remove("BITSD_SOCKET");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_waits_for_transferred_then_completes() {
+    let d = daemon().await;
+    {
+        let mut s = d.fake.0.lock().unwrap();
+        s.polls_left = 3;
+        s.end_state = Some(JobState::Transferred);
+    }
+    let o = bitsctl(&d.sock, &["download", "http://h/f", "rel/out", "--json"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["state"], "ACKNOWLEDGED");
+    assert_eq!(v["bytes"], 1000);
+    let s = d.fake.0.lock().unwrap();
+    assert!(s.completed && !s.cancelled);
+    let job = s.job.as_ref().unwrap();
+    assert_eq!(v["job_id"], job.id.to_string());
+    assert_eq!(job.display_name, "bitsctl download");
+    assert_eq!(job.priority, Priority::Normal);
+    let dest = &job.files[0].local_path;
+    assert!(dest.is_absolute() && dest.ends_with("rel/out"), "{}", dest.display());
+    assert!(stderr(&o).contains("TRANSFERRED"), "{}", stderr(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_error_cancels_and_exits_1() {
+    let d = daemon().await;
+    {
+        let mut s = d.fake.0.lock().unwrap();
+        s.polls_left = 1;
+        s.end_state = Some(JobState::Error);
+    }
+    let o = bitsctl(&d.sock, &["download", "http://h/f", "/tmp/out", "--range", "5:eof"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.lines().any(|l| l == "bitsctl: BG_E_HTTP_ERROR_404 (0x80190194): Not Found"),
+        "{err}"
+    );
+    let s = d.fake.0.lock().unwrap();
+    assert!(s.cancelled && !s.completed);
+    assert_eq!(s.job.as_ref().unwrap().files[0].ranges, vec![ByteRange::new(5, LENGTH_TO_EOF)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_by_step_commands() {
+    let d = daemon().await;
+    let o = bitsctl(&d.sock, &["create", "--name", "n", "--priority", "high"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    assert!(JobId::parse(&id).is_some(), "{id}");
+
+    let o = bitsctl(&d.sock, &["add", &id, "http://h/f", "/tmp/x", "--range", "0:10"]).await;
+    assert_eq!(stdout(&o), "0\n");
+    let o = bitsctl(&d.sock, &["resume", &id]).await;
+    assert!(o.status.success() && stdout(&o).is_empty(), "{}", stderr(&o));
+
+    let o = bitsctl(&d.sock, &["list", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["id"], id);
+    assert_eq!(v[0]["priority"], "HIGH");
+    assert_eq!(v[0]["progress"]["bytes_total"], serde_json::Value::Null);
+
+    let o = bitsctl(&d.sock, &["list"]).await;
+    assert!(stdout(&o).contains(&id) && stdout(&o).contains("QUEUED"), "{}", stdout(&o));
+
+    let o = bitsctl(&d.sock, &["info", &id, "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["files"][0]["ranges"][0]["length"], 10);
+    let o = bitsctl(&d.sock, &["info", &id]).await;
+    assert!(stdout(&o).contains("/tmp/x.part"), "{}", stdout(&o));
+
+    let o = bitsctl(&d.sock, &["ranges", &id, "0"]).await;
+    assert_eq!(stdout(&o), "0:10\n20:5\n");
+
+    let other = JobId::new_random().to_string();
+    let o = bitsctl(&d.sock, &["info", &other]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(stderr(&o), format!("bitsctl: BG_E_NOT_FOUND (0x80200001): no job {other}\n"));
+
+    let o = bitsctl(&d.sock, &["suspend", &id]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("bitsctl: E_FAIL (0x80004005): "), "{}", stderr(&o));
+
+    d.fake.0.lock().unwrap().partial = true;
+    let o = bitsctl(&d.sock, &["complete", &id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "BG_S_PARTIAL_COMPLETE\n");
+
+    let o = bitsctl(&d.sock.with_extension("gone"), &["list"]).await;
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr(&o).starts_with("bitsctl: cannot connect to bitsd at "), "{}", stderr(&o));
+}
