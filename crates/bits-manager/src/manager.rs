@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bits_core::job::{
-    DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS, MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE,
+    DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS, MAX_FILES_PER_JOB,
+    MAX_RANGES_PER_FILE,
 };
 use bits_core::{
-    BitsError, ByteRange, Code, Event, Job, JobError, JobFile, JobId, JobState, JobType, Priority, Progress,
-    RangeSet, Validator, transition, validate_static_ranges,
+    BitsError, ByteRange, Code, Event, Job, JobError, JobFile, JobId, JobState, JobType, Priority,
+    Progress, RangeSet, Validator, transition, validate_static_ranges,
 };
 use bits_store::Store;
 use tokio::sync::Notify;
@@ -224,7 +225,10 @@ impl Manager {
         validate::display_name(display_name)?;
         validate::description(description)?;
         if job_type != JobType::Download {
-            return Err(BitsError::new(Code::E_NOTIMPL, format!("job type {job_type:?} is not supported")));
+            return Err(BitsError::new(
+                Code::E_NOTIMPL,
+                format!("job type {job_type:?} is not supported"),
+            ));
         }
         let now = SystemTime::now();
         let job = Job {
@@ -252,7 +256,14 @@ impl Manager {
             table.next_seq += 1;
             table.jobs.insert(
                 id,
-                Entry { job, seq, run: None, retry_at: None, stalled_since: None, finishing: false },
+                Entry {
+                    job,
+                    seq,
+                    run: None,
+                    retry_at: None,
+                    stalled_since: None,
+                    finishing: false,
+                },
             );
         }
         self.flush().await?;
@@ -299,7 +310,9 @@ impl Manager {
         if !caller.is_admin() && n_files >= MAX_FILES_PER_JOB {
             return Err(BitsError::new(
                 Code::BG_E_TOO_MANY_FILES_IN_JOB,
-                format!("the job already has {n_files} files, at most {MAX_FILES_PER_JOB} are allowed"),
+                format!(
+                    "the job already has {n_files} files, at most {MAX_FILES_PER_JOB} are allowed"
+                ),
             ));
         }
         let dest = local_path.to_path_buf();
@@ -343,8 +356,10 @@ impl Manager {
         {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
-            let event =
-                Event::Resume { has_files: !entry.job.files.is_empty(), all_transferred: entry.job.all_transferred() };
+            let event = Event::Resume {
+                has_files: !entry.job.files.is_empty(),
+                all_transferred: entry.job.all_transferred(),
+            };
             let next = transition(entry.job.state, event)?;
             if next != entry.job.state {
                 if next == JobState::Transferred && entry.job.transfer_completion_time.is_none() {
@@ -382,7 +397,8 @@ impl Manager {
 
     pub async fn cancel(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
         let files = self.begin_finish(caller, id, Event::Cancel).await?;
-        let temps: Vec<PathBuf> = files.iter().filter(|f| !f.completed).map(|f| f.temp_path.clone()).collect();
+        let temps: Vec<PathBuf> =
+            files.iter().filter(|f| !f.completed).map(|f| f.temp_path.clone()).collect();
         let all_deleted = run_blocking(move || {
             let mut ok = true;
             for temp in temps {
@@ -411,11 +427,19 @@ impl Manager {
             .filter(|(i, f)| done[*i] && !f.completed)
             .map(|(i, f)| (i as u32, f.clone()))
             .collect();
-        let to_delete: Vec<PathBuf> =
-            files.iter().enumerate().filter(|(i, _)| !done[*i]).map(|(_, f)| f.temp_path.clone()).collect();
+        let to_delete: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !done[*i])
+            .map(|(_, f)| f.temp_path.clone())
+            .collect();
 
         for (index, file) in to_finalize {
-            let mtime = file.validator.last_modified.as_deref().and_then(|s| httpdate::parse_http_date(s).ok());
+            let mtime = file
+                .validator
+                .last_modified
+                .as_deref()
+                .and_then(|s| httpdate::parse_http_date(s).ok());
             let (temp, dest) = (file.temp_path.clone(), file.local_path.clone());
             let renamed = run_blocking(move || {
                 prepare_temp_for_finalize(&temp, file.bytes_total().unwrap_or(0))?;
@@ -466,7 +490,12 @@ impl Manager {
         }
     }
 
-    pub async fn set_priority(&self, caller: Caller, id: JobId, priority: Priority) -> Result<Code, BitsError> {
+    pub async fn set_priority(
+        &self,
+        caller: Caller,
+        id: JobId,
+        priority: Priority,
+    ) -> Result<Code, BitsError> {
         {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
@@ -497,7 +526,9 @@ impl Manager {
             if !file.ranges.is_empty() {
                 return Err(BitsError::new(
                     Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
-                    format!("file {index} was added with static ranges; on-demand ranges need a whole-file download"),
+                    format!(
+                        "file {index} was added with static ranges; on-demand ranges need a whole-file download"
+                    ),
                 ));
             }
             if ranges.is_empty() {
@@ -508,10 +539,16 @@ impl Manager {
                 let span = match file.remote_size {
                     Some(size) => range.resolve(size)?,
                     None if range.offset == bits_core::LENGTH_TO_EOF => {
-                        return Err(BitsError::new(Code::BG_E_INVALID_RANGE, "range offset is BG_LENGTH_TO_EOF"));
+                        return Err(BitsError::new(
+                            Code::BG_E_INVALID_RANGE,
+                            "range offset is BG_LENGTH_TO_EOF",
+                        ));
                     }
                     // Size not known yet: keep it open-ended; the worker clips it after the probe.
-                    None => bits_core::Span::new(range.offset, range.offset.saturating_add(range.length)),
+                    None => bits_core::Span::new(
+                        range.offset,
+                        range.offset.saturating_add(range.length),
+                    ),
                 };
                 wanted.insert(span.start, span.end);
             }
@@ -528,7 +565,12 @@ impl Manager {
     }
 
     /// The remote byte ranges durably present, sorted and merged.
-    pub fn get_filled_file_ranges(&self, caller: Caller, id: JobId, index: u32) -> Result<RangeSet, BitsError> {
+    pub fn get_filled_file_ranges(
+        &self,
+        caller: Caller,
+        id: JobId,
+        index: u32,
+    ) -> Result<RangeSet, BitsError> {
         let table = self.table();
         let job = &lookup(&table, caller, id)?.job;
         let file = job.files.get(index as usize).ok_or_else(|| no_such_file(job, index))?;
@@ -539,7 +581,12 @@ impl Manager {
 
     /// Checks the operation is allowed, marks the job as finishing and stops its worker. Returns
     /// the files as they are once the worker has recorded its last bytes.
-    async fn begin_finish(&self, caller: Caller, id: JobId, event: Event) -> Result<Vec<JobFile>, BitsError> {
+    async fn begin_finish(
+        &self,
+        caller: Caller,
+        id: JobId,
+        event: Event,
+    ) -> Result<Vec<JobFile>, BitsError> {
         let task = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
@@ -578,10 +625,11 @@ impl Manager {
     fn mark_completed(&self, id: JobId, index: u32) -> Result<(), BitsError> {
         let mut table = self.table();
         if let Some(entry) = table.jobs.get_mut(&id)
-            && let Some(file) = entry.job.files.get_mut(index as usize) {
-                file.completed = true;
-                self.inner.store.put_file(id, index, file).map_err(store_error)?;
-            }
+            && let Some(file) = entry.job.files.get_mut(index as usize)
+        {
+            file.completed = true;
+            self.inner.store.put_file(id, index, file).map_err(store_error)?;
+        }
         Ok(())
     }
 
@@ -631,22 +679,29 @@ fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError>
 /// BG_E_INVALID_STATE rather than BG_E_NOT_FOUND (spec §1.1 tombstones).
 fn lookup_mut_check(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
     if let Some((_, owner, state)) = table.tombstones.iter().find(|(t, _, _)| *t == id)
-        && (*owner == caller.uid || caller.is_admin()) {
-            return Err(BitsError::new(
-                Code::BG_E_INVALID_STATE,
-                format!("job {id} is {} and can no longer change", state.name()),
-            ));
-        }
+        && (*owner == caller.uid || caller.is_admin())
+    {
+        return Err(BitsError::new(
+            Code::BG_E_INVALID_STATE,
+            format!("job {id} is {} and can no longer change", state.name()),
+        ));
+    }
     let entry = lookup(table, caller, id)?;
     if entry.finishing {
-        return Err(BitsError::new(Code::BG_E_INVALID_STATE, format!("job {id} is being completed or cancelled")));
+        return Err(BitsError::new(
+            Code::BG_E_INVALID_STATE,
+            format!("job {id} is being completed or cancelled"),
+        ));
     }
     Ok(entry)
 }
 
 fn lookup_mut(table: &mut Table, caller: Caller, id: JobId) -> Result<&mut Entry, BitsError> {
     lookup_mut_check(table, caller, id)?;
-    table.jobs.get_mut(&id).ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))
+    table
+        .jobs
+        .get_mut(&id)
+        .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))
 }
 
 fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
@@ -660,7 +715,10 @@ fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
 fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {
     let n = job.files.len();
     job.files.get_mut(index as usize).ok_or_else(|| {
-        BitsError::new(Code::E_INVALIDARG, format!("file index {index} is out of range; the job has {n} files"))
+        BitsError::new(
+            Code::E_INVALIDARG,
+            format!("file index {index} is out of range; the job has {n} files"),
+        )
     })
 }
 

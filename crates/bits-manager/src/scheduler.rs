@@ -21,7 +21,8 @@ pub(crate) async fn run(manager: Manager) {
         if let Err(e) = persist {
             tracing::error!(error = %e, "scheduler could not flush the store");
         }
-        let sleep = next_retry.map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
+        let sleep = next_retry
+            .map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = manager.inner.shutdown.cancelled() => return,
             _ = manager.inner.wake.notified() => {}
@@ -85,7 +86,8 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
         }
         let stop = CancellationToken::new();
         let repick = Arc::new(Notify::new());
-        let task = tokio::spawn(crate::worker::run_job(manager.clone(), id, stop.clone(), repick.clone()));
+        let task =
+            tokio::spawn(crate::worker::run_job(manager.clone(), id, stop.clone(), repick.clone()));
         entry.run = Some(Run { stop, repick, task: Some(task) });
         tracing::info!(job = %id, priority = entry.job.priority.name(), "job started");
     }

@@ -41,12 +41,16 @@ pub fn remote_url(url: &str) -> Result<(), BitsError> {
             format!("remote URL is {n} characters, at most {MAX_URL_CHARS} are allowed"),
         ));
     }
-    let parsed = url::Url::parse(url)
-        .map_err(|e| BitsError::new(Code::E_INVALIDARG, format!("remote URL {url:?} is not a valid URL: {e}")))?;
+    let parsed = url::Url::parse(url).map_err(|e| {
+        BitsError::new(Code::E_INVALIDARG, format!("remote URL {url:?} is not a valid URL: {e}"))
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(BitsError::new(
             Code::E_INVALIDARG,
-            format!("remote URL {url:?} uses scheme {:?}; only http and https are supported", parsed.scheme()),
+            format!(
+                "remote URL {url:?} uses scheme {:?}; only http and https are supported",
+                parsed.scheme()
+            ),
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
@@ -60,16 +64,28 @@ pub fn remote_url(url: &str) -> Result<(), BitsError> {
 pub fn local_path(path: &Path) -> Result<(), BitsError> {
     let shown = path.display();
     if !path.is_absolute() {
-        return Err(BitsError::new(Code::E_INVALIDARG, format!("local path {shown:?} is not absolute")));
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!("local path {shown:?} is not absolute"),
+        ));
     }
     if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(BitsError::new(Code::E_INVALIDARG, format!("local path {shown:?} contains \"..\"")));
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!("local path {shown:?} contains \"..\""),
+        ));
     }
     if path.file_name().is_none() || path.as_os_str().as_encoded_bytes().ends_with(b"/") {
-        return Err(BitsError::new(Code::E_INVALIDARG, format!("local path {shown:?} does not name a file")));
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!("local path {shown:?} does not name a file"),
+        ));
     }
     if path.as_os_str().len() > 4096 {
-        return Err(BitsError::new(Code::E_INVALIDARG, format!("local path {shown:?} is longer than PATH_MAX")));
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!("local path {shown:?} is longer than PATH_MAX"),
+        ));
     }
     Ok(())
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bits_core::{
-    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span, transition,
+    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span,
+    transition,
 };
 use bits_disk::PartFile;
 use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
@@ -30,7 +31,10 @@ enum Halt {
     Stopped,
     /// The remote file changed: restart this file from zero.
     Changed,
-    Failed { error: JobError, transient: bool },
+    Failed {
+        error: JobError,
+        transient: bool,
+    },
 }
 
 enum PieceEnd {
@@ -38,7 +42,12 @@ enum PieceEnd {
     Repick,
 }
 
-pub(crate) async fn run_job(manager: Manager, id: JobId, stop: CancellationToken, repick: Arc<Notify>) {
+pub(crate) async fn run_job(
+    manager: Manager,
+    id: JobId,
+    stop: CancellationToken,
+    repick: Arc<Notify>,
+) {
     let outcome = transfer_job(&manager, id, &stop, &repick).await;
     {
         let mut table = manager.table();
@@ -59,7 +68,9 @@ pub(crate) async fn run_job(manager: Manager, id: JobId, stop: CancellationToken
                 Err(Halt::Failed { error, transient }) => {
                     let now = Instant::now();
                     let job = &entry.job;
-                    let delay = job.minimum_retry_delay_secs.max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS);
+                    let delay = job
+                        .minimum_retry_delay_secs
+                        .max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS);
                     let since = *entry.stalled_since.get_or_insert(now);
                     let timeout = job.no_progress_timeout_secs;
                     let fatal = !transient
@@ -72,7 +83,8 @@ pub(crate) async fn run_job(manager: Manager, id: JobId, stop: CancellationToken
                         set_state(entry, next);
                         entry.job.error_count = entry.job.error_count.saturating_add(1);
                         entry.job.error = Some(error);
-                        entry.retry_at = (!fatal).then(|| now + std::time::Duration::from_secs(u64::from(delay)));
+                        entry.retry_at = (!fatal)
+                            .then(|| now + std::time::Duration::from_secs(u64::from(delay)));
                     }
                 }
             }
@@ -218,9 +230,15 @@ async fn connected(
 
 /// The next remote span to fetch: the first requested byte still missing, else the first
 /// missing byte; `None` when the file is complete.
-fn next_piece(manager: &Manager, id: JobId, index: u32, layout: &Layout) -> Result<Option<Span>, Halt> {
+fn next_piece(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    layout: &Layout,
+) -> Result<Option<Span>, Halt> {
     let table = manager.table();
-    let file = table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)).ok_or(Halt::Stopped)?;
+    let file =
+        table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)).ok_or(Halt::Stopped)?;
     let missing = layout.wanted().subtract(&file.filled);
     let urgent = file.requested.subtract(&file.filled);
     let urgent = missing.subtract(&missing.subtract(&urgent));
@@ -291,7 +309,13 @@ async fn fetch_piece(
 }
 
 /// Hands bytes up to `upto` to a sync and records the span of the previous sync, now durable.
-async fn checkpoint(manager: &Manager, id: JobId, index: u32, pipe: &mut Pipeline, upto: u64) -> Result<(), Halt> {
+async fn checkpoint(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    pipe: &mut Pipeline,
+    upto: u64,
+) -> Result<(), Halt> {
     match pipe.checkpoint(upto).await {
         Ok(Some(span)) => record_filled(manager, id, index, span).await,
         Ok(None) => Ok(()),
@@ -348,7 +372,12 @@ fn snapshot(manager: &Manager, id: JobId, index: u32) -> Result<JobFile, Halt> {
     table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)).cloned().ok_or(Halt::Stopped)
 }
 
-fn job_error(context: ErrorContext, code: Code, description: impl Into<String>, index: u32) -> JobError {
+fn job_error(
+    context: ErrorContext,
+    code: Code,
+    description: impl Into<String>,
+    index: u32,
+) -> JobError {
     JobError { context, code, description: description.into(), file_index: Some(index) }
 }
 
@@ -356,7 +385,10 @@ fn fetch_halt(e: FetchError, index: u32) -> Halt {
     if e.kind == FetchErrorKind::RemoteChanged {
         return Halt::Changed;
     }
-    Halt::Failed { error: job_error(e.context, e.code, e.message.clone(), index), transient: e.transient }
+    Halt::Failed {
+        error: job_error(e.context, e.code, e.message.clone(), index),
+        transient: e.transient,
+    }
 }
 
 /// A local file problem. A full disk is worth retrying once space is freed; anything else
@@ -367,5 +399,8 @@ fn local_halt(e: BitsError, index: u32) -> Halt {
 }
 
 fn store_halt(e: BitsError, index: u32) -> Halt {
-    Halt::Failed { error: job_error(ErrorContext::GeneralQueueManager, e.code, e.message, index), transient: true }
+    Halt::Failed {
+        error: job_error(ErrorContext::GeneralQueueManager, e.code, e.message, index),
+        transient: true,
+    }
 }

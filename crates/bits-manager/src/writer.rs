@@ -30,7 +30,15 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     pub(crate) fn new(part: Arc<PartFile>, layout: Arc<Layout>, start: u64) -> Pipeline {
-        Pipeline { part, layout, batch: Vec::new(), batch_len: 0, write: None, sync: None, synced_upto: start }
+        Pipeline {
+            part,
+            layout,
+            batch: Vec::new(),
+            batch_len: 0,
+            write: None,
+            sync: None,
+            synced_upto: start,
+        }
     }
 
     /// Queues `bytes` received for remote offset `remote`.
@@ -99,7 +107,9 @@ fn write_batch(part: &PartFile, layout: &Layout, batch: &[(u64, Bytes)]) -> Resu
                 return Err(DiskError::Io {
                     path: Default::default(),
                     op: "map remote offset",
-                    source: std::io::Error::other(format!("remote offset {remote} is not part of the file")),
+                    source: std::io::Error::other(format!(
+                        "remote offset {remote} is not part of the file"
+                    )),
                 });
             };
             let n = (contiguous.min(rest.len() as u64)) as usize;
@@ -112,5 +122,9 @@ fn write_batch(part: &PartFile, layout: &Layout, batch: &[(u64, Bytes)]) -> Resu
 }
 
 fn join_error(e: tokio::task::JoinError) -> DiskError {
-    DiskError::Io { path: Default::default(), op: "blocking task", source: std::io::Error::other(e.to_string()) }
+    DiskError::Io {
+        path: Default::default(),
+        op: "blocking task",
+        source: std::io::Error::other(e.to_string()),
+    }
 }
