@@ -161,6 +161,8 @@ async fn json_output_uses_bits_state_names_and_null_for_an_unknown_size() {
         assert!(!totals.is_empty(), "no bytes_total in {json}");
         assert!(totals.iter().all(|v| v.is_null()), "an unknown size must be null: {json}");
     }
+    let sizes = json_values(&info, "remote_size");
+    assert!(!sizes.is_empty() && sizes.iter().all(|v| v.is_null()), "remote_size not null: {info}");
 
     // Once the size is known the same fields carry it.
     let client = daemon.client().await;

@@ -127,6 +127,7 @@ async fn finish_without_refetch(t: &InFlight, mark: usize, f0: &[ByteRange], eta
 
     let gets: Vec<_> =
         server.log_since(mark).into_iter().filter(|r| r.method == Method::GET).collect();
+    eprintln!("filled at restart: {f0:?}\nGETs after the restart: {gets:#?}");
     assert!(!gets.is_empty(), "no GET after the restart");
     for get in &gets {
         let (start, end) = get.served_span();
