@@ -45,6 +45,8 @@ install_nginx() {
         printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
         "${sudo[@]}" chmod 755 "$policy"
         created_policy=1
+        # Never leave it behind, even if interrupted.
+        trap "${sudo[*]} rm -f $policy" EXIT
     fi
     local status=0
     "${sudo[@]}" apt-get update -q || status=$?
@@ -55,6 +57,7 @@ install_nginx() {
     fi
     if [ "$created_policy" -eq 1 ]; then
         "${sudo[@]}" rm -f "$policy"
+        trap - EXIT
     fi
     if [ "$status" -ne 0 ] || ! find_nginx >/dev/null; then
         echo "error: installing nginx failed (apt-get exit status $status); the end-to-end tests need it" >&2
