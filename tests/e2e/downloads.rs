@@ -67,6 +67,15 @@ async fn bitsctl_download_whole_file_from_nginx() {
         SystemTime::UNIX_EPOCH + Duration::from_secs(SOURCE_MTIME),
         "the file time is not the server's Last-Modified"
     );
+    // Every byte came from the server exactly once (the access log has `METHOD URI "RANGE"
+    // STATUS BODY_BYTES` lines; nginx writes a line when its request is done).
+    let log = nginx.access_log();
+    let fetched: u64 = log
+        .lines()
+        .filter(|l| l.starts_with("GET "))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(fetched, size, "body bytes sent by nginx != file size; access log:\n{log}");
     // The one-shot command completed the job: nothing is left in the queue in a live state.
     let client = daemon.client().await;
     for job in client.list_jobs().await.unwrap() {

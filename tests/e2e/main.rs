@@ -9,4 +9,5 @@ mod downloads; // whole-file and ranged downloads from nginx, via bitsctl and vi
 mod errors;
 mod progress; // GetProgress and GetFilledFileRanges before, during and after a throttled download
 mod restart; // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice
-mod support; // helpers shared by the tests: waiting for states, range-set checks, JSON lookups // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output
+mod support;
+mod validators; // a remote file that changes mid-download restarts from zero // helpers shared by the tests: waiting for states, range-set checks, JSON lookups // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output
