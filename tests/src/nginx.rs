@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A running nginx; dropping it kills it.
@@ -47,14 +48,14 @@ impl Nginx {
             let conf = prefix.path().join("nginx.conf");
             std::fs::write(&conf, config(prefix.path(), &root, addr)).unwrap();
             let error_log = prefix.path().join("error.log");
-            let mut child = Command::new(&binary)
-                .arg("-p")
-                .arg(prefix.path())
-                .arg("-c")
-                .arg(&conf)
-                // nginx ≥ 1.19.5: the log used before the config is read (default /var/log/nginx/error.log).
-                .arg("-e")
-                .arg(&error_log)
+            let mut command = Command::new(&binary);
+            command.arg("-p").arg(prefix.path()).arg("-c").arg(&conf);
+            if supports_error_log_flag(&binary) {
+                // The log used before the config is read; older nginx warns that it cannot open
+                // the default /var/log/nginx/error.log and carries on.
+                command.arg("-e").arg(&error_log);
+            }
+            let mut child = command
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(
@@ -115,6 +116,18 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// nginx ≥ 1.19.5 has `-e FILE`; its `-h` output says so.
+fn supports_error_log_flag(binary: &Path) -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        Command::new(binary)
+            .arg("-h")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stderr).contains("-e filename"))
+            .unwrap_or(false)
+    })
 }
 
 fn read_lossy(path: &Path) -> String {
