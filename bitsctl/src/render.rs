@@ -326,7 +326,7 @@ pub fn job_info(job: &JobInfo, files: &[FileInfo]) -> String {
     for f in files {
         let _ = writeln!(out, "  [{}] {}", f.index, f.remote_url);
         let mut fkv = |key: &str, value: &str| {
-            let _ = writeln!(out, "      {key:<11}{value}");
+            let _ = writeln!(out, "      {key:<12}{value}");
         };
         fkv("dest", &f.local_path.display().to_string());
         fkv("ranges", &ranges_text(&f.ranges));

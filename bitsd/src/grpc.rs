@@ -25,14 +25,21 @@ impl BitsService {
 
     /// The caller's uid from SO_PEERCRED; anything else (no credentials, another uid) is refused.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let uid = request.extensions().get::<UdsConnectInfo>().and_then(|info| info.peer_cred).map(|c| c.uid());
+        let uid = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|c| c.uid());
         match uid {
             Some(uid) if uid == self.daemon_uid => Ok(Caller { uid }),
             Some(uid) => Err(to_status(&BitsError::new(
                 Code::E_ACCESSDENIED,
                 format!("uid {uid} may not use this daemon, which serves uid {}", self.daemon_uid),
             ))),
-            None => Err(to_status(&BitsError::new(Code::E_ACCESSDENIED, "the caller's credentials are unknown"))),
+            None => Err(to_status(&BitsError::new(
+                Code::E_ACCESSDENIED,
+                "the caller's credentials are unknown",
+            ))),
         }
     }
 }
@@ -43,14 +50,20 @@ fn reply<T>(result: Result<T, BitsError>) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl v1::bits_server::Bits for BitsService {
-    async fn create_job(&self, request: Request<v1::CreateJobRequest>) -> Result<Response<v1::CreateJobReply>, Status> {
+    async fn create_job(
+        &self,
+        request: Request<v1::CreateJobRequest>,
+    ) -> Result<Response<v1::CreateJobReply>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
         reply(
             async {
                 let job_type: JobType = convert::job_type_from_wire(req.r#type)?;
                 let priority = convert::priority_from_wire(req.priority)?;
-                let id = self.manager.create_job(caller, &req.display_name, &req.description, job_type, priority).await?;
+                let id = self
+                    .manager
+                    .create_job(caller, &req.display_name, &req.description, job_type, priority)
+                    .await?;
                 Ok(v1::CreateJobReply { job_id: id.to_string() })
             }
             .await,
@@ -63,20 +76,28 @@ impl v1::bits_server::Bits for BitsService {
         reply(self.manager.get_job(caller, id).map(|job| convert::job_to_wire(&job)))
     }
 
-    async fn list_jobs(&self, request: Request<v1::ListJobsRequest>) -> Result<Response<v1::ListJobsReply>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsReply>, Status> {
         let caller = self.caller(&request)?;
         let jobs = self.manager.list_jobs(caller).iter().map(convert::job_to_wire).collect();
         Ok(Response::new(v1::ListJobsReply { jobs }))
     }
 
-    async fn add_file(&self, request: Request<v1::AddFileRequest>) -> Result<Response<v1::AddFileReply>, Status> {
+    async fn add_file(
+        &self,
+        request: Request<v1::AddFileRequest>,
+    ) -> Result<Response<v1::AddFileReply>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
         reply(
             async {
                 let id = convert::parse_job_id(&req.job_id)?;
-                let index =
-                    self.manager.add_file(caller, id, &req.remote_url, Path::new(&req.local_path), None).await?;
+                let index = self
+                    .manager
+                    .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), None)
+                    .await?;
                 Ok(v1::AddFileReply { file_index: index })
             }
             .await,
@@ -103,45 +124,73 @@ impl v1::bits_server::Bits for BitsService {
         )
     }
 
-    async fn list_files(&self, request: Request<v1::JobRef>) -> Result<Response<v1::ListFilesReply>, Status> {
+    async fn list_files(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::ListFilesReply>, Status> {
         let caller = self.caller(&request)?;
         let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
-        reply(self.manager.get_job(caller, id).map(|job| v1::ListFilesReply {
-            files: job.files.iter().enumerate().map(|(i, f)| convert::file_to_wire(i as u32, f)).collect(),
+        reply(self.manager.get_job(caller, id).map(|job| {
+            v1::ListFilesReply {
+                files: job
+                    .files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| convert::file_to_wire(i as u32, f))
+                    .collect(),
+            }
         }))
     }
 
-    async fn resume(&self, request: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
+    async fn resume(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         let caller = self.caller(&request)?;
         let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
         reply(self.manager.resume(caller, id).await.map(convert::status_reply))
     }
 
-    async fn suspend(&self, request: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
+    async fn suspend(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         let caller = self.caller(&request)?;
         let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
         reply(self.manager.suspend(caller, id).await.map(convert::status_reply))
     }
 
-    async fn cancel(&self, request: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
+    async fn cancel(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         let caller = self.caller(&request)?;
         let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
         reply(self.manager.cancel(caller, id).await.map(convert::status_reply))
     }
 
-    async fn complete(&self, request: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
+    async fn complete(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         let caller = self.caller(&request)?;
         let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
         reply(self.manager.complete(caller, id).await.map(convert::status_reply))
     }
 
-    async fn get_progress(&self, request: Request<v1::JobRef>) -> Result<Response<v1::Progress>, Status> {
+    async fn get_progress(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::Progress>, Status> {
         let caller = self.caller(&request)?;
         let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
         reply(self.manager.get_progress(caller, id).map(|p| convert::progress_to_wire(&p)))
     }
 
-    async fn get_error(&self, request: Request<v1::JobRef>) -> Result<Response<v1::JobError>, Status> {
+    async fn get_error(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::JobError>, Status> {
         let caller = self.caller(&request)?;
         let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
         reply(self.manager.get_error(caller, id).map(|e| convert::job_error_to_wire(&e)))
@@ -157,7 +206,10 @@ impl v1::bits_server::Bits for BitsService {
             async {
                 let id = convert::parse_job_id(&req.job_id)?;
                 let ranges = convert::ranges_from_wire(&req.ranges);
-                self.manager.request_file_ranges(caller, id, req.file_index, &ranges).await.map(convert::status_reply)
+                self.manager
+                    .request_file_ranges(caller, id, req.file_index, &ranges)
+                    .await
+                    .map(convert::status_reply)
             }
             .await,
         )
@@ -170,12 +222,20 @@ impl v1::bits_server::Bits for BitsService {
         let caller = self.caller(&request)?;
         let req = request.get_ref();
         let id = convert::parse_job_id(&req.job_id).map_err(|e| to_status(&e))?;
-        reply(self.manager.get_filled_file_ranges(caller, id, req.file_index).map(|set| v1::FileRangesReply {
-            ranges: set.iter().map(|s| v1::ByteRange { offset: s.start, length: s.len() }).collect(),
+        reply(self.manager.get_filled_file_ranges(caller, id, req.file_index).map(|set| {
+            v1::FileRangesReply {
+                ranges: set
+                    .iter()
+                    .map(|s| v1::ByteRange { offset: s.start, length: s.len() })
+                    .collect(),
+            }
         }))
     }
 
-    async fn set_priority(&self, request: Request<v1::SetPriorityRequest>) -> Result<Response<v1::StatusReply>, Status> {
+    async fn set_priority(
+        &self,
+        request: Request<v1::SetPriorityRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
         reply(

@@ -58,7 +58,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let euid = rustix::process::geteuid().as_raw();
     let socket = match args.socket {
         Some(path) => path,
-        None => bits_core::defaults::socket_path(euid, std::env::var("XDG_RUNTIME_DIR").ok().as_deref()),
+        None => {
+            bits_core::defaults::socket_path(euid, std::env::var("XDG_RUNTIME_DIR").ok().as_deref())
+        }
     };
     let data_dir = match args.data_dir {
         Some(dir) => dir,
@@ -75,14 +77,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = bits_manager::ManagerConfig {
         sync_bytes: args.sync_bytes.max(1),
         sync_interval: Duration::from_millis(args.sync_interval_ms.max(1)),
-        default_retry_delay_secs: args.retry_delay_secs.max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS),
+        default_retry_delay_secs: args
+            .retry_delay_secs
+            .max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS),
         ..Default::default()
     };
-    let manager = bits_manager::Manager::start(Arc::new(store), config).context("cannot start the job manager")?;
+    let manager = bits_manager::Manager::start(Arc::new(store), config)
+        .context("cannot start the job manager")?;
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), uid = euid, "bitsd starting");
 
     let listener = server::bind(&socket)?;
-    let served = server::serve(listener, grpc::BitsService::new(manager.clone(), euid), shutdown_signal()).await;
+    let served =
+        server::serve(listener, grpc::BitsService::new(manager.clone(), euid), shutdown_signal())
+            .await;
     tracing::info!("shutting down: stopping transfers and persisting progress");
     if tokio::time::timeout(Duration::from_secs(4), manager.shutdown()).await.is_err() {
         tracing::warn!("transfers did not stop within 4 s; progress recorded so far is kept");
@@ -94,7 +101,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// Resolves on the first SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop bitsd with SIGKILL");
         return std::future::pending().await;
     };

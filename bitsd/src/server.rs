@@ -18,20 +18,23 @@ use crate::grpc::BitsService;
 /// replaced; a socket another live daemon answers on is left alone and reported.
 pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
-        }
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
     if socket.exists() {
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
             bail!("another bitsd is already serving on {}", socket.display());
         }
-        std::fs::remove_file(socket).with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
+        std::fs::remove_file(socket)
+            .with_context(|| format!("cannot remove stale socket {}", socket.display()))?;
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
     Ok(listener)

@@ -320,10 +320,9 @@ mod tests {
                 let mut set = RangeSet::new();
                 let mut model = BTreeSet::new();
                 for op in ops {
-                    if let Op::Insert(s, e) | Op::Remove(s, e) = *op {
-                        set.insert(s, e);
-                        model.extend(s..e);
-                    }
+                    let (Op::Insert(s, e) | Op::Remove(s, e)) = *op;
+                    set.insert(s, e);
+                    model.extend(s..e);
                 }
                 (set, model)
             };

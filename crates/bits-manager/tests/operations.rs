@@ -2,6 +2,8 @@
 //! checks and their order, state refusals, Complete and Cancel bookkeeping, and recovery from
 //! the store. Transfers are covered end to end in the workspace's `tests/`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed call is a failed test
+
 use std::path::Path;
 use std::sync::Arc;
 
