@@ -5,9 +5,17 @@
 // Test code: a failed step should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod downloads; // whole-file and ranged downloads from nginx, via bitsctl and via gRPC
+// Complete and Cancel: partial completion, a temp file that vanished, cleanup.
+mod complete;
+// Whole-file and ranged downloads from nginx, via bitsctl and via gRPC.
+mod downloads;
+// BITS error codes through gRPC and bitsctl, and bitsctl's JSON output.
 mod errors;
-mod progress; // GetProgress and GetFilledFileRanges before, during and after a throttled download
-mod restart; // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice
+// GetProgress and GetFilledFileRanges before, during and after a throttled download.
+mod progress;
+// SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice.
+mod restart;
+// Helpers shared by the tests: waiting for states, range-set checks, JSON lookups.
 mod support;
-mod validators; // a remote file that changes mid-download restarts from zero // helpers shared by the tests: waiting for states, range-set checks, JSON lookups // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output
+// A remote file that changes mid-download restarts from zero.
+mod validators;

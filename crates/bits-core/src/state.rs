@@ -71,8 +71,9 @@ pub enum Event {
     AllTransferred,
     /// Service: the retry delay of a TRANSIENT_ERROR job elapsed.
     RetryDue,
-    /// Service: the daemon restarted while the job was active; its worker is gone.
-    Recover,
+    /// Service: the job's worker is gone while the job is still active (the daemon restarted, or
+    /// a file was added just as the worker finished): back to the queue.
+    Requeue,
 }
 
 /// The state after `event`, or the BITS error that refuses it. Service events that do not apply to
@@ -129,7 +130,7 @@ pub fn transition(state: JobState, event: Event) -> Result<JobState, BitsError> 
             TransientError => Ok(Queued),
             _ => refuse(),
         },
-        Event::Recover => match state {
+        Event::Requeue => match state {
             Connecting | Transferring => Ok(Queued),
             _ => Ok(state),
         },
@@ -218,7 +219,7 @@ mod tests {
             assert!(transition(Suspended, event).is_err(), "{event:?}");
         }
         for state in ALL {
-            let recovered = transition(state, Event::Recover);
+            let recovered = transition(state, Event::Requeue);
             match state {
                 Connecting | Transferring => assert_eq!(recovered.unwrap(), Queued),
                 Acknowledged | Cancelled => assert!(recovered.is_err()),

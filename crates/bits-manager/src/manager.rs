@@ -136,7 +136,7 @@ impl Manager {
         let now = Instant::now();
         for mut job in jobs {
             let before = job.state;
-            if let Ok(after) = transition(job.state, Event::Recover) {
+            if let Ok(after) = transition(job.state, Event::Requeue) {
                 job.state = after;
             }
             if before != job.state {
@@ -367,6 +367,8 @@ impl Manager {
                 }
                 set_state(entry, next);
                 entry.retry_at = None;
+                // Resume starts a fresh attempt: the no-progress timer restarts with it.
+                entry.stalled_since = None;
                 self.persist_job(&entry.job)?;
             }
         }
@@ -395,81 +397,128 @@ impl Manager {
         Ok(Code::S_OK)
     }
 
+    /// Cancel: stops the transfer, deletes every temp file, and retires the job.
     pub async fn cancel(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
-        let files = self.begin_finish(caller, id, Event::Cancel).await?;
-        let temps: Vec<PathBuf> =
-            files.iter().filter(|f| !f.completed).map(|f| f.temp_path.clone()).collect();
-        let all_deleted = run_blocking(move || {
-            let mut ok = true;
-            for temp in temps {
-                if let Err(e) = bits_disk::remove_temp(&temp) {
-                    tracing::warn!(error = %e, "cannot delete temp file");
-                    ok = false;
-                }
-            }
-            Ok(ok)
-        })
-        .await?;
-        self.end_finish(id, JobState::Cancelled).await?;
-        tracing::info!(job = %id, "job cancelled");
-        Ok(if all_deleted { Code::S_OK } else { Code::BG_S_UNABLE_TO_DELETE_FILES })
+        self.finish(caller, id, Event::Cancel).await
     }
 
     /// Complete: renames every fully transferred file into place (fsync, rename, fsync dir, mtime
     /// from Last-Modified), deletes the rest, and retires the job. If a rename fails the job stays
     /// (TRANSFERRED when all its bytes are present) and Complete may be called again.
     pub async fn complete(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
-        let files = self.begin_finish(caller, id, Event::Complete).await?;
+        self.finish(caller, id, Event::Complete).await
+    }
+
+    /// Complete and Cancel run on a task of their own: a client that hangs up halfway (hyper
+    /// drops the handler's future) must not leave a job half-finished and locked.
+    async fn finish(&self, caller: Caller, id: JobId, event: Event) -> Result<Code, BitsError> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let files = this.begin_finish(caller, id, event).await?;
+            let (result, final_state) = if event == Event::Cancel {
+                (this.delete_temps(&files, |_| true).await, JobState::Cancelled)
+            } else {
+                (this.complete_files(id, &files).await, JobState::Acknowledged)
+            };
+            let result = match result {
+                Ok(code) => this.end_finish(id, final_state).await.map(|()| code),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(job = %id, error = %e, "{event:?} failed; the job stays");
+                this.abort_finish(id).await;
+            } else {
+                tracing::info!(job = %id, state = final_state.name(), "job finished");
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(BitsError::new(Code::E_FAIL, format!("{event:?} of job {id} failed: {e}")))
+        })
+    }
+
+    /// The Complete part proper: finalize what is whole, delete what is not.
+    async fn complete_files(&self, id: JobId, files: &[JobFile]) -> Result<Code, BitsError> {
         let done: Vec<bool> = files.iter().map(JobFile::is_transferred).collect();
-        let to_finalize: Vec<(u32, JobFile)> = files
+        for (index, file) in files.iter().enumerate() {
+            if done[index] {
+                self.finalize_file(id, index as u32, file).await?;
+            }
+        }
+        let deleted = self.delete_temps(files, |i| !done[i]).await?;
+        Ok(if !done.iter().all(|d| *d) { Code::BG_S_PARTIAL_COMPLETE } else { deleted })
+    }
+
+    /// Moves one whole file into place. `completed` is recorded (and flushed) *before* the
+    /// rename and undone if it fails, so a crash in between is recognised on the next Complete:
+    /// completed with its temp file gone means the rename happened.
+    async fn finalize_file(&self, id: JobId, index: u32, file: &JobFile) -> Result<(), BitsError> {
+        let was_completed = file.completed;
+        if !was_completed {
+            self.set_completed(id, index, true).await?;
+        }
+        let mtime =
+            file.validator.last_modified.as_deref().and_then(|s| httpdate::parse_http_date(s).ok());
+        let (temp, dest, len) =
+            (file.temp_path.clone(), file.local_path.clone(), file.bytes_total().unwrap_or(0));
+        let renamed = run_blocking(move || {
+            prepare_temp_for_finalize(&temp, len)?;
+            if !temp.exists() {
+                return Ok(false);
+            }
+            bits_disk::finalize(&temp, &dest, mtime).map_err(disk_error)?;
+            Ok(true)
+        })
+        .await;
+        match renamed {
+            Ok(true) => Ok(()),
+            Ok(false) if was_completed => Ok(()), // renamed before a crash
+            Ok(false) => {
+                // The temp file vanished behind our back: its bytes must be fetched again.
+                self.update_file(id, index, |file| {
+                    file.completed = false;
+                    file.reset_progress();
+                })
+                .await?;
+                Err(BitsError::new(
+                    Code::ERROR_PATH_NOT_FOUND,
+                    format!(
+                        "the temp file {} of file {index} is gone; Resume downloads the file again",
+                        file.temp_path.display()
+                    ),
+                ))
+            }
+            Err(e) => {
+                self.set_completed(id, index, false).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the temp files of the (not completed) files `which` selects.
+    async fn delete_temps(
+        &self,
+        files: &[JobFile],
+        which: impl Fn(usize) -> bool,
+    ) -> Result<Code, BitsError> {
+        let temps: Vec<PathBuf> = files
             .iter()
             .enumerate()
-            .filter(|(i, f)| done[*i] && !f.completed)
-            .map(|(i, f)| (i as u32, f.clone()))
-            .collect();
-        let to_delete: Vec<PathBuf> = files
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !done[*i])
+            .filter(|(i, f)| which(*i) && !f.completed)
             .map(|(_, f)| f.temp_path.clone())
             .collect();
-
-        for (index, file) in to_finalize {
-            let mtime = file
-                .validator
-                .last_modified
-                .as_deref()
-                .and_then(|s| httpdate::parse_http_date(s).ok());
-            let (temp, dest) = (file.temp_path.clone(), file.local_path.clone());
-            let renamed = run_blocking(move || {
-                prepare_temp_for_finalize(&temp, file.bytes_total().unwrap_or(0))?;
-                bits_disk::finalize(&temp, &dest, mtime).map_err(disk_error)
-            })
-            .await;
-            if let Err(e) = renamed {
-                self.abort_finish(id).await;
-                tracing::warn!(job = %id, index, error = %e, "complete failed");
-                return Err(e);
+        run_blocking(move || {
+            let mut all_deleted = true;
+            for temp in temps {
+                if let Err(e) = bits_disk::remove_temp(&temp) {
+                    tracing::warn!(error = %e, "cannot delete temp file");
+                    all_deleted = false;
+                }
             }
-            self.mark_completed(id, index)?;
-        }
-        let all_deleted = run_blocking(move || {
-            let mut ok = true;
-            for temp in to_delete {
-                ok &= bits_disk::remove_temp(&temp).is_ok();
-            }
-            Ok(ok)
+            Ok(if all_deleted { Code::S_OK } else { Code::BG_S_UNABLE_TO_DELETE_FILES })
         })
-        .await?;
-        self.end_finish(id, JobState::Acknowledged).await?;
-        tracing::info!(job = %id, "job completed");
-        Ok(if !done.iter().all(|d| *d) {
-            Code::BG_S_PARTIAL_COMPLETE
-        } else if !all_deleted {
-            Code::BG_S_UNABLE_TO_DELETE_FILES
-        } else {
-            Code::S_OK
-        })
+        .await
     }
 
     pub fn get_progress(&self, caller: Caller, id: JobId) -> Result<Progress, BitsError> {
@@ -622,18 +671,36 @@ impl Manager {
         let _ = self.flush().await;
     }
 
-    fn mark_completed(&self, id: JobId, index: u32) -> Result<(), BitsError> {
-        let mut table = self.table();
-        if let Some(entry) = table.jobs.get_mut(&id)
-            && let Some(file) = entry.job.files.get_mut(index as usize)
-        {
-            file.completed = true;
-            self.inner.store.put_file(id, index, file).map_err(store_error)?;
-        }
-        Ok(())
+    async fn set_completed(&self, id: JobId, index: u32, completed: bool) -> Result<(), BitsError> {
+        self.update_file(id, index, |file| file.completed = completed).await
     }
 
+    /// Changes one file in memory and in the store (under the table lock, so store writes keep
+    /// the order of the in-memory changes), then flushes.
+    async fn update_file(
+        &self,
+        id: JobId,
+        index: u32,
+        change: impl FnOnce(&mut JobFile),
+    ) -> Result<(), BitsError> {
+        {
+            let mut table = self.table();
+            let entry = table
+                .jobs
+                .get_mut(&id)
+                .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
+            let file = file_mut(&mut entry.job, index)?;
+            change(file);
+            self.inner.store.put_file(id, index, file).map_err(store_error)?;
+        }
+        self.flush().await
+    }
+
+    /// Retires a finished job: out of the store first (so a failure leaves it in both places
+    /// and the caller can retry), then out of the table, leaving a tombstone.
     async fn end_finish(&self, id: JobId, final_state: JobState) -> Result<(), BitsError> {
+        self.inner.store.delete_job(id).map_err(store_error)?;
+        self.flush().await?;
         {
             let mut table = self.table();
             if let Some(entry) = table.jobs.remove(&id) {
@@ -642,9 +709,7 @@ impl Manager {
                     table.tombstones.remove(0);
                 }
             }
-            self.inner.store.delete_job(id).map_err(store_error)?;
         }
-        self.flush().await?;
         self.inner.wake.notify_one();
         Ok(())
     }

@@ -45,7 +45,16 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
         }
         match entry.retry_at {
             Some(at) if at <= now => {
-                if let Ok(next) = transition(entry.job.state, Event::RetryDue) {
+                // No progress for the whole no-progress timeout while waiting: give up (spec A8).
+                let timeout = Duration::from_secs(u64::from(entry.job.no_progress_timeout_secs));
+                let expired =
+                    entry.stalled_since.is_some_and(|since| now.duration_since(since) >= timeout);
+                let event = if expired { Event::FatalFailure } else { Event::RetryDue };
+                if let Ok(next) = transition(entry.job.state, event) {
+                    if expired {
+                        entry.stalled_since = None;
+                        tracing::warn!(job = %entry.job.id, "no progress within the no-progress timeout; job in ERROR");
+                    }
                     set_state(entry, next);
                     entry.retry_at = None;
                     if let Err(e) = manager.persist_job(&entry.job) {

@@ -8,7 +8,7 @@
 //! shutdown) always ends with the bytes written so far synced and recorded.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bits_core::{
     BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span,
@@ -19,7 +19,7 @@ use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::{Manager, disk_error, run_blocking, set_state, store_error};
+use crate::manager::{Entry, Manager, disk_error, run_blocking, set_state, store_error};
 use crate::writer::Pipeline;
 
 /// How often one file may be found changed on the server before it counts as a transient error.
@@ -31,10 +31,8 @@ enum Halt {
     Stopped,
     /// The remote file changed: restart this file from zero.
     Changed,
-    Failed {
-        error: JobError,
-        transient: bool,
-    },
+    /// The attempt failed; `retry_after` is the server's Retry-After, if it sent one.
+    Failed { error: JobError, transient: bool, retry_after: Option<Duration> },
 }
 
 enum PieceEnd {
@@ -55,6 +53,12 @@ pub(crate) async fn run_job(
         entry.run = None;
         if !entry.finishing {
             match outcome {
+                // A file added after the last check is still missing: back to the queue.
+                Ok(()) if !entry.job.all_transferred() => {
+                    if let Ok(next) = transition(entry.job.state, Event::Requeue) {
+                        set_state(entry, next);
+                    }
+                }
                 Ok(()) => {
                     if let Ok(next) = transition(entry.job.state, Event::AllTransferred) {
                         set_state(entry, next);
@@ -65,27 +69,8 @@ pub(crate) async fn run_job(
                     }
                 }
                 Err(Halt::Stopped) | Err(Halt::Changed) => {}
-                Err(Halt::Failed { error, transient }) => {
-                    let now = Instant::now();
-                    let job = &entry.job;
-                    let delay = job
-                        .minimum_retry_delay_secs
-                        .max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS);
-                    let since = *entry.stalled_since.get_or_insert(now);
-                    let timeout = job.no_progress_timeout_secs;
-                    let fatal = !transient
-                        || timeout == 0
-                        || delay > timeout
-                        || now.duration_since(since).as_secs() >= u64::from(timeout);
-                    let event = if fatal { Event::FatalFailure } else { Event::TransientFailure };
-                    if let Ok(next) = transition(entry.job.state, event) {
-                        tracing::warn!(job = %id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
-                        set_state(entry, next);
-                        entry.job.error_count = entry.job.error_count.saturating_add(1);
-                        entry.job.error = Some(error);
-                        entry.retry_at = (!fatal)
-                            .then(|| now + std::time::Duration::from_secs(u64::from(delay)));
-                    }
+                Err(Halt::Failed { error, transient, retry_after }) => {
+                    fail(entry, error, transient, retry_after);
                 }
             }
             if let Err(e) = manager.persist_job(&entry.job) {
@@ -97,6 +82,35 @@ pub(crate) async fn run_job(
         tracing::error!(job = %id, error = %e, "cannot flush the store");
     }
     manager.inner.wake.notify_one();
+}
+
+/// Applies a failed attempt: TRANSIENT_ERROR with a retry time, or ERROR when the failure is
+/// fatal or retrying cannot help (spec §5.3: no-progress timeout 0, retry delay longer than the
+/// timeout, or no progress since the first transient error for longer than the timeout).
+fn fail(entry: &mut Entry, error: JobError, transient: bool, retry_after: Option<Duration>) {
+    let now = Instant::now();
+    let job = &entry.job;
+    let delay = Duration::from_secs(u64::from(
+        job.minimum_retry_delay_secs.max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS),
+    ));
+    // Never sooner than the server asked (429/503 Retry-After).
+    let delay = retry_after.map_or(delay, |asked| asked.max(delay));
+    let timeout = Duration::from_secs(u64::from(job.no_progress_timeout_secs));
+    let stalled_for = entry.stalled_since.map_or(Duration::ZERO, |since| now.duration_since(since));
+    let fatal = !transient || timeout.is_zero() || delay > timeout || stalled_for >= timeout;
+    let event = if fatal { Event::FatalFailure } else { Event::TransientFailure };
+    let Ok(next) = transition(entry.job.state, event) else { return };
+    tracing::warn!(job = %entry.job.id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
+    set_state(entry, next);
+    entry.job.error_count = entry.job.error_count.saturating_add(1);
+    entry.job.error = Some(error);
+    if fatal {
+        entry.retry_at = None;
+        entry.stalled_since = None;
+    } else {
+        entry.retry_at = Some(now + delay);
+        entry.stalled_since.get_or_insert(now);
+    }
 }
 
 async fn transfer_job(
@@ -142,6 +156,7 @@ async fn transfer_file(
                             index,
                         ),
                         transient: true,
+                        retry_after: None,
                     });
                 }
             }
@@ -170,23 +185,29 @@ async fn transfer_file_once(
     let layout = Layout::new(&file.ranges, remote.size).map_err(|e| Halt::Failed {
         error: job_error(ErrorContext::RemoteFile, e.code, e.message, index),
         transient: false,
+        retry_after: None,
     })?;
     let layout = Arc::new(layout);
 
-    // Open the temp file; one shorter than the layout lost its tail (or never existed), so what
-    // the store says is filled cannot be trusted and the file starts over.
+    // Open the temp file. One shorter than the layout lost its tail (or never existed), so what
+    // the store says is filled cannot be trusted: `connected` forgets it (and flushes) *before*
+    // the file is extended, or a crash in between would leave a full-length file of zeros
+    // that looks intact.
     let temp = file.temp_path.clone();
     let local_len = layout.local_len();
     let (part, intact) = run_blocking(move || {
         let part = PartFile::open(&temp).map_err(disk_error)?;
         let intact = part.len().map_err(disk_error)? >= local_len;
-        part.set_len(local_len).map_err(disk_error)?;
         Ok((part, intact))
     })
     .await
     .map_err(|e| local_halt(e, index))?;
-    let part = Arc::new(part);
     connected(manager, id, index, &remote, intact).await?;
+    let part = Arc::new(part);
+    let sized = part.clone();
+    run_blocking(move || sized.set_len(local_len).map_err(disk_error))
+        .await
+        .map_err(|e| local_halt(e, index))?;
 
     loop {
         let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
@@ -298,6 +319,10 @@ async fn fetch_piece(
         }
     };
     drop(body);
+    if pipe.is_poisoned() {
+        // A write or sync failed: nothing after the last recorded checkpoint can be trusted.
+        return end;
+    }
     // Drain: a final checkpoint, then wait for that sync and record it.
     checkpoint(manager, id, index, &mut pipe, pos).await?;
     match pipe.wait_sync().await {
@@ -323,9 +348,11 @@ async fn checkpoint(
     }
 }
 
-/// The span is synced: it joins the filled set, in memory and in the store (flushed).
+/// The span is synced: it joins the filled set, in memory and in the store (flushed). The store
+/// write happens under the table lock so that store writes land in the same order as the
+/// in-memory changes (a concurrent RequestFileRanges is never overwritten by an older copy).
 async fn record_filled(manager: &Manager, id: JobId, index: u32, span: Span) -> Result<(), Halt> {
-    let file = {
+    {
         let mut table = manager.table();
         let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };
         entry.stalled_since = None;
@@ -333,38 +360,40 @@ async fn record_filled(manager: &Manager, id: JobId, index: u32, span: Span) -> 
         let Some(file) = entry.job.files.get_mut(index as usize) else { return Ok(()) };
         file.filled.insert(span.start, span.end);
         file.requested.remove(span.start, span.end);
-        file.clone()
-    };
-    let store = manager.inner.store.clone();
-    run_blocking(move || {
-        store.put_file(id, index, &file).map_err(store_error)?;
-        store.flush().map_err(store_error)
-    })
-    .await
-    .map_err(|e| store_halt(e, index))
+        manager
+            .inner
+            .store
+            .put_file(id, index, file)
+            .map_err(|e| store_halt(store_error(e), index))?;
+    }
+    manager.flush().await.map_err(|e| store_halt(e, index))
 }
 
 /// Forgets a file's progress after the server's copy changed, and empties its temp file.
 async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt> {
-    let file = {
+    let temp = snapshot(manager, id, index)?.temp_path;
+    // Truncate before the store forgets: a crash in between leaves the old filled set pointing
+    // at a file shorter than its layout, which the next attempt treats as lost.
+    run_blocking(move || {
+        if temp.exists() {
+            PartFile::open(&temp).and_then(|p| p.set_len(0)).map_err(disk_error)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| local_halt(e, index))?;
+    {
         let mut table = manager.table();
         let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
         let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
         file.reset_progress();
-        file.clone()
-    };
-    let store = manager.inner.store.clone();
-    run_blocking(move || {
-        // Truncate before the store forgets: a crash in between leaves an empty filled set
-        // pointing at a shorter file, which is safe.
-        if file.temp_path.exists() {
-            PartFile::open(&file.temp_path).and_then(|p| p.set_len(0)).map_err(disk_error)?;
-        }
-        store.put_file(id, index, &file).map_err(store_error)?;
-        store.flush().map_err(store_error)
-    })
-    .await
-    .map_err(|e| local_halt(e, index))
+        manager
+            .inner
+            .store
+            .put_file(id, index, file)
+            .map_err(|e| store_halt(store_error(e), index))?;
+    }
+    manager.flush().await.map_err(|e| store_halt(e, index))
 }
 
 fn snapshot(manager: &Manager, id: JobId, index: u32) -> Result<JobFile, Halt> {
@@ -388,6 +417,7 @@ fn fetch_halt(e: FetchError, index: u32) -> Halt {
     Halt::Failed {
         error: job_error(e.context, e.code, e.message.clone(), index),
         transient: e.transient,
+        retry_after: e.retry_after,
     }
 }
 
@@ -395,12 +425,17 @@ fn fetch_halt(e: FetchError, index: u32) -> Halt {
 /// (permissions, a vanished directory) needs the user.
 fn local_halt(e: BitsError, index: u32) -> Halt {
     let transient = e.code == Code::ERROR_DISK_FULL;
-    Halt::Failed { error: job_error(ErrorContext::LocalFile, e.code, e.message, index), transient }
+    Halt::Failed {
+        error: job_error(ErrorContext::LocalFile, e.code, e.message, index),
+        transient,
+        retry_after: None,
+    }
 }
 
 fn store_halt(e: BitsError, index: u32) -> Halt {
     Halt::Failed {
         error: job_error(ErrorContext::GeneralQueueManager, e.code, e.message, index),
         transient: true,
+        retry_after: None,
     }
 }

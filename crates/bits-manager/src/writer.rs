@@ -4,6 +4,11 @@
 //! Writes are batched (about 1 MiB per blocking call) and run while the next chunks arrive; a sync
 //! runs while the network keeps flowing, and its range is recorded when it returns. At most one
 //! write and one sync are in flight, so memory stays bounded by two batches.
+//!
+//! After any write or sync error the pipeline is poisoned: nothing more is written, synced or
+//! reported as durable. A later sync could succeed while an earlier write left a hole (or while
+//! the kernel already dropped pages whose writeback failed), so the only safe answer is to stop
+//! and let the next attempt start from the last recorded checkpoint.
 
 use std::sync::Arc;
 
@@ -26,6 +31,8 @@ pub(crate) struct Pipeline {
     sync: Option<(JoinHandle<Result<(), DiskError>>, Span)>,
     /// Remote offset up to which bytes have been handed to a sync.
     synced_upto: u64,
+    /// Set by the first error; see the module docs.
+    poisoned: bool,
 }
 
 impl Pipeline {
@@ -38,11 +45,13 @@ impl Pipeline {
             write: None,
             sync: None,
             synced_upto: start,
+            poisoned: false,
         }
     }
 
     /// Queues `bytes` received for remote offset `remote`.
     pub(crate) async fn push(&mut self, remote: u64, bytes: Bytes) -> Result<(), DiskError> {
+        self.check()?;
         self.batch_len += bytes.len();
         self.batch.push((remote, bytes));
         if self.batch_len >= WRITE_BATCH { self.submit_writes().await } else { Ok(()) }
@@ -62,14 +71,45 @@ impl Pipeline {
 
     async fn wait_write(&mut self) -> Result<(), DiskError> {
         match self.write.take() {
-            Some(task) => task.await.unwrap_or_else(|e| Err(join_error(e))),
+            Some(task) => {
+                let written = task.await.unwrap_or_else(|e| Err(join_error(e)));
+                self.poison_on(written)
+            }
             None => Ok(()),
         }
+    }
+
+    /// Whether an error has stopped the pipeline.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn check(&self) -> Result<(), DiskError> {
+        if self.poisoned {
+            return Err(DiskError::Io {
+                path: self.part.path().to_path_buf(),
+                op: "write after an earlier write or sync failed",
+                source: std::io::Error::other("the write pipeline stopped at its first error"),
+            });
+        }
+        Ok(())
+    }
+
+    fn poison_on<T>(&mut self, result: Result<T, DiskError>) -> Result<T, DiskError> {
+        if result.is_err() {
+            self.poisoned = true;
+            self.batch.clear();
+            self.batch_len = 0;
+            // A sync still running is abandoned: its span is never reported.
+            self.sync = None;
+        }
+        result
     }
 
     /// Starts making everything up to remote offset `upto` durable. Returns the span of an earlier
     /// sync that has now completed, which the caller records as filled.
     pub(crate) async fn checkpoint(&mut self, upto: u64) -> Result<Option<Span>, DiskError> {
+        self.check()?;
         self.submit_writes().await?;
         self.wait_write().await?;
         let done = self.wait_sync().await?;
@@ -84,10 +124,11 @@ impl Pipeline {
 
     /// Waits for the sync in flight; returns its span once durable.
     pub(crate) async fn wait_sync(&mut self) -> Result<Option<Span>, DiskError> {
+        self.check()?;
         match self.sync.take() {
             Some((task, span)) => {
-                task.await.unwrap_or_else(|e| Err(join_error(e)))?;
-                Ok(Some(span))
+                let synced = task.await.unwrap_or_else(|e| Err(join_error(e)));
+                self.poison_on(synced).map(|()| Some(span))
             }
             None => Ok(None),
         }
@@ -126,5 +167,59 @@ fn join_error(e: tokio::task::JoinError) -> DiskError {
         path: Default::default(),
         op: "blocking task",
         source: std::io::Error::other(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(dir: &std::path::Path, layout: Layout) -> (Pipeline, Arc<PartFile>) {
+        let part = Arc::new(PartFile::open(&dir.join("f.part")).unwrap());
+        part.set_len(layout.local_len()).unwrap();
+        (Pipeline::new(part.clone(), Arc::new(layout), 0), part)
+    }
+
+    #[tokio::test]
+    async fn synced_spans_are_reported_only_after_their_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipe, _) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
+        pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
+        assert_eq!(pipe.checkpoint(40).await.unwrap(), None, "the first sync is only started");
+        pipe.push(40, Bytes::from(vec![2u8; 60])).await.unwrap();
+        assert_eq!(pipe.checkpoint(100).await.unwrap(), Some(Span::new(0, 40)));
+        assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(40, 100)));
+        let data = std::fs::read(dir.path().join("f.part")).unwrap();
+        assert_eq!(&data[..40], &[1u8; 40][..]);
+        assert_eq!(&data[40..], &[2u8; 60][..]);
+    }
+
+    #[tokio::test]
+    async fn ranged_layout_writes_at_local_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let ranges = [bits_core::ByteRange::new(10, 5), bits_core::ByteRange::new(0, 5)];
+        let (mut pipe, _) = pipeline(dir.path(), Layout::new(&ranges, 20).unwrap());
+        // Remote 0..5 lands after remote 10..15 locally (caller order).
+        pipe.push(0, Bytes::from_static(b"AAAAA")).await.unwrap();
+        pipe.push(10, Bytes::from_static(b"BBBBB")).await.unwrap();
+        pipe.checkpoint(15).await.unwrap();
+        pipe.wait_sync().await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f.part")).unwrap(), b"BBBBBAAAAA");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_poisons_everything_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipe, _) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
+        pipe.push(0, Bytes::from(vec![1u8; 10])).await.unwrap();
+        assert_eq!(pipe.checkpoint(10).await.unwrap(), None);
+        // Remote offset 500 is outside the layout: the write of this batch fails.
+        pipe.push(500, Bytes::from(vec![2u8; 10])).await.unwrap();
+        assert!(pipe.checkpoint(20).await.is_err());
+        assert!(pipe.is_poisoned());
+        // Not even the earlier, successful sync is reported any more, and nothing is accepted.
+        assert!(pipe.wait_sync().await.is_err());
+        assert!(pipe.push(20, Bytes::from(vec![3u8; 10])).await.is_err());
+        assert!(pipe.checkpoint(30).await.is_err());
     }
 }

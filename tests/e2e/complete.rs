@@ -1,0 +1,95 @@
+//! Complete and Cancel against real transfers: only whole files are kept, a vanished temp file
+//! is fetched again instead of wedging the job, and Cancel removes every temp file.
+
+use bits_core::{Code, JobState, Priority};
+use bits_tests::daemon::TestDaemon;
+use bits_tests::data::random_bytes;
+use bits_tests::server::TestServer;
+
+use crate::support::{expect_code, wait_state};
+
+#[tokio::test]
+async fn complete_keeps_whole_files_and_reports_partial_completion() {
+    let server = TestServer::start().await;
+    let good = random_bytes(21, 300_000);
+    server.add_file("good.bin", good.clone());
+    let daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    let job = client.create_job("partial", Priority::Foreground).await.unwrap();
+    let good_dest = daemon.out_dir().join("good.bin");
+    let missing_dest = daemon.out_dir().join("missing.bin");
+    client.add_file(job, &server.url("good.bin"), &good_dest).await.unwrap();
+    client.add_file(job, &server.url("missing.bin"), &missing_dest).await.unwrap();
+    client.resume(job).await.unwrap();
+    let info = wait_state(&client, job, JobState::Error).await;
+    let error = info.error.expect("an ERROR job has an error object");
+    assert_eq!((error.code, error.file_index), (Code::Http(404), Some(1)));
+    let files = client.list_files(job).await.unwrap();
+    assert_eq!(files[0].progress.bytes_transferred, good.len() as u64);
+
+    assert_eq!(client.complete(job).await.unwrap(), Code::BG_S_PARTIAL_COMPLETE);
+    assert_eq!(std::fs::read(&good_dest).unwrap(), good);
+    assert!(!missing_dest.exists());
+    for file in &files {
+        assert!(!file.temp_path.exists(), "temp file {} left behind", file.temp_path.display());
+    }
+    assert!(client.list_jobs().await.unwrap().is_empty(), "a completed job leaves the list");
+    expect_code(client.complete(job).await, Code::BG_E_INVALID_STATE);
+}
+
+#[tokio::test]
+async fn complete_after_the_temp_file_vanished_refetches_instead_of_wedging() {
+    let server = TestServer::start().await;
+    let data = random_bytes(22, 200_000);
+    server.add_file("v.bin", data.clone());
+    let daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    let job = client.create_job("vanished", Priority::Foreground).await.unwrap();
+    let dest = daemon.out_dir().join("v.bin");
+    client.add_file(job, &server.url("v.bin"), &dest).await.unwrap();
+    client.resume(job).await.unwrap();
+    wait_state(&client, job, JobState::Transferred).await;
+    let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
+    std::fs::remove_file(&temp).unwrap();
+
+    let err = expect_code(client.complete(job).await, Code::ERROR_PATH_NOT_FOUND);
+    assert!(err.message.contains(&temp.display().to_string()), "{err}");
+    assert!(!dest.exists());
+    let info = client.get_job(job).await.unwrap();
+    assert_eq!(info.state, JobState::Transferred, "a failed Complete leaves the job in the queue");
+    assert_eq!(info.progress.bytes_transferred, 0, "the lost bytes no longer count as transferred");
+
+    let served_before = server.bytes_served();
+    client.resume(job).await.unwrap();
+    wait_state(&client, job, JobState::Transferred).await;
+    assert_eq!(
+        server.bytes_served() - served_before,
+        data.len() as u64,
+        "the file is fetched once more"
+    );
+    assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+}
+
+#[tokio::test]
+async fn cancel_mid_transfer_deletes_the_temp_file() {
+    let server = TestServer::start().await;
+    server.add_file("c.bin", random_bytes(23, 4 << 20));
+    server.set_throttle(Some(1 << 20));
+    let daemon = TestDaemon::start_with(&crate::progress::FAST_SYNC).await;
+    let client = daemon.client().await;
+    let job = client.create_job("cancel", Priority::Foreground).await.unwrap();
+    let dest = daemon.out_dir().join("c.bin");
+    client.add_file(job, &server.url("c.bin"), &dest).await.unwrap();
+    client.resume(job).await.unwrap();
+    wait_state(&client, job, JobState::Transferring).await;
+    let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
+    bits_tests::wait::wait_for("the temp file to exist", bits_tests::wait::TIMEOUT, || async {
+        if temp.exists() { Ok(()) } else { Err("missing".to_string()) }
+    })
+    .await;
+    assert_eq!(client.cancel(job).await.unwrap(), Code::S_OK);
+    assert!(!temp.exists(), "Cancel deletes the temp file");
+    assert!(!dest.exists());
+    expect_code(client.resume(job).await, Code::BG_E_INVALID_STATE);
+}
