@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use bits_core::{BitsError, Code, JobType};
+use bits_core::{BitsError, Code, JobId, JobType};
 use bits_manager::{Caller, Manager};
 use bits_proto::convert;
 use bits_proto::status::to_status;
@@ -44,6 +44,15 @@ impl BitsService {
     }
 }
 
+impl BitsService {
+    /// The caller and the job a [`v1::JobRef`] names.
+    fn job_ref(&self, request: &Request<v1::JobRef>) -> Result<(Caller, JobId), Status> {
+        let caller = self.caller(request)?;
+        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        Ok((caller, id))
+    }
+}
+
 fn reply<T>(result: Result<T, BitsError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| to_status(&e))
 }
@@ -71,8 +80,7 @@ impl v1::bits_server::Bits for BitsService {
     }
 
     async fn get_job(&self, request: Request<v1::JobRef>) -> Result<Response<v1::Job>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.get_job(caller, id).map(|job| convert::job_to_wire(&job)))
     }
 
@@ -128,8 +136,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::ListFilesReply>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.get_job(caller, id).map(|job| {
             v1::ListFilesReply {
                 files: job
@@ -146,8 +153,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.resume(caller, id).await.map(convert::status_reply))
     }
 
@@ -155,8 +161,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.suspend(caller, id).await.map(convert::status_reply))
     }
 
@@ -164,8 +169,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.cancel(caller, id).await.map(convert::status_reply))
     }
 
@@ -173,8 +177,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.complete(caller, id).await.map(convert::status_reply))
     }
 
@@ -182,8 +185,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::Progress>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.get_progress(caller, id).map(|p| convert::progress_to_wire(&p)))
     }
 
@@ -191,8 +193,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::JobError>, Status> {
-        let caller = self.caller(&request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
+        let (caller, id) = self.job_ref(&request)?;
         reply(self.manager.get_error(caller, id).map(|e| convert::job_error_to_wire(&e)))
     }
 
