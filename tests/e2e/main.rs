@@ -5,6 +5,8 @@
 // Test code: a failed step should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// Who may use the daemon: a private socket and a peer-uid check.
+mod access;
 // Complete and Cancel: partial completion, a temp file that vanished, cleanup.
 mod complete;
 // Whole-file and ranged downloads from nginx, via bitsctl and via gRPC.
