@@ -29,9 +29,19 @@ struct Args {
     /// …or after this many milliseconds, whichever comes first
     #[arg(long, default_value_t = 1000)]
     sync_interval_ms: u64,
-    /// Minimum retry delay given to new jobs, in seconds (BITS default 600; at least 5)
+    /// Minimum retry delay given to new jobs, in seconds (BITS default 600). The operator may go
+    /// below the 5 s floor that applies to jobs' own settings; at least 1
     #[arg(long, default_value_t = bits_core::job::DEFAULT_MINIMUM_RETRY_DELAY_SECS)]
     retry_delay_secs: u32,
+    /// No-progress timeout given to new jobs, in seconds (BITS default 14 days; 0 = every error is fatal)
+    #[arg(long, default_value_t = bits_core::job::DEFAULT_NO_PROGRESS_TIMEOUT_SECS)]
+    no_progress_timeout_secs: u32,
+    /// Give up on a connection that sends nothing for this long (headers or body), in milliseconds
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Give up on connecting after this long, in milliseconds
+    #[arg(long, default_value_t = 30_000)]
+    connect_timeout_ms: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,9 +87,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = bits_manager::ManagerConfig {
         sync_bytes: args.sync_bytes.max(1),
         sync_interval: Duration::from_millis(args.sync_interval_ms.max(1)),
-        default_retry_delay_secs: args
-            .retry_delay_secs
-            .max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS),
+        default_retry_delay_secs: args.retry_delay_secs.max(1),
+        default_no_progress_timeout_secs: args.no_progress_timeout_secs,
+        http: bits_http::HttpConfig {
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let manager = bits_manager::Manager::start(Arc::new(store), config)

@@ -90,9 +90,8 @@ pub(crate) async fn run_job(
 fn fail(entry: &mut Entry, error: JobError, transient: bool, retry_after: Option<Duration>) {
     let now = Instant::now();
     let job = &entry.job;
-    let delay = Duration::from_secs(u64::from(
-        job.minimum_retry_delay_secs.max(bits_core::job::MINIMUM_RETRY_DELAY_FLOOR_SECS),
-    ));
+    // The 5 s floor applies where a job's delay is set; the operator's default may be lower.
+    let delay = Duration::from_secs(u64::from(job.minimum_retry_delay_secs.max(1)));
     // Never sooner than the server asked (429/503 Retry-After).
     let delay = retry_after.map_or(delay, |asked| asked.max(delay));
     let timeout = Duration::from_secs(u64::from(job.no_progress_timeout_secs));
