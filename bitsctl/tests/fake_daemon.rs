@@ -74,6 +74,7 @@ impl Bits for Fake {
             transfer_completion_time: None,
             error: None,
             error_count: 0,
+            custom_headers: None,
             files: vec![],
         };
         let id = job.id.to_string();
@@ -198,6 +199,13 @@ impl Bits for Fake {
         _: Request<v1::SetPriorityRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         Err(Status::unimplemented("set_priority"))
+    }
+
+    async fn set_custom_headers(
+        &self,
+        _: Request<v1::SetCustomHeadersRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_custom_headers"))
     }
 }
 

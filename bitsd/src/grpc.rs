@@ -248,4 +248,22 @@ impl v1::bits_server::Bits for BitsService {
             .await,
         )
     }
+
+    async fn set_custom_headers(
+        &self,
+        request: Request<v1::SetCustomHeadersRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        reply(
+            async {
+                let id = convert::parse_job_id(&req.job_id)?;
+                self.manager
+                    .set_custom_headers(caller, id, req.headers)
+                    .await
+                    .map(convert::status_reply)
+            }
+            .await,
+        )
+    }
 }

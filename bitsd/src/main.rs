@@ -94,7 +94,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
             ..Default::default()
         },
-        ..Default::default()
     };
     let manager = bits_manager::Manager::start(Arc::new(store), config)
         .context("cannot start the job manager")?;

@@ -262,6 +262,25 @@ impl Client {
             .into_inner();
         status_code(reply)
     }
+
+    /// SetCustomHeaders: `Name: value` lines (CRLF-separated) sent with every request of the
+    /// job; `None` clears them.
+    pub async fn set_custom_headers(
+        &self,
+        job: JobId,
+        headers: Option<&str>,
+    ) -> Result<Code, ClientError> {
+        let reply = self
+            .inner
+            .clone()
+            .set_custom_headers(v1::SetCustomHeadersRequest {
+                job_id: job.to_string(),
+                headers: headers.map(str::to_string),
+            })
+            .await?
+            .into_inner();
+        status_code(reply)
+    }
 }
 
 fn job_ref(job: JobId) -> v1::JobRef {

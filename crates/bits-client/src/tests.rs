@@ -31,6 +31,7 @@ fn sample_job(id: JobId) -> Job {
         transfer_completion_time: None,
         error: Some(sample_error()),
         error_count: 1,
+        custom_headers: None,
         files: vec![JobFile {
             remote_url: "http://h/f".into(),
             local_path: "/tmp/f".into(),
@@ -171,6 +172,13 @@ impl Bits for Fake {
     ) -> Result<Response<v1::StatusReply>, Status> {
         let req = req.into_inner();
         convert::priority_from_wire(req.priority).map_err(|e| to_status(&e))?;
+        Ok(Response::new(status_reply(Code::S_OK)))
+    }
+
+    async fn set_custom_headers(
+        &self,
+        _: Request<v1::SetCustomHeadersRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
         Ok(Response::new(status_reply(Code::S_OK)))
     }
 }

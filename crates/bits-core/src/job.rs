@@ -180,6 +180,9 @@ pub struct Job {
     pub error: Option<JobError>,
     /// Never decreases (spec invariant I4).
     pub error_count: u32,
+    /// Extra request headers (`Name: value` lines, CRLF-terminated) sent with every request of
+    /// the job. Write-only through the API: they may carry credentials.
+    pub custom_headers: Option<String>,
     pub files: Vec<JobFile>,
 }
 
@@ -192,6 +195,8 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 pub const MAX_URL_CHARS: usize = 2200;
 pub const MAX_FILES_PER_JOB: usize = 200;
 pub const MAX_RANGES_PER_FILE: usize = 500;
+/// Custom headers, counting the terminating NUL of the BITS API (so 16,383 characters of text).
+pub const MAX_CUSTOM_HEADERS_CHARS: usize = 16_384;
 
 /// `BG_JOB_PROGRESS` with the per-file `BG_FILE_PROGRESS` list.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -289,6 +294,7 @@ mod tests {
             transfer_completion_time: None,
             error: None,
             error_count: 0,
+            custom_headers: None,
             files: vec![],
         };
         assert_eq!(job.progress().bytes_total, Some(0));

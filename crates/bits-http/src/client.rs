@@ -97,15 +97,20 @@ impl HttpClient {
     /// refuses HEAD with 405 or 501 is asked `GET` with `Range: bytes=0-0` instead, and the size is
     /// taken from the Content-Range total.
     pub async fn probe(&self, url: &str) -> Result<RemoteInfo, FetchError> {
+        self.probe_with(url, &HeaderMap::new()).await
+    }
+
+    /// [`HttpClient::probe`] with a job's custom headers on every request (they are dropped on a
+    /// redirect to another origin, like any credential).
+    pub async fn probe_with(&self, url: &str, extra: &HeaderMap) -> Result<RemoteInfo, FetchError> {
         let start = parse_url(url)?;
-        let (resp, final_url) =
-            self.send(Method::HEAD, &start, self.inner.base_headers.clone()).await?;
+        let (resp, final_url) = self.send(Method::HEAD, &start, self.headers_with(extra)).await?;
         let (parts, _body) = resp.into_parts();
         if !probe::head_refused(parts.status) {
             return probe::from_head(&parts, &final_url);
         }
         debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
-        let mut headers = self.inner.base_headers.clone();
+        let mut headers = self.headers_with(extra);
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
         let (resp, final_url) = self.send(Method::GET, &final_url, headers).await?;
         let (parts, _body) = resp.into_parts();
@@ -120,6 +125,16 @@ impl HttpClient {
         remote: &RemoteInfo,
         span: Span,
     ) -> Result<RangeBody, FetchError> {
+        self.get_range_with(remote, span, &HeaderMap::new()).await
+    }
+
+    /// [`HttpClient::get_range`] with a job's custom headers.
+    pub async fn get_range_with(
+        &self,
+        remote: &RemoteInfo,
+        span: Span,
+        extra: &HeaderMap,
+    ) -> Result<RangeBody, FetchError> {
         if span.start >= span.end || span.end > remote.size {
             return Err(FetchError::invalid_range(format!(
                 "span {span} is empty or outside the {} bytes of {}",
@@ -127,7 +142,7 @@ impl HttpClient {
             )));
         }
         let start = parse_url(&remote.final_url)?;
-        let mut headers = self.inner.base_headers.clone();
+        let mut headers = self.headers_with(extra);
         let range = format!("bytes={}-{}", span.start, span.end - 1);
         headers.insert(
             header::RANGE,
@@ -149,6 +164,16 @@ impl HttpClient {
             parts.version,
             url.to_string(),
         ))
+    }
+
+    /// Our own headers win over a job's: custom headers are added first, then ours replace any
+    /// of the same name.
+    fn headers_with(&self, extra: &HeaderMap) -> HeaderMap {
+        let mut headers = extra.clone();
+        for (name, value) in &self.inner.base_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers
     }
 
     /// Sends one request, following redirects; returns the final response and its URL.

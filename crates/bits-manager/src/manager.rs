@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use bits_core::job::{
-    DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS, MAX_FILES_PER_JOB,
-    MAX_RANGES_PER_FILE,
+    DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS, MAX_CUSTOM_HEADERS_CHARS,
+    MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE,
 };
 use bits_core::{
     BitsError, ByteRange, Code, Event, Job, JobError, JobFile, JobId, JobState, JobType, Priority,
@@ -246,6 +246,7 @@ impl Manager {
             transfer_completion_time: None,
             error: None,
             error_count: 0,
+            custom_headers: None,
             files: Vec::new(),
         };
         let id = job.id;
@@ -555,6 +556,44 @@ impl Manager {
         }
         self.flush().await?;
         self.inner.wake.notify_one();
+        Ok(Code::S_OK)
+    }
+
+    /// SetCustomHeaders: `Name: value` lines sent with every request of the job; `None` clears.
+    /// At most 16,383 characters (16,384 with the BITS terminator).
+    pub async fn set_custom_headers(
+        &self,
+        caller: Caller,
+        id: JobId,
+        headers: Option<String>,
+    ) -> Result<Code, BitsError> {
+        {
+            let table = self.table();
+            let entry = lookup_mut_check(&table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+        }
+        if let Some(text) = &headers {
+            let n = text.chars().count();
+            if n >= MAX_CUSTOM_HEADERS_CHARS {
+                return Err(BitsError::new(
+                    Code::BG_E_STRING_TOO_LONG,
+                    format!(
+                        "custom headers are {n} characters, at most {} are allowed",
+                        MAX_CUSTOM_HEADERS_CHARS - 1
+                    ),
+                ));
+            }
+            bits_http::parse_custom_headers(text)
+                .map_err(|e| BitsError::new(Code::E_INVALIDARG, e))?;
+        }
+        {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            entry.job.custom_headers = headers.filter(|h| !h.trim().is_empty());
+            entry.job.modification_time = SystemTime::now();
+            self.persist_job(&entry.job)?;
+        }
+        self.flush().await?;
         Ok(Code::S_OK)
     }
 

@@ -16,6 +16,7 @@ use bits_core::{
 };
 use bits_disk::PartFile;
 use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
+use http::HeaderMap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -172,9 +173,10 @@ async fn transfer_file_once(
     repick: &Notify,
 ) -> Result<(), Halt> {
     let file = snapshot(manager, id, index)?;
+    let headers = custom_headers(manager, id);
     let remote = tokio::select! {
         _ = stop.cancelled() => return Err(Halt::Stopped),
-        probed = manager.inner.http.probe(&file.remote_url) => probed.map_err(|e| fetch_halt(e, index))?,
+        probed = manager.inner.http.probe_with(&file.remote_url, &headers) => probed.map_err(|e| fetch_halt(e, index))?,
     };
     let changed = file.remote_size.is_some_and(|s| s != remote.size)
         || (file.validator != Default::default() && file.validator != remote.validator);
@@ -210,7 +212,8 @@ async fn transfer_file_once(
 
     loop {
         let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
-        match fetch_piece(manager, id, index, &remote, piece, &part, &layout, stop, repick).await? {
+        let request = Request { remote: &remote, headers: &headers, piece };
+        match fetch_piece(manager, id, index, request, &part, &layout, stop, repick).await? {
             PieceEnd::Done | PieceEnd::Repick => continue,
         }
     }
@@ -270,8 +273,7 @@ async fn fetch_piece(
     manager: &Manager,
     id: JobId,
     index: u32,
-    remote: &RemoteInfo,
-    piece: Span,
+    request: Request<'_>,
     part: &Arc<PartFile>,
     layout: &Arc<Layout>,
     stop: &CancellationToken,
@@ -279,8 +281,9 @@ async fn fetch_piece(
 ) -> Result<PieceEnd, Halt> {
     let mut body = tokio::select! {
         _ = stop.cancelled() => return Err(Halt::Stopped),
-        got = manager.inner.http.get_range(remote, piece) => got.map_err(|e| fetch_halt(e, index))?,
+        got = manager.inner.http.get_range_with(request.remote, request.piece, request.headers) => got.map_err(|e| fetch_halt(e, index))?,
     };
+    let piece = request.piece;
     tracing::debug!(job = %id, index, start = piece.start, end = piece.end, "fetching");
     let config = manager.config();
     let mut pipe = Pipeline::new(part.clone(), layout.clone(), piece.start);
@@ -393,6 +396,21 @@ async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt
             .map_err(|e| store_halt(store_error(e), index))?;
     }
     manager.flush().await.map_err(|e| store_halt(e, index))
+}
+
+/// One ranged GET to make: the probed version, the job's headers, the remote span.
+struct Request<'a> {
+    remote: &'a RemoteInfo,
+    headers: &'a HeaderMap,
+    piece: Span,
+}
+
+/// The job's custom headers, parsed (they were validated when set, so a parse failure cannot
+/// happen; it would only drop them).
+fn custom_headers(manager: &Manager, id: JobId) -> HeaderMap {
+    let table = manager.table();
+    let text = table.jobs.get(&id).and_then(|e| e.job.custom_headers.clone());
+    text.and_then(|t| bits_http::parse_custom_headers(&t).ok()).unwrap_or_default()
 }
 
 fn snapshot(manager: &Manager, id: JobId, index: u32) -> Result<JobFile, Halt> {

@@ -228,3 +228,19 @@ async fn a_restarted_manager_shows_every_job_as_before() {
     assert_eq!(m.get_job(ME, id).unwrap(), before);
     assert_eq!(m.list_jobs(ME).len(), 1);
 }
+
+#[tokio::test]
+async fn custom_headers_are_checked_when_set() {
+    let m = start(Arc::new(MemStore::new()));
+    let id = new_job(&m).await;
+    let exact = format!("X-A: {}", "a".repeat(16_383 - 5));
+    assert_eq!(m.set_custom_headers(ME, id, Some(exact.clone())).await.unwrap(), Code::S_OK);
+    assert_eq!(m.get_job(ME, id).unwrap().custom_headers.as_deref(), Some(exact.as_str()));
+    let long = format!("{exact}a");
+    assert_eq!(code(m.set_custom_headers(ME, id, Some(long)).await), Code::BG_E_STRING_TOO_LONG);
+    assert_eq!(code(m.set_custom_headers(ME, id, Some("no colon".into())).await), Code::E_INVALIDARG);
+    let range = Some("Range: bytes=0-1\r\n".to_string());
+    assert_eq!(code(m.set_custom_headers(ME, id, range).await), Code::E_INVALIDARG, "bitsd owns Range");
+    m.set_custom_headers(ME, id, None).await.unwrap();
+    assert_eq!(m.get_job(ME, id).unwrap().custom_headers, None);
+}

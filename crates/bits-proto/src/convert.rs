@@ -477,6 +477,7 @@ mod tests {
                 file_index: Some(1),
             }),
             error_count: 3,
+            custom_headers: None,
             files: vec![
                 file(Some(100), vec![]),
                 file(None, vec![ByteRange::new(5, 10), ByteRange::new(50, LENGTH_TO_EOF)]),

@@ -113,6 +113,9 @@ pub(crate) struct JobRecord {
     transfer_completion_time: Option<SystemTime>,
     error: Option<JobErrorRecord>,
     error_count: u32,
+    /// Added after schema 1 was first written; absent in older records means none.
+    #[serde(default)]
+    custom_headers: Option<String>,
     pub(crate) file_count: u32,
 }
 
@@ -143,6 +146,7 @@ impl JobRecord {
             transfer_completion_time,
             error,
             error_count,
+            custom_headers,
             files,
         } = job;
         JobRecord {
@@ -168,6 +172,7 @@ impl JobRecord {
                 }
             }),
             error_count: *error_count,
+            custom_headers: custom_headers.clone(),
             file_count: files.len() as u32,
         }
     }
@@ -192,6 +197,7 @@ impl JobRecord {
             transfer_completion_time,
             error,
             error_count,
+            custom_headers,
             file_count: _,
         } = self;
         Job {
@@ -214,6 +220,7 @@ impl JobRecord {
                 file_index: e.file_index,
             }),
             error_count,
+            custom_headers,
             files,
         }
     }

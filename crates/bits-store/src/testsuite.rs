@@ -58,6 +58,7 @@ fn job(created_secs: u64, files: Vec<JobFile>) -> Job {
             file_index: Some(1),
         }),
         error_count: 3,
+        custom_headers: Some("X-Test: 1\r\n".into()),
         files,
     }
 }
