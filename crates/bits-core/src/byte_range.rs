@@ -141,6 +141,17 @@ impl Layout {
         set
     }
 
+    /// The remote bytes whose local offset is below `local_len`: what a temp file of that length
+    /// can hold. Used to trust only the filled ranges a (possibly short) temp file backs.
+    pub fn remote_backed_by(&self, local_len: u64) -> RangeSet {
+        let mut set = RangeSet::new();
+        for (span, local_start) in &self.segments {
+            let present = local_len.saturating_sub(*local_start).min(span.len());
+            set.insert(span.start, span.start + present);
+        }
+        set
+    }
+
     /// Local offset of remote byte `remote`, and how many bytes from there are contiguous locally.
     pub fn to_local(&self, remote: u64) -> Option<(u64, u64)> {
         self.segments
@@ -192,6 +203,16 @@ mod tests {
         let layout = Layout::new(&[r(24, 17), r(111, LENGTH_TO_EOF), r(83, 7)], 1000).unwrap();
         assert_eq!(layout.local_len(), 17 + 889 + 7);
         assert_eq!(layout.to_local(83), Some((17 + 889, 7)));
+    }
+
+    #[test]
+    fn a_short_local_file_backs_only_its_prefix() {
+        let layout = Layout::new(&[r(100, 100), r(900, 100), r(400, 100)], 1000).unwrap();
+        let spans = |set: RangeSet| set.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>();
+        assert_eq!(spans(layout.remote_backed_by(0)), []);
+        assert_eq!(spans(layout.remote_backed_by(150)), [(100, 200), (900, 950)]);
+        assert_eq!(spans(layout.remote_backed_by(300)), [(100, 200), (400, 500), (900, 1000)]);
+        assert_eq!(spans(Layout::new(&[], 50).unwrap().remote_backed_by(70)), [(0, 50)]);
     }
 
     #[test]

@@ -153,6 +153,20 @@ impl JobFile {
             || self.layout().is_some_and(|l| l.wanted().subtract(&self.filled).is_empty())
     }
 
+    /// Keeps only the filled ranges a temp file of `temp_len` bytes (`None`: missing) can hold.
+    /// Returns whether anything was dropped. The store may say more is filled than the disk has
+    /// when the temp file was deleted or truncated behind our back.
+    pub fn trim_filled_to(&mut self, temp_len: Option<u64>) -> bool {
+        let backed = match (temp_len, self.layout()) {
+            (Some(len), Some(layout)) => layout.remote_backed_by(len),
+            _ => RangeSet::new(),
+        };
+        let kept = self.filled.intersect(&backed);
+        let dropped = kept != self.filled;
+        self.filled = kept;
+        dropped
+    }
+
     /// Forgets everything learned about the remote file, as when it changed on the server.
     pub fn reset_progress(&mut self) {
         self.remote_size = None;

@@ -146,6 +146,11 @@ impl RangeSet {
         out
     }
 
+    /// The bytes in both sets.
+    pub fn intersect(&self, other: &RangeSet) -> RangeSet {
+        self.subtract(&self.subtract(other))
+    }
+
     /// The parts of `self` inside `[start, end)`.
     pub fn intersect_span(&self, start: u64, end: u64) -> RangeSet {
         let mut out = RangeSet::new();

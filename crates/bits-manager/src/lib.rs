@@ -6,6 +6,7 @@
 //! ranges (`bits-http`), writes and syncs them (`bits-disk`), and only then records them as filled.
 
 mod manager;
+mod reconcile;
 mod scheduler;
 mod validate;
 mod worker;

@@ -132,6 +132,10 @@ impl Manager {
         let http = bits_http::HttpClient::new(config.http.clone())?;
         let mut jobs = store.load_all()?;
         jobs.sort_by_key(|j| j.creation_time);
+        for j in crate::reconcile::trim_filled(&mut jobs) {
+            store.put_job(&jobs[j])?;
+        }
+        crate::reconcile::report_orphans(&jobs);
         let mut table = Table::default();
         let now = Instant::now();
         for mut job in jobs {

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bits_core::{
-    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span,
-    transition,
+    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, Span, transition,
 };
 use bits_disk::PartFile;
 use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
@@ -190,20 +189,20 @@ async fn transfer_file_once(
     })?;
     let layout = Arc::new(layout);
 
-    // Open the temp file. One shorter than the layout lost its tail (or never existed), so what
-    // the store says is filled cannot be trusted: `connected` forgets it (and flushes) *before*
-    // the file is extended, or a crash in between would leave a full-length file of zeros
-    // that looks intact.
+    // Open the temp file. Only the filled ranges a file of its current length can hold are
+    // trusted (it may have been deleted or truncated); `connected` drops the rest and flushes
+    // *before* the file is extended, or a crash in between would leave a full-length file of
+    // zeros that looks intact.
     let temp = file.temp_path.clone();
     let local_len = layout.local_len();
-    let (part, intact) = run_blocking(move || {
+    let (part, temp_len) = run_blocking(move || {
         let part = PartFile::open(&temp).map_err(disk_error)?;
-        let intact = part.len().map_err(disk_error)? >= local_len;
-        Ok((part, intact))
+        let len = part.len().map_err(disk_error)?;
+        Ok((part, len))
     })
     .await
     .map_err(|e| local_halt(e, index))?;
-    connected(manager, id, index, &remote, intact).await?;
+    connected(manager, id, index, &remote, temp_len).await?;
     let part = Arc::new(part);
     let sized = part.clone();
     run_blocking(move || sized.set_len(local_len).map_err(disk_error))
@@ -225,18 +224,17 @@ async fn connected(
     id: JobId,
     index: u32,
     remote: &RemoteInfo,
-    intact: bool,
+    temp_len: u64,
 ) -> Result<(), Halt> {
     {
         let mut table = manager.table();
         let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
         let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
-        if !intact && !file.filled.is_empty() {
-            tracing::warn!(job = %id, index, path = %file.temp_path.display(), "temp file missing or short; refetching the file");
-            file.filled = RangeSet::new();
-        }
         file.remote_size = Some(remote.size);
         file.validator = remote.validator.clone();
+        if file.trim_filled_to(Some(temp_len)) {
+            tracing::warn!(job = %id, index, path = %file.temp_path.display(), temp_len, "temp file short; the ranges it no longer holds will be fetched again");
+        }
         // On-demand requests made before the size was known are clipped to the file now.
         file.requested = file.requested.intersect_span(0, remote.size);
         if let Ok(next) = transition(entry.job.state, Event::Connected) {
@@ -264,7 +262,7 @@ fn next_piece(
         table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)).ok_or(Halt::Stopped)?;
     let missing = layout.wanted().subtract(&file.filled);
     let urgent = file.requested.subtract(&file.filled);
-    let urgent = missing.subtract(&missing.subtract(&urgent));
+    let urgent = missing.intersect(&urgent);
     Ok(urgent.iter().next().or_else(|| missing.iter().next()))
 }
 
@@ -299,6 +297,11 @@ async fn fetch_piece(
             biased;
             _ = stop.cancelled() => break Err(Halt::Stopped),
             _ = repick.notified() => break Ok(PieceEnd::Repick),
+            // Record a span as soon as its sync is done, so a crash loses at most one window.
+            synced = pipe.sync_done(), if pipe.syncing() => match synced {
+                Ok(span) => if let Err(h) = record_filled(manager, id, index, span).await { break Err(h) },
+                Err(e) => break Err(local_halt(disk_error(e), index)),
+            },
             _ = tokio::time::sleep_until(deadline), if due => {
                 last_checkpoint = Instant::now();
                 checkpointed = pos;

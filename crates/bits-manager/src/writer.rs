@@ -122,6 +122,22 @@ impl Pipeline {
         Ok(done)
     }
 
+    /// Whether a sync is in flight.
+    pub(crate) fn syncing(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// Completes when the sync in flight does, with its now durable span. Cancel-safe: if the
+    /// future is dropped first, the sync stays in flight and is reported later. Never completes
+    /// when no sync is in flight.
+    pub(crate) async fn sync_done(&mut self) -> Result<Span, DiskError> {
+        let Some((task, span)) = self.sync.as_mut() else { return std::future::pending().await };
+        let synced = task.await.unwrap_or_else(|e| Err(join_error(e)));
+        let span = *span;
+        self.sync = None;
+        self.poison_on(synced).map(|()| span)
+    }
+
     /// Waits for the sync in flight; returns its span once durable.
     pub(crate) async fn wait_sync(&mut self) -> Result<Option<Span>, DiskError> {
         self.check()?;

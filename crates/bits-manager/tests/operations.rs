@@ -238,9 +238,16 @@ async fn custom_headers_are_checked_when_set() {
     assert_eq!(m.get_job(ME, id).unwrap().custom_headers.as_deref(), Some(exact.as_str()));
     let long = format!("{exact}a");
     assert_eq!(code(m.set_custom_headers(ME, id, Some(long)).await), Code::BG_E_STRING_TOO_LONG);
-    assert_eq!(code(m.set_custom_headers(ME, id, Some("no colon".into())).await), Code::E_INVALIDARG);
+    assert_eq!(
+        code(m.set_custom_headers(ME, id, Some("no colon".into())).await),
+        Code::E_INVALIDARG
+    );
     let range = Some("Range: bytes=0-1\r\n".to_string());
-    assert_eq!(code(m.set_custom_headers(ME, id, range).await), Code::E_INVALIDARG, "bitsd owns Range");
+    assert_eq!(
+        code(m.set_custom_headers(ME, id, range).await),
+        Code::E_INVALIDARG,
+        "bitsd owns Range"
+    );
     m.set_custom_headers(ME, id, None).await.unwrap();
     assert_eq!(m.get_job(ME, id).unwrap().custom_headers, None);
 }

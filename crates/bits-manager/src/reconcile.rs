@@ -1,0 +1,146 @@
+//! Start-up reconciliation of the store with the disk. The store says which bytes are filled,
+//! but a temp file can be deleted or truncated while the daemon is down; only ranges the temp
+//! file can still hold are kept (the rest is fetched again). Temp files that belong to no job
+//! are reported and left alone: they may be another daemon's, or the user's to recover.
+//!
+//! Runs once, before the manager serves anything, so its blocking file system calls cannot
+//! delay a request.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use bits_core::Job;
+
+/// Trims every file's filled set to what its temp file backs. Returns the indices (into `jobs`)
+/// of the jobs that changed and must be stored again.
+pub(crate) fn trim_filled(jobs: &mut [Job]) -> Vec<usize> {
+    let mut changed = Vec::new();
+    for (j, job) in jobs.iter_mut().enumerate() {
+        let mut job_changed = false;
+        for (index, file) in job.files.iter_mut().enumerate() {
+            if file.completed || file.filled.is_empty() {
+                continue;
+            }
+            let temp_len = std::fs::symlink_metadata(&file.temp_path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            let before = file.filled.total_len();
+            if file.trim_filled_to(temp_len) {
+                tracing::warn!(
+                    job = %job.id,
+                    index,
+                    path = %file.temp_path.display(),
+                    temp_len = ?temp_len,
+                    bytes_before = before,
+                    bytes_kept = file.filled.total_len(),
+                    "temp file missing or short; the ranges it no longer holds will be fetched again"
+                );
+                job_changed = true;
+            }
+        }
+        if job_changed {
+            changed.push(j);
+        }
+    }
+    changed
+}
+
+/// Logs temp files (`.NAME.bitsd-<job>-<n>.part`) in the jobs' destination directories that no
+/// job owns. They are never deleted.
+pub(crate) fn report_orphans(jobs: &[Job]) {
+    let known: HashSet<&Path> =
+        jobs.iter().flat_map(|j| j.files.iter().map(|f| f.temp_path.as_path())).collect();
+    let dirs: HashSet<PathBuf> = jobs
+        .iter()
+        .flat_map(|j| j.files.iter().filter_map(|f| f.local_path.parent().map(Path::to_path_buf)))
+        .collect();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if is_temp_name(&entry.file_name().to_string_lossy()) && !known.contains(path.as_path())
+            {
+                tracing::warn!(path = %path.display(), "orphan temp file with no job; left alone");
+            }
+        }
+    }
+}
+
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".bitsd-") && name.ends_with(".part")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use bits_core::{ByteRange, JobFile, JobId, JobState, JobType, Priority, RangeSet, Validator};
+
+    use super::*;
+
+    fn job_with(dir: &Path, ranges: Vec<ByteRange>, filled: RangeSet) -> Job {
+        let now = SystemTime::now();
+        Job {
+            id: JobId::new_random(),
+            display_name: "j".into(),
+            description: String::new(),
+            job_type: JobType::Download,
+            priority: Priority::Normal,
+            state: JobState::Queued,
+            owner_uid: 0,
+            minimum_retry_delay_secs: 600,
+            no_progress_timeout_secs: 1,
+            creation_time: now,
+            modification_time: now,
+            transfer_completion_time: None,
+            error: None,
+            error_count: 0,
+            custom_headers: None,
+            files: vec![JobFile {
+                remote_url: "http://h/f".into(),
+                local_path: dir.join("f.bin"),
+                ranges,
+                remote_size: Some(1000),
+                validator: Validator::default(),
+                filled,
+                requested: RangeSet::new(),
+                temp_path: dir.join(".f.bin.bitsd-x-0.part"),
+                completed: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn missing_and_short_temp_files_lose_exactly_the_ranges_they_no_longer_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jobs = vec![job_with(dir.path(), vec![], RangeSet::from_span(0, 600))];
+        assert_eq!(trim_filled(&mut jobs), [0], "missing temp file");
+        assert!(jobs[0].files[0].filled.is_empty());
+
+        jobs[0].files[0].filled = RangeSet::from_span(0, 600);
+        std::fs::write(&jobs[0].files[0].temp_path, vec![0u8; 400]).unwrap();
+        assert_eq!(trim_filled(&mut jobs), [0]);
+        assert_eq!(jobs[0].files[0].filled, RangeSet::from_span(0, 400));
+        assert!(trim_filled(&mut jobs).is_empty(), "nothing more to drop");
+
+        // A ranged file: local = remote[500..600) ‖ remote[0..100); a 150-byte temp file holds
+        // the first range and half of the second.
+        let ranges = vec![ByteRange::new(500, 100), ByteRange::new(0, 100)];
+        let mut filled = RangeSet::from_span(0, 100);
+        filled.insert(500, 600);
+        let mut jobs = vec![job_with(dir.path(), ranges, filled)];
+        std::fs::write(&jobs[0].files[0].temp_path, vec![0u8; 150]).unwrap();
+        trim_filled(&mut jobs);
+        let mut want = RangeSet::from_span(0, 50);
+        want.insert(500, 600);
+        assert_eq!(jobs[0].files[0].filled, want);
+    }
+
+    #[test]
+    fn temp_names() {
+        assert!(is_temp_name(".f.bin.bitsd-0f8e-1.part"));
+        assert!(!is_temp_name("f.bin"));
+        assert!(!is_temp_name(".f.bin.part"));
+    }
+}
