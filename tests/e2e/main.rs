@@ -9,6 +9,8 @@
 mod access;
 // Complete and Cancel: partial completion, a temp file that vanished, cleanup.
 mod complete;
+// Full disk (a tmpfs the test mounts) and start-up reconciliation of the store with the disk.
+mod durability;
 // Whole-file and ranged downloads from nginx, via bitsctl and via gRPC.
 mod downloads;
 // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output.
