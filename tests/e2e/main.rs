@@ -19,6 +19,8 @@ mod errors;
 mod progress;
 // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice.
 mod restart;
+// Hostile servers: every fault of the fault-injecting server and the state + error it leads to.
+mod faults;
 // Helpers shared by the tests: waiting for states, range-set checks, JSON lookups.
 mod support;
 // A remote file that changes mid-download restarts from zero.

@@ -8,6 +8,7 @@
 
 pub mod daemon;
 pub mod data;
+pub mod faults;
 pub mod mounts;
 pub mod nginx;
 pub mod server;

@@ -1,0 +1,745 @@
+//! Hostile servers (issue 4 item 3): every fault of the fault-injecting server
+//! (`bits_tests::faults`) against the real daemon, and the state plus error it reaches.
+//!
+//! Unless noted the fault hits one request (then the server behaves), the file is 1 MiB, the
+//! retry delay 2 s. "then completes" means: after the retry delay the server sees a new
+//! request, the job reaches TRANSFERRED and Complete gives a file byte-identical (sha256) to the
+//! server's. "stays" means: still ERROR one retry delay later with no new request, GetError
+//! gives the code, error_count ≥ 1. Contexts: GT = GENERAL_TRANSPORT, RF = REMOTE_FILE.
+//!
+//! | fault (request it hits)                         | expected state + error                                 |
+//! |-------------------------------------------------|--------------------------------------------------------|
+//! | reset (RST) after 256 KiB of the GET body       | TRANSIENT_ERROR ERROR_WINHTTP_CONNECTION_ERROR (GT); retry resumes at the bytes kept; completes |
+//! | stall before the GET's headers, socket open     | TRANSIENT_ERROR ERROR_WINHTTP_TIMEOUT (GT); completes  |
+//! | stall after 256 KiB of body, socket open        | TRANSIENT_ERROR ERROR_WINHTTP_TIMEOUT (GT); resumes; completes |
+//! | short body (256 KiB of 1 MiB) then clean FIN    | TRANSIENT_ERROR ERROR_WINHTTP_CONNECTION_ERROR (GT); resumes; completes |
+//! | 206 with a wrong Content-Range                  | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
+//! | 200 + whole file to a resumed (partial) range   | ERROR BG_E_INSUFFICIENT_RANGE_SUPPORT (RF), stays; Resume completes |
+//! | 416 to the GET                                  | ERROR BG_E_INVALID_RANGE (RF), stays; Resume completes |
+//! | 500 to the HEAD                                 | TRANSIENT_ERROR BG_E_HTTP_ERROR_500 (RF); completes    |
+//! | 502 to the GET                                  | TRANSIENT_ERROR BG_E_HTTP_ERROR_502 (RF); completes    |
+//! | 503 to the GET                                  | TRANSIENT_ERROR BG_E_HTTP_ERROR_503 (RF); completes    |
+//! | 404 to the GET                                  | ERROR BG_E_HTTP_ERROR_404 (RF), stays                  |
+//! | 403 to the GET                                  | ERROR BG_E_HTTP_ERROR_403 (RF), stays                  |
+//! | 429 + Retry-After: 3, retry delay 1 s           | TRANSIENT_ERROR BG_E_HTTP_ERROR_429 (RF); next request ≥ 3 s later; completes |
+//! | 503 + Retry-After: 3 to the HEAD, delay 1 s     | TRANSIENT_ERROR BG_E_HTTP_ERROR_503 (RF); next request ≥ 3 s later; completes |
+//! | 503 to every request, no-progress timeout 3 s   | ERROR BG_E_HTTP_ERROR_503 (RF) 3–6 s after the first failure, error_count > 1 |
+//! | redirect to itself (loop)                       | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
+//! | 12 redirects in a row (> 10)                    | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
+//! | redirect to another origin, custom headers set  | no error; origin 1 saw Authorization + Cookie, origin 2 neither; completes |
+//! | Content-Encoding: gzip label on the 206         | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
+//! | really gzip-compressed 206 body (chunked)       | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
+//! | 200 text/html error page (other length, no validators) to the GET | no error: the length differs from the probe, the file restarts from zero; completes |
+//! | the same HTML page to every GET                 | TRANSIENT_ERROR BG_E_REMOTE_FILE_CHANGED (RF) after 4 restarts, 0 bytes kept; completes once the page is gone |
+//! | the same HTML page, chunked (no Content-Length) | no HTML byte in the file; completes                    |
+//! | file replaced (new ETag + Last-Modified) between HEAD and GET | no error: the stale If-Range gets the new file with 200, the file restarts; completes with the new version |
+//! | file replaced with another size after 256 KiB   | TRANSIENT_ERROR (the reset), then the probe sees the new size: restart from 0; completes with the new version |
+//! | Last-Modified changes (no ETag, same size) after 256 KiB | as above: restart from 0, nothing mixed       |
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use bits_client::{Client, JobInfo};
+use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
+use bits_tests::daemon::TestDaemon;
+use bits_tests::data::{random_bytes, sha256_hex};
+use bits_tests::faults::{Fault, FaultFile, FaultServer, HTML_PAGE, Logged, gzip_stored};
+use bits_tests::wait::wait_for;
+use http::Method;
+
+use crate::support::wait_state_within;
+
+const FILE: &str = "f.bin";
+const SIZE: usize = 1 << 20;
+/// Where connection faults cut the body.
+const CUT: u64 = 256 * 1024;
+/// The retry delay of most tests.
+const DELAY: Duration = Duration::from_secs(2);
+/// How long any one wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(20);
+/// Longer than any stall the daemon should sit through.
+const LONG: Duration = Duration::from_secs(30);
+
+const GET: Option<Method> = Some(Method::GET);
+const HEAD: Option<Method> = Some(Method::HEAD);
+
+/// Daemon settings of one case.
+struct Opts {
+    retry_delay_secs: u32,
+    no_progress_secs: Option<u32>,
+    idle_timeout_ms: Option<u64>,
+}
+
+const DEFAULT: Opts = Opts { retry_delay_secs: 2, no_progress_secs: None, idle_timeout_ms: None };
+/// Short idle and connect limits, for the stalls.
+const IMPATIENT: Opts =
+    Opts { retry_delay_secs: 2, no_progress_secs: None, idle_timeout_ms: Some(700) };
+
+/// One fault server with one file, one daemon, one foreground job with that file (not resumed).
+struct Case {
+    server: FaultServer,
+    _daemon: TestDaemon,
+    client: Client,
+    job: JobId,
+    dest: PathBuf,
+    data: Vec<u8>,
+}
+
+async fn case(seed: u64, opts: Opts) -> Case {
+    let server = FaultServer::start().await;
+    let data = random_bytes(seed, SIZE);
+    server.add_file(FILE, data.clone());
+    let retry = opts.retry_delay_secs.to_string();
+    let mut args: Vec<String> = vec![
+        "--sync-bytes".into(),
+        "131072".into(),
+        "--sync-interval-ms".into(),
+        "100".into(),
+        "--retry-delay-secs".into(),
+        retry,
+    ];
+    if let Some(secs) = opts.no_progress_secs {
+        args.extend(["--no-progress-timeout-secs".into(), secs.to_string()]);
+    }
+    if let Some(ms) = opts.idle_timeout_ms {
+        args.extend(["--idle-timeout-ms".into(), ms.to_string()]);
+        args.extend(["--connect-timeout-ms".into(), "500".into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let daemon = TestDaemon::start_with(&args).await;
+    let client = daemon.client().await;
+    let dest = daemon.out_dir().join(FILE);
+    let job = client.create_job("hostile", Priority::Foreground).await.unwrap();
+    client.add_file(job, &server.url(FILE), &dest).await.unwrap();
+    Case { server, _daemon: daemon, client, job, dest, data }
+}
+
+impl Case {
+    async fn start(&self) {
+        self.client.resume(self.job).await.unwrap();
+    }
+
+    /// The server's request log, one line per request, for failure messages.
+    fn requests(&self) -> String {
+        show(&self.server.log())
+    }
+
+    async fn info(&self) -> JobInfo {
+        self.client.get_job(self.job).await.unwrap()
+    }
+
+    /// Waits for TRANSIENT_ERROR and checks its error (code, context, file 0) and GetError.
+    async fn transient(&self, code: Code, context: ErrorContext) -> JobInfo {
+        let info = wait_state_within(&self.client, self.job, JobState::TransientError, WAIT).await;
+        self.check_error(&info, code, context).await;
+        info
+    }
+
+    /// Waits for ERROR, checks its error, and that it stays there (no retry) for longer than
+    /// the retry delay.
+    async fn fatal(&self, code: Code, context: ErrorContext) -> JobInfo {
+        let info = self.wait_error().await;
+        self.check_error(&info, code, context).await;
+        let seen = self.server.log().len();
+        tokio::time::sleep(DELAY + Duration::from_millis(500)).await;
+        let later = self.info().await;
+        assert_eq!(later.state, JobState::Error, "left ERROR: {later:?}\n{}", self.requests());
+        assert_eq!(self.server.log().len(), seen, "retried a fatal error:\n{}", self.requests());
+        assert_eq!(later.error.as_ref().map(|e| e.code), Some(code));
+        info
+    }
+
+    async fn wait_error(&self) -> JobInfo {
+        wait_for("the job to reach ERROR", WAIT, || async {
+            let info = self.info().await;
+            match info.state {
+                JobState::Error => Ok(info),
+                JobState::Transferred => {
+                    panic!("transferred instead of failing:\n{}", self.requests())
+                }
+                _ => Err(format!("{} ({:?})", info.state.name(), info.error)),
+            }
+        })
+        .await
+    }
+
+    async fn check_error(&self, info: &JobInfo, code: Code, context: ErrorContext) {
+        let error = info.error.as_ref().unwrap_or_else(|| panic!("no error in {info:?}"));
+        assert_eq!(
+            (error.code, error.context, error.file_index),
+            (code, context, Some(0)),
+            "unexpected error {error:?}\n{}",
+            self.requests()
+        );
+        assert!(info.error_count >= 1, "error_count {}", info.error_count);
+        let got = self.client.get_error(self.job).await.unwrap();
+        assert_eq!((got.code, got.context, got.file_index), (code, context, Some(0)));
+    }
+
+    /// Waits for TRANSFERRED, completes, and compares the file with `expected`.
+    async fn completes_with(&self, expected: &[u8]) {
+        wait_state_within(&self.client, self.job, JobState::Transferred, WAIT).await;
+        assert_eq!(self.client.complete(self.job).await.unwrap(), Code::S_OK);
+        let got = std::fs::read(&self.dest).unwrap();
+        if got.len() == expected.len() && sha256_hex(&got) == sha256_hex(expected) {
+            return;
+        }
+        let first_diff = got.iter().zip(expected).position(|(a, b)| a != b);
+        let html = got.windows(15).any(|w| w == &HTML_PAGE.as_bytes()[..15]);
+        panic!(
+            "the file differs from the server's: {} bytes vs {}, first difference at {first_diff:?}, HTML inside: {html}\n{}",
+            got.len(),
+            expected.len(),
+            self.requests()
+        );
+    }
+
+    async fn completes(&self) {
+        self.completes_with(&self.data).await;
+    }
+
+    /// The first request the fault labelled `label` hit.
+    fn faulted(&self, label: &str) -> Logged {
+        self.server
+            .log()
+            .into_iter()
+            .find(|r| r.fault.as_deref().is_some_and(|f| f.starts_with(label)))
+            .unwrap_or_else(|| panic!("no request hit {label}:\n{}", self.requests()))
+    }
+
+    /// The first request after `failed`, checked to come at least `min` after it.
+    fn retry_after(&self, failed: &Logged, min: Duration) -> Logged {
+        let next =
+            self.server.log().into_iter().find(|r| r.seq > failed.seq).unwrap_or_else(|| {
+                panic!("no request after #{}:\n{}", failed.seq, self.requests())
+            });
+        let gap = next.at.duration_since(failed.at);
+        assert!(
+            gap >= min,
+            "retried {gap:?} after the failure, expected ≥ {min:?}\n{}",
+            self.requests()
+        );
+        next
+    }
+
+    /// The first GET after `failed`.
+    fn next_get(&self, failed: &Logged) -> Logged {
+        self.server
+            .log()
+            .into_iter()
+            .find(|r| r.seq > failed.seq && r.method == Method::GET)
+            .unwrap_or_else(|| panic!("no GET after #{}:\n{}", failed.seq, self.requests()))
+    }
+}
+
+fn show(log: &[Logged]) -> String {
+    let t0 = log.first().map(|r| r.at);
+    log.iter()
+        .map(|r| {
+            format!(
+                "#{} +{:?} {} {} range={:?} if-range={:?} auth={:?} cookie={:?} -> {} sent={} fault={:?}\n",
+                r.seq,
+                t0.map(|t| r.at.duration_since(t)).unwrap_or_default(),
+                r.method,
+                r.path,
+                r.range,
+                r.if_range,
+                r.authorization,
+                r.cookie,
+                r.status,
+                r.sent,
+                r.fault
+            )
+        })
+        .collect()
+}
+
+/// A new version of the file: other bytes, other ETag and Last-Modified.
+fn version2(seed: u64, size: usize) -> FaultFile {
+    FaultFile {
+        data: random_bytes(seed, size).into(),
+        etag: Some("\"version-2\"".to_string()),
+        last_modified: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connection faults: transient, retried, resumed where the kept bytes end.
+
+/// A transient failure after part of the body arrived: the bytes received were kept, and the
+/// retry (after the delay) asks for exactly the rest.
+async fn resumes_after(c: &Case, label: &str, info: &JobInfo) {
+    let kept = info.progress.bytes_transferred;
+    assert!(kept > 0 && kept <= CUT, "kept {kept} bytes of a body cut at {CUT}\n{}", c.requests());
+    c.completes().await;
+    let failed = c.faulted(label);
+    c.retry_after(&failed, DELAY);
+    let get = c.next_get(&failed);
+    assert_eq!(
+        get.range_start(),
+        Some(kept),
+        "the retry does not resume at {kept}\n{}",
+        c.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_reset_mid_body_is_transient_and_resumes() {
+    let c = case(101, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+    c.start().await;
+    let info =
+        c.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
+    resumes_after(&c, "ResetAfter", &info).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_stall_before_headers_times_out_and_retries() {
+    let c = case(102, IMPATIENT).await;
+    c.server.push_fault(FILE, GET, Fault::StallHeaders(LONG));
+    c.start().await;
+    let info = c.transient(Code::ERROR_WINHTTP_TIMEOUT, ErrorContext::GeneralTransport).await;
+    assert_eq!(info.progress.bytes_transferred, 0);
+    c.completes().await;
+    c.retry_after(&c.faulted("StallHeaders"), DELAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_stall_mid_body_times_out_and_resumes() {
+    let c = case(103, IMPATIENT).await;
+    c.server.push_fault(FILE, GET, Fault::StallBody { after: CUT, stall: LONG });
+    c.start().await;
+    let info = c.transient(Code::ERROR_WINHTTP_TIMEOUT, ErrorContext::GeneralTransport).await;
+    resumes_after(&c, "StallBody", &info).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_short_body_then_close_is_transient_and_resumes() {
+    let c = case(104, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::ShortBody(CUT));
+    c.start().await;
+    let info =
+        c.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
+    resumes_after(&c, "ShortBody", &info).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broken answers.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_wrong_content_range_is_transient_and_writes_nothing() {
+    let c = case(105, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::WrongContentRange);
+    c.start().await;
+    let info = c
+        .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
+        .await;
+    assert_eq!(info.progress.bytes_transferred, 0, "bytes of a wrong span were kept");
+    c.completes().await;
+    c.retry_after(&c.faulted("WrongContentRange"), DELAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_full_200_to_a_partial_range_is_fatal() {
+    let c = case(106, DEFAULT).await;
+    // The first GET breaks after CUT bytes, so the retry asks for a partial range; that one is
+    // answered with the whole file.
+    c.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+    c.server.push_fault(FILE, GET, Fault::IgnoreRange);
+    c.start().await;
+    let info = c.fatal(Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, ErrorContext::RemoteFile).await;
+    let ignored = c.faulted("IgnoreRange");
+    assert!(ignored.range_start().is_some_and(|s| s > 0), "{}", c.requests());
+    assert!(info.error_count >= 2, "the reset and the 200 both count: {info:?}");
+    // The partial bytes kept are still good: a Resume (the server behaves now) finishes the file.
+    c.client.resume(c.job).await.unwrap();
+    c.completes().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_416_is_fatal_invalid_range() {
+    let c = case(107, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::Status(416));
+    c.start().await;
+    c.fatal(Code::BG_E_INVALID_RANGE, ErrorContext::RemoteFile).await;
+    c.client.resume(c.job).await.unwrap();
+    c.completes().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP statuses.
+
+async fn transient_status(seed: u64, method: Option<Method>, status: u16) {
+    let c = case(seed, DEFAULT).await;
+    c.server.push_fault(FILE, method, Fault::Status(status));
+    c.start().await;
+    let info = c.transient(Code::Http(status), ErrorContext::RemoteFile).await;
+    assert_eq!(info.progress.bytes_transferred, 0);
+    c.completes().await;
+    c.retry_after(&c.faulted("Status"), DELAY);
+}
+
+async fn fatal_status(seed: u64, method: Option<Method>, status: u16) {
+    let c = case(seed, DEFAULT).await;
+    c.server.push_fault(FILE, method, Fault::Status(status));
+    c.start().await;
+    let info = c.fatal(Code::Http(status), ErrorContext::RemoteFile).await;
+    assert_eq!(info.progress.bytes_transferred, 0);
+    assert!(!c.dest.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_500_on_head_is_transient() {
+    transient_status(108, HEAD, 500).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_502_on_get_is_transient() {
+    transient_status(109, GET, 502).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_503_on_get_is_transient() {
+    transient_status(110, GET, 503).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_404_on_get_is_fatal() {
+    fatal_status(111, GET, 404).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_403_on_get_is_fatal() {
+    fatal_status(112, GET, 403).await;
+}
+
+async fn retry_after_is_honoured(seed: u64, method: Option<Method>, status: u16, secs: u64) {
+    let c = case(seed, Opts { retry_delay_secs: 1, ..DEFAULT }).await;
+    c.server.push_fault(FILE, method, Fault::StatusRetryAfter(status, secs));
+    c.start().await;
+    c.transient(Code::Http(status), ErrorContext::RemoteFile).await;
+    c.completes().await;
+    // Never sooner than the server asked, although the job's own delay is 1 s.
+    c.retry_after(&c.faulted("StatusRetryAfter"), Duration::from_secs(secs));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_429_retry_after_is_honoured() {
+    retry_after_is_honoured(113, GET, 429, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_503_retry_after_is_honoured() {
+    retry_after_is_honoured(114, HEAD, 503, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_503_forever_hits_the_no_progress_timeout() {
+    let c = case(115, Opts { retry_delay_secs: 1, no_progress_secs: Some(3), ..DEFAULT }).await;
+    c.server.always(FILE, None, Fault::Status(503));
+    c.start().await;
+    let info = c.wait_error().await;
+    let reached = Instant::now();
+    c.check_error(&info, Code::Http(503), ErrorContext::RemoteFile).await;
+    let log = c.server.log();
+    let first = log.first().unwrap().at;
+    let took = reached.duration_since(first);
+    assert!(
+        took >= Duration::from_secs(3) && took <= Duration::from_secs(6),
+        "ERROR {took:?} after the first failure\n{}",
+        c.requests()
+    );
+    assert!(info.error_count > 1, "error_count {}", info.error_count);
+    assert!(log.len() > 1, "never retried\n{}", c.requests());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.info().await.state, JobState::Error);
+    assert_eq!(c.server.log().len(), log.len(), "retried after ERROR\n{}", c.requests());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redirects.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redirect_loop_is_fatal() {
+    let c = case(116, DEFAULT).await;
+    c.server.always(FILE, None, Fault::RedirectLoop);
+    c.start().await;
+    c.fatal(Code::ERROR_WINHTTP_REDIRECT_FAILED, ErrorContext::RemoteFile).await;
+    assert_eq!(c.server.log().len(), 1, "a loop is seen at the first repeat\n{}", c.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_more_than_ten_redirects_is_fatal() {
+    let c = case(117, DEFAULT).await;
+    c.server.always(FILE, None, Fault::RedirectTo("/hop0".to_string()));
+    for i in 0..12 {
+        c.server.always(&format!("hop{i}"), None, Fault::RedirectTo(format!("/hop{}", i + 1)));
+    }
+    c.start().await;
+    c.fatal(Code::ERROR_WINHTTP_REDIRECT_FAILED, ErrorContext::RemoteFile).await;
+    assert_eq!(
+        c.server.log().len(),
+        11,
+        "10 redirects followed, the 11th refused\n{}",
+        c.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "daemon bug: ranged GETs go straight to the probe's final URL (another origin) with the job's Authorization and Cookie; run with --ignored"]
+async fn fault_redirect_to_another_origin_drops_credentials() {
+    let c = case(118, DEFAULT).await;
+    let other = FaultServer::start().await;
+    other.add_file(FILE, c.data.clone());
+    c.server.always(FILE, None, Fault::RedirectTo(other.url(FILE)));
+    let headers = "Authorization: Basic eDp5\r\nCookie: a=b\r\n";
+    assert_eq!(c.client.set_custom_headers(c.job, Some(headers)).await.unwrap(), Code::S_OK);
+    c.start().await;
+    c.completes().await;
+    let first = c.server.log();
+    let second = other.log();
+    let both = format!("origin 1:\n{}origin 2:\n{}", show(&first), show(&second));
+    assert!(!first.is_empty() && !second.is_empty(), "{both}");
+    assert!(
+        first.iter().all(|r| r.authorization.as_deref() == Some("Basic eDp5")
+            && r.cookie.as_deref() == Some("a=b")),
+        "origin 1 did not get the custom headers\n{both}"
+    );
+    assert!(
+        second.iter().all(|r| r.authorization.is_none() && r.cookie.is_none()),
+        "credentials crossed to another origin\n{both}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encodings and error pages: never file bytes.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_gzip_label_on_a_range_is_never_written() {
+    let c = case(119, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::GzipLabel);
+    c.start().await;
+    let info = c
+        .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
+        .await;
+    assert_eq!(info.progress.bytes_transferred, 0);
+    c.completes().await;
+    c.retry_after(&c.faulted("GzipLabel"), DELAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_gzip_body_on_a_range_is_never_written() {
+    let c = case(120, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::GzipBody);
+    c.start().await;
+    let info = c
+        .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
+        .await;
+    assert_eq!(info.progress.bytes_transferred, 0);
+    c.completes().await;
+    c.retry_after(&c.faulted("GzipBody"), DELAY);
+}
+
+/// HEAD is fine, the GET gets a 200 text/html page of another length without validators: its
+/// length differs from the probe, which bitsd takes for a new version of the file, so it
+/// restarts the file (probe again) at once, without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_html_200_error_page_restarts_the_file() {
+    let c = case(121, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: false });
+    c.start().await;
+    c.completes().await;
+    let log = c.server.log();
+    let html = c.faulted("HtmlPage");
+    let after: Vec<_> = log.iter().filter(|r| r.seq > html.seq).collect();
+    assert!(
+        after.first().is_some_and(|r| r.method == Method::HEAD)
+            && after.iter().any(|r| r.method == Method::GET && r.range_start() == Some(0)),
+        "expected a new probe and a GET from 0 after the page\n{}",
+        c.requests()
+    );
+    let info = c.client.list_jobs().await.unwrap();
+    assert!(info.iter().all(|j| j.id != c.job), "completed job still listed");
+}
+
+/// A captive portal answering every GET: the "file changed" restarts are capped (4), then the
+/// job is in TRANSIENT_ERROR and retried later; once the page is gone it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_html_200_every_time_becomes_transient() {
+    let c = case(122, DEFAULT).await;
+    c.server.always(FILE, GET, Fault::HtmlPage { chunked: false });
+    c.start().await;
+    let info = c.transient(Code::BG_E_REMOTE_FILE_CHANGED, ErrorContext::RemoteFile).await;
+    assert_eq!(info.progress.bytes_transferred, 0);
+    let pages = c.server.log().iter().filter(|r| r.fault.is_some()).count();
+    assert_eq!(pages, 4, "one attempt and 3 restarts\n{}", c.requests());
+    c.server.clear_faults(FILE);
+    c.completes().await;
+}
+
+/// The same page without Content-Length (chunked): nothing of it may end up in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "daemon bug: a 200 without Content-Length or validators to the whole-file GET is written at offset 0 and kept; run with --ignored"]
+async fn fault_chunked_html_200_is_never_written() {
+    let c = case(123, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: true });
+    c.start().await;
+    c.completes().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file changes between requests: that file restarts from zero, nothing mixed.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_file_replaced_between_head_and_get_restarts() {
+    let c = case(124, DEFAULT).await;
+    let new = version2(224, SIZE);
+    c.server.push_fault(FILE, GET, Fault::Replace(new.clone()));
+    c.start().await;
+    c.completes_with(&new.data).await;
+    let replaced = c.faulted("Replace");
+    assert_eq!(
+        replaced.status,
+        200,
+        "the stale If-Range gets the whole new file\n{}",
+        c.requests()
+    );
+    let get = c.next_get(&replaced);
+    assert_eq!(get.range_start(), Some(0), "{}", c.requests());
+    assert_eq!(get.if_range.as_deref(), Some("\"version-2\""), "{}", c.requests());
+}
+
+/// Part of the old version is on disk when the file changes (new size, ETag, Last-Modified).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_file_resized_after_partial_download_restarts() {
+    let c = case(125, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+    c.start().await;
+    let info =
+        c.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
+    assert!(info.progress.bytes_transferred > 0);
+    let new = version2(225, SIZE + 12_345);
+    c.server.put_file(FILE, new.clone());
+    c.completes_with(&new.data).await;
+    let get = c.next_get(&c.faulted("ResetAfter"));
+    assert_eq!(get.range_start(), Some(0), "old bytes were kept\n{}", c.requests());
+}
+
+/// A server without ETags: only Last-Modified (same size) tells the versions apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_last_modified_change_restarts() {
+    let c = case(126, DEFAULT).await;
+    let old = FaultFile { etag: None, ..FaultFile::new(c.data.clone()) };
+    c.server.put_file(FILE, old);
+    c.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+    c.start().await;
+    let info =
+        c.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
+    assert!(info.progress.bytes_transferred > 0);
+    let new = FaultFile { etag: None, ..version2(226, SIZE) };
+    c.server.put_file(FILE, new.clone());
+    c.completes_with(&new.data).await;
+    let get = c.next_get(&c.faulted("ResetAfter"));
+    assert_eq!(get.range_start(), Some(0), "old bytes were kept\n{}", c.requests());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fault server itself.
+
+mod server {
+    use std::io;
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// One raw request on a fresh connection: the head, the body, and how reading ended.
+    async fn raw(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (String, Vec<u8>, io::Result<()>) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let end = stream.read_to_end(&mut response).await.map(|_| ());
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+        (head, response[split..].to_vec(), end)
+    }
+
+    #[test]
+    fn fault_server_gzip_is_valid_framing() {
+        let gz = gzip_stored(b"123456789");
+        assert_eq!(&gz[..3], &[0x1f, 0x8b, 8]);
+        assert_eq!(gz.len(), 10 + 5 + 9 + 8);
+        // CRC-32 of "123456789" is the standard check value.
+        assert_eq!(&gz[gz.len() - 8..gz.len() - 4], &0xCBF4_3926u32.to_le_bytes());
+    }
+
+    #[tokio::test]
+    async fn fault_server_applies_faults_in_order() {
+        let server = FaultServer::start().await;
+        let data = random_bytes(7, 200_000);
+        server.add_file("f.bin", data.clone());
+        server.push_fault("f.bin", GET, Fault::ResetAfter(50_000));
+        server.push_fault("f.bin", GET, Fault::ShortBody(20_000));
+        server.push_fault("f.bin", None, Fault::Status(503));
+
+        // A HEAD skips the GET rules and takes the any-method one.
+        let (head, _, _) = raw(server.addr(), "HEAD", "/f.bin", &[]).await;
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        let (head, body, end) = raw(server.addr(), "GET", "/f.bin", &[]).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(body.len() <= 50_000 && body == data[..body.len()], "{}", body.len());
+        assert_eq!(end.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset));
+        let (head, body, end) = raw(server.addr(), "GET", "/f.bin", &[]).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body.len(), 20_000);
+        assert!(end.is_ok(), "a short body ends with a clean close: {end:?}");
+        let (head, body, _) =
+            raw(server.addr(), "GET", "/f.bin", &[("Range", "bytes=10-"), ("Cookie", "c=1")]).await;
+        assert!(head.starts_with("http/1.1 206"), "{head}");
+        assert_eq!(body, &data[10..]);
+
+        let log = server.log();
+        let faults: Vec<_> = log.iter().map(|r| r.fault.as_deref().unwrap_or("-")).collect();
+        assert_eq!(faults, ["Status(503)", "ResetAfter(50000)", "ShortBody(20000)", "-"]);
+        assert_eq!(log[1].sent, 50_000);
+        assert_eq!(log[2].sent, 20_000);
+        assert_eq!((log[3].range_start(), log[3].cookie.as_deref()), (Some(10), Some("c=1")));
+        assert_eq!(server.pending_faults("f.bin"), 0);
+    }
+
+    #[tokio::test]
+    async fn fault_server_broken_answers() {
+        let server = FaultServer::start().await;
+        let data = random_bytes(8, 1000);
+        server.add_file("f.bin", data.clone());
+        server.push_fault("f.bin", None, Fault::WrongContentRange);
+        server.push_fault("f.bin", None, Fault::GzipBody);
+        server.push_fault("f.bin", None, Fault::HtmlPage { chunked: false });
+        server.push_fault("f.bin", None, Fault::StatusRetryAfter(429, 3));
+        let range = [("Range", "bytes=100-")];
+        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.contains("content-range: bytes 100-998/1000"), "{head}");
+        assert_eq!(body, &data[100..999]);
+        let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.starts_with("http/1.1 200") && head.contains("text/html"), "{head}");
+        assert!(!head.contains("etag"), "{head}");
+        assert_eq!(body, HTML_PAGE.as_bytes());
+        let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.starts_with("http/1.1 429") && head.contains("retry-after: 3"), "{head}");
+    }
+}
