@@ -21,6 +21,8 @@ mod progress;
 mod restart;
 // Hostile servers: every fault of the fault-injecting server and the state + error it leads to.
 mod faults;
+// Store safety: unknown schema, damaged store, corrupt record, SIGTERM keeps progress.
+mod store_safety;
 // Helpers shared by the tests: waiting for states, range-set checks, JSON lookups.
 mod support;
 // A remote file that changes mid-download restarts from zero.
