@@ -7,6 +7,8 @@
 
 // Who may use the daemon: a private socket and a peer-uid check.
 mod access;
+// SIGKILL at random moments, 25+ times: files identical, refetch within a sync window per worker per crash.
+mod crash_loop;
 // Complete and Cancel: partial completion, a temp file that vanished, cleanup.
 mod complete;
 // Full disk (a tmpfs the test mounts) and start-up reconciliation of the store with the disk.
