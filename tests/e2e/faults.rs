@@ -486,7 +486,6 @@ async fn fault_more_than_ten_redirects_is_fatal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: ranged GETs go straight to the probe's final URL (another origin) with the job's Authorization and Cookie; run with --ignored"]
 async fn fault_redirect_to_another_origin_drops_credentials() {
     let c = case(118, DEFAULT).await;
     let other = FaultServer::start().await;
@@ -579,7 +578,6 @@ async fn fault_html_200_every_time_becomes_transient() {
 
 /// The same page without Content-Length (chunked): nothing of it may end up in the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "daemon bug: a 200 without Content-Length or validators to the whole-file GET is written at offset 0 and kept; run with --ignored"]
 async fn fault_chunked_html_200_is_never_written() {
     let c = case(123, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: true });

@@ -106,15 +106,20 @@ impl HttpClient {
         let start = parse_url(url)?;
         let (resp, final_url) = self.send(Method::HEAD, &start, self.headers_with(extra)).await?;
         let (parts, _body) = resp.into_parts();
+        let same_origin = |mut info: RemoteInfo| {
+            info.same_origin =
+                parse_url(&info.final_url).is_ok_and(|u| u.origin() == start.origin());
+            info
+        };
         if !probe::head_refused(parts.status) {
-            return probe::from_head(&parts, &final_url);
+            return probe::from_head(&parts, &final_url).map(same_origin);
         }
         debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
         let mut headers = self.headers_with(extra);
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
         let (resp, final_url) = self.send(Method::GET, &final_url, headers).await?;
         let (parts, _body) = resp.into_parts();
-        probe::from_range_probe(&parts, &final_url)
+        probe::from_range_probe(&parts, &final_url).map(same_origin)
     }
 
     /// GET the remote bytes `span` (`[start, end)`, `end <= remote.size`) of `remote.final_url`,
@@ -143,6 +148,12 @@ impl HttpClient {
         }
         let start = parse_url(&remote.final_url)?;
         let mut headers = self.headers_with(extra);
+        if !remote.same_origin {
+            // The probe was redirected to another origin: it gets no credentials, now or later.
+            headers.remove(header::AUTHORIZATION);
+            headers.remove(header::PROXY_AUTHORIZATION);
+            headers.remove(header::COOKIE);
+        }
         let range = format!("bytes={}-{}", span.start, span.end - 1);
         headers.insert(
             header::RANGE,

@@ -25,6 +25,9 @@ pub struct RemoteInfo {
     pub accept_ranges: bool,
     /// Last-Modified parsed as an HTTP date, for the final file's mtime (spec §6.5).
     pub last_modified: Option<SystemTime>,
+    /// `final_url` has the origin of the URL that was probed. When a redirect led elsewhere, the
+    /// job's credentials (Authorization, Cookie) are not sent with the GETs that go straight there.
+    pub same_origin: bool,
 }
 
 impl RemoteInfo {
@@ -32,7 +35,14 @@ impl RemoteInfo {
         let validator = headers::validator(&parts.headers);
         let last_modified =
             validator.last_modified.as_deref().and_then(|d| httpdate::parse_http_date(d).ok());
-        RemoteInfo { final_url: url.to_string(), size, validator, accept_ranges, last_modified }
+        RemoteInfo {
+            final_url: url.to_string(),
+            size,
+            validator,
+            accept_ranges,
+            last_modified,
+            same_origin: true,
+        }
     }
 }
 

@@ -69,8 +69,19 @@ pub(crate) fn check(
             check_encoding(parts, url)
         }
         200 => {
+            // A 200 carries no Content-Range, so it must prove it is the probed version by
+            // itself: the same length and every validator the probe saw (an error page or a
+            // regenerated file usually lacks them).
             if let Some(why) = headers::validator_change(&remote.validator, &response_validator) {
                 return Err(FetchError::remote_changed(format!("{url}: {why}")));
+            }
+            let lacks = |had: &Option<String>, has: &Option<String>| had.is_some() && has.is_none();
+            if lacks(&remote.validator.etag, &response_validator.etag)
+                || lacks(&remote.validator.last_modified, &response_validator.last_modified)
+            {
+                return Err(FetchError::remote_changed(format!(
+                    "{url} answered 200 without the ETag/Last-Modified its probe had"
+                )));
             }
             match headers::content_length(&parts.headers) {
                 Ok(Some(len)) if len != remote.size => {
@@ -79,7 +90,12 @@ pub(crate) fn check(
                         remote.size
                     )));
                 }
-                Ok(_) => {}
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(FetchError::invalid_response(format!(
+                        "{url} answered 200 without Content-Length to a ranged GET"
+                    )));
+                }
                 Err(why) => return Err(FetchError::invalid_response(format!("{url}: {why}"))),
             }
             check_encoding(parts, url)?;
@@ -150,6 +166,7 @@ mod tests {
             validator: Validator { etag: Some("\"v1\"".into()), last_modified: None },
             accept_ranges: true,
             last_modified: None,
+            same_origin: true,
         }
     }
 
@@ -203,15 +220,19 @@ mod tests {
     fn full_content_only_for_the_whole_file() {
         let whole = Span::new(0, 100);
         assert_eq!(kind(200, &[("content-length", "100"), ("etag", "\"v1\"")], whole), Ok(()));
-        assert_eq!(kind(200, &[], whole), Ok(()));
+        // A 200 must prove it is the probed version: validators present, length given.
+        assert_eq!(kind(200, &[("content-length", "100")], whole), Err(CHANGED));
+        assert_eq!(kind(200, &[], whole), Err(CHANGED));
+        assert_eq!(kind(200, &[("etag", "\"v1\"")], whole), Err(INVALID));
         assert_eq!(
             kind(200, &[("content-length", "100"), ("etag", "\"v2\"")], whole),
             Err(CHANGED)
         );
         assert_eq!(kind(200, &[("content-length", "99")], whole), Err(CHANGED));
-        assert_eq!(kind(200, &[("content-encoding", "br")], whole), Err(INVALID));
+        let good = [("content-length", "100"), ("etag", "\"v1\"")];
+        assert_eq!(kind(200, &[good[0], good[1], ("content-encoding", "br")], whole), Err(INVALID));
         assert_eq!(
-            kind(200, &[("content-length", "100")], Span::new(0, 50)),
+            kind(200, &good, Span::new(0, 50)),
             Err((FetchErrorKind::RangeNotSupported, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, false))
         );
         assert_eq!(kind(412, &[], whole), Err(CHANGED));

@@ -8,13 +8,10 @@ use bits_core::JobId;
 /// A failed store operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store directory or database could not be created or opened.
-    #[error("cannot open the job store at {}: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The store directory or database could not be created or opened. (The cause is part of
+    /// the message rather than a `source`, so a printed error chain does not repeat it.)
+    #[error("cannot open the job store at {}: {cause}", path.display())]
+    Open { path: PathBuf, cause: std::io::Error },
 
     /// Another process (probably another bitsd) holds the store's lock, and kept it for the
     /// whole retry period.
@@ -44,17 +41,22 @@ pub enum StoreError {
     NotFound { job: JobId, index: u32 },
 
     /// The storage engine failed (an I/O error, or an engine error converted to one).
-    #[error("job store I/O error while trying to {op}: {source}")]
-    Io {
-        op: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("job store I/O error while trying to {op}: {cause}")]
+    Io { op: &'static str, cause: std::io::Error },
+
+    /// The engine holds fewer jobs than were durably stored: its log was damaged or truncated
+    /// (sled 0.34 reads a damaged log as a short one and says nothing). Refusing to start keeps
+    /// the remaining data as it is.
+    #[error(
+        "the job store at {} holds {found} jobs but {expected} were recorded as stored: its log is damaged or truncated. Refusing to start so that nothing more is lost; restore the data directory from a backup, or move it aside to start with an empty queue",
+        path.display()
+    )]
+    Damaged { path: PathBuf, expected: u64, found: u64 },
 }
 
 impl StoreError {
     /// Wraps an engine error; `op` says what was being done ("flush", "write job 1234…").
     pub(crate) fn io(op: &'static str, source: impl Into<std::io::Error>) -> StoreError {
-        StoreError::Io { op, source: source.into() }
+        StoreError::Io { op, cause: source.into() }
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 pub(crate) const SCHEMA_KEY: &[u8] = b"meta/schema_version";
-const JOB_PREFIX: &[u8] = b"job/";
+pub(crate) const JOB_PREFIX: &[u8] = b"job/";
 const FILE_PREFIX: &[u8] = b"file/";
 /// Length of a hyphenated UUID.
 const UUID_LEN: usize = 36;

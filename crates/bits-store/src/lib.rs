@@ -10,6 +10,7 @@
 //! client and before treating filled ranges as recorded.
 
 mod error;
+mod guard;
 mod keys;
 mod mem_store;
 mod sled_store;

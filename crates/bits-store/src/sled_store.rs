@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use bits_core::{Job, JobFile, JobId};
 
+use crate::guard::JobCountGuard;
 use crate::keys::{
-    JobRecord, Key, SCHEMA_KEY, decode, decode_schema, display_key, encode, encode_schema,
-    file_key, file_prefix, job_key, parse_key,
+    JOB_PREFIX, JobRecord, Key, SCHEMA_KEY, decode, decode_schema, display_key, encode,
+    encode_schema, file_key, file_prefix, job_key, parse_key,
 };
 use crate::{SCHEMA_VERSION, Store, StoreError, sort_jobs};
 
@@ -34,6 +35,8 @@ pub struct SledStore {
     /// Serialises writers, so `put_file`'s existence check and `put_job`'s scan for stale file
     /// records see no interleaved write from this process.
     write_lock: Mutex<()>,
+    /// Detects jobs the engine lost (see `guard.rs`).
+    guard: JobCountGuard,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -54,12 +57,17 @@ impl SledStore {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+            .map_err(|cause| StoreError::Open { path: dir.to_path_buf(), cause })?;
         let path = dir.join("db");
-        let db = open_db(&path, wait)?;
-        check_schema(&db)?;
-        tracing::debug!(path = %path.display(), "job store opened");
-        Ok(SledStore { db, path, write_lock: Mutex::new(()) })
+        if path.exists() {
+            verify_copy(dir, &path, wait)?;
+        }
+        let db = open_db(&path, wait, true)?;
+        check_schema(&db, &dir.join(crate::guard::FILE_NAME), &path)?;
+        let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
+        let guard = JobCountGuard::open(dir, &path, stored)?;
+        tracing::debug!(path = %path.display(), jobs = stored, "job store opened");
+        Ok(SledStore { db, path, write_lock: Mutex::new(()), guard })
     }
 
     /// The database path (`dir/db`).
@@ -82,13 +90,58 @@ impl SledStore {
     }
 }
 
+/// sled repairs a damaged log while it opens it, so a store is first opened as a copy: if the
+/// copy fails the checks (schema, job count), the real files are refused exactly as they were
+/// found. The copy is small (the job queue) and lives next to the store until the next start.
+fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<(), StoreError> {
+    let copy = dir.join(VERIFY_DIR);
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy)
+            .map_err(|e| StoreError::io("remove the previous verification copy", e))?;
+    }
+    copy_dir(path, &copy.join("db"))
+        .map_err(|e| StoreError::io("copy the store for verification", e))?;
+    let checked = (|| {
+        // No background flusher: nothing may write to the copy after it is dropped.
+        let db = open_db(&copy.join("db"), wait, false)?;
+        check_schema(&db, &dir.join(crate::guard::FILE_NAME), path)?;
+        let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
+        crate::guard::check(dir, path, stored)
+    })();
+    let _ = std::fs::remove_dir_all(&copy);
+    checked
+}
+
+/// Where [`verify_copy`] puts its copy, inside the data directory.
+const VERIFY_DIR: &str = ".verify";
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens the sled database at `path`, retrying for up to `wait` while another handle (typically
 /// the previous process, or a just-dropped `Db` whose flusher is still running) holds its lock.
-pub(crate) fn open_db(path: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
+pub(crate) fn open_db(path: &Path, wait: Duration, flusher: bool) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + wait;
     let mut delay = Duration::from_millis(10);
+    let flush_every = if flusher { Some(500) } else { None };
     loop {
-        match sled::Config::new().path(path).cache_capacity(CACHE_CAPACITY).open() {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_CAPACITY)
+            .flush_every_ms(flush_every)
+            .open()
+        {
             Ok(db) => return Ok(db),
             Err(e) if e.to_string().contains("could not acquire lock") => {
                 let now = Instant::now();
@@ -99,14 +152,17 @@ pub(crate) fn open_db(path: &Path, wait: Duration) -> Result<sled::Db, StoreErro
                 std::thread::sleep(delay.min(deadline - now));
                 delay = (delay * 2).min(Duration::from_millis(200));
             }
-            Err(e) => return Err(StoreError::Open { path: path.to_path_buf(), source: e.into() }),
+            Err(e) => return Err(StoreError::Open { path: path.to_path_buf(), cause: e.into() }),
         }
     }
 }
 
 /// Stamps an empty database with [`SCHEMA_VERSION`]; refuses any other version, and a database
 /// with data but no version. Never changes existing data.
-fn check_schema(db: &sled::Db) -> Result<(), StoreError> {
+///
+/// An empty database whose job count says it held jobs lost its log: that is damage, not a new
+/// store, and it is refused before anything is written.
+fn check_schema(db: &sled::Db, count_file: &Path, db_path: &Path) -> Result<(), StoreError> {
     let stored = db.get(SCHEMA_KEY).map_err(|e| StoreError::io("read the schema version", e))?;
     match stored {
         Some(value) => {
@@ -116,6 +172,15 @@ fn check_schema(db: &sled::Db) -> Result<(), StoreError> {
             }
         }
         None if db.is_empty() => {
+            let recorded =
+                std::fs::read_to_string(count_file).ok().and_then(|t| t.trim().parse::<u64>().ok());
+            if let Some(expected @ 1..) = recorded {
+                return Err(StoreError::Damaged {
+                    path: db_path.to_path_buf(),
+                    expected,
+                    found: 0,
+                });
+            }
             db.insert(SCHEMA_KEY, &encode_schema(SCHEMA_VERSION))
                 .map_err(|e| StoreError::io("write the schema version", e))?;
             db.flush().map_err(|e| StoreError::io("flush the schema version", e))?;
@@ -194,6 +259,10 @@ impl Store for SledStore {
             batch.insert(key, value);
         }
         let _writing = self.lock_writes();
+        let is_new = !self
+            .db
+            .contains_key(job_key(job.id))
+            .map_err(|e| StoreError::io("look up a job", e))?;
         for key in self.file_keys(job.id)? {
             let stale = match parse_key(&key) {
                 Key::File(_, index) => index as usize >= job.files.len(),
@@ -203,7 +272,11 @@ impl Store for SledStore {
                 batch.remove(key);
             }
         }
-        self.db.apply_batch(batch).map_err(|e| StoreError::io("write a job", e))
+        self.db.apply_batch(batch).map_err(|e| StoreError::io("write a job", e))?;
+        if is_new {
+            self.guard.created();
+        }
+        Ok(())
     }
 
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
@@ -228,12 +301,15 @@ impl Store for SledStore {
         for key in self.file_keys(job)? {
             batch.remove(key);
         }
+        if self.db.contains_key(job_key(job)).map_err(|e| StoreError::io("look up a job", e))? {
+            self.guard.deleting()?;
+        }
         self.db.apply_batch(batch).map_err(|e| StoreError::io("delete a job", e))
     }
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(|e| StoreError::io("flush the job store to disk", e))?;
-        Ok(())
+        self.guard.flushed()
     }
 }
 

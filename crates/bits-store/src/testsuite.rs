@@ -243,7 +243,7 @@ fn reopen_sees_every_flushed_write() {
 
 /// Opens the raw database behind a store directory, waiting out a just-dropped handle.
 fn raw(dir: &Path) -> sled::Db {
-    open_db(&dir.join("db"), Duration::from_secs(5)).unwrap()
+    open_db(&dir.join("db"), Duration::from_secs(5), true).unwrap()
 }
 
 #[test]

@@ -1,0 +1,200 @@
+//! A guard against silent loss inside the engine. sled 0.34 reads a damaged or truncated log as
+//! a shorter one and opens without a word, which would drop jobs. So the store also keeps, in a
+//! small file beside the database, how many jobs it has durably stored, ordered so that a healthy
+//! store always holds *at least* that many:
+//! - a new job raises the count only after the engine's flush made the job durable;
+//! - a deleted job lowers the count (written and synced) *before* the engine deletes it.
+//!
+//! On open, fewer jobs than the count means damage, and the store refuses to open.
+//! Without the file (a new store, or one from before the guard) the count starts at what is there.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::StoreError;
+
+pub(crate) const FILE_NAME: &str = "jobs.count";
+
+pub(crate) struct JobCountGuard {
+    path: PathBuf,
+    state: Mutex<Counts>,
+}
+
+struct Counts {
+    /// The value in the file.
+    recorded: u64,
+    /// Jobs created since the last flush; counted once the engine has flushed them.
+    pending: u64,
+}
+
+/// Refuses an engine holding fewer jobs than the recorded count. Reads only.
+pub(crate) fn check(dir: &Path, db_path: &Path, stored: u64) -> Result<(), StoreError> {
+    let path = dir.join(FILE_NAME);
+    let recorded = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<u64>().map_err(|_| StoreError::Corrupt {
+            key: path.display().to_string(),
+            reason: format!("{text:?} is not a job count"),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => stored,
+        Err(e) => return Err(StoreError::io("read the stored job count", e)),
+    };
+    if stored < recorded {
+        return Err(StoreError::Damaged {
+            path: db_path.to_path_buf(),
+            expected: recorded,
+            found: stored,
+        });
+    }
+    Ok(())
+}
+
+impl JobCountGuard {
+    /// Checks the engine's job count against the recorded one (refusing damage) and brings the
+    /// file up to date.
+    pub(crate) fn open(
+        dir: &Path,
+        db_path: &Path,
+        stored: u64,
+    ) -> Result<JobCountGuard, StoreError> {
+        check(dir, db_path, stored)?;
+        let path = dir.join(FILE_NAME);
+        let guard =
+            JobCountGuard { path, state: Mutex::new(Counts { recorded: stored, pending: 0 }) };
+        guard.write(stored, false)?;
+        Ok(guard)
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A job that was not stored before is being written.
+    pub(crate) fn created(&self) {
+        self.counts().pending += 1;
+    }
+
+    /// The engine has flushed: jobs created so far are durable and may be counted. A lost write
+    /// of this file only makes the check weaker, never wrong, so it is not synced.
+    pub(crate) fn flushed(&self) -> Result<(), StoreError> {
+        let mut counts = self.counts();
+        if counts.pending > 0 {
+            let value = counts.recorded + counts.pending;
+            self.write(value, false)?;
+            counts.recorded = value;
+            counts.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// A stored job is about to be deleted: lower the count durably first.
+    pub(crate) fn deleting(&self) -> Result<(), StoreError> {
+        let mut counts = self.counts();
+        let value = (counts.recorded + counts.pending).saturating_sub(1);
+        self.write(value, true)?;
+        counts.recorded = value;
+        counts.pending = 0;
+        Ok(())
+    }
+
+    /// Replaces the file atomically (write a temp file, rename); `sync` makes it durable first.
+    fn write(&self, value: u64, sync: bool) -> Result<(), StoreError> {
+        let tmp = self.path.with_extension("count.tmp");
+        let mut file =
+            std::fs::File::create(&tmp).map_err(|e| StoreError::io("write the job count", e))?;
+        file.write_all(format!("{value}\n").as_bytes())
+            .map_err(|e| StoreError::io("write the job count", e))?;
+        if sync {
+            file.sync_all().map_err(|e| StoreError::io("sync the job count", e))?;
+        }
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|e| StoreError::io("replace the job count", e))?;
+        if sync {
+            if let Some(dir) = self.path.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| StoreError::io("sync the store directory", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use bits_core::{Job, JobId, JobState, JobType, Priority};
+
+    use crate::{SledStore, Store, StoreError};
+
+    fn job(n: u64) -> Job {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(n);
+        Job {
+            id: JobId::new_random(),
+            display_name: format!("j{n}"),
+            description: String::new(),
+            job_type: JobType::Download,
+            priority: Priority::Normal,
+            state: JobState::Suspended,
+            owner_uid: 0,
+            minimum_retry_delay_secs: 600,
+            no_progress_timeout_secs: 1,
+            creation_time: t,
+            modification_time: t,
+            transfer_completion_time: None,
+            error: None,
+            error_count: 0,
+            custom_headers: None,
+            files: vec![],
+        }
+    }
+
+    fn count(dir: &std::path::Path) -> String {
+        std::fs::read_to_string(dir.join(super::FILE_NAME)).unwrap()
+    }
+
+    #[test]
+    fn the_count_follows_creates_after_flush_and_deletes_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(count(dir.path()), "0\n");
+        let (a, b) = (job(1), job(2));
+        store.put_job(&a).unwrap();
+        store.put_job(&b).unwrap();
+        store.put_job(&a).unwrap(); // an update is no new job
+        assert_eq!(count(dir.path()), "0\n", "not counted before the flush makes them durable");
+        store.flush().unwrap();
+        assert_eq!(count(dir.path()), "2\n");
+        store.delete_job(a.id).unwrap();
+        assert_eq!(count(dir.path()), "1\n", "lowered before the delete");
+        store.delete_job(a.id).unwrap();
+        assert_eq!(count(dir.path()), "1\n", "deleting a missing job changes nothing");
+    }
+
+    #[test]
+    fn fewer_jobs_than_recorded_is_damage_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put_job(&job(1)).unwrap();
+            store.flush().unwrap();
+        }
+        // As if the engine's log lost a job that was durably stored.
+        std::fs::write(dir.path().join(super::FILE_NAME), "2\n").unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { expected: 2, found: 1, .. }), "{err:?}");
+        assert!(err.to_string().contains("damaged or truncated"), "{err}");
+        assert_eq!(count(dir.path()), "2\n");
+    }
+
+    #[test]
+    fn an_emptied_engine_with_a_count_is_refused_not_restamped() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path()).unwrap());
+        std::fs::remove_dir_all(dir.path().join("db")).unwrap();
+        std::fs::write(dir.path().join(super::FILE_NAME), "3\n").unwrap();
+        let err = SledStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Damaged { expected: 3, found: 0, .. }), "{err:?}");
+    }
+}
