@@ -26,12 +26,12 @@
 //! | 503 to every request, no-progress timeout 3 s   | ERROR BG_E_HTTP_ERROR_503 (RF) 3–6 s after the first failure, error_count > 1 |
 //! | redirect to itself (loop)                       | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
 //! | 12 redirects in a row (> 10)                    | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
-//! | redirect to another origin, custom headers set  | no error; origin 1 saw Authorization + Cookie, origin 2 neither; completes (ignored: daemon bug, the GETs to origin 2 carry both) |
+//! | redirect to another origin, custom headers set  | no error; origin 1 saw Authorization + Cookie, origin 2 neither; completes (GETs that go straight to origin 2 carry neither either) |
 //! | Content-Encoding: gzip label on the 206         | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
 //! | really gzip-compressed 206 body (chunked)       | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
 //! | 200 text/html error page (other length, no validators) to the GET | no error: the length differs from the probe, the file restarts from zero; completes |
 //! | the same HTML page to every GET                 | TRANSIENT_ERROR BG_E_REMOTE_FILE_CHANGED (RF) after 4 restarts, 0 bytes kept; completes once the page is gone |
-//! | the same HTML page, chunked (no Content-Length) | no HTML byte in the file; completes (ignored: daemon bug, the page is kept at offset 0) |
+//! | the same HTML page, chunked (no Content-Length) | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (a 200 without Content-Length is refused); no HTML byte in the file; completes |
 //! | file replaced (new ETag + Last-Modified) between HEAD and GET | no error: the stale If-Range gets the new file with 200, the file restarts; completes with the new version |
 //! | file replaced with another size after 256 KiB   | TRANSIENT_ERROR (the reset), then the probe sees the new size: restart from 0; completes with the new version |
 //! | Last-Modified changes (no ETag, same size) after 256 KiB | as above: restart from 0, nothing mixed       |
