@@ -215,3 +215,107 @@ mod tests {
         }
     }
 }
+
+/// Property tests of the `OFFSET:LENGTH` parser. bitsctl has no proptest dev-dependency, so a
+/// seeded xorshift generator drives them (deterministic; failures print the offending input).
+#[cfg(test)]
+mod range_property_tests {
+    use super::*;
+
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            // xorshift64*
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    /// Small numbers, numbers at the u64 and power-of-ten edges, and anything at all.
+    fn any_u64(rng: &mut Rng) -> u64 {
+        match rng.below(4) {
+            0 => rng.below(1000),
+            1 => *rng.pick(&[0, 1, 9, 10, 99, 100, u64::MAX, u64::MAX - 1, 1 << 63, 10u64.pow(19)]),
+            2 => rng.next() >> rng.below(64),
+            _ => rng.next(),
+        }
+    }
+
+    fn any_range(rng: &mut Rng) -> ByteRange {
+        let offset = any_u64(rng);
+        let length = if rng.below(4) == 0 { LENGTH_TO_EOF } else { any_u64(rng) };
+        ByteRange::new(offset, length)
+    }
+
+    #[test]
+    fn display_then_parse_is_the_identity() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..20_000 {
+            let range = any_range(&mut rng);
+            let text = range.display();
+            assert_eq!(parse_range(&text), Ok(range), "{text:?}");
+            // `eof` is case-insensitive; u64::MAX as a number is the same as `eof`.
+            if range.is_to_eof() {
+                assert_eq!(parse_range(&format!("{}:EoF", range.offset)), Ok(range));
+                assert_eq!(parse_range(&format!("{}:{}", range.offset, u64::MAX)), Ok(range));
+            }
+        }
+    }
+
+    /// Strings built from the grammar `DIGITS ':' (DIGITS | eof)` are accepted exactly when both
+    /// numbers fit in a u64, and then mean those numbers.
+    #[test]
+    fn grammar_strings_parse_to_their_numbers() {
+        let mut rng = Rng(0x0123_4567_89AB_CDEF);
+        let digits = |rng: &mut Rng| -> String {
+            let len = 1 + rng.below(22) as usize;
+            (0..len).map(|_| char::from(b'0' + rng.below(10) as u8)).collect()
+        };
+        for _ in 0..20_000 {
+            let offset = digits(&mut rng);
+            let length =
+                if rng.below(5) == 0 { rng.pick(&["eof", "EOF", "Eof"]).to_string() } else { digits(&mut rng) };
+            let text = format!("{offset}:{length}");
+            let want_offset = offset.parse::<u128>().ok().and_then(|v| u64::try_from(v).ok());
+            let want_length = if length.eq_ignore_ascii_case("eof") {
+                Some(LENGTH_TO_EOF)
+            } else {
+                length.parse::<u128>().ok().and_then(|v| u64::try_from(v).ok())
+            };
+            let want = want_offset.zip(want_length).map(|(o, l)| ByteRange::new(o, l));
+            assert_eq!(parse_range(&text).ok(), want, "{text:?}");
+        }
+    }
+
+    /// Arbitrary strings (biased towards the characters the grammar uses) never panic; a rejected
+    /// string is named in the message; an accepted one has a canonical form meaning the same.
+    #[test]
+    fn arbitrary_strings_never_panic() {
+        let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
+        let alphabet: Vec<char> = "0123456789:eofEOF +-\t\n_x".chars().collect();
+        let exotic = ['\u{0}', '\u{7f}', 'é', '٣', '１', '\u{200b}', '🦀', '：'];
+        for _ in 0..50_000 {
+            let len = rng.below(30) as usize;
+            let text: String = (0..len)
+                .map(|_| {
+                    if rng.below(10) == 0 { *rng.pick(&exotic) } else { *rng.pick(&alphabet) }
+                })
+                .collect();
+            match parse_range(&text) {
+                Ok(range) => assert_eq!(parse_range(&range.display()), Ok(range), "{text:?}"),
+                Err(err) => assert!(err.contains(&format!("'{text}'")), "{text:?}: {err}"),
+            }
+        }
+    }
+}

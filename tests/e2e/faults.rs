@@ -26,7 +26,7 @@
 //! | 503 to every request, no-progress timeout 3 s   | ERROR BG_E_HTTP_ERROR_503 (RF) 3–6 s after the first failure, error_count > 1 |
 //! | redirect to itself (loop)                       | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
 //! | 12 redirects in a row (> 10)                    | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
-//! | redirect to another origin, custom headers set  | no error; origin 1 saw Authorization + Cookie, origin 2 neither; completes (GETs that go straight to origin 2 carry neither either) |
+//! | redirect to another origin, custom headers set  | no error; origin 1 saw Authorization + Cookie, origin 2 neither; completes; the GETs sent straight to origin 2 carry neither |
 //! | Content-Encoding: gzip label on the 206         | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
 //! | really gzip-compressed 206 body (chunked)       | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
 //! | 200 text/html error page (other length, no validators) to the GET | no error: the length differs from the probe, the file restarts from zero; completes |

@@ -227,3 +227,144 @@ mod tests {
         assert!(Layout::new(&[r(900, 100)], 1000).is_ok());
     }
 }
+
+/// Property tests against brute-force models over a small domain (offsets and lengths below 64),
+/// where overlaps, ties, touching ranges and EOF ranges are all common.
+#[cfg(test)]
+mod model_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Spec §3.C steps 1–4, written out independently: empty list, EOF offset, overflow, then the
+    /// stable sort by offset and the adjacent-pair rule, then the count limit.
+    fn model_validate(ranges: &[ByteRange], max_ranges: usize) -> Option<Code> {
+        if ranges.is_empty() {
+            return Some(Code::E_INVALIDARG);
+        }
+        if ranges.iter().any(|r| {
+            r.offset == LENGTH_TO_EOF
+                || (r.length != LENGTH_TO_EOF && u128::from(r.offset) + u128::from(r.length) > u128::from(u64::MAX))
+        }) {
+            return Some(Code::BG_E_INVALID_RANGE);
+        }
+        // Insertion sort: stable by construction, so no reliance on the library's sort.
+        let mut sorted: Vec<ByteRange> = Vec::new();
+        for &r in ranges {
+            let at = sorted.iter().position(|s| s.offset > r.offset).unwrap_or(sorted.len());
+            sorted.insert(at, r);
+        }
+        for i in 1..sorted.len() {
+            let (a, b) = (sorted[i - 1], sorted[i]);
+            if a.length == LENGTH_TO_EOF || u128::from(a.offset) + u128::from(a.length) > u128::from(b.offset) {
+                return Some(Code::BG_E_OVERLAPPING_RANGES);
+            }
+        }
+        if ranges.len() > max_ranges {
+            return Some(Code::BG_E_TOO_MANY_RANGES_IN_FILE);
+        }
+        None
+    }
+
+    fn small_range() -> impl Strategy<Value = ByteRange> {
+        prop_oneof![
+            8 => (0u64..64, 0u64..64).prop_map(|(o, l)| ByteRange::new(o, l)),
+            2 => (0u64..64).prop_map(|o| ByteRange::new(o, LENGTH_TO_EOF)),
+            1 => (0u64..64).prop_map(|l| ByteRange::new(LENGTH_TO_EOF, l)),
+            1 => (0u64..64, 0u64..64).prop_map(|(d, l)| ByteRange::new(u64::MAX - 1 - d, l)),
+        ]
+    }
+
+    /// Ranges that pass validation: disjoint spans over 0..64 in shuffled caller order, some of
+    /// them empty, some touching, at most one (the highest) running to EOF.
+    fn valid_ranges() -> impl Strategy<Value = Vec<ByteRange>> {
+        (prop::collection::vec((0u64..8, 0u64..8), 1..8), any::<bool>())
+            .prop_map(|(pieces, eof_last)| {
+                let mut at = 0;
+                let mut ranges = Vec::new();
+                for (gap, len) in pieces {
+                    at += gap;
+                    ranges.push(ByteRange::new(at, len));
+                    // A later range at the same offset as an empty one would fail the tie rule
+                    // when the shuffle puts it first.
+                    at += len.max(1);
+                }
+                if eof_last && let Some(last) = ranges.last_mut() {
+                    last.length = LENGTH_TO_EOF;
+                }
+                ranges
+            })
+            .prop_shuffle()
+    }
+
+    /// The local file byte by byte: for each local offset, (remote offset, segment index).
+    fn model_local_bytes(ranges: &[ByteRange], size: u64) -> Option<Vec<(u64, usize)>> {
+        let mut out = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            let end = if r.length == LENGTH_TO_EOF {
+                if r.offset >= size {
+                    return None;
+                }
+                size
+            } else {
+                if r.offset + r.length > size {
+                    return None;
+                }
+                r.offset + r.length
+            };
+            out.extend((r.offset..end).map(|b| (b, i)));
+        }
+        Some(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn validation_matches_the_spec_model(
+            ranges in prop::collection::vec(small_range(), 0..7),
+            max_ranges in 0usize..8,
+        ) {
+            let got = validate_static_ranges(&ranges, max_ranges).err().map(|e| e.code);
+            prop_assert_eq!(got, model_validate(&ranges, max_ranges), "ranges {:?}", ranges);
+        }
+
+        #[test]
+        fn generated_valid_lists_are_accepted(ranges in valid_ranges()) {
+            prop_assert_eq!(validate_static_ranges(&ranges, 500).err().map(|e| e.code), None);
+        }
+
+        #[test]
+        fn layout_matches_a_byte_by_byte_model(ranges in valid_ranges(), size in 0u64..80) {
+            let model = model_local_bytes(&ranges, size);
+            let layout = Layout::new(&ranges, size);
+            let (Some(model), Ok(layout)) = (&model, &layout) else {
+                prop_assert!(model.is_none(), "model accepts, Layout says {:?}", layout);
+                prop_assert_eq!(layout.as_ref().map_err(|e| e.code).err(), Some(Code::BG_E_INVALID_RANGE));
+                return Ok(());
+            };
+            prop_assert_eq!(layout.local_len(), model.len() as u64);
+            let mut wanted = RangeSet::new();
+            for &(remote, _) in model {
+                wanted.insert(remote, remote + 1);
+            }
+            prop_assert_eq!(layout.wanted(), wanted);
+            for remote in 0..size + 2 {
+                let expect = model.iter().position(|&(b, _)| b == remote).map(|local| {
+                    let seg = model[local].1;
+                    let run = model[local..].iter().take_while(|&&(_, s)| s == seg).count();
+                    (local as u64, run as u64)
+                });
+                prop_assert_eq!(layout.to_local(remote), expect, "remote {} in {:?}", remote, ranges);
+            }
+        }
+
+        #[test]
+        fn whole_file_layout_is_the_identity(size in 0u64..1000, remote in 0u64..1000) {
+            let layout = Layout::new(&[], size).expect("whole file");
+            prop_assert_eq!(layout.local_len(), size);
+            let expect = (remote < size).then(|| (remote, size - remote));
+            prop_assert_eq!(layout.to_local(remote), expect);
+        }
+    }
+}

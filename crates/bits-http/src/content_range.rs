@@ -161,5 +161,51 @@ mod tests {
         fn never_panics(s in "\\PC{0,40}") {
             let _ = ContentRange::parse(&s);
         }
+
+        /// Strings assembled from the header's own pieces (and near misses) are accepted exactly
+        /// when an independent model of the grammar and the ordering rules says so.
+        #[test]
+        fn grammar_strings_match_a_model(
+            unit in prop_oneof![Just("bytes"), Just("BYTES"), Just("Bytes"), Just("byte"), Just("")],
+            sep in prop_oneof![Just(" "), Just("  "), Just(""), Just("\t")],
+            range in prop_oneof![
+                Just("*".to_string()),
+                ("[0-9]{0,21}", "[0-9+ ]{0,1}[0-9]{0,21}").prop_map(|(a, b)| format!("{a}-{b}")),
+                "[0-9]{1,3}".prop_map(|a| format!("{a}-{a}")),
+            ],
+            complete in prop_oneof![Just("*".to_string()), "[0-9]{0,21}", "[0-9]{1,3}"],
+        ) {
+            let text = format!("{unit}{sep}{range}/{complete}");
+            let num = |s: &str| {
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                s.parse::<u128>().ok().and_then(|v| u64::try_from(v).ok())
+            };
+            let model = (|| {
+                if !unit.eq_ignore_ascii_case("bytes") || sep != " " {
+                    return None;
+                }
+                let total = if complete == "*" { None } else { Some(num(&complete)?) };
+                if range == "*" {
+                    return total.map(|complete| ContentRange::Unsatisfied { complete });
+                }
+                let (a, b) = range.split_once('-')?;
+                let (first, last) = (num(a)?, num(b)?);
+                if first > last || total.is_some_and(|c| last >= c) {
+                    return None;
+                }
+                Some(sat(first, last, total))
+            })();
+            prop_assert_eq!(ContentRange::parse(&text).ok(), model, "{:?}", text);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Ok(range) = ContentRange::parse(&text) {
+                prop_assert_eq!(ContentRange::parse(&range.to_string()), Ok(range));
+            }
+        }
     }
 }

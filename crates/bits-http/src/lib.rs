@@ -24,6 +24,7 @@ pub mod content_range;
 mod custom;
 mod error;
 mod headers;
+pub mod multipart;
 mod probe;
 mod range;
 mod redirect;
