@@ -284,8 +284,11 @@ mod range_property_tests {
         };
         for _ in 0..20_000 {
             let offset = digits(&mut rng);
-            let length =
-                if rng.below(5) == 0 { rng.pick(&["eof", "EOF", "Eof"]).to_string() } else { digits(&mut rng) };
+            let length = if rng.below(5) == 0 {
+                rng.pick(&["eof", "EOF", "Eof"]).to_string()
+            } else {
+                digits(&mut rng)
+            };
             let text = format!("{offset}:{length}");
             let want_offset = offset.parse::<u128>().ok().and_then(|v| u64::try_from(v).ok());
             let want_length = if length.eq_ignore_ascii_case("eof") {
@@ -308,9 +311,7 @@ mod range_property_tests {
         for _ in 0..50_000 {
             let len = rng.below(30) as usize;
             let text: String = (0..len)
-                .map(|_| {
-                    if rng.below(10) == 0 { *rng.pick(&exotic) } else { *rng.pick(&alphabet) }
-                })
+                .map(|_| if rng.below(10) == 0 { *rng.pick(&exotic) } else { *rng.pick(&alphabet) })
                 .collect();
             match parse_range(&text) {
                 Ok(range) => assert_eq!(parse_range(&range.display()), Ok(range), "{text:?}"),

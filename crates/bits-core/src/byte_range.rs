@@ -244,7 +244,8 @@ mod model_tests {
         }
         if ranges.iter().any(|r| {
             r.offset == LENGTH_TO_EOF
-                || (r.length != LENGTH_TO_EOF && u128::from(r.offset) + u128::from(r.length) > u128::from(u64::MAX))
+                || (r.length != LENGTH_TO_EOF
+                    && u128::from(r.offset) + u128::from(r.length) > u128::from(u64::MAX))
         }) {
             return Some(Code::BG_E_INVALID_RANGE);
         }
@@ -256,7 +257,9 @@ mod model_tests {
         }
         for i in 1..sorted.len() {
             let (a, b) = (sorted[i - 1], sorted[i]);
-            if a.length == LENGTH_TO_EOF || u128::from(a.offset) + u128::from(a.length) > u128::from(b.offset) {
+            if a.length == LENGTH_TO_EOF
+                || u128::from(a.offset) + u128::from(a.length) > u128::from(b.offset)
+            {
                 return Some(Code::BG_E_OVERLAPPING_RANGES);
             }
         }
