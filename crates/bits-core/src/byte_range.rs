@@ -122,7 +122,13 @@ impl Layout {
         for range in ranges {
             let span = range.resolve(size)?;
             segments.push((span, local));
-            local += span.len();
+            // Validated ranges cannot overflow; unvalidated ones get an error, not a wrap.
+            local = local.checked_add(span.len()).ok_or_else(|| {
+                BitsError::new(
+                    Code::BG_E_INVALID_RANGE,
+                    "the ranges add up to more than 2^64 bytes",
+                )
+            })?;
         }
         Ok(Layout { segments, local_len: local })
     }
