@@ -109,12 +109,10 @@ impl JobCountGuard {
         }
         std::fs::rename(&tmp, &self.path)
             .map_err(|e| StoreError::io("replace the job count", e))?;
-        if sync {
-            if let Some(dir) = self.path.parent() {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| StoreError::io("sync the store directory", e))?;
-            }
+        if let (true, Some(dir)) = (sync, self.path.parent()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StoreError::io("sync the store directory", e))?;
         }
         Ok(())
     }
