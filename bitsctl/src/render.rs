@@ -420,6 +420,11 @@ mod tests {
                 files_transferred: 0,
                 files: vec![],
             },
+            maximum_download_time_secs: 7_776_000,
+            notify_flags: 3,
+            security_flags: 0,
+            on_demand_mode: false,
+            minimum_notification_interval_ms: 500,
         };
         let file = FileInfo {
             index: 0,

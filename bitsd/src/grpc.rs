@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use bits_core::{BitsError, Code, JobId, JobType};
-use bits_manager::{Caller, Manager};
+use bits_manager::{Caller, Manager, NewFile, PropertyValue};
 use bits_proto::convert;
 use bits_proto::status::to_status;
 use bits_proto::v1;
@@ -31,7 +31,7 @@ impl BitsService {
             .and_then(|info| info.peer_cred)
             .map(|c| c.uid());
         match uid {
-            Some(uid) if uid == self.daemon_uid => Ok(Caller { uid }),
+            Some(uid) if uid == self.daemon_uid => Ok(self.manager.caller(uid)),
             Some(uid) => Err(to_status(&BitsError::new(
                 Code::E_ACCESSDENIED,
                 format!("uid {uid} may not use this daemon, which serves uid {}", self.daemon_uid),
@@ -45,6 +45,18 @@ impl BitsService {
 }
 
 impl BitsService {
+    /// The caller, the job id a request names, and the request itself.
+    fn request_with_job<T>(
+        &self,
+        request: Request<T>,
+        job_id: impl Fn(&T) -> &String,
+    ) -> Result<(Caller, JobId, T), Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let id = convert::parse_job_id(job_id(&req)).map_err(|e| to_status(&e))?;
+        Ok((caller, id, req))
+    }
+
     /// The caller and the job a [`v1::JobRef`] names.
     fn job_ref(&self, request: &Request<v1::JobRef>) -> Result<(Caller, JobId), Status> {
         let caller = self.caller(request)?;
@@ -265,5 +277,173 @@ impl v1::bits_server::Bits for BitsService {
             }
             .await,
         )
+    }
+
+    async fn set_display_name(
+        &self,
+        request: Request<v1::SetStringRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(self.manager.set_display_name(caller, id, req.value).await.map(convert::status_reply))
+    }
+
+    async fn set_description(
+        &self,
+        request: Request<v1::SetStringRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(self.manager.set_description(caller, id, req.value).await.map(convert::status_reply))
+    }
+
+    async fn set_minimum_retry_delay(
+        &self,
+        request: Request<v1::SetSecondsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .set_minimum_retry_delay(caller, id, req.seconds)
+                .await
+                .map(convert::status_reply),
+        )
+    }
+
+    async fn set_no_progress_timeout(
+        &self,
+        request: Request<v1::SetSecondsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .set_no_progress_timeout(caller, id, req.seconds)
+                .await
+                .map(convert::status_reply),
+        )
+    }
+
+    async fn set_maximum_download_time(
+        &self,
+        request: Request<v1::SetSecondsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .set_maximum_download_time(caller, id, req.seconds)
+                .await
+                .map(convert::status_reply),
+        )
+    }
+
+    async fn set_notify_flags(
+        &self,
+        request: Request<v1::SetFlagsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(self.manager.set_notify_flags(caller, id, req.flags).await.map(convert::status_reply))
+    }
+
+    async fn set_security_flags(
+        &self,
+        request: Request<v1::SetFlagsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager.set_security_flags(caller, id, req.flags).await.map(convert::status_reply),
+        )
+    }
+
+    async fn set_property(
+        &self,
+        request: Request<v1::SetPropertyRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        let value = match req.value {
+            Some(v1::set_property_request::Value::Dword(v)) => PropertyValue::Dword(v),
+            Some(v1::set_property_request::Value::Enable(v)) => PropertyValue::Enable(v),
+            Some(v1::set_property_request::Value::Uint64(v)) => PropertyValue::Uint64(v),
+            None => {
+                return Err(to_status(&BitsError::new(
+                    Code::E_INVALIDARG,
+                    "SetProperty needs a value",
+                )));
+            }
+        };
+        reply(
+            self.manager
+                .set_property(caller, id, req.property_id, value)
+                .await
+                .map(convert::status_reply),
+        )
+    }
+
+    async fn add_file_set(
+        &self,
+        request: Request<v1::AddFileSetRequest>,
+    ) -> Result<Response<v1::AddFileSetReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        let files = req
+            .files
+            .into_iter()
+            .map(|f| NewFile {
+                remote_url: f.remote_url,
+                local_path: f.local_path.into(),
+                ranges: None,
+            })
+            .collect();
+        reply(
+            self.manager
+                .add_files(caller, id, files)
+                .await
+                .map(|file_indexes| v1::AddFileSetReply { file_indexes }),
+        )
+    }
+
+    async fn set_remote_name(
+        &self,
+        request: Request<v1::SetRemoteNameRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .set_remote_name(caller, id, req.file_index, &req.remote_url)
+                .await
+                .map(convert::status_reply),
+        )
+    }
+
+    async fn replace_remote_prefix(
+        &self,
+        request: Request<v1::ReplaceRemotePrefixRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .replace_remote_prefix(caller, id, &req.old_prefix, &req.new_prefix)
+                .await
+                .map(convert::status_reply),
+        )
+    }
+
+    async fn update_download_position(
+        &self,
+        request: Request<v1::UpdateDownloadPositionRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .update_download_position(caller, id, req.file_index, req.offset)
+                .await
+                .map(convert::status_reply),
+        )
+    }
+
+    type WatchJobStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+    async fn watch_job(
+        &self,
+        _request: Request<v1::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        Err(Status::unimplemented("WatchJob: being implemented"))
     }
 }

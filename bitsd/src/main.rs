@@ -42,6 +42,15 @@ struct Args {
     /// Give up on connecting after this long, in milliseconds
     #[arg(long, default_value_t = 30_000)]
     connect_timeout_ms: u64,
+    /// A uid that is an administrator (repeatable; default: 0). Admins are exempt from limits
+    #[arg(long = "admin-uid")]
+    admin_uids: Vec<u32>,
+    /// Jobs one non-admin user may own (BITS policy default 60)
+    #[arg(long, default_value_t = bits_core::job::MAX_JOBS_PER_USER)]
+    max_jobs_per_user: usize,
+    /// Jobs in the queue beyond which non-admins may not create more (BITS default 300)
+    #[arg(long, default_value_t = bits_core::job::MAX_JOBS_PER_MACHINE)]
+    max_jobs_per_machine: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -94,6 +103,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
             ..Default::default()
         },
+        admin_uids: if args.admin_uids.is_empty() { vec![0] } else { args.admin_uids.clone() },
+        max_jobs_per_user: args.max_jobs_per_user,
+        max_jobs_per_machine: args.max_jobs_per_machine,
     };
     let manager = bits_manager::Manager::start(Arc::new(store), config)
         .context("cannot start the job manager")?;

@@ -281,6 +281,148 @@ impl Client {
             .into_inner();
         status_code(reply)
     }
+
+    // ---- Setters (spec §3.E) ----------------------------------------------------------------
+
+    /// SetDisplayName; `None` sends NULL (refused with E_INVALIDARG).
+    pub async fn set_display_name(
+        &self,
+        job: JobId,
+        name: Option<&str>,
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetStringRequest { job_id: job.to_string(), value: name.map(str::to_string) };
+        status_code(self.inner.clone().set_display_name(req).await?.into_inner())
+    }
+
+    /// SetDescription; `None` sends NULL (refused with E_INVALIDARG).
+    pub async fn set_description(
+        &self,
+        job: JobId,
+        text: Option<&str>,
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetStringRequest { job_id: job.to_string(), value: text.map(str::to_string) };
+        status_code(self.inner.clone().set_description(req).await?.into_inner())
+    }
+
+    pub async fn set_minimum_retry_delay(
+        &self,
+        job: JobId,
+        seconds: u32,
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetSecondsRequest { job_id: job.to_string(), seconds };
+        status_code(self.inner.clone().set_minimum_retry_delay(req).await?.into_inner())
+    }
+
+    pub async fn set_no_progress_timeout(
+        &self,
+        job: JobId,
+        seconds: u32,
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetSecondsRequest { job_id: job.to_string(), seconds };
+        status_code(self.inner.clone().set_no_progress_timeout(req).await?.into_inner())
+    }
+
+    pub async fn set_maximum_download_time(
+        &self,
+        job: JobId,
+        seconds: u32,
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetSecondsRequest { job_id: job.to_string(), seconds };
+        status_code(self.inner.clone().set_maximum_download_time(req).await?.into_inner())
+    }
+
+    pub async fn set_notify_flags(&self, job: JobId, flags: u32) -> Result<Code, ClientError> {
+        let req = v1::SetFlagsRequest { job_id: job.to_string(), flags };
+        status_code(self.inner.clone().set_notify_flags(req).await?.into_inner())
+    }
+
+    pub async fn set_security_flags(&self, job: JobId, flags: u32) -> Result<Code, ClientError> {
+        let req = v1::SetFlagsRequest { job_id: job.to_string(), flags };
+        status_code(self.inner.clone().set_security_flags(req).await?.into_inner())
+    }
+
+    /// Job5 SetProperty with a BITS_JOB_PROPERTY_ID and its value.
+    pub async fn set_property(
+        &self,
+        job: JobId,
+        property_id: u32,
+        value: PropertyValue,
+    ) -> Result<Code, ClientError> {
+        use v1::set_property_request::Value;
+        let value = Some(match value {
+            PropertyValue::Dword(v) => Value::Dword(v),
+            PropertyValue::Enable(v) => Value::Enable(v),
+            PropertyValue::Uint64(v) => Value::Uint64(v),
+        });
+        let req = v1::SetPropertyRequest { job_id: job.to_string(), property_id, value };
+        status_code(self.inner.clone().set_property(req).await?.into_inner())
+    }
+
+    // ---- Files (spec §3.C, §3.D, §3.F) --------------------------------------------------------
+
+    /// AddFileSet: all or nothing. Returns the new files' indexes.
+    pub async fn add_file_set(
+        &self,
+        job: JobId,
+        files: &[(&str, &Path)],
+    ) -> Result<Vec<u32>, ClientError> {
+        let mut specs = Vec::with_capacity(files.len());
+        for (url, path) in files {
+            specs.push(v1::FileSpec {
+                remote_url: url.to_string(),
+                local_path: path_str(path, "local path")?.to_string(),
+            });
+        }
+        let req = v1::AddFileSetRequest { job_id: job.to_string(), files: specs };
+        Ok(self.inner.clone().add_file_set(req).await?.into_inner().file_indexes)
+    }
+
+    pub async fn set_remote_name(
+        &self,
+        job: JobId,
+        file_index: u32,
+        url: &str,
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetRemoteNameRequest {
+            job_id: job.to_string(),
+            file_index,
+            remote_url: url.to_string(),
+        };
+        status_code(self.inner.clone().set_remote_name(req).await?.into_inner())
+    }
+
+    /// ReplaceRemotePrefix; `Code::S_FALSE` when nothing matched.
+    pub async fn replace_remote_prefix(
+        &self,
+        job: JobId,
+        old: &str,
+        new: &str,
+    ) -> Result<Code, ClientError> {
+        let req = v1::ReplaceRemotePrefixRequest {
+            job_id: job.to_string(),
+            old_prefix: old.to_string(),
+            new_prefix: new.to_string(),
+        };
+        status_code(self.inner.clone().replace_remote_prefix(req).await?.into_inner())
+    }
+
+    pub async fn update_download_position(
+        &self,
+        job: JobId,
+        file_index: u32,
+        offset: u64,
+    ) -> Result<Code, ClientError> {
+        let req = v1::UpdateDownloadPositionRequest { job_id: job.to_string(), file_index, offset };
+        status_code(self.inner.clone().update_download_position(req).await?.into_inner())
+    }
+}
+
+/// A value for [`Client::set_property`] (BITS_JOB_PROPERTY_VALUE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PropertyValue {
+    Dword(u32),
+    Enable(bool),
+    Uint64(u64),
 }
 
 fn job_ref(job: JobId) -> v1::JobRef {

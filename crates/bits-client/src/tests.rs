@@ -32,6 +32,11 @@ fn sample_job(id: JobId) -> Job {
         error: Some(sample_error()),
         error_count: 1,
         custom_headers: None,
+        maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+        notify_flags: bits_core::job::notify::DEFAULT,
+        security_flags: 0,
+        on_demand: false,
+        minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
         files: vec![JobFile {
             remote_url: "http://h/f".into(),
             local_path: "/tmp/f".into(),
@@ -42,6 +47,7 @@ fn sample_job(id: JobId) -> Job {
             requested: RangeSet::new(),
             temp_path: "/tmp/.f.part".into(),
             completed: false,
+            download_position: None,
         }],
     }
 }
@@ -180,6 +186,101 @@ impl Bits for Fake {
         _: Request<v1::SetCustomHeadersRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         Ok(Response::new(status_reply(Code::S_OK)))
+    }
+
+    // Not used by these tests.
+    async fn set_display_name(
+        &self,
+        _: Request<v1::SetStringRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_display_name"))
+    }
+
+    async fn set_description(
+        &self,
+        _: Request<v1::SetStringRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_description"))
+    }
+
+    async fn set_minimum_retry_delay(
+        &self,
+        _: Request<v1::SetSecondsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_minimum_retry_delay"))
+    }
+
+    async fn set_no_progress_timeout(
+        &self,
+        _: Request<v1::SetSecondsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_no_progress_timeout"))
+    }
+
+    async fn set_maximum_download_time(
+        &self,
+        _: Request<v1::SetSecondsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_maximum_download_time"))
+    }
+
+    async fn set_notify_flags(
+        &self,
+        _: Request<v1::SetFlagsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_notify_flags"))
+    }
+
+    async fn set_security_flags(
+        &self,
+        _: Request<v1::SetFlagsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_security_flags"))
+    }
+
+    async fn set_property(
+        &self,
+        _: Request<v1::SetPropertyRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_property"))
+    }
+
+    async fn add_file_set(
+        &self,
+        _: Request<v1::AddFileSetRequest>,
+    ) -> Result<Response<v1::AddFileSetReply>, Status> {
+        Err(Status::unimplemented("add_file_set"))
+    }
+
+    async fn set_remote_name(
+        &self,
+        _: Request<v1::SetRemoteNameRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_remote_name"))
+    }
+
+    async fn replace_remote_prefix(
+        &self,
+        _: Request<v1::ReplaceRemotePrefixRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("replace_remote_prefix"))
+    }
+
+    async fn update_download_position(
+        &self,
+        _: Request<v1::UpdateDownloadPositionRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("update_download_position"))
+    }
+
+    type WatchJobStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+    async fn watch_job(
+        &self,
+        _: Request<v1::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        Err(Status::unimplemented("watch_job"))
     }
 }
 

@@ -14,6 +14,8 @@ macro_rules! codes {
         pub enum Code {
             $($name,)*
             Http(u16),
+            /// `HRESULT_FROM_WIN32(HTTP_STATUS_xxx)`: a redirect refused by the job's policy.
+            Win32Http(u16),
         }
 
         impl Code {
@@ -22,6 +24,7 @@ macro_rules! codes {
                 match self {
                     $(Code::$name => $hr,)*
                     Code::Http(status) => 0x8019_0000 + u32::from(status),
+                    Code::Win32Http(status) => 0x8007_0000 | u32::from(status),
                 }
             }
 
@@ -30,6 +33,7 @@ macro_rules! codes {
                 match self {
                     $(Code::$name => stringify!($name).to_string(),)*
                     Code::Http(status) => format!("BG_E_HTTP_ERROR_{status}"),
+                    Code::Win32Http(status) => format!("HRESULT_FROM_WIN32(HTTP_STATUS_{status})"),
                 }
             }
 
@@ -38,6 +42,7 @@ macro_rules! codes {
                 match hr {
                     $($hr => Some(Code::$name),)*
                     0x8019_0064..=0x8019_03E7 => Some(Code::Http((hr - 0x8019_0000) as u16)),
+                    0x8007_012C..=0x8007_0133 => Some(Code::Win32Http((hr & 0xFFFF) as u16)),
                     _ => None,
                 }
             }
@@ -71,8 +76,13 @@ codes! {
     BG_E_OVERLAPPING_RANGES = 0x8020_002C,
     BG_E_CONNECT_FAILURE = 0x8020_002D,
     BG_E_CONNECTION_CLOSED = 0x8020_002E,
+    BG_E_TOO_MANY_JOBS_PER_USER = 0x8020_0049,
+    BG_E_TOO_MANY_JOBS_PER_MACHINE = 0x8020_0050,
     BG_E_TOO_MANY_FILES_IN_JOB = 0x8020_0051,
     BG_E_TOO_MANY_RANGES_IN_FILE = 0x8020_0052,
+    BG_E_MAXDOWNLOAD_TIMEOUT = 0x8020_0054,
+    BG_E_UNKNOWN_PROPERTY_ID = 0x8020_0057,
+    BG_E_READ_ONLY_PROPERTY = 0x8020_0058,
     BG_E_DATABASE_CORRUPT = 0x8020_006C,
     BG_E_RANDOM_ACCESS_NOT_SUPPORTED = 0x8020_006D,
     BG_E_REMOTE_FILE_CHANGED = 0x8020_0073,
@@ -127,5 +137,8 @@ mod tests {
         assert!(Code::BG_S_PARTIAL_COMPLETE.is_success());
         assert!(!Code::BG_E_EMPTY.is_success());
         assert_eq!(Code::BG_E_EMPTY.to_string(), "BG_E_EMPTY (0x80200003)");
+        assert_eq!(Code::Win32Http(302).hresult(), 0x8007_012E);
+        assert_eq!(Code::from_hresult(0x8007_0133), Some(Code::Win32Http(307)));
+        assert_eq!(Code::from_hresult(0x8007_0005), Some(Code::E_ACCESSDENIED));
     }
 }

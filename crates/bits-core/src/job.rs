@@ -125,6 +125,9 @@ pub struct JobFile {
     pub temp_path: PathBuf,
     /// Set once Complete has renamed the file into place.
     pub completed: bool,
+    /// UpdateDownloadPosition: where the next missing byte is looked for first (remote offset).
+    #[serde(default)]
+    pub download_position: Option<u64>,
 }
 
 impl JobFile {
@@ -197,6 +200,18 @@ pub struct Job {
     /// Extra request headers (`Name: value` lines, CRLF-terminated) sent with every request of
     /// the job. Write-only through the API: they may carry credentials.
     pub custom_headers: Option<String>,
+    /// Time budget for CONNECTING + TRANSFERRING, in seconds (spec §5.3); exceeding it is ERROR
+    /// `BG_E_MAXDOWNLOAD_TIMEOUT`.
+    pub maximum_download_time_secs: u32,
+    /// Which notifications subscribers get (spec §1.6 notify flags).
+    pub notify_flags: u32,
+    /// Redirect policy and TLS flags (spec §1.6 security flags).
+    pub security_flags: u32,
+    /// ON_DEMAND_MODE: once the requested ranges are done the job stops (SUSPENDED) instead of
+    /// fetching the rest of the file.
+    pub on_demand: bool,
+    /// MINIMUM_NOTIFICATION_INTERVAL_MS: FileRangesTransferred events come at most this often.
+    pub minimum_notification_interval_ms: u32,
     pub files: Vec<JobFile>,
 }
 
@@ -209,6 +224,49 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 pub const MAX_URL_CHARS: usize = 2200;
 pub const MAX_FILES_PER_JOB: usize = 200;
 pub const MAX_RANGES_PER_FILE: usize = 500;
+pub const DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS: u32 = 7_776_000;
+pub const MAX_JOBS_PER_USER: usize = 60;
+pub const MAX_JOBS_PER_MACHINE: usize = 300;
+pub const DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS: u32 = 500;
+
+/// Notify flags (spec §1.6).
+pub mod notify {
+    pub const JOB_TRANSFERRED: u32 = 0x01;
+    pub const JOB_ERROR: u32 = 0x02;
+    pub const DISABLE: u32 = 0x04;
+    pub const JOB_MODIFICATION: u32 = 0x08;
+    pub const FILE_TRANSFERRED: u32 = 0x10;
+    pub const FILE_RANGES_TRANSFERRED: u32 = 0x20;
+    pub const ALL: u32 = 0x3F;
+    /// [PROPOSAL] default: JOB_TRANSFERRED | JOB_ERROR.
+    pub const DEFAULT: u32 = JOB_TRANSFERRED | JOB_ERROR;
+}
+
+/// Security flags (spec §1.6): redirect policy and TLS options.
+pub mod security {
+    pub const SSL_ENABLE_CRL_CHECK: u32 = 0x1;
+    pub const SSL_IGNORE_CERT_CN_INVALID: u32 = 0x2;
+    pub const SSL_IGNORE_CERT_DATE_INVALID: u32 = 0x4;
+    pub const SSL_IGNORE_UNKNOWN_CA: u32 = 0x8;
+    pub const SSL_IGNORE_CERT_WRONG_USAGE: u32 = 0x10;
+    pub const REDIRECT_POLICY_ALLOW_SILENT: u32 = 0x000;
+    pub const REDIRECT_POLICY_ALLOW_REPORT: u32 = 0x100;
+    pub const REDIRECT_POLICY_DISALLOW: u32 = 0x200;
+    pub const REDIRECT_POLICY_MASK: u32 = 0x700;
+    pub const ALLOW_HTTPS_TO_HTTP: u32 = 0x800;
+}
+
+/// BITS_JOB_PROPERTY_ID values bitsd knows (spec §1.6).
+pub mod property {
+    pub const COST_FLAGS: u32 = 1;
+    pub const NOTIFICATION_CLSID: u32 = 2;
+    pub const DYNAMIC_CONTENT: u32 = 3;
+    pub const HIGH_PERFORMANCE: u32 = 4;
+    pub const MAX_DOWNLOAD_SIZE: u32 = 5;
+    pub const USE_STORED_CREDENTIALS: u32 = 7;
+    pub const MINIMUM_NOTIFICATION_INTERVAL_MS: u32 = 9;
+    pub const ON_DEMAND_MODE: u32 = 10;
+}
 /// Custom headers, counting the terminating NUL of the BITS API (so 16,383 characters of text).
 pub const MAX_CUSTOM_HEADERS_CHARS: usize = 16_384;
 
@@ -273,6 +331,7 @@ mod tests {
             requested: RangeSet::new(),
             temp_path: "/tmp/.f.part".into(),
             completed: false,
+            download_position: None,
         }
     }
 
@@ -309,6 +368,11 @@ mod tests {
             error: None,
             error_count: 0,
             custom_headers: None,
+            maximum_download_time_secs: DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+            notify_flags: notify::DEFAULT,
+            security_flags: 0,
+            on_demand: false,
+            minimum_notification_interval_ms: DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             files: vec![],
         };
         assert_eq!(job.progress().bytes_total, Some(0));

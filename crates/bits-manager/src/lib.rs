@@ -5,11 +5,15 @@
 //! (`bits-store`) before the reply → the scheduler starts a worker → the worker probes and fetches
 //! ranges (`bits-http`), writes and syncs them (`bits-disk`), and only then records them as filled.
 
+mod files;
 mod manager;
 mod reconcile;
 mod scheduler;
+mod setters;
 mod validate;
 mod worker;
 mod writer;
 
+pub use files::NewFile;
 pub use manager::{Caller, Manager, ManagerConfig, ManagerError};
+pub use setters::PropertyValue;

@@ -11,13 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use bits_core::job::{
-    DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS, MAX_CUSTOM_HEADERS_CHARS,
-    MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE,
-};
+use bits_core::job::{DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS};
 use bits_core::{
     BitsError, ByteRange, Code, Event, Job, JobError, JobFile, JobId, JobState, JobType, Priority,
-    Progress, RangeSet, Validator, transition, validate_static_ranges,
+    Progress, RangeSet, transition,
 };
 use bits_store::Store;
 use tokio::sync::Notify;
@@ -26,16 +23,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::validate;
 
-/// Who is calling: the uid from the socket's peer credentials.
+/// Who is calling: the uid from the socket's peer credentials, and whether that uid is an
+/// administrator (see [`Manager::caller`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
+    /// Administrators may act on every job and are exempt from the limits (spec §8, §9).
+    pub admin: bool,
 }
 
 impl Caller {
-    /// Root is exempt from the per-job limits (spec §8).
+    /// A caller that is not an administrator.
+    pub fn user(uid: u32) -> Caller {
+        Caller { uid, admin: false }
+    }
+
     pub fn is_admin(self) -> bool {
-        self.uid == 0
+        self.admin
     }
 }
 
@@ -52,6 +56,12 @@ pub struct ManagerConfig {
     pub default_retry_delay_secs: u32,
     /// No-progress timeout given to new jobs (BITS default 14 days).
     pub default_no_progress_timeout_secs: u32,
+    /// Uids that are administrators (until a configurable group lands: root).
+    pub admin_uids: Vec<u32>,
+    /// Jobs one non-admin user may own (BITS policy default 60).
+    pub max_jobs_per_user: usize,
+    /// Jobs in the queue beyond which non-admins may not create more (BITS default 300).
+    pub max_jobs_per_machine: usize,
 }
 
 impl Default for ManagerConfig {
@@ -62,6 +72,9 @@ impl Default for ManagerConfig {
             http: bits_http::HttpConfig::default(),
             default_retry_delay_secs: DEFAULT_MINIMUM_RETRY_DELAY_SECS,
             default_no_progress_timeout_secs: DEFAULT_NO_PROGRESS_TIMEOUT_SECS,
+            admin_uids: vec![0],
+            max_jobs_per_user: bits_core::job::MAX_JOBS_PER_USER,
+            max_jobs_per_machine: bits_core::job::MAX_JOBS_PER_MACHINE,
         }
     }
 }
@@ -216,6 +229,41 @@ impl Manager {
         self.inner.store.put_job(job).map_err(store_error)
     }
 
+    /// The [`Caller`] for a uid, with its administrator status from the configuration.
+    pub fn caller(&self, uid: u32) -> Caller {
+        Caller { uid, admin: self.inner.config.admin_uids.contains(&uid) }
+    }
+
+    /// Spec §3.A CreateJob steps 3–4: per-user then per-machine limits; admins are exempt.
+    fn check_job_limits(&self, caller: Caller) -> Result<(), BitsError> {
+        if caller.is_admin() {
+            return Ok(());
+        }
+        let table = self.table();
+        let (per_user, per_machine) =
+            (self.config().max_jobs_per_user, self.config().max_jobs_per_machine);
+        let owned = table.jobs.values().filter(|e| e.job.owner_uid == caller.uid).count();
+        if owned >= per_user {
+            return Err(BitsError::new(
+                Code::BG_E_TOO_MANY_JOBS_PER_USER,
+                format!(
+                    "uid {} already owns {owned} jobs, at most {per_user} are allowed",
+                    caller.uid
+                ),
+            ));
+        }
+        if table.jobs.len() >= per_machine {
+            return Err(BitsError::new(
+                Code::BG_E_TOO_MANY_JOBS_PER_MACHINE,
+                format!(
+                    "the queue holds {} jobs, at most {per_machine} are allowed",
+                    table.jobs.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     // ---- BITS operations -------------------------------------------------------------------
 
     pub async fn create_job(
@@ -234,6 +282,7 @@ impl Manager {
                 format!("job type {job_type:?} is not supported"),
             ));
         }
+        self.check_job_limits(caller)?;
         let now = SystemTime::now();
         let job = Job {
             id: JobId::new_random(),
@@ -251,6 +300,12 @@ impl Manager {
             error: None,
             error_count: 0,
             custom_headers: None,
+            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+            notify_flags: bits_core::job::notify::DEFAULT,
+            security_flags: 0,
+            on_demand: false,
+            minimum_notification_interval_ms:
+                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             files: Vec::new(),
         };
         let id = job.id;
@@ -288,73 +343,6 @@ impl Manager {
             table.jobs.values().filter(|e| e.job.owner_uid == caller.uid).collect();
         entries.sort_by_key(|e| e.seq);
         entries.into_iter().map(|e| e.job.clone()).collect()
-    }
-
-    /// AddFile (`ranges` empty) or AddFileWithRanges. Returns the new file's index.
-    pub async fn add_file(
-        &self,
-        caller: Caller,
-        id: JobId,
-        remote_url: &str,
-        local_path: &Path,
-        ranges: Option<Vec<ByteRange>>,
-    ) -> Result<u32, BitsError> {
-        // Lookup and state first (spec §3 order), then syntax, quota, filesystem.
-        let n_files = {
-            let table = self.table();
-            let entry = lookup_mut_check(&table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
-            entry.job.files.len()
-        };
-        if let Some(ranges) = &ranges {
-            let limit = if caller.is_admin() { usize::MAX } else { MAX_RANGES_PER_FILE };
-            validate_static_ranges(ranges, limit)?;
-        }
-        validate::remote_url(remote_url)?;
-        validate::local_path(local_path)?;
-        if !caller.is_admin() && n_files >= MAX_FILES_PER_JOB {
-            return Err(BitsError::new(
-                Code::BG_E_TOO_MANY_FILES_IN_JOB,
-                format!(
-                    "the job already has {n_files} files, at most {MAX_FILES_PER_JOB} are allowed"
-                ),
-            ));
-        }
-        let dest = local_path.to_path_buf();
-        run_blocking(move || bits_disk::check_destination(&dest).map_err(disk_error)).await?;
-
-        let index = {
-            let mut table = self.table();
-            let entry = lookup_mut(&mut table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
-            if entry.job.files.iter().any(|f| f.local_path == local_path) {
-                return Err(BitsError::new(
-                    Code::E_INVALIDARG,
-                    format!("local path {:?} is already a file of this job", local_path.display()),
-                ));
-            }
-            let index = entry.job.files.len() as u32;
-            entry.job.files.push(JobFile {
-                remote_url: remote_url.to_string(),
-                local_path: local_path.to_path_buf(),
-                ranges: ranges.unwrap_or_default(),
-                remote_size: None,
-                validator: Validator::default(),
-                filled: RangeSet::new(),
-                requested: RangeSet::new(),
-                temp_path: bits_disk::temp_path_for(local_path, &id.to_string(), index),
-                completed: false,
-            });
-            entry.job.modification_time = SystemTime::now();
-            self.persist_job(&entry.job)?;
-            if let Some(run) = &entry.run {
-                run.repick.notify_one();
-            }
-            index
-        };
-        self.flush().await?;
-        tracing::info!(job = %id, index, url = remote_url, "file added");
-        Ok(index)
     }
 
     pub async fn resume(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
@@ -544,63 +532,6 @@ impl Manager {
         }
     }
 
-    pub async fn set_priority(
-        &self,
-        caller: Caller,
-        id: JobId,
-        priority: Priority,
-    ) -> Result<Code, BitsError> {
-        {
-            let mut table = self.table();
-            let entry = lookup_mut(&mut table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
-            entry.job.priority = priority;
-            entry.job.modification_time = SystemTime::now();
-            self.persist_job(&entry.job)?;
-        }
-        self.flush().await?;
-        self.inner.wake.notify_one();
-        Ok(Code::S_OK)
-    }
-
-    /// SetCustomHeaders: `Name: value` lines sent with every request of the job; `None` clears.
-    /// At most 16,383 characters (16,384 with the BITS terminator).
-    pub async fn set_custom_headers(
-        &self,
-        caller: Caller,
-        id: JobId,
-        headers: Option<String>,
-    ) -> Result<Code, BitsError> {
-        {
-            let table = self.table();
-            let entry = lookup_mut_check(&table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
-        }
-        if let Some(text) = &headers {
-            let n = text.chars().count();
-            if n >= MAX_CUSTOM_HEADERS_CHARS {
-                return Err(BitsError::new(
-                    Code::BG_E_STRING_TOO_LONG,
-                    format!(
-                        "custom headers are {n} characters, at most {} are allowed",
-                        MAX_CUSTOM_HEADERS_CHARS - 1
-                    ),
-                ));
-            }
-            bits_http::parse_custom_headers(text)
-                .map_err(|e| BitsError::new(Code::E_INVALIDARG, e))?;
-        }
-        {
-            let mut table = self.table();
-            let entry = lookup_mut(&mut table, caller, id)?;
-            entry.job.custom_headers = headers.filter(|h| !h.trim().is_empty());
-            entry.job.modification_time = SystemTime::now();
-            self.persist_job(&entry.job)?;
-        }
-        self.flush().await?;
-        Ok(Code::S_OK)
-    }
-
     /// RequestFileRanges: these remote ranges are fetched ahead of the rest of the file. Ranges may
     /// overlap each other and what is already filled; no byte is fetched twice.
     pub async fn request_file_ranges(
@@ -773,7 +704,7 @@ pub(crate) fn set_state(entry: &mut Entry, state: JobState) {
     entry.job.modification_time = SystemTime::now();
 }
 
-fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
+pub(crate) fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
     match table.jobs.get(&id) {
         Some(entry) => {
             check_owner(caller, &entry.job)?;
@@ -785,7 +716,11 @@ fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError>
 
 /// Lookup for a change: a job that has just been completed or cancelled answers
 /// BG_E_INVALID_STATE rather than BG_E_NOT_FOUND (spec §1.1 tombstones).
-fn lookup_mut_check(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
+pub(crate) fn lookup_mut_check(
+    table: &Table,
+    caller: Caller,
+    id: JobId,
+) -> Result<&Entry, BitsError> {
     if let Some((_, owner, state)) = table.tombstones.iter().find(|(t, _, _)| *t == id)
         && (*owner == caller.uid || caller.is_admin())
     {
@@ -804,7 +739,11 @@ fn lookup_mut_check(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, 
     Ok(entry)
 }
 
-fn lookup_mut(table: &mut Table, caller: Caller, id: JobId) -> Result<&mut Entry, BitsError> {
+pub(crate) fn lookup_mut(
+    table: &mut Table,
+    caller: Caller,
+    id: JobId,
+) -> Result<&mut Entry, BitsError> {
     lookup_mut_check(table, caller, id)?;
     table
         .jobs
@@ -820,7 +759,7 @@ fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
     }
 }
 
-fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {
+pub(crate) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {
     let n = job.files.len();
     job.files.get_mut(index as usize).ok_or_else(|| {
         BitsError::new(
@@ -830,7 +769,7 @@ fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {
     })
 }
 
-fn no_such_file(job: &Job, index: u32) -> BitsError {
+pub(crate) fn no_such_file(job: &Job, index: u32) -> BitsError {
     BitsError::new(
         Code::E_INVALIDARG,
         format!("file index {index} is out of range; the job has {} files", job.files.len()),

@@ -97,6 +97,12 @@ mod tests {
             error: None,
             error_count: 0,
             custom_headers: None,
+            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+            notify_flags: bits_core::job::notify::DEFAULT,
+            security_flags: 0,
+            on_demand: false,
+            minimum_notification_interval_ms:
+                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             files: vec![JobFile {
                 remote_url: "http://h/f".into(),
                 local_path: dir.join("f.bin"),
@@ -107,6 +113,7 @@ mod tests {
                 requested: RangeSet::new(),
                 temp_path: dir.join(".f.bin.bitsd-x-0.part"),
                 completed: false,
+                download_position: None,
             }],
         }
     }

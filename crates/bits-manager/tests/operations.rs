@@ -11,7 +11,7 @@ use bits_core::{ByteRange, Code, JobId, JobState, JobType, LENGTH_TO_EOF, Priori
 use bits_manager::{Caller, Manager, ManagerConfig};
 use bits_store::{MemStore, Store};
 
-const ME: Caller = Caller { uid: 1000 };
+const ME: Caller = Caller { uid: 1000, admin: false };
 
 fn start(store: Arc<dyn Store>) -> Manager {
     Manager::start(store, ManagerConfig::default()).unwrap()
@@ -171,7 +171,7 @@ async fn cancel_deletes_temp_files() {
 async fn another_user_is_refused_and_does_not_see_the_job() {
     let m = start(Arc::new(MemStore::new()));
     let id = new_job(&m).await;
-    let other = Caller { uid: 1001 };
+    let other = Caller::user(1001);
     assert_eq!(code(m.get_job(other, id)), Code::E_ACCESSDENIED);
     assert_eq!(code(m.cancel(other, id).await), Code::E_ACCESSDENIED);
     assert!(m.list_jobs(other).is_empty());

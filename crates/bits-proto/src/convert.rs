@@ -43,6 +43,11 @@ pub struct JobInfo {
     /// Present only in ERROR and TRANSIENT_ERROR.
     pub error: Option<JobError>,
     pub progress: Progress,
+    pub maximum_download_time_secs: u32,
+    pub notify_flags: u32,
+    pub security_flags: u32,
+    pub on_demand_mode: bool,
+    pub minimum_notification_interval_ms: u32,
 }
 
 /// A file of a job as a client sees it (the `File` message in bits-core types).
@@ -357,6 +362,11 @@ pub fn job_to_wire(job: &Job) -> v1::Job {
         error_count: job.error_count,
         error: job.error.as_ref().map(job_error_to_wire),
         progress: Some(progress_to_wire(&job.progress())),
+        maximum_download_time_secs: job.maximum_download_time_secs,
+        notify_flags: job.notify_flags,
+        security_flags: job.security_flags,
+        on_demand_mode: job.on_demand,
+        minimum_notification_interval_ms: job.minimum_notification_interval_ms,
     }
 }
 
@@ -389,6 +399,11 @@ pub fn job_from_wire(job: &v1::Job) -> Result<JobInfo, BitsError> {
             .as_ref()
             .map(progress_from_wire)
             .ok_or_else(|| missing("Job.progress"))?,
+        maximum_download_time_secs: job.maximum_download_time_secs,
+        notify_flags: job.notify_flags,
+        security_flags: job.security_flags,
+        on_demand_mode: job.on_demand_mode,
+        minimum_notification_interval_ms: job.minimum_notification_interval_ms,
     })
 }
 
@@ -456,6 +471,7 @@ mod tests {
             requested: RangeSet::new(),
             temp_path: "/tmp/.f.part".into(),
             completed: false,
+            download_position: None,
         };
         Job {
             id: JobId::new_random(),
@@ -478,6 +494,12 @@ mod tests {
             }),
             error_count: 3,
             custom_headers: None,
+            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+            notify_flags: bits_core::job::notify::DEFAULT,
+            security_flags: 0,
+            on_demand: false,
+            minimum_notification_interval_ms:
+                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             files: vec![
                 file(Some(100), vec![]),
                 file(None, vec![ByteRange::new(5, 10), ByteRange::new(50, LENGTH_TO_EOF)]),

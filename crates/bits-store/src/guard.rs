@@ -144,6 +144,12 @@ mod tests {
             error: None,
             error_count: 0,
             custom_headers: None,
+            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+            notify_flags: bits_core::job::notify::DEFAULT,
+            security_flags: 0,
+            on_demand: false,
+            minimum_notification_interval_ms:
+                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             files: vec![],
         }
     }

@@ -116,7 +116,29 @@ pub(crate) struct JobRecord {
     /// Added after schema 1 was first written; absent in older records means none.
     #[serde(default)]
     custom_headers: Option<String>,
+    #[serde(default = "default_maximum_download_time")]
+    maximum_download_time_secs: u32,
+    #[serde(default = "default_notify_flags")]
+    notify_flags: u32,
+    #[serde(default)]
+    security_flags: u32,
+    #[serde(default)]
+    on_demand: bool,
+    #[serde(default = "default_notification_interval")]
+    minimum_notification_interval_ms: u32,
     pub(crate) file_count: u32,
+}
+
+fn default_maximum_download_time() -> u32 {
+    bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS
+}
+
+fn default_notify_flags() -> u32 {
+    bits_core::job::notify::DEFAULT
+}
+
+fn default_notification_interval() -> u32 {
+    bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS
 }
 
 /// [`JobError`] is stored field by field too, so a field added to it is a compile error here.
@@ -147,6 +169,11 @@ impl JobRecord {
             error,
             error_count,
             custom_headers,
+            maximum_download_time_secs,
+            notify_flags,
+            security_flags,
+            on_demand,
+            minimum_notification_interval_ms,
             files,
         } = job;
         JobRecord {
@@ -173,6 +200,11 @@ impl JobRecord {
             }),
             error_count: *error_count,
             custom_headers: custom_headers.clone(),
+            maximum_download_time_secs: *maximum_download_time_secs,
+            notify_flags: *notify_flags,
+            security_flags: *security_flags,
+            on_demand: *on_demand,
+            minimum_notification_interval_ms: *minimum_notification_interval_ms,
             file_count: files.len() as u32,
         }
     }
@@ -198,6 +230,11 @@ impl JobRecord {
             error,
             error_count,
             custom_headers,
+            maximum_download_time_secs,
+            notify_flags,
+            security_flags,
+            on_demand,
+            minimum_notification_interval_ms,
             file_count: _,
         } = self;
         Job {
@@ -221,6 +258,11 @@ impl JobRecord {
             }),
             error_count,
             custom_headers,
+            maximum_download_time_secs,
+            notify_flags,
+            security_flags,
+            on_demand,
+            minimum_notification_interval_ms,
             files,
         }
     }

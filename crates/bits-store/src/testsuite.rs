@@ -33,6 +33,7 @@ fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
         requested,
         temp_path: PathBuf::from(format!("/home/u/.file{n}.bitsd-x-{n}.part")),
         completed: n == 0,
+        download_position: None,
     }
 }
 
@@ -59,6 +60,11 @@ fn job(created_secs: u64, files: Vec<JobFile>) -> Job {
         }),
         error_count: 3,
         custom_headers: Some("X-Test: 1\r\n".into()),
+        maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+        notify_flags: bits_core::job::notify::DEFAULT,
+        security_flags: 0,
+        on_demand: false,
+        minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
         files,
     }
 }

@@ -1,0 +1,217 @@
+//! Operations on a job's files: adding them (AddFile, AddFileWithRanges, AddFileSet — all
+//! checked before any is added), changing where they come from (SetRemoteName,
+//! ReplaceRemotePrefix) and steering on-demand downloads (UpdateDownloadPosition).
+
+use std::path::{Path, PathBuf};
+
+use bits_core::job::{MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE};
+use bits_core::{
+    BitsError, ByteRange, Code, Event, JobFile, JobId, RangeSet, Validator, transition,
+    validate_static_ranges,
+};
+
+use crate::manager::{Caller, Manager, disk_error, lookup_mut, lookup_mut_check, run_blocking};
+use crate::validate;
+
+/// One file to add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewFile {
+    pub remote_url: String,
+    pub local_path: PathBuf,
+    /// Static ranges in caller order (AddFileWithRanges); `None` for the whole file.
+    pub ranges: Option<Vec<ByteRange>>,
+}
+
+impl Manager {
+    /// AddFile (`ranges` `None`) or AddFileWithRanges. Returns the new file's index.
+    pub async fn add_file(
+        &self,
+        caller: Caller,
+        id: JobId,
+        remote_url: &str,
+        local_path: &Path,
+        ranges: Option<Vec<ByteRange>>,
+    ) -> Result<u32, BitsError> {
+        let file = NewFile {
+            remote_url: remote_url.to_string(),
+            local_path: local_path.to_path_buf(),
+            ranges,
+        };
+        let indexes = self.add_files(caller, id, vec![file]).await?;
+        Ok(indexes[0])
+    }
+
+    /// AddFileSet and the single-file adds: every file is checked (spec §3 order: lookup, state,
+    /// syntax, quota, file system) before any is added, so a bad element adds nothing.
+    pub async fn add_files(
+        &self,
+        caller: Caller,
+        id: JobId,
+        files: Vec<NewFile>,
+    ) -> Result<Vec<u32>, BitsError> {
+        let n_files = {
+            let table = self.table();
+            let entry = lookup_mut_check(&table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+            entry.job.files.len()
+        };
+        if files.is_empty() {
+            return Err(BitsError::new(Code::E_INVALIDARG, "no files given"));
+        }
+        for (n, file) in files.iter().enumerate() {
+            if let Some(ranges) = &file.ranges {
+                let limit = if caller.is_admin() { usize::MAX } else { MAX_RANGES_PER_FILE };
+                validate_static_ranges(ranges, limit)?;
+            }
+            validate::remote_url(&file.remote_url)?;
+            validate::local_path(&file.local_path)?;
+            if files[..n].iter().any(|f| f.local_path == file.local_path) {
+                return Err(duplicate_path(&file.local_path));
+            }
+        }
+        if !caller.is_admin() && n_files + files.len() > MAX_FILES_PER_JOB {
+            return Err(BitsError::new(
+                Code::BG_E_TOO_MANY_FILES_IN_JOB,
+                format!(
+                    "the job has {n_files} files; {} more would exceed the limit of {MAX_FILES_PER_JOB}",
+                    files.len()
+                ),
+            ));
+        }
+        let dests: Vec<PathBuf> = files.iter().map(|f| f.local_path.clone()).collect();
+        run_blocking(move || {
+            dests.iter().try_for_each(|dest| bits_disk::check_destination(dest).map_err(disk_error))
+        })
+        .await?;
+
+        let indexes = {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+            if let Some(file) =
+                files.iter().find(|f| entry.job.files.iter().any(|g| g.local_path == f.local_path))
+            {
+                return Err(duplicate_path(&file.local_path));
+            }
+            let mut indexes = Vec::with_capacity(files.len());
+            for file in files {
+                let index = entry.job.files.len() as u32;
+                entry.job.files.push(JobFile {
+                    temp_path: bits_disk::temp_path_for(&file.local_path, &id.to_string(), index),
+                    remote_url: file.remote_url,
+                    local_path: file.local_path,
+                    ranges: file.ranges.unwrap_or_default(),
+                    remote_size: None,
+                    validator: Validator::default(),
+                    filled: RangeSet::new(),
+                    requested: RangeSet::new(),
+                    completed: false,
+                    download_position: None,
+                });
+                indexes.push(index);
+            }
+            entry.job.modification_time = std::time::SystemTime::now();
+            self.persist_job(&entry.job)?;
+            if let Some(run) = &entry.run {
+                run.repick.notify_one();
+            }
+            indexes
+        };
+        self.flush().await?;
+        tracing::info!(job = %id, files = ?indexes, "files added");
+        Ok(indexes)
+    }
+
+    /// SetRemoteName: the new URL is used from the file's next attempt on (after Suspend and
+    /// Resume in the documented pattern). If the new server's copy differs in size or validator
+    /// the file restarts from zero; otherwise it continues where it was.
+    pub async fn set_remote_name(
+        &self,
+        caller: Caller,
+        id: JobId,
+        index: u32,
+        url: &str,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            validate::remote_url(url)?;
+            let file = crate::manager::file_mut(job, index)?;
+            file.remote_url = url.to_string();
+            Ok(())
+        })
+        .await
+    }
+
+    /// ReplaceRemotePrefix: every remote name starting with `old` (byte-exact) gets `new`
+    /// instead; all rewrites are checked before any is applied. S_FALSE when nothing matched.
+    pub async fn replace_remote_prefix(
+        &self,
+        caller: Caller,
+        id: JobId,
+        old: &str,
+        new: &str,
+    ) -> Result<Code, BitsError> {
+        if old.is_empty() || new.is_empty() {
+            return Err(BitsError::new(
+                Code::E_INVALIDARG,
+                "the old and new prefixes may not be empty",
+            ));
+        }
+        let mut matched = false;
+        self.modify(caller, id, |job| {
+            let rewrites: Vec<(usize, String)> = job
+                .files
+                .iter()
+                .enumerate()
+                .filter_map(|(i, f)| {
+                    f.remote_url.strip_prefix(old).map(|rest| (i, format!("{new}{rest}")))
+                })
+                .collect();
+            for (_, url) in &rewrites {
+                validate::remote_url(url)?;
+            }
+            matched = !rewrites.is_empty();
+            for (i, url) in rewrites {
+                job.files[i].remote_url = url;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(if matched { Code::S_OK } else { Code::S_FALSE })
+    }
+
+    /// UpdateDownloadPosition: the worker looks for missing bytes from `offset` first (then wraps
+    /// to the lowest missing byte). Only whole-file downloads are random-access.
+    pub async fn update_download_position(
+        &self,
+        caller: Caller,
+        id: JobId,
+        index: u32,
+        offset: u64,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            let file = crate::manager::file_mut(job, index)?;
+            if !file.ranges.is_empty() {
+                return Err(BitsError::new(
+                    Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
+                    format!("file {index} was added with static ranges; random access needs a whole-file download"),
+                ));
+            }
+            if let Some(size) = file.remote_size.filter(|size| offset > *size) {
+                return Err(BitsError::new(
+                    Code::BG_E_INVALID_RANGE,
+                    format!("download position {offset} is beyond the {size} bytes of file {index}"),
+                ));
+            }
+            file.download_position = Some(offset);
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn duplicate_path(path: &Path) -> BitsError {
+    BitsError::new(
+        Code::E_INVALIDARG,
+        format!("local path {:?} is already a file of this job", path.display()),
+    )
+}

@@ -1,0 +1,277 @@
+//! The job property setters (spec §3.E). They share one path, [`Manager::modify`]: find the job
+//! (BG_E_NOT_FOUND, E_ACCESSDENIED), refuse final states (BG_E_INVALID_STATE), check the value,
+//! change it, stamp the modification time, persist and flush before answering.
+
+use std::time::SystemTime;
+
+use bits_core::job::{
+    DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS, MAX_CUSTOM_HEADERS_CHARS, MAX_DESCRIPTION_CHARS,
+    MAX_DISPLAY_NAME_CHARS, MINIMUM_RETRY_DELAY_FLOOR_SECS, notify, property, security,
+};
+use bits_core::{BitsError, Code, Event, Job, JobId, Priority, transition};
+
+use crate::manager::{Caller, Manager, lookup_mut};
+
+/// A value for SetProperty, as the BITS_JOB_PROPERTY_VALUE union carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PropertyValue {
+    Dword(u32),
+    Enable(bool),
+    Uint64(u64),
+}
+
+impl Manager {
+    /// Checks the caller and the state, applies `change` (which may refuse with an error), then
+    /// persists and flushes. Every setter goes through here.
+    pub(crate) async fn modify(
+        &self,
+        caller: Caller,
+        id: JobId,
+        change: impl FnOnce(&mut Job) -> Result<(), BitsError>,
+    ) -> Result<Code, BitsError> {
+        {
+            let mut table = self.table();
+            let entry = lookup_mut(&mut table, caller, id)?;
+            transition(entry.job.state, Event::Modify)?;
+            change(&mut entry.job)?;
+            entry.job.modification_time = SystemTime::now();
+            self.persist_job(&entry.job)?;
+            if let Some(run) = &entry.run {
+                run.repick.notify_one();
+            }
+        }
+        self.flush().await?;
+        self.inner.wake.notify_one();
+        Ok(Code::S_OK)
+    }
+
+    pub async fn set_priority(
+        &self,
+        caller: Caller,
+        id: JobId,
+        priority: Priority,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            job.priority = priority;
+            Ok(())
+        })
+        .await
+    }
+
+    /// SetDisplayName: `None` is NULL (E_INVALIDARG); more than 256 characters is
+    /// BG_E_STRING_TOO_LONG ([PROPOSAL] in the spec).
+    pub async fn set_display_name(
+        &self,
+        caller: Caller,
+        id: JobId,
+        name: Option<String>,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            let name = name.ok_or_else(|| {
+                BitsError::new(Code::E_INVALIDARG, "the display name may not be NULL")
+            })?;
+            check_length("display name", &name, MAX_DISPLAY_NAME_CHARS)?;
+            job.display_name = name;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_description(
+        &self,
+        caller: Caller,
+        id: JobId,
+        text: Option<String>,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            let text = text.ok_or_else(|| {
+                BitsError::new(Code::E_INVALIDARG, "the description may not be NULL")
+            })?;
+            check_length("description", &text, MAX_DESCRIPTION_CHARS)?;
+            job.description = text;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Values below 5 s are stored as 5 s (spec §3.E).
+    pub async fn set_minimum_retry_delay(
+        &self,
+        caller: Caller,
+        id: JobId,
+        secs: u32,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            job.minimum_retry_delay_secs = secs.max(MINIMUM_RETRY_DELAY_FLOOR_SECS);
+            Ok(())
+        })
+        .await
+    }
+
+    /// 0 makes every error fatal.
+    pub async fn set_no_progress_timeout(
+        &self,
+        caller: Caller,
+        id: JobId,
+        secs: u32,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            job.no_progress_timeout_secs = secs;
+            Ok(())
+        })
+        .await
+    }
+
+    /// 0 restores the default of 90 days.
+    pub async fn set_maximum_download_time(
+        &self,
+        caller: Caller,
+        id: JobId,
+        secs: u32,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            job.maximum_download_time_secs =
+                if secs == 0 { DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS } else { secs };
+            Ok(())
+        })
+        .await
+    }
+
+    /// Unknown bits are E_NOTIMPL.
+    pub async fn set_notify_flags(
+        &self,
+        caller: Caller,
+        id: JobId,
+        flags: u32,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            if flags & !notify::ALL != 0 {
+                return Err(BitsError::new(
+                    Code::E_NOTIMPL,
+                    format!("notify flags 0x{flags:X} include unknown bits"),
+                ));
+            }
+            job.notify_flags = flags;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Redirect policy and ALLOW_HTTPS_TO_HTTP are supported; the TLS flags are not (yet), and
+    /// asking for them is E_NOTIMPL rather than silently ignored.
+    pub async fn set_security_flags(
+        &self,
+        caller: Caller,
+        id: JobId,
+        flags: u32,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            let supported = security::REDIRECT_POLICY_MASK | security::ALLOW_HTTPS_TO_HTTP;
+            let policy = flags & security::REDIRECT_POLICY_MASK;
+            let known_policy = matches!(
+                policy,
+                security::REDIRECT_POLICY_ALLOW_SILENT
+                    | security::REDIRECT_POLICY_ALLOW_REPORT
+                    | security::REDIRECT_POLICY_DISALLOW
+            );
+            if flags & !supported != 0 || !known_policy {
+                return Err(BitsError::new(
+                    Code::E_NOTIMPL,
+                    format!("security flags 0x{flags:X} are not supported (only the redirect policy and 0x800)"),
+                ));
+            }
+            job.security_flags = flags;
+            Ok(())
+        })
+        .await
+    }
+
+    /// SetCustomHeaders: `Name: value` lines sent with every request of the job; `None` clears.
+    /// At most 16,383 characters (16,384 with the BITS terminator).
+    pub async fn set_custom_headers(
+        &self,
+        caller: Caller,
+        id: JobId,
+        headers: Option<String>,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            if let Some(text) = &headers {
+                let n = text.chars().count();
+                if n >= MAX_CUSTOM_HEADERS_CHARS {
+                    return Err(BitsError::new(
+                        Code::BG_E_STRING_TOO_LONG,
+                        format!(
+                            "custom headers are {n} characters, at most {} are allowed",
+                            MAX_CUSTOM_HEADERS_CHARS - 1
+                        ),
+                    ));
+                }
+                bits_http::parse_custom_headers(text)
+                    .map_err(|e| BitsError::new(Code::E_INVALIDARG, e))?;
+            }
+            job.custom_headers = headers.filter(|h| !h.trim().is_empty());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Job5 SetProperty for the properties bitsd implements: MINIMUM_NOTIFICATION_INTERVAL_MS
+    /// (Dword) and ON_DEMAND_MODE (Enable). The other documented ids are E_NOTIMPL (not
+    /// implemented by bitsd), undocumented ids BG_E_UNKNOWN_PROPERTY_ID.
+    pub async fn set_property(
+        &self,
+        caller: Caller,
+        id: JobId,
+        property_id: u32,
+        value: PropertyValue,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            let wrong_type = || {
+                BitsError::new(
+                    Code::E_INVALIDARG,
+                    format!("property {property_id} does not take a {value:?} value"),
+                )
+            };
+            match property_id {
+                property::MINIMUM_NOTIFICATION_INTERVAL_MS => match value {
+                    PropertyValue::Dword(ms) => job.minimum_notification_interval_ms = ms,
+                    _ => return Err(wrong_type()),
+                },
+                property::ON_DEMAND_MODE => match value {
+                    PropertyValue::Enable(on) => job.on_demand = on,
+                    _ => return Err(wrong_type()),
+                },
+                property::COST_FLAGS
+                | property::NOTIFICATION_CLSID
+                | property::DYNAMIC_CONTENT
+                | property::HIGH_PERFORMANCE
+                | property::MAX_DOWNLOAD_SIZE
+                | property::USE_STORED_CREDENTIALS => {
+                    return Err(BitsError::new(
+                        Code::E_NOTIMPL,
+                        format!("job property {property_id} is not implemented by bitsd"),
+                    ));
+                }
+                _ => {
+                    return Err(BitsError::new(
+                        Code::BG_E_UNKNOWN_PROPERTY_ID,
+                        format!("{property_id} is not a job property id"),
+                    ));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn check_length(what: &str, text: &str, max: usize) -> Result<(), BitsError> {
+    let n = text.chars().count();
+    if n > max {
+        return Err(BitsError::new(
+            Code::BG_E_STRING_TOO_LONG,
+            format!("{what} is {n} characters, at most {max} are allowed"),
+        ));
+    }
+    Ok(())
+}
