@@ -25,7 +25,9 @@ use crate::body::RangeBody;
 use crate::classify::is_followed_redirect;
 use crate::error::FetchError;
 use crate::probe::{self, RemoteInfo};
-use crate::redirect::{Redirects, parse_url, strip_sensitive_headers, to_uri};
+use crate::redirect::{
+    Redirects, is_disallowed_redirect, parse_url, redirect_target, strip_sensitive_headers, to_uri,
+};
 use crate::{headers, range};
 
 /// Settings of an [`HttpClient`].
@@ -51,6 +53,54 @@ impl Default for HttpConfig {
             user_agent: format!("bitsd/{}", env!("CARGO_PKG_VERSION")),
             extra_root_certs_der: Vec::new(),
         }
+    }
+}
+
+/// What BITS does when the server redirects (BITS_JOB_PROPERTY_ID_HTTP_REDIRECT_POLICY; spec §6.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RedirectPolicy {
+    /// Follow redirects; the file's remote name stays the URL the job was given.
+    #[default]
+    AllowSilent,
+    /// Follow redirects; the manager makes [`RemoteInfo::final_url`] the file's remote name.
+    AllowReport,
+    /// Do not follow: the first redirect fails the request with
+    /// [`FetchErrorKind::RedirectDisallowed`](crate::FetchErrorKind::RedirectDisallowed).
+    Disallow,
+}
+
+/// Per-request settings taken from the job.
+#[derive(Clone, Debug)]
+pub struct RequestOptions {
+    /// The job's custom headers, sent with every request (dropped, like any credential, on a
+    /// redirect to another origin).
+    pub headers: HeaderMap,
+    pub redirects: RedirectPolicy,
+    /// BITS_HTTP_SECURITY_FLAG ALLOW_HTTPS_TO_HTTP (0x800): follow a redirect from https to http.
+    /// Without it such a redirect fails with `ERROR_WINHTTP_REDIRECT_FAILED` (fatal).
+    pub allow_https_to_http: bool,
+    /// Accept a 200 (the whole body) to a ranged GET of the whole file. When false, every 200 to
+    /// a ranged GET is `BG_E_INSUFFICIENT_RANGE_SUPPORT`: the manager clears it for background
+    /// priorities, since only FOREGROUND jobs may fall back to one plain GET (spec case 58).
+    pub allow_full_response: bool,
+}
+
+impl Default for RequestOptions {
+    /// No custom headers, [`RedirectPolicy::AllowSilent`], no https→http, full responses
+    /// accepted (the behaviour of [`HttpClient::probe`] and [`HttpClient::get_range`]).
+    fn default() -> RequestOptions {
+        RequestOptions {
+            headers: HeaderMap::new(),
+            redirects: RedirectPolicy::AllowSilent,
+            allow_https_to_http: false,
+            allow_full_response: true,
+        }
+    }
+}
+
+impl RequestOptions {
+    fn with_headers(extra: &HeaderMap) -> RequestOptions {
+        RequestOptions { headers: extra.clone(), ..RequestOptions::default() }
     }
 }
 
@@ -103,23 +153,38 @@ impl HttpClient {
     /// [`HttpClient::probe`] with a job's custom headers on every request (they are dropped on a
     /// redirect to another origin, like any credential).
     pub async fn probe_with(&self, url: &str, extra: &HeaderMap) -> Result<RemoteInfo, FetchError> {
+        self.probe_opts(url, &RequestOptions::with_headers(extra)).await
+    }
+
+    /// [`HttpClient::probe`] with a job's headers, redirect policy and https→http flag.
+    /// `final_url` is where the redirects led (`redirected` says whether there were any); under
+    /// [`RedirectPolicy::Disallow`] a redirect fails with `RedirectDisallowed`.
+    pub async fn probe_opts(
+        &self,
+        url: &str,
+        opts: &RequestOptions,
+    ) -> Result<RemoteInfo, FetchError> {
         let start = parse_url(url)?;
-        let (resp, final_url) = self.send(Method::HEAD, &start, self.headers_with(extra)).await?;
+        let (resp, final_url) =
+            self.send(Method::HEAD, &start, self.headers_with(&opts.headers), opts).await?;
         let (parts, _body) = resp.into_parts();
-        let same_origin = |mut info: RemoteInfo| {
-            info.same_origin =
-                parse_url(&info.final_url).is_ok_and(|u| u.origin() == start.origin());
+        let finish = |mut info: RemoteInfo| {
+            let final_url = parse_url(&info.final_url);
+            info.same_origin = final_url.as_ref().is_ok_and(|u| u.origin() == start.origin());
+            info.redirected = final_url.as_ref().is_ok_and(|u| *u != start);
             info
         };
         if !probe::head_refused(parts.status) {
-            return probe::from_head(&parts, &final_url).map(same_origin);
+            return probe::from_head(&parts, &final_url).map(finish);
         }
         debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
-        let mut headers = self.headers_with(extra);
+        let mut headers = self.headers_with(&opts.headers);
+        // The HEAD was redirected elsewhere: the GET starting there gets no credentials either.
+        strip_sensitive_headers(&mut headers, &start, &final_url);
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
-        let (resp, final_url) = self.send(Method::GET, &final_url, headers).await?;
+        let (resp, final_url) = self.send(Method::GET, &final_url, headers, opts).await?;
         let (parts, _body) = resp.into_parts();
-        probe::from_range_probe(&parts, &final_url).map(same_origin)
+        probe::from_range_probe(&parts, &final_url).map(finish)
     }
 
     /// GET the remote bytes `span` (`[start, end)`, `end <= remote.size`) of `remote.final_url`,
@@ -140,6 +205,17 @@ impl HttpClient {
         span: Span,
         extra: &HeaderMap,
     ) -> Result<RangeBody, FetchError> {
+        self.get_range_opts(remote, span, &RequestOptions::with_headers(extra)).await
+    }
+
+    /// [`HttpClient::get_range`] with a job's headers, redirect policy, https→http flag, and
+    /// whether a 200 with the whole file is acceptable ([`RequestOptions::allow_full_response`]).
+    pub async fn get_range_opts(
+        &self,
+        remote: &RemoteInfo,
+        span: Span,
+        opts: &RequestOptions,
+    ) -> Result<RangeBody, FetchError> {
         if span.start >= span.end || span.end > remote.size {
             return Err(FetchError::invalid_range(format!(
                 "span {span} is empty or outside the {} bytes of {}",
@@ -147,7 +223,7 @@ impl HttpClient {
             )));
         }
         let start = parse_url(&remote.final_url)?;
-        let mut headers = self.headers_with(extra);
+        let mut headers = self.headers_with(&opts.headers);
         if !remote.same_origin {
             // The probe was redirected to another origin: it gets no credentials, now or later.
             headers.remove(header::AUTHORIZATION);
@@ -165,9 +241,9 @@ impl HttpClient {
         {
             headers.insert(header::IF_RANGE, value);
         }
-        let (resp, url) = self.send(Method::GET, &start, headers).await?;
+        let (resp, url) = self.send(Method::GET, &start, headers, opts).await?;
         let (parts, body) = resp.into_parts();
-        range::check(&parts, remote, span, &url)?;
+        range::check(&parts, remote, span, &url, opts.allow_full_response)?;
         Ok(RangeBody::new(
             body,
             span,
@@ -187,15 +263,18 @@ impl HttpClient {
         headers
     }
 
-    /// Sends one request, following redirects; returns the final response and its URL.
+    /// Sends one request, following redirects as `opts` allow; returns the final response and
+    /// its URL.
     async fn send(
         &self,
         method: Method,
         start: &Url,
         mut headers: HeaderMap,
+        opts: &RequestOptions,
     ) -> Result<(Response<Incoming>, Url), FetchError> {
         let config = &self.inner.config;
-        let mut redirects = Redirects::new(start, config.max_redirects);
+        let mut redirects = Redirects::new(start, config.max_redirects)
+            .allow_https_to_http(opts.allow_https_to_http);
         let mut url = start.clone();
         loop {
             let mut req = Request::builder()
@@ -223,6 +302,15 @@ impl HttpClient {
             };
             let status = resp.status().as_u16();
             debug!(%method, %url, status, version = ?resp.version(), "response");
+            if opts.redirects == RedirectPolicy::Disallow && is_disallowed_redirect(status) {
+                let target = redirect_target(&url, resp.headers().get(header::LOCATION));
+                debug!(from = %url, to = ?target.as_ref().map(Url::as_str), status, "redirect disallowed");
+                return Err(FetchError::redirect_disallowed(
+                    status,
+                    url.as_str(),
+                    target.map(String::from),
+                ));
+            }
             if !is_followed_redirect(status) {
                 return Ok((resp, url));
             }

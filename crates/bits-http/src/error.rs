@@ -29,6 +29,10 @@ pub enum FetchErrorKind {
     InvalidResponse,
     /// Too many redirects, a loop, a downgrade from https to http, or a redirect without a target.
     Redirect,
+    /// The job's redirect policy is DISALLOW and the server answered with a redirect (300, 301,
+    /// 302, 303, 307 or 308). The code is `HRESULT_FROM_WIN32(HTTP_STATUS_<status>)` and
+    /// [`FetchError::redirect_target`] holds where the server pointed (spec §6.2).
+    RedirectDisallowed,
     /// TLS handshake or certificate verification failed.
     Tls,
     /// The URL is not a usable http(s) URL.
@@ -47,6 +51,10 @@ pub struct FetchError {
     pub message: String,
     /// The server's `Retry-After` (delta-seconds or HTTP date), for 429 and 503 answers.
     pub retry_after: Option<Duration>,
+    /// For [`FetchErrorKind::RedirectDisallowed`]: the absolute URL the refused redirect pointed
+    /// to (resolved against the request URL, fragment dropped), when it had a usable http(s)
+    /// `Location`. The manager makes it the file's remote name (spec §6.2, case 68).
+    pub redirect_target: Option<String>,
 }
 
 impl FetchError {
@@ -57,7 +65,15 @@ impl FetchError {
         transient: bool,
         message: impl Into<String>,
     ) -> FetchError {
-        FetchError { kind, code, context, transient, message: message.into(), retry_after: None }
+        FetchError {
+            kind,
+            code,
+            context,
+            transient,
+            message: message.into(),
+            retry_after: None,
+            redirect_target: None,
+        }
     }
 
     /// An HTTP status that is an error for this request, classified by spec §5.2.
@@ -130,6 +146,31 @@ impl FetchError {
             false,
             message,
         )
+    }
+
+    /// A redirect that the DISALLOW policy refuses: fatal, REMOTE_FILE, with the code BITS reports
+    /// for it, `HRESULT_FROM_WIN32(HTTP_STATUS_<status>)` (302 → 0x8007012E). BITS documents no
+    /// value for 308; it gets `Win32Http(308)` (0x80070134) by the same rule.
+    pub(crate) fn redirect_disallowed(
+        status: u16,
+        url: &str,
+        target: Option<String>,
+    ) -> FetchError {
+        let message = match &target {
+            Some(to) => {
+                format!("HTTP {status} from {url} redirects to {to}; redirects are disallowed")
+            }
+            None => format!("HTTP {status} from {url} is a redirect; redirects are disallowed"),
+        };
+        let mut err = FetchError::new(
+            FetchErrorKind::RedirectDisallowed,
+            Code::Win32Http(status),
+            ErrorContext::RemoteFile,
+            false,
+            message,
+        );
+        err.redirect_target = target;
+        err
     }
 
     pub(crate) fn bad_url(message: impl Into<String>) -> FetchError {
@@ -209,5 +250,29 @@ mod tests {
         assert!(http.transient);
         assert!(http.to_string().starts_with("BG_E_HTTP_ERROR_503"));
         assert_eq!(BitsError::from(http).code, Code::Http(503));
+    }
+
+    #[test]
+    fn disallowed_redirect_carries_win32_http_code_and_target() {
+        let err = FetchError::redirect_disallowed(302, "http://x/a", Some("http://y/b".into()));
+        assert_eq!(
+            (err.kind, err.code),
+            (FetchErrorKind::RedirectDisallowed, Code::Win32Http(302))
+        );
+        assert_eq!(err.code.hresult(), 0x8007_012E);
+        assert_eq!((err.context, err.transient), (ErrorContext::RemoteFile, false));
+        assert_eq!(err.redirect_target.as_deref(), Some("http://y/b"));
+        assert!(err.message.contains("http://y/b"), "{err}");
+        for (status, hr) in [
+            (300, 0x8007_012C),
+            (301, 0x8007_012D),
+            (303, 0x8007_012F),
+            (307, 0x8007_0133),
+            (308, 0x8007_0134),
+        ] {
+            let err = FetchError::redirect_disallowed(status, "http://x/a", None);
+            assert_eq!(err.code.hresult(), hr, "{status}");
+            assert_eq!(err.redirect_target, None);
+        }
     }
 }

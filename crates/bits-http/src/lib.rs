@@ -31,7 +31,7 @@ mod redirect;
 
 pub use body::RangeBody;
 pub use classify::classify_status;
-pub use client::{HttpClient, HttpConfig};
+pub use client::{HttpClient, HttpConfig, RedirectPolicy, RequestOptions};
 pub use custom::parse_custom_headers;
 pub use error::{FetchError, FetchErrorKind};
 pub use probe::RemoteInfo;

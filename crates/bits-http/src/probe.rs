@@ -28,6 +28,9 @@ pub struct RemoteInfo {
     /// `final_url` has the origin of the URL that was probed. When a redirect led elsewhere, the
     /// job's credentials (Authorization, Cookie) are not sent with the GETs that go straight there.
     pub same_origin: bool,
+    /// The probe was redirected: `final_url` differs from the URL asked for. Under the
+    /// ALLOW_REPORT policy the manager makes `final_url` the file's remote name (spec §6.2).
+    pub redirected: bool,
 }
 
 impl RemoteInfo {
@@ -42,6 +45,7 @@ impl RemoteInfo {
             accept_ranges,
             last_modified,
             same_origin: true,
+            redirected: false,
         }
     }
 }

@@ -13,12 +13,16 @@ use crate::headers;
 use crate::probe::{RemoteInfo, status_error};
 
 /// Checks a (non-redirect) response head to `GET` of `span`. `Ok` means the body is exactly the
-/// bytes of `span` (a 206 for it, or a 200 when `span` is the whole file).
+/// bytes of `span` (a 206 for it, or, when `allow_full` is set, a 200 when `span` is the whole
+/// file). Without `allow_full` every 200 that passes the version checks is
+/// `BG_E_INSUFFICIENT_RANGE_SUPPORT`: only FOREGROUND jobs may fall back to one plain GET (spec
+/// §6.2, case 58).
 pub(crate) fn check(
     parts: &Parts,
     remote: &RemoteInfo,
     span: Span,
     url: &Url,
+    allow_full: bool,
 ) -> Result<(), FetchError> {
     let status = parts.status.as_u16();
     let response_validator = headers::validator(&parts.headers);
@@ -99,6 +103,14 @@ pub(crate) fn check(
                 Err(why) => return Err(FetchError::invalid_response(format!("{url}: {why}"))),
             }
             check_encoding(parts, url)?;
+            if !allow_full {
+                return Err(FetchError::range_not_supported(format!(
+                    "{url} ignored Range bytes={}-{} and sent the whole file, which this job may \
+                     not fall back to",
+                    span.start,
+                    span.end - 1
+                )));
+            }
             if span.start != 0 || span.end != remote.size {
                 return Err(FetchError::range_not_supported(format!(
                     "{url} ignored Range bytes={}-{} and sent the whole file",
@@ -167,6 +179,7 @@ mod tests {
             accept_ranges: true,
             last_modified: None,
             same_origin: true,
+            redirected: false,
         }
     }
 
@@ -175,10 +188,22 @@ mod tests {
         pairs: &[(&str, &str)],
         span: Span,
     ) -> Result<(), (FetchErrorKind, Code, bool)> {
+        kind_full(status, pairs, span, true)
+    }
+
+    fn kind_full(
+        status: u16,
+        pairs: &[(&str, &str)],
+        span: Span,
+        allow_full: bool,
+    ) -> Result<(), (FetchErrorKind, Code, bool)> {
         let url = Url::parse("http://h/f").unwrap();
-        check(&parts(status, pairs), &remote(), span, &url)
+        check(&parts(status, pairs), &remote(), span, &url, allow_full)
             .map_err(|e| (e.kind, e.code, e.transient))
     }
+
+    const NO_RANGES: (FetchErrorKind, Code, bool) =
+        (FetchErrorKind::RangeNotSupported, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, false);
 
     const INVALID: (FetchErrorKind, Code, bool) =
         (FetchErrorKind::InvalidResponse, Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, true);
@@ -231,10 +256,7 @@ mod tests {
         assert_eq!(kind(200, &[("content-length", "99")], whole), Err(CHANGED));
         let good = [("content-length", "100"), ("etag", "\"v1\"")];
         assert_eq!(kind(200, &[good[0], good[1], ("content-encoding", "br")], whole), Err(INVALID));
-        assert_eq!(
-            kind(200, &good, Span::new(0, 50)),
-            Err((FetchErrorKind::RangeNotSupported, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, false))
-        );
+        assert_eq!(kind(200, &good, Span::new(0, 50)), Err(NO_RANGES));
         assert_eq!(kind(412, &[], whole), Err(CHANGED));
         assert_eq!(
             kind(416, &[], whole),
@@ -242,5 +264,28 @@ mod tests {
         );
         assert_eq!(kind(404, &[], whole), Err((FetchErrorKind::Http(404), Code::Http(404), false)));
         assert_eq!(kind(204, &[], whole), Err(INVALID));
+    }
+
+    #[test]
+    fn full_content_refused_when_the_job_may_not_fall_back() {
+        let whole = Span::new(0, 100);
+        let good = [("content-length", "100"), ("etag", "\"v1\"")];
+        assert_eq!(kind_full(200, &good, whole, false), Err(NO_RANGES));
+        assert_eq!(kind_full(200, &good, Span::new(0, 50), false), Err(NO_RANGES));
+        // The version checks still come first: a changed file restarts rather than failing.
+        assert_eq!(kind_full(200, &[("content-length", "100")], whole, false), Err(CHANGED));
+        assert_eq!(kind_full(200, &[("etag", "\"v1\"")], whole, false), Err(INVALID));
+        // A 206 is unaffected.
+        let mid = Span::new(10, 20);
+        assert_eq!(kind_full(206, &[("content-range", "bytes 10-19/100")], mid, false), Ok(()));
+        assert_eq!(
+            kind_full(
+                206,
+                &[("content-range", "bytes 0-99/100"), ("etag", "\"v1\"")],
+                whole,
+                false
+            ),
+            Ok(())
+        );
     }
 }

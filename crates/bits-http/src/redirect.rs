@@ -37,19 +37,43 @@ pub(crate) fn to_uri(url: &Url) -> Result<Uri, FetchError> {
     url.as_str().parse::<Uri>().map_err(|e| FetchError::bad_url(format!("invalid URL {url}: {e}")))
 }
 
+/// The statuses BITS reports as `HRESULT_FROM_WIN32(HTTP_STATUS_<status>)` under the DISALLOW
+/// redirect policy (spec §6.2): every redirect status, including 300 (which is never followed).
+pub(crate) fn is_disallowed_redirect(status: u16) -> bool {
+    matches!(status, 300 | 301 | 302 | 303 | 307 | 308)
+}
+
+/// Where a redirect that will not be followed points: `Location` resolved against `current`
+/// like a followed one (fragment dropped), if it is a usable http(s) URL.
+pub(crate) fn redirect_target(current: &Url, location: Option<&HeaderValue>) -> Option<Url> {
+    let location = location?.to_str().ok()?;
+    let mut target = current.join(location).ok()?;
+    target.set_fragment(None);
+    check_url(&target).ok()?;
+    Some(target)
+}
+
 /// Tracks one chain of redirects.
 #[derive(Debug)]
 pub(crate) struct Redirects {
     max: u32,
     followed: u32,
     visited: HashSet<String>,
+    /// BITS_HTTP_SECURITY_FLAG ALLOW_HTTPS_TO_HTTP: follow a redirect from https to http.
+    allow_https_to_http: bool,
 }
 
 impl Redirects {
     pub(crate) fn new(start: &Url, max: u32) -> Redirects {
         let mut visited = HashSet::new();
         visited.insert(start.as_str().to_owned());
-        Redirects { max, followed: 0, visited }
+        Redirects { max, followed: 0, visited, allow_https_to_http: false }
+    }
+
+    /// Lets this chain follow redirects from https to http (refused unless set).
+    pub(crate) fn allow_https_to_http(mut self, allow: bool) -> Redirects {
+        self.allow_https_to_http = allow;
+        self
     }
 
     /// The URL a redirect from `current` leads to, or why it must not be followed.
@@ -74,7 +98,7 @@ impl Redirects {
         })?;
         next.set_fragment(None);
         check_url(&next)?;
-        if current.scheme() == "https" && next.scheme() == "http" {
+        if current.scheme() == "https" && next.scheme() == "http" && !self.allow_https_to_http {
             return Err(FetchError::redirect(format!(
                 "refusing redirect from https to http ({current} -> {next})"
             )));
@@ -174,6 +198,46 @@ mod tests {
 
         let err = Redirects::new(&a, 10).next(&a, 302, None).unwrap_err();
         assert_eq!(err.kind, FetchErrorKind::Redirect);
+    }
+
+    #[test]
+    fn https_to_http_only_with_the_flag() {
+        let s = url("https://h/a");
+        let next = Redirects::new(&s, 10)
+            .allow_https_to_http(true)
+            .next(&s, 302, Some(&hv("http://h/b")))
+            .unwrap();
+        assert_eq!(next.as_str(), "http://h/b");
+        let err = Redirects::new(&s, 10)
+            .allow_https_to_http(false)
+            .next(&s, 302, Some(&hv("http://h/b")))
+            .unwrap_err();
+        assert_eq!(err.kind, FetchErrorKind::Redirect);
+        // The flag does not lift the other limits.
+        let mut r = Redirects::new(&s, 10).allow_https_to_http(true);
+        let b = r.next(&s, 302, Some(&hv("http://h/b"))).unwrap();
+        let err = r.next(&b, 302, Some(&hv("https://h/a"))).unwrap_err();
+        assert_eq!(err.kind, FetchErrorKind::Redirect);
+    }
+
+    #[test]
+    fn disallowed_redirect_statuses_and_targets() {
+        for s in [300, 301, 302, 303, 307, 308] {
+            assert!(is_disallowed_redirect(s), "{s}");
+        }
+        for s in [200, 206, 304, 305, 306, 309, 404] {
+            assert!(!is_disallowed_redirect(s), "{s}");
+        }
+        let cur = url("http://h/dir/a");
+        let target =
+            |loc: Option<&str>| redirect_target(&cur, loc.map(hv).as_ref()).map(|u| u.to_string());
+        assert_eq!(target(Some("b#frag")).as_deref(), Some("http://h/dir/b"));
+        assert_eq!(target(Some("https://o:8443/x?y")).as_deref(), Some("https://o:8443/x?y"));
+        assert_eq!(target(Some("//o/x")).as_deref(), Some("http://o/x"));
+        assert_eq!(target(Some("ftp://o/x")), None);
+        assert_eq!(target(None), None);
+        let bad = HeaderValue::from_bytes(b"\xff").unwrap();
+        assert_eq!(redirect_target(&cur, Some(&bad)), None);
     }
 
     #[test]

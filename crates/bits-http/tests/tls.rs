@@ -1,6 +1,6 @@
 //! The fetcher over https against an in-process rustls server with a self-signed certificate:
 //! HTTP/2 is negotiated by ALPN, certificates are verified (an untrusted one fails with `Tls`),
-//! and an https→http redirect is refused.
+//! and an https→http redirect is refused unless ALLOW_HTTPS_TO_HTTP is set.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use bits_core::{Code, ErrorContext, Span};
-use bits_http::FetchErrorKind;
+use bits_http::{FetchErrorKind, RedirectPolicy, RequestOptions};
 use common::{Mode, SIZE, client_with, read_all, start, start_tls};
 use http::Version;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -81,4 +81,46 @@ async fn https_to_http_redirect_is_refused() {
     *tls.state.redirect_target.lock().unwrap() = "/file".into();
     let info = http.probe(&url).await.unwrap();
     assert_eq!(info.final_url, format!("https://localhost:{}/file", tls.addr.port()));
+}
+
+#[tokio::test]
+async fn https_to_http_redirect_is_followed_with_the_flag() {
+    let (cert, config) = self_signed();
+    let tls = start_tls(Mode::Normal, config).await;
+    let plain = start(Mode::Normal).await;
+    *tls.state.redirect_target.lock().unwrap() = plain.url("/file");
+    let http = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
+    let url = format!("https://localhost:{}/abs-redirect", tls.addr.port());
+
+    let refused = RequestOptions { allow_https_to_http: false, ..RequestOptions::default() };
+    let err = http.probe_opts(&url, &refused).await.unwrap_err();
+    assert_eq!(
+        (err.kind, err.code, err.transient),
+        (FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false),
+        "{err}"
+    );
+    assert!(plain.state.seen().is_empty());
+
+    for redirects in [RedirectPolicy::AllowSilent, RedirectPolicy::AllowReport] {
+        let allowed =
+            RequestOptions { allow_https_to_http: true, redirects, ..RequestOptions::default() };
+        let info = http.probe_opts(&url, &allowed).await.unwrap();
+        assert_eq!(info.final_url, plain.url("/file"));
+        assert!(info.redirected);
+        assert!(!info.same_origin);
+        let mut body = http.get_range_opts(&info, Span::new(0, info.size), &allowed).await.unwrap();
+        assert_eq!(read_all(&mut body).await.unwrap(), plain.state.data);
+    }
+
+    // DISALLOW wins over the flag: the redirect is reported, not followed.
+    let disallow = RequestOptions {
+        allow_https_to_http: true,
+        redirects: RedirectPolicy::Disallow,
+        ..RequestOptions::default()
+    };
+    let before = plain.state.seen().len();
+    let err = http.probe_opts(&url, &disallow).await.unwrap_err();
+    assert_eq!((err.kind, err.code), (FetchErrorKind::RedirectDisallowed, Code::Win32Http(302)));
+    assert_eq!(err.redirect_target, Some(plain.url("/file")));
+    assert_eq!(plain.state.seen().len(), before);
 }

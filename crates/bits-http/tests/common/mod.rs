@@ -232,6 +232,10 @@ async fn handle(req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
         headers: req.headers().clone(),
         version: req.version(),
     });
+    // `/r/<status>` redirects to `/file` with that status (any 3xx, including 300).
+    if let Some(code) = path.strip_prefix("/r/") {
+        return redirect(code.parse().unwrap(), "/file#frag");
+    }
     if let Some(n) = path.strip_prefix("/chain/") {
         let n: u32 = n.parse().unwrap();
         return if n == 0 {
