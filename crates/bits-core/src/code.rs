@@ -42,7 +42,7 @@ macro_rules! codes {
                 match hr {
                     $($hr => Some(Code::$name),)*
                     0x8019_0064..=0x8019_03E7 => Some(Code::Http((hr - 0x8019_0000) as u16)),
-                    0x8007_012C..=0x8007_0133 => Some(Code::Win32Http((hr & 0xFFFF) as u16)),
+                    0x8007_012C..=0x8007_0134 => Some(Code::Win32Http((hr & 0xFFFF) as u16)),
                     _ => None,
                 }
             }

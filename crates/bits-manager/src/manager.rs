@@ -128,6 +128,9 @@ pub(crate) struct Entry {
     pub(crate) stalled_since: Option<Instant>,
     /// Complete or Cancel is in progress: other changes are refused.
     pub(crate) finishing: bool,
+    /// Time spent CONNECTING or TRANSFERRING since the last Resume, counted against the job's
+    /// maximum download time (spec §5.3). Not persisted: a restart grants a fresh budget.
+    pub(crate) active_time: Duration,
 }
 
 /// A running worker.
@@ -165,7 +168,15 @@ impl Manager {
             table.next_seq += 1;
             table.jobs.insert(
                 job.id,
-                Entry { job, seq, run: None, retry_at, stalled_since: None, finishing: false },
+                Entry {
+                    job,
+                    seq,
+                    run: None,
+                    retry_at,
+                    stalled_since: None,
+                    finishing: false,
+                    active_time: Duration::ZERO,
+                },
             );
         }
         store.flush()?;
@@ -323,6 +334,7 @@ impl Manager {
                     retry_at: None,
                     stalled_since: None,
                     finishing: false,
+                    active_time: Duration::ZERO,
                 },
             );
         }
@@ -360,8 +372,10 @@ impl Manager {
                 }
                 set_state(entry, next);
                 entry.retry_at = None;
-                // Resume starts a fresh attempt: the no-progress timer restarts with it.
+                // Resume starts a fresh attempt: the no-progress timer and the download-time
+                // budget restart with it.
                 entry.stalled_since = None;
+                entry.active_time = Duration::ZERO;
                 self.persist_job(&entry.job)?;
             }
         }

@@ -10,12 +10,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bits_core::Priority;
+use bits_core::job::security;
 use bits_core::{
     BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, Span, transition,
 };
 use bits_disk::PartFile;
-use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
-use http::HeaderMap;
+use bits_http::{FetchError, FetchErrorKind, RedirectPolicy, RemoteInfo, RequestOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ enum Halt {
     Stopped,
     /// The remote file changed: restart this file from zero.
     Changed,
+    /// ON_DEMAND_MODE: every requested range is filled; the job waits for the next request.
+    OnDemandIdle,
     /// The attempt failed; `retry_after` is the server's Retry-After, if it sent one.
     Failed { error: JobError, transient: bool, retry_after: Option<Duration> },
 }
@@ -46,11 +49,45 @@ pub(crate) async fn run_job(
     stop: CancellationToken,
     repick: Arc<Notify>,
 ) {
-    let outcome = transfer_job(&manager, id, &stop, &repick).await;
+    let started = Instant::now();
+    let budget = {
+        let table = manager.table();
+        let Some(entry) = table.jobs.get(&id) else { return };
+        let max = Duration::from_secs(u64::from(entry.job.maximum_download_time_secs));
+        max.saturating_sub(entry.active_time)
+    };
+    // The maximum download time stops the worker the same way Suspend does (bytes synced and
+    // recorded), and is then reported as the fatal error it is.
+    let work = stop.child_token();
+    let deadline = {
+        let work = work.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(budget).await;
+            work.cancel();
+        })
+    };
+    let mut outcome = transfer_job(&manager, id, &work, &repick).await;
+    deadline.abort();
+    if matches!(outcome, Err(Halt::Stopped)) && work.is_cancelled() && !stop.is_cancelled() {
+        outcome = Err(Halt::Failed {
+            error: JobError {
+                context: ErrorContext::GeneralQueueManager,
+                code: Code::BG_E_MAXDOWNLOAD_TIMEOUT,
+                description: format!(
+                    "the job's maximum download time of {} s was used up",
+                    budget.as_secs()
+                ),
+                file_index: None,
+            },
+            transient: false,
+            retry_after: None,
+        });
+    }
     {
         let mut table = manager.table();
         let Some(entry) = table.jobs.get_mut(&id) else { return };
         entry.run = None;
+        entry.active_time += started.elapsed();
         if !entry.finishing {
             match outcome {
                 // A file added after the last check is still missing: back to the queue.
@@ -69,6 +106,13 @@ pub(crate) async fn run_job(
                     }
                 }
                 Err(Halt::Stopped) | Err(Halt::Changed) => {}
+                // Spec A6b: the requested ranges are in; an incomplete file waits, SUSPENDED.
+                Err(Halt::OnDemandIdle) => {
+                    if let Ok(next) = transition(entry.job.state, Event::Suspend) {
+                        set_state(entry, next);
+                        tracing::info!(job = %id, "on-demand ranges transferred; job suspended");
+                    }
+                }
                 Err(Halt::Failed { error, transient, retry_after }) => {
                     fail(entry, error, transient, retry_after);
                 }
@@ -125,10 +169,38 @@ async fn transfer_job(
         let next = {
             let table = manager.table();
             let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
-            entry.job.files.iter().position(|f| !f.is_transferred())
+            next_file(&entry.job)
         };
-        let Some(index) = next else { return Ok(()) };
-        transfer_file(manager, id, index as u32, stop, repick).await?;
+        match next {
+            NextFile::File(index) => transfer_file(manager, id, index, stop, repick).await?,
+            NextFile::Done => return Ok(()),
+            NextFile::Idle => return Err(Halt::OnDemandIdle),
+        }
+    }
+}
+
+enum NextFile {
+    File(u32),
+    /// Every file is whole.
+    Done,
+    /// ON_DEMAND_MODE and nothing requested is missing.
+    Idle,
+}
+
+/// Files go in insertion order (spec I2). In ON_DEMAND_MODE only files with requested bytes
+/// still missing are worked on.
+fn next_file(job: &bits_core::Job) -> NextFile {
+    let pending = |f: &JobFile| !f.is_transferred();
+    let wanted = |f: &JobFile| !f.requested.subtract(&f.filled).is_empty();
+    let found = if job.on_demand {
+        job.files.iter().position(|f| pending(f) && wanted(f))
+    } else {
+        job.files.iter().position(pending)
+    };
+    match found {
+        Some(index) => NextFile::File(index as u32),
+        None if job.all_transferred() => NextFile::Done,
+        None => NextFile::Idle,
     }
 }
 
@@ -172,10 +244,13 @@ async fn transfer_file_once(
     repick: &Notify,
 ) -> Result<(), Halt> {
     let file = snapshot(manager, id, index)?;
-    let headers = custom_headers(manager, id);
+    let options = request_options(manager, id);
     let remote = tokio::select! {
         _ = stop.cancelled() => return Err(Halt::Stopped),
-        probed = manager.inner.http.probe_with(&file.remote_url, &headers) => probed.map_err(|e| fetch_halt(e, index))?,
+        probed = manager.inner.http.probe_opts(&file.remote_url, &options) => match probed {
+            Ok(remote) => remote,
+            Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
+        },
     };
     let changed = file.remote_size.is_some_and(|s| s != remote.size)
         || (file.validator != Default::default() && file.validator != remote.validator);
@@ -211,7 +286,7 @@ async fn transfer_file_once(
 
     loop {
         let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
-        let request = Request { remote: &remote, headers: &headers, piece };
+        let request = Request { remote: &remote, options: &options, piece };
         match fetch_piece(manager, id, index, request, &part, &layout, stop, repick).await? {
             PieceEnd::Done | PieceEnd::Repick => continue,
         }
@@ -232,6 +307,13 @@ async fn connected(
         let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
         file.remote_size = Some(remote.size);
         file.validator = remote.validator.clone();
+        // ALLOW_REPORT: the remote name becomes where the redirects led (spec §6.2).
+        if remote.redirected
+            && entry.job.security_flags & security::REDIRECT_POLICY_MASK
+                == security::REDIRECT_POLICY_ALLOW_REPORT
+        {
+            file.remote_url = remote.final_url.clone();
+        }
         if file.trim_filled_to(Some(temp_len)) {
             tracing::warn!(job = %id, index, path = %file.temp_path.display(), temp_len, "temp file short; the ranges it no longer holds will be fetched again");
         }
@@ -258,12 +340,20 @@ fn next_piece(
     layout: &Layout,
 ) -> Result<Option<Span>, Halt> {
     let table = manager.table();
-    let file =
-        table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)).ok_or(Halt::Stopped)?;
+    let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+    let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
     let missing = layout.wanted().subtract(&file.filled);
-    let urgent = file.requested.subtract(&file.filled);
-    let urgent = missing.intersect(&urgent);
-    Ok(urgent.iter().next().or_else(|| missing.iter().next()))
+    let urgent = missing.intersect(&file.requested);
+    if let Some(piece) = urgent.iter().next() {
+        return Ok(Some(piece));
+    }
+    if entry.job.on_demand {
+        // Only what was asked for; the rest waits for the next request.
+        return Ok(None);
+    }
+    // From the download position to the end, then from the lowest missing byte.
+    let position = file.download_position.unwrap_or(0);
+    Ok(missing.first_from(position).or_else(|| missing.iter().next()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -279,7 +369,10 @@ async fn fetch_piece(
 ) -> Result<PieceEnd, Halt> {
     let mut body = tokio::select! {
         _ = stop.cancelled() => return Err(Halt::Stopped),
-        got = manager.inner.http.get_range_with(request.remote, request.piece, request.headers) => got.map_err(|e| fetch_halt(e, index))?,
+        got = manager.inner.http.get_range_opts(request.remote, request.piece, request.options) => match got {
+            Ok(body) => body,
+            Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
+        },
     };
     let piece = request.piece;
     tracing::debug!(job = %id, index, start = piece.start, end = piece.end, "fetching");
@@ -404,16 +497,43 @@ async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt
 /// One ranged GET to make: the probed version, the job's headers, the remote span.
 struct Request<'a> {
     remote: &'a RemoteInfo,
-    headers: &'a HeaderMap,
+    options: &'a RequestOptions,
     piece: Span,
 }
 
-/// The job's custom headers, parsed (they were validated when set, so a parse failure cannot
-/// happen; it would only drop them).
-fn custom_headers(manager: &Manager, id: JobId) -> HeaderMap {
+/// What the job asks of its HTTP requests: its custom headers (validated when set, so a parse
+/// failure cannot happen and would only drop them), its redirect policy, and whether a server
+/// that ignores Range may send the whole file in one 200 (FOREGROUND jobs only, spec §5.1).
+fn request_options(manager: &Manager, id: JobId) -> RequestOptions {
     let table = manager.table();
-    let text = table.jobs.get(&id).and_then(|e| e.job.custom_headers.clone());
-    text.and_then(|t| bits_http::parse_custom_headers(&t).ok()).unwrap_or_default()
+    let Some(entry) = table.jobs.get(&id) else { return RequestOptions::default() };
+    let job = &entry.job;
+    let headers =
+        job.custom_headers.as_deref().and_then(|t| bits_http::parse_custom_headers(t).ok());
+    RequestOptions {
+        headers: headers.unwrap_or_default(),
+        redirects: match job.security_flags & security::REDIRECT_POLICY_MASK {
+            security::REDIRECT_POLICY_ALLOW_REPORT => RedirectPolicy::AllowReport,
+            security::REDIRECT_POLICY_DISALLOW => RedirectPolicy::Disallow,
+            _ => RedirectPolicy::AllowSilent,
+        },
+        allow_https_to_http: job.security_flags & security::ALLOW_HTTPS_TO_HTTP != 0,
+        allow_full_response: job.priority == Priority::Foreground,
+    }
+}
+
+/// A failed request; a redirect the job's policy refused also makes the redirect target the
+/// file's remote name (spec §6.2, DISALLOW), so the caller sees where it was sent.
+fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) -> Halt {
+    if let (FetchErrorKind::RedirectDisallowed, Some(target)) = (e.kind, &e.redirect_target) {
+        let mut table = manager.table();
+        if let Some(file) =
+            table.jobs.get_mut(&id).and_then(|entry| entry.job.files.get_mut(index as usize))
+        {
+            file.remote_url = target.clone();
+        }
+    }
+    fetch_halt(e, index)
 }
 
 fn snapshot(manager: &Manager, id: JobId, index: u32) -> Result<JobFile, Halt> {
