@@ -72,3 +72,53 @@ pub async fn await_file_bytes(client: &Client, job: JobId, index: usize, bytes: 
 pub async fn is_listed(client: &Client, job: JobId) -> bool {
     client.list_jobs().await.unwrap().iter().any(|j| j.id == job)
 }
+
+// ---- Helpers of errors_timers.rs, consistency.rs, redirects.rs and properties.rs ------------
+
+/// Polls GetJob until `done` holds for the job, and returns it; `what` names the wait.
+pub async fn await_job<F>(
+    client: &Client,
+    job: JobId,
+    what: &str,
+    timeout: Duration,
+    done: F,
+) -> JobInfo
+where
+    F: Fn(&JobInfo) -> bool,
+{
+    wait_for(what, timeout, || async {
+        let info = client.get_job(job).await.map_err(|e| format!("GetJob failed: {e}"))?;
+        if done(&info) {
+            return Ok(info);
+        }
+        Err(format!(
+            "state {} error_count {} error {:?}",
+            info.state.name(),
+            info.error_count,
+            info.error
+        ))
+    })
+    .await
+}
+
+/// A fault server's request log, one line per request (for failure messages).
+pub fn fault_log(log: &[bits_tests::faults::Logged]) -> String {
+    let t0 = log.first().map(|r| r.at);
+    log.iter()
+        .map(|r| {
+            format!(
+                "#{} +{:?} {} {} range={:?} auth={:?} cookie={:?} -> {} sent={} fault={:?}\n",
+                r.seq,
+                t0.map(|t| r.at.duration_since(t)).unwrap_or_default(),
+                r.method,
+                r.path,
+                r.range,
+                r.authorization,
+                r.cookie,
+                r.status,
+                r.sent,
+                r.fault
+            )
+        })
+        .collect()
+}
