@@ -93,6 +93,15 @@ pub enum Command {
         #[arg(value_name = "OFFSET:LENGTH", required = true, value_parser = parse_range)]
         ranges: Vec<ByteRange>,
     },
+    /// Print a job's notifications as they happen, one line each (--json: one object a line),
+    /// until the job is completed or cancelled.
+    Watch {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+        /// Notify flags for this watcher (e.g. 0x3F for every event); default: the job's own.
+        #[arg(long, value_name = "FLAGS", value_parser = parse_flags)]
+        flags: Option<u32>,
+    },
     /// Download one URL to DEST: create a job, wait for it, complete it.
     Download {
         url: String,
@@ -126,6 +135,16 @@ impl From<PriorityArg> for Priority {
 /// A job id as printed by `bitsctl create` (a UUID).
 pub fn parse_job_id(text: &str) -> Result<JobId, String> {
     JobId::parse(text.trim()).ok_or_else(|| format!("'{text}' is not a job id (expected a UUID)"))
+}
+
+/// Notify flags: `0x`-prefixed hexadecimal or decimal.
+pub fn parse_flags(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|_| format!("'{text}' is not a flags value (0x3F or 63)"))
 }
 
 /// `OFFSET:LENGTH`, decimal, with `eof` as LENGTH for "to the end of the file".

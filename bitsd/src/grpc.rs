@@ -437,13 +437,13 @@ impl v1::bits_server::Bits for BitsService {
         )
     }
 
-    type WatchJobStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+    type WatchJobStream = crate::watch::WatchJobStream;
 
     async fn watch_job(
         &self,
-        _request: Request<v1::WatchJobRequest>,
+        request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        Err(Status::unimplemented("WatchJob: being implemented"))
+        let caller = self.caller(&request)?;
+        crate::watch::watch_job(&self.manager, caller, request.into_inner()).await
     }
 }

@@ -3,6 +3,7 @@
 
 mod grpc;
 mod server;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,9 +113,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), uid = euid, "bitsd starting");
 
     let listener = server::bind(&socket)?;
+    // Open WatchJob streams end at the signal: a graceful server shutdown waits for them.
+    let watched = manager.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        watched.close_subscriptions();
+    };
     let served =
-        server::serve(listener, grpc::BitsService::new(manager.clone(), euid), shutdown_signal())
-            .await;
+        server::serve(listener, grpc::BitsService::new(manager.clone(), euid), shutdown).await;
     tracing::info!("shutting down: stopping transfers and persisting progress");
     if tokio::time::timeout(Duration::from_secs(4), manager.shutdown()).await.is_err() {
         tracing::warn!("transfers did not stop within 4 s; progress recorded so far is kept");

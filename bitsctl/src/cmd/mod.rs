@@ -1,6 +1,7 @@
 //! One function per subcommand: call bits-client, hand the answer to `render`, print it.
 
 pub mod download;
+pub mod watch;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -107,6 +108,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::RequestRanges { job, file_index, ranges } => {
             print_code(client.request_file_ranges(job, file_index, &ranges).await?, json);
         }
+        Command::Watch { job, flags } => watch::run(&client, job, flags, json).await?,
         Command::Download { url, dest, ranges, priority } => {
             let dest = absolute(&dest)?;
             download::run(&client, &url, &dest, &ranges, priority.into(), json).await?;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use bits_core::{BitsError, ByteRange, Code, JobError, JobId, Priority, Progress};
 use bits_proto::convert;
+pub use bits_proto::convert::{EventInfo, JobEventInfo};
 use bits_proto::v1::{self, bits_client::BitsClient};
 pub use bits_proto::{FileInfo, JobInfo};
 use hyper_util::rt::TokioIo;
@@ -414,6 +415,51 @@ impl Client {
     ) -> Result<Code, ClientError> {
         let req = v1::UpdateDownloadPositionRequest { job_id: job.to_string(), file_index, offset };
         status_code(self.inner.clone().update_download_position(req).await?.into_inner())
+    }
+}
+
+impl Client {
+    /// WatchJob: the job's notifications (spec §7) from now on, preceded by JobTransferred or
+    /// JobError if the job is in that state already. `flags` overrides the job's notify flags
+    /// for this watcher (`None`: the job's own, which it follows when they change). The call
+    /// returns once the daemon has registered the watcher, so nothing that happens afterwards
+    /// is missed; the stream ends when the job is completed or cancelled, or the daemon stops.
+    pub async fn watch_job(
+        &self,
+        job: JobId,
+        flags: Option<u32>,
+    ) -> Result<EventStream, ClientError> {
+        let req = v1::WatchJobRequest { job_id: job.to_string(), notify_flags: flags };
+        let inner = self.inner.clone().watch_job(req).await?.into_inner();
+        Ok(EventStream { inner })
+    }
+}
+
+/// The events of a [`Client::watch_job`]: a [`Stream`](tokio_stream::Stream), and
+/// [`EventStream::next`] for callers without a stream combinator crate.
+pub struct EventStream {
+    inner: tonic::Streaming<v1::JobEvent>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the stream ended.
+    pub async fn next(&mut self) -> Option<Result<JobEventInfo, ClientError>> {
+        tokio_stream::StreamExt::next(self).await
+    }
+}
+
+fn event_from_wire(item: Result<v1::JobEvent, tonic::Status>) -> Result<JobEventInfo, ClientError> {
+    convert::job_event_from_wire(&item?).map_err(protocol)
+}
+
+impl tokio_stream::Stream for EventStream {
+    type Item = Result<JobEventInfo, ClientError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx).map(|item| item.map(event_from_wire))
     }
 }
 

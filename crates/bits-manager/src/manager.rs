@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::EventBus;
 use crate::validate;
 
 /// Who is calling: the uid from the socket's peer credentials, and whether that uid is an
@@ -106,6 +107,8 @@ pub(crate) struct Inner {
     pub(crate) wake: Notify,
     /// Set at shutdown: workers stop, the scheduler exits.
     pub(crate) shutdown: CancellationToken,
+    /// Job notifications (WatchJob).
+    pub(crate) events: EventBus,
 }
 
 #[derive(Default)]
@@ -131,6 +134,9 @@ pub(crate) struct Entry {
     /// Time spent CONNECTING or TRANSFERRING since the last Resume, counted against the job's
     /// maximum download time (spec §5.3). Not persisted: a restart grants a fresh budget.
     pub(crate) active_time: Duration,
+    /// Where this job's notifications go: a handle on the manager's bus, so that
+    /// [`set_state`] can announce every state change.
+    pub(crate) events: EventBus,
 }
 
 /// A running worker.
@@ -153,6 +159,7 @@ impl Manager {
         }
         crate::reconcile::report_orphans(&jobs);
         let mut table = Table::default();
+        let events = EventBus::new();
         let now = Instant::now();
         for mut job in jobs {
             let before = job.state;
@@ -175,6 +182,7 @@ impl Manager {
                     retry_at,
                     stalled_since: None,
                     finishing: false,
+                    events: events.clone(),
                     active_time: Duration::ZERO,
                 },
             );
@@ -189,6 +197,7 @@ impl Manager {
                 config,
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
+                events,
             }),
         };
         tokio::spawn(crate::scheduler::run(manager.clone()));
@@ -334,6 +343,7 @@ impl Manager {
                     retry_at: None,
                     stalled_since: None,
                     finishing: false,
+                    events: self.events().clone(),
                     active_time: Duration::ZERO,
                 },
             );
@@ -692,6 +702,7 @@ impl Manager {
         {
             let mut table = self.table();
             if let Some(entry) = table.jobs.remove(&id) {
+                entry.events.finished(id, final_state, entry.job.progress());
                 table.tombstones.push((id, entry.job.owner_uid, final_state));
                 if table.tombstones.len() > MAX_TOMBSTONES {
                     table.tombstones.remove(0);
@@ -713,9 +724,12 @@ fn prepare_temp_for_finalize(temp: &Path, len: u64) -> Result<(), BitsError> {
     Ok(())
 }
 
+/// The one place a job's state changes; it also announces the change (JobModification, or
+/// JobTransferred / JobError for TRANSFERRED / ERROR, spec §7.1), so set the job's error first.
 pub(crate) fn set_state(entry: &mut Entry, state: JobState) {
     entry.job.state = state;
     entry.job.modification_time = SystemTime::now();
+    entry.events.state_changed(&entry.job);
 }
 
 pub(crate) fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {

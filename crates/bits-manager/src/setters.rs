@@ -36,6 +36,7 @@ impl Manager {
             change(&mut entry.job)?;
             entry.job.modification_time = SystemTime::now();
             self.persist_job(&entry.job)?;
+            entry.events.modified(&entry.job);
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
             }

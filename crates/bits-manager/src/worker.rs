@@ -144,9 +144,9 @@ fn fail(entry: &mut Entry, error: JobError, transient: bool, retry_after: Option
     let event = if fatal { Event::FatalFailure } else { Event::TransientFailure };
     let Ok(next) = transition(entry.job.state, event) else { return };
     tracing::warn!(job = %entry.job.id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
-    set_state(entry, next);
     entry.job.error_count = entry.job.error_count.saturating_add(1);
     entry.job.error = Some(error);
+    set_state(entry, next);
     if fatal {
         entry.retry_at = None;
         entry.stalled_since = None;
@@ -457,6 +457,8 @@ async fn record_filled(manager: &Manager, id: JobId, index: u32, span: Span) -> 
         entry.job.modification_time = SystemTime::now();
         let Some(file) = entry.job.files.get_mut(index as usize) else { return Ok(()) };
         file.filled.insert(span.start, span.end);
+        entry.events.recorded(&entry.job, index, span);
+        let file = &mut entry.job.files[index as usize];
         file.requested.remove(span.start, span.end);
         manager
             .inner

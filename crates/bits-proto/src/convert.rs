@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bits_core::{
     BitsError, ByteRange, Code, ErrorContext, FileProgress, Job, JobError, JobFile, JobId,
-    JobState, JobType, Priority, Progress,
+    JobState, JobType, Priority, Progress, RangeSet,
 };
 
 use crate::v1;
@@ -451,6 +451,123 @@ pub fn file_from_wire(file: &v1::File) -> Result<FileInfo, BitsError> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Job events (WatchJob)
+// ---------------------------------------------------------------------------------------------
+
+/// One notification of a job as both sides see it (the `JobEvent` message in bits-core types).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEventInfo {
+    pub job: JobId,
+    pub time: SystemTime,
+    pub event: EventInfo,
+}
+
+/// What a [`JobEventInfo`] reports (spec §7.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventInfo {
+    /// The job entered TRANSFERRED.
+    JobTransferred,
+    /// The job entered ERROR, with the error.
+    JobError(JobError),
+    /// Something about the job changed; its state and progress now.
+    JobModification { state: JobState, progress: Progress },
+    /// File `index` has all its bytes.
+    FileTransferred { index: u32 },
+    /// On-demand ranges of file `index` now present (remote offsets, sorted and merged).
+    FileRangesTransferred { index: u32, ranges: RangeSet },
+}
+
+impl EventInfo {
+    /// The wire name of the event (`JOB_TRANSFERRED`, …), after the notify flag that selects it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventInfo::JobTransferred => "JOB_TRANSFERRED",
+            EventInfo::JobError(_) => "JOB_ERROR",
+            EventInfo::JobModification { .. } => "JOB_MODIFICATION",
+            EventInfo::FileTransferred { .. } => "FILE_TRANSFERRED",
+            EventInfo::FileRangesTransferred { .. } => "FILE_RANGES_TRANSFERRED",
+        }
+    }
+}
+
+/// A set of spans as wire ranges (offset, length), in order.
+pub fn range_set_to_wire(ranges: &RangeSet) -> Vec<v1::ByteRange> {
+    ranges.iter().map(|s| v1::ByteRange { offset: s.start, length: s.len() }).collect()
+}
+
+/// Wire ranges as a set; a `BG_LENGTH_TO_EOF` length or a range past `u64::MAX` is
+/// `E_INVALIDARG` (an event reports bytes that exist).
+pub fn range_set_from_wire(ranges: &[v1::ByteRange]) -> Result<RangeSet, BitsError> {
+    let mut set = RangeSet::new();
+    for r in ranges {
+        let end = r
+            .offset
+            .checked_add(r.length)
+            .filter(|_| r.length != bits_core::LENGTH_TO_EOF)
+            .ok_or_else(|| {
+            invalid(format!("range {}:{} is not a span of bytes", r.offset, r.length))
+        })?;
+        set.insert(r.offset, end);
+    }
+    Ok(set)
+}
+
+pub fn job_event_to_wire(event: &JobEventInfo) -> v1::JobEvent {
+    use v1::job_event::Event;
+    let wire = match &event.event {
+        EventInfo::JobTransferred => Event::JobTransferred(v1::JobTransferredEvent {}),
+        EventInfo::JobError(error) => {
+            Event::JobError(v1::JobErrorEvent { error: Some(job_error_to_wire(error)) })
+        }
+        EventInfo::JobModification { state, progress } => {
+            Event::JobModification(v1::JobModificationEvent {
+                state: state_to_wire(*state) as i32,
+                progress: Some(progress_to_wire(progress)),
+            })
+        }
+        EventInfo::FileTransferred { index } => {
+            Event::FileTransferred(v1::FileTransferredEvent { file_index: *index })
+        }
+        EventInfo::FileRangesTransferred { index, ranges } => {
+            Event::FileRangesTransferred(v1::FileRangesTransferredEvent {
+                file_index: *index,
+                ranges: range_set_to_wire(ranges),
+            })
+        }
+    };
+    v1::JobEvent {
+        job_id: event.job.to_string(),
+        time: Some(timestamp_to_wire(event.time)),
+        event: Some(wire),
+    }
+}
+
+/// A wire event; a missing time, event or required message is `E_INVALIDARG`.
+pub fn job_event_from_wire(event: &v1::JobEvent) -> Result<JobEventInfo, BitsError> {
+    use v1::job_event::Event;
+    let job = parse_job_id(&event.job_id)?;
+    let time = timestamp_from_wire(event.time.as_ref().ok_or_else(|| missing("JobEvent.time"))?)?;
+    let info = match event.event.as_ref().ok_or_else(|| missing("JobEvent.event"))? {
+        Event::JobTransferred(_) => EventInfo::JobTransferred,
+        Event::JobError(e) => EventInfo::JobError(job_error_from_wire(
+            e.error.as_ref().ok_or_else(|| missing("JobErrorEvent.error"))?,
+        )?),
+        Event::JobModification(m) => EventInfo::JobModification {
+            state: state_from_wire(m.state)?,
+            progress: progress_from_wire(
+                m.progress.as_ref().ok_or_else(|| missing("JobModificationEvent.progress"))?,
+            ),
+        },
+        Event::FileTransferred(f) => EventInfo::FileTransferred { index: f.file_index },
+        Event::FileRangesTransferred(f) => EventInfo::FileRangesTransferred {
+            index: f.file_index,
+            ranges: range_set_from_wire(&f.ranges)?,
+        },
+    };
+    Ok(JobEventInfo { job, time, event: info })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -617,5 +734,42 @@ mod tests {
         let mut wire = job_to_wire(&sample_job());
         wire.id = "x".into();
         assert!(job_from_wire(&wire).unwrap_err().message.contains("'x'"));
+    }
+
+    #[test]
+    fn job_events_round_trip() {
+        let job = JobId::new_random();
+        let time = UNIX_EPOCH + Duration::new(1_700_000_000, 5);
+        let mut ranges = RangeSet::new();
+        ranges.insert(0, 100);
+        ranges.insert(200, 250);
+        let events = [
+            EventInfo::JobTransferred,
+            EventInfo::JobError(JobError {
+                context: ErrorContext::RemoteFile,
+                code: Code::Http(404),
+                description: "Not Found".into(),
+                file_index: Some(0),
+            }),
+            EventInfo::JobModification {
+                state: JobState::Queued,
+                progress: sample_job().progress(),
+            },
+            EventInfo::FileTransferred { index: 2 },
+            EventInfo::FileRangesTransferred { index: 1, ranges },
+        ];
+        for event in events {
+            let info = JobEventInfo { job, time, event };
+            assert_eq!(job_event_from_wire(&job_event_to_wire(&info)).unwrap(), info);
+        }
+        let mut wire = job_event_to_wire(&JobEventInfo {
+            job,
+            time,
+            event: EventInfo::FileTransferred { index: 0 },
+        });
+        wire.event = None;
+        assert_eq!(job_event_from_wire(&wire).unwrap_err().code, Code::E_INVALIDARG);
+        let eof = [v1::ByteRange { offset: 0, length: LENGTH_TO_EOF }];
+        assert_eq!(range_set_from_wire(&eof).unwrap_err().code, Code::E_INVALIDARG);
     }
 }

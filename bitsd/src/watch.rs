@@ -1,0 +1,67 @@
+//! WatchJob: a server stream of one job's notifications (spec §7). The events owed already
+//! (JobTransferred or JobError for a job in that state, spec §7.2) go first, then live ones, as
+//! the manager's [`Subscription`] filters them by notify flags. The stream ends when the job is
+//! completed or cancelled, when the daemon shuts down, or when the client goes away.
+
+use std::pin::Pin;
+
+use bits_manager::{Caller, EventKind, JobEvent, Manager};
+use bits_proto::convert::{self, EventInfo, JobEventInfo};
+use bits_proto::status::to_status;
+use bits_proto::v1;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Response, Status};
+
+pub type WatchJobStream = Pin<Box<dyn Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+/// Events buffered per watcher; a watcher that reads slower lags on the manager's bus and gets
+/// a snapshot instead of every intermediate event.
+const BUFFER: usize = 64;
+
+pub async fn watch_job(
+    manager: &Manager,
+    caller: Caller,
+    request: v1::WatchJobRequest,
+) -> Result<Response<WatchJobStream>, Status> {
+    let id = convert::parse_job_id(&request.job_id).map_err(|e| to_status(&e))?;
+    let (replay, mut subscription) =
+        manager.subscribe(caller, id, request.notify_flags).map_err(|e| to_status(&e))?;
+    tracing::debug!(job = %id, flags = ?request.notify_flags, "watcher registered");
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(async move {
+        for event in replay {
+            if tx.send(Ok(event_to_wire(&event))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                _ = tx.closed() => None,
+                next = subscription.recv() => next,
+            };
+            let Some(event) = next else { break };
+            if tx.send(Ok(event_to_wire(&event))).await.is_err() {
+                break;
+            }
+        }
+        tracing::debug!(job = %id, "watcher done");
+    });
+    Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+}
+
+fn event_to_wire(event: &JobEvent) -> v1::JobEvent {
+    let info = match &event.kind {
+        EventKind::JobTransferred => EventInfo::JobTransferred,
+        EventKind::JobError(error) => EventInfo::JobError(error.clone()),
+        EventKind::JobModification { state, progress } => {
+            EventInfo::JobModification { state: *state, progress: progress.clone() }
+        }
+        EventKind::FileTransferred { index } => EventInfo::FileTransferred { index: *index },
+        EventKind::FileRangesTransferred { index, ranges } => {
+            EventInfo::FileRangesTransferred { index: *index, ranges: ranges.clone() }
+        }
+    };
+    convert::job_event_to_wire(&JobEventInfo { job: event.job, time: event.time, event: info })
+}

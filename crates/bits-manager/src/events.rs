@@ -1,0 +1,766 @@
+//! Job notifications (spec §7): the events a watcher of a job receives, the bus that carries
+//! them, and the per-subscriber filtering by notify flags.
+//!
+//! The manager calls the hooks of [`EventBus`] at the points where a job changes, always with
+//! the job as it is after the change and usually under the table lock (so a subscriber that
+//! takes its replay under the same lock neither misses nor doubles an event). The hooks decide
+//! which events a change means:
+//!
+//! - a state change ([`EventBus::state_changed`]): JobTransferred when the job enters
+//!   TRANSFERRED (after any FileTransferred still owed), JobError when it enters ERROR, a
+//!   JobModification for every other state (spec §7.1: none accompanies TRANSFERRED or ERROR);
+//! - a property change or new files ([`EventBus::modified`]): a JobModification;
+//! - recorded bytes ([`EventBus::recorded`]): a JobModification, the on-demand part of the span
+//!   for FileRangesTransferred (coalesced and sent at most once per
+//!   `minimum_notification_interval_ms`, the remainder flushed when the file completes), and
+//!   FileTransferred when the file's last byte is in;
+//! - the end of a job ([`EventBus::finished`]): a JobModification with the final state, after
+//!   which every subscription of that job ends.
+//!
+//! Delivery: a [`tokio::sync::broadcast`] channel shared by all jobs. A subscriber that falls
+//! behind gets a fresh JobModification snapshot (and JobTransferred/JobError again if the job is
+//! in that state now) instead of an error. A [`Subscription`] ends when its job reaches a final
+//! state or when the daemon shuts down ([`Manager::close_subscriptions`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bits_core::job::notify;
+use bits_core::{
+    BitsError, Code, ErrorContext, Job, JobError, JobId, JobState, Progress, RangeSet, Span,
+};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::manager::{Caller, Manager, lookup};
+
+/// Events the bus holds for slow subscribers before they lag.
+const CAPACITY: usize = 1024;
+
+/// What happened to a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The job entered TRANSFERRED (flag 0x01).
+    JobTransferred,
+    /// The job entered ERROR (flag 0x02); TRANSIENT_ERROR never sends it.
+    JobError(JobError),
+    /// Bytes transferred, a file added, a property or the state changed (flag 0x08). Not sent
+    /// for the transitions into TRANSFERRED or ERROR.
+    JobModification { state: JobState, progress: Progress },
+    /// File `index` has all its bytes (flag 0x10); files in order, before JobTransferred.
+    FileTransferred { index: u32 },
+    /// On-demand (RequestFileRanges) bytes of file `index` now durably present, since the
+    /// previous event of this kind for the file (flag 0x20).
+    FileRangesTransferred { index: u32, ranges: RangeSet },
+}
+
+impl EventKind {
+    /// The notify flag that selects this event.
+    pub fn flag(&self) -> u32 {
+        match self {
+            EventKind::JobTransferred => notify::JOB_TRANSFERRED,
+            EventKind::JobError(_) => notify::JOB_ERROR,
+            EventKind::JobModification { .. } => notify::JOB_MODIFICATION,
+            EventKind::FileTransferred { .. } => notify::FILE_TRANSFERRED,
+            EventKind::FileRangesTransferred { .. } => notify::FILE_RANGES_TRANSFERRED,
+        }
+    }
+
+    /// A JobModification into CANCELLED or ACKNOWLEDGED: the last event of a job.
+    fn is_final(&self) -> bool {
+        matches!(self, EventKind::JobModification { state, .. } if state.is_final())
+    }
+}
+
+/// One event of one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEvent {
+    pub job: JobId,
+    pub time: SystemTime,
+    pub kind: EventKind,
+}
+
+impl JobEvent {
+    fn now(job: JobId, kind: EventKind) -> JobEvent {
+        JobEvent { job, time: SystemTime::now(), kind }
+    }
+}
+
+/// Whether flags `flags` let `kind` through (DISABLE lets nothing through).
+pub fn wants(flags: u32, kind: &EventKind) -> bool {
+    flags & notify::DISABLE == 0 && flags & kind.flag() != 0
+}
+
+/// The manager's event bus. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct EventBus {
+    inner: Arc<BusInner>,
+}
+
+struct BusInner {
+    tx: broadcast::Sender<JobEvent>,
+    /// Cancelled when the daemon shuts down: every subscription ends.
+    closed: CancellationToken,
+    /// What the bus remembers per job: which files were announced, which on-demand bytes wait
+    /// for their FileRangesTransferred. Sends happen under this lock, so events of one job
+    /// leave in the order they were decided.
+    notes: Mutex<HashMap<JobId, Notes>>,
+}
+
+#[derive(Default)]
+struct Notes {
+    /// FileTransferred was sent for these files (and they have not been reset since).
+    announced: Vec<bool>,
+    /// Per file: on-demand bytes not yet reported.
+    pending: HashMap<u32, Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    ranges: RangeSet,
+    last_sent: Option<Instant>,
+    /// A flush task is scheduled.
+    timer: bool,
+}
+
+impl Default for EventBus {
+    fn default() -> EventBus {
+        EventBus::new()
+    }
+}
+
+impl EventBus {
+    pub(crate) fn new() -> EventBus {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        EventBus {
+            inner: Arc::new(BusInner {
+                tx,
+                closed: CancellationToken::new(),
+                notes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn notes(&self) -> MutexGuard<'_, HashMap<JobId, Notes>> {
+        self.inner.notes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends one event now. No subscriber is not an error.
+    pub(crate) fn emit(&self, job: JobId, kind: EventKind) {
+        let _ = self.inner.tx.send(JobEvent::now(job, kind));
+    }
+
+    /// The job's state just changed to `job.state`.
+    pub(crate) fn state_changed(&self, job: &Job) {
+        match job.state {
+            JobState::Transferred => {
+                let mut notes = self.notes();
+                let entry = notes.entry(job.id).or_default();
+                for (index, file) in job.files.iter().enumerate() {
+                    let index = index as u32;
+                    self.flush_ranges(job.id, entry, index);
+                    if file.is_transferred() && !announced(entry, index) {
+                        set_announced(entry, index, true);
+                        self.emit(job.id, EventKind::FileTransferred { index });
+                    }
+                }
+                self.emit(job.id, EventKind::JobTransferred);
+            }
+            JobState::Error => {
+                let error = job.error.clone().unwrap_or_else(|| JobError {
+                    context: ErrorContext::Unknown,
+                    code: Code::E_FAIL,
+                    description: "the job is in ERROR".to_string(),
+                    file_index: None,
+                });
+                let _notes = self.notes();
+                self.emit(job.id, EventKind::JobError(error));
+            }
+            state => {
+                let _notes = self.notes();
+                self.emit(job.id, EventKind::JobModification { state, progress: job.progress() });
+            }
+        }
+    }
+
+    /// A property changed or files were added.
+    pub(crate) fn modified(&self, job: &Job) {
+        let _notes = self.notes();
+        self.emit(
+            job.id,
+            EventKind::JobModification { state: job.state, progress: job.progress() },
+        );
+    }
+
+    /// `span` of file `index` was just recorded as filled. Call it after the span joined
+    /// `filled` and before it left `requested`: the requested part is what FileRangesTransferred
+    /// reports.
+    pub(crate) fn recorded(&self, job: &Job, index: u32, span: Span) {
+        let Some(file) = job.files.get(index as usize) else { return };
+        let mut notes = self.notes();
+        let first_record = !notes.contains_key(&job.id);
+        let entry = notes.entry(job.id).or_default();
+        if first_record {
+            // Files complete before this daemon saw them were announced then (or never will be).
+            for (i, f) in job.files.iter().enumerate() {
+                if i as u32 != index && f.is_transferred() {
+                    set_announced(entry, i as u32, true);
+                }
+            }
+        }
+        self.emit(
+            job.id,
+            EventKind::JobModification { state: job.state, progress: job.progress() },
+        );
+        // Only a whole-file download is random-access eligible (spec §4).
+        if file.ranges.is_empty() {
+            let on_demand = file.requested.intersect_span(span.start, span.end);
+            if !on_demand.is_empty() {
+                let interval =
+                    Duration::from_millis(u64::from(job.minimum_notification_interval_ms));
+                let pending = entry.pending.entry(index).or_default();
+                pending.ranges.insert_set(&on_demand);
+                let due = pending.last_sent.is_none_or(|at| at.elapsed() >= interval);
+                if due {
+                    self.flush_ranges(job.id, entry, index);
+                } else if !pending.timer {
+                    pending.timer = true;
+                    let wait = pending.last_sent.map_or(Duration::ZERO, |at| {
+                        (at + interval).saturating_duration_since(Instant::now())
+                    });
+                    self.flush_later(job.id, index, wait);
+                }
+            }
+        }
+        if file.is_transferred() {
+            if !announced(entry, index) {
+                self.flush_ranges(job.id, entry, index);
+                set_announced(entry, index, true);
+                self.emit(job.id, EventKind::FileTransferred { index });
+            }
+        } else {
+            // Progress was reset (a changed remote file, a lost temp file): announce it again.
+            set_announced(entry, index, false);
+        }
+    }
+
+    /// The job was completed or cancelled and left the table: the last event of the job.
+    pub(crate) fn finished(&self, job: JobId, state: JobState, progress: Progress) {
+        let mut notes = self.notes();
+        notes.remove(&job);
+        self.emit(job, EventKind::JobModification { state, progress });
+    }
+
+    /// Sends what is pending for file `index` (if anything) and restarts its interval.
+    fn flush_ranges(&self, job: JobId, notes: &mut Notes, index: u32) {
+        let Some(pending) = notes.pending.get_mut(&index) else { return };
+        if pending.ranges.is_empty() {
+            return;
+        }
+        let ranges = std::mem::take(&mut pending.ranges);
+        pending.last_sent = Some(Instant::now());
+        self.emit(job, EventKind::FileRangesTransferred { index, ranges });
+    }
+
+    /// Flushes file `index`'s pending ranges after `wait` (the rest of its interval).
+    fn flush_later(&self, job: JobId, index: u32, wait: Duration) {
+        let bus = self.clone();
+        let flush = async move {
+            tokio::select! {
+                _ = bus.inner.closed.cancelled() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let mut notes = bus.notes();
+            if let Some(entry) = notes.get_mut(&job) {
+                if let Some(pending) = entry.pending.get_mut(&index) {
+                    pending.timer = false;
+                }
+                bus.flush_ranges(job, entry, index);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(flush);
+            }
+            // No runtime (cannot happen inside the daemon): send at once rather than never.
+            Err(_) => {
+                let mut notes = self.notes();
+                if let Some(entry) = notes.get_mut(&job) {
+                    if let Some(pending) = entry.pending.get_mut(&index) {
+                        pending.timer = false;
+                    }
+                    self.flush_ranges(job, entry, index);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.inner.tx.subscribe()
+    }
+}
+
+fn announced(notes: &Notes, index: u32) -> bool {
+    notes.announced.get(index as usize).copied().unwrap_or(false)
+}
+
+fn set_announced(notes: &mut Notes, index: u32, value: bool) {
+    let i = index as usize;
+    if notes.announced.len() <= i {
+        notes.announced.resize(i + 1, false);
+    }
+    notes.announced[i] = value;
+}
+
+/// The events of one job for one watcher, filtered by notify flags.
+pub struct Subscription {
+    job: JobId,
+    /// The watcher's own flags; `None`: the job's current notify flags.
+    flags: Option<u32>,
+    /// The job's flags when last seen (used once the job has left the table).
+    last_flags: u32,
+    rx: broadcast::Receiver<JobEvent>,
+    manager: Manager,
+    /// Events decided locally (after a lag) and not yet returned.
+    queued: VecDeque<JobEvent>,
+    done: bool,
+}
+
+impl Subscription {
+    /// The next event, or `None` once the job reached a final state (that JobModification is
+    /// returned first when wanted) or the daemon is shutting down.
+    pub async fn recv(&mut self) -> Option<JobEvent> {
+        loop {
+            if let Some(event) = self.queued.pop_front() {
+                return Some(event);
+            }
+            if self.done {
+                return None;
+            }
+            let bus = &self.manager.inner.events.inner;
+            let received = tokio::select! {
+                _ = bus.closed.cancelled() => { self.done = true; continue }
+                _ = self.manager.inner.shutdown.cancelled() => { self.done = true; continue }
+                received = self.rx.recv() => received,
+            };
+            match received {
+                Ok(event) if event.job == self.job => {
+                    let last = event.kind.is_final();
+                    let flags = self.flags();
+                    if last {
+                        self.done = true;
+                    }
+                    if wants(flags, &event.kind) {
+                        return Some(event);
+                    }
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(job = %self.job, missed, "watcher lagged; sending a snapshot");
+                    self.catch_up();
+                }
+                Err(broadcast::error::RecvError::Closed) => self.done = true,
+            }
+        }
+    }
+
+    /// The flags in force now: the watcher's own, else the job's.
+    fn flags(&mut self) -> u32 {
+        if let Some(flags) = self.flags {
+            return flags;
+        }
+        let table = self.manager.table();
+        if let Some(entry) = table.jobs.get(&self.job) {
+            self.last_flags = entry.job.notify_flags;
+        }
+        self.last_flags
+    }
+
+    /// After missed events: a snapshot of the job, and JobTransferred/JobError again if the job
+    /// is in that state (they must not be lost). A job that is gone ended meanwhile.
+    fn catch_up(&mut self) {
+        let flags = self.flags();
+        let snapshot = {
+            let table = self.manager.table();
+            table.jobs.get(&self.job).map(|e| e.job.clone())
+        };
+        let Some(job) = snapshot else {
+            self.done = true;
+            return;
+        };
+        let mut events = vec![JobEvent::now(
+            job.id,
+            EventKind::JobModification { state: job.state, progress: job.progress() },
+        )];
+        events.extend(replay_of(&job));
+        self.queued.extend(events.into_iter().filter(|e| wants(flags, &e.kind)));
+    }
+}
+
+/// What a watcher arriving now must still get (spec §7.2, at-least-once).
+fn replay_of(job: &Job) -> Option<JobEvent> {
+    match (job.state, &job.error) {
+        (JobState::Transferred, _) => Some(JobEvent::now(job.id, EventKind::JobTransferred)),
+        (JobState::Error, Some(error)) => {
+            Some(JobEvent::now(job.id, EventKind::JobError(error.clone())))
+        }
+        _ => None,
+    }
+}
+
+impl Manager {
+    pub(crate) fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    /// Watches job `id` (WatchJob). `flags` overrides the job's notify flags for this watcher;
+    /// unknown bits are E_NOTIMPL. Returns the events owed already (JobTransferred if the job is
+    /// TRANSFERRED now, JobError if it is in ERROR; spec §7.2) and the live subscription.
+    pub fn subscribe(
+        &self,
+        caller: Caller,
+        id: JobId,
+        flags: Option<u32>,
+    ) -> Result<(Vec<JobEvent>, Subscription), BitsError> {
+        if let Some(flags) = flags.filter(|f| f & !notify::ALL != 0) {
+            return Err(BitsError::new(
+                Code::E_NOTIMPL,
+                format!("notify flags 0x{flags:X} include unknown bits"),
+            ));
+        }
+        // Under the table lock, like every hook call: no event falls between replay and live.
+        let table = self.table();
+        let job = &lookup(&table, caller, id)?.job;
+        let effective = flags.unwrap_or(job.notify_flags);
+        let replay: Vec<JobEvent> =
+            replay_of(job).into_iter().filter(|e| wants(effective, &e.kind)).collect();
+        let subscription = Subscription {
+            job: id,
+            flags,
+            last_flags: job.notify_flags,
+            rx: self.events().subscribe(),
+            manager: self.clone(),
+            queued: VecDeque::new(),
+            done: false,
+        };
+        Ok((replay, subscription))
+    }
+
+    /// Ends every subscription (the daemon is shutting down; a graceful server shutdown waits
+    /// for open streams).
+    pub fn close_subscriptions(&self) {
+        self.events().inner.closed.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
+
+    use bits_core::{JobType, Priority};
+
+    use super::*;
+    use crate::manager::{ManagerConfig, set_state};
+
+    const ALL: u32 = notify::ALL & !notify::DISABLE;
+
+    async fn manager() -> Manager {
+        Manager::start(Arc::new(bits_store::MemStore::new()), ManagerConfig::default()).unwrap()
+    }
+
+    fn caller() -> Caller {
+        Caller::user(1000)
+    }
+
+    async fn job_with_files(manager: &Manager, dir: &std::path::Path, n: usize) -> JobId {
+        let id = manager
+            .create_job(caller(), "events", "", JobType::Download, Priority::Normal)
+            .await
+            .unwrap();
+        for i in 0..n {
+            let dest = dir.join(format!("f{i}"));
+            manager.add_file(caller(), id, &format!("http://h/f{i}"), &dest, None).await.unwrap();
+        }
+        id
+    }
+
+    /// Changes the job in the table, as a worker would, under the lock.
+    fn with_entry(manager: &Manager, id: JobId, change: impl FnOnce(&mut crate::manager::Entry)) {
+        let mut table = manager.table();
+        change(table.jobs.get_mut(&id).unwrap());
+    }
+
+    async fn next(sub: &mut Subscription) -> Option<JobEvent> {
+        tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.expect("no event within 5 s")
+    }
+
+    /// Nothing arrives within a short while.
+    async fn quiet(sub: &mut Subscription) {
+        if let Ok(event) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await {
+            panic!("unexpected event {event:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn setters_and_new_files_send_job_modification_when_asked_for() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (replay, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
+        assert!(replay.is_empty());
+        let (_, mut default_flags) = manager.subscribe(caller(), id, None).unwrap();
+
+        manager.set_priority(caller(), id, Priority::High).await.unwrap();
+        let event = next(&mut sub).await.unwrap();
+        assert_eq!(event.job, id);
+        assert!(matches!(
+            event.kind,
+            EventKind::JobModification { state: JobState::Suspended, .. }
+        ));
+
+        manager.add_file(caller(), id, "http://h/x", &dir.path().join("x"), None).await.unwrap();
+        match next(&mut sub).await.unwrap().kind {
+            EventKind::JobModification { progress, .. } => assert_eq!(progress.files_total, 1),
+            other => panic!("{other:?}"),
+        }
+        // The job's own flags (default 0x3) select no JobModification…
+        quiet(&mut default_flags).await;
+        // …until they do; the subscription follows the job's current flags.
+        manager.set_notify_flags(caller(), id, notify::JOB_MODIFICATION).await.unwrap();
+        assert!(matches!(
+            next(&mut default_flags).await.unwrap().kind,
+            EventKind::JobModification { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn late_subscribers_get_job_transferred_or_job_error_replayed() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 0).await;
+        with_entry(&manager, id, |e| set_state(e, JobState::Transferred));
+        let (replay, _) = manager.subscribe(caller(), id, None).unwrap();
+        assert_eq!(replay.len(), 1);
+        assert_eq!(replay[0].kind, EventKind::JobTransferred);
+        let (replay, _) = manager.subscribe(caller(), id, Some(notify::JOB_ERROR)).unwrap();
+        assert!(replay.is_empty());
+        let disabled = notify::DISABLE | notify::JOB_TRANSFERRED;
+        let (replay, _) = manager.subscribe(caller(), id, Some(disabled)).unwrap();
+        assert!(replay.is_empty());
+
+        let error = JobError {
+            context: ErrorContext::RemoteFile,
+            code: Code::Http(404),
+            description: "Not Found".into(),
+            file_index: Some(0),
+        };
+        with_entry(&manager, id, |e| {
+            e.job.error = Some(error.clone());
+            set_state(e, JobState::Error);
+        });
+        let (replay, _) = manager.subscribe(caller(), id, None).unwrap();
+        assert_eq!(
+            replay.iter().map(|e| e.kind.clone()).collect::<Vec<_>>(),
+            [EventKind::JobError(error)]
+        );
+    }
+
+    #[tokio::test]
+    async fn transitions_into_transferred_or_error_send_no_job_modification() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (_, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
+        with_entry(&manager, id, |e| set_state(e, JobState::Queued));
+        with_entry(&manager, id, |e| set_state(e, JobState::TransientError));
+        with_entry(&manager, id, |e| set_state(e, JobState::Error));
+        with_entry(&manager, id, |e| set_state(e, JobState::Transferred));
+        let mut kinds = Vec::new();
+        for _ in 0..4 {
+            kinds.push(next(&mut sub).await.unwrap().kind);
+        }
+        assert!(matches!(kinds[0], EventKind::JobModification { state: JobState::Queued, .. }));
+        assert!(matches!(
+            kinds[1],
+            EventKind::JobModification { state: JobState::TransientError, .. }
+        ));
+        assert!(matches!(kinds[2], EventKind::JobError(_)));
+        assert_eq!(kinds[3], EventKind::JobTransferred);
+        quiet(&mut sub).await;
+    }
+
+    #[tokio::test]
+    async fn files_are_announced_in_order_before_job_transferred() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 3).await;
+        let flags = notify::FILE_TRANSFERRED | notify::JOB_TRANSFERRED;
+        let (_, mut sub) = manager.subscribe(caller(), id, Some(flags)).unwrap();
+        for index in 0..3u32 {
+            with_entry(&manager, id, |e| {
+                let file = &mut e.job.files[index as usize];
+                file.remote_size = Some(100);
+                for (start, end) in [(0, 60), (60, 100)] {
+                    e.job.files[index as usize].filled.insert(start, end);
+                    e.events.recorded(&e.job, index, Span::new(start, end));
+                }
+            });
+        }
+        with_entry(&manager, id, |e| set_state(e, JobState::Transferred));
+        let mut kinds = Vec::new();
+        for _ in 0..4 {
+            kinds.push(next(&mut sub).await.unwrap().kind);
+        }
+        assert_eq!(
+            kinds,
+            [
+                EventKind::FileTransferred { index: 0 },
+                EventKind::FileTransferred { index: 1 },
+                EventKind::FileTransferred { index: 2 },
+                EventKind::JobTransferred,
+            ]
+        );
+        quiet(&mut sub).await;
+    }
+
+    #[tokio::test]
+    async fn a_complete_job_never_recorded_still_announces_its_files() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 2).await;
+        let (_, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
+        with_entry(&manager, id, |e| {
+            for file in &mut e.job.files {
+                file.remote_size = Some(0); // zero-length files: no byte is ever recorded
+            }
+            set_state(e, JobState::Transferred);
+        });
+        let kinds: Vec<EventKind> =
+            [next(&mut sub).await, next(&mut sub).await, next(&mut sub).await]
+                .into_iter()
+                .map(|e| e.unwrap().kind)
+                .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::FileTransferred { index: 0 },
+                EventKind::FileTransferred { index: 1 },
+                EventKind::JobTransferred,
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn on_demand_ranges_are_coalesced_within_the_interval() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 1).await;
+        let interval = Duration::from_millis(300);
+        with_entry(&manager, id, |e| {
+            e.job.minimum_notification_interval_ms = interval.as_millis() as u32;
+            let file = &mut e.job.files[0];
+            file.remote_size = Some(1000);
+            file.requested.insert(0, 100);
+            file.requested.insert(500, 600);
+        });
+        let (_, mut sub) =
+            manager.subscribe(caller(), id, Some(notify::FILE_RANGES_TRANSFERRED)).unwrap();
+        let record = |start: u64, end: u64| {
+            with_entry(&manager, id, |e| {
+                e.job.files[0].filled.insert(start, end);
+                e.events.recorded(&e.job, 0, Span::new(start, end));
+                e.job.files[0].requested.remove(start, end);
+            });
+        };
+        record(0, 50); // first: sent at once
+        record(50, 100); // within the interval: held
+        record(100, 500); // not requested: never reported
+        record(500, 600); // held with the previous one
+        let first = next(&mut sub).await.unwrap();
+        let second = next(&mut sub).await.unwrap();
+        let ranges = |e: &JobEvent| match &e.kind {
+            EventKind::FileRangesTransferred { index: 0, ranges } => ranges.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ranges(&first), RangeSet::from_span(0, 50));
+        let mut rest = RangeSet::from_span(50, 100);
+        rest.insert(500, 600);
+        assert_eq!(ranges(&second), rest);
+        let gap = second.time.duration_since(first.time).unwrap();
+        assert!(gap >= interval - Duration::from_millis(5), "second event after {gap:?}");
+        quiet(&mut sub).await;
+    }
+
+    #[tokio::test]
+    async fn a_completed_file_flushes_its_pending_ranges_first() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 1).await;
+        with_entry(&manager, id, |e| {
+            e.job.minimum_notification_interval_ms = 60_000;
+            let file = &mut e.job.files[0];
+            file.remote_size = Some(100);
+            file.requested.insert(0, 100);
+        });
+        let flags = notify::FILE_RANGES_TRANSFERRED | notify::FILE_TRANSFERRED;
+        let (_, mut sub) = manager.subscribe(caller(), id, Some(flags)).unwrap();
+        for (start, end) in [(0, 10), (10, 100)] {
+            with_entry(&manager, id, |e| {
+                e.job.files[0].filled.insert(start, end);
+                e.events.recorded(&e.job, 0, Span::new(start, end));
+                e.job.files[0].requested.remove(start, end);
+            });
+        }
+        let kinds: Vec<EventKind> =
+            [next(&mut sub).await, next(&mut sub).await, next(&mut sub).await]
+                .into_iter()
+                .map(|e| e.unwrap().kind)
+                .collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::FileRangesTransferred { index: 0, ranges: RangeSet::from_span(0, 10) },
+                EventKind::FileRangesTransferred { index: 0, ranges: RangeSet::from_span(10, 100) },
+                EventKind::FileTransferred { index: 0 },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn subscriptions_end_with_the_job_or_the_daemon() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 1).await;
+        let (_, mut modifications) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
+        let (_, mut quiet_one) = manager.subscribe(caller(), id, None).unwrap();
+        manager.cancel(caller(), id).await.unwrap();
+        assert!(matches!(
+            next(&mut modifications).await.unwrap().kind,
+            EventKind::JobModification { state: JobState::Cancelled, .. }
+        ));
+        assert_eq!(next(&mut modifications).await, None);
+        assert_eq!(next(&mut quiet_one).await, None);
+        // A finished job cannot be watched.
+        let gone = manager.subscribe(caller(), id, None).err().unwrap();
+        assert_eq!(gone.code, Code::BG_E_NOT_FOUND);
+
+        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (_, mut sub) = manager.subscribe(caller(), id, None).unwrap();
+        manager.close_subscriptions();
+        assert_eq!(next(&mut sub).await, None);
+    }
+
+    #[tokio::test]
+    async fn unknown_flags_and_other_users_are_refused() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 0).await;
+        let err = manager.subscribe(caller(), id, Some(0x40)).err().unwrap();
+        assert_eq!(err.code, Code::E_NOTIMPL);
+        let err = manager.subscribe(Caller::user(1001), id, None).err().unwrap();
+        assert_eq!(err.code, Code::E_ACCESSDENIED);
+    }
+}
