@@ -197,6 +197,7 @@ async fn transfer_completion_time_set_when_transferred_is_entered() {
     let done = wait_state(&client, job, JobState::Transferred).await;
     let seen = SystemTime::now();
     let at = done.transfer_completion_time.expect("TRANSFERRED without a completion time");
+    assert!(done.modification_time >= at, "entering TRANSFERRED is a modification");
     assert!(
         resumed <= at && at <= seen,
         "completion time {at:?} not within [{resumed:?}, {seen:?}]"

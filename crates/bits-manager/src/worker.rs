@@ -98,8 +98,9 @@ pub(crate) async fn run_job(
                 }
                 Ok(()) => {
                     if let Ok(next) = transition(entry.job.state, Event::AllTransferred) {
-                        set_state(entry, next);
+                        // Stamped first, so the state change's ModificationTime is not earlier.
                         entry.job.transfer_completion_time = Some(SystemTime::now());
+                        set_state(entry, next);
                         entry.job.error = None;
                         entry.stalled_since = None;
                         tracing::info!(job = %id, "job transferred");
