@@ -17,17 +17,23 @@ pub fn grpc_code(code: Code) -> tonic::Code {
     use tonic::Code as G;
     match code {
         Code::BG_E_NOT_FOUND => G::NotFound,
-        Code::BG_E_INVALID_STATE | Code::BG_E_EMPTY => G::FailedPrecondition,
+        Code::BG_E_INVALID_STATE
+        | Code::BG_E_EMPTY
+        | Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED
+        | Code::BG_E_ERROR_INFORMATION_UNAVAILABLE => G::FailedPrecondition,
         Code::E_ACCESSDENIED => G::PermissionDenied,
         Code::E_NOTIMPL => G::Unimplemented,
         Code::E_INVALIDARG
         | Code::BG_E_INVALID_RANGE
         | Code::BG_E_OVERLAPPING_RANGES
         | Code::BG_E_STRING_TOO_LONG
-        | Code::ERROR_PATH_NOT_FOUND => G::InvalidArgument,
-        Code::BG_E_TOO_MANY_FILES_IN_JOB | Code::BG_E_TOO_MANY_RANGES_IN_FILE => {
-            G::ResourceExhausted
-        }
+        | Code::ERROR_PATH_NOT_FOUND
+        | Code::BG_E_UNKNOWN_PROPERTY_ID
+        | Code::BG_E_READ_ONLY_PROPERTY => G::InvalidArgument,
+        Code::BG_E_TOO_MANY_FILES_IN_JOB
+        | Code::BG_E_TOO_MANY_RANGES_IN_FILE
+        | Code::BG_E_TOO_MANY_JOBS_PER_USER
+        | Code::BG_E_TOO_MANY_JOBS_PER_MACHINE => G::ResourceExhausted,
         _ => G::Internal,
     }
 }
