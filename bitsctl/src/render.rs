@@ -425,6 +425,8 @@ mod tests {
             security_flags: 0,
             on_demand_mode: false,
             minimum_notification_interval_ms: 500,
+            connections_per_file: 1,
+            files_at_once: 1,
         };
         let file = FileInfo {
             index: 0,

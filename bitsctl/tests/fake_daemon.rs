@@ -81,6 +81,8 @@ impl Bits for Fake {
             on_demand: false,
             minimum_notification_interval_ms:
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+            connections_per_file: 1,
+            files_at_once: 1,
             files: vec![],
         };
         let id = job.id.to_string();
@@ -301,6 +303,13 @@ impl Bits for Fake {
 
     type WatchJobStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+    async fn set_extensions(
+        &self,
+        _: Request<v1::SetExtensionsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_extensions"))
+    }
 
     async fn watch_job(
         &self,

@@ -446,4 +446,17 @@ impl v1::bits_server::Bits for BitsService {
         let caller = self.caller(&request)?;
         crate::watch::watch_job(&self.manager, caller, request.into_inner()).await
     }
+
+    async fn set_extensions(
+        &self,
+        request: Request<v1::SetExtensionsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .set_extensions(caller, id, req.connections_per_file, req.files_at_once)
+                .await
+                .map(convert::status_reply),
+        )
+    }
 }

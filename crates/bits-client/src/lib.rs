@@ -407,6 +407,21 @@ impl Client {
         status_code(self.inner.clone().replace_remote_prefix(req).await?.into_inner())
     }
 
+    /// bitsd extensions: connections per file (segmented download) and files at once.
+    pub async fn set_extensions(
+        &self,
+        job: JobId,
+        connections_per_file: Option<u32>,
+        files_at_once: Option<u32>,
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetExtensionsRequest {
+            job_id: job.to_string(),
+            connections_per_file,
+            files_at_once,
+        };
+        status_code(self.inner.clone().set_extensions(req).await?.into_inner())
+    }
+
     pub async fn update_download_position(
         &self,
         job: JobId,

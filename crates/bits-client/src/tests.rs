@@ -37,6 +37,8 @@ fn sample_job(id: JobId) -> Job {
         security_flags: 0,
         on_demand: false,
         minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+        connections_per_file: 1,
+        files_at_once: 1,
         files: vec![JobFile {
             remote_url: "http://h/f".into(),
             local_path: "/tmp/f".into(),
@@ -275,6 +277,13 @@ impl Bits for Fake {
 
     type WatchJobStream =
         std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
+
+    async fn set_extensions(
+        &self,
+        _: Request<v1::SetExtensionsRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_extensions"))
+    }
 
     async fn watch_job(
         &self,

@@ -212,6 +212,10 @@ pub struct Job {
     pub on_demand: bool,
     /// MINIMUM_NOTIFICATION_INTERVAL_MS: FileRangesTransferred events come at most this often.
     pub minimum_notification_interval_ms: u32,
+    /// bitsd extension: connections per file (segmented download); 1 keeps BITS semantics.
+    pub connections_per_file: u32,
+    /// bitsd extension: files of this job transferred at once; 1 keeps BITS semantics.
+    pub files_at_once: u32,
     pub files: Vec<JobFile>,
 }
 
@@ -228,6 +232,9 @@ pub const DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS: u32 = 7_776_000;
 pub const MAX_JOBS_PER_USER: usize = 60;
 pub const MAX_JOBS_PER_MACHINE: usize = 300;
 pub const DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS: u32 = 500;
+/// Upper bounds of the bitsd extensions.
+pub const MAX_CONNECTIONS_PER_FILE: u32 = 32;
+pub const MAX_FILES_AT_ONCE: u32 = 64;
 
 /// Notify flags (spec §1.6).
 pub mod notify {
@@ -373,6 +380,8 @@ mod tests {
             security_flags: 0,
             on_demand: false,
             minimum_notification_interval_ms: DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+            connections_per_file: 1,
+            files_at_once: 1,
             files: vec![],
         };
         assert_eq!(job.progress().bytes_total, Some(0));

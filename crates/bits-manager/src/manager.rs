@@ -326,6 +326,8 @@ impl Manager {
             on_demand: false,
             minimum_notification_interval_ms:
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+            connections_per_file: 1,
+            files_at_once: 1,
             files: Vec::new(),
         };
         let id = job.id;

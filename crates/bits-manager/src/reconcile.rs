@@ -103,6 +103,8 @@ mod tests {
             on_demand: false,
             minimum_notification_interval_ms:
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+            connections_per_file: 1,
+            files_at_once: 1,
             files: vec![JobFile {
                 remote_url: "http://h/f".into(),
                 local_path: dir.join("f.bin"),

@@ -5,8 +5,9 @@
 use std::time::SystemTime;
 
 use bits_core::job::{
-    DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS, MAX_CUSTOM_HEADERS_CHARS, MAX_DESCRIPTION_CHARS,
-    MAX_DISPLAY_NAME_CHARS, MINIMUM_RETRY_DELAY_FLOOR_SECS, notify, property, security,
+    DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS, MAX_CONNECTIONS_PER_FILE, MAX_CUSTOM_HEADERS_CHARS,
+    MAX_DESCRIPTION_CHARS, MAX_DISPLAY_NAME_CHARS, MAX_FILES_AT_ONCE,
+    MINIMUM_RETRY_DELAY_FLOOR_SECS, notify, property, security,
 };
 use bits_core::{BitsError, Code, Event, Job, JobId, Priority, transition};
 
@@ -259,6 +260,38 @@ impl Manager {
                         format!("{property_id} is not a job property id"),
                     ));
                 }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The bitsd extensions (spec: opt-in per job, named as extensions): connections per file
+    /// (1..=32) and files at once (1..=64). `None` leaves a value as it is.
+    pub async fn set_extensions(
+        &self,
+        caller: Caller,
+        id: JobId,
+        connections_per_file: Option<u32>,
+        files_at_once: Option<u32>,
+    ) -> Result<Code, BitsError> {
+        self.modify(caller, id, |job| {
+            let check = |what: &str, value: u32, max: u32| {
+                if (1..=max).contains(&value) {
+                    Ok(value)
+                } else {
+                    Err(BitsError::new(
+                        Code::E_INVALIDARG,
+                        format!("{what} must be 1 to {max}, not {value}"),
+                    ))
+                }
+            };
+            if let Some(n) = connections_per_file {
+                job.connections_per_file =
+                    check("connections per file", n, MAX_CONNECTIONS_PER_FILE)?;
+            }
+            if let Some(n) = files_at_once {
+                job.files_at_once = check("files at once", n, MAX_FILES_AT_ONCE)?;
             }
             Ok(())
         })

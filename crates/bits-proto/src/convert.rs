@@ -48,6 +48,8 @@ pub struct JobInfo {
     pub security_flags: u32,
     pub on_demand_mode: bool,
     pub minimum_notification_interval_ms: u32,
+    pub connections_per_file: u32,
+    pub files_at_once: u32,
 }
 
 /// A file of a job as a client sees it (the `File` message in bits-core types).
@@ -367,6 +369,8 @@ pub fn job_to_wire(job: &Job) -> v1::Job {
         security_flags: job.security_flags,
         on_demand_mode: job.on_demand,
         minimum_notification_interval_ms: job.minimum_notification_interval_ms,
+        connections_per_file: job.connections_per_file,
+        files_at_once: job.files_at_once,
     }
 }
 
@@ -404,6 +408,8 @@ pub fn job_from_wire(job: &v1::Job) -> Result<JobInfo, BitsError> {
         security_flags: job.security_flags,
         on_demand_mode: job.on_demand_mode,
         minimum_notification_interval_ms: job.minimum_notification_interval_ms,
+        connections_per_file: job.connections_per_file,
+        files_at_once: job.files_at_once,
     })
 }
 
@@ -617,6 +623,8 @@ mod tests {
             on_demand: false,
             minimum_notification_interval_ms:
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+            connections_per_file: 1,
+            files_at_once: 1,
             files: vec![
                 file(Some(100), vec![]),
                 file(None, vec![ByteRange::new(5, 10), ByteRange::new(50, LENGTH_TO_EOF)]),

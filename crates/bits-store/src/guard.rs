@@ -150,6 +150,8 @@ mod tests {
             on_demand: false,
             minimum_notification_interval_ms:
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+            connections_per_file: 1,
+            files_at_once: 1,
             files: vec![],
         }
     }

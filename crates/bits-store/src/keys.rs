@@ -126,11 +126,19 @@ pub(crate) struct JobRecord {
     on_demand: bool,
     #[serde(default = "default_notification_interval")]
     minimum_notification_interval_ms: u32,
+    #[serde(default = "one")]
+    connections_per_file: u32,
+    #[serde(default = "one")]
+    files_at_once: u32,
     pub(crate) file_count: u32,
 }
 
 fn default_maximum_download_time() -> u32 {
     bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_notify_flags() -> u32 {
@@ -174,6 +182,8 @@ impl JobRecord {
             security_flags,
             on_demand,
             minimum_notification_interval_ms,
+            connections_per_file,
+            files_at_once,
             files,
         } = job;
         JobRecord {
@@ -205,6 +215,8 @@ impl JobRecord {
             security_flags: *security_flags,
             on_demand: *on_demand,
             minimum_notification_interval_ms: *minimum_notification_interval_ms,
+            connections_per_file: *connections_per_file,
+            files_at_once: *files_at_once,
             file_count: files.len() as u32,
         }
     }
@@ -235,6 +247,8 @@ impl JobRecord {
             security_flags,
             on_demand,
             minimum_notification_interval_ms,
+            connections_per_file,
+            files_at_once,
             file_count: _,
         } = self;
         Job {
@@ -263,6 +277,8 @@ impl JobRecord {
             security_flags,
             on_demand,
             minimum_notification_interval_ms,
+            connections_per_file,
+            files_at_once,
             files,
         }
     }

@@ -65,6 +65,8 @@ fn job(created_secs: u64, files: Vec<JobFile>) -> Job {
         security_flags: 0,
         on_demand: false,
         minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+        connections_per_file: 1,
+        files_at_once: 1,
         files,
     }
 }
