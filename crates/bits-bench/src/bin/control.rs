@@ -1,0 +1,2 @@
+//! Control-plane benchmark (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Data-path benchmark (being written).
+fn main() {}
