@@ -13,6 +13,8 @@ mod crash_loop;
 mod complete;
 // Full disk (a tmpfs the test mounts) and start-up reconciliation of the store with the disk.
 mod durability;
+// bitsd extensions: segmented downloads and several files at once.
+mod extensions;
 // Whole-file and ranged downloads from nginx, via bitsctl and via gRPC.
 mod downloads;
 // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output.

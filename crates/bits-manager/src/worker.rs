@@ -7,16 +7,20 @@
 //! directly except through `transition`, and a stop request (Suspend, Cancel, Complete,
 //! shutdown) always ends with the bytes written so far synced and recorded.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bits_core::Priority;
 use bits_core::job::security;
 use bits_core::{
-    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, Span, transition,
+    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span,
+    transition,
 };
 use bits_disk::PartFile;
 use bits_http::{FetchError, FetchErrorKind, RedirectPolicy, RemoteInfo, RequestOptions};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -163,20 +167,51 @@ async fn transfer_job(
     stop: &CancellationToken,
     repick: &Notify,
 ) -> Result<(), Halt> {
+    // Files go one at a time (BITS), or several at once with the files-at-once extension. The
+    // first failure stops the others (they drain: what they wrote is synced and recorded).
+    let files_stop = stop.child_token();
+    let mut running = FuturesUnordered::new();
+    let mut active: HashSet<u32> = HashSet::new();
+    let mut failure: Option<Halt> = None;
     loop {
-        if stop.is_cancelled() {
-            return Err(Halt::Stopped);
+        if failure.is_none() && !stop.is_cancelled() {
+            loop {
+                let (next, slots) = {
+                    let table = manager.table();
+                    let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+                    (next_file(&entry.job, &active), entry.job.files_at_once.max(1) as usize)
+                };
+                let NextFile::File(index) = next else { break };
+                if running.len() >= slots {
+                    break;
+                }
+                active.insert(index);
+                let files_stop = &files_stop;
+                running.push(async move {
+                    (index, transfer_file(manager, id, index, files_stop, repick).await)
+                });
+            }
         }
-        let next = {
-            let table = manager.table();
-            let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
-            next_file(&entry.job)
-        };
-        match next {
-            NextFile::File(index) => transfer_file(manager, id, index, stop, repick).await?,
-            NextFile::Done => return Ok(()),
-            NextFile::Idle => return Err(Halt::OnDemandIdle),
+        let Some((index, result)) = running.next().await else { break };
+        active.remove(&index);
+        if let Err(halt) = result {
+            files_stop.cancel();
+            failure.get_or_insert(halt);
         }
+    }
+    if let Some(halt) = failure {
+        return Err(halt);
+    }
+    if stop.is_cancelled() {
+        return Err(Halt::Stopped);
+    }
+    let table = manager.table();
+    let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+    match next_file(&entry.job, &HashSet::new()) {
+        NextFile::Done => Ok(()),
+        NextFile::Idle => Err(Halt::OnDemandIdle),
+        // A file added while the last ones finished: the worker ends and the job is requeued.
+        NextFile::File(_) => Ok(()),
     }
 }
 
@@ -190,17 +225,17 @@ enum NextFile {
 
 /// Files go in insertion order (spec I2). In ON_DEMAND_MODE only files with requested bytes
 /// still missing are worked on.
-fn next_file(job: &bits_core::Job) -> NextFile {
-    let pending = |f: &JobFile| !f.is_transferred();
+fn next_file(job: &bits_core::Job, active: &HashSet<u32>) -> NextFile {
+    let pending =
+        |(i, f): &(usize, &JobFile)| !f.is_transferred() && !active.contains(&(*i as u32));
     let wanted = |f: &JobFile| !f.requested.subtract(&f.filled).is_empty();
-    let found = if job.on_demand {
-        job.files.iter().position(|f| pending(f) && wanted(f))
-    } else {
-        job.files.iter().position(pending)
-    };
+    let mut files = job.files.iter().enumerate();
+    let found =
+        if job.on_demand { files.find(|e| pending(e) && wanted(e.1)) } else { files.find(pending) };
     match found {
-        Some(index) => NextFile::File(index as u32),
+        Some((index, _)) => NextFile::File(index as u32),
         None if job.all_transferred() => NextFile::Done,
+        None if !active.is_empty() => NextFile::Done, // the rest are running
         None => NextFile::Idle,
     }
 }
@@ -285,13 +320,100 @@ async fn transfer_file_once(
         .await
         .map_err(|e| local_halt(e, index))?;
 
-    loop {
-        let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
-        let request = Request { remote: &remote, options: &options, piece };
-        match fetch_piece(manager, id, index, request, &part, &layout, stop, repick).await? {
-            PieceEnd::Done | PieceEnd::Repick => continue,
+    let connections = {
+        let table = manager.table();
+        table.jobs.get(&id).map_or(1, |e| e.job.connections_per_file.max(1))
+    };
+    if connections == 1 {
+        // BITS: one connection, one request from the first missing byte to the end of its run.
+        loop {
+            let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
+            let request = Request { remote: &remote, options: &options, piece };
+            match fetch_piece(manager, id, index, request, &part, &layout, stop, repick).await? {
+                PieceEnd::Done | PieceEnd::Repick => continue,
+            }
         }
     }
+    // Segmented (bitsd extension): each connection claims the next missing piece not claimed
+    // by another, fetches it, and comes back for more, so fast connections take more pieces.
+    let piece_size =
+        (layout.local_len() / (u64::from(connections) * 4)).clamp(MIN_SEGMENT, MAX_SEGMENT);
+    let claims = std::sync::Mutex::new(RangeSet::new());
+    let segment_stop = stop.child_token();
+    let connection = |_| async {
+        let result = async {
+            loop {
+                let Some(piece) = claim_piece(manager, id, index, &layout, &claims, piece_size)?
+                else {
+                    return Ok(());
+                };
+                let request = Request { remote: &remote, options: &options, piece };
+                let fetched =
+                    fetch_piece(manager, id, index, request, &part, &layout, &segment_stop, repick)
+                        .await;
+                lock(&claims).remove(piece.start, piece.end);
+                fetched?;
+            }
+        }
+        .await;
+        if result.is_err() {
+            segment_stop.cancel();
+        }
+        result
+    };
+    let results = futures::future::join_all((0..connections).map(connection)).await;
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Err(Halt::Stopped) if !stop.is_cancelled() => {} // stopped because a sibling failed
+            Err(halt) => {
+                first_error.get_or_insert(halt);
+            }
+            Ok(()) => {}
+        }
+    }
+    match first_error {
+        Some(halt) => Err(halt),
+        None if stop.is_cancelled() => Err(Halt::Stopped),
+        None => Ok(()),
+    }
+}
+
+/// Smallest and largest piece one connection of a segmented download claims at a time.
+const MIN_SEGMENT: u64 = 1 << 20;
+const MAX_SEGMENT: u64 = 64 << 20;
+
+/// The next piece for one connection of a segmented download: like [`next_piece`], minus what
+/// other connections have claimed, cut to `piece_size`; the claim is recorded before returning.
+fn claim_piece(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    layout: &Layout,
+    claims: &std::sync::Mutex<RangeSet>,
+    piece_size: u64,
+) -> Result<Option<Span>, Halt> {
+    let table = manager.table();
+    let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+    let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
+    let mut claimed = lock(claims);
+    let missing = layout.wanted().subtract(&file.filled).subtract(&claimed);
+    let urgent = missing.intersect(&file.requested);
+    let position = file.download_position.unwrap_or(0);
+    let next = match urgent.iter().next() {
+        Some(piece) => Some(piece),
+        None if entry.job.on_demand => None,
+        None => missing.first_from(position).or_else(|| missing.iter().next()),
+    };
+    Ok(next.map(|span| {
+        let piece = Span::new(span.start, span.end.min(span.start.saturating_add(piece_size)));
+        claimed.insert(piece.start, piece.end);
+        piece
+    }))
+}
+
+fn lock(claims: &std::sync::Mutex<RangeSet>) -> std::sync::MutexGuard<'_, RangeSet> {
+    claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Records what the server said about the file and moves the job to TRANSFERRING.

@@ -1,0 +1,164 @@
+//! The bitsd extensions (SetExtensions): several connections per file (segmented download, each
+//! connection claiming the next missing piece) and several files of one job at once. Both must
+//! give byte-identical files, really run in parallel, and never fetch a byte twice — also across
+//! a SIGKILL.
+
+use std::collections::BTreeSet;
+
+use bits_client::Client;
+use bits_core::{JobId, JobState, Priority};
+use bits_tests::daemon::TestDaemon;
+use bits_tests::data::{random_bytes, sha256_hex};
+use bits_tests::server::{LoggedRequest, TestServer};
+use bits_tests::wait::{TIMEOUT, wait_for};
+use http::Method;
+
+use crate::progress::FAST_SYNC;
+use crate::support::{total, wait_state};
+
+const SIZE: usize = 8 << 20;
+
+fn gets(log: &[LoggedRequest]) -> Vec<&LoggedRequest> {
+    log.iter().filter(|r| r.method == Method::GET).collect()
+}
+
+/// Every served byte of `path`, asserting no byte was served twice.
+fn served_once(log: &[LoggedRequest], path: &str) -> u64 {
+    let mut seen = BTreeSet::new();
+    for r in gets(log).into_iter().filter(|r| r.path == path) {
+        let (start, end) = r.served_span();
+        for chunk_start in (start..end).step_by(4096) {
+            assert!(
+                seen.insert(chunk_start),
+                "bytes at {chunk_start} of {path} served twice: {log:#?}"
+            );
+        }
+    }
+    gets(log).iter().filter(|r| r.path == path).map(|r| r.served_span().1 - r.served_span().0).sum()
+}
+
+/// Waits until at least `n` GETs are streaming at the same moment (distinct, unfinished, begun).
+async fn wait_parallel(server: &TestServer, n: usize) {
+    wait_for(&format!("{n} GETs streaming at once"), TIMEOUT, || async {
+        let log = server.log();
+        let streaming = gets(&log).iter().filter(|r| !r.finished && r.served > 0).count();
+        if streaming >= n { Ok(()) } else { Err(format!("{streaming} streaming")) }
+    })
+    .await;
+}
+
+async fn job_with(client: &Client, connections: u32, files_at_once: u32) -> JobId {
+    let job = client.create_job("extensions", Priority::Foreground).await.unwrap();
+    client.set_extensions(job, Some(connections), Some(files_at_once)).await.unwrap();
+    let info = client.get_job(job).await.unwrap();
+    assert_eq!((info.connections_per_file, info.files_at_once), (connections, files_at_once));
+    job
+}
+
+#[tokio::test]
+async fn segmented_download_runs_several_connections_and_is_exact() {
+    let data = random_bytes(51, SIZE);
+    let server = TestServer::start().await;
+    server.add_file("s.bin", data.clone());
+    server.set_throttle(Some(8 << 20)); // about a second in all, shared by the connections
+    let daemon = TestDaemon::start_with(&FAST_SYNC).await;
+    let client = daemon.client().await;
+    let job = job_with(&client, 4, 1).await;
+    let dest = daemon.out_dir().join("s.bin");
+    client.add_file(job, &server.url("s.bin"), &dest).await.unwrap();
+    client.resume(job).await.unwrap();
+    wait_parallel(&server, 2).await;
+    wait_state(&client, job, JobState::Transferred).await;
+    client.complete(job).await.unwrap();
+    assert_eq!(sha256_hex(&std::fs::read(&dest).unwrap()), sha256_hex(&data));
+    let log = server.log();
+    assert_eq!(served_once(&log, "/s.bin"), SIZE as u64, "every byte served exactly once");
+    assert!(gets(&log).len() >= 4, "a segmented download makes several range requests: {log:#?}");
+}
+
+#[tokio::test]
+async fn files_at_once_transfers_several_files_together() {
+    let server = TestServer::start().await;
+    let names: Vec<String> = (0..6).map(|i| format!("f{i}.bin")).collect();
+    let datas: Vec<Vec<u8>> = (0..6).map(|i| random_bytes(60 + i, 1 << 20)).collect();
+    for (name, data) in names.iter().zip(&datas) {
+        server.add_file(name, data.clone());
+    }
+    server.set_throttle(Some(4 << 20));
+    let daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    let job = job_with(&client, 1, 3).await;
+    let dests: Vec<_> = names.iter().map(|n| daemon.out_dir().join(n)).collect();
+    let urls: Vec<String> = names.iter().map(|n| server.url(n)).collect();
+    let set: Vec<(&str, &std::path::Path)> =
+        urls.iter().map(String::as_str).zip(dests.iter().map(|d| d.as_path())).collect();
+    client.add_file_set(job, &set).await.unwrap();
+    client.resume(job).await.unwrap();
+    wait_for("GETs of different files streaming at once", TIMEOUT, || async {
+        let log = server.log();
+        let paths: BTreeSet<&str> = gets(&log)
+            .iter()
+            .filter(|r| !r.finished && r.served > 0)
+            .map(|r| r.path.as_str())
+            .collect();
+        if paths.len() >= 2 { Ok(()) } else { Err(format!("{paths:?}")) }
+    })
+    .await;
+    wait_state(&client, job, JobState::Transferred).await;
+    client.complete(job).await.unwrap();
+    let log = server.log();
+    for ((name, data), dest) in names.iter().zip(&datas).zip(&dests) {
+        assert_eq!(std::fs::read(dest).unwrap(), *data, "{name}");
+        assert_eq!(served_once(&log, &format!("/{name}")), data.len() as u64, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn segmented_download_survives_sigkill_without_refetching() {
+    let data = random_bytes(52, SIZE);
+    let server = TestServer::start().await;
+    server.add_file("k.bin", data.clone());
+    server.set_throttle(Some(2 << 20));
+    let mut daemon = TestDaemon::start_with(&FAST_SYNC).await;
+    let client = daemon.client().await;
+    let job = job_with(&client, 4, 1).await;
+    let dest = daemon.out_dir().join("k.bin");
+    client.add_file(job, &server.url("k.bin"), &dest).await.unwrap();
+    client.resume(job).await.unwrap();
+    wait_for("1 MiB filled by several connections", TIMEOUT, || async {
+        let filled = client.get_filled_file_ranges(job, 0).await.map_err(|e| e.to_string())?;
+        if total(&filled) >= 1 << 20 { Ok(()) } else { Err(format!("{filled:?}")) }
+    })
+    .await;
+    daemon.kill_9().await;
+    server.hold();
+    let mark = server.log_len();
+    daemon.restart().await;
+    let client = daemon.client().await;
+    let before = client.get_filled_file_ranges(job, 0).await.unwrap();
+    assert!(total(&before) > 0, "recorded progress survives the crash");
+    server.set_throttle(None);
+    server.release();
+    wait_state(&client, job, JobState::Transferred).await;
+    client.complete(job).await.unwrap();
+    assert_eq!(sha256_hex(&std::fs::read(&dest).unwrap()), sha256_hex(&data));
+    let after: Vec<LoggedRequest> = server.log_since(mark);
+    let refetched: u64 = gets(&after)
+        .iter()
+        .map(|r| {
+            let (s, e) = r.served_span();
+            before
+                .iter()
+                .map(|f| e.min(f.offset + f.length).saturating_sub(s.max(f.offset)))
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(refetched, 0, "filled ranges {before:?} were fetched again: {after:#?}");
+    let served_after: u64 =
+        gets(&after).iter().map(|r| r.served_span().1 - r.served_span().0).sum();
+    assert_eq!(
+        served_after,
+        SIZE as u64 - total(&before),
+        "exactly the missing bytes after the restart"
+    );
+}
