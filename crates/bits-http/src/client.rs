@@ -24,6 +24,7 @@ use url::Url;
 use crate::body::RangeBody;
 use crate::classify::is_followed_redirect;
 use crate::error::FetchError;
+use crate::multirange::{self, MultiRangeBody};
 use crate::probe::{self, RemoteInfo};
 use crate::redirect::{
     Redirects, is_disallowed_redirect, parse_url, redirect_target, strip_sensitive_headers, to_uri,
@@ -222,6 +223,60 @@ impl HttpClient {
                 remote.size, remote.final_url
             )));
         }
+        let range = format!("bytes={}-{}", span.start, span.end - 1);
+        let (parts, body, url) = self.ranged_get(remote, &range, opts).await?;
+        range::check(&parts, remote, span, &url, opts.allow_full_response)?;
+        Ok(RangeBody::new(
+            body,
+            span,
+            self.inner.config.idle_timeout,
+            parts.version,
+            url.to_string(),
+        ))
+    }
+
+    /// GET several disjoint spans of the probed version in one request
+    /// (`Range: bytes=a-b,c-d,…`, with `If-Range` like [`HttpClient::get_range_opts`]).
+    ///
+    /// `spans` must be non-empty, at most [`MAX_SPANS_PER_REQUEST`](crate::MAX_SPANS_PER_REQUEST),
+    /// each non-empty and inside the file, sorted, and neither overlapping nor touching (a gap of
+    /// at least one byte between neighbours); otherwise `InvalidRange` (`BG_E_INVALID_RANGE`).
+    ///
+    /// The server may answer a `multipart/byteranges` 206 (parsed as it streams, every part
+    /// checked to be exactly one requested span) or, only when one span was asked, a plain 206
+    /// (or a 200 with the whole file, as [`HttpClient::get_range_opts`] accepts it). A server
+    /// that merges, splits, repeats, leaves out or adds ranges fails with
+    /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE; spec §6.2); a 200 to several spans is
+    /// `BG_E_INSUFFICIENT_RANGE_SUPPORT` unless the version checks already say the file changed.
+    pub async fn get_ranges_opts(
+        &self,
+        remote: &RemoteInfo,
+        spans: &[Span],
+        opts: &RequestOptions,
+    ) -> Result<MultiRangeBody, FetchError> {
+        multirange::check_spans(remote, spans)?;
+        let range = multirange::range_header(spans);
+        let (parts, body, url) = self.ranged_get(remote, &range, opts).await?;
+        let head = multirange::check_head(&parts, remote, spans, &url, opts.allow_full_response)?;
+        Ok(MultiRangeBody::new(
+            head,
+            body,
+            spans,
+            remote.size,
+            self.inner.config.idle_timeout,
+            parts.version,
+            url.to_string(),
+        ))
+    }
+
+    /// GET `remote.final_url` with `Range: <range>` (and `If-Range` when the probe saw a
+    /// validator), following redirects as `opts` allow; returns the final response and its URL.
+    pub(crate) async fn ranged_get(
+        &self,
+        remote: &RemoteInfo,
+        range: &str,
+        opts: &RequestOptions,
+    ) -> Result<(http::response::Parts, Incoming, Url), FetchError> {
         let start = parse_url(&remote.final_url)?;
         let mut headers = self.headers_with(&opts.headers);
         if !remote.same_origin {
@@ -230,10 +285,9 @@ impl HttpClient {
             headers.remove(header::PROXY_AUTHORIZATION);
             headers.remove(header::COOKIE);
         }
-        let range = format!("bytes={}-{}", span.start, span.end - 1);
         headers.insert(
             header::RANGE,
-            HeaderValue::from_str(&range)
+            HeaderValue::from_str(range)
                 .map_err(|_| FetchError::invalid_range(format!("unencodable range {range}")))?,
         );
         if let Some(value) =
@@ -243,14 +297,7 @@ impl HttpClient {
         }
         let (resp, url) = self.send(Method::GET, &start, headers, opts).await?;
         let (parts, body) = resp.into_parts();
-        range::check(&parts, remote, span, &url, opts.allow_full_response)?;
-        Ok(RangeBody::new(
-            body,
-            span,
-            self.inner.config.idle_timeout,
-            parts.version,
-            url.to_string(),
-        ))
+        Ok((parts, body, url))
     }
 
     /// Our own headers win over a job's: custom headers are added first, then ours replace any

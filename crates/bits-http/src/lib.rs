@@ -5,6 +5,11 @@
 //! [`FetchError`] that already carries the BITS code, error context and transient/fatal decision,
 //! so the job manager only has to act on it.
 //!
+//! Many small spans can be fetched in one request with [`HttpClient::get_ranges_opts`] (at most
+//! [`MAX_SPANS_PER_REQUEST`] per call): the `multipart/byteranges` answer is parsed as it streams
+//! and every part must be exactly one requested span (a server that merges ranges fails with
+//! `BG_E_INVALID_SERVER_RESPONSE`, spec §6.1–6.2).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), bits_http::FetchError> {
 //! use bits_http::{HttpClient, HttpConfig};
@@ -25,6 +30,7 @@ mod custom;
 mod error;
 mod headers;
 pub mod multipart;
+mod multirange;
 mod probe;
 mod range;
 mod redirect;
@@ -34,4 +40,5 @@ pub use classify::classify_status;
 pub use client::{HttpClient, HttpConfig, RedirectPolicy, RequestOptions};
 pub use custom::parse_custom_headers;
 pub use error::{FetchError, FetchErrorKind};
+pub use multirange::{MAX_SPANS_PER_REQUEST, MultiRangeBody};
 pub use probe::RemoteInfo;

@@ -147,7 +147,7 @@ fn check_length(parts: &Parts, span: Span, url: &Url) -> Result<(), FetchError> 
     }
 }
 
-fn check_encoding(parts: &Parts, url: &Url) -> Result<(), FetchError> {
+pub(crate) fn check_encoding(parts: &Parts, url: &Url) -> Result<(), FetchError> {
     match headers::non_identity_encoding(&parts.headers) {
         Some(coding) => Err(FetchError::invalid_response(format!(
             "{url} sent Content-Encoding {coding} although identity was asked for"
