@@ -168,3 +168,35 @@ async fn bitsctl_download_with_ranges() {
     );
     assert_eq!(entries(&daemon.out_dir()), ["r.bin"], "a temp file was left behind");
 }
+
+/// Many small ranges go to nginx in multi-range requests (64 per request), not one request each,
+/// and the local file is still their caller-order concatenation.
+#[tokio::test]
+async fn many_small_ranges_use_multi_range_requests() {
+    let root = tempfile::tempdir().unwrap();
+    let size = 4 << 20;
+    std::fs::write(root.path().join("m.bin"), random_bytes(77, size)).unwrap();
+    let source = std::fs::read(root.path().join("m.bin")).unwrap();
+    let nginx = Nginx::start(root.path());
+    let daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    // 100 scattered 4 KiB ranges, given in descending order.
+    let ranges: Vec<ByteRange> = (0..100u64).rev().map(|i| range(i * 40_000 + 123, 4096)).collect();
+    let job = client.create_job("multi", Priority::Normal).await.unwrap();
+    let dest = daemon.out_dir().join("m.bin");
+    client.add_file_with_ranges(job, &nginx.url("m.bin"), &dest, &ranges).await.unwrap();
+    client.resume(job).await.unwrap();
+    wait_state(&client, job, JobState::Transferred).await;
+    assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
+    let expected: Vec<u8> = ranges
+        .iter()
+        .flat_map(|r| source[r.offset as usize..(r.offset + r.length) as usize].to_vec())
+        .collect();
+    assert_eq!(std::fs::read(&dest).unwrap(), expected);
+    let gets = nginx.access_log().lines().filter(|l| l.contains("GET /m.bin")).count();
+    assert!(
+        gets <= 2,
+        "100 ranges should take 2 multi-range requests, took {gets}:\n{}",
+        nginx.access_log()
+    );
+}

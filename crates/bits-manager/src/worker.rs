@@ -326,7 +326,30 @@ async fn transfer_file_once(
     };
     if connections == 1 {
         // BITS: one connection, one request from the first missing byte to the end of its run.
+        // Many small missing pieces (a file added with many ranges) go in one multi-range
+        // request; a single piece streams as one ranged GET. A server that answers a
+        // multi-range request with the whole file (many do not implement them) gets single
+        // ranges from then on; its 200 body is never written.
+        let mut multi_range = true;
         loop {
+            let batch =
+                if multi_range { small_pieces(manager, id, index, &layout)? } else { Vec::new() };
+            if batch.len() > 1 {
+                match fetch_pieces(
+                    manager, id, index, &remote, &options, &batch, &part, &layout, stop,
+                )
+                .await
+                {
+                    Err(Halt::Failed { error, .. })
+                        if error.code == Code::BG_E_INSUFFICIENT_RANGE_SUPPORT =>
+                    {
+                        tracing::info!(job = %id, index, "server does not answer multi-range requests; using single ranges");
+                        multi_range = false;
+                    }
+                    other => other?,
+                }
+                continue;
+            }
             let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
             let request = Request { remote: &remote, options: &options, piece };
             match fetch_piece(manager, id, index, request, &part, &layout, stop, repick).await? {
@@ -377,6 +400,116 @@ async fn transfer_file_once(
         None if stop.is_cancelled() => Err(Halt::Stopped),
         None => Ok(()),
     }
+}
+
+/// A piece no larger than this may share a multi-range request with others.
+const SMALL_PIECE: u64 = 1 << 20;
+
+/// Up to [`bits_http::MAX_SPANS_PER_REQUEST`] small missing pieces, lowest first, when requested
+/// (on-demand) bytes do not take precedence and more than one is missing. Empty otherwise.
+fn small_pieces(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    layout: &Layout,
+) -> Result<Vec<Span>, Halt> {
+    let table = manager.table();
+    let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+    let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
+    let missing = layout.wanted().subtract(&file.filled);
+    if entry.job.on_demand
+        || !missing.intersect(&file.requested).is_empty()
+        || missing.n_spans() < 2
+    {
+        return Ok(Vec::new());
+    }
+    Ok(missing
+        .iter()
+        .take_while(|s| s.len() <= SMALL_PIECE)
+        .take(bits_http::MAX_SPANS_PER_REQUEST)
+        .collect())
+}
+
+/// Fetches several pieces with one multi-range request. Parts may arrive in any order; bytes are
+/// written at their local offsets, then synced, then recorded (per sync window and at the end),
+/// so the durability rule holds as for a single piece.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_pieces(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    remote: &RemoteInfo,
+    options: &RequestOptions,
+    pieces: &[Span],
+    part: &Arc<PartFile>,
+    layout: &Arc<Layout>,
+    stop: &CancellationToken,
+) -> Result<(), Halt> {
+    let mut body = tokio::select! {
+        _ = stop.cancelled() => return Err(Halt::Stopped),
+        got = manager.inner.http.get_ranges_opts(remote, pieces, options) => match got {
+            Ok(body) => body,
+            Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
+        },
+    };
+    let config = manager.config();
+    let mut batch: Vec<(u64, bytes::Bytes)> = Vec::new();
+    let mut unsynced = RangeSet::new();
+    let mut unsynced_bytes = 0u64;
+    let mut last_sync = Instant::now();
+    let end = loop {
+        let chunk = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Err(Halt::Stopped),
+            chunk = body.next_chunk() => chunk,
+        };
+        match chunk {
+            Ok(Some((offset, bytes))) => {
+                let n = bytes.len() as u64;
+                unsynced.insert(offset, offset + n);
+                unsynced_bytes += n;
+                batch.push((offset, bytes));
+                if unsynced_bytes >= config.sync_bytes
+                    || last_sync.elapsed() >= config.sync_interval
+                {
+                    sync_and_record(manager, id, index, part, layout, &mut batch, &mut unsynced)
+                        .await?;
+                    unsynced_bytes = 0;
+                    last_sync = Instant::now();
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(fetch_halt(e, index)),
+        }
+    };
+    drop(body);
+    // What arrived before a stop or a failure is valid data of the probed version: keep it.
+    sync_and_record(manager, id, index, part, layout, &mut batch, &mut unsynced).await?;
+    end
+}
+
+/// Writes `batch` at its local offsets, syncs, then records `spans` as filled.
+async fn sync_and_record(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    part: &Arc<PartFile>,
+    layout: &Arc<Layout>,
+    batch: &mut Vec<(u64, bytes::Bytes)>,
+    spans: &mut RangeSet,
+) -> Result<(), Halt> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let (writes, part_file, layout) = (std::mem::take(batch), part.clone(), layout.clone());
+    run_blocking(move || {
+        crate::writer::write_batch(&part_file, &layout, &writes).map_err(disk_error)?;
+        part_file.sync().map_err(disk_error)
+    })
+    .await
+    .map_err(|e| local_halt(e, index))?;
+    let done = std::mem::take(spans);
+    record_filled_spans(manager, id, index, &done).await
 }
 
 /// Smallest and largest piece one connection of a segmented download claims at a time.
@@ -573,16 +706,33 @@ async fn checkpoint(
 /// write happens under the table lock so that store writes land in the same order as the
 /// in-memory changes (a concurrent RequestFileRanges is never overwritten by an older copy).
 async fn record_filled(manager: &Manager, id: JobId, index: u32, span: Span) -> Result<(), Halt> {
+    record_filled_spans(manager, id, index, &RangeSet::from_span(span.start, span.end)).await
+}
+
+/// [`record_filled`] for several synced spans at once, with one store flush.
+async fn record_filled_spans(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    spans: &RangeSet,
+) -> Result<(), Halt> {
+    if spans.is_empty() {
+        return Ok(());
+    }
     {
         let mut table = manager.table();
         let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };
         entry.stalled_since = None;
         entry.job.modification_time = SystemTime::now();
-        let Some(file) = entry.job.files.get_mut(index as usize) else { return Ok(()) };
-        file.filled.insert(span.start, span.end);
-        entry.events.recorded(&entry.job, index, span);
-        let file = &mut entry.job.files[index as usize];
-        file.requested.remove(span.start, span.end);
+        if entry.job.files.get(index as usize).is_none() {
+            return Ok(());
+        }
+        for span in spans.iter() {
+            entry.job.files[index as usize].filled.insert(span.start, span.end);
+            entry.events.recorded(&entry.job, index, span);
+            entry.job.files[index as usize].requested.remove(span.start, span.end);
+        }
+        let file = &entry.job.files[index as usize];
         manager
             .inner
             .store

@@ -153,7 +153,11 @@ impl Pipeline {
 
 /// Writes each chunk at its local offset, splitting where consecutive remote bytes belong to
 /// different requested ranges (a ranged file's local layout is in caller order).
-fn write_batch(part: &PartFile, layout: &Layout, batch: &[(u64, Bytes)]) -> Result<(), DiskError> {
+pub(crate) fn write_batch(
+    part: &PartFile,
+    layout: &Layout,
+    batch: &[(u64, Bytes)],
+) -> Result<(), DiskError> {
     for (remote, bytes) in batch {
         let mut remote = *remote;
         let mut rest: &[u8] = bytes;
