@@ -34,6 +34,22 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
     Ok((field(11)? + field(12)?) as f64 / CLOCK_TICKS_PER_SEC)
 }
 
+/// Clock ticks of the whole machine since boot from the `cpu` line of /proc/stat: (busy, total),
+/// where busy is everything but idle and iowait. Two readings give the share of the machine that
+/// was in use in between, by anyone.
+pub fn machine_cpu_ticks() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+    // user nice system idle iowait irq softirq steal (guest time is included in user).
+    let ticks: Vec<u64> =
+        line.split_whitespace().skip(1).take(8).filter_map(|f| f.parse().ok()).collect();
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks[..] else {
+        bail!("unexpected /proc/stat cpu line: {line}");
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Ok((busy, busy + idle + iowait))
+}
+
 /// VmHWM (peak resident set since start or the last [`reset_peak_rss`]) of a process, in MiB.
 pub fn peak_rss_mib(pid: &str) -> Result<f64> {
     status_kib(pid, "VmHWM:").map(|kib| kib / 1024.0)
@@ -163,5 +179,7 @@ mod tests {
         assert!(cpu_seconds("self").unwrap() >= 0.0);
         assert!(peak_rss_mib("self").unwrap() > 0.0);
         assert!(rss_mib("self").unwrap() > 0.0);
+        let (busy, total) = machine_cpu_ticks().unwrap();
+        assert!(busy <= total && total > 0);
     }
 }

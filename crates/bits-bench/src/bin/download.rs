@@ -9,8 +9,8 @@
 //! daemon's data dir and the destinations; default: the system temp dir).
 //!
 //! Cases:
-//! - `single`: the large file over one connection: bitsd (default settings) vs `curl -o` and
-//!   `aria2c -x1 -s1`.
+//! - `single`: the large file over one connection: bitsd (default settings; through the client
+//!   and through `bitsctl download`) vs `curl -o` and `aria2c -x1 -s1`.
 //! - `multi4`, `multi16`: the large file with 4 / 16 connections: bitsd with
 //!   SetExtensions(connections_per_file) vs `aria2c -xN -sN`.
 //! - `many`: 1,000 files of 64 KiB in one job: bitsd AddFileSet with SetExtensions(files_at_once
@@ -42,7 +42,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use bits_bench::measure::{
-    GNU_TIME, Sample, cpu_seconds, peak_rss_mib, reset_peak_rss, run_under_time, summarize,
+    GNU_TIME, Sample, cpu_seconds, machine_cpu_ticks, peak_rss_mib, reset_peak_rss, run_under_time,
+    summarize,
 };
 use bits_bench::table::Table;
 use bits_client::{Client, EventInfo};
@@ -101,6 +102,8 @@ impl Case {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
     Bitsd,
+    /// `bitsctl download URL DEST`: the same daemon through the command line (polls GetJob).
+    Bitsctl,
     Curl,
     Aria2,
     Wget2,
@@ -115,6 +118,7 @@ impl Tool {
             (Tool::Bitsd, Case::Multi16) => "bitsd conns=16",
             (Tool::Bitsd, Case::Many) => "bitsd files_at_once=16",
             (Tool::Bitsd, Case::Ranges) => "bitsd AddFileWithRanges",
+            (Tool::Bitsctl, _) => "bitsctl download",
             (Tool::Curl, Case::Many) => "curl --parallel-max 16",
             (Tool::Curl, Case::Ranges) => "curl 500 × -r (keep-alive)",
             (Tool::Curl, _) => "curl -o",
@@ -376,12 +380,14 @@ struct Bench {
     /// GNU time's reports and the peers' URL lists.
     scratch: tempfile::TempDir,
     has_wget2: bool,
+    /// Runs that started while the machine was busy with something else.
+    disturbed: std::cell::Cell<usize>,
 }
 
 impl Bench {
     fn tools(&self, case: Case) -> Vec<Tool> {
         match case {
-            Case::Single => vec![Tool::Bitsd, Tool::Curl, Tool::Aria2],
+            Case::Single => vec![Tool::Bitsd, Tool::Bitsctl, Tool::Curl, Tool::Aria2],
             Case::Multi4 | Case::Multi16 => vec![Tool::Bitsd, Tool::Aria2],
             Case::Many if self.has_wget2 => vec![Tool::Bitsd, Tool::Aria2, Tool::Curl, Tool::Wget2],
             Case::Many => vec![Tool::Bitsd, Tool::Aria2, Tool::Curl],
@@ -398,13 +404,16 @@ impl Bench {
     }
 
     async fn run(&self, case: Case, tool: Tool, verify: bool) -> Result<Sample> {
-        // Nothing of the previous run may still be running.
-        settle(&self.daemon.pid().to_string()).await?;
+        // Nothing of the previous run (or anything else) may still be running.
+        if !settle(&self.daemon.pid().to_string(), false).await? {
+            self.disturbed.set(self.disturbed.get() + 1);
+        }
         let _ = std::fs::remove_dir_all(&self.work);
         std::fs::create_dir(&self.work)
             .with_context(|| format!("creating {}", self.work.display()))?;
         let sample = match tool {
             Tool::Bitsd => self.run_bitsd(case).await?,
+            Tool::Bitsctl => self.run_bitsctl().await?,
             _ => self.run_peer(case, tool)?,
         };
         self.check_output(case, tool, verify)
@@ -432,9 +441,29 @@ impl Bench {
             )));
         }
         // Work the daemon does after Complete returned is its cost too.
-        settle(&pid).await?;
+        settle(&pid, true).await?;
         let cpu = cpu_seconds(&pid)? + cpu_seconds("self")? - cpu_before;
         Ok(Sample { wall, cpu, peak_rss_mib: peak_rss_mib(&pid)? })
+    }
+
+    /// `bitsctl download` of the large file, under GNU time: its wall time, its CPU plus the
+    /// daemon's, the daemon's peak RSS.
+    async fn run_bitsctl(&self) -> Result<Sample> {
+        let pid = self.daemon.pid().to_string();
+        reset_peak_rss(&pid)?;
+        let cpu_before = cpu_seconds(&pid)?;
+        let bitsctl = self.daemon.bitsctl_path().display().to_string();
+        let args = [
+            "--socket".to_string(),
+            self.daemon.socket().display().to_string(),
+            "download".to_string(),
+            self.big_url(),
+            self.work.join(BIG_NAME).display().to_string(),
+        ];
+        let ctl = run_under_time(&bitsctl, &args, Stdio::null(), self.scratch.path())?;
+        settle(&pid, true).await?;
+        let cpu = cpu_seconds(&pid)? - cpu_before + ctl.cpu;
+        Ok(Sample { wall: ctl.wall, cpu, peak_rss_mib: peak_rss_mib(&pid)? })
     }
 
     /// Everything after CreateJob: extensions, files, Resume, wait, Complete.
@@ -664,18 +693,29 @@ impl Bench {
     }
 }
 
-/// Waits (at most 10 s) until process `pid` is idle: at most one clock tick of CPU in 100 ms.
-async fn settle(pid: &str) -> Result<()> {
+/// Waits until process `pid` is idle (at most one clock tick of CPU in 200 ms) and, unless
+/// `pid_only`, the whole machine is too (under 10% of its CPUs busy in those 200 ms: kernel
+/// writeback of the previous run, or someone else's work). Gives up after 30 s and says so;
+/// returns whether the machine was quiet.
+async fn settle(pid: &str, pid_only: bool) -> Result<bool> {
     let started = Instant::now();
     loop {
         let before = cpu_seconds(pid)?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if cpu_seconds(pid)? - before <= 0.011 {
-            return Ok(());
+        let (busy_before, total_before) = machine_cpu_ticks()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (busy, total) = machine_cpu_ticks()?;
+        let machine = (busy - busy_before) as f64 / (total - total_before).max(1) as f64;
+        let process_idle = cpu_seconds(pid)? - before <= 0.011;
+        if process_idle && (pid_only || machine < 0.10) {
+            return Ok(true);
         }
-        if started.elapsed() > Duration::from_secs(10) {
-            println!("note: process {pid} is still busy after 10 s; going on");
-            return Ok(());
+        if started.elapsed() > Duration::from_secs(30) {
+            println!(
+                "note: still busy after 30 s (machine {:.0}% busy, process {pid} idle: {process_idle}); \
+                 going on, this run may be disturbed",
+                machine * 100.0
+            );
+            return Ok(false);
         }
     }
 }
@@ -759,7 +799,17 @@ async fn main() -> Result<()> {
         let mut file = std::fs::File::open(&entry)?;
         std::io::copy(&mut file, &mut std::io::sink())?;
     }
-    let bench = Bench { options, fixtures, nginx, daemon, client, work, scratch, has_wget2 };
+    let bench = Bench {
+        options,
+        fixtures,
+        nginx,
+        daemon,
+        client,
+        work,
+        scratch,
+        has_wget2,
+        disturbed: Default::default(),
+    };
 
     let started = Instant::now();
     let mut results: BTreeMap<Case, Vec<(Tool, Vec<Sample>)>> = BTreeMap::new();
@@ -832,7 +882,7 @@ fn print_table(bench: &Bench, results: &BTreeMap<Case, Vec<(Tool, Vec<Sample>)>>
             };
             let rss = list.iter().map(|s| s.peak_rss_mib).fold(0.0, f64::max);
             let ratio = match (tool, bitsd) {
-                (Tool::Bitsd, _) | (_, None) => "—".to_string(),
+                (Tool::Bitsd | Tool::Bitsctl, _) | (_, None) => "—".to_string(),
                 (_, Some(b)) => format!("{:.2}", b / wall.median),
             };
             table.row(vec![
@@ -853,9 +903,16 @@ fn print_table(bench: &Bench, results: &BTreeMap<Case, Vec<(Tool, Vec<Sample>)>>
     }
     println!(
         "median of {} runs; bitsd/peer = bitsd median time ÷ peer median time (< 1: bitsd faster); \
-         CPU s = median user+sys per run (bitsd: daemon + client); peak RSS = max over runs \
+         CPU s = median user+sys per run (bitsd: daemon + client or bitsctl); peak RSS = max over runs \
          (bitsd: daemon VmHWM)\n",
         bench.options.runs
     );
     print!("{}", table.render());
+    let disturbed = bench.disturbed.get();
+    if disturbed > 0 {
+        println!(
+            "\nwarning: {disturbed} runs started while the machine was busy with other work \
+             (see the notes above); the numbers may be disturbed"
+        );
+    }
 }
