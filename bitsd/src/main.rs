@@ -58,7 +58,15 @@ fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The data path (workers, writes, syncs) runs here, a little below normal priority, so the
+    // control plane — served from its own thread, see `run` — answers promptly even when the
+    // transfers keep every core busy.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bitsd-data")
+        .on_thread_start(lower_priority)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -112,21 +120,57 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the job manager")?;
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), uid = euid, "bitsd starting");
 
-    let listener = server::bind(&socket)?;
+    let listener =
+        server::bind(&socket)?.into_std().context("cannot hand the socket to the gRPC thread")?;
+    let service = grpc::BitsService::new(manager.clone(), euid);
+    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = std::thread::Builder::new()
+        .name("bitsd-grpc".into())
+        .spawn(move || serve_on_own_runtime(listener, service, stopped))
+        .context("cannot start the gRPC thread")?;
+    shutdown_signal().await;
     // Open WatchJob streams end at the signal: a graceful server shutdown waits for them.
-    let watched = manager.clone();
-    let shutdown = async move {
-        shutdown_signal().await;
-        watched.close_subscriptions();
-    };
-    let served =
-        server::serve(listener, grpc::BitsService::new(manager.clone(), euid), shutdown).await;
+    manager.close_subscriptions();
+    let _ = stop_serving.send(());
+    let served = tokio::task::spawn_blocking(move || grpc.join())
+        .await
+        .map_err(|e| anyhow::anyhow!("gRPC thread: {e}"))?
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the gRPC thread panicked")));
     tracing::info!("shutting down: stopping transfers and persisting progress");
     if tokio::time::timeout(Duration::from_secs(4), manager.shutdown()).await.is_err() {
         tracing::warn!("transfers did not stop within 4 s; progress recorded so far is kept");
     }
     let _ = std::fs::remove_file(&socket);
     served
+}
+
+/// Serves gRPC on a single-threaded runtime of its own until `stop` fires.
+fn serve_on_own_runtime(
+    listener: std::os::unix::net::UnixListener,
+    service: grpc::BitsService,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the gRPC runtime")?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::UnixListener::from_std(listener).context("cannot use the socket")?;
+        server::serve(listener, service, async {
+            let _ = stop.await;
+        })
+        .await
+    })
+}
+
+/// Nice +5 for a data-path thread (Linux applies it per thread). Best effort: without it
+/// everything still works, the control plane only competes harder for the CPU.
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), 5) {
+        tracing::debug!(error = %e, "cannot lower the priority of a data-path thread");
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

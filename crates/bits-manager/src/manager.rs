@@ -107,6 +107,9 @@ pub(crate) struct Inner {
     pub(crate) wake: Notify,
     /// Set at shutdown: workers stop, the scheduler exits.
     pub(crate) shutdown: CancellationToken,
+    /// The runtime the manager was started on. Work that must outlive a request (Complete,
+    /// Cancel) is spawned here, whatever runtime serves the request.
+    pub(crate) runtime: tokio::runtime::Handle,
     /// Job notifications (WatchJob).
     pub(crate) events: EventBus,
 }
@@ -197,6 +200,7 @@ impl Manager {
                 config,
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
+                runtime: tokio::runtime::Handle::current(),
                 events,
             }),
         };
@@ -432,29 +436,31 @@ impl Manager {
     /// drops the handler's future) must not leave a job half-finished and locked.
     async fn finish(&self, caller: Caller, id: JobId, event: Event) -> Result<Code, BitsError> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let files = this.begin_finish(caller, id, event).await?;
-            let (result, final_state) = if event == Event::Cancel {
-                (this.delete_temps(&files, |_| true).await, JobState::Cancelled)
-            } else {
-                (this.complete_files(id, &files).await, JobState::Acknowledged)
-            };
-            let result = match result {
-                Ok(code) => this.end_finish(id, final_state).await.map(|()| code),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = &result {
-                tracing::warn!(job = %id, error = %e, "{event:?} failed; the job stays");
-                this.abort_finish(id).await;
-            } else {
-                tracing::info!(job = %id, state = final_state.name(), "job finished");
-            }
-            result
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err(BitsError::new(Code::E_FAIL, format!("{event:?} of job {id} failed: {e}")))
-        })
+        self.inner
+            .runtime
+            .spawn(async move {
+                let files = this.begin_finish(caller, id, event).await?;
+                let (result, final_state) = if event == Event::Cancel {
+                    (this.delete_temps(&files, |_| true).await, JobState::Cancelled)
+                } else {
+                    (this.complete_files(id, &files).await, JobState::Acknowledged)
+                };
+                let result = match result {
+                    Ok(code) => this.end_finish(id, final_state).await.map(|()| code),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(job = %id, error = %e, "{event:?} failed; the job stays");
+                    this.abort_finish(id).await;
+                } else {
+                    tracing::info!(job = %id, state = final_state.name(), "job finished");
+                }
+                result
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(BitsError::new(Code::E_FAIL, format!("{event:?} of job {id} failed: {e}")))
+            })
     }
 
     /// The Complete part proper: finalize what is whole, delete what is not.
