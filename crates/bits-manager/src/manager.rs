@@ -248,6 +248,12 @@ impl Manager {
         run_blocking(move || store.flush().map_err(store_error)).await
     }
 
+    /// Writes only the job's own fields (state, times, error) to the store; the caller flushes.
+    /// Cheap whatever the number of files.
+    pub(crate) fn persist_job_fields(&self, job: &Job) -> Result<(), BitsError> {
+        self.inner.store.put_job_fields(job).map_err(store_error)
+    }
+
     /// Writes the whole job (fields and files) to the store; the caller flushes.
     pub(crate) fn persist_job(&self, job: &Job) -> Result<(), BitsError> {
         self.inner.store.put_job(job).map_err(store_error)
@@ -392,7 +398,7 @@ impl Manager {
                 // budget restart with it.
                 entry.stalled_since = None;
                 entry.active_time = Duration::ZERO;
-                self.persist_job(&entry.job)?;
+                self.persist_job_fields(&entry.job)?;
             }
         }
         self.flush().await?;
@@ -412,7 +418,7 @@ impl Manager {
             if next != entry.job.state {
                 set_state(entry, next);
                 entry.retry_at = None;
-                self.persist_job(&entry.job)?;
+                self.persist_job_fields(&entry.job)?;
             }
         }
         self.flush().await?;

@@ -57,7 +57,7 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
                     }
                     set_state(entry, next);
                     entry.retry_at = None;
-                    if let Err(e) = manager.persist_job(&entry.job) {
+                    if let Err(e) = manager.persist_job_fields(&entry.job) {
                         tracing::error!(job = %entry.job.id, error = %e, "cannot persist retry");
                     }
                 }
@@ -90,7 +90,7 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
         let Some(entry) = table.jobs.get_mut(&id) else { continue };
         let Ok(next) = transition(entry.job.state, Event::Start) else { continue };
         set_state(entry, next);
-        if let Err(e) = manager.persist_job(&entry.job) {
+        if let Err(e) = manager.persist_job_fields(&entry.job) {
             tracing::error!(job = %id, error = %e, "cannot persist job start");
         }
         let stop = CancellationToken::new();

@@ -122,7 +122,7 @@ pub(crate) async fn run_job(
                     fail(entry, error, transient, retry_after);
                 }
             }
-            if let Err(e) = manager.persist_job(&entry.job) {
+            if let Err(e) = manager.persist_job_fields(&entry.job) {
                 tracing::error!(job = %id, error = %e, "cannot persist job");
             }
         }
@@ -582,7 +582,14 @@ async fn connected(
             // The error object lasts until the job is transferring again (spec §3.H).
             entry.job.error = None;
         }
-        manager.persist_job(&entry.job).map_err(|e| store_halt(e, index))?;
+        // This file and the job's own fields; the other files did not change.
+        manager.persist_job_fields(&entry.job).map_err(|e| store_halt(e, index))?;
+        let file = &entry.job.files[index as usize];
+        manager
+            .inner
+            .store
+            .put_file(id, index, file)
+            .map_err(|e| store_halt(store_error(e), index))?;
     }
     manager.flush().await.map_err(|e| store_halt(e, index))
 }
@@ -806,6 +813,9 @@ fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) 
             table.jobs.get_mut(&id).and_then(|entry| entry.job.files.get_mut(index as usize))
         {
             file.remote_url = target.clone();
+            if let Err(e) = manager.inner.store.put_file(id, index, file) {
+                tracing::error!(job = %id, index, error = %e, "cannot store the redirect target");
+            }
         }
     }
     fetch_halt(e, index)

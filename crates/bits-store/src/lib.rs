@@ -38,6 +38,10 @@ pub trait Store: Send + Sync + 'static {
     /// changes). Atomic: a crash leaves either the old or the new job, never a mix. Files beyond
     /// the new file count are dropped.
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
+    /// Replace only a job's own fields (state, times, error, settings), not its files: the hot
+    /// path for state changes of jobs with many files. The job's files must be the ones stored
+    /// (same count); a job that is not stored yet is written whole.
+    fn put_job_fields(&self, job: &Job) -> Result<(), StoreError>;
 
     /// Replace one file's record (the hot path: filled ranges after each sync, size/validator
     /// after a probe). [`StoreError::NotFound`] if the job is not stored or has no file `index`;

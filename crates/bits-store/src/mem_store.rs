@@ -39,6 +39,17 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
+        let mut jobs = self.jobs();
+        let files = jobs.get(&job.id).map(|stored| stored.files.clone());
+        let mut updated = job.clone();
+        if let Some(files) = files {
+            updated.files = files;
+        }
+        jobs.insert(job.id, updated);
+        Ok(())
+    }
+
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
         let mut jobs = self.jobs();
         let slot = jobs

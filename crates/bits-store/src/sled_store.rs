@@ -279,6 +279,21 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
+        let key = job_key(job.id);
+        let value = encode(&key, &JobRecord::from_job(job))?;
+        {
+            let _writing = self.lock_writes();
+            let stored =
+                self.db.contains_key(&key).map_err(|e| StoreError::io("look up a job", e))?;
+            if stored {
+                self.db.insert(key, value).map_err(|e| StoreError::io("write a job", e))?;
+                return Ok(());
+            }
+        }
+        self.put_job(job)
+    }
+
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
         let key = file_key(job, index);
         let value = encode(&key, file)?;

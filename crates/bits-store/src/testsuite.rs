@@ -124,6 +124,18 @@ pub(crate) fn store_suite(make: impl Fn() -> Box<dyn Store>) {
     expected.files[1] = f1.clone();
     assert_eq!(store.load_all().unwrap(), vec![b.clone(), expected.clone()]);
 
+    // put_job_fields changes the job's own fields and leaves its stored files alone.
+    let mut fields = expected.clone();
+    fields.state = JobState::Transferring;
+    fields.error_count = 7;
+    fields.files[0].filled.insert(0, 1); // not stored by put_job_fields
+    store.put_job_fields(&fields).unwrap();
+    let mut want = expected.clone();
+    want.state = JobState::Transferring;
+    want.error_count = 7;
+    assert_eq!(store.load_all().unwrap(), vec![b.clone(), want.clone()]);
+    store.put_job(&expected).unwrap();
+
     // put_file for an unknown job or index is refused and writes nothing.
     let unknown = JobId::new_random();
     assert!(matches!(
@@ -183,6 +195,9 @@ impl Store for TempSled {
     }
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
         self.store.put_file(job, index, file)
+    }
+    fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
+        self.store.put_job_fields(job)
     }
     fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
         self.store.delete_job(job)
