@@ -49,7 +49,7 @@ impl std::fmt::Display for CtlOutput {
 }
 
 /// The target directory this executable was built into (target/debug/deps/e2e-… → target/debug;
-/// target/release/bench-download → target/release).
+/// target/release/download → target/release).
 pub fn own_target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let mut dir = exe.parent().unwrap().to_path_buf();
