@@ -640,7 +640,12 @@ async fn fetch_piece(
     let piece = request.piece;
     tracing::debug!(job = %id, index, start = piece.start, end = piece.end, "fetching");
     let config = manager.config();
-    let mut pipe = Pipeline::new(part.clone(), layout.clone(), piece.start);
+    let connections = {
+        let table = manager.table();
+        table.jobs.get(&id).map_or(1, |e| e.job.connections_per_file.max(1) as usize)
+    };
+    let batch = (crate::writer::WRITE_BATCH / connections).max(crate::writer::MIN_WRITE_BATCH);
+    let mut pipe = Pipeline::new(part.clone(), layout.clone(), piece.start, batch);
     let mut pos = piece.start;
     let mut checkpointed = piece.start;
     let mut last_checkpoint = Instant::now();

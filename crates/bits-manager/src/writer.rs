@@ -17,8 +17,10 @@ use bits_disk::{DiskError, PartFile};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-/// Bytes gathered before one positional write is issued.
-const WRITE_BATCH: usize = 1 << 20;
+/// Bytes gathered before one positional write is issued, for a file with one connection; with
+/// several, each gathers a share (down to [`MIN_WRITE_BATCH`]) so memory stays bounded.
+pub(crate) const WRITE_BATCH: usize = 1 << 20;
+pub(crate) const MIN_WRITE_BATCH: usize = 256 << 10;
 
 pub(crate) struct Pipeline {
     part: Arc<PartFile>,
@@ -33,10 +35,17 @@ pub(crate) struct Pipeline {
     synced_upto: u64,
     /// Set by the first error; see the module docs.
     poisoned: bool,
+    /// Bytes gathered before a write is issued.
+    batch_limit: usize,
 }
 
 impl Pipeline {
-    pub(crate) fn new(part: Arc<PartFile>, layout: Arc<Layout>, start: u64) -> Pipeline {
+    pub(crate) fn new(
+        part: Arc<PartFile>,
+        layout: Arc<Layout>,
+        start: u64,
+        batch_limit: usize,
+    ) -> Pipeline {
         Pipeline {
             part,
             layout,
@@ -46,6 +55,7 @@ impl Pipeline {
             sync: None,
             synced_upto: start,
             poisoned: false,
+            batch_limit,
         }
     }
 
@@ -54,7 +64,7 @@ impl Pipeline {
         self.check()?;
         self.batch_len += bytes.len();
         self.batch.push((remote, bytes));
-        if self.batch_len >= WRITE_BATCH { self.submit_writes().await } else { Ok(()) }
+        if self.batch_len >= self.batch_limit { self.submit_writes().await } else { Ok(()) }
     }
 
     async fn submit_writes(&mut self) -> Result<(), DiskError> {
@@ -197,7 +207,7 @@ mod tests {
     fn pipeline(dir: &std::path::Path, layout: Layout) -> (Pipeline, Arc<PartFile>) {
         let part = Arc::new(PartFile::open(&dir.join("f.part")).unwrap());
         part.set_len(layout.local_len()).unwrap();
-        (Pipeline::new(part.clone(), Arc::new(layout), 0), part)
+        (Pipeline::new(part.clone(), Arc::new(layout), 0, WRITE_BATCH), part)
     }
 
     #[tokio::test]
