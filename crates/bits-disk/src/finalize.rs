@@ -55,6 +55,18 @@ fn shorten(name: &[u8], max: usize) -> &[u8] {
 /// modification and access times are set to it; they are set on the temp file before its fsync,
 /// so the file never appears at `dest` with other times and the times are as durable as the data.
 pub fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
+    rename_into_place(temp, dest, mtime)?;
+    sync_dir(parent_dir(dest))
+}
+
+/// [`finalize`] without the directory sync, for callers moving many files into the same
+/// directories: they call [`sync_parent_dirs`] once afterwards, before treating the renames as
+/// durable.
+pub fn rename_into_place(
+    temp: &Path,
+    dest: &Path,
+    mtime: Option<SystemTime>,
+) -> Result<(), DiskError> {
     let file = File::open(temp).map_err(|e| DiskError::from_io(temp, "open", e))?;
     if let Some(time) = mtime {
         file.set_times(FileTimes::new().set_modified(time).set_accessed(time))
@@ -62,8 +74,13 @@ pub fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(
     }
     file.sync_all().map_err(|e| DiskError::from_io(temp, "sync", e))?;
     drop(file);
-    std::fs::rename(temp, dest).map_err(|e| DiskError::from_io(dest, "rename into", e))?;
-    sync_dir(parent_dir(dest))
+    std::fs::rename(temp, dest).map_err(|e| DiskError::from_io(dest, "rename into", e))
+}
+
+/// fsyncs each distinct directory holding one of `dests`, once.
+pub fn sync_parent_dirs<'a>(dests: impl IntoIterator<Item = &'a Path>) -> Result<(), DiskError> {
+    let dirs: std::collections::BTreeSet<&Path> = dests.into_iter().map(parent_dir).collect();
+    dirs.into_iter().try_for_each(sync_dir)
 }
 
 /// The directory holding `path` (`.` for a bare relative name).

@@ -12,5 +12,7 @@ mod finalize;
 mod part_file;
 
 pub use error::DiskError;
-pub use finalize::{check_destination, finalize, remove_temp, temp_path_for};
+pub use finalize::{
+    check_destination, finalize, remove_temp, rename_into_place, sync_parent_dirs, temp_path_for,
+};
 pub use part_file::PartFile;

@@ -472,57 +472,92 @@ impl Manager {
     /// The Complete part proper: finalize what is whole, delete what is not.
     async fn complete_files(&self, id: JobId, files: &[JobFile]) -> Result<Code, BitsError> {
         let done: Vec<bool> = files.iter().map(JobFile::is_transferred).collect();
-        for (index, file) in files.iter().enumerate() {
-            if done[index] {
-                self.finalize_file(id, index as u32, file).await?;
-            }
-        }
+        self.finalize_files(id, files, &done).await?;
         let deleted = self.delete_temps(files, |i| !done[i]).await?;
         Ok(if !done.iter().all(|d| *d) { Code::BG_S_PARTIAL_COMPLETE } else { deleted })
     }
 
-    /// Moves one whole file into place. `completed` is recorded (and flushed) *before* the
-    /// rename and undone if it fails, so a crash in between is recognised on the next Complete:
-    /// completed with its temp file gone means the rename happened.
-    async fn finalize_file(&self, id: JobId, index: u32, file: &JobFile) -> Result<(), BitsError> {
-        let was_completed = file.completed;
-        if !was_completed {
-            self.set_completed(id, index, true).await?;
-        }
-        let mtime =
-            file.validator.last_modified.as_deref().and_then(|s| httpdate::parse_http_date(s).ok());
-        let (temp, dest, len) =
-            (file.temp_path.clone(), file.local_path.clone(), file.bytes_total().unwrap_or(0));
-        let renamed = run_blocking(move || {
-            prepare_temp_for_finalize(&temp, len)?;
-            if !temp.exists() {
-                return Ok(false);
+    /// Moves every whole file into place. `completed` is recorded (one store flush for all)
+    /// *before* the renames and undone for the files not renamed if one fails, so a crash in
+    /// between is recognised on the next Complete: completed with its temp file gone means the
+    /// rename happened. The renames run in one blocking batch and each directory is synced once.
+    async fn finalize_files(
+        &self,
+        id: JobId,
+        files: &[JobFile],
+        done: &[bool],
+    ) -> Result<(), BitsError> {
+        let whole: Vec<(u32, JobFile)> = files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| done[*i])
+            .map(|(i, f)| (i as u32, f.clone()))
+            .collect();
+        let newly: Vec<u32> = whole.iter().filter(|(_, f)| !f.completed).map(|(i, _)| *i).collect();
+        self.set_completed_many(id, &newly, true).await?;
+
+        let batch = whole.clone();
+        let stopped = run_blocking(move || {
+            let mut renamed: Vec<std::path::PathBuf> = Vec::new();
+            let mut failure = None;
+            for (k, (index, file)) in batch.iter().enumerate() {
+                let mtime = file
+                    .validator
+                    .last_modified
+                    .as_deref()
+                    .and_then(|s| httpdate::parse_http_date(s).ok());
+                let step =
+                    prepare_temp_for_finalize(&file.temp_path, file.bytes_total().unwrap_or(0))
+                        .and_then(|()| {
+                            if !file.temp_path.exists() {
+                                // Renamed before a crash, or gone behind our back.
+                                return Ok(file.completed);
+                            }
+                            bits_disk::rename_into_place(&file.temp_path, &file.local_path, mtime)
+                                .map_err(disk_error)?;
+                            Ok(true)
+                        });
+                match step {
+                    Ok(true) => renamed.push(file.local_path.clone()),
+                    Ok(false) => {
+                        failure = Some((k, *index, None));
+                        break;
+                    }
+                    Err(e) => {
+                        failure = Some((k, *index, Some(e)));
+                        break;
+                    }
+                }
             }
-            bits_disk::finalize(&temp, &dest, mtime).map_err(disk_error)?;
-            Ok(true)
+            bits_disk::sync_parent_dirs(renamed.iter().map(|p| p.as_path())).map_err(disk_error)?;
+            Ok(failure)
         })
         .await;
-        match renamed {
-            Ok(true) => Ok(()),
-            Ok(false) if was_completed => Ok(()), // renamed before a crash
-            Ok(false) => {
+        let failure = match stopped {
+            Ok(None) => return Ok(()),
+            Ok(Some(failure)) => failure,
+            Err(e) => {
+                self.set_completed_many(id, &newly, false).await?;
+                return Err(e);
+            }
+        };
+        // Files from the failed one on were not renamed: they are not completed after all.
+        let (k, index, error) = failure;
+        let not_renamed: Vec<u32> =
+            whole[k..].iter().filter(|(_, f)| !f.completed).map(|(i, _)| *i).collect();
+        self.set_completed_many(id, &not_renamed, false).await?;
+        match error {
+            Some(e) => Err(e),
+            None => {
                 // The temp file vanished behind our back: its bytes must be fetched again.
-                self.update_file(id, index, |file| {
-                    file.completed = false;
-                    file.reset_progress();
-                })
-                .await?;
+                self.update_file(id, index, JobFile::reset_progress).await?;
                 Err(BitsError::new(
                     Code::ERROR_PATH_NOT_FOUND,
                     format!(
                         "the temp file {} of file {index} is gone; Resume downloads the file again",
-                        file.temp_path.display()
+                        whole[k].1.temp_path.display()
                     ),
                 ))
-            }
-            Err(e) => {
-                self.set_completed(id, index, false).await?;
-                Err(e)
             }
         }
     }
@@ -683,8 +718,29 @@ impl Manager {
         let _ = self.flush().await;
     }
 
-    async fn set_completed(&self, id: JobId, index: u32, completed: bool) -> Result<(), BitsError> {
-        self.update_file(id, index, |file| file.completed = completed).await
+    /// Sets `completed` on several files with one store flush.
+    async fn set_completed_many(
+        &self,
+        id: JobId,
+        indexes: &[u32],
+        completed: bool,
+    ) -> Result<(), BitsError> {
+        if indexes.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut table = self.table();
+            let entry = table
+                .jobs
+                .get_mut(&id)
+                .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
+            for &index in indexes {
+                let file = file_mut(&mut entry.job, index)?;
+                file.completed = completed;
+                self.inner.store.put_file(id, index, file).map_err(store_error)?;
+            }
+        }
+        self.flush().await
     }
 
     /// Changes one file in memory and in the store (under the table lock, so store writes keep
