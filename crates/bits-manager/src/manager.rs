@@ -767,8 +767,13 @@ impl Manager {
     /// Retires a finished job: out of the store first (so a failure leaves it in both places
     /// and the caller can retry), then out of the table, leaving a tombstone.
     async fn end_finish(&self, id: JobId, final_state: JobState) -> Result<(), BitsError> {
-        self.inner.store.delete_job(id).map_err(store_error)?;
-        self.flush().await?;
+        // Deleting syncs the store's job count: blocking work, off the async threads.
+        let store = self.inner.store.clone();
+        run_blocking(move || {
+            store.delete_job(id).map_err(store_error)?;
+            store.flush().map_err(store_error)
+        })
+        .await?;
         {
             let mut table = self.table();
             if let Some(entry) = table.jobs.remove(&id) {

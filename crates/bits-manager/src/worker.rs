@@ -531,14 +531,7 @@ fn claim_piece(
     let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
     let mut claimed = lock(claims);
     let missing = layout.wanted().subtract(&file.filled).subtract(&claimed);
-    let urgent = missing.intersect(&file.requested);
-    let position = file.download_position.unwrap_or(0);
-    let next = match urgent.iter().next() {
-        Some(piece) => Some(piece),
-        None if entry.job.on_demand => None,
-        None => missing.first_from(position).or_else(|| missing.iter().next()),
-    };
-    Ok(next.map(|span| {
+    Ok(pick(&missing, file, entry.job.on_demand).map(|span| {
         let piece = Span::new(span.start, span.end.min(span.start.saturating_add(piece_size)));
         claimed.insert(piece.start, piece.end);
         piece
@@ -605,18 +598,21 @@ fn next_piece(
     let table = manager.table();
     let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
     let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
-    let missing = layout.wanted().subtract(&file.filled);
-    let urgent = missing.intersect(&file.requested);
-    if let Some(piece) = urgent.iter().next() {
-        return Ok(Some(piece));
+    Ok(pick(&layout.wanted().subtract(&file.filled), file, entry.job.on_demand))
+}
+
+/// The selection rule shared by one connection and a segmented download: the first requested
+/// (on-demand) byte still `missing`; in ON_DEMAND_MODE nothing else (the rest waits for the next
+/// request); otherwise from the download position to the end, then from the lowest missing byte.
+fn pick(missing: &RangeSet, file: &JobFile, on_demand: bool) -> Option<Span> {
+    if let Some(piece) = missing.intersect(&file.requested).iter().next() {
+        return Some(piece);
     }
-    if entry.job.on_demand {
-        // Only what was asked for; the rest waits for the next request.
-        return Ok(None);
+    if on_demand {
+        return None;
     }
-    // From the download position to the end, then from the lowest missing byte.
     let position = file.download_position.unwrap_or(0);
-    Ok(missing.first_from(position).or_else(|| missing.iter().next()))
+    missing.first_from(position).or_else(|| missing.iter().next())
 }
 
 #[allow(clippy::too_many_arguments)]
