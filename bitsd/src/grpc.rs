@@ -14,29 +14,59 @@ use tonic::{Request, Response, Status};
 
 pub struct BitsService {
     manager: Manager,
-    /// Until per-user ownership lands, only callers with the daemon's own uid are served.
-    daemon_uid: u32,
+    /// Which local users may call: everyone (a system daemon, authorised per job by uid) or
+    /// only the daemon's own user (a per-user daemon).
+    access: Access,
+}
+
+/// Who may use the Unix socket. Authorisation is by the peer's uid (SO_PEERCRED), never by the
+/// socket file's mode alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A system daemon (running as root): every local user may call; each job is visible and
+    /// changeable only by its owner and administrators.
+    AllUsers,
+    /// A per-user daemon: only this uid is served; anyone else gets E_ACCESSDENIED.
+    OnlyUid(u32),
+}
+
+impl Access {
+    /// The access mode for a daemon running with effective uid `euid`.
+    pub fn for_daemon(euid: u32) -> Access {
+        if euid == 0 { Access::AllUsers } else { Access::OnlyUid(euid) }
+    }
+}
+
+/// Set in a request's extensions by the TCP listener once the request's token checked out: the
+/// uid the TCP caller acts as (there are no peer credentials on TCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpCaller {
+    pub uid: u32,
 }
 
 impl BitsService {
-    pub fn new(manager: Manager, daemon_uid: u32) -> BitsService {
-        BitsService { manager, daemon_uid }
+    pub fn new(manager: Manager, access: Access) -> BitsService {
+        BitsService { manager, access }
     }
 
-    /// The caller's uid from SO_PEERCRED; anything else (no credentials, another uid) is refused.
+    /// The caller's uid from SO_PEERCRED (or from an authenticated TCP request); anything else
+    /// (no credentials, a uid this daemon does not serve) is refused.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let uid = request
-            .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|c| c.uid());
-        match uid {
-            Some(uid) if uid == self.daemon_uid => Ok(self.manager.caller(uid)),
-            Some(uid) => Err(to_status(&BitsError::new(
+        let extensions = request.extensions();
+        let uid = match extensions.get::<TcpCaller>() {
+            Some(tcp) => Some(tcp.uid),
+            None => {
+                extensions.get::<UdsConnectInfo>().and_then(|info| info.peer_cred).map(|c| c.uid())
+            }
+        };
+        match (uid, self.access) {
+            (Some(uid), Access::AllUsers) => Ok(self.manager.caller(uid)),
+            (Some(uid), Access::OnlyUid(served)) if uid == served => Ok(self.manager.caller(uid)),
+            (Some(uid), Access::OnlyUid(served)) => Err(to_status(&BitsError::new(
                 Code::E_ACCESSDENIED,
-                format!("uid {uid} may not use this daemon, which serves uid {}", self.daemon_uid),
+                format!("uid {uid} may not use this daemon, which serves uid {served}"),
             ))),
-            None => Err(to_status(&BitsError::new(
+            (None, _) => Err(to_status(&BitsError::new(
                 Code::E_ACCESSDENIED,
                 "the caller's credentials are unknown",
             ))),

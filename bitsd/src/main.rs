@@ -113,6 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..Default::default()
         },
         admin_uids: if args.admin_uids.is_empty() { vec![0] } else { args.admin_uids.clone() },
+        admin_gids: Vec::new(),
         max_jobs_per_user: args.max_jobs_per_user,
         max_jobs_per_machine: args.max_jobs_per_machine,
     };
@@ -120,9 +121,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot start the job manager")?;
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), uid = euid, "bitsd starting");
 
-    let listener =
-        server::bind(&socket)?.into_std().context("cannot hand the socket to the gRPC thread")?;
-    let service = grpc::BitsService::new(manager.clone(), euid);
+    let listener = server::bind(&socket, grpc::Access::for_daemon(euid))?
+        .into_std()
+        .context("cannot hand the socket to the gRPC thread")?;
+    let service = grpc::BitsService::new(manager.clone(), grpc::Access::for_daemon(euid));
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = std::thread::Builder::new()
         .name("bitsd-grpc".into())

@@ -1,8 +1,9 @@
 //! The local socket: binding it safely and serving the gRPC API on it until shutdown.
 //!
-//! The socket is private to the daemon's user (mode 0600 in a 0700 directory we create), and every
-//! call is checked against the peer's uid as well (see `grpc.rs`), so a root daemon can never be
-//! made to write on behalf of another user until per-user ownership exists.
+//! Authorisation is by the peer's uid (SO_PEERCRED, checked per call in `grpc.rs`), not by the
+//! socket's mode. The mode only keeps callers out who could never be served: a per-user daemon's
+//! socket is 0600 in a 0700 directory; a system daemon's socket is 0666 in a 0755 directory so
+//! every local user can reach it and is then limited to their own jobs.
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -12,17 +13,21 @@ use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::grpc::BitsService;
+use crate::grpc::{Access, BitsService};
 
 /// Binds `socket`, creating its directory if needed. A stale socket file from a crashed daemon is
 /// replaced; a socket another live daemon answers on is left alone and reported.
-pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+pub fn bind(socket: &Path, access: Access) -> anyhow::Result<UnixListener> {
+    let (dir_mode, socket_mode) = match access {
+        Access::AllUsers => (0o755, 0o666),
+        Access::OnlyUid(_) => (0o700, 0o600),
+    };
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.exists()
     {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(dir_mode)
             .create(dir)
             .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
     }
@@ -35,7 +40,7 @@ pub fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(socket).with_context(|| format!("cannot bind {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(socket_mode))
         .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
     Ok(listener)
 }

@@ -5,6 +5,7 @@
 //! (`bits-store`) before the reply → the scheduler starts a worker → the worker probes and fetches
 //! ranges (`bits-http`), writes and syncs them (`bits-disk`), and only then records them as filled.
 
+mod access;
 mod events;
 mod files;
 mod manager;
@@ -17,5 +18,5 @@ mod writer;
 
 pub use events::{EventKind, JobEvent, Subscription};
 pub use files::NewFile;
-pub use manager::{Caller, Manager, ManagerConfig, ManagerError};
+pub use manager::{Caller, Manager, ManagerConfig, ManagerError, Summary};
 pub use setters::PropertyValue;

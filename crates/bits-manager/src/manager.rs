@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessPolicy;
 use crate::events::EventBus;
 use crate::validate;
 
@@ -44,6 +45,19 @@ impl Caller {
     }
 }
 
+/// Counts of jobs by state class (see [`Manager::summary`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Every job in the queue (final jobs leave it).
+    pub jobs: usize,
+    /// CONNECTING or TRANSFERRING.
+    pub transferring: usize,
+    /// QUEUED: waiting for their turn.
+    pub queued: usize,
+    /// ERROR or TRANSIENT_ERROR.
+    pub in_error: usize,
+}
+
 /// Tunables of the manager and its workers.
 #[derive(Clone, Debug)]
 pub struct ManagerConfig {
@@ -57,8 +71,11 @@ pub struct ManagerConfig {
     pub default_retry_delay_secs: u32,
     /// No-progress timeout given to new jobs (BITS default 14 days).
     pub default_no_progress_timeout_secs: u32,
-    /// Uids that are administrators (until a configurable group lands: root).
+    /// Uids that are administrators (default: root).
     pub admin_uids: Vec<u32>,
+    /// Groups whose members are administrators (spec: "uid 0 or a member of a configurable
+    /// group"; default none).
+    pub admin_gids: Vec<u32>,
     /// Jobs one non-admin user may own (BITS policy default 60).
     pub max_jobs_per_user: usize,
     /// Jobs in the queue beyond which non-admins may not create more (BITS default 300).
@@ -74,6 +91,7 @@ impl Default for ManagerConfig {
             default_retry_delay_secs: DEFAULT_MINIMUM_RETRY_DELAY_SECS,
             default_no_progress_timeout_secs: DEFAULT_NO_PROGRESS_TIMEOUT_SECS,
             admin_uids: vec![0],
+            admin_gids: Vec::new(),
             max_jobs_per_user: bits_core::job::MAX_JOBS_PER_USER,
             max_jobs_per_machine: bits_core::job::MAX_JOBS_PER_MACHINE,
         }
@@ -112,6 +130,8 @@ pub(crate) struct Inner {
     pub(crate) runtime: tokio::runtime::Handle,
     /// Job notifications (WatchJob).
     pub(crate) events: EventBus,
+    /// Administrators, and owners' identities for file access.
+    pub(crate) access: AccessPolicy,
 }
 
 #[derive(Default)]
@@ -192,6 +212,7 @@ impl Manager {
         }
         store.flush()?;
         tracing::info!(jobs = table.jobs.len(), "job table loaded");
+        let access = AccessPolicy::new(config.admin_uids.clone(), config.admin_gids.clone());
         let manager = Manager {
             inner: Arc::new(Inner {
                 table: Mutex::new(table),
@@ -202,6 +223,7 @@ impl Manager {
                 shutdown: CancellationToken::new(),
                 runtime: tokio::runtime::Handle::current(),
                 events,
+                access,
             }),
         };
         tokio::spawn(crate::scheduler::run(manager.clone()));
@@ -259,9 +281,30 @@ impl Manager {
         self.inner.store.put_job(job).map_err(store_error)
     }
 
-    /// The [`Caller`] for a uid, with its administrator status from the configuration.
+    /// The [`Caller`] for a uid, with its administrator status from the configuration (admin
+    /// uids, or membership of an admin group).
     pub fn caller(&self, uid: u32) -> Caller {
-        Caller { uid, admin: self.inner.config.admin_uids.contains(&uid) }
+        Caller { uid, admin: self.inner.access.is_admin(uid) }
+    }
+
+    /// The file-system identity of a job's owner, for file work done on the owner's behalf.
+    pub(crate) fn owner_identity(&self, uid: u32) -> bits_disk::Identity {
+        self.inner.access.identity(uid)
+    }
+
+    /// How many jobs are in each state class, for a status line (systemd's STATUS=).
+    pub fn summary(&self) -> Summary {
+        let table = self.table();
+        let mut summary = Summary { jobs: table.jobs.len(), ..Summary::default() };
+        for entry in table.jobs.values() {
+            match entry.job.state {
+                JobState::Transferring | JobState::Connecting => summary.transferring += 1,
+                JobState::Queued => summary.queued += 1,
+                JobState::TransientError | JobState::Error => summary.in_error += 1,
+                _ => {}
+            }
+        }
+        summary
     }
 
     /// Spec §3.A CreateJob steps 3–4: per-user then per-machine limits; admins are exempt.
