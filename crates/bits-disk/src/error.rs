@@ -61,6 +61,10 @@ impl DiskError {
     /// Classifies an I/O error from doing `op` on `path`.
     pub(crate) fn from_io(path: &Path, op: &'static str, source: io::Error) -> DiskError {
         let path = path.to_path_buf();
+        // ELOOP: a symlink where we open with O_NOFOLLOW — someone else's link, never followed.
+        if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            return DiskError::AccessDenied { path };
+        }
         match source.kind() {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => DiskError::Full { path },
             io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
@@ -92,6 +96,7 @@ mod tests {
             (Errno::DQUOT, Code::ERROR_DISK_FULL),
             (Errno::ACCESS, Code::E_ACCESSDENIED),
             (Errno::PERM, Code::E_ACCESSDENIED),
+            (Errno::LOOP, Code::E_ACCESSDENIED),
             (Errno::ROFS, Code::E_ACCESSDENIED),
             (Errno::NOENT, Code::ERROR_PATH_NOT_FOUND),
             (Errno::NOTDIR, Code::ERROR_PATH_NOT_FOUND),

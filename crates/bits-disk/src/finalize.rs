@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::fs::{File, FileTimes};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -67,7 +68,11 @@ pub fn rename_into_place(
     dest: &Path,
     mtime: Option<SystemTime>,
 ) -> Result<(), DiskError> {
-    let file = File::open(temp).map_err(|e| DiskError::from_io(temp, "open", e))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(crate::part_file::NOFOLLOW)
+        .open(temp)
+        .map_err(|e| DiskError::from_io(temp, "open", e))?;
     if let Some(time) = mtime {
         file.set_times(FileTimes::new().set_modified(time).set_accessed(time))
             .map_err(|e| DiskError::from_io(temp, "set the times of", e))?;
@@ -134,8 +139,15 @@ pub fn check_destination(dest: &Path) -> Result<(), DiskError> {
     if std::fs::metadata(dest).is_ok_and(|meta| meta.is_dir()) {
         return invalid("the destination is an existing directory");
     }
-    rustix::fs::access(dir, Access::WRITE_OK | Access::EXEC_OK)
-        .map_err(|e| DiskError::from_io(dir, "check write access to", e.into()))
+    // AT_EACCESS: checked with the file-system identity this thread runs as (a job's owner, see
+    // `Identity::run`), not the daemon's real uid as plain access(2) would.
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        dir,
+        Access::WRITE_OK | Access::EXEC_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(|e| DiskError::from_io(dir, "check write access to", e.into()))
 }
 
 #[cfg(test)]

@@ -2,10 +2,13 @@
 //! and an explicit sync that marks the point after which written bytes may be recorded as filled.
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::DiskError;
+
+/// `O_NOFOLLOW`, as the `c_int` `OpenOptionsExt::custom_flags` takes.
+pub(crate) const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
 
 /// An open temp file. Writes go to the page cache; [`PartFile::sync`] makes them durable.
 #[derive(Debug)]
@@ -16,12 +19,15 @@ pub struct PartFile {
 
 impl PartFile {
     /// Opens `path` for writing, creating it (default mode 0666 less the umask, as for any
-    /// download) if missing. Never truncates: existing bytes are the resume point.
+    /// download) if missing. Never truncates: existing bytes are the resume point. Never follows
+    /// a symlink in the last component (`O_NOFOLLOW`): a link planted where the temp file will be
+    /// fails the open (access denied) instead of redirecting our writes to its target.
     pub fn open(path: &Path) -> Result<PartFile, DiskError> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
+            .custom_flags(NOFOLLOW)
             .open(path)
             .map_err(|e| DiskError::from_io(path, "open", e))?;
         Ok(PartFile { file, path: path.to_path_buf() })
@@ -63,6 +69,22 @@ impl PartFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_planted_symlink_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"precious").unwrap();
+        let link = dir.path().join("f.part");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = PartFile::open(&link).unwrap_err();
+        assert!(matches!(err, DiskError::AccessDenied { .. }), "{err:?}");
+        let dangling = dir.path().join("g.part");
+        std::os::unix::fs::symlink(dir.path().join("new"), &dangling).unwrap();
+        assert!(PartFile::open(&dangling).is_err());
+        assert!(!dir.path().join("new").exists(), "a dangling link must not create its target");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
 
     #[test]
     fn scattered_writes_read_back() {

@@ -10,7 +10,8 @@ use bits_core::{
     validate_static_ranges,
 };
 
-use crate::manager::{Caller, Manager, disk_error, lookup_mut, lookup_mut_check, run_blocking};
+use crate::access::run_as;
+use crate::manager::{Caller, Manager, disk_error, lookup_mut, lookup_mut_check};
 use crate::validate;
 
 /// One file to add.
@@ -79,7 +80,14 @@ impl Manager {
             ));
         }
         let dests: Vec<PathBuf> = files.iter().map(|f| f.local_path.clone()).collect();
-        run_blocking(move || {
+        // As the owner (spec §9): a directory the owner may not write is refused here, whoever
+        // the daemon runs as.
+        let owner = {
+            let table = self.table();
+            let uid = lookup_mut_check(&table, caller, id)?.job.owner_uid;
+            self.owner_identity(uid)
+        };
+        run_as(owner, move || {
             dests.iter().try_for_each(|dest| bits_disk::check_destination(dest).map_err(disk_error))
         })
         .await?;

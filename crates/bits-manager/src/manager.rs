@@ -21,7 +21,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::AccessPolicy;
+use bits_disk::Identity;
+
+use crate::access::{AccessPolicy, run_as};
 use crate::events::EventBus;
 use crate::validate;
 
@@ -288,8 +290,19 @@ impl Manager {
     }
 
     /// The file-system identity of a job's owner, for file work done on the owner's behalf.
-    pub(crate) fn owner_identity(&self, uid: u32) -> bits_disk::Identity {
+    pub(crate) fn owner_identity(&self, uid: u32) -> Identity {
         self.inner.access.identity(uid)
+    }
+
+    /// [`Manager::owner_identity`] of job `id`'s current owner.
+    pub(crate) fn job_identity(&self, id: JobId) -> Result<Identity, BitsError> {
+        let uid = self
+            .table()
+            .jobs
+            .get(&id)
+            .map(|e| e.job.owner_uid)
+            .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
+        Ok(self.owner_identity(uid))
     }
 
     /// How many jobs are in each state class, for a status line (systemd's STATUS=).
@@ -489,10 +502,11 @@ impl Manager {
             .runtime
             .spawn(async move {
                 let files = this.begin_finish(caller, id, event).await?;
+                let owner = this.job_identity(id)?;
                 let (result, final_state) = if event == Event::Cancel {
-                    (this.delete_temps(&files, |_| true).await, JobState::Cancelled)
+                    (this.delete_temps(&owner, &files, |_| true).await, JobState::Cancelled)
                 } else {
-                    (this.complete_files(id, &files).await, JobState::Acknowledged)
+                    (this.complete_files(&owner, id, &files).await, JobState::Acknowledged)
                 };
                 let result = match result {
                     Ok(code) => this.end_finish(id, final_state).await.map(|()| code),
@@ -513,10 +527,15 @@ impl Manager {
     }
 
     /// The Complete part proper: finalize what is whole, delete what is not.
-    async fn complete_files(&self, id: JobId, files: &[JobFile]) -> Result<Code, BitsError> {
+    async fn complete_files(
+        &self,
+        owner: &Identity,
+        id: JobId,
+        files: &[JobFile],
+    ) -> Result<Code, BitsError> {
         let done: Vec<bool> = files.iter().map(JobFile::is_transferred).collect();
-        self.finalize_files(id, files, &done).await?;
-        let deleted = self.delete_temps(files, |i| !done[i]).await?;
+        self.finalize_files(owner, id, files, &done).await?;
+        let deleted = self.delete_temps(owner, files, |i| !done[i]).await?;
         Ok(if !done.iter().all(|d| *d) { Code::BG_S_PARTIAL_COMPLETE } else { deleted })
     }
 
@@ -526,6 +545,7 @@ impl Manager {
     /// rename happened. The renames run in one blocking batch and each directory is synced once.
     async fn finalize_files(
         &self,
+        owner: &Identity,
         id: JobId,
         files: &[JobFile],
         done: &[bool],
@@ -540,7 +560,9 @@ impl Manager {
         self.set_completed_many(id, &newly, true).await?;
 
         let batch = whole.clone();
-        let stopped = run_blocking(move || {
+        // As the owner: the rename needs the owner's right to replace the destination (and
+        // never follows a link someone planted there; it replaces it).
+        let stopped = run_as(owner.clone(), move || {
             let mut renamed: Vec<std::path::PathBuf> = Vec::new();
             let mut failure = None;
             for (k, (index, file)) in batch.iter().enumerate() {
@@ -552,7 +574,7 @@ impl Manager {
                 let step =
                     prepare_temp_for_finalize(&file.temp_path, file.bytes_total().unwrap_or(0))
                         .and_then(|()| {
-                            if !file.temp_path.exists() {
+                            if file.temp_path.symlink_metadata().is_err() {
                                 // Renamed before a crash, or gone behind our back.
                                 return Ok(file.completed);
                             }
@@ -608,6 +630,7 @@ impl Manager {
     /// Deletes the temp files of the (not completed) files `which` selects.
     async fn delete_temps(
         &self,
+        owner: &Identity,
         files: &[JobFile],
         which: impl Fn(usize) -> bool,
     ) -> Result<Code, BitsError> {
@@ -617,7 +640,7 @@ impl Manager {
             .filter(|(i, f)| which(*i) && !f.completed)
             .map(|(_, f)| f.temp_path.clone())
             .collect();
-        run_blocking(move || {
+        run_as(owner.clone(), move || {
             let mut all_deleted = true;
             for temp in temps {
                 if let Err(e) = bits_disk::remove_temp(&temp) {
@@ -835,7 +858,7 @@ impl Manager {
 /// The temp file of a transferred zero-length file may never have been created (no byte was
 /// written); make sure there is something to rename.
 fn prepare_temp_for_finalize(temp: &Path, len: u64) -> Result<(), BitsError> {
-    if len == 0 && !temp.exists() {
+    if len == 0 && temp.symlink_metadata().is_err() {
         let part = bits_disk::PartFile::open(temp).map_err(disk_error)?;
         part.sync().map_err(disk_error)?;
     }

@@ -24,6 +24,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::run_as;
 use crate::manager::{Entry, Manager, disk_error, run_blocking, set_state, store_error};
 use crate::writer::Pipeline;
 
@@ -306,7 +307,8 @@ async fn transfer_file_once(
     // zeros that looks intact.
     let temp = file.temp_path.clone();
     let local_len = layout.local_len();
-    let (part, temp_len) = run_blocking(move || {
+    let owner = job_owner(manager, id)?;
+    let (part, temp_len) = run_as(owner, move || {
         let part = PartFile::open(&temp).map_err(disk_error)?;
         let len = part.len().map_err(disk_error)?;
         Ok((part, len))
@@ -753,10 +755,11 @@ async fn record_filled_spans(
 /// Forgets a file's progress after the server's copy changed, and empties its temp file.
 async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt> {
     let temp = snapshot(manager, id, index)?.temp_path;
+    let owner = job_owner(manager, id)?;
     // Truncate before the store forgets: a crash in between leaves the old filled set pointing
     // at a file shorter than its layout, which the next attempt treats as lost.
-    run_blocking(move || {
-        if temp.exists() {
+    run_as(owner, move || {
+        if temp.symlink_metadata().is_ok() {
             PartFile::open(&temp).and_then(|p| p.set_len(0)).map_err(disk_error)?;
         }
         Ok(())
@@ -820,6 +823,12 @@ fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) 
         }
     }
     fetch_halt(e, index)
+}
+
+/// The identity the job's file work runs as (spec §9: its owner's).
+fn job_owner(manager: &Manager, id: JobId) -> Result<bits_disk::Identity, Halt> {
+    let uid = manager.table().jobs.get(&id).map(|e| e.job.owner_uid).ok_or(Halt::Stopped)?;
+    Ok(manager.owner_identity(uid))
 }
 
 fn snapshot(manager: &Manager, id: JobId, index: u32) -> Result<JobFile, Halt> {
