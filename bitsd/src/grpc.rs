@@ -131,7 +131,12 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsReply>, Status> {
         let caller = self.caller(&request)?;
-        let jobs = self.manager.list_jobs(caller).iter().map(convert::job_to_wire).collect();
+        let jobs = if request.get_ref().all_users {
+            self.manager.list_all_jobs(caller).map_err(|e| to_status(&e))?
+        } else {
+            self.manager.list_jobs(caller)
+        };
+        let jobs = jobs.iter().map(convert::job_to_wire).collect();
         Ok(Response::new(v1::ListJobsReply { jobs }))
     }
 
@@ -488,5 +493,13 @@ impl v1::bits_server::Bits for BitsService {
                 .await
                 .map(convert::status_reply),
         )
+    }
+
+    async fn take_ownership(
+        &self,
+        request: Request<v1::JobRef>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (caller, id) = self.job_ref(&request)?;
+        reply(self.manager.take_ownership(caller, id).await.map(convert::status_reply))
     }
 }

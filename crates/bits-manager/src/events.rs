@@ -471,8 +471,10 @@ mod tests {
         Manager::start(Arc::new(bits_store::MemStore::new()), ManagerConfig::default()).unwrap()
     }
 
+    /// The test's own uid: file work runs as the job's owner, who must be able to write the
+    /// test's temp directories.
     fn caller() -> Caller {
-        Caller::user(1000)
+        Caller::user(rustix::process::geteuid().as_raw())
     }
 
     async fn job_with_files(manager: &Manager, dir: &std::path::Path, n: usize) -> JobId {

@@ -9,6 +9,7 @@ mod access;
 mod events;
 mod files;
 mod manager;
+mod ownership;
 mod reconcile;
 mod scheduler;
 mod setters;

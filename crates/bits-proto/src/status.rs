@@ -21,7 +21,7 @@ pub fn grpc_code(code: Code) -> tonic::Code {
         | Code::BG_E_EMPTY
         | Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED
         | Code::BG_E_ERROR_INFORMATION_UNAVAILABLE => G::FailedPrecondition,
-        Code::E_ACCESSDENIED => G::PermissionDenied,
+        Code::E_ACCESSDENIED | Code::BG_E_NEW_OWNER_NO_FILE_ACCESS => G::PermissionDenied,
         Code::E_NOTIMPL => G::Unimplemented,
         Code::E_INVALIDARG
         | Code::BG_E_INVALID_RANGE

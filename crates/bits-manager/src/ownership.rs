@@ -1,0 +1,79 @@
+//! Jobs across users (spec §3.A EnumJobs with ALL_USERS, §3.G TakeOwnership, §9): what only
+//! administrators may do with other users' jobs.
+
+use std::path::PathBuf;
+
+use bits_core::{BitsError, Code, Job, JobId};
+use bits_disk::{DiskError, PartFile};
+
+use crate::access::run_as;
+use crate::manager::{Caller, Entry, Manager, lookup_mut_check};
+
+impl Manager {
+    /// Every user's jobs, oldest first (EnumJobs with BG_JOB_ENUM_ALL_USERS): administrators
+    /// only; anyone else gets E_ACCESSDENIED rather than a silently shorter list.
+    pub fn list_all_jobs(&self, caller: Caller) -> Result<Vec<Job>, BitsError> {
+        if !caller.is_admin() {
+            return Err(BitsError::new(
+                Code::E_ACCESSDENIED,
+                format!(
+                    "listing every user's jobs is for administrators; uid {} is not one",
+                    caller.uid
+                ),
+            ));
+        }
+        let table = self.table();
+        let mut entries: Vec<&Entry> = table.jobs.values().collect();
+        entries.sort_by_key(|e| e.seq);
+        Ok(entries.into_iter().map(|e| e.job.clone()).collect())
+    }
+
+    /// TakeOwnership: an administrator becomes the job's owner. The previous owner's secrets stay
+    /// behind (custom headers are dropped: they may carry the old owner's credentials), and from
+    /// now on the job's file work runs as the new owner — who must be able to write the temp
+    /// files already there, or the call fails with BG_E_NEW_OWNER_NO_FILE_ACCESS and nothing
+    /// changes.
+    pub async fn take_ownership(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
+        let temps: Vec<PathBuf> = {
+            let table = self.table();
+            let entry = lookup_mut_check(&table, caller, id)?;
+            if !caller.is_admin() {
+                return Err(BitsError::new(
+                    Code::E_ACCESSDENIED,
+                    format!("TakeOwnership is for administrators; uid {} is not one", caller.uid),
+                ));
+            }
+            entry.job.files.iter().filter(|f| !f.completed).map(|f| f.temp_path.clone()).collect()
+        };
+        run_as(self.owner_identity(caller.uid), move || {
+            temps.iter().try_for_each(|temp| can_write_existing(temp))
+        })
+        .await?;
+        let previous = self.get_job(caller, id)?.owner_uid;
+        let code = self
+            .modify(caller, id, |job| {
+                job.owner_uid = caller.uid;
+                job.custom_headers = None;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(job = %id, from = previous, to = caller.uid, "ownership taken");
+        Ok(code)
+    }
+}
+
+/// Whether the current (file-system) identity may write `temp`, if it exists. Opening is the
+/// check: the kernel decides, with the same rules the later writes will meet.
+fn can_write_existing(temp: &std::path::Path) -> Result<(), BitsError> {
+    if temp.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    match PartFile::open(temp) {
+        Ok(_) => Ok(()),
+        Err(DiskError::AccessDenied { path }) => Err(BitsError::new(
+            Code::BG_E_NEW_OWNER_NO_FILE_ACCESS,
+            format!("the new owner cannot write the temp file {}", path.display()),
+        )),
+        Err(e) => Err(BitsError::new(e.code(), e.to_string())),
+    }
+}
