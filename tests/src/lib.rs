@@ -12,4 +12,5 @@ pub mod faults;
 pub mod mounts;
 pub mod nginx;
 pub mod server;
+pub mod users;
 pub mod wait;

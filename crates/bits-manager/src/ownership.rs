@@ -65,15 +65,22 @@ impl Manager {
 /// Whether the current (file-system) identity may write `temp`, if it exists. Opening is the
 /// check: the kernel decides, with the same rules the later writes will meet.
 fn can_write_existing(temp: &std::path::Path) -> Result<(), BitsError> {
-    if temp.symlink_metadata().is_err() {
-        return Ok(());
+    match temp.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // Not even visible to the new owner (a private directory): certainly not writable.
+        Err(_) => return Err(no_file_access(temp)),
+        Ok(_) => {}
     }
     match PartFile::open(temp) {
         Ok(_) => Ok(()),
-        Err(DiskError::AccessDenied { path }) => Err(BitsError::new(
-            Code::BG_E_NEW_OWNER_NO_FILE_ACCESS,
-            format!("the new owner cannot write the temp file {}", path.display()),
-        )),
+        Err(DiskError::AccessDenied { path }) => Err(no_file_access(&path)),
         Err(e) => Err(BitsError::new(e.code(), e.to_string())),
     }
+}
+
+fn no_file_access(temp: &std::path::Path) -> BitsError {
+    BitsError::new(
+        Code::BG_E_NEW_OWNER_NO_FILE_ACCESS,
+        format!("the new owner cannot write the temp file {}", temp.display()),
+    )
 }

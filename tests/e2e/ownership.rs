@@ -1,0 +1,320 @@
+//! A system daemon (running as root) shared by several users (spec §9, issue "a system service
+//! for every user"): each user sees and changes only their own jobs, an administrator sees all and
+//! can take one over, and every file the daemon touches for a job it touches as the job's owner —
+//! files belong to the owner, directories the owner cannot write are refused, and symlinks other
+//! users plant are never written through.
+//!
+//! Users are real local accounts (created with useradd) and every client call is `bitsctl` run as
+//! that user with setpriv, so the daemon sees them only through the socket's peer credentials.
+//! Without root these tests cannot switch users and say so.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::server::TestServer;
+use bits_tests::users::{
+    User, bitsctl_as, can_switch_users, dir_owned_by, ensure_user, open_daemon_dir, sh_as,
+};
+
+struct Scene {
+    daemon: TestDaemon,
+    alice: User,
+    bob: User,
+    admin: User,
+    /// A world-traversable directory (0755) holding the users' directories.
+    base: tempfile::TempDir,
+}
+
+impl Scene {
+    /// A root daemon with `admin` as an administrator (by uid) and `extra` arguments.
+    async fn start(extra: &[&str]) -> Option<Scene> {
+        if !can_switch_users() {
+            eprintln!("skipped: switching users needs root (CI runs as root)");
+            return None;
+        }
+        let alice = ensure_user("bitsd-e2e-alice");
+        let bob = ensure_user("bitsd-e2e-bob");
+        let admin = ensure_user("bitsd-e2e-admin");
+        let admin_uid = admin.uid.to_string();
+        let mut args = vec!["--admin-uid", "0", "--admin-uid", &admin_uid];
+        args.extend_from_slice(extra);
+        let daemon = TestDaemon::start_with(&args).await;
+        open_daemon_dir(&daemon);
+        let base = tempfile::Builder::new().prefix("bitsd-users-").tempdir().unwrap();
+        let root = User { name: "root".into(), uid: 0, gid: 0 };
+        dir_owned_by(base.path(), &root, 0o755);
+        dir_owned_by(&base.path().join("alice"), &alice, 0o700);
+        dir_owned_by(&base.path().join("bob"), &bob, 0o700);
+        Some(Scene { daemon, alice, bob, admin, base })
+    }
+
+    fn dir_of(&self, user: &User) -> PathBuf {
+        self.base.path().join(user.name.trim_start_matches("bitsd-e2e-"))
+    }
+
+    async fn ctl(&self, user: &User, args: &[&str]) -> CtlOutput {
+        bitsctl_as(&self.daemon, user, args).await
+    }
+
+    /// A new job of `user`, with one file `url` → `dest`.
+    async fn job_with_file(&self, user: &User, url: &str, dest: &Path) -> String {
+        let id = self.ctl(user, &["create", "--name", "mine"]).await.success().stdout;
+        let id = id.trim().to_string();
+        self.ctl(user, &["add", &id, url, dest.to_str().unwrap()]).await.success();
+        id
+    }
+}
+
+/// Asserts a bitsctl run failed with `name` (one line naming the BITS error, exit 1).
+fn refused(out: &CtlOutput, name: &str) {
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert!(out.stderr.contains(name), "expected {name}: {out}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "one readable line: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_jobs_are_invisible_and_untouchable() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    let server = TestServer::start().await;
+    server.add_file("f.bin", vec![7u8; 4096]);
+    let job = s.job_with_file(&s.alice, &server.url("f.bin"), &s.dir_of(&s.alice).join("f")).await;
+
+    // Bob: every per-job call is E_ACCESSDENIED, and the job is not in his list.
+    for args in [
+        vec!["info", &job],
+        vec!["resume", &job],
+        vec!["suspend", &job],
+        vec!["cancel", &job],
+        vec!["complete", &job],
+        vec!["ranges", &job, "0"],
+        vec!["add", &job, "http://127.0.0.1:9/x", "/tmp/x"],
+        vec!["take-ownership", &job],
+    ] {
+        let out = s.ctl(&s.bob, &args).await;
+        refused(&out, "E_ACCESSDENIED (0x80070005)");
+    }
+    let bob_list = s.ctl(&s.bob, &["--json", "list"]).await.success();
+    assert_eq!(bob_list.stdout.trim(), "[]", "bob sees none of alice's jobs");
+    refused(&s.ctl(&s.bob, &["list", "--all-users"]).await, "E_ACCESSDENIED");
+
+    // Alice still has it, untouched by bob's attempts.
+    let alice_list = s.ctl(&s.alice, &["--json", "list"]).await.success();
+    let jobs: serde_json::Value = serde_json::from_str(&alice_list.stdout).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{alice_list}");
+    assert_eq!(jobs[0]["id"], job);
+    assert_eq!(jobs[0]["state"], "SUSPENDED");
+    assert_eq!(jobs[0]["owner_uid"], s.alice.uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_sees_every_job_and_takes_one_over() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    let server = TestServer::start().await;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    server.add_file("f.bin", data.clone());
+    let dest = s.dir_of(&s.alice).join("f.bin");
+    let job = s.job_with_file(&s.alice, &server.url("f.bin"), &dest).await;
+    let bob_job =
+        s.job_with_file(&s.bob, &server.url("f.bin"), &s.dir_of(&s.bob).join("g.bin")).await;
+
+    // Without the flag an admin lists only their own jobs; with it, everyone's.
+    assert_eq!(s.ctl(&s.admin, &["--json", "list"]).await.success().stdout.trim(), "[]");
+    let all = s.ctl(&s.admin, &["--json", "list", "--all-users"]).await.success();
+    let all: serde_json::Value = serde_json::from_str(&all.stdout).unwrap();
+    let owners: Vec<(String, u64)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["id"].as_str().unwrap().to_string(), j["owner_uid"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(owners, vec![(job.clone(), s.alice.uid.into()), (bob_job, s.bob.uid.into())]);
+    // An admin may look at a job without owning it.
+    s.ctl(&s.admin, &["info", &job]).await.success();
+
+    // Root takes alice's job over (the admin user could not write alice's 0700 directory:
+    // TakeOwnership by them would leave a job its owner cannot finish — see the next test).
+    let root = User { name: "root".into(), uid: 0, gid: 0 };
+    s.ctl(&root, &["take-ownership", &job]).await.success();
+    refused(&s.ctl(&s.alice, &["info", &job]).await, "E_ACCESSDENIED");
+    assert_eq!(s.ctl(&s.alice, &["--json", "list"]).await.success().stdout.trim(), "[]");
+    let info = s.ctl(&root, &["--json", "info", &job]).await.success();
+    let info: serde_json::Value = serde_json::from_str(&info.stdout).unwrap();
+    assert_eq!(info["owner_uid"], 0);
+    // The new owner finishes it: the file is root's now, in alice's directory.
+    s.ctl(&root, &["resume", &job]).await.success();
+    wait_transferred(&s, &root, &job).await;
+    s.ctl(&root, &["complete", &job]).await.success();
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(std::fs::metadata(&dest).unwrap().uid(), 0, "files belong to the job's owner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_over_needs_access_to_the_temp_files() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    let server = TestServer::start().await;
+    server.add_file("f.bin", vec![1u8; 100_000]);
+    let job =
+        s.job_with_file(&s.alice, &server.url("f.bin"), &s.dir_of(&s.alice).join("f.bin")).await;
+    s.ctl(&s.alice, &["resume", &job]).await.success();
+    wait_transferred(&s, &s.alice, &job).await;
+    // The temp file sits in alice's 0700 directory: the (non-root) admin cannot write it.
+    refused(&s.ctl(&s.admin, &["take-ownership", &job]).await, "BG_E_NEW_OWNER_NO_FILE_ACCESS");
+    let info = s.ctl(&s.alice, &["--json", "info", &job]).await.success();
+    assert!(info.stdout.contains(&format!("\"owner_uid\": {}", s.alice.uid)), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloaded_files_belong_to_the_owner() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    let server = TestServer::start().await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    server.add_file("f.bin", data.clone());
+    let dest = s.dir_of(&s.alice).join("f.bin");
+    let out = s.ctl(&s.alice, &["download", &server.url("f.bin"), dest.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{out}\n{}", s.daemon.log_tail(30));
+    let meta = std::fs::metadata(&dest).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (s.alice.uid, s.alice.gid));
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    let leftovers: Vec<_> = std::fs::read_dir(s.dir_of(&s.alice)).unwrap().collect();
+    assert_eq!(leftovers.len(), 1, "no temp file left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_the_owner_cannot_write_is_refused_at_add_file() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    let create = s.ctl(&s.alice, &["create"]).await.success();
+    let job = create.stdout.trim().to_string();
+    // Bob's private directory, and a root-only one: the daemon (root) could write both.
+    for dir in [s.dir_of(&s.bob), PathBuf::from("/etc")] {
+        let dest = dir.join("stolen.bin");
+        let out =
+            s.ctl(&s.alice, &["add", &job, "http://127.0.0.1:9/f", dest.to_str().unwrap()]).await;
+        refused(&out, "E_ACCESSDENIED");
+        assert!(
+            out.stderr.contains(dir.to_str().unwrap()),
+            "the refusal names the directory: {out}"
+        );
+    }
+    // Her own directory is fine.
+    let ok = s.dir_of(&s.alice).join("fine.bin");
+    s.ctl(&s.alice, &["add", &job, "http://127.0.0.1:9/f", ok.to_str().unwrap()]).await.success();
+}
+
+/// A file nobody but root may write, standing in for /etc/shadow.
+fn victim(s: &Scene) -> PathBuf {
+    let path = s.base.path().join("victim");
+    std::fs::write(&path, b"root's secret").unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_at_the_destination_is_replaced_or_refused_never_followed() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    let server = TestServer::start().await;
+    server.add_file("f.bin", vec![42u8; 50_000]);
+    let victim = victim(&s);
+    let root = User { name: "root".into(), uid: 0, gid: 0 };
+
+    // A sticky world-writable directory (/tmp-like): bob plants report.bin -> victim. Alice may
+    // not replace bob's entry there, so Complete is refused; the victim is untouched.
+    let sticky = s.base.path().join("sticky");
+    dir_owned_by(&sticky, &root, 0o1777);
+    let planted = sticky.join("report.bin");
+    let out = sh_as(&s.bob, &format!("ln -s {} {}", victim.display(), planted.display()));
+    assert!(out.status.success(), "{out:?}");
+    let job = s.job_with_file(&s.alice, &server.url("f.bin"), &planted).await;
+    s.ctl(&s.alice, &["resume", &job]).await.success();
+    wait_transferred(&s, &s.alice, &job).await;
+    refused(&s.ctl(&s.alice, &["complete", &job]).await, "E_ACCESSDENIED");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's secret");
+    assert!(planted.symlink_metadata().unwrap().file_type().is_symlink(), "bob's link stays");
+
+    // A directory both may write (group-shared, not sticky): the rename replaces bob's link with
+    // alice's file; the link's target is never opened.
+    let shared = s.base.path().join("shared");
+    dir_owned_by(&shared, &root, 0o777);
+    let planted = shared.join("report.bin");
+    let out = sh_as(&s.bob, &format!("ln -s {} {}", victim.display(), planted.display()));
+    assert!(out.status.success(), "{out:?}");
+    let out = s.ctl(&s.alice, &["download", &server.url("f.bin"), planted.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{out}");
+    let meta = planted.symlink_metadata().unwrap();
+    assert!(meta.file_type().is_file(), "a regular file replaced the link");
+    assert_eq!(meta.uid(), s.alice.uid);
+    assert_eq!(std::fs::read(&planted).unwrap(), vec![42u8; 50_000]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_planted_at_the_temp_file_is_not_written_through() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    let server = TestServer::start().await;
+    server.add_file("f.bin", vec![9u8; 50_000]);
+    let victim = victim(&s);
+    let shared = s.base.path().join("shared");
+    dir_owned_by(&shared, &User { name: "root".into(), uid: 0, gid: 0 }, 0o777);
+    let dest = shared.join("data.bin");
+    let job = s.job_with_file(&s.alice, &server.url("f.bin"), &dest).await;
+    // Bob guesses the temp name (it needs the job id, which only alice sees; assume he got it).
+    let temp = shared.join(format!(".data.bin.bitsd-{job}-0.part"));
+    let out = sh_as(&s.bob, &format!("ln -s {} {}", victim.display(), temp.display()));
+    assert!(out.status.success(), "{out:?}");
+    s.ctl(&s.alice, &["resume", &job]).await.success();
+    let error = wait_error(&s, &s.alice, &job).await;
+    assert_eq!(error["code"], "E_ACCESSDENIED", "{error}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"root's secret");
+    assert!(dest.symlink_metadata().is_err(), "nothing at the destination");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_limits_apply_per_user_and_not_to_admins() {
+    let Some(s) = Scene::start(&["--max-jobs-per-user", "2"]).await else { return };
+    for _ in 0..2 {
+        s.ctl(&s.alice, &["create"]).await.success();
+    }
+    refused(&s.ctl(&s.alice, &["create"]).await, "BG_E_TOO_MANY_JOBS_PER_USER");
+    s.ctl(&s.bob, &["create"]).await.success();
+    for _ in 0..3 {
+        s.ctl(&s.admin, &["create"]).await.success();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_system_socket_is_open_to_all_and_the_data_dir_to_none() {
+    let Some(s) = Scene::start(&[]).await else { return };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&s.daemon.socket()), 0o666, "authorisation is by peer uid, not file mode");
+    assert_eq!(mode(&s.daemon.data_dir()), 0o700);
+    // Any local user can connect (nobody has no jobs, but is served).
+    let nobody = User { name: "nobody".into(), uid: 65534, gid: 65534 };
+    assert_eq!(s.ctl(&nobody, &["--json", "list"]).await.success().stdout.trim(), "[]");
+}
+
+/// Polls `bitsctl info` as `user` until the job is TRANSFERRED.
+async fn wait_transferred(s: &Scene, user: &User, job: &str) {
+    wait_for_state(s, user, job, "TRANSFERRED").await;
+}
+
+/// Polls until the job is in ERROR and returns its error object.
+async fn wait_error(s: &Scene, user: &User, job: &str) -> serde_json::Value {
+    wait_for_state(s, user, job, "ERROR").await["error"].clone()
+}
+
+async fn wait_for_state(s: &Scene, user: &User, job: &str, want: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = s.ctl(user, &["--json", "info", job]).await.success();
+        let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        if info["state"] == want {
+            return info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {job} never reached {want}: {info}\n{}",
+            s.daemon.log_tail(30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
