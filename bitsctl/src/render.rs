@@ -30,6 +30,8 @@ pub struct JobJson {
     pub error_count: u32,
     pub error: Option<ErrorJson>,
     pub progress: ProgressJson,
+    /// `"<redacted>"` when the job has custom headers (write-only), null otherwise.
+    pub custom_headers: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileJson>>,
 }
@@ -162,6 +164,9 @@ pub fn file_json(file: &FileInfo) -> FileJson {
     }
 }
 
+/// Shown for write-only values (custom headers) that are set.
+const REDACTED: &str = "<redacted>";
+
 /// A job as JSON; `files` is included when given (`info`), left out otherwise (`list`).
 pub fn job_json(job: &JobInfo, files: Option<&[FileInfo]>) -> JobJson {
     JobJson {
@@ -180,6 +185,7 @@ pub fn job_json(job: &JobInfo, files: Option<&[FileInfo]>) -> JobJson {
         error_count: job.error_count,
         error: job.error.as_ref().map(error_json),
         progress: progress_json(&job.progress),
+        custom_headers: job.has_custom_headers.then_some(REDACTED),
         files: files.map(|fs| fs.iter().map(file_json).collect()),
     }
 }
@@ -305,6 +311,9 @@ pub fn job_info(job: &JobInfo, files: &[FileInfo]) -> String {
     kv("Modified", &rfc3339(job.modification_time));
     kv("Transferred", &job.transfer_completion_time.map_or_else(|| "-".to_string(), rfc3339));
     kv("Errors", &job.error_count.to_string());
+    if job.has_custom_headers {
+        kv("Custom headers", REDACTED);
+    }
     let p = &job.progress;
     kv(
         "Progress",
@@ -427,6 +436,7 @@ mod tests {
             minimum_notification_interval_ms: 500,
             connections_per_file: 1,
             files_at_once: 1,
+            has_custom_headers: true,
         };
         let file = FileInfo {
             index: 0,
@@ -473,8 +483,13 @@ mod tests {
         assert_eq!(file["dest"], "/tmp/f");
         assert_eq!(file["completed"], false);
 
+        assert_eq!(value["custom_headers"], "<redacted>", "write-only: set, never shown");
+
         let listed = serde_json::to_value(job_json(&job, None)).unwrap();
         assert!(listed.get("files").is_none());
+        let no_headers = JobInfo { has_custom_headers: false, ..job.clone() };
+        let value = serde_json::to_value(job_json(&no_headers, None)).unwrap();
+        assert_eq!(value["custom_headers"], serde_json::Value::Null);
     }
 
     #[test]
@@ -495,6 +510,8 @@ mod tests {
             "0:10, 100:eof",
             "/tmp/.f.part",
             "uid 1000",
+            "Custom headers",
+            "<redacted>",
         ] {
             assert!(info.contains(part), "{part} not in:\n{info}");
         }

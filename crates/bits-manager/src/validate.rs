@@ -56,6 +56,20 @@ pub fn remote_url(url: &str) -> Result<(), BitsError> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(BitsError::new(Code::E_INVALIDARG, format!("remote URL {url:?} has no host")));
     }
+    // bitsd never sends URL credentials (userinfo), so accepting them would only store, show
+    // and log a secret for nothing. The message shows the URL without them.
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        let mut shown = parsed.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!(
+                "remote URL {shown} carries credentials (user:password@); bitsd does not send \
+                 them: set an Authorization header with SetCustomHeaders, which are write-only"
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -108,6 +122,11 @@ mod tests {
         let exact = format!("{base}{}", "a".repeat(MAX_URL_CHARS - base.len()));
         assert_eq!(code(remote_url(&exact)), None);
         assert_eq!(code(remote_url(&format!("{exact}a"))), Some(Code::E_INVALIDARG));
+        let err = remote_url("https://alice:s3cret@example.com/f").unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG);
+        assert!(!err.message.contains("s3cret") && !err.message.contains("alice"), "{err}");
+        assert!(err.message.contains("https://example.com/f"), "{err}");
+        assert!(remote_url("https://token@example.com/f").is_err());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct JobInfo {
     pub minimum_notification_interval_ms: u32,
     pub connections_per_file: u32,
     pub files_at_once: u32,
+    /// Whether the job has custom headers (write-only: their text is never returned).
+    pub has_custom_headers: bool,
 }
 
 /// A file of a job as a client sees it (the `File` message in bits-core types).
@@ -371,6 +373,7 @@ pub fn job_to_wire(job: &Job) -> v1::Job {
         minimum_notification_interval_ms: job.minimum_notification_interval_ms,
         connections_per_file: job.connections_per_file,
         files_at_once: job.files_at_once,
+        has_custom_headers: job.custom_headers.is_some(),
     }
 }
 
@@ -410,6 +413,7 @@ pub fn job_from_wire(job: &v1::Job) -> Result<JobInfo, BitsError> {
         minimum_notification_interval_ms: job.minimum_notification_interval_ms,
         connections_per_file: job.connections_per_file,
         files_at_once: job.files_at_once,
+        has_custom_headers: job.has_custom_headers,
     })
 }
 
