@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -134,6 +135,17 @@ pub(crate) struct Inner {
     pub(crate) events: EventBus,
     /// Administrators, and owners' identities for file access.
     pub(crate) access: AccessPolicy,
+    /// Store flushes shared between concurrent callers (see [`Manager::flush`]).
+    pub(crate) commit: GroupCommit,
+}
+
+/// Tickets and the flush lock of [`Manager::flush`]'s group commit.
+#[derive(Default)]
+pub(crate) struct GroupCommit {
+    /// Tickets issued: one per flush request, taken after the requester's writes.
+    tickets: AtomicU64,
+    /// Held while flushing; holds the last ticket a completed flush covers.
+    flushed: tokio::sync::Mutex<u64>,
 }
 
 #[derive(Default)]
@@ -226,6 +238,7 @@ impl Manager {
                 runtime: tokio::runtime::Handle::current(),
                 events,
                 access,
+                commit: GroupCommit::default(),
             }),
         };
         tokio::spawn(crate::scheduler::run(manager.clone()));
@@ -267,9 +280,24 @@ impl Manager {
     }
 
     /// Makes every store write so far durable, off the async threads.
+    ///
+    /// Group commit: many workers finishing small files at once would each wait for a flush of
+    /// their own, one after another. Instead each caller takes a ticket (after its writes), and
+    /// whoever gets the flush lock flushes for every ticket issued so far; callers whose ticket a
+    /// finished flush already covers return without flushing.
     pub(crate) async fn flush(&self) -> Result<(), BitsError> {
+        let commit = &self.inner.commit;
+        let ticket = commit.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = commit.flushed.lock().await;
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken after its writes: this flush covers them all.
+        let covers = commit.tickets.load(Ordering::SeqCst);
         let store = self.inner.store.clone();
-        run_blocking(move || store.flush().map_err(store_error)).await
+        run_blocking(move || store.flush().map_err(store_error)).await?;
+        *flushed = covers;
+        Ok(())
     }
 
     /// Writes only the job's own fields (state, times, error) to the store; the caller flushes.
