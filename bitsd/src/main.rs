@@ -2,6 +2,7 @@
 //! job manager, the gRPC server on a Unix socket, and a clean shutdown on SIGTERM/SIGINT.
 
 mod grpc;
+mod notify;
 mod server;
 mod watch;
 
@@ -130,7 +131,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .name("bitsd-grpc".into())
         .spawn(move || serve_on_own_runtime(listener, service, stopped))
         .context("cannot start the gRPC thread")?;
+    let status = notify::ready(&manager);
     shutdown_signal().await;
+    status.stopping().await;
     // Open WatchJob streams end at the signal: a graceful server shutdown waits for them.
     manager.close_subscriptions();
     let _ = stop_serving.send(());
