@@ -4,6 +4,7 @@
 # 1. fails fast on formatting and clippy warnings;
 # 2. installs nginx if it is missing (the end-to-end tests start their own nginx on a random
 #    loopback port with their own config; the system nginx service is never used);
+#    likewise systemd-analyze (the unit files in dist/systemd are checked with `verify`);
 # 3. builds the `bitsd` and `bitsctl` binaries (the end-to-end tests run them from target/debug);
 # 4. runs every test in the workspace. The closing "test result:" lines are what CI counts.
 set -euo pipefail
@@ -65,6 +66,32 @@ install_nginx() {
     fi
 }
 
+# `systemd-analyze verify` checks the unit files in dist/systemd (tests/e2e/systemd.rs). Debian has
+# no smaller package with it than systemd itself; installing that does not make systemd the init
+# system (systemd-sysv does) and starts nothing here.
+install_systemd_analyze() {
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo=(sudo)
+        else
+            echo "error: systemd-analyze is missing and this script is not root and sudo is missing;" >&2
+            echo "       install it yourself (apt-get install systemd) and run again" >&2
+            exit 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "error: systemd-analyze is missing and apt-get is not available; install systemd and run again" >&2
+        exit 1
+    fi
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        echo "error: installing systemd did not provide systemd-analyze; the end-to-end tests need it" >&2
+        exit 1
+    fi
+}
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
@@ -79,6 +106,11 @@ fi
 echo "nginx: $nginx_bin ($("$nginx_bin" -v 2>&1))"
 # The tests look nginx up on PATH first; /usr/sbin is not on every user's PATH.
 export NGINX="$nginx_bin"
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+    step "installing systemd-analyze (needed to check the systemd units)"
+    install_systemd_analyze
+fi
 
 step "cargo build --workspace --bins"
 cargo build --workspace --bins

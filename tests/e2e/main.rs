@@ -27,6 +27,8 @@ mod restart;
 mod faults;
 // Store safety: unknown schema, damaged store, corrupt record, SIGTERM keeps progress.
 mod store_safety;
+// systemd: sd_notify readiness, status, watchdog and stopping; the unit files verify.
+mod systemd;
 // Helpers shared by the tests: waiting for states, range-set checks, JSON lookups.
 mod support;
 // A remote file that changes mid-download restarts from zero.
