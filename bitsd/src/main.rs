@@ -1,12 +1,16 @@
-//! bitsd: the background transfer service. `main` only wires: arguments, logging, the store, the
-//! job manager, the gRPC server on a Unix socket, and a clean shutdown on SIGTERM/SIGINT.
+//! bitsd: the background transfer service. `main` only wires: arguments and the configuration
+//! file, logging, the store, the job manager, the gRPC server on a Unix socket (and on loopback TCP
+//! when configured), and a clean shutdown on SIGTERM/SIGINT.
 
+mod config;
 mod grpc;
 mod notify;
 mod server;
+mod tcp;
 mod watch;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,49 +20,75 @@ use tracing_subscriber::EnvFilter;
 
 /// Background transfer service: a persistent queue of BITS-style download jobs, served over gRPC
 /// on a Unix socket.
+///
+/// Settings come from the flags below, then the configuration file, then built-in defaults; each
+/// flag's help names the key of the file it overrides.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Socket to serve on [default: $XDG_RUNTIME_DIR/bitsd/bitsd.sock, or /run/bitsd/bitsd.sock as root]
+    /// The configuration file [default: /etc/bitsd/bitsd.toml as root, else
+    /// $XDG_CONFIG_HOME/bitsd/bitsd.toml or ~/.config/bitsd/bitsd.toml; a missing default file
+    /// means built-in defaults, a missing --config file is an error]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Check the configuration file (including the admin group and the TCP token file), print one
+    /// line and exit: 0 when it is valid, 1 when not. Opens and binds nothing
+    #[arg(long)]
+    check_config: bool,
+    /// Socket to serve on [file: socket; default: $XDG_RUNTIME_DIR/bitsd/bitsd.sock, or /run/bitsd/bitsd.sock as root]
     #[arg(long, env = "BITSD_SOCKET")]
     socket: Option<PathBuf>,
-    /// Where the job store lives [default: $XDG_DATA_HOME/bitsd, or /var/lib/bitsd as root]
+    /// Where the job store lives [file: data_dir; default: $XDG_DATA_HOME/bitsd, or /var/lib/bitsd as root]
     #[arg(long, env = "BITSD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Sync downloaded data and record it as filled after this many bytes
-    #[arg(long, default_value_t = 16 << 20)]
-    sync_bytes: u64,
-    /// …or after this many milliseconds, whichever comes first
-    #[arg(long, default_value_t = 1000)]
-    sync_interval_ms: u64,
-    /// Minimum retry delay given to new jobs, in seconds (BITS default 600). The operator may go
-    /// below the 5 s floor that applies to jobs' own settings; at least 1
-    #[arg(long, default_value_t = bits_core::job::DEFAULT_MINIMUM_RETRY_DELAY_SECS)]
-    retry_delay_secs: u32,
-    /// No-progress timeout given to new jobs, in seconds (BITS default 14 days; 0 = every error is fatal)
-    #[arg(long, default_value_t = bits_core::job::DEFAULT_NO_PROGRESS_TIMEOUT_SECS)]
-    no_progress_timeout_secs: u32,
-    /// Give up on a connection that sends nothing for this long (headers or body), in milliseconds
-    #[arg(long, default_value_t = 60_000)]
-    idle_timeout_ms: u64,
-    /// Give up on connecting after this long, in milliseconds
-    #[arg(long, default_value_t = 30_000)]
-    connect_timeout_ms: u64,
-    /// A uid that is an administrator (repeatable; default: 0). Admins are exempt from limits
+    /// Sync downloaded data and record it as filled after this many bytes [file: transfer.sync_bytes; default: 16777216]
+    #[arg(long)]
+    sync_bytes: Option<u64>,
+    /// …or after this many milliseconds, whichever comes first [file: transfer.sync_interval_ms; default: 1000]
+    #[arg(long)]
+    sync_interval_ms: Option<u64>,
+    /// Minimum retry delay given to new jobs, in seconds. The operator may go below the 5 s floor
+    /// that applies to jobs' own settings; at least 1 [file: transfer.retry_delay_secs; default: 600]
+    #[arg(long)]
+    retry_delay_secs: Option<u32>,
+    /// No-progress timeout given to new jobs, in seconds; 0 = every error is fatal [file: transfer.no_progress_timeout_secs; default: 1209600 (14 days)]
+    #[arg(long)]
+    no_progress_timeout_secs: Option<u32>,
+    /// Give up on a connection that sends nothing for this long (headers or body), in milliseconds [file: transfer.idle_timeout_ms; default: 60000]
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    /// Give up on connecting after this long, in milliseconds [file: transfer.connect_timeout_ms; default: 30000]
+    #[arg(long)]
+    connect_timeout_ms: Option<u64>,
+    /// A uid that is an administrator (repeatable; replaces the file's list). Admins are exempt
+    /// from limits [file: access.admin_uids; default: 0]
     #[arg(long = "admin-uid")]
     admin_uids: Vec<u32>,
-    /// Jobs one non-admin user may own (BITS policy default 60)
-    #[arg(long, default_value_t = bits_core::job::MAX_JOBS_PER_USER)]
-    max_jobs_per_user: usize,
-    /// Jobs in the queue beyond which non-admins may not create more (BITS default 300)
-    #[arg(long, default_value_t = bits_core::job::MAX_JOBS_PER_MACHINE)]
-    max_jobs_per_machine: usize,
+    /// Jobs one non-admin user may own [file: limits.max_jobs_per_user; default: 60]
+    #[arg(long)]
+    max_jobs_per_user: Option<usize>,
+    /// Jobs in the queue beyond which non-admins may not create more [file: limits.max_jobs_per_machine; default: 300]
+    #[arg(long)]
+    max_jobs_per_machine: Option<usize>,
 }
 
-fn main() -> std::process::ExitCode {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+fn main() -> ExitCode {
     let args = Args::parse();
+    let config = config::load(args.config.as_deref());
+    if args.check_config {
+        return check_config(config);
+    }
+    let config = match config {
+        Ok(config) => {
+            init_logging(&config.log);
+            config
+        }
+        Err(e) => {
+            init_logging(&config::Log::default());
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // The data path (workers, writes, syncs) runs here, a little below normal priority, so the
     // control plane — served from its own thread, see `run` — answers promptly even when the
     // transfers keep every core busy.
@@ -74,24 +104,94 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match runtime.block_on(run(args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// `--check-config`: one line on stdout when the configuration is valid, the error on stderr
+/// when not. A command-line mode, not the daemon, so it prints rather than logs.
+#[allow(clippy::print_stdout)]
+fn check_config(config: Result<config::Config, config::ConfigError>) -> ExitCode {
+    match config {
+        Ok(config) => {
+            match &config.origin {
+                config::Origin::File(path) => println!("config OK: {}", path.display()),
+                other => println!("{other}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr (the journal under systemd), as text or one JSON object a line; colours
+/// only on a terminal, so files and the journal get plain text. A valid `RUST_LOG` wins over
+/// `log.level`, so a developer can turn up one module without editing the file.
+fn init_logging(log: &config::Log) {
+    use std::io::IsTerminal as _;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match log.format {
+        config::LogFormat::Text => logger.init(),
+        config::LogFormat::Json => logger.json().init(),
+    }
+}
+
+/// The manager's settings: each from its flag, else from the configuration file (which holds the
+/// built-in default for anything it does not set).
+fn manager_config(args: &Args, config: &config::Config) -> bits_manager::ManagerConfig {
+    let transfer = &config.transfer;
+    bits_manager::ManagerConfig {
+        sync_bytes: args.sync_bytes.unwrap_or(transfer.sync_bytes).max(1),
+        sync_interval: Duration::from_millis(
+            args.sync_interval_ms.unwrap_or(transfer.sync_interval_ms).max(1),
+        ),
+        default_retry_delay_secs: args.retry_delay_secs.unwrap_or(transfer.retry_delay_secs).max(1),
+        default_no_progress_timeout_secs: args
+            .no_progress_timeout_secs
+            .unwrap_or(transfer.no_progress_timeout_secs),
+        http: bits_http::HttpConfig {
+            idle_timeout: Duration::from_millis(
+                args.idle_timeout_ms.unwrap_or(transfer.idle_timeout_ms).max(1),
+            ),
+            connect_timeout: Duration::from_millis(
+                args.connect_timeout_ms.unwrap_or(transfer.connect_timeout_ms).max(1),
+            ),
+            ..Default::default()
+        },
+        admin_uids: if args.admin_uids.is_empty() {
+            config.admins.uids.clone()
+        } else {
+            args.admin_uids.clone()
+        },
+        admin_gids: config.admins.gids.clone(),
+        max_jobs_per_user: args.max_jobs_per_user.unwrap_or(config.limits.max_jobs_per_user),
+        max_jobs_per_machine: args
+            .max_jobs_per_machine
+            .unwrap_or(config.limits.max_jobs_per_machine),
+    }
+}
+
+async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     let euid = rustix::process::geteuid().as_raw();
-    let socket = match args.socket {
+    let socket = match args.socket.clone().or_else(|| config.socket.clone()) {
         Some(path) => path,
         None => {
             bits_core::defaults::socket_path(euid, std::env::var("XDG_RUNTIME_DIR").ok().as_deref())
         }
     };
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone().or_else(|| config.data_dir.clone()) {
         Some(dir) => dir,
         None => bits_core::defaults::data_dir(
             euid,
@@ -103,33 +203,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let store = bits_store::SledStore::open(&data_dir)
         .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
-    let config = bits_manager::ManagerConfig {
-        sync_bytes: args.sync_bytes.max(1),
-        sync_interval: Duration::from_millis(args.sync_interval_ms.max(1)),
-        default_retry_delay_secs: args.retry_delay_secs.max(1),
-        default_no_progress_timeout_secs: args.no_progress_timeout_secs,
-        http: bits_http::HttpConfig {
-            idle_timeout: Duration::from_millis(args.idle_timeout_ms.max(1)),
-            connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
-            ..Default::default()
-        },
-        admin_uids: if args.admin_uids.is_empty() { vec![0] } else { args.admin_uids.clone() },
-        admin_gids: Vec::new(),
-        max_jobs_per_user: args.max_jobs_per_user,
-        max_jobs_per_machine: args.max_jobs_per_machine,
-    };
-    let manager = bits_manager::Manager::start(Arc::new(store), config)
+    let manager = bits_manager::Manager::start(Arc::new(store), manager_config(&args, &config))
         .context("cannot start the job manager")?;
-    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), uid = euid, "bitsd starting");
+    tracing::info!(
+        socket = %socket.display(),
+        data_dir = %data_dir.display(),
+        uid = euid,
+        config = %config.origin,
+        "bitsd starting"
+    );
 
-    let listener = server::bind(&socket, grpc::Access::for_daemon(euid))?
+    let access = grpc::Access::for_daemon(euid);
+    // TCP first: if its port is taken, nothing is left behind (no socket file).
+    let tcp = match &config.tcp {
+        Some(tcp) => {
+            let listener = tcp::bind(tcp.listen)?;
+            tracing::info!(address = %tcp.listen, uid = tcp.uid, "serving on TCP too (bearer token required)");
+            Some(tcp::TcpServing {
+                listener,
+                service: grpc::BitsService::new(manager.clone(), access),
+                check: tcp::BearerCheck::new(&tcp.token, tcp.uid),
+            })
+        }
+        None => None,
+    };
+    let listener = server::bind(&socket, access)?
         .into_std()
         .context("cannot hand the socket to the gRPC thread")?;
-    let service = grpc::BitsService::new(manager.clone(), grpc::Access::for_daemon(euid));
+    let service = grpc::BitsService::new(manager.clone(), access);
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = std::thread::Builder::new()
         .name("bitsd-grpc".into())
-        .spawn(move || serve_on_own_runtime(listener, service, stopped))
+        .spawn(move || serve_on_own_runtime(listener, service, tcp, stopped))
         .context("cannot start the gRPC thread")?;
     let status = notify::ready(&manager);
     shutdown_signal().await;
@@ -149,10 +254,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     served
 }
 
-/// Serves gRPC on a single-threaded runtime of its own until `stop` fires.
+/// Serves gRPC on a single-threaded runtime of its own, on the Unix socket and (when configured)
+/// on TCP, until `stop` fires.
 fn serve_on_own_runtime(
     listener: std::os::unix::net::UnixListener,
     service: grpc::BitsService,
+    tcp: Option<tcp::TcpServing>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -162,10 +269,20 @@ fn serve_on_own_runtime(
     runtime.block_on(async move {
         let listener =
             tokio::net::UnixListener::from_std(listener).context("cannot use the socket")?;
-        server::serve(listener, service, async {
+        // One stop for both servers. A dropped sender (the daemon failing) stops them too.
+        let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             let _ = stop.await;
-        })
-        .await
+            let _ = stopping.send(true);
+        });
+        let until_stop = |mut seen: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = seen.wait_for(|stopped| *stopped).await;
+        };
+        let unix = server::serve(listener, service, until_stop(stop_seen.clone()));
+        let Some(tcp) = tcp else { return unix.await };
+        // Joined, not raced: a failing TCP server must not take the Unix socket down with it.
+        let (unix, tcp) = tokio::join!(unix, tcp::serve(tcp, until_stop(stop_seen)));
+        unix.and(tcp)
     })
 }
 

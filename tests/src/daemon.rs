@@ -237,6 +237,7 @@ impl TestDaemon {
             .arg(self.socket())
             .arg("--data-dir")
             .arg(self.data_dir())
+            .args(self.config_args())
             .args(&self.args)
             .env("RUST_LOG", rust_log)
             .env_remove("BITSD_SOCKET")
@@ -247,6 +248,20 @@ impl TestDaemon {
             .unwrap();
         self.child = Some(child);
         self.wait_ready().await;
+    }
+
+    /// `--config DIR/bitsd.toml` (an empty file: built-in defaults) unless the test passes its own
+    /// `--config`, so that a configuration file on the machine (`/etc/bitsd/bitsd.toml` when the
+    /// tests run as root) never changes how a test daemon behaves.
+    fn config_args(&self) -> Vec<std::ffi::OsString> {
+        if self.args.iter().any(|a| a == "--config" || a.starts_with("--config=")) {
+            return Vec::new();
+        }
+        let path = self.dir.path().join("bitsd.toml");
+        if !path.exists() {
+            std::fs::write(&path, "").unwrap();
+        }
+        vec!["--config".into(), path.into()]
     }
 
     /// Polls until ListJobs succeeds on the socket; panics with the log if the process dies or

@@ -1,0 +1,676 @@
+//! The configuration file: where it is, what it may say, and checking every value before the
+//! daemon starts.
+//!
+//! A mistake in the file stops the start with one line naming the file, the line and the key
+//! (`/etc/bitsd/bitsd.toml:12: unknown key "max_jobz_per_user" in [limits]`), instead of being
+//! ignored or surfacing later as odd behaviour. Unknown keys are errors for the same reason: a
+//! misspelt limit that silently keeps its default is worse than no start at all.
+//!
+//! Command-line flags override the file, which overrides the built-in defaults; `main.rs` merges
+//! the two. Everything that can fail is checked here, including the lookups a start would do later
+//! (the admin group, the TCP token file), so `bitsd --check-config` says all there is to say.
+
+use std::fmt;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The system daemon's configuration file.
+pub const SYSTEM_CONFIG: &str = "/etc/bitsd/bitsd.toml";
+
+/// Default size of a sync window in bytes (16 MiB).
+pub const DEFAULT_SYNC_BYTES: u64 = 16 << 20;
+/// Default longest time unsynced bytes wait, in milliseconds.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
+/// Default idle timeout of an HTTP connection, in milliseconds.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Default connect timeout, in milliseconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 30_000;
+
+/// A configuration error: one line, already naming the file (and the line and key where there
+/// is one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the configuration came from, for the start-up log line and `--check-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Read from this file.
+    File(PathBuf),
+    /// The default file does not exist: built-in defaults.
+    Missing(PathBuf),
+    /// A user daemon with neither `XDG_CONFIG_HOME` nor `HOME`: there is no default file to look at.
+    NoDefaultPath,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Missing(path) => {
+                write!(f, "no config file at {}; using defaults", path.display())
+            }
+            Origin::NoDefaultPath => f.write_str(
+                "no config file (neither XDG_CONFIG_HOME nor HOME is set); using defaults",
+            ),
+        }
+    }
+}
+
+/// The checked configuration: every value valid, every name resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub origin: Origin,
+    /// `None`: the per-uid default (`bits_core::defaults::socket_path`), unless a flag says otherwise.
+    pub socket: Option<PathBuf>,
+    /// `None`: the per-uid default (`bits_core::defaults::data_dir`), unless a flag says otherwise.
+    pub data_dir: Option<PathBuf>,
+    pub limits: Limits,
+    pub transfer: Transfer,
+    pub admins: Admins,
+    /// `None`: no TCP listener (the default; the Unix socket is the only way in).
+    pub tcp: Option<Tcp>,
+    pub log: Log,
+}
+
+impl Config {
+    /// The built-in defaults, as if an empty file had been read.
+    pub fn defaults(origin: Origin) -> Config {
+        Config {
+            origin,
+            socket: None,
+            data_dir: None,
+            limits: Limits::default(),
+            transfer: Transfer::default(),
+            admins: Admins::default(),
+            tcp: None,
+            log: Log::default(),
+        }
+    }
+}
+
+/// `[limits]`: BITS' per-user and per-machine job quotas (admins are exempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_jobs_per_user: usize,
+    pub max_jobs_per_machine: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_jobs_per_user: bits_core::job::MAX_JOBS_PER_USER,
+            max_jobs_per_machine: bits_core::job::MAX_JOBS_PER_MACHINE,
+        }
+    }
+}
+
+/// `[transfer]`: the data path's timing, in the units the flags use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub retry_delay_secs: u32,
+    pub no_progress_timeout_secs: u32,
+    pub idle_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub sync_bytes: u64,
+    pub sync_interval_ms: u64,
+}
+
+impl Default for Transfer {
+    fn default() -> Transfer {
+        Transfer {
+            retry_delay_secs: bits_core::job::DEFAULT_MINIMUM_RETRY_DELAY_SECS,
+            no_progress_timeout_secs: bits_core::job::DEFAULT_NO_PROGRESS_TIMEOUT_SECS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            sync_bytes: DEFAULT_SYNC_BYTES,
+            sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
+        }
+    }
+}
+
+/// `[access]`: administrators, by uid and by group (the group already resolved to its gid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admins {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl Default for Admins {
+    fn default() -> Admins {
+        Admins { uids: vec![0], gids: Vec::new() }
+    }
+}
+
+/// `[tcp]` with `listen` set: the loopback listener, its token and the uid its callers act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tcp {
+    /// Always a loopback address (checked here and again at bind time).
+    pub listen: SocketAddr,
+    pub token_file: PathBuf,
+    pub token: Token,
+    /// TCP carries no peer credentials, so every authenticated caller acts as this uid.
+    pub uid: u32,
+}
+
+/// The TCP bearer token. Its `Debug` does not show it, so it cannot leak into a log by way of a
+/// `?config`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// The secret itself, for the constant-time comparison and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive (checked); `RUST_LOG` still wins.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Log {
+        Log { format: LogFormat::Text, level: "info".to_string() }
+    }
+}
+
+/// How log lines look: for people (`text`) or for a log collector (`json`, one object a line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The configuration file of a daemon running as `euid` when no `--config` names one:
+/// [`SYSTEM_CONFIG`] for root, `$XDG_CONFIG_HOME/bitsd/bitsd.toml` (or
+/// `$HOME/.config/bitsd/bitsd.toml`) for a user; `None` when a user has neither variable set.
+pub fn default_path(
+    euid: u32,
+    xdg_config_home: Option<&str>,
+    home: Option<&str>,
+) -> Option<PathBuf> {
+    if euid == 0 {
+        return Some(PathBuf::from(SYSTEM_CONFIG));
+    }
+    match (xdg_config_home, home) {
+        (Some(dir), _) if !dir.is_empty() => Some(PathBuf::from(dir).join("bitsd/bitsd.toml")),
+        (_, Some(home)) if !home.is_empty() => {
+            Some(PathBuf::from(home).join(".config/bitsd/bitsd.toml"))
+        }
+        _ => None,
+    }
+}
+
+/// Loads and checks the configuration of this process: `explicit` (from `--config`, which must
+/// exist) or the default file for the effective uid (which may be missing: defaults).
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let euid = rustix::process::geteuid().as_raw();
+    let default = || {
+        default_path(
+            euid,
+            std::env::var("XDG_CONFIG_HOME").ok().as_deref(),
+            std::env::var("HOME").ok().as_deref(),
+        )
+    };
+    let (path, required) = match explicit {
+        Some(path) => (path.to_path_buf(), true),
+        None => match default() {
+            Some(path) => (path, false),
+            None => return Ok(Config::defaults(Origin::NoDefaultPath)),
+        },
+    };
+    load_file(&path, required, euid)
+}
+
+/// Reads and checks `path`. A missing file is an error only when it was asked for by name.
+pub fn load_file(path: &Path, required: bool, euid: u32) -> Result<Config, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(path, &text, euid),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            Ok(Config::defaults(Origin::Missing(path.to_path_buf())))
+        }
+        Err(e) => Err(ConfigError(format!("{}: cannot read: {e}", path.display()))),
+    }
+}
+
+/// Parses and checks the text of the file at `path` for a daemon running as `euid` (which decides
+/// whether `tcp.uid` is required). Resolves `access.admin_group` and reads `tcp.token_file`.
+pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> {
+    let doc = Doc { path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| doc.describe(&e))?;
+    let transfer = raw.transfer;
+    let defaults = Transfer::default();
+    Ok(Config {
+        origin: Origin::File(path.to_path_buf()),
+        socket: doc.absolute(raw.socket, "socket")?,
+        data_dir: doc.absolute(raw.data_dir, "data_dir")?,
+        limits: Limits {
+            max_jobs_per_user: raw
+                .limits
+                .max_jobs_per_user
+                .map_or(Limits::default().max_jobs_per_user, Spanned::into_inner),
+            max_jobs_per_machine: raw
+                .limits
+                .max_jobs_per_machine
+                .map_or(Limits::default().max_jobs_per_machine, Spanned::into_inner),
+        },
+        transfer: Transfer {
+            retry_delay_secs: doc.at_least(
+                transfer.retry_delay_secs,
+                "transfer.retry_delay_secs",
+                1,
+                defaults.retry_delay_secs,
+            )?,
+            no_progress_timeout_secs: transfer
+                .no_progress_timeout_secs
+                .map_or(defaults.no_progress_timeout_secs, Spanned::into_inner),
+            idle_timeout_ms: doc.at_least(
+                transfer.idle_timeout_ms,
+                "transfer.idle_timeout_ms",
+                1,
+                defaults.idle_timeout_ms,
+            )?,
+            connect_timeout_ms: doc.at_least(
+                transfer.connect_timeout_ms,
+                "transfer.connect_timeout_ms",
+                1,
+                defaults.connect_timeout_ms,
+            )?,
+            sync_bytes: doc.at_least(
+                transfer.sync_bytes,
+                "transfer.sync_bytes",
+                1,
+                defaults.sync_bytes,
+            )?,
+            sync_interval_ms: doc.at_least(
+                transfer.sync_interval_ms,
+                "transfer.sync_interval_ms",
+                1,
+                defaults.sync_interval_ms,
+            )?,
+        },
+        admins: Admins {
+            uids: raw.access.admin_uids.unwrap_or_else(|| Admins::default().uids),
+            gids: match raw.access.admin_group {
+                Some(group) => vec![doc.resolve_group(group)?],
+                None => Vec::new(),
+            },
+        },
+        tcp: doc.tcp(raw.tcp, euid)?,
+        log: Log {
+            format: raw.log.format.unwrap_or(LogFormat::Text),
+            level: match raw.log.level {
+                Some(level) => doc.filter(level)?,
+                None => Log::default().level,
+            },
+        },
+    })
+}
+
+// The file as written. Every field is optional (a missing key keeps its default) and wrapped in
+// `Spanned` where a check after parsing must name its line.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a table of bitsd settings")]
+struct RawConfig {
+    socket: Option<Spanned<PathBuf>>,
+    data_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    transfer: RawTransfer,
+    #[serde(default)]
+    access: RawAccess,
+    tcp: Option<Spanned<RawTcp>>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [limits] table")]
+struct RawLimits {
+    max_jobs_per_user: Option<Spanned<usize>>,
+    max_jobs_per_machine: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [transfer] table")]
+struct RawTransfer {
+    retry_delay_secs: Option<Spanned<u32>>,
+    no_progress_timeout_secs: Option<Spanned<u32>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+    sync_bytes: Option<Spanned<u64>>,
+    sync_interval_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "an [access] table")]
+struct RawAccess {
+    admin_uids: Option<Vec<u32>>,
+    admin_group: Option<Spanned<GroupRef>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [tcp] table")]
+struct RawTcp {
+    listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<PathBuf>>,
+    uid: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [log] table")]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<Spanned<String>>,
+}
+
+/// `admin_group`: a group name, or a gid (as a number or a string of digits, like chown(1)).
+enum GroupRef {
+    Name(String),
+    Gid(u32),
+}
+
+impl<'de> Deserialize<'de> for GroupRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<GroupRef, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = GroupRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a group name or a numeric gid")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<GroupRef, E> {
+                if name.is_empty() {
+                    return Err(E::custom("the group name is empty"));
+                }
+                Ok(match name.parse::<u32>() {
+                    Ok(gid) => GroupRef::Gid(gid),
+                    Err(_) => GroupRef::Name(name.to_string()),
+                })
+            }
+            fn visit_i64<E: serde::de::Error>(self, gid: i64) -> Result<GroupRef, E> {
+                u32::try_from(gid)
+                    .map(GroupRef::Gid)
+                    .map_err(|_| E::custom(format!("{gid} is not a gid")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, gid: u64) -> Result<GroupRef, E> {
+                u32::try_from(gid)
+                    .map(GroupRef::Gid)
+                    .map_err(|_| E::custom(format!("{gid} is not a gid")))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// The file being checked: its name and text, to turn byte offsets into line numbers.
+struct Doc<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Doc<'_> {
+    /// The 1-based line holding byte `offset`.
+    fn line(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    /// `FILE:LINE: KEY: MESSAGE`.
+    fn error(&self, span: Range<usize>, key: &str, message: impl fmt::Display) -> ConfigError {
+        ConfigError(format!(
+            "{}:{}: {key}: {}",
+            self.path.display(),
+            self.line(span.start),
+            one_line(&message.to_string())
+        ))
+    }
+
+    /// A TOML or serde error in the words of this file: syntax errors as they are, unknown keys
+    /// with their table, wrong values with their dotted key.
+    fn describe(&self, err: &toml::de::Error) -> ConfigError {
+        let file = self.path.display();
+        let Some(span) = err.span() else {
+            return ConfigError(format!("{file}: {}", one_line(err.message())));
+        };
+        let line = self.line(span.start);
+        let tree = match toml::de::DeTable::parse(self.text) {
+            Ok(tree) => tree,
+            Err(_) => {
+                // Not TOML at all. A duplicate key's span is the key: name it.
+                let mut message = one_line(err.message());
+                if message == "duplicate key"
+                    && let Some(key) = self.text.get(span.clone())
+                {
+                    message = format!("duplicate key {:?}", key.trim());
+                }
+                return ConfigError(format!("{file}:{line}: invalid TOML: {message}"));
+            }
+        };
+        let path = key_path_at(tree.get_ref(), span.start).unwrap_or_default();
+        if let Some(rest) = err.message().strip_prefix("unknown field `")
+            && let Some((key, expected)) = rest.split_once('`')
+        {
+            let table = match path.split_last() {
+                Some((_, table)) if !table.is_empty() => format!("in [{}]", table.join(".")),
+                _ => "at the top level".to_string(),
+            };
+            let expected = expected.trim_start_matches(", ").replace('`', "");
+            return ConfigError(format!("{file}:{line}: unknown key {key:?} {table} ({expected})"));
+        }
+        if path.is_empty() {
+            ConfigError(format!("{file}:{line}: {}", one_line(err.message())))
+        } else {
+            ConfigError(format!("{file}:{line}: {}: {}", path.join("."), one_line(err.message())))
+        }
+    }
+
+    fn at_least<T>(
+        &self,
+        value: Option<Spanned<T>>,
+        key: &str,
+        min: T,
+        default: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: PartialOrd + Copy + fmt::Display,
+    {
+        match value {
+            None => Ok(default),
+            Some(v) if *v.get_ref() < min => {
+                Err(self.error(v.span(), key, format!("must be at least {min}")))
+            }
+            Some(v) => Ok(v.into_inner()),
+        }
+    }
+
+    /// Paths in the file must be absolute: the daemon's working directory is nobody's business.
+    fn absolute(
+        &self,
+        value: Option<Spanned<PathBuf>>,
+        key: &str,
+    ) -> Result<Option<PathBuf>, ConfigError> {
+        match value {
+            None => Ok(None),
+            Some(v) if !v.get_ref().is_absolute() => Err(self.error(
+                v.span(),
+                key,
+                format!("must be an absolute path, not {:?}", v.get_ref().display().to_string()),
+            )),
+            Some(v) => Ok(Some(v.into_inner())),
+        }
+    }
+
+    /// The gid of `admin_group`. An unknown name is an error now rather than an admin group that
+    /// silently matches nobody.
+    fn resolve_group(&self, group: Spanned<GroupRef>) -> Result<u32, ConfigError> {
+        let span = group.span();
+        match group.into_inner() {
+            GroupRef::Gid(gid) => Ok(gid),
+            GroupRef::Name(name) => match nix::unistd::Group::from_name(&name) {
+                Ok(Some(group)) => Ok(group.gid.as_raw()),
+                Ok(None) => {
+                    Err(self.error(span, "access.admin_group", format!("no group {name:?}")))
+                }
+                Err(e) => Err(self.error(
+                    span,
+                    "access.admin_group",
+                    format!("cannot look up group {name:?}: {e}"),
+                )),
+            },
+        }
+    }
+
+    fn filter(&self, level: Spanned<String>) -> Result<String, ConfigError> {
+        match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+            Ok(_) => Ok(level.into_inner()),
+            Err(e) => Err(self.error(level.span(), "log.level", format!("not a log filter: {e}"))),
+        }
+    }
+
+    /// `[tcp]`: nothing unless `listen` is set; then a loopback address, a private token file,
+    /// and an explicit uid for a root daemon.
+    fn tcp(&self, tcp: Option<Spanned<RawTcp>>, euid: u32) -> Result<Option<Tcp>, ConfigError> {
+        let Some(tcp) = tcp else { return Ok(None) };
+        let table = tcp.span();
+        let tcp = tcp.into_inner();
+        let Some(listen) = tcp.listen else { return Ok(None) };
+        let listen = match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) if !addr.ip().is_loopback() => {
+                return Err(self.error(
+                    listen.span(),
+                    "tcp.listen",
+                    format!(
+                        "{addr} is not a loopback address (127.0.0.0/8 or ::1); bitsd listens on loopback only"
+                    ),
+                ));
+            }
+            Ok(addr) if addr.port() == 0 => {
+                return Err(self.error(listen.span(), "tcp.listen", "must name a port (not 0)"));
+            }
+            Ok(addr) => addr,
+            Err(_) => {
+                return Err(self.error(
+                    listen.span(),
+                    "tcp.listen",
+                    format!("{:?} is not IP:PORT, e.g. \"127.0.0.1:7781\"", listen.get_ref()),
+                ));
+            }
+        };
+        let Some(token_file) = self.absolute(tcp.token_file.clone(), "tcp.token_file")? else {
+            return Err(self.error(table, "tcp.token_file", "required when tcp.listen is set"));
+        };
+        let token = match read_token(&token_file) {
+            Ok(token) => token,
+            Err(why) => {
+                let span = tcp.token_file.as_ref().map_or(table, Spanned::span);
+                return Err(self.error(span, "tcp.token_file", why));
+            }
+        };
+        let uid = match (tcp.uid, euid) {
+            (Some(uid), 0) => uid.into_inner(),
+            (None, 0) => {
+                return Err(self.error(
+                    table,
+                    "tcp.uid",
+                    "required when bitsd runs as root, so that the token never grants root by accident",
+                ));
+            }
+            (None, own) => own,
+            (Some(uid), own) if *uid.get_ref() == own => own,
+            (Some(uid), own) => {
+                return Err(self.error(
+                    uid.span(),
+                    "tcp.uid",
+                    format!(
+                        "a per-user daemon serves only its own uid ({own}), not {}",
+                        uid.get_ref()
+                    ),
+                ));
+            }
+        };
+        Ok(Some(Tcp { listen, token_file, token: Token(token), uid }))
+    }
+}
+
+/// The token in `path`: private to its owner (no group or other bits at all), non-empty once
+/// trimmed, and sendable as an HTTP header value. The mode is checked on the opened file, so the
+/// file read is the file checked.
+fn read_token(path: &Path) -> Result<String, String> {
+    let shown = path.display();
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown} is readable or writable by group or others (mode {mode:04o}); chmod 600 it"
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{shown} is empty"));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{shown}: the token may hold only printable ASCII without spaces (it travels in an HTTP header)"
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// The dotted key whose key or value holds byte `offset` (the deepest one), e.g.
+/// `["limits", "max_jobz"]`. Header tables (`[limits]`) span only their header, so every table is
+/// searched, not only those whose span holds the offset.
+fn key_path_at(table: &toml::de::DeTable<'_>, offset: usize) -> Option<Vec<String>> {
+    for (key, value) in table.iter() {
+        if let Some(inner) = value.get_ref().as_table()
+            && let Some(mut path) = key_path_at(inner, offset)
+        {
+            path.insert(0, key.get_ref().to_string());
+            return Some(path);
+        }
+        let holds = |span: Range<usize>| span.contains(&offset) || span.start == offset;
+        if holds(key.span()) || holds(value.span()) {
+            return Some(vec![key.get_ref().to_string()]);
+        }
+    }
+    None
+}
+
+fn one_line(text: &str) -> String {
+    text.trim().replace(['\n', '\r'], "; ")
+}
+
+#[cfg(test)]
+mod tests;
