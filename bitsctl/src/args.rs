@@ -1,6 +1,7 @@
 //! The command line: clap definitions and the value parsers for job ids and byte ranges.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use bits_core::{ByteRange, JobId, LENGTH_TO_EOF, Priority};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -22,6 +23,29 @@ pub struct Cli {
         default_value_os_t = bits_client::default_socket()
     )]
     pub socket: PathBuf,
+
+    /// Talk to the daemon's loopback TCP listener at ADDR (bitsd's `[tcp] listen`, e.g.
+    /// 127.0.0.1:7781) instead of the Unix socket. Needs --token-file.
+    #[arg(
+        long,
+        global = true,
+        env = "BITSD_TCP",
+        value_name = "ADDR",
+        value_parser = parse_tcp_addr,
+        requires = "token"
+    )]
+    pub tcp: Option<SocketAddr>,
+
+    /// The file holding the TCP listener's bearer token (surrounding whitespace is ignored).
+    #[arg(
+        id = "token",
+        long = "token-file",
+        global = true,
+        env = "BITSD_TOKEN_FILE",
+        value_name = "PATH",
+        value_parser = read_token_file
+    )]
+    pub token: Option<Token>,
 
     /// Print machine-readable JSON on stdout.
     #[arg(long, global = true)]
@@ -132,6 +156,47 @@ impl From<PriorityArg> for Priority {
     }
 }
 
+/// The bearer token read from `--token-file`. Its `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// `--tcp`: an IP:PORT on loopback, the only addresses bitsd listens on; anywhere else the token
+/// would cross a network in clear text.
+pub fn parse_tcp_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr =
+        text.trim().parse().map_err(|_| format!("'{text}' is not IP:PORT, e.g. 127.0.0.1:7781"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "'{text}' is not a loopback address (bitsd listens on 127.0.0.0/8 or ::1 only)"
+        ));
+    }
+    Ok(addr)
+}
+
+/// `--token-file`: the token in the file, trimmed; an unreadable or empty file is a usage error.
+pub fn read_token_file(text: &str) -> Result<Token, String> {
+    let path = Path::new(text);
+    let contents = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the token file '{text}': {e}"))?;
+    let token = contents.trim();
+    if token.is_empty() {
+        return Err(format!("the token file '{text}' is empty"));
+    }
+    Ok(Token(token.to_string()))
+}
+
 /// A job id as printed by `bitsctl create` (a UUID).
 pub fn parse_job_id(text: &str) -> Result<JobId, String> {
     JobId::parse(text.trim()).ok_or_else(|| format!("'{text}' is not a job id (expected a UUID)"))
@@ -180,6 +245,65 @@ mod tests {
             let err = parse_range(bad).unwrap_err();
             assert!(err.contains(&format!("'{bad}'")), "{err}");
         }
+    }
+
+    #[test]
+    fn tcp_needs_a_loopback_address_and_a_readable_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  t0ken\n").unwrap();
+        let token = token.to_str().unwrap();
+
+        let cli = Cli::try_parse_from([
+            "bitsctl",
+            "--tcp",
+            "127.0.0.1:7781",
+            "--token-file",
+            token,
+            "list",
+        ])
+        .unwrap();
+        assert_eq!(cli.tcp, Some("127.0.0.1:7781".parse().unwrap()));
+        assert_eq!(cli.token.as_ref().map(Token::expose), Some("t0ken"));
+        assert!(!format!("{cli:?}").contains("t0ken"), "Debug hides the token");
+        // Global: after the subcommand too.
+        let cli =
+            Cli::try_parse_from(["bitsctl", "list", "--tcp", "[::1]:1", "--token-file", token])
+                .unwrap();
+        assert_eq!(cli.tcp, Some("[::1]:1".parse().unwrap()));
+
+        let usage = |args: &[&str]| {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+            err.to_string()
+        };
+        let err = usage(&["bitsctl", "--tcp", "127.0.0.1:7781", "list"]);
+        assert!(err.contains("--token-file"), "{err}");
+        let err = usage(&["bitsctl", "--tcp", "10.0.0.1:7781", "--token-file", token, "list"]);
+        assert!(err.contains("not a loopback address"), "{err}");
+        let err = usage(&["bitsctl", "--tcp", "localhost", "--token-file", token, "list"]);
+        assert!(err.contains("is not IP:PORT"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = usage(&[
+            "bitsctl",
+            "--tcp",
+            "127.0.0.1:1",
+            "--token-file",
+            missing.to_str().unwrap(),
+            "list",
+        ]);
+        assert!(err.contains("cannot read the token file"), "{err}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = usage(&[
+            "bitsctl",
+            "--tcp",
+            "127.0.0.1:1",
+            "--token-file",
+            empty.to_str().unwrap(),
+            "list",
+        ]);
+        assert!(err.contains("is empty"), "{err}");
     }
 
     #[test]

@@ -40,7 +40,9 @@ fn error_line(err: &anyhow::Error) -> String {
     let line = if let Some(e) = err.downcast_ref::<ClientError>() {
         match e {
             ClientError::Protocol(_) => format!("{}: {e}", Code::E_FAIL),
-            ClientError::Connect { .. } | ClientError::Bits(_) => e.to_string(),
+            ClientError::Connect { .. } | ClientError::ConnectTcp { .. } | ClientError::Bits(_) => {
+                e.to_string()
+            }
         }
     } else if let Some(e) = err.downcast_ref::<BitsError>() {
         e.to_string()
@@ -54,7 +56,7 @@ fn error_line(err: &anyhow::Error) -> String {
 
 fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<ClientError>() {
-        Some(ClientError::Connect { .. }) => 3,
+        Some(ClientError::Connect { .. } | ClientError::ConnectTcp { .. }) => 3,
         _ if err.downcast_ref::<Interrupted>().is_some() => 130,
         _ => 1,
     }
@@ -87,6 +89,20 @@ mod tests {
         assert_eq!(exit_code(&ClientError::Protocol("bad".into()).into()), 1);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
         assert_eq!(exit_code(&Interrupted(JobId::new_random()).into()), 130);
+    }
+
+    #[test]
+    fn an_unreachable_tcp_listener_is_exit_3_naming_the_address() {
+        let err: anyhow::Error = ClientError::ConnectTcp {
+            addr: "127.0.0.1:7781".parse().unwrap(),
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused"),
+        }
+        .into();
+        assert_eq!(exit_code(&err), 3);
+        assert_eq!(
+            error_line(&err),
+            "cannot connect to bitsd at 127.0.0.1:7781: Connection refused"
+        );
     }
 
     #[test]

@@ -48,9 +48,20 @@ fn print_code(code: Code, json: bool) {
     }
 }
 
+/// The daemon's TCP listener when `--tcp` is given (with its token), else its Unix socket.
+async fn connect(cli: &Cli) -> Result<Client> {
+    match (cli.tcp, &cli.token) {
+        (Some(addr), Some(token)) => Ok(Client::connect_tcp(addr, token.expose()).await?),
+        (Some(_), None) => {
+            Err(BitsError::new(Code::E_INVALIDARG, "--tcp needs --token-file").into())
+        }
+        (None, _) => Ok(Client::connect(&cli.socket).await?),
+    }
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
-    let client = Client::connect(&cli.socket).await?;
+    let client = connect(&cli).await?;
     match cli.command {
         Command::Create { name, priority } => {
             let id = client.create_job(&name, priority.into()).await?;

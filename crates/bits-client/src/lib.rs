@@ -1,9 +1,11 @@
-//! Typed async client of the bitsd gRPC API over its Unix socket.
+//! Typed async client of the bitsd gRPC API over its Unix socket (or, with a bearer token, over
+//! the daemon's optional loopback TCP listener).
 //!
 //! Every method maps one RPC, speaks bits-core types (and the [`JobInfo`] / [`FileInfo`] views of
 //! bits-proto), and turns a failed call into the [`BitsError`] the daemon reported.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +16,9 @@ use bits_proto::v1::{self, bits_client::BitsClient};
 pub use bits_proto::{FileInfo, JobInfo};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// What can go wrong talking to bitsd.
@@ -23,6 +28,13 @@ pub enum ClientError {
     #[error("cannot connect to bitsd at {}: {source}", socket.display())]
     Connect {
         socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon's TCP listener could not be reached.
+    #[error("cannot connect to bitsd at {addr}: {source}")]
+    ConnectTcp {
+        addr: SocketAddr,
         #[source]
         source: io::Error,
     },
@@ -56,7 +68,39 @@ pub fn default_socket() -> PathBuf {
 /// A connection to bitsd. Cheap to clone (clones share the connection).
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: BitsClient<Channel>,
+    inner: BitsClient<InterceptedService<Channel, Auth>>,
+}
+
+/// Adds the bearer token to every call of a TCP client; does nothing on the Unix socket, where the
+/// daemon knows the caller from the socket's peer credentials.
+#[derive(Clone)]
+struct Auth(Option<AsciiMetadataValue>);
+
+impl Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A transport error as the `io::Error` underneath it when there is one (so "connection refused"
+/// reads as such), else its whole chain of causes.
+fn transport_error(err: tonic::transport::Error) -> io::Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    let mut chain = Vec::new();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return io::Error::new(io.kind(), io.to_string());
+        }
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    io::Error::other(chain.join(": "))
 }
 
 /// Explains a failed `connect(2)` on the socket in terms of the daemon.
@@ -109,7 +153,34 @@ impl Client {
             .connect_with_connector(connector)
             .await
             .map_err(|e| connect_error(io::Error::other(e)))?;
-        Ok(Client { inner: BitsClient::new(channel) })
+        Ok(Client { inner: BitsClient::with_interceptor(channel, Auth(None)) })
+    }
+
+    /// Connects to the daemon's TCP listener at `addr` (bitsd's `[tcp] listen`), sending `token`
+    /// (surrounding whitespace removed, as the daemon reads its token file) as
+    /// `authorization: Bearer <token>` with every call. The connection is made eagerly, so an
+    /// unreachable daemon is reported here as [`ClientError::ConnectTcp`]; a wrong token is
+    /// refused by the first call with `E_ACCESSDENIED`.
+    pub async fn connect_tcp(addr: SocketAddr, token: &str) -> Result<Client, ClientError> {
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ClientError::Bits(BitsError::new(
+                Code::E_INVALIDARG,
+                "the token must be non-empty printable ASCII without spaces",
+            )));
+        }
+        let mut value = AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            ClientError::Bits(BitsError::new(Code::E_INVALIDARG, "the token is not header text"))
+        })?;
+        value.set_sensitive(true);
+        let connect_error = |source: io::Error| ClientError::ConnectTcp { addr, source };
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| connect_error(transport_error(e)))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| connect_error(transport_error(e)))?;
+        Ok(Client { inner: BitsClient::with_interceptor(channel, Auth(Some(value))) })
     }
 
     /// CreateJob for a download job; returns its id.

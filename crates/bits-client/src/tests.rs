@@ -370,6 +370,54 @@ async fn every_rpc_maps_to_core_types() {
     assert_eq!(client.set_priority(id, Priority::Foreground).await.unwrap(), Code::S_OK);
 }
 
+/// The fake daemon on loopback TCP, letting through only calls that carry `Bearer t0ken`.
+async fn serve_tcp() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let check = |request: Request<()>| match request.metadata().get("authorization") {
+        Some(value) if value == "Bearer t0ken" => Ok(request),
+        _ => Err(to_status(&BitsError::new(Code::E_ACCESSDENIED, "wrong token"))),
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(BitsServer::with_interceptor(Fake, check))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn a_tcp_client_sends_its_bearer_token_with_every_call() {
+    let addr = serve_tcp().await;
+    // Surrounding whitespace (a token file's newline) is not part of the token.
+    let client = Client::connect_tcp(addr, "t0ken\n").await.unwrap();
+    assert_eq!(client.list_jobs().await.unwrap().len(), 1);
+    assert_eq!(client.create_job("j", Priority::High).await.unwrap(), job_one());
+
+    let wrong = Client::connect_tcp(addr, "t0ken2").await.unwrap();
+    let err = wrong.list_jobs().await.unwrap_err();
+    assert!(matches!(&err, ClientError::Bits(e) if e.code == Code::E_ACCESSDENIED), "{err}");
+}
+
+#[tokio::test]
+async fn a_tcp_token_must_be_header_text() {
+    let addr = serve_tcp().await;
+    for token in ["", " \n", "two words", "caf\u{e9}"] {
+        let err = Client::connect_tcp(addr, token).await.unwrap_err();
+        assert!(matches!(&err, ClientError::Bits(e) if e.code == Code::E_INVALIDARG), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_tcp_address_is_a_connect_error_naming_it() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = Client::connect_tcp(addr, "t0ken").await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ClientError::ConnectTcp { .. }), "{text}");
+    assert!(text.starts_with(&format!("cannot connect to bitsd at {addr}: ")), "{text}");
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+}
+
 #[tokio::test]
 async fn a_missing_socket_names_the_path() {
     let dir = tempfile::tempdir().unwrap();
