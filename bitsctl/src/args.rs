@@ -96,8 +96,17 @@ pub enum Command {
         #[arg(value_parser = parse_job_id)]
         job: JobId,
     },
-    /// List jobs.
-    List,
+    /// List your jobs (or, for administrators, everyone's with --all-users).
+    List {
+        /// Every user's jobs (BG_JOB_ENUM_ALL_USERS; administrators only)
+        #[arg(long)]
+        all_users: bool,
+    },
+    /// Become the owner of another user's job (administrators only). Drops its custom headers.
+    TakeOwnership {
+        #[arg(value_parser = parse_job_id)]
+        job: JobId,
+    },
     /// Show a job and its files.
     Info {
         #[arg(value_parser = parse_job_id)]

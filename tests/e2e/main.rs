@@ -5,7 +5,7 @@
 // Test code: a failed step should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// Who may use the daemon: a private socket and a peer-uid check.
+// Who may use a per-user daemon: a private socket and a peer-uid check.
 mod access;
 // SIGKILL at random moments, 25+ times: files identical, refetch within a sync window per worker per crash.
 mod crash_loop;
@@ -19,6 +19,8 @@ mod extensions;
 mod downloads;
 // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output.
 mod errors;
+// A root daemon shared by several users: ownership, admins, file access as the owner, symlinks.
+mod ownership;
 // GetProgress and GetFilledFileRanges before, during and after a throttled download.
 mod progress;
 // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice.

@@ -88,8 +88,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Suspend { job } => print_code(client.suspend(job).await?, json),
         Command::Cancel { job } => print_code(client.cancel(job).await?, json),
         Command::Complete { job } => print_code(client.complete(job).await?, json),
-        Command::List => {
-            let jobs = client.list_jobs().await?;
+        Command::TakeOwnership { job } => print_code(client.take_ownership(job).await?, json),
+        Command::List { all_users } => {
+            let jobs =
+                if all_users { client.list_all_jobs().await? } else { client.list_jobs().await? };
             if json {
                 let list: Vec<_> = jobs.iter().map(|j| render::job_json(j, None)).collect();
                 out(&render::to_json(&list));

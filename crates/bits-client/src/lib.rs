@@ -204,10 +204,25 @@ impl Client {
         convert::job_from_wire(&reply).map_err(protocol)
     }
 
-    /// Every job the caller may see.
+    /// The caller's own jobs.
     pub async fn list_jobs(&self) -> Result<Vec<JobInfo>, ClientError> {
-        let reply = self.inner.clone().list_jobs(v1::ListJobsRequest {}).await?.into_inner();
+        self.list(false).await
+    }
+
+    /// Every user's jobs (administrators only; E_ACCESSDENIED otherwise).
+    pub async fn list_all_jobs(&self) -> Result<Vec<JobInfo>, ClientError> {
+        self.list(true).await
+    }
+
+    async fn list(&self, all_users: bool) -> Result<Vec<JobInfo>, ClientError> {
+        let request = v1::ListJobsRequest { all_users };
+        let reply = self.inner.clone().list_jobs(request).await?.into_inner();
         reply.jobs.iter().map(|j| convert::job_from_wire(j).map_err(protocol)).collect()
+    }
+
+    /// TakeOwnership: the caller (an administrator) becomes the job's owner.
+    pub async fn take_ownership(&self, job: JobId) -> Result<Code, ClientError> {
+        status_code(self.inner.clone().take_ownership(job_ref(job)).await?.into_inner())
     }
 
     /// AddFile; returns the new file's index. `local_path` is sent as given (the daemon requires it

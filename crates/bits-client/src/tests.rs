@@ -285,6 +285,13 @@ impl Bits for Fake {
         Err(Status::unimplemented("set_extensions"))
     }
 
+    async fn take_ownership(
+        &self,
+        _: Request<v1::JobRef>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("take_ownership"))
+    }
+
     async fn watch_job(
         &self,
         _: Request<v1::WatchJobRequest>,
