@@ -232,9 +232,14 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         .context("cannot hand the socket to the gRPC thread")?;
     let service = grpc::BitsService::new(manager.clone(), access);
     let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
-    let grpc = std::thread::Builder::new()
+    // The thread reports its end on a channel rather than being joined: a join would block a
+    // thread of ours for as long as the gRPC thread lingers (see the deadline below).
+    let (served_tx, served_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
         .name("bitsd-grpc".into())
-        .spawn(move || serve_on_own_runtime(listener, service, tcp, stopped))
+        .spawn(move || {
+            let _ = served_tx.send(serve_on_own_runtime(listener, service, tcp, stopped));
+        })
         .context("cannot start the gRPC thread")?;
     let status = notify::ready(&manager);
     shutdown_signal().await;
@@ -242,10 +247,18 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     // Open WatchJob streams end at the signal: a graceful server shutdown waits for them.
     manager.close_subscriptions();
     let _ = stop_serving.send(());
-    let served = tokio::task::spawn_blocking(move || grpc.join())
-        .await
-        .map_err(|e| anyhow::anyhow!("gRPC thread: {e}"))?
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("the gRPC thread panicked")));
+    // A graceful gRPC shutdown waits for open connections; a client that connected and never
+    // speaks (any local user can) must not hold the daemon up, so it gets a deadline.
+    let served = match tokio::time::timeout(GRPC_STOP_DEADLINE, served_rx).await {
+        Ok(Ok(served)) => served,
+        Ok(Err(_)) => Err(anyhow::anyhow!("the gRPC thread panicked")),
+        Err(_) => {
+            tracing::warn!(
+                "open client connections did not close within {GRPC_STOP_DEADLINE:?}; stopping anyway"
+            );
+            Ok(())
+        }
+    };
     tracing::info!("shutting down: stopping transfers and persisting progress");
     if tokio::time::timeout(Duration::from_secs(4), manager.shutdown()).await.is_err() {
         tracing::warn!("transfers did not stop within 4 s; progress recorded so far is kept");
@@ -253,6 +266,9 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     served
 }
+
+/// How long a shutdown waits for open gRPC connections to finish before going on without them.
+const GRPC_STOP_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Serves gRPC on a single-threaded runtime of its own, on the Unix socket and (when configured)
 /// on TCP, until `stop` fires.

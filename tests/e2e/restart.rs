@@ -231,3 +231,17 @@ async fn suspended_job_survives_a_clean_restart() {
     assert_eq!(client.list_files(job).await.unwrap(), files_before, "files changed");
     assert!(server.log().is_empty(), "a suspended job must not touch the network");
 }
+
+/// A client that connects and never says a word (any local user can) must not hold up SIGTERM:
+/// the graceful gRPC shutdown gets a deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_does_not_block_sigterm() {
+    let mut daemon = TestDaemon::start().await;
+    let _silent = std::os::unix::net::UnixStream::connect(daemon.socket()).unwrap();
+    // A client mid-call on an idle stream too: a WatchJob subscription stays open.
+    let client = daemon.client().await;
+    let job = client.create_job("watched", Priority::Normal).await.unwrap();
+    let _events = client.watch_job(job, None).await.unwrap();
+    let status = daemon.terminate_within(Duration::from_secs(10)).await;
+    assert!(status.success(), "bitsd exited with {status} on SIGTERM");
+}
