@@ -57,12 +57,13 @@ fn protocol(err: BitsError) -> ClientError {
     ClientError::Protocol(err.to_string())
 }
 
-/// The socket a daemon for this user listens on by default (`bits_core::defaults::socket_path` of
-/// the effective uid and `$XDG_RUNTIME_DIR`).
+/// The socket this user talks to by default: their own daemon's
+/// (`$XDG_RUNTIME_DIR/bitsd/bitsd.sock`) if it is there, else the system daemon's
+/// (`/run/bitsd/bitsd.sock`) if that is (see `bits_core::defaults::client_socket_path`).
 pub fn default_socket() -> PathBuf {
     let euid = rustix::process::geteuid().as_raw();
     let runtime = std::env::var("XDG_RUNTIME_DIR").ok();
-    bits_core::defaults::socket_path(euid, runtime.as_deref())
+    bits_core::defaults::client_socket_path(euid, runtime.as_deref(), |p| p.exists())
 }
 
 /// A connection to bitsd. Cheap to clone (clones share the connection).

@@ -21,6 +21,21 @@ pub fn socket_path(euid: u32, xdg_runtime_dir: Option<&str>) -> PathBuf {
     runtime.join("bitsd").join("bitsd.sock")
 }
 
+/// The socket a client of `euid` talks to by default: its own user daemon's when that socket
+/// exists, else the system daemon's when that one exists, else its own (so the "not running"
+/// error names the socket the user would start). Root always uses the system socket.
+pub fn client_socket_path(
+    euid: u32,
+    xdg_runtime_dir: Option<&str>,
+    exists: impl Fn(&std::path::Path) -> bool,
+) -> PathBuf {
+    let own = socket_path(euid, xdg_runtime_dir);
+    if euid != 0 && !exists(&own) && exists(std::path::Path::new(SYSTEM_SOCKET)) {
+        return PathBuf::from(SYSTEM_SOCKET);
+    }
+    own
+}
+
 /// `$XDG_DATA_HOME/bitsd` (falling back to `$HOME/.local/share/bitsd`) for a user, or
 /// [`SYSTEM_DATA_DIR`] for root. `None` when a user has neither variable set.
 pub fn data_dir(euid: u32, xdg_data_home: Option<&str>, home: Option<&str>) -> Option<PathBuf> {
@@ -46,6 +61,14 @@ mod tests {
             PathBuf::from("/run/user/1000/bitsd/bitsd.sock")
         );
         assert_eq!(socket_path(1000, None), PathBuf::from("/run/user/1000/bitsd/bitsd.sock"));
+        let own = PathBuf::from("/run/user/1000/bitsd/bitsd.sock");
+        let only_system = |p: &std::path::Path| p == std::path::Path::new(SYSTEM_SOCKET);
+        let both = |_: &std::path::Path| true;
+        let none = |_: &std::path::Path| false;
+        assert_eq!(client_socket_path(1000, None, only_system), PathBuf::from(SYSTEM_SOCKET));
+        assert_eq!(client_socket_path(1000, None, both), own, "the user's own daemon wins");
+        assert_eq!(client_socket_path(1000, None, none), own);
+        assert_eq!(client_socket_path(0, None, none), PathBuf::from(SYSTEM_SOCKET));
         assert_eq!(data_dir(0, None, None), Some(PathBuf::from(SYSTEM_DATA_DIR)));
         assert_eq!(data_dir(5, Some("/x"), Some("/h")), Some(PathBuf::from("/x/bitsd")));
         assert_eq!(data_dir(5, None, Some("/h")), Some(PathBuf::from("/h/.local/share/bitsd")));
