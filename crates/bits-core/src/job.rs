@@ -138,10 +138,20 @@ impl JobFile {
 
     /// Bytes this file will have locally, or `None` while unknown.
     pub fn bytes_total(&self) -> Option<u64> {
+        // A whole file (the common case, and a job may have thousands): no layout to build.
+        if self.ranges.is_empty() {
+            return self.remote_size;
+        }
         self.layout().map(|l| l.local_len())
     }
 
     pub fn bytes_transferred(&self) -> u64 {
+        if self.ranges.is_empty() {
+            return match self.remote_size {
+                Some(size) => self.filled.len_within(0, size),
+                None => self.filled.total_len(),
+            };
+        }
         match self.layout() {
             Some(layout) => {
                 layout.wanted().subtract(&layout.wanted().subtract(&self.filled)).total_len()
@@ -152,8 +162,13 @@ impl JobFile {
 
     /// Every needed byte is durably in the temp file (or the file was already completed).
     pub fn is_transferred(&self) -> bool {
-        self.completed
-            || self.layout().is_some_and(|l| l.wanted().subtract(&self.filled).is_empty())
+        if self.completed {
+            return true;
+        }
+        if self.ranges.is_empty() {
+            return self.remote_size.is_some_and(|size| self.filled.contains_span(0, size));
+        }
+        self.layout().is_some_and(|l| l.wanted().subtract(&self.filled).is_empty())
     }
 
     /// Keeps only the filled ranges a temp file of `temp_len` bytes (`None`: missing) can hold.

@@ -92,6 +92,16 @@ impl RangeSet {
         self.spans.iter().map(Span::len).sum()
     }
 
+    /// Bytes of `[start, end)` in the set, without building the intersection.
+    pub fn len_within(&self, start: u64, end: u64) -> u64 {
+        let first = self.spans.partition_point(|s| s.end <= start);
+        self.spans[first..]
+            .iter()
+            .take_while(|s| s.start < end)
+            .map(|s| s.end.min(end).saturating_sub(s.start.max(start)))
+            .sum()
+    }
+
     /// Adds `[start, end)`, merging with every piece it overlaps or touches.
     pub fn insert(&mut self, start: u64, end: u64) {
         if start >= end {
@@ -311,6 +321,7 @@ mod tests {
             prop_assert_eq!(spans(&set.missing_within(lo, hi)), model_spans(&missing));
             let inside: BTreeSet<u64> = (lo..hi).filter(|b| model.contains(b)).collect();
             prop_assert_eq!(spans(&set.intersect_span(lo, hi)), model_spans(&inside));
+            prop_assert_eq!(set.len_within(lo, hi), inside.len() as u64);
             prop_assert_eq!(set.contains_span(lo, hi), (lo..hi).all(|b| model.contains(&b)));
             // Ordered iteration: strictly increasing, never touching.
             for w in set.iter().collect::<Vec<_>>().windows(2) {

@@ -552,7 +552,7 @@ async fn connected(
     remote: &RemoteInfo,
     temp_len: u64,
 ) -> Result<(), Halt> {
-    {
+    let trimmed = {
         let mut table = manager.table();
         let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
         let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
@@ -565,7 +565,8 @@ async fn connected(
         {
             file.remote_url = remote.final_url.clone();
         }
-        if file.trim_filled_to(Some(temp_len)) {
+        let trimmed = file.trim_filled_to(Some(temp_len));
+        if trimmed {
             tracing::warn!(job = %id, index, path = %file.temp_path.display(), temp_len, "temp file short; the ranges it no longer holds will be fetched again");
         }
         // On-demand requests made before the size was known are clipped to the file now.
@@ -585,8 +586,16 @@ async fn connected(
             .store
             .put_file(id, index, file)
             .map_err(|e| store_halt(store_error(e), index))?;
+        trimmed
+    };
+    // The flush must precede extending the temp file only when the stored filled set claimed
+    // bytes the file no longer holds (see above). Otherwise the new size and validator reach the
+    // disk with the first recorded range's flush — and a crash before it loses nothing: the file
+    // is probed again.
+    if trimmed {
+        manager.flush().await.map_err(|e| store_halt(e, index))?;
     }
-    manager.flush().await.map_err(|e| store_halt(e, index))
+    Ok(())
 }
 
 /// The next remote span to fetch: the first requested byte still missing, else the first
