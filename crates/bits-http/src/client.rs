@@ -188,6 +188,42 @@ impl HttpClient {
         probe::from_range_probe(&parts, &final_url).map(finish)
     }
 
+    /// GET all of `url` with one request that is also the probe: `Range: bytes=0-`, and the size,
+    /// validators and final URL are read from the answer (a 206 whose Content-Range covers the
+    /// whole file, or — where `opts` allow a full response — a 200 with a Content-Length).
+    /// For a file none of whose bytes are on disk yet this saves the HEAD round trip of
+    /// [`HttpClient::probe_opts`] then [`HttpClient::get_range_opts`], which matters when a job
+    /// holds thousands of small files. The body is checked exactly as `get_range_opts` checks it.
+    ///
+    /// `Ok(None)`: nothing to stream (an empty file answers 416, or a 206/200 of length 0): probe
+    /// the file the usual way instead.
+    pub async fn fetch_whole_opts(
+        &self,
+        url: &str,
+        opts: &RequestOptions,
+    ) -> Result<Option<(RemoteInfo, RangeBody)>, FetchError> {
+        let start = parse_url(url)?;
+        let mut headers = self.headers_with(&opts.headers);
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-"));
+        let (resp, final_url) = self.send(Method::GET, &start, headers, opts).await?;
+        let (parts, body) = resp.into_parts();
+        let Some(mut info) = probe::from_open_range(&parts, &final_url)? else {
+            return Ok(None);
+        };
+        info.same_origin = final_url.origin() == start.origin();
+        info.redirected = final_url != start;
+        let span = Span::new(0, info.size);
+        range::check(&parts, &info, span, &final_url, opts.allow_full_response)?;
+        let body = RangeBody::new(
+            body,
+            span,
+            self.inner.config.idle_timeout,
+            parts.version,
+            final_url.to_string(),
+        );
+        Ok(Some((info, body)))
+    }
+
     /// GET the remote bytes `span` (`[start, end)`, `end <= remote.size`) of `remote.final_url`,
     /// with `If-Range` when the probe saw a validator. The returned body has been checked to be
     /// exactly those bytes of the probed version.

@@ -141,6 +141,47 @@ pub(crate) fn from_range_probe(parts: &Parts, url: &Url) -> Result<RemoteInfo, F
     }
 }
 
+/// What the answer to `GET` with `Range: bytes=0-` says about the file: a 206 whose
+/// Content-Range starts at 0 and names the total, or a 200 with a Content-Length (the server
+/// ignored the range; whether that body is acceptable is `range::check`'s call). `None` for an
+/// empty file (416 `bytes */0`, or a length of 0), which has nothing to stream.
+pub(crate) fn from_open_range(parts: &Parts, url: &Url) -> Result<Option<RemoteInfo>, FetchError> {
+    let info = match parts.status.as_u16() {
+        206 => {
+            let text = parts
+                .headers
+                .get(http::header::CONTENT_RANGE)
+                .ok_or_else(|| {
+                    FetchError::invalid_response(format!("206 from {url} without Content-Range"))
+                })?
+                .to_str()
+                .map_err(|_| {
+                    FetchError::invalid_response(format!("unreadable Content-Range from {url}"))
+                })?;
+            match ContentRange::parse(text)
+                .map_err(|e| FetchError::invalid_response(format!("GET {url}: {e}")))?
+            {
+                ContentRange::Satisfied { first: 0, complete: Some(size), .. } => {
+                    RemoteInfo::from_parts(parts, url, size, true)
+                }
+                ContentRange::Satisfied { complete: None, .. } => {
+                    return Err(FetchError::missing_size(format!(
+                        "GET {url} gave Content-Range without a total size"
+                    )));
+                }
+                other => {
+                    return Err(FetchError::invalid_response(format!(
+                        "GET {url} bytes=0- answered with Content-Range {other}"
+                    )));
+                }
+            }
+        }
+        416 => return Ok(None),
+        _ => from_range_probe(parts, url)?,
+    };
+    Ok((info.size > 0).then_some(info))
+}
+
 #[cfg(test)]
 mod tests {
     use bits_core::Code;
@@ -213,5 +254,22 @@ mod tests {
         assert_eq!(err.unwrap_err().kind, FetchErrorKind::InvalidResponse);
         let err = from_range_probe(&parts(200, &[]), &url()).unwrap_err();
         assert_eq!(err.kind, FetchErrorKind::MissingSize);
+    }
+
+    #[test]
+    fn open_range_reads_the_total_and_leaves_empty_files_to_the_probe() {
+        let open = |status, pairs: &[(&str, &str)]| from_open_range(&parts(status, pairs), &url());
+        let info = open(206, &[("content-range", "bytes 0-76/77"), ("etag", "\"e\"")]).unwrap();
+        let info = info.unwrap();
+        assert_eq!((info.size, info.accept_ranges), (77, true));
+        assert_eq!(info.validator.etag.as_deref(), Some("\"e\""));
+        let info = open(200, &[("content-length", "5")]).unwrap().unwrap();
+        assert_eq!((info.size, info.accept_ranges), (5, false));
+        assert!(open(416, &[("content-range", "bytes */0")]).unwrap().is_none());
+        assert!(open(200, &[("content-length", "0")]).unwrap().is_none());
+        let err = open(206, &[("content-range", "bytes 5-76/77")]).unwrap_err();
+        assert_eq!(err.kind, FetchErrorKind::InvalidResponse);
+        assert_eq!(open(206, &[("content-range", "bytes 0-76/*")]).unwrap_err().kind, FetchErrorKind::MissingSize);
+        assert_eq!(open(404, &[]).unwrap_err().code, Code::Http(404));
     }
 }

@@ -54,6 +54,47 @@ async fn whole_file_via_206() {
 }
 
 #[tokio::test]
+async fn fetch_whole_probes_and_streams_in_one_request() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let before = server.state.seen().len();
+    let opts = bits_http::RequestOptions::default();
+    let (info, mut body) = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
+    assert_eq!(info.size, SIZE as u64);
+    assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(info.validator.last_modified.as_deref(), Some(LAST_MODIFIED));
+    assert!(info.same_origin && !info.redirected);
+    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    let seen = server.state.seen();
+    assert_eq!(seen.len() - before, 1, "one request, no HEAD");
+    let get = server.state.last();
+    assert_eq!(get.method, Method::GET);
+    assert_eq!(get.headers[header::RANGE], "bytes=0-");
+    assert!(!get.headers.contains_key(header::IF_RANGE), "nothing to continue yet");
+}
+
+#[tokio::test]
+async fn fetch_whole_takes_a_200_only_where_a_full_response_is_allowed() {
+    let server = start(Mode::IgnoreRange).await;
+    let http = client();
+    let mut opts = bits_http::RequestOptions { allow_full_response: false, ..Default::default() };
+    let err = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap_err();
+    assert_eq!(err.code, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, "{err}");
+    opts.allow_full_response = true;
+    let (info, mut body) = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
+    assert_eq!(info.size, SIZE as u64);
+    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+}
+
+#[tokio::test]
+async fn fetch_whole_checks_the_206_like_any_range() {
+    let server = start(Mode::WrongContentRange).await;
+    let opts = bits_http::RequestOptions::default();
+    let err = client().fetch_whole_opts(&server.url("/file"), &opts).await.unwrap_err();
+    assert_eq!(err.kind, FetchErrorKind::InvalidResponse, "{err}");
+}
+
+#[tokio::test]
 async fn middle_span_via_206_streams_in_chunks() {
     let server = start(Mode::Normal).await;
     let http = client();

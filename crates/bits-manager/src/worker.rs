@@ -18,7 +18,9 @@ use bits_core::{
     transition,
 };
 use bits_disk::PartFile;
-use bits_http::{FetchError, FetchErrorKind, RedirectPolicy, RemoteInfo, RequestOptions};
+use bits_http::{
+    FetchError, FetchErrorKind, RangeBody, RedirectPolicy, RemoteInfo, RequestOptions,
+};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::Notify;
@@ -282,12 +284,45 @@ async fn transfer_file_once(
 ) -> Result<(), Halt> {
     let file = snapshot(manager, id, index)?;
     let options = request_options(manager, id);
-    let remote = tokio::select! {
-        _ = stop.cancelled() => return Err(Halt::Stopped),
-        probed = manager.inner.http.probe_opts(&file.remote_url, &options) => match probed {
-            Ok(remote) => remote,
-            Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
-        },
+    let (connections, on_demand) = {
+        let table = manager.table();
+        table
+            .jobs
+            .get(&id)
+            .map_or((1, false), |e| (e.job.connections_per_file.max(1), e.job.on_demand))
+    };
+    // A whole file nothing of which is known or on disk yet, fetched front to back on one
+    // connection: one GET is both the probe and the download (no HEAD round trip).
+    let fresh = file.ranges.is_empty()
+        && file.remote_size.is_none()
+        && file.filled.is_empty()
+        && file.requested.is_empty()
+        && file.download_position.is_none()
+        && connections == 1
+        && !on_demand;
+    let opened = if fresh {
+        tokio::select! {
+            _ = stop.cancelled() => return Err(Halt::Stopped),
+            got = manager.inner.http.fetch_whole_opts(&file.remote_url, &options) => match got {
+                Ok(opened) => opened,
+                Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
+            },
+        }
+    } else {
+        None
+    };
+    let (remote, mut first_body) = match opened {
+        Some((remote, body)) => (remote, Some(body)),
+        None => {
+            let remote = tokio::select! {
+                _ = stop.cancelled() => return Err(Halt::Stopped),
+                probed = manager.inner.http.probe_opts(&file.remote_url, &options) => match probed {
+                    Ok(remote) => remote,
+                    Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
+                },
+            };
+            (remote, None)
+        }
     };
     let changed = file.remote_size.is_some_and(|s| s != remote.size)
         || (file.validator != Default::default() && file.validator != remote.validator);
@@ -322,10 +357,6 @@ async fn transfer_file_once(
         .await
         .map_err(|e| local_halt(e, index))?;
 
-    let connections = {
-        let table = manager.table();
-        table.jobs.get(&id).map_or(1, |e| e.job.connections_per_file.max(1))
-    };
     if connections == 1 {
         // BITS: one connection, one request from the first missing byte to the end of its run.
         // Many small missing pieces (a file added with many ranges) go in one multi-range
@@ -353,7 +384,10 @@ async fn transfer_file_once(
                 continue;
             }
             let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
-            let request = Request { remote: &remote, options: &options, piece };
+            // The opened GET serves the first piece when it is what is missing (the whole file,
+            // unless a RequestFileRanges came in meanwhile; then the GET is dropped).
+            let opened = first_body.take().filter(|body| body.span() == piece);
+            let request = Request { remote: &remote, options: &options, piece, opened };
             match fetch_piece(manager, id, index, request, &part, &layout, stop, repick).await? {
                 PieceEnd::Done | PieceEnd::Repick => continue,
             }
@@ -372,7 +406,7 @@ async fn transfer_file_once(
                 else {
                     return Ok(());
                 };
-                let request = Request { remote: &remote, options: &options, piece };
+                let request = Request { remote: &remote, options: &options, piece, opened: None };
                 let fetched =
                     fetch_piece(manager, id, index, request, &part, &layout, &segment_stop, repick)
                         .await;
@@ -637,11 +671,14 @@ async fn fetch_piece(
     stop: &CancellationToken,
     repick: &Notify,
 ) -> Result<PieceEnd, Halt> {
-    let mut body = tokio::select! {
-        _ = stop.cancelled() => return Err(Halt::Stopped),
-        got = manager.inner.http.get_range_opts(request.remote, request.piece, request.options) => match got {
-            Ok(body) => body,
-            Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
+    let mut body = match request.opened {
+        Some(body) => body,
+        None => tokio::select! {
+            _ = stop.cancelled() => return Err(Halt::Stopped),
+            got = manager.inner.http.get_range_opts(request.remote, request.piece, request.options) => match got {
+                Ok(body) => body,
+                Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
+            },
         },
     };
     let piece = request.piece;
@@ -794,6 +831,8 @@ struct Request<'a> {
     remote: &'a RemoteInfo,
     options: &'a RequestOptions,
     piece: Span,
+    /// A GET of exactly `piece` already answered (see `fetch_whole_opts`); else one is sent.
+    opened: Option<RangeBody>,
 }
 
 /// What the job asks of its HTTP requests: its custom headers (validated when set, so a parse
