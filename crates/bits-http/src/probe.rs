@@ -269,7 +269,10 @@ mod tests {
         assert!(open(200, &[("content-length", "0")]).unwrap().is_none());
         let err = open(206, &[("content-range", "bytes 5-76/77")]).unwrap_err();
         assert_eq!(err.kind, FetchErrorKind::InvalidResponse);
-        assert_eq!(open(206, &[("content-range", "bytes 0-76/*")]).unwrap_err().kind, FetchErrorKind::MissingSize);
+        assert_eq!(
+            open(206, &[("content-range", "bytes 0-76/*")]).unwrap_err().kind,
+            FetchErrorKind::MissingSize
+        );
         assert_eq!(open(404, &[]).unwrap_err().code, Code::Http(404));
     }
 }

@@ -59,7 +59,8 @@ async fn fetch_whole_probes_and_streams_in_one_request() {
     let http = client();
     let before = server.state.seen().len();
     let opts = bits_http::RequestOptions::default();
-    let (info, mut body) = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
+    let (info, mut body) =
+        http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
     assert_eq!(info.size, SIZE as u64);
     assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
     assert_eq!(info.validator.last_modified.as_deref(), Some(LAST_MODIFIED));
@@ -81,7 +82,8 @@ async fn fetch_whole_takes_a_200_only_where_a_full_response_is_allowed() {
     let err = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap_err();
     assert_eq!(err.code, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, "{err}");
     opts.allow_full_response = true;
-    let (info, mut body) = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
+    let (info, mut body) =
+        http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
     assert_eq!(info.size, SIZE as u64);
     assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
 }

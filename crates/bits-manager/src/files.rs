@@ -2,6 +2,7 @@
 //! checked before any is added), changing where they come from (SetRemoteName,
 //! ReplaceRemotePrefix) and steering on-demand downloads (UpdateDownloadPosition).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use bits_core::job::{MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE};
@@ -59,14 +60,16 @@ impl Manager {
         if files.is_empty() {
             return Err(BitsError::new(Code::E_INVALIDARG, "no files given"));
         }
-        for (n, file) in files.iter().enumerate() {
+        // Sets, not pairwise comparisons: a file set may hold thousands of files.
+        let mut seen: HashSet<&Path> = HashSet::with_capacity(files.len());
+        for file in &files {
             if let Some(ranges) = &file.ranges {
                 let limit = if caller.is_admin() { usize::MAX } else { MAX_RANGES_PER_FILE };
                 validate_static_ranges(ranges, limit)?;
             }
             validate::remote_url(&file.remote_url)?;
             validate::local_path(&file.local_path)?;
-            if files[..n].iter().any(|f| f.local_path == file.local_path) {
+            if !seen.insert(file.local_path.as_path()) {
                 return Err(duplicate_path(&file.local_path));
             }
         }
@@ -96,9 +99,9 @@ impl Manager {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             transition(entry.job.state, Event::Modify)?;
-            if let Some(file) =
-                files.iter().find(|f| entry.job.files.iter().any(|g| g.local_path == f.local_path))
-            {
+            let existing: HashSet<&Path> =
+                entry.job.files.iter().map(|f| f.local_path.as_path()).collect();
+            if let Some(file) = files.iter().find(|f| existing.contains(f.local_path.as_path())) {
                 return Err(duplicate_path(&file.local_path));
             }
             let mut indexes = Vec::with_capacity(files.len());
