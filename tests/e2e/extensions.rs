@@ -112,6 +112,11 @@ async fn files_at_once_transfers_several_files_together() {
     for ((name, data), dest) in names.iter().zip(&datas).zip(&dests) {
         assert_eq!(std::fs::read(dest).unwrap(), *data, "{name}");
         assert_eq!(served_once(&log, &format!("/{name}")), data.len() as u64, "{name}");
+        // Fresh whole files of a files-at-once job: one GET is probe and download, no HEAD.
+        let requests: Vec<_> = log.iter().filter(|r| r.path == format!("/{name}")).collect();
+        assert_eq!(requests.len(), 1, "{name}: {requests:?}");
+        assert_eq!(requests[0].method, Method::GET);
+        assert_eq!(requests[0].range.as_deref(), Some("bytes=0-"), "{name}");
     }
 }
 

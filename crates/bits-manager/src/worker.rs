@@ -284,16 +284,18 @@ async fn transfer_file_once(
 ) -> Result<(), Halt> {
     let file = snapshot(manager, id, index)?;
     let options = request_options(manager, id);
-    let (connections, on_demand) = {
+    let (connections, on_demand, files_at_once) = {
         let table = manager.table();
-        table
-            .jobs
-            .get(&id)
-            .map_or((1, false), |e| (e.job.connections_per_file.max(1), e.job.on_demand))
+        table.jobs.get(&id).map_or((1, false, 1), |e| {
+            (e.job.connections_per_file.max(1), e.job.on_demand, e.job.files_at_once.max(1))
+        })
     };
-    // A whole file nothing of which is known or on disk yet, fetched front to back on one
-    // connection: one GET is both the probe and the download (no HEAD round trip).
-    let fresh = file.ranges.is_empty()
+    // With the several-files-at-once extension (jobs of many files, where a round trip per file
+    // is most of the cost), a whole file nothing of which is known or on disk yet, fetched front
+    // to back on one connection, is probed and downloaded by one GET (no HEAD). Other jobs keep
+    // the BITS sequence: HEAD, then ranged GETs.
+    let fresh = files_at_once > 1
+        && file.ranges.is_empty()
         && file.remote_size.is_none()
         && file.filled.is_empty()
         && file.requested.is_empty()
