@@ -318,3 +318,30 @@ async fn wait_for_state(s: &Scene, user: &User, job: &str, want: &str) -> serde_
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_the_admin_group_are_administrators() {
+    if !can_switch_users() {
+        eprintln!("skipped: switching users needs root (CI runs as root)");
+        return;
+    }
+    let carol = ensure_user("bitsd-e2e-carol");
+    let bob = ensure_user("bitsd-e2e-bob");
+    let alice = ensure_user("bitsd-e2e-alice");
+    bits_tests::users::ensure_group_with("bitsd-e2e-admins", &[&carol]);
+    let conf_dir = tempfile::tempdir().unwrap();
+    let conf = conf_dir.path().join("bitsd.toml");
+    std::fs::write(&conf, "[access]\nadmin_uids = [0]\nadmin_group = \"bitsd-e2e-admins\"\n")
+        .unwrap();
+    let daemon = TestDaemon::start_with(&["--config", conf.to_str().unwrap()]).await;
+    open_daemon_dir(&daemon);
+    let job = bitsctl_as(&daemon, &alice, &["create"]).await.success().stdout.trim().to_string();
+    refused(&bitsctl_as(&daemon, &bob, &["list", "--all-users"]).await, "E_ACCESSDENIED");
+    let all = bitsctl_as(&daemon, &carol, &["--json", "list", "--all-users"]).await.success();
+    assert!(all.stdout.contains(&job), "carol (in the admin group) sees alice's job: {all}");
+    bitsctl_as(&daemon, &carol, &["suspend", &job]).await.success();
+    bitsctl_as(&daemon, &carol, &["take-ownership", &job]).await.success();
+    let info = bitsctl_as(&daemon, &carol, &["--json", "info", &job]).await.success();
+    let info: serde_json::Value = serde_json::from_str(&info.stdout).unwrap();
+    assert_eq!(info["owner_uid"], carol.uid);
+}
