@@ -24,21 +24,29 @@ find_nginx() {
     return 1
 }
 
-install_nginx() {
-    local sudo=()
+# Sets the array `sudo` to what apt-get needs to run as root here (nothing when root), or exits
+# with a message naming WHAT is missing and the PACKAGE to install by hand.
+need_apt() {
+    local what=$1 package=$2
+    sudo=()
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null 2>&1; then
             sudo=(sudo)
         else
-            echo "error: nginx is not installed and this script is not root and sudo is missing;" >&2
-            echo "       install it yourself (apt-get install nginx-light) and run again" >&2
+            echo "error: $what is missing and this script is not root and sudo is missing;" >&2
+            echo "       install it yourself (apt-get install $package) and run again" >&2
             exit 1
         fi
     fi
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: nginx is not installed and apt-get is not available; install nginx and run again" >&2
+        echo "error: $what is missing and apt-get is not available; install $package and run again" >&2
         exit 1
     fi
+}
+
+install_nginx() {
+    local sudo
+    need_apt nginx nginx-light
     # Keep the package's own service from starting (it would try to bind port 80): policy-rc.d
     # exit 101 tells invoke-rc.d "not allowed". Without systemd (containers) nothing starts anyway.
     local policy=/usr/sbin/policy-rc.d created_policy=0
@@ -70,20 +78,8 @@ install_nginx() {
 # no smaller package with it than systemd itself; installing that does not make systemd the init
 # system (systemd-sysv does) and starts nothing here.
 install_systemd_analyze() {
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        if command -v sudo >/dev/null 2>&1; then
-            sudo=(sudo)
-        else
-            echo "error: systemd-analyze is missing and this script is not root and sudo is missing;" >&2
-            echo "       install it yourself (apt-get install systemd) and run again" >&2
-            exit 1
-        fi
-    fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "error: systemd-analyze is missing and apt-get is not available; install systemd and run again" >&2
-        exit 1
-    fi
+    local sudo
+    need_apt systemd-analyze systemd
     "${sudo[@]}" apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
     if ! command -v systemd-analyze >/dev/null 2>&1; then
