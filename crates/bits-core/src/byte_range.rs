@@ -140,22 +140,16 @@ impl Layout {
 
     /// Every remote byte the file needs.
     pub fn wanted(&self) -> RangeSet {
-        let mut set = RangeSet::new();
-        for (span, _) in &self.segments {
-            set.insert(span.start, span.end);
-        }
-        set
+        RangeSet::from_spans(self.segments.iter().map(|(span, _)| *span))
     }
 
     /// The remote bytes whose local offset is below `local_len`: what a temp file of that length
     /// can hold. Used to trust only the filled ranges a (possibly short) temp file backs.
     pub fn remote_backed_by(&self, local_len: u64) -> RangeSet {
-        let mut set = RangeSet::new();
-        for (span, local_start) in &self.segments {
+        RangeSet::from_spans(self.segments.iter().map(|(span, local_start)| {
             let present = local_len.saturating_sub(*local_start).min(span.len());
-            set.insert(span.start, span.start + present);
-        }
-        set
+            Span::new(span.start, span.start + present)
+        }))
     }
 
     /// Local offset of remote byte `remote`, and how many bytes from there are contiguous locally.

@@ -147,18 +147,60 @@ impl RangeSet {
         self.spans.splice(lo..hi, keep);
     }
 
-    /// `self` minus `other`.
+    /// `self` minus `other`: one merge pass over both sorted lists (a file added with hundreds of
+    /// ranges has this computed for every progress report).
     pub fn subtract(&self, other: &RangeSet) -> RangeSet {
-        let mut out = self.clone();
-        for span in other.iter() {
-            out.remove(span.start, span.end);
+        let mut out = Vec::with_capacity(self.spans.len());
+        let mut j = 0;
+        for span in &self.spans {
+            let mut start = span.start;
+            // Pieces of `other` that end before this span are behind us for good.
+            while j < other.spans.len() && other.spans[j].end <= start {
+                j += 1;
+            }
+            let mut k = j;
+            while k < other.spans.len() && other.spans[k].start < span.end {
+                let cut = other.spans[k];
+                if cut.start > start {
+                    out.push(Span::new(start, cut.start));
+                }
+                start = start.max(cut.end);
+                k += 1;
+            }
+            if start < span.end {
+                out.push(Span::new(start, span.end));
+            }
         }
-        out
+        RangeSet { spans: out }
     }
 
-    /// The bytes in both sets.
+    /// The bytes in both sets (one merge pass).
     pub fn intersect(&self, other: &RangeSet) -> RangeSet {
-        self.subtract(&self.subtract(other))
+        let (mut i, mut j, mut out) = (0, 0, Vec::new());
+        while i < self.spans.len() && j < other.spans.len() {
+            let (a, b) = (self.spans[i], other.spans[j]);
+            let (start, end) = (a.start.max(b.start), a.end.min(b.end));
+            if start < end {
+                out.push(Span::new(start, end));
+            }
+            if a.end <= b.end { i += 1 } else { j += 1 }
+        }
+        RangeSet { spans: out }
+    }
+
+    /// The union of `spans`, given in any order: sorted once and merged, instead of one
+    /// [`RangeSet::insert`] (a splice into the middle) per span.
+    pub fn from_spans(spans: impl IntoIterator<Item = Span>) -> RangeSet {
+        let mut sorted: Vec<Span> = spans.into_iter().filter(|s| s.start < s.end).collect();
+        sorted.sort_unstable_by_key(|s| s.start);
+        let mut out: Vec<Span> = Vec::with_capacity(sorted.len());
+        for span in sorted {
+            match out.last_mut() {
+                Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+                _ => out.push(span),
+            }
+        }
+        RangeSet { spans: out }
     }
 
     /// The parts of `self` inside `[start, end)`.
@@ -346,6 +388,11 @@ mod tests {
             let (sb, mb) = build(&b);
             let diff: BTreeSet<u64> = ma.difference(&mb).copied().collect();
             prop_assert_eq!(spans(&sa.subtract(&sb)), model_spans(&diff));
+            let both: BTreeSet<u64> = ma.intersection(&mb).copied().collect();
+            prop_assert_eq!(spans(&sa.intersect(&sb)), model_spans(&both));
+            let union: BTreeSet<u64> = ma.union(&mb).copied().collect();
+            let pieces = sa.iter().chain(sb.iter()).collect::<Vec<_>>();
+            prop_assert_eq!(spans(&RangeSet::from_spans(pieces.into_iter().rev())), model_spans(&union));
         }
     }
 }
