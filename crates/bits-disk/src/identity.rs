@@ -62,6 +62,11 @@ impl Identity {
         Identity { uid, gid, groups }
     }
 
+    /// Whether this process runs as root, i.e. whether [`Identity::run`] switches identities.
+    pub fn daemon_is_root() -> bool {
+        rustix::process::geteuid().is_root()
+    }
+
     /// Whether `gid` is this identity's primary group or one of its supplementary groups.
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)

@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) access: AccessPolicy,
     /// Store flushes shared between concurrent callers (see [`Manager::flush`]).
     pub(crate) commit: GroupCommit,
+    /// Whether file work must switch to its job's owner (the daemon runs as root).
+    pub(crate) runs_as_root: bool,
 }
 
 /// Tickets and the flush lock of [`Manager::flush`]'s group commit.
@@ -239,6 +241,7 @@ impl Manager {
                 events,
                 access,
                 commit: GroupCommit::default(),
+                runs_as_root: bits_disk::Identity::daemon_is_root(),
             }),
         };
         tokio::spawn(crate::scheduler::run(manager.clone()));
@@ -318,7 +321,12 @@ impl Manager {
     }
 
     /// The file-system identity of a job's owner, for file work done on the owner's behalf.
+    /// When no switch can happen (the owner is root, or the daemon is not) the user database is
+    /// not asked: `Identity::run` runs the work as it is then.
     pub(crate) fn owner_identity(&self, uid: u32) -> Identity {
+        if uid == 0 || !self.inner.runs_as_root {
+            return Identity { uid, gid: 0, groups: Vec::new() };
+        }
         self.inner.access.identity(uid)
     }
 
