@@ -173,6 +173,10 @@ pub(crate) struct Entry {
     /// Time spent CONNECTING or TRANSFERRING since the last Resume, counted against the job's
     /// maximum download time (spec §5.3). Not persisted: a restart grants a fresh budget.
     pub(crate) active_time: Duration,
+    /// Per file, filled spans recorded in the table (so every store write of the file includes
+    /// them) whose store flush has not returned yet. Clients are not shown them: a crash in that
+    /// window would take them back, and what GetFilledFileRanges reported must never shrink.
+    pub(crate) unflushed: HashMap<u32, RangeSet>,
     /// Where this job's notifications go: a handle on the manager's bus, so that
     /// [`set_state`] can announce every state change.
     pub(crate) events: EventBus,
@@ -223,6 +227,7 @@ impl Manager {
                     finishing: false,
                     events: events.clone(),
                     active_time: Duration::ZERO,
+                    unflushed: HashMap::new(),
                 },
             );
         }
@@ -449,6 +454,7 @@ impl Manager {
                     finishing: false,
                     events: self.events().clone(),
                     active_time: Duration::ZERO,
+                    unflushed: HashMap::new(),
                 },
             );
         }
@@ -770,9 +776,13 @@ impl Manager {
         index: u32,
     ) -> Result<RangeSet, BitsError> {
         let table = self.table();
-        let job = &lookup(&table, caller, id)?.job;
+        let entry = lookup(&table, caller, id)?;
+        let job = &entry.job;
         let file = job.files.get(index as usize).ok_or_else(|| no_such_file(job, index))?;
-        Ok(file.filled.clone())
+        Ok(match entry.unflushed.get(&index) {
+            Some(pending) if !pending.is_empty() => file.filled.subtract(pending),
+            _ => file.filled.clone(),
+        })
     }
 
     // ---- Complete / Cancel plumbing --------------------------------------------------------

@@ -785,11 +785,12 @@ async fn record_filled_spans(
         if entry.job.files.get(index as usize).is_none() {
             return Ok(());
         }
+        // Into the table now, so that every store write of this file (ours and concurrent
+        // ones) carries the spans; hidden from clients until the flush returns.
         for span in spans.iter() {
             entry.job.files[index as usize].filled.insert(span.start, span.end);
-            entry.events.recorded(&entry.job, index, span);
-            entry.job.files[index as usize].requested.remove(span.start, span.end);
         }
+        entry.unflushed.entry(index).or_default().insert_set(spans);
         let file = &entry.job.files[index as usize];
         manager
             .inner
@@ -797,7 +798,24 @@ async fn record_filled_spans(
             .put_file(id, index, file)
             .map_err(|e| store_halt(store_error(e), index))?;
     }
-    manager.flush().await.map_err(|e| store_halt(e, index))
+    manager.flush().await.map_err(|e| store_halt(e, index))?;
+    // Durable: now clients may see the spans, and their events go out.
+    let mut table = manager.table();
+    let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };
+    if let Some(pending) = entry.unflushed.get_mut(&index) {
+        *pending = pending.subtract(spans);
+    }
+    if entry.job.files.get(index as usize).is_none() {
+        return Ok(());
+    }
+    for span in spans.iter() {
+        // Unless the file restarted from zero meanwhile (then these bytes are gone again).
+        if entry.job.files[index as usize].filled.contains_span(span.start, span.end) {
+            entry.events.recorded(&entry.job, index, span);
+            entry.job.files[index as usize].requested.remove(span.start, span.end);
+        }
+    }
+    Ok(())
 }
 
 /// Forgets a file's progress after the server's copy changed, and empties its temp file.
