@@ -382,6 +382,8 @@ struct Bench {
     has_wget2: bool,
     /// Runs that started while the machine was busy with something else.
     disturbed: std::cell::Cell<usize>,
+    /// Outputs of the `many` case moved aside (deleted with the daemon's dir at the end).
+    kept: std::cell::Cell<usize>,
 }
 
 impl Bench {
@@ -418,8 +420,19 @@ impl Bench {
         };
         self.check_output(case, tool, verify)
             .with_context(|| format!("{} wrote a wrong result", tool.label(case)))?;
-        std::fs::remove_dir_all(&self.work)
-            .with_context(|| format!("removing {}", self.work.display()))?;
+        if case == Case::Many {
+            // Not deleted until the end: ext4 skips inodes freed in the last ~30 s when it
+            // allocates new ones, so 1,000 files deleted just before a run made that run's
+            // creates scan past them — a cost that landed on whichever tool ran next (medians
+            // swung 3× between runs). Kept aside, every tool creates into the same conditions.
+            let kept = self.daemon.out_dir().join(format!("kept-{}", self.kept.get()));
+            self.kept.set(self.kept.get() + 1);
+            std::fs::rename(&self.work, &kept)
+                .with_context(|| format!("moving {} aside", self.work.display()))?;
+        } else {
+            std::fs::remove_dir_all(&self.work)
+                .with_context(|| format!("removing {}", self.work.display()))?;
+        }
         rustix::fs::sync();
         Ok(sample)
     }
@@ -809,6 +822,7 @@ async fn main() -> Result<()> {
         scratch,
         has_wget2,
         disturbed: Default::default(),
+        kept: Default::default(),
     };
 
     let started = Instant::now();
