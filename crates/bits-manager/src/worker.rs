@@ -370,15 +370,35 @@ async fn transfer_file_once(
         // multi-range request with the whole file (many do not implement them) gets single
         // ranges from then on; its 200 body is never written.
         let mut multi_range = true;
+        // Received by multi-range requests, not yet synced: carried from one request to the
+        // next so a file of many small ranges is synced once per window, not once per request.
+        let mut pending = Unsynced::new();
         loop {
-            let batch =
-                if multi_range { small_pieces(manager, id, index, &layout)? } else { Vec::new() };
+            let batch = if multi_range {
+                small_pieces(manager, id, index, &layout, &pending.spans)?
+            } else {
+                Vec::new()
+            };
             if batch.len() > 1 {
-                match fetch_pieces(
-                    manager, id, index, &remote, &options, &batch, &part, &layout, stop,
+                let fetched = fetch_pieces(
+                    manager,
+                    id,
+                    index,
+                    &remote,
+                    &options,
+                    &batch,
+                    &part,
+                    &layout,
+                    stop,
+                    &mut pending,
                 )
-                .await
-                {
+                .await;
+                if fetched.is_err() {
+                    // What arrived before a stop or a failure is valid data of the probed
+                    // version: keep it.
+                    pending.sync_and_record(manager, id, index, &part, &layout).await?;
+                }
+                match fetched {
                     Err(Halt::Failed { error, .. })
                         if error.code == Code::BG_E_INSUFFICIENT_RANGE_SUPPORT =>
                     {
@@ -389,6 +409,8 @@ async fn transfer_file_once(
                 }
                 continue;
             }
+            // Single pieces are picked from the recorded set: record what is pending first.
+            pending.sync_and_record(manager, id, index, &part, &layout).await?;
             let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
             // The opened GET serves the first piece when it is what is missing (the whole file,
             // unless a RequestFileRanges came in meanwhile; then the GET is dropped).
@@ -500,11 +522,12 @@ fn small_pieces(
     id: JobId,
     index: u32,
     layout: &Layout,
+    pending: &RangeSet,
 ) -> Result<Vec<Span>, Halt> {
     let table = manager.table();
     let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
     let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
-    let missing = layout.wanted().subtract(&file.filled);
+    let missing = layout.wanted().subtract(&file.filled).subtract(pending);
     if entry.job.on_demand
         || !missing.intersect(&file.requested).is_empty()
         || missing.n_spans() < 2
@@ -518,9 +541,48 @@ fn small_pieces(
         .collect())
 }
 
+/// Bytes received for a file and not yet synced (so not yet recorded), with when the last sync
+/// was: the multi-range path's write window, carried across requests.
+struct Unsynced {
+    batch: Vec<(u64, bytes::Bytes)>,
+    spans: RangeSet,
+    bytes: u64,
+    since: Instant,
+}
+
+impl Unsynced {
+    fn new() -> Unsynced {
+        Unsynced { batch: Vec::new(), spans: RangeSet::new(), bytes: 0, since: Instant::now() }
+    }
+
+    fn push(&mut self, offset: u64, bytes: bytes::Bytes) {
+        let n = bytes.len() as u64;
+        self.spans.insert(offset, offset + n);
+        self.bytes += n;
+        self.batch.push((offset, bytes));
+    }
+
+    /// Writes, syncs and records everything pending (the durability rule: recorded only after
+    /// the sync), and starts a new window.
+    async fn sync_and_record(
+        &mut self,
+        manager: &Manager,
+        id: JobId,
+        index: u32,
+        part: &Arc<PartFile>,
+        layout: &Arc<Layout>,
+    ) -> Result<(), Halt> {
+        sync_and_record(manager, id, index, part, layout, &mut self.batch, &mut self.spans).await?;
+        self.bytes = 0;
+        self.since = Instant::now();
+        Ok(())
+    }
+}
+
 /// Fetches several pieces with one multi-range request. Parts may arrive in any order; bytes are
-/// written at their local offsets, then synced, then recorded (per sync window and at the end),
-/// so the durability rule holds as for a single piece.
+/// written at their local offsets, then synced, then recorded once a sync window is full
+/// (`pending` carries the rest to the caller, who syncs it with the next window or before
+/// picking single pieces), so the durability rule holds as for a single piece.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_pieces(
     manager: &Manager,
@@ -532,6 +594,7 @@ async fn fetch_pieces(
     part: &Arc<PartFile>,
     layout: &Arc<Layout>,
     stop: &CancellationToken,
+    pending: &mut Unsynced,
 ) -> Result<(), Halt> {
     let mut body = tokio::select! {
         _ = stop.cancelled() => return Err(Halt::Stopped),
@@ -541,39 +604,25 @@ async fn fetch_pieces(
         },
     };
     let config = manager.config();
-    let mut batch: Vec<(u64, bytes::Bytes)> = Vec::new();
-    let mut unsynced = RangeSet::new();
-    let mut unsynced_bytes = 0u64;
-    let mut last_sync = Instant::now();
-    let end = loop {
+    loop {
         let chunk = tokio::select! {
             biased;
-            _ = stop.cancelled() => break Err(Halt::Stopped),
+            _ = stop.cancelled() => return Err(Halt::Stopped),
             chunk = body.next_chunk() => chunk,
         };
         match chunk {
             Ok(Some((offset, bytes))) => {
-                let n = bytes.len() as u64;
-                unsynced.insert(offset, offset + n);
-                unsynced_bytes += n;
-                batch.push((offset, bytes));
-                if unsynced_bytes >= config.sync_bytes
-                    || last_sync.elapsed() >= config.sync_interval
+                pending.push(offset, bytes);
+                if pending.bytes >= config.sync_bytes
+                    || pending.since.elapsed() >= config.sync_interval
                 {
-                    sync_and_record(manager, id, index, part, layout, &mut batch, &mut unsynced)
-                        .await?;
-                    unsynced_bytes = 0;
-                    last_sync = Instant::now();
+                    pending.sync_and_record(manager, id, index, part, layout).await?;
                 }
             }
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(fetch_halt(e, index)),
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(fetch_halt(e, index)),
         }
-    };
-    drop(body);
-    // What arrived before a stop or a failure is valid data of the probed version: keep it.
-    sync_and_record(manager, id, index, part, layout, &mut batch, &mut unsynced).await?;
-    end
+    }
 }
 
 /// Writes `batch` at its local offsets, syncs, then records `spans` as filled.
