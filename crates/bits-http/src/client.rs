@@ -27,7 +27,8 @@ use crate::error::FetchError;
 use crate::multirange::{self, MultiRangeBody};
 use crate::probe::{self, RemoteInfo};
 use crate::redirect::{
-    Redirects, is_disallowed_redirect, parse_url, redirect_target, strip_sensitive_headers, to_uri,
+    Redirects, is_disallowed_redirect, parse_url, redirect_target, remove_credentials,
+    strip_sensitive_headers, to_uri,
 };
 use crate::{headers, range};
 
@@ -317,9 +318,7 @@ impl HttpClient {
         let mut headers = self.headers_with(&opts.headers);
         if !remote.same_origin {
             // The probe was redirected to another origin: it gets no credentials, now or later.
-            headers.remove(header::AUTHORIZATION);
-            headers.remove(header::PROXY_AUTHORIZATION);
-            headers.remove(header::COOKIE);
+            remove_credentials(&mut headers);
         }
         headers.insert(
             header::RANGE,

@@ -121,10 +121,15 @@ impl Redirects {
 /// redirect can never leak them to a third party.
 pub(crate) fn strip_sensitive_headers(headers: &mut HeaderMap, from: &Url, to: &Url) {
     if from.origin() != to.origin() {
-        headers.remove(header::AUTHORIZATION);
-        headers.remove(header::PROXY_AUTHORIZATION);
-        headers.remove(header::COOKIE);
+        remove_credentials(headers);
     }
+}
+
+/// Removes every header that carries credentials (Authorization, Proxy-Authorization, Cookie).
+pub(crate) fn remove_credentials(headers: &mut HeaderMap) {
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::COOKIE);
 }
 
 #[cfg(test)]
