@@ -6,16 +6,15 @@
 //!
 //! Users are real local accounts (created with useradd) and every client call is `bitsctl` run as
 //! that user with setpriv, so the daemon sees them only through the socket's peer credentials.
-//! Without root these tests cannot switch users and say so.
+//! Without root these tests cannot switch users and fail saying so.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::require_root;
 use bits_tests::server::TestServer;
-use bits_tests::users::{
-    User, bitsctl_as, can_switch_users, dir_owned_by, ensure_user, open_daemon_dir, sh_as,
-};
+use bits_tests::users::{User, bitsctl_as, dir_owned_by, ensure_user, open_daemon_dir, sh_as};
 
 struct Scene {
     daemon: TestDaemon,
@@ -28,11 +27,8 @@ struct Scene {
 
 impl Scene {
     /// A root daemon with `admin` as an administrator (by uid) and `extra` arguments.
-    async fn start(extra: &[&str]) -> Option<Scene> {
-        if !can_switch_users() {
-            eprintln!("skipped: switching users needs root (CI runs as root)");
-            return None;
-        }
+    async fn start(extra: &[&str]) -> Scene {
+        require_root("switching users");
         let alice = ensure_user("bitsd-e2e-alice");
         let bob = ensure_user("bitsd-e2e-bob");
         let admin = ensure_user("bitsd-e2e-admin");
@@ -46,7 +42,7 @@ impl Scene {
         dir_owned_by(base.path(), &root, 0o755);
         dir_owned_by(&base.path().join("alice"), &alice, 0o700);
         dir_owned_by(&base.path().join("bob"), &bob, 0o700);
-        Some(Scene { daemon, alice, bob, admin, base })
+        Scene { daemon, alice, bob, admin, base }
     }
 
     fn dir_of(&self, user: &User) -> PathBuf {
@@ -75,7 +71,7 @@ fn refused(out: &CtlOutput, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_users_jobs_are_invisible_and_untouchable() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     let server = TestServer::start().await;
     server.add_file("f.bin", vec![7u8; 4096]);
     let job = s.job_with_file(&s.alice, &server.url("f.bin"), &s.dir_of(&s.alice).join("f")).await;
@@ -109,7 +105,7 @@ async fn other_users_jobs_are_invisible_and_untouchable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_sees_every_job_and_takes_one_over() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     let server = TestServer::start().await;
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     server.add_file("f.bin", data.clone());
@@ -151,7 +147,7 @@ async fn an_admin_sees_every_job_and_takes_one_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taking_over_needs_access_to_the_temp_files() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     let server = TestServer::start().await;
     server.add_file("f.bin", vec![1u8; 100_000]);
     let job =
@@ -166,7 +162,7 @@ async fn taking_over_needs_access_to_the_temp_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloaded_files_belong_to_the_owner() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     let server = TestServer::start().await;
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
     server.add_file("f.bin", data.clone());
@@ -182,7 +178,7 @@ async fn downloaded_files_belong_to_the_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_the_owner_cannot_write_is_refused_at_add_file() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     let create = s.ctl(&s.alice, &["create"]).await.success();
     let job = create.stdout.trim().to_string();
     // Bob's private directory, and a root-only one: the daemon (root) could write both.
@@ -210,7 +206,7 @@ fn victim(s: &Scene) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_planted_at_the_destination_is_replaced_or_refused_never_followed() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     let server = TestServer::start().await;
     server.add_file("f.bin", vec![42u8; 50_000]);
     let victim = victim(&s);
@@ -248,7 +244,7 @@ async fn a_symlink_planted_at_the_destination_is_replaced_or_refused_never_follo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_planted_at_the_temp_file_is_not_written_through() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     let server = TestServer::start().await;
     server.add_file("f.bin", vec![9u8; 50_000]);
     let victim = victim(&s);
@@ -269,7 +265,7 @@ async fn a_symlink_planted_at_the_temp_file_is_not_written_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_limits_apply_per_user_and_not_to_admins() {
-    let Some(s) = Scene::start(&["--max-jobs-per-user", "2"]).await else { return };
+    let s = Scene::start(&["--max-jobs-per-user", "2"]).await;
     for _ in 0..2 {
         s.ctl(&s.alice, &["create"]).await.success();
     }
@@ -282,7 +278,7 @@ async fn job_limits_apply_per_user_and_not_to_admins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_system_socket_is_open_to_all_and_the_data_dir_to_none() {
-    let Some(s) = Scene::start(&[]).await else { return };
+    let s = Scene::start(&[]).await;
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(&s.daemon.socket()), 0o666, "authorisation is by peer uid, not file mode");
@@ -321,10 +317,7 @@ async fn wait_for_state(s: &Scene, user: &User, job: &str, want: &str) -> serde_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_of_the_admin_group_are_administrators() {
-    if !can_switch_users() {
-        eprintln!("skipped: switching users needs root (CI runs as root)");
-        return;
-    }
+    require_root("switching users");
     let carol = ensure_user("bitsd-e2e-carol");
     let bob = ensure_user("bitsd-e2e-bob");
     let alice = ensure_user("bitsd-e2e-alice");

@@ -14,3 +14,12 @@ pub mod nginx;
 pub mod server;
 pub mod users;
 pub mod wait;
+
+/// Panics with a clear message unless the effective user is root: a test that needs root fails
+/// without it, it never passes silently (CI runs the tests as root).
+pub fn require_root(what: &str) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "{what} needs root; run the e2e tests as root, e.g. in the CI container"
+    );
+}

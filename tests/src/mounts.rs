@@ -14,14 +14,6 @@ pub struct TmpfsMount {
     mounted: bool,
 }
 
-/// Panics with a clear message unless the effective user is root.
-pub fn require_root(what: &str) {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "{what} needs root (it mounts a tmpfs); run the e2e tests as root, e.g. in the CI container"
-    );
-}
-
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
     let output = Command::new(program)
         .args(args)
@@ -42,7 +34,7 @@ impl TmpfsMount {
     /// Mounts a tmpfs of `size` (as `mount -o size=` takes it: `8m`, `64m`) on a new directory
     /// inside `parent`. Panics (with the reason) if not root or if mounting fails.
     pub fn new_in(parent: &Path, size: &str) -> TmpfsMount {
-        require_root("mounting a tmpfs");
+        crate::require_root("mounting a tmpfs");
         let dir = tempfile::Builder::new().prefix("tmpfs-").tempdir_in(parent).unwrap();
         let target = dir.path().to_str().expect("temp dir path is not UTF-8").to_string();
         let options = format!("size={size},mode=0755");
