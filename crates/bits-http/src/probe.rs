@@ -85,36 +85,50 @@ pub(crate) fn from_head(parts: &Parts, url: &Url) -> Result<RemoteInfo, FetchErr
     Ok(RemoteInfo::from_parts(parts, url, size, headers::accepts_byte_ranges(&parts.headers)))
 }
 
+/// The `Content-Range` of a response, if it has one.
+fn content_range(parts: &Parts, url: &Url) -> Result<Option<ContentRange>, FetchError> {
+    let Some(value) = parts.headers.get(http::header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        FetchError::invalid_response(format!("unreadable Content-Range from {url}"))
+    })?;
+    ContentRange::parse(text)
+        .map(Some)
+        .map_err(|e| FetchError::invalid_response(format!("GET {url}: {e}")))
+}
+
+/// The file size from a 206 to `GET` with `Range: <asked>` (`bytes=0-0` or `bytes=0-`): its
+/// Content-Range must start at byte 0 (and end there when `last` says so) and name the total.
+fn total_from_206(
+    parts: &Parts,
+    url: &Url,
+    asked: &str,
+    last: Option<u64>,
+) -> Result<u64, FetchError> {
+    match content_range(parts, url)? {
+        Some(ContentRange::Satisfied { first: 0, last: got, complete: Some(size) })
+            if last.is_none_or(|last| last == got) =>
+        {
+            Ok(size)
+        }
+        Some(ContentRange::Satisfied { complete: None, .. }) => Err(FetchError::missing_size(
+            format!("GET {url} gave Content-Range without a total size"),
+        )),
+        Some(other) => Err(FetchError::invalid_response(format!(
+            "GET {url} {asked} answered with Content-Range {other}"
+        ))),
+        None => Err(FetchError::invalid_response(format!("206 from {url} without Content-Range"))),
+    }
+}
+
 /// Interprets the answer to the fallback `GET` with `Range: bytes=0-0`.
 pub(crate) fn from_range_probe(parts: &Parts, url: &Url) -> Result<RemoteInfo, FetchError> {
-    let content_range = || -> Result<Option<ContentRange>, FetchError> {
-        match parts.headers.get(http::header::CONTENT_RANGE) {
-            None => Ok(None),
-            Some(v) => {
-                let text = v.to_str().map_err(|_| {
-                    FetchError::invalid_response(format!("unreadable Content-Range from {url}"))
-                })?;
-                ContentRange::parse(text)
-                    .map(Some)
-                    .map_err(|e| FetchError::invalid_response(format!("GET {url}: {e}")))
-            }
-        }
-    };
     match parts.status.as_u16() {
-        206 => match content_range()? {
-            Some(ContentRange::Satisfied { first: 0, last: 0, complete: Some(size) }) => {
-                Ok(RemoteInfo::from_parts(parts, url, size, true))
-            }
-            Some(ContentRange::Satisfied { complete: None, .. }) => Err(FetchError::missing_size(
-                format!("GET {url} gave Content-Range without a total size"),
-            )),
-            Some(other) => Err(FetchError::invalid_response(format!(
-                "GET {url} bytes=0-0 answered with Content-Range {other}"
-            ))),
-            None => {
-                Err(FetchError::invalid_response(format!("206 from {url} without Content-Range")))
-            }
-        },
+        206 => {
+            let size = total_from_206(parts, url, "bytes=0-0", Some(0))?;
+            Ok(RemoteInfo::from_parts(parts, url, size, true))
+        }
         200 | 203 => match headers::content_length(&parts.headers) {
             Ok(Some(size)) => Ok(RemoteInfo::from_parts(
                 parts,
@@ -128,7 +142,7 @@ pub(crate) fn from_range_probe(parts: &Parts, url: &Url) -> Result<RemoteInfo, F
             Err(why) => Err(FetchError::missing_size(format!("GET {url}: {why}"))),
         },
         // The only file for which bytes=0-0 is unsatisfiable is the empty one.
-        416 => match content_range()? {
+        416 => match content_range(parts, url)? {
             Some(ContentRange::Unsatisfied { complete: 0 }) => {
                 Ok(RemoteInfo::from_parts(parts, url, 0, true))
             }
@@ -148,33 +162,8 @@ pub(crate) fn from_range_probe(parts: &Parts, url: &Url) -> Result<RemoteInfo, F
 pub(crate) fn from_open_range(parts: &Parts, url: &Url) -> Result<Option<RemoteInfo>, FetchError> {
     let info = match parts.status.as_u16() {
         206 => {
-            let text = parts
-                .headers
-                .get(http::header::CONTENT_RANGE)
-                .ok_or_else(|| {
-                    FetchError::invalid_response(format!("206 from {url} without Content-Range"))
-                })?
-                .to_str()
-                .map_err(|_| {
-                    FetchError::invalid_response(format!("unreadable Content-Range from {url}"))
-                })?;
-            match ContentRange::parse(text)
-                .map_err(|e| FetchError::invalid_response(format!("GET {url}: {e}")))?
-            {
-                ContentRange::Satisfied { first: 0, complete: Some(size), .. } => {
-                    RemoteInfo::from_parts(parts, url, size, true)
-                }
-                ContentRange::Satisfied { complete: None, .. } => {
-                    return Err(FetchError::missing_size(format!(
-                        "GET {url} gave Content-Range without a total size"
-                    )));
-                }
-                other => {
-                    return Err(FetchError::invalid_response(format!(
-                        "GET {url} bytes=0- answered with Content-Range {other}"
-                    )));
-                }
-            }
+            let size = total_from_206(parts, url, "bytes=0-", None)?;
+            RemoteInfo::from_parts(parts, url, size, true)
         }
         416 => return Ok(None),
         _ => from_range_probe(parts, url)?,
