@@ -302,28 +302,17 @@ async fn transfer_file_once(
         && file.download_position.is_none()
         && connections == 1
         && !on_demand;
+    let http = &manager.inner.http;
     let opened = if fresh {
-        tokio::select! {
-            _ = stop.cancelled() => return Err(Halt::Stopped),
-            got = manager.inner.http.fetch_whole_opts(&file.remote_url, &options) => match got {
-                Ok(opened) => opened,
-                Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
-            },
-        }
+        request(manager, id, index, stop, http.fetch_whole_opts(&file.remote_url, &options)).await?
     } else {
         None
     };
     let (remote, mut first_body) = match opened {
         Some((remote, body)) => (remote, Some(body)),
         None => {
-            let remote = tokio::select! {
-                _ = stop.cancelled() => return Err(Halt::Stopped),
-                probed = manager.inner.http.probe_opts(&file.remote_url, &options) => match probed {
-                    Ok(remote) => remote,
-                    Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
-                },
-            };
-            (remote, None)
+            let probe = http.probe_opts(&file.remote_url, &options);
+            (request(manager, id, index, stop, probe).await?, None)
         }
     };
     let changed = file.remote_size.is_some_and(|s| s != remote.size)
@@ -572,7 +561,18 @@ impl Unsynced {
         part: &Arc<PartFile>,
         layout: &Arc<Layout>,
     ) -> Result<(), Halt> {
-        sync_and_record(manager, id, index, part, layout, &mut self.batch, &mut self.spans).await?;
+        if !self.batch.is_empty() {
+            let (writes, part, layout) =
+                (std::mem::take(&mut self.batch), part.clone(), layout.clone());
+            run_blocking(move || {
+                crate::writer::write_batch(&part, &layout, &writes).map_err(disk_error)?;
+                part.sync().map_err(disk_error)
+            })
+            .await
+            .map_err(|e| local_halt(e, index))?;
+            let done = std::mem::take(&mut self.spans);
+            record_filled_spans(manager, id, index, &done).await?;
+        }
         self.bytes = 0;
         self.since = Instant::now();
         Ok(())
@@ -596,13 +596,8 @@ async fn fetch_pieces(
     stop: &CancellationToken,
     pending: &mut Unsynced,
 ) -> Result<(), Halt> {
-    let mut body = tokio::select! {
-        _ = stop.cancelled() => return Err(Halt::Stopped),
-        got = manager.inner.http.get_ranges_opts(remote, pieces, options) => match got {
-            Ok(body) => body,
-            Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
-        },
-    };
+    let get = manager.inner.http.get_ranges_opts(remote, pieces, options);
+    let mut body = request(manager, id, index, stop, get).await?;
     let config = manager.config();
     loop {
         let chunk = tokio::select! {
@@ -623,30 +618,6 @@ async fn fetch_pieces(
             Err(e) => return Err(fetch_halt(e, index)),
         }
     }
-}
-
-/// Writes `batch` at its local offsets, syncs, then records `spans` as filled.
-async fn sync_and_record(
-    manager: &Manager,
-    id: JobId,
-    index: u32,
-    part: &Arc<PartFile>,
-    layout: &Arc<Layout>,
-    batch: &mut Vec<(u64, bytes::Bytes)>,
-    spans: &mut RangeSet,
-) -> Result<(), Halt> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let (writes, part_file, layout) = (std::mem::take(batch), part.clone(), layout.clone());
-    run_blocking(move || {
-        crate::writer::write_batch(&part_file, &layout, &writes).map_err(disk_error)?;
-        part_file.sync().map_err(disk_error)
-    })
-    .await
-    .map_err(|e| local_halt(e, index))?;
-    let done = std::mem::take(spans);
-    record_filled_spans(manager, id, index, &done).await
 }
 
 /// Smallest and largest piece one connection of a segmented download claims at a time.
@@ -774,13 +745,11 @@ async fn fetch_piece(
 ) -> Result<PieceEnd, Halt> {
     let mut body = match request.opened {
         Some(body) => body,
-        None => tokio::select! {
-            _ = stop.cancelled() => return Err(Halt::Stopped),
-            got = manager.inner.http.get_range_opts(request.remote, request.piece, request.options) => match got {
-                Ok(body) => body,
-                Err(e) => return Err(redirect_aware_halt(manager, id, index, e)),
-            },
-        },
+        None => {
+            let get =
+                manager.inner.http.get_range_opts(request.remote, request.piece, request.options);
+            self::request(manager, id, index, stop, get).await?
+        }
     };
     let piece = request.piece;
     tracing::debug!(job = %id, index, start = piece.start, end = piece.end, "fetching");
@@ -975,6 +944,21 @@ fn request_options(manager: &Manager, id: JobId) -> RequestOptions {
     }
 }
 
+/// One HTTP exchange of file `index`, abandoned when `stop` fires; a failure becomes the halt
+/// [`redirect_aware_halt`] makes of it.
+async fn request<T>(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    stop: &CancellationToken,
+    exchange: impl std::future::Future<Output = Result<T, FetchError>>,
+) -> Result<T, Halt> {
+    tokio::select! {
+        _ = stop.cancelled() => Err(Halt::Stopped),
+        got = exchange => got.map_err(|e| redirect_aware_halt(manager, id, index, e)),
+    }
+}
+
 /// A failed request; a redirect the job's policy refused also makes the redirect target the
 /// file's remote name (spec §6.2, DISALLOW), so the caller sees where it was sent.
 fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) -> Halt {
@@ -994,8 +978,7 @@ fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) 
 
 /// The identity the job's file work runs as (spec §9: its owner's).
 fn job_owner(manager: &Manager, id: JobId) -> Result<bits_disk::Identity, Halt> {
-    let uid = manager.table().jobs.get(&id).map(|e| e.job.owner_uid).ok_or(Halt::Stopped)?;
-    Ok(manager.owner_identity(uid))
+    manager.job_identity(id).map_err(|_| Halt::Stopped)
 }
 
 fn snapshot(manager: &Manager, id: JobId, index: u32) -> Result<JobFile, Halt> {
