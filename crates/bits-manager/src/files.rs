@@ -51,11 +51,11 @@ impl Manager {
         id: JobId,
         files: Vec<NewFile>,
     ) -> Result<Vec<u32>, BitsError> {
-        let n_files = {
+        let (n_files, owner_uid) = {
             let table = self.table();
             let entry = lookup_mut_check(&table, caller, id)?;
             transition(entry.job.state, Event::Modify)?;
-            entry.job.files.len()
+            (entry.job.files.len(), entry.job.owner_uid)
         };
         if files.is_empty() {
             return Err(BitsError::new(Code::E_INVALIDARG, "no files given"));
@@ -84,13 +84,8 @@ impl Manager {
         }
         let dests: Vec<PathBuf> = files.iter().map(|f| f.local_path.clone()).collect();
         // As the owner (spec §9): a directory the owner may not write is refused here, whoever
-        // the daemon runs as.
-        let owner = {
-            let table = self.table();
-            let uid = lookup_mut_check(&table, caller, id)?.job.owner_uid;
-            self.owner_identity(uid)
-        };
-        run_as(owner, move || {
+        // the daemon runs as. (An ownership change meanwhile is refused below.)
+        run_as(self.owner_identity(owner_uid), move || {
             dests.iter().try_for_each(|dest| bits_disk::check_destination(dest).map_err(disk_error))
         })
         .await?;
@@ -99,6 +94,12 @@ impl Manager {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             transition(entry.job.state, Event::Modify)?;
+            if entry.job.owner_uid != owner_uid {
+                return Err(BitsError::new(
+                    Code::E_ACCESSDENIED,
+                    format!("job {id} changed owner while its files were being checked"),
+                ));
+            }
             let existing: HashSet<&Path> =
                 entry.job.files.iter().map(|f| f.local_path.as_path()).collect();
             if let Some(file) = files.iter().find(|f| existing.contains(f.local_path.as_path())) {

@@ -470,9 +470,13 @@ impl Manager {
 
     /// The caller's jobs, oldest first. Final jobs are never listed.
     pub fn list_jobs(&self, caller: Caller) -> Vec<Job> {
+        self.jobs_where(|job| job.owner_uid == caller.uid)
+    }
+
+    /// The jobs `keep` selects, oldest first.
+    pub(crate) fn jobs_where(&self, keep: impl Fn(&Job) -> bool) -> Vec<Job> {
         let table = self.table();
-        let mut entries: Vec<&Entry> =
-            table.jobs.values().filter(|e| e.job.owner_uid == caller.uid).collect();
+        let mut entries: Vec<&Entry> = table.jobs.values().filter(|e| keep(&e.job)).collect();
         entries.sort_by_key(|e| e.seq);
         entries.into_iter().map(|e| e.job.clone()).collect()
     }

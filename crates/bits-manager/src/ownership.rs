@@ -7,7 +7,7 @@ use bits_core::{BitsError, Code, Job, JobId};
 use bits_disk::{DiskError, PartFile};
 
 use crate::access::run_as;
-use crate::manager::{Caller, Entry, Manager, lookup_mut_check};
+use crate::manager::{Caller, Manager, lookup_mut_check};
 
 impl Manager {
     /// Every user's jobs, oldest first (EnumJobs with BG_JOB_ENUM_ALL_USERS): administrators
@@ -22,10 +22,7 @@ impl Manager {
                 ),
             ));
         }
-        let table = self.table();
-        let mut entries: Vec<&Entry> = table.jobs.values().collect();
-        entries.sort_by_key(|e| e.seq);
-        Ok(entries.into_iter().map(|e| e.job.clone()).collect())
+        Ok(self.jobs_where(|_| true))
     }
 
     /// TakeOwnership: an administrator becomes the job's owner. The previous owner's secrets stay
@@ -49,10 +46,10 @@ impl Manager {
             temps.iter().try_for_each(|temp| can_write_existing(temp))
         })
         .await?;
-        let previous = self.get_job(caller, id)?.owner_uid;
+        let mut previous = caller.uid;
         let code = self
             .modify(caller, id, |job| {
-                job.owner_uid = caller.uid;
+                previous = std::mem::replace(&mut job.owner_uid, caller.uid);
                 job.custom_headers = None;
                 Ok(())
             })
