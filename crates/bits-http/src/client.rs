@@ -170,14 +170,9 @@ impl HttpClient {
         let (resp, final_url) =
             self.send(Method::HEAD, &start, self.headers_with(&opts.headers), opts).await?;
         let (parts, _body) = resp.into_parts();
-        let finish = |mut info: RemoteInfo| {
-            let final_url = parse_url(&info.final_url);
-            info.same_origin = final_url.as_ref().is_ok_and(|u| u.origin() == start.origin());
-            info.redirected = final_url.as_ref().is_ok_and(|u| *u != start);
-            info
-        };
         if !probe::head_refused(parts.status) {
-            return probe::from_head(&parts, &final_url).map(finish);
+            return probe::from_head(&parts, &final_url)
+                .map(|info| info.reached_from(&start, &final_url));
         }
         debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
         let mut headers = self.headers_with(&opts.headers);
@@ -186,7 +181,8 @@ impl HttpClient {
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
         let (resp, final_url) = self.send(Method::GET, &final_url, headers, opts).await?;
         let (parts, _body) = resp.into_parts();
-        probe::from_range_probe(&parts, &final_url).map(finish)
+        probe::from_range_probe(&parts, &final_url)
+            .map(|info| info.reached_from(&start, &final_url))
     }
 
     /// GET all of `url` with one request that is also the probe: `Range: bytes=0-`, and the size,
@@ -208,11 +204,10 @@ impl HttpClient {
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-"));
         let (resp, final_url) = self.send(Method::GET, &start, headers, opts).await?;
         let (parts, body) = resp.into_parts();
-        let Some(mut info) = probe::from_open_range(&parts, &final_url)? else {
+        let Some(info) = probe::from_open_range(&parts, &final_url)? else {
             return Ok(None);
         };
-        info.same_origin = final_url.origin() == start.origin();
-        info.redirected = final_url != start;
+        let info = info.reached_from(&start, &final_url);
         let span = Span::new(0, info.size);
         range::check(&parts, &info, span, &final_url, opts.allow_full_response)?;
         let body = RangeBody::new(

@@ -48,6 +48,14 @@ impl RemoteInfo {
             redirected: false,
         }
     }
+
+    /// Records how the request for `start` got to `final_url` (this info's URL): whether it was
+    /// redirected, and whether it stayed on the same origin.
+    pub(crate) fn reached_from(mut self, start: &Url, final_url: &Url) -> RemoteInfo {
+        self.same_origin = final_url.origin() == start.origin();
+        self.redirected = final_url != start;
+        self
+    }
 }
 
 /// Whether a HEAD answer means "use GET instead".
