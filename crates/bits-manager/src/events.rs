@@ -151,6 +151,15 @@ impl EventBus {
         let _ = self.inner.tx.send(JobEvent::now(job, kind));
     }
 
+    /// A JobModification of `job` in `state`. Its progress covers every file of the job, and it
+    /// goes out on every recorded range, so it is only computed when someone is subscribed
+    /// (a late subscriber gets a fresh snapshot, not old events).
+    fn modification(&self, job: &Job, state: JobState) {
+        if self.inner.tx.receiver_count() > 0 {
+            self.emit(job.id, EventKind::JobModification { state, progress: job.progress() });
+        }
+    }
+
     /// The job's state just changed to `job.state`.
     pub(crate) fn state_changed(&self, job: &Job) {
         match job.state {
@@ -179,7 +188,7 @@ impl EventBus {
             }
             state => {
                 let _notes = self.notes();
-                self.emit(job.id, EventKind::JobModification { state, progress: job.progress() });
+                self.modification(job, state);
             }
         }
     }
@@ -187,10 +196,7 @@ impl EventBus {
     /// A property changed or files were added.
     pub(crate) fn modified(&self, job: &Job) {
         let _notes = self.notes();
-        self.emit(
-            job.id,
-            EventKind::JobModification { state: job.state, progress: job.progress() },
-        );
+        self.modification(job, job.state);
     }
 
     /// `span` of file `index` was just recorded as filled. Call it after the span joined
@@ -209,10 +215,7 @@ impl EventBus {
                 }
             }
         }
-        self.emit(
-            job.id,
-            EventKind::JobModification { state: job.state, progress: job.progress() },
-        );
+        self.modification(job, job.state);
         // Only a whole-file download is random-access eligible (spec §4).
         if file.ranges.is_empty() {
             let on_demand = file.requested.intersect_span(span.start, span.end);
