@@ -153,9 +153,7 @@ impl JobFile {
             };
         }
         match self.layout() {
-            Some(layout) => {
-                layout.wanted().subtract(&layout.wanted().subtract(&self.filled)).total_len()
-            }
+            Some(layout) => layout.wanted().intersect(&self.filled).total_len(),
             None => self.filled.total_len(),
         }
     }
