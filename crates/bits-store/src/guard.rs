@@ -203,5 +203,10 @@ mod tests {
         std::fs::write(dir.path().join(super::FILE_NAME), "3\n").unwrap();
         let err = SledStore::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Damaged { expected: 3, found: 0, .. }), "{err:?}");
+        // Not restamped: the refused database holds no schema version (or anything else).
+        let db = crate::sled_store::open_db(&dir.path().join("db"), Duration::from_secs(5), false)
+            .unwrap();
+        assert!(db.is_empty(), "the refused database was written to");
+        assert_eq!(count(dir.path()), 3);
     }
 }
