@@ -63,7 +63,7 @@ impl SledStore {
             verify_copy(dir, &path, wait)?;
         }
         let db = open_db(&path, wait, true)?;
-        check_schema(&db, &dir.join(crate::guard::FILE_NAME), &path)?;
+        check_schema(&db, dir, &path)?;
         let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
         let guard = JobCountGuard::open(dir, &path, stored)?;
         tracing::debug!(path = %path.display(), jobs = stored, "job store opened");
@@ -104,7 +104,7 @@ fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<(), StoreError
     let checked = (|| {
         // No background flusher: nothing may write to the copy after it is dropped.
         let db = open_db(&copy.join("db"), wait, false)?;
-        check_schema(&db, &dir.join(crate::guard::FILE_NAME), path)?;
+        check_schema(&db, dir, path)?;
         let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
         crate::guard::check(dir, path, stored)
     })();
@@ -162,7 +162,7 @@ pub(crate) fn open_db(path: &Path, wait: Duration, flusher: bool) -> Result<sled
 ///
 /// An empty database whose job count says it held jobs lost its log: that is damage, not a new
 /// store, and it is refused before anything is written.
-fn check_schema(db: &sled::Db, count_file: &Path, db_path: &Path) -> Result<(), StoreError> {
+fn check_schema(db: &sled::Db, dir: &Path, db_path: &Path) -> Result<(), StoreError> {
     let stored = db.get(SCHEMA_KEY).map_err(|e| StoreError::io("read the schema version", e))?;
     match stored {
         Some(value) => {
@@ -172,15 +172,7 @@ fn check_schema(db: &sled::Db, count_file: &Path, db_path: &Path) -> Result<(), 
             }
         }
         None if db.is_empty() => {
-            let recorded =
-                std::fs::read_to_string(count_file).ok().and_then(|t| t.trim().parse::<u64>().ok());
-            if let Some(expected @ 1..) = recorded {
-                return Err(StoreError::Damaged {
-                    path: db_path.to_path_buf(),
-                    expected,
-                    found: 0,
-                });
-            }
+            crate::guard::check(dir, db_path, 0)?;
             db.insert(SCHEMA_KEY, &encode_schema(SCHEMA_VERSION))
                 .map_err(|e| StoreError::io("write the schema version", e))?;
             db.flush().map_err(|e| StoreError::io("flush the schema version", e))?;
