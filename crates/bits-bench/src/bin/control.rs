@@ -31,6 +31,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use bits_bench::measure;
 use bits_client::Client;
 use bits_core::{JobId, JobState, Priority};
 use bits_tests::daemon::own_target_dir;
@@ -234,27 +235,15 @@ impl Daemon {
         }
     }
 
-    /// (VmRSS, VmHWM) in KiB.
-    fn rss(&self) -> Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
-        let field = |name: &str| -> Result<u64> {
-            let line = status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .ok_or_else(|| anyhow!("no {name} in /proc/PID/status"))?;
-            let kib = line.split_whitespace().nth(1).ok_or_else(|| anyhow!("bad {line}"))?;
-            Ok(kib.parse()?)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    /// (VmRSS, VmHWM) in MiB.
+    fn rss(&self) -> Result<(f64, f64)> {
+        let pid = self.pid()?.to_string();
+        Ok((measure::rss_mib(&pid)?, measure::peak_rss_mib(&pid)?))
     }
 
-    /// utime + stime in seconds (USER_HZ = 100).
+    /// utime + stime in seconds.
     fn cpu_seconds(&self) -> Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?))?;
-        let rest = &stat[stat.rfind(')').ok_or_else(|| anyhow!("bad stat"))? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        Ok(ticks as f64 / 100.0)
+        measure::cpu_seconds(&self.pid()?.to_string())
     }
 
     async fn client(&self) -> Result<Client> {
@@ -362,10 +351,6 @@ fn us(d: Duration) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 /// 200 overwrites of 1 KiB inside a preallocated file, each followed by fdatasync, on the data
@@ -501,12 +486,12 @@ async fn run(options: Options) -> Result<()> {
     let (rss, hwm) = daemon.rss()?;
     table.add_ref(
         format!("RSS with {n} jobs (VmRSS)"),
-        mib(rss),
+        rss,
         "MiB",
         Goal::AtMost(100.0),
         "aria2: 134 MiB",
     );
-    table.add("peak RSS (VmHWM)", mib(hwm), "MiB", Goal::None);
+    table.add("peak RSS (VmHWM)", hwm, "MiB", Goal::None);
 
     // ---- 1. scale: ListJobs ----
     let client = daemon.client().await?;
@@ -545,7 +530,7 @@ async fn run(options: Options) -> Result<()> {
     );
     drop(client);
     let (rss, _) = daemon.rss()?;
-    table.add("RSS after the calls (VmRSS)", mib(rss), "MiB", Goal::None);
+    table.add("RSS after the calls (VmRSS)", rss, "MiB", Goal::None);
 
     // ---- 1. scale: restart ----
     eprintln!("restarting");
@@ -562,15 +547,15 @@ async fn run(options: Options) -> Result<()> {
         "ms",
         Goal::AtMost(1000.0),
     );
-    table.add("RSS after start (VmRSS)", mib(rss), "MiB", Goal::AtMost(100.0));
-    table.add("peak RSS during start (VmHWM)", mib(hwm), "MiB", Goal::None);
+    table.add("RSS after start (VmRSS)", rss, "MiB", Goal::AtMost(100.0));
+    table.add("peak RSS during start (VmHWM)", hwm, "MiB", Goal::None);
     table.add("CPU during start", daemon.cpu_seconds()?, "s", Goal::None);
 
     // ---- 2. under load ----
     under_load(&options, &daemon, &nginx, &out, &jobs, &mut table).await?;
     let (rss, hwm) = daemon.rss()?;
-    table.add("RSS after the transfers (VmRSS)", mib(rss), "MiB", Goal::None);
-    table.add("peak RSS since restart (VmHWM)", mib(hwm), "MiB", Goal::None);
+    table.add("RSS after the transfers (VmRSS)", rss, "MiB", Goal::None);
+    table.add("peak RSS since restart (VmHWM)", hwm, "MiB", Goal::None);
 
     let (status, _) = daemon.terminate().await?;
     ensure!(status.success(), "bitsd exited with {status} after SIGTERM\n{}", daemon.log_tail());
