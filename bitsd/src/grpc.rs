@@ -270,14 +270,11 @@ impl v1::bits_server::Bits for BitsService {
         let caller = self.caller(&request)?;
         let req = request.get_ref();
         let id = convert::parse_job_id(&req.job_id).map_err(|e| to_status(&e))?;
-        reply(self.manager.get_filled_file_ranges(caller, id, req.file_index).map(|set| {
-            v1::FileRangesReply {
-                ranges: set
-                    .iter()
-                    .map(|s| v1::ByteRange { offset: s.start, length: s.len() })
-                    .collect(),
-            }
-        }))
+        reply(
+            self.manager
+                .get_filled_file_ranges(caller, id, req.file_index)
+                .map(|set| v1::FileRangesReply { ranges: convert::range_set_to_wire(&set) }),
+        )
     }
 
     async fn set_priority(
@@ -300,17 +297,12 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::SetCustomHeadersRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.into_inner();
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
         reply(
-            async {
-                let id = convert::parse_job_id(&req.job_id)?;
-                self.manager
-                    .set_custom_headers(caller, id, req.headers)
-                    .await
-                    .map(convert::status_reply)
-            }
-            .await,
+            self.manager
+                .set_custom_headers(caller, id, req.headers)
+                .await
+                .map(convert::status_reply),
         )
     }
 
