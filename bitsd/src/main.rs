@@ -231,7 +231,8 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         .into_std()
         .context("cannot hand the socket to the gRPC thread")?;
     let service = grpc::BitsService::new(manager.clone(), access);
-    let (stop_serving, stopped) = tokio::sync::oneshot::channel::<()>();
+    // One stop for both servers. A dropped sender (the daemon failing) stops them too.
+    let (stop_serving, stopped) = tokio::sync::watch::channel(false);
     // The thread reports its end on a channel rather than being joined: a join would block a
     // thread of ours for as long as the gRPC thread lingers (see the deadline below).
     let (served_tx, served_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
@@ -246,7 +247,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     status.stopping().await;
     // Open WatchJob streams end at the signal: a graceful server shutdown waits for them.
     manager.close_subscriptions();
-    let _ = stop_serving.send(());
+    let _ = stop_serving.send(true);
     // A graceful gRPC shutdown waits for open connections; a client that connected and never
     // speaks (any local user can) must not hold the daemon up, so it gets a deadline.
     let served = match tokio::time::timeout(GRPC_STOP_DEADLINE, served_rx).await {
@@ -276,7 +277,7 @@ fn serve_on_own_runtime(
     listener: std::os::unix::net::UnixListener,
     service: grpc::BitsService,
     tcp: Option<tcp::TcpServing>,
-    stop: tokio::sync::oneshot::Receiver<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -285,19 +286,13 @@ fn serve_on_own_runtime(
     runtime.block_on(async move {
         let listener =
             tokio::net::UnixListener::from_std(listener).context("cannot use the socket")?;
-        // One stop for both servers. A dropped sender (the daemon failing) stops them too.
-        let (stopping, stop_seen) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            let _ = stop.await;
-            let _ = stopping.send(true);
-        });
         let until_stop = |mut seen: tokio::sync::watch::Receiver<bool>| async move {
             let _ = seen.wait_for(|stopped| *stopped).await;
         };
-        let unix = server::serve(listener, service, until_stop(stop_seen.clone()));
+        let unix = server::serve(listener, service, until_stop(stop.clone()));
         let Some(tcp) = tcp else { return unix.await };
         // Joined, not raced: a failing TCP server must not take the Unix socket down with it.
-        let (unix, tcp) = tokio::join!(unix, tcp::serve(tcp, until_stop(stop_seen)));
+        let (unix, tcp) = tokio::join!(unix, tcp::serve(tcp, until_stop(stop)));
         unix.and(tcp)
     })
 }
