@@ -31,7 +31,7 @@
 //! | really gzip-compressed 206 body (chunked)       | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
 //! | 200 text/html error page (other length, no validators) to the GET | no error: the length differs from the probe, the file restarts from zero; completes |
 //! | the same HTML page to every GET                 | TRANSIENT_ERROR BG_E_REMOTE_FILE_CHANGED (RF) after 4 restarts, 0 bytes kept; completes once the page is gone |
-//! | the same HTML page, chunked (no Content-Length) | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (a 200 without Content-Length is refused); no HTML byte in the file; completes |
+//! | the same HTML page, chunked (no Content-Length) | no error: without the probe's validators it is a new version, the file restarts from zero; no HTML byte in the file; completes |
 //! | file replaced (new ETag + Last-Modified) between HEAD and GET | no error: the stale If-Range gets the new file with 200, the file restarts; completes with the new version |
 //! | file replaced with another size after 256 KiB   | TRANSIENT_ERROR (the reset), then the probe sees the new size: restart from 0; completes with the new version |
 //! | Last-Modified changes (no ETag, same size) after 256 KiB | as above: restart from 0, nothing mixed       |
@@ -326,17 +326,47 @@ async fn fault_short_body_then_close_is_transient_and_resumes() {
 // ---------------------------------------------------------------------------------------------
 // Broken answers.
 
+/// A broken answer to the first GET (its fault labelled `label`) is refused and none of its
+/// bytes reach the disk: TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT) with no
+/// progress and no filled range, the temp file (if any) holds only zeros (the file is random
+/// data, so any byte written would show), the retry comes after the delay and asks from byte 0
+/// again, and the job completes.
+async fn refused_and_never_written(c: &Case, label: &str) {
+    let info = c
+        .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
+        .await;
+    assert_eq!(info.progress.bytes_transferred, 0, "bytes of a refused answer were kept");
+    let filled = c.client.get_filled_file_ranges(c.job, 0).await.unwrap();
+    assert!(filled.is_empty(), "ranges of a refused answer were recorded: {filled:?}");
+    let dir = c.dest.parent().unwrap();
+    let prefix = format!(".{FILE}.bitsd-");
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with(&prefix) {
+            let bytes = std::fs::read(&path).unwrap();
+            let written = bytes.iter().position(|&b| b != 0);
+            assert_eq!(
+                written,
+                None,
+                "{} holds bytes of the refused answer\n{}",
+                path.display(),
+                c.requests()
+            );
+        }
+    }
+    c.completes().await;
+    let failed = c.faulted(label);
+    c.retry_after(&failed, DELAY);
+    let get = c.next_get(&failed);
+    assert_eq!(get.range_start(), Some(0), "the retry does not start over\n{}", c.requests());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_wrong_content_range_is_transient_and_writes_nothing() {
     let c = case(105, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::WrongContentRange);
     c.start().await;
-    let info = c
-        .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
-        .await;
-    assert_eq!(info.progress.bytes_transferred, 0, "bytes of a wrong span were kept");
-    c.completes().await;
-    c.retry_after(&c.faulted("WrongContentRange"), DELAY);
+    refused_and_never_written(&c, "WrongContentRange").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -518,12 +548,7 @@ async fn fault_gzip_label_on_a_range_is_never_written() {
     let c = case(119, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::GzipLabel);
     c.start().await;
-    let info = c
-        .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
-        .await;
-    assert_eq!(info.progress.bytes_transferred, 0);
-    c.completes().await;
-    c.retry_after(&c.faulted("GzipLabel"), DELAY);
+    refused_and_never_written(&c, "GzipLabel").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,12 +556,7 @@ async fn fault_gzip_body_on_a_range_is_never_written() {
     let c = case(120, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::GzipBody);
     c.start().await;
-    let info = c
-        .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
-        .await;
-    assert_eq!(info.progress.bytes_transferred, 0);
-    c.completes().await;
-    c.retry_after(&c.faulted("GzipBody"), DELAY);
+    refused_and_never_written(&c, "GzipBody").await;
 }
 
 /// HEAD is fine, the GET gets a 200 text/html page of another length without validators: its
@@ -547,6 +567,14 @@ async fn fault_html_200_error_page_restarts_the_file() {
     let c = case(121, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: false });
     c.start().await;
+    restarts_after_the_page(&c).await;
+}
+
+/// The job reaches TRANSFERRED without any error, the page was followed by a new probe and a
+/// GET from byte 0, and the completed file is the server's (no HTML byte in it).
+async fn restarts_after_the_page(c: &Case) {
+    let info = wait_state_within(&c.client, c.job, JobState::Transferred, WAIT).await;
+    assert_eq!((info.error_count, &info.error), (0, &None), "{info:?}\n{}", c.requests());
     c.completes().await;
     let log = c.server.log();
     let html = c.faulted("HtmlPage");
@@ -576,13 +604,14 @@ async fn fault_html_200_every_time_becomes_transient() {
     c.completes().await;
 }
 
-/// The same page without Content-Length (chunked): nothing of it may end up in the file.
+/// The same page without Content-Length (chunked): without validators it is taken for a new
+/// version too, so the file restarts from zero at once and nothing of the page ends up in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_chunked_html_200_is_never_written() {
     let c = case(123, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: true });
     c.start().await;
-    c.completes().await;
+    restarts_after_the_page(&c).await;
 }
 
 // ---------------------------------------------------------------------------------------------
