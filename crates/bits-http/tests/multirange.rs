@@ -352,6 +352,15 @@ fn assert_mismatch(err: &FetchError) {
     assert_eq!(err.context, ErrorContext::RemoteFile, "{err}");
 }
 
+fn assert_no_range_support(err: &FetchError) {
+    assert_err(
+        err,
+        FetchErrorKind::RangeNotSupported,
+        Code::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+        false,
+    );
+}
+
 async fn setup(mode: Mode) -> (Server, HttpClient, RemoteInfo) {
     let server = start(mode).await;
     let http = client();
@@ -475,29 +484,14 @@ async fn a_200_is_insufficient_range_support() {
     let (server, http, info) = setup(Mode::Full).await;
     let want = [Span::new(0, 10), Span::new(20, 30)];
     let err = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap_err();
-    assert_err(
-        &err,
-        FetchErrorKind::RangeNotSupported,
-        Code::BG_E_INSUFFICIENT_RANGE_SUPPORT,
-        false,
-    );
+    assert_no_range_support(&err);
     // Even a job that may fall back cannot take a 200 for several spans.
     let err = http.get_ranges_opts(&info, &want, &RequestOptions::default()).await.unwrap_err();
-    assert_err(
-        &err,
-        FetchErrorKind::RangeNotSupported,
-        Code::BG_E_INSUFFICIENT_RANGE_SUPPORT,
-        false,
-    );
+    assert_no_range_support(&err);
     // One span: exactly get_range_opts's rules.
     let one = [Span::new(0, 10)];
     let err = http.get_ranges_opts(&info, &one, &no_fallback()).await.unwrap_err();
-    assert_err(
-        &err,
-        FetchErrorKind::RangeNotSupported,
-        Code::BG_E_INSUFFICIENT_RANGE_SUPPORT,
-        false,
-    );
+    assert_no_range_support(&err);
     let whole = [Span::new(0, SIZE as u64)];
     let mut body = http.get_ranges_opts(&info, &whole, &RequestOptions::default()).await.unwrap();
     let (pieces, err) = read_all(&mut body).await;
@@ -522,12 +516,30 @@ async fn truncated_body_is_transient_and_keeps_earlier_parts() {
     let want = spans(4, 1000, 500, 1000);
     let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
     let (pieces, err) = read_all(&mut body).await;
-    let err = err.unwrap();
-    assert_err(&err, FetchErrorKind::Transport, Code::ERROR_WINHTTP_CONNECTION_ERROR, true);
-    // The first two parts whole, the start of the third, nothing of the fourth.
-    let third = runs(&pieces)[&3000].len() as u64;
-    assert!(third > 0 && third < 500, "{third}");
-    assert_exact(&pieces, &[want[0], want[1], Span::new(3000, 3000 + third)], &server.state.data);
+    assert_cut_in_the_third_part(&pieces, err, &want, &server.state.data);
+}
+
+/// What a body cut inside the third of `want`'s four 500-byte parts delivers: a transient
+/// connection error, the first two parts whole, the start of the third, nothing of the fourth.
+fn assert_cut_in_the_third_part(
+    pieces: &[(u64, Bytes)],
+    err: Option<FetchError>,
+    want: &[Span],
+    data: &[u8],
+) {
+    assert_err(
+        &err.unwrap(),
+        FetchErrorKind::Transport,
+        Code::ERROR_WINHTTP_CONNECTION_ERROR,
+        true,
+    );
+    let third = runs(pieces)[&want[2].start].len() as u64;
+    assert!(third > 0 && third < want[2].len(), "{third}");
+    assert_exact(
+        pieces,
+        &[want[0], want[1], Span::new(want[2].start, want[2].start + third)],
+        data,
+    );
 }
 
 #[tokio::test]
@@ -537,10 +549,7 @@ async fn body_ending_cleanly_before_the_last_part_is_transient() {
     let want = spans(4, 1000, 500, 1000);
     let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
     let (pieces, err) = read_all(&mut body).await;
-    let err = err.unwrap();
-    assert_err(&err, FetchErrorKind::Transport, Code::ERROR_WINHTTP_CONNECTION_ERROR, true);
-    let third = runs(&pieces)[&3000].len() as u64;
-    assert_exact(&pieces, &[want[0], want[1], Span::new(3000, 3000 + third)], &server.state.data);
+    assert_cut_in_the_third_part(&pieces, err, &want, &server.state.data);
 }
 
 #[tokio::test]
