@@ -4,60 +4,46 @@
 //! unit files in dist/systemd pass `systemd-analyze verify` and allow the system calls bitsd makes.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bits_client::Client;
 use bits_core::Priority;
-use bits_tests::daemon::{binary_in, own_target_dir};
+use bits_tests::daemon::{TestDaemon, binary_in, own_target_dir};
 use tokio::net::UnixDatagram;
 
 /// Where bitsd is installed in the unit files; the verify test points them at the built binary.
 const INSTALLED_BINARY: &str = "/usr/local/bin/bitsd";
 
-/// A `bitsd` started by hand (not through `TestDaemon`, which waits for the socket itself and so
-/// could not tell whether READY came before the socket was usable). Killed on drop; its log is
-/// printed if the test is failing.
+/// A `bitsd` whose sd_notify messages the test receives. Started with [`TestDaemon::launch`],
+/// which does not wait for the socket (as `TestDaemon::start` does), so the test can tell whether
+/// READY came before the socket was usable.
 struct NotifyingDaemon {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    daemon: TestDaemon,
     notify: UnixDatagram,
+    _notify_dir: tempfile::TempDir,
 }
 
 impl NotifyingDaemon {
-    /// Binds DIR/notify.sock, then starts bitsd with NOTIFY_SOCKET pointing at it and `env` added.
+    /// Binds a notification socket, then starts bitsd with NOTIFY_SOCKET pointing at it and `env` added.
     fn start(env: &[(&str, &str)]) -> NotifyingDaemon {
-        let dir = tempfile::Builder::new().prefix("bitsd-systemd-").tempdir().unwrap();
-        let notify = UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
-        let log = std::fs::File::create(dir.path().join("bitsd.log")).unwrap();
-        let mut command = Command::new(binary_in(&own_target_dir(), "bitsd"));
-        command
-            .arg("--socket")
-            .arg(dir.path().join("bitsd.sock"))
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .env_remove("BITSD_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log));
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command.spawn().unwrap();
-        NotifyingDaemon { dir, child: Some(child), notify }
+        let notify_dir = tempfile::Builder::new().prefix("bitsd-systemd-").tempdir().unwrap();
+        let path = notify_dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&path).unwrap();
+        let mut vars: Vec<(&str, &OsStr)> = vec![("NOTIFY_SOCKET", path.as_os_str())];
+        vars.extend(env.iter().map(|(k, v)| (*k, OsStr::new(v))));
+        let daemon = TestDaemon::launch(&[], &vars);
+        NotifyingDaemon { daemon, notify, _notify_dir: notify_dir }
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.path().join("bitsd.sock")
+        self.daemon.socket()
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("bitsd.log")).unwrap_or_default()
+        self.daemon.log()
     }
 
     /// The next notification datagram, or None if none arrives within `timeout`.
@@ -92,33 +78,7 @@ impl NotifyingDaemon {
 
     /// SIGTERM, and the exit status (20 s at most).
     async fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let sent = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if sent.elapsed() > Duration::from_secs(20) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("bitsd did not exit within 20 s of SIGTERM\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for NotifyingDaemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- bitsd log ---\n{}\n--- end of bitsd log ---", self.log());
-        }
+        self.daemon.terminate().await
     }
 }
 

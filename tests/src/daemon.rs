@@ -4,6 +4,7 @@
 //! The binaries are the ones `cargo build --workspace --bins` put next to the test executable
 //! (target/debug); the tests never build them themselves.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ pub struct TestDaemon {
     /// Where `bitsd` and `bitsctl` are.
     bin_dir: PathBuf,
     args: Vec<String>,
+    /// Added to the daemon's environment on every start.
+    env: Vec<(String, OsString)>,
     child: Option<Child>,
     /// How many times the process was started; each start appends to the same log.
     starts: u32,
@@ -84,19 +87,37 @@ impl TestDaemon {
     /// [`TestDaemon::start_with`] using the `bitsd` and `bitsctl` in `bin_dir` (e.g. target/release),
     /// with the daemon's temp dir created inside `parent`.
     pub async fn start_from(bin_dir: &Path, parent: &Path, args: &[&str]) -> TestDaemon {
+        let mut daemon = TestDaemon::new(bin_dir, parent, args, &[]);
+        daemon.spawn().await;
+        daemon
+    }
+
+    /// Starts `bitsd` as [`TestDaemon::start_with`] does, with `env` added to its environment,
+    /// and returns at once, without waiting for it to answer (for tests of how it comes up).
+    pub fn launch(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> TestDaemon {
+        let mut daemon = TestDaemon::new(&own_target_dir(), &std::env::temp_dir(), args, env);
+        daemon.spawn_process();
+        daemon
+    }
+
+    fn new(
+        bin_dir: &Path,
+        parent: &Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> TestDaemon {
         binary_in(bin_dir, "bitsd");
         binary_in(bin_dir, "bitsctl");
         let dir = tempfile::Builder::new().prefix("bitsd-e2e-").tempdir_in(parent).unwrap();
         std::fs::create_dir(dir.path().join("out")).unwrap();
-        let mut daemon = TestDaemon {
+        TestDaemon {
             dir,
             bin_dir: bin_dir.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_os_string())).collect(),
             child: None,
             starts: 0,
-        };
-        daemon.spawn().await;
-        daemon
+        }
     }
 
     /// The temp dir holding everything of this daemon.
@@ -227,6 +248,13 @@ impl TestDaemon {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process; systemd's notification variables are removed (a test runner under
+    /// systemd must not pass its own on) unless the test sets them in `env`.
+    fn spawn_process(&mut self) {
         self.starts += 1;
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
@@ -241,13 +269,16 @@ impl TestDaemon {
             .args(&self.args)
             .env("RUST_LOG", rust_log)
             .env_remove("BITSD_SOCKET")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_for_stdout))
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
         self.child = Some(child);
-        self.wait_ready().await;
     }
 
     /// `--config DIR/bitsd.toml` (an empty file: built-in defaults) unless the test passes its own
