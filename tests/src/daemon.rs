@@ -73,6 +73,25 @@ pub fn binary_in(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+/// Runs `command` (stdin closed, killed if abandoned) for at most `timeout` and captures what it
+/// printed; panics with `late()` if it takes longer.
+pub(crate) async fn capture(
+    mut command: tokio::process::Command,
+    timeout: Duration,
+    late: impl FnOnce() -> String,
+) -> CtlOutput {
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{}", late()))
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    CtlOutput {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
 impl TestDaemon {
     /// Starts `bitsd` with default settings and waits until it answers.
     pub async fn start() -> TestDaemon {
@@ -224,27 +243,14 @@ impl TestDaemon {
     /// [`TestDaemon::bitsctl`] with an explicit time limit.
     pub async fn bitsctl_timeout(&self, args: &[&str], timeout: Duration) -> CtlOutput {
         let mut command = tokio::process::Command::new(self.bitsctl_path());
-        command
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .env_remove("BITSD_SOCKET")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let output = tokio::time::timeout(timeout, command.output())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "bitsctl {args:?} did not finish within {timeout:?}\n--- bitsd log ---\n{}",
-                    self.log_tail(40)
-                )
-            })
-            .unwrap();
-        CtlOutput {
-            status: output.status,
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        command.arg("--socket").arg(self.socket()).args(args).env_remove("BITSD_SOCKET");
+        capture(command, timeout, || {
+            format!(
+                "bitsctl {args:?} did not finish within {timeout:?}\n--- bitsd log ---\n{}",
+                self.log_tail(40)
+            )
+        })
+        .await
     }
 
     async fn spawn(&mut self) {

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::daemon::{CtlOutput, TestDaemon};
+use crate::daemon::{CtlOutput, TestDaemon, capture};
 
 /// A local user: name, uid and primary gid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,18 +106,11 @@ pub async fn bitsctl_at_as(socket: &Path, user: &User, args: &[&str]) -> CtlOutp
         .arg(socket)
         .args(args)
         .env_remove("BITSD_SOCKET")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("bitsctl {args:?} as {} did not finish", user.name))
-        .expect("setpriv (util-linux) runs bitsctl");
-    CtlOutput {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+        .current_dir("/");
+    capture(command, Duration::from_secs(60), || {
+        format!("bitsctl {args:?} as {} did not finish within 60 s", user.name)
+    })
+    .await
 }
 
 /// Runs a shell command as `user` (for planting files the way that user could).
