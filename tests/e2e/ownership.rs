@@ -38,7 +38,7 @@ impl Scene {
         let daemon = TestDaemon::start_with(&args).await;
         open_daemon_dir(&daemon);
         let base = tempfile::Builder::new().prefix("bitsd-users-").tempdir().unwrap();
-        let root = User { name: "root".into(), uid: 0, gid: 0 };
+        let root = root();
         dir_owned_by(base.path(), &root, 0o755);
         dir_owned_by(&base.path().join("alice"), &alice, 0o700);
         dir_owned_by(&base.path().join("bob"), &bob, 0o700);
@@ -130,7 +130,7 @@ async fn an_admin_sees_every_job_and_takes_one_over() {
 
     // Root takes alice's job over (the admin user could not write alice's 0700 directory:
     // TakeOwnership by them would leave a job its owner cannot finish — see the next test).
-    let root = User { name: "root".into(), uid: 0, gid: 0 };
+    let root = root();
     s.ctl(&root, &["take-ownership", &job]).await.success();
     refused(&s.ctl(&s.alice, &["info", &job]).await, "E_ACCESSDENIED");
     assert_eq!(s.ctl(&s.alice, &["--json", "list"]).await.success().stdout.trim(), "[]");
@@ -197,6 +197,16 @@ async fn a_directory_the_owner_cannot_write_is_refused_at_add_file() {
     s.ctl(&s.alice, &["add", &job, "http://127.0.0.1:9/f", ok.to_str().unwrap()]).await.success();
 }
 
+fn root() -> User {
+    User { name: "root".into(), uid: 0, gid: 0 }
+}
+
+/// `user` creates a symlink `at` → `target`, as that user could.
+fn plant_link(user: &User, target: &Path, at: &Path) {
+    let out = sh_as(user, &format!("ln -s {} {}", target.display(), at.display()));
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// A file nobody but root may write, standing in for /etc/shadow.
 fn victim(s: &Scene) -> PathBuf {
     let path = s.base.path().join("victim");
@@ -210,15 +220,14 @@ async fn a_symlink_planted_at_the_destination_is_replaced_or_refused_never_follo
     let server = TestServer::start().await;
     server.add_file("f.bin", vec![42u8; 50_000]);
     let victim = victim(&s);
-    let root = User { name: "root".into(), uid: 0, gid: 0 };
+    let root = root();
 
     // A sticky world-writable directory (/tmp-like): bob plants report.bin -> victim. Alice may
     // not replace bob's entry there, so Complete is refused; the victim is untouched.
     let sticky = s.base.path().join("sticky");
     dir_owned_by(&sticky, &root, 0o1777);
     let planted = sticky.join("report.bin");
-    let out = sh_as(&s.bob, &format!("ln -s {} {}", victim.display(), planted.display()));
-    assert!(out.status.success(), "{out:?}");
+    plant_link(&s.bob, &victim, &planted);
     let job = s.job_with_file(&s.alice, &server.url("f.bin"), &planted).await;
     s.ctl(&s.alice, &["resume", &job]).await.success();
     wait_transferred(&s, &s.alice, &job).await;
@@ -231,8 +240,7 @@ async fn a_symlink_planted_at_the_destination_is_replaced_or_refused_never_follo
     let shared = s.base.path().join("shared");
     dir_owned_by(&shared, &root, 0o777);
     let planted = shared.join("report.bin");
-    let out = sh_as(&s.bob, &format!("ln -s {} {}", victim.display(), planted.display()));
-    assert!(out.status.success(), "{out:?}");
+    plant_link(&s.bob, &victim, &planted);
     let out = s.ctl(&s.alice, &["download", &server.url("f.bin"), planted.to_str().unwrap()]).await;
     assert!(out.status.success(), "{out}");
     let meta = planted.symlink_metadata().unwrap();
@@ -249,13 +257,12 @@ async fn a_symlink_planted_at_the_temp_file_is_not_written_through() {
     server.add_file("f.bin", vec![9u8; 50_000]);
     let victim = victim(&s);
     let shared = s.base.path().join("shared");
-    dir_owned_by(&shared, &User { name: "root".into(), uid: 0, gid: 0 }, 0o777);
+    dir_owned_by(&shared, &root(), 0o777);
     let dest = shared.join("data.bin");
     let job = s.job_with_file(&s.alice, &server.url("f.bin"), &dest).await;
     // Bob guesses the temp name (it needs the job id, which only alice sees; assume he got it).
     let temp = shared.join(format!(".data.bin.bitsd-{job}-0.part"));
-    let out = sh_as(&s.bob, &format!("ln -s {} {}", victim.display(), temp.display()));
-    assert!(out.status.success(), "{out:?}");
+    plant_link(&s.bob, &victim, &temp);
     s.ctl(&s.alice, &["resume", &job]).await.success();
     let error = wait_error(&s, &s.alice, &job).await;
     assert_eq!(error["code"], "E_ACCESSDENIED", "{error}");
