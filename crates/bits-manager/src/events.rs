@@ -386,7 +386,7 @@ impl Subscription {
         let flags = self.flags();
         let snapshot = {
             let table = self.manager.table();
-            table.jobs.get(&self.job).map(|e| e.job.clone())
+            table.jobs.get(&self.job).map(|e| e.visible().into_owned())
         };
         let Some(job) = snapshot else {
             self.done = true;

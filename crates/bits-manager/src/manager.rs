@@ -6,6 +6,7 @@
 //! gRPC handlers call these methods and return; transfers are owned by worker tasks that the
 //! scheduler starts, never by a request.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -180,6 +181,26 @@ pub(crate) struct Entry {
     /// Where this job's notifications go: a handle on the manager's bus, so that
     /// [`set_state`] can announce every state change.
     pub(crate) events: EventBus,
+}
+
+impl Entry {
+    /// The job as clients may see it: without the spans in [`Entry::unflushed`], so progress,
+    /// filled ranges and job snapshots all say the same thing and none ever shrinks. Borrowed
+    /// unless a flush is in flight.
+    pub(crate) fn visible(&self) -> Cow<'_, Job> {
+        let pending = self.unflushed.iter().filter(|(_, spans)| !spans.is_empty());
+        let mut pending = pending.peekable();
+        if pending.peek().is_none() {
+            return Cow::Borrowed(&self.job);
+        }
+        let mut job = self.job.clone();
+        for (&index, spans) in pending {
+            if let Some(file) = job.files.get_mut(index as usize) {
+                file.filled = file.filled.subtract(spans);
+            }
+        }
+        Cow::Owned(job)
+    }
 }
 
 /// A running worker.
@@ -465,7 +486,7 @@ impl Manager {
 
     pub fn get_job(&self, caller: Caller, id: JobId) -> Result<Job, BitsError> {
         let table = self.table();
-        Ok(lookup(&table, caller, id)?.job.clone())
+        Ok(lookup(&table, caller, id)?.visible().into_owned())
     }
 
     /// The caller's jobs, oldest first. Final jobs are never listed.
@@ -478,7 +499,7 @@ impl Manager {
         let table = self.table();
         let mut entries: Vec<&Entry> = table.jobs.values().filter(|e| keep(&e.job)).collect();
         entries.sort_by_key(|e| e.seq);
-        entries.into_iter().map(|e| e.job.clone()).collect()
+        entries.into_iter().map(|e| e.visible().into_owned()).collect()
     }
 
     pub async fn resume(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
@@ -701,7 +722,7 @@ impl Manager {
 
     pub fn get_progress(&self, caller: Caller, id: JobId) -> Result<Progress, BitsError> {
         let table = self.table();
-        Ok(lookup(&table, caller, id)?.job.progress())
+        Ok(lookup(&table, caller, id)?.visible().progress())
     }
 
     /// The error object, which exists only in ERROR and TRANSIENT_ERROR.
@@ -1011,4 +1032,47 @@ pub(crate) async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(BitsError::new(Code::E_FAIL, format!("blocking task failed: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
+
+    use super::*;
+    use bits_core::{JobType, Priority};
+    use bits_store::MemStore;
+
+    /// Spans recorded in the table but not yet flushed are invisible to every read a client can
+    /// make, and appear in all of them at once when the flush returns.
+    #[tokio::test]
+    async fn unflushed_spans_are_hidden_from_every_client_read() {
+        let m = Manager::start(Arc::new(MemStore::new()), ManagerConfig::default()).unwrap();
+        let me = Caller::user(rustix::process::geteuid().as_raw());
+        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
+        {
+            let mut table = m.table();
+            let entry = table.jobs.get_mut(&id).unwrap();
+            entry.job.files[0].remote_size = Some(100);
+            entry.job.files[0].filled.insert(0, 60);
+            entry.unflushed.entry(0).or_default().insert(40, 60);
+        }
+        let seen = |m: &Manager| {
+            let progress = m.get_progress(me, id).unwrap();
+            let job = m.get_job(me, id).unwrap();
+            let listed = m.list_jobs(me);
+            let filled = m.get_filled_file_ranges(me, id, 0).unwrap();
+            (
+                progress.bytes_transferred,
+                progress.files[0].bytes_transferred,
+                job.files[0].filled.total_len(),
+                listed[0].files[0].filled.total_len(),
+                filled.total_len(),
+            )
+        };
+        assert_eq!(seen(&m), (40, 40, 40, 40, 40));
+        m.table().jobs.get_mut(&id).unwrap().unflushed.clear();
+        assert_eq!(seen(&m), (60, 60, 60, 60, 60));
+    }
 }
