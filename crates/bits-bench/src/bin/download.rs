@@ -6,7 +6,8 @@
 //!
 //! Options: `--runs N` (default 5), `--size-mib N` (the large file, default 1024), `--cases LIST`
 //! (`all` or a comma list of `single,multi4,multi16,many,ranges`), `--dir PATH` (sources, the
-//! daemon's data dir and the destinations; default: the system temp dir).
+//! daemon's data dir and the destinations; default: the system temp dir), `--bitsd-only` (no
+//! peers: for profiling the daemon; no ratios are printed).
 //!
 //! Cases:
 //! - `single`: the large file over one connection: bitsd (default settings; through the client
@@ -136,15 +137,21 @@ struct Options {
     size_mib: u64,
     cases: Vec<Case>,
     dir: PathBuf,
+    bitsd_only: bool,
 }
 
 fn usage_text() -> &'static str {
-    "usage: download [--runs N] [--size-mib N] [--cases all|single,multi4,multi16,many,ranges] [--dir PATH]"
+    "usage: download [--runs N] [--size-mib N] [--cases all|single,multi4,multi16,many,ranges] [--dir PATH] [--bitsd-only]"
 }
 
 fn parse_options() -> Result<Options> {
-    let mut options =
-        Options { runs: 5, size_mib: 1024, cases: Case::ALL.to_vec(), dir: std::env::temp_dir() };
+    let mut options = Options {
+        runs: 5,
+        size_mib: 1024,
+        cases: Case::ALL.to_vec(),
+        dir: std::env::temp_dir(),
+        bitsd_only: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -162,6 +169,7 @@ fn parse_options() -> Result<Options> {
             "--size-mib" => options.size_mib = value()?.parse().context("bad --size-mib")?,
             "--dir" => options.dir = PathBuf::from(value()?),
             "--cases" => options.cases = parse_cases(&value()?)?,
+            "--bitsd-only" => options.bitsd_only = true,
             "-h" | "--help" => {
                 println!("{}", usage_text());
                 std::process::exit(0);
@@ -388,6 +396,9 @@ struct Bench {
 
 impl Bench {
     fn tools(&self, case: Case) -> Vec<Tool> {
+        if self.options.bitsd_only {
+            return vec![Tool::Bitsd];
+        }
         match case {
             Case::Single => vec![Tool::Bitsd, Tool::Bitsctl, Tool::Curl, Tool::Aria2],
             Case::Multi4 | Case::Multi16 => vec![Tool::Bitsd, Tool::Aria2],
