@@ -146,27 +146,37 @@ impl JobFile {
     }
 
     pub fn bytes_transferred(&self) -> u64 {
-        if self.ranges.is_empty() {
-            return match self.remote_size {
-                Some(size) => self.filled.len_within(0, size),
-                None => self.filled.total_len(),
-            };
-        }
-        match self.layout() {
-            Some(layout) => layout.wanted().intersect(&self.filled).total_len(),
-            None => self.filled.total_len(),
-        }
+        self.bytes_transferred_of(&self.filled)
     }
 
     /// Every needed byte is durably in the temp file (or the file was already completed).
     pub fn is_transferred(&self) -> bool {
+        self.is_transferred_of(&self.filled)
+    }
+
+    /// [`JobFile::bytes_transferred`] as if `filled` were the filled set.
+    fn bytes_transferred_of(&self, filled: &RangeSet) -> u64 {
+        if self.ranges.is_empty() {
+            return match self.remote_size {
+                Some(size) => filled.len_within(0, size),
+                None => filled.total_len(),
+            };
+        }
+        match self.layout() {
+            Some(layout) => layout.wanted().intersect(filled).total_len(),
+            None => filled.total_len(),
+        }
+    }
+
+    /// [`JobFile::is_transferred`] as if `filled` were the filled set.
+    fn is_transferred_of(&self, filled: &RangeSet) -> bool {
         if self.completed {
             return true;
         }
         if self.ranges.is_empty() {
-            return self.remote_size.is_some_and(|size| self.filled.contains_span(0, size));
+            return self.remote_size.is_some_and(|size| filled.contains_span(0, size));
         }
-        self.layout().is_some_and(|l| l.wanted().subtract(&self.filled).is_empty())
+        self.layout().is_some_and(|l| l.wanted().subtract(filled).is_empty())
     }
 
     /// Keeps only the filled ranges a temp file of `temp_len` bytes (`None`: missing) can hold.
@@ -310,13 +320,31 @@ pub struct FileProgress {
 
 impl Job {
     pub fn progress(&self) -> Progress {
+        self.progress_hiding(|_| None)
+    }
+
+    /// The progress as if the spans `hidden(index)` of each file were not filled yet: the
+    /// daemon hides spans whose store write is still in flight. Nothing is cloned.
+    pub fn progress_hiding<'a>(&self, hidden: impl Fn(u32) -> Option<&'a RangeSet>) -> Progress {
+        let mut files_transferred = 0;
         let files: Vec<FileProgress> = self
             .files
             .iter()
-            .map(|f| FileProgress {
-                bytes_total: f.bytes_total(),
-                bytes_transferred: f.bytes_transferred(),
-                completed: f.completed,
+            .enumerate()
+            .map(|(i, f)| {
+                let (bytes_transferred, transferred) = match hidden(i as u32) {
+                    Some(spans) if !spans.is_empty() => {
+                        let filled = f.filled.subtract(spans);
+                        (f.bytes_transferred_of(&filled), f.is_transferred_of(&filled))
+                    }
+                    _ => (f.bytes_transferred(), f.is_transferred()),
+                };
+                files_transferred += u32::from(transferred);
+                FileProgress {
+                    bytes_total: f.bytes_total(),
+                    bytes_transferred,
+                    completed: f.completed,
+                }
             })
             .collect();
         let bytes_total = files.iter().try_fold(0u64, |acc, f| f.bytes_total.map(|t| acc + t));
@@ -324,7 +352,7 @@ impl Job {
             bytes_total,
             bytes_transferred: files.iter().map(|f| f.bytes_transferred).sum(),
             files_total: self.files.len() as u32,
-            files_transferred: self.files.iter().filter(|f| f.is_transferred()).count() as u32,
+            files_transferred,
             files,
         }
     }
@@ -369,10 +397,9 @@ mod tests {
         assert!(f.is_transferred());
     }
 
-    #[test]
-    fn job_total_is_unknown_while_any_file_is() {
+    fn job_with(files: Vec<JobFile>) -> Job {
         let now = SystemTime::now();
-        let mut job = Job {
+        Job {
             id: JobId::new_random(),
             display_name: "j".into(),
             description: String::new(),
@@ -395,8 +422,13 @@ mod tests {
             minimum_notification_interval_ms: DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             connections_per_file: 1,
             files_at_once: 1,
-            files: vec![],
-        };
+            files,
+        }
+    }
+
+    #[test]
+    fn job_total_is_unknown_while_any_file_is() {
+        let mut job = job_with(vec![]);
         assert_eq!(job.progress().bytes_total, Some(0));
         job.files.push(file(vec![], Some(10)));
         job.files.push(file(vec![], None));
@@ -408,5 +440,17 @@ mod tests {
             p.files_transferred, 1,
             "a zero-byte file is transferred once its size is known"
         );
+    }
+
+    #[test]
+    fn hidden_spans_are_not_counted_as_transferred() {
+        let mut job = job_with(vec![file(vec![], Some(100)), file(vec![], Some(10))]);
+        job.files[0].filled.insert(0, 100);
+        job.files[1].filled.insert(0, 10);
+        let hidden = RangeSet::from_span(40, 100);
+        let p = job.progress_hiding(|i| (i == 0).then_some(&hidden));
+        assert_eq!((p.bytes_transferred, p.files_transferred), (50, 1));
+        assert_eq!((p.files[0].bytes_transferred, p.files[1].bytes_transferred), (40, 10));
+        assert_eq!(job.progress().files_transferred, 2);
     }
 }

@@ -33,7 +33,7 @@ use bits_core::{
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::{Caller, Manager, lookup};
+use crate::manager::{Caller, Entry, Manager, lookup};
 
 /// Events the bus holds for slow subscribers before they lag.
 const CAPACITY: usize = 1024;
@@ -154,14 +154,15 @@ impl EventBus {
     /// A JobModification of `job` in `state`. Its progress covers every file of the job, and it
     /// goes out on every recorded range, so it is only computed when someone is subscribed
     /// (a late subscriber gets a fresh snapshot, not old events).
-    fn modification(&self, job: &Job, state: JobState) {
+    fn modification(&self, job: &Entry, state: JobState) {
         if self.inner.tx.receiver_count() > 0 {
-            self.emit(job.id, EventKind::JobModification { state, progress: job.progress() });
+            self.emit(job.job.id, EventKind::JobModification { state, progress: job.progress() });
         }
     }
 
     /// The job's state just changed to `job.state`.
-    pub(crate) fn state_changed(&self, job: &Job) {
+    pub(crate) fn state_changed(&self, entry: &Entry) {
+        let job = &entry.job;
         match job.state {
             JobState::Transferred => {
                 let mut notes = self.notes();
@@ -188,21 +189,22 @@ impl EventBus {
             }
             state => {
                 let _notes = self.notes();
-                self.modification(job, state);
+                self.modification(entry, state);
             }
         }
     }
 
     /// A property changed or files were added.
-    pub(crate) fn modified(&self, job: &Job) {
+    pub(crate) fn modified(&self, entry: &Entry) {
         let _notes = self.notes();
-        self.modification(job, job.state);
+        self.modification(entry, entry.job.state);
     }
 
     /// `span` of file `index` was just recorded as filled. Call it after the span joined
     /// `filled` and before it left `requested`: the requested part is what FileRangesTransferred
     /// reports.
-    pub(crate) fn recorded(&self, job: &Job, index: u32, span: Span) {
+    pub(crate) fn recorded(&self, job_entry: &Entry, index: u32, span: Span) {
+        let job = &job_entry.job;
         let Some(file) = job.files.get(index as usize) else { return };
         let mut notes = self.notes();
         let first_record = !notes.contains_key(&job.id);
@@ -215,7 +217,7 @@ impl EventBus {
                 }
             }
         }
-        self.modification(job, job.state);
+        self.modification(job_entry, job.state);
         // Only a whole-file download is random-access eligible (spec §4).
         if file.ranges.is_empty() {
             let on_demand = file.requested.intersect_span(span.start, span.end);
@@ -610,7 +612,7 @@ mod tests {
                 file.remote_size = Some(100);
                 for (start, end) in [(0, 60), (60, 100)] {
                     e.job.files[index as usize].filled.insert(start, end);
-                    e.events.recorded(&e.job, index, Span::new(start, end));
+                    e.events.recorded(e, index, Span::new(start, end));
                 }
             });
         }
@@ -676,7 +678,7 @@ mod tests {
         let record = |start: u64, end: u64| {
             with_entry(&manager, id, |e| {
                 e.job.files[0].filled.insert(start, end);
-                e.events.recorded(&e.job, 0, Span::new(start, end));
+                e.events.recorded(e, 0, Span::new(start, end));
                 e.job.files[0].requested.remove(start, end);
             });
         };
@@ -715,7 +717,7 @@ mod tests {
         for (start, end) in [(0, 10), (10, 100)] {
             with_entry(&manager, id, |e| {
                 e.job.files[0].filled.insert(start, end);
-                e.events.recorded(&e.job, 0, Span::new(start, end));
+                e.events.recorded(e, 0, Span::new(start, end));
                 e.job.files[0].requested.remove(start, end);
             });
         }

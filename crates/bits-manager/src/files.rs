@@ -124,7 +124,7 @@ impl Manager {
             }
             entry.job.modification_time = std::time::SystemTime::now();
             self.persist_job(&entry.job)?;
-            entry.events.modified(&entry.job);
+            entry.events.modified(entry);
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
             }

@@ -184,6 +184,11 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The job's progress as clients may see it (see [`Entry::visible`]), without a clone.
+    pub(crate) fn progress(&self) -> Progress {
+        self.job.progress_hiding(|index| self.unflushed.get(&index))
+    }
+
     /// The job as clients may see it: without the spans in [`Entry::unflushed`], so progress,
     /// filled ranges and job snapshots all say the same thing and none ever shrinks. Borrowed
     /// unless a flush is in flight.
@@ -722,7 +727,7 @@ impl Manager {
 
     pub fn get_progress(&self, caller: Caller, id: JobId) -> Result<Progress, BitsError> {
         let table = self.table();
-        Ok(lookup(&table, caller, id)?.visible().progress())
+        Ok(lookup(&table, caller, id)?.progress())
     }
 
     /// The error object, which exists only in ERROR and TRANSIENT_ERROR.
@@ -941,7 +946,7 @@ fn prepare_temp_for_finalize(temp: &Path, len: u64) -> Result<(), BitsError> {
 pub(crate) fn set_state(entry: &mut Entry, state: JobState) {
     entry.job.state = state;
     entry.job.modification_time = SystemTime::now();
-    entry.events.state_changed(&entry.job);
+    entry.events.state_changed(entry);
 }
 
 pub(crate) fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {

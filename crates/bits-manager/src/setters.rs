@@ -37,7 +37,7 @@ impl Manager {
             change(&mut entry.job)?;
             entry.job.modification_time = SystemTime::now();
             self.persist_job(&entry.job)?;
-            entry.events.modified(&entry.job);
+            entry.events.modified(entry);
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
             }

@@ -879,7 +879,7 @@ async fn record_filled_spans(
     for span in spans.iter() {
         // Unless the file restarted from zero meanwhile (then these bytes are gone again).
         if entry.job.files[index as usize].filled.contains_span(span.start, span.end) {
-            entry.events.recorded(&entry.visible(), index, span);
+            entry.events.recorded(entry, index, span);
             entry.job.files[index as usize].requested.remove(span.start, span.end);
         }
     }
