@@ -60,14 +60,68 @@ pub fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(
     sync_dir(parent_dir(dest))
 }
 
-/// [`finalize`] without the directory sync, for callers moving many files into the same
-/// directories: they call [`sync_parent_dirs`] once afterwards, before treating the renames as
-/// durable.
-pub fn rename_into_place(
-    temp: &Path,
-    dest: &Path,
-    mtime: Option<SystemTime>,
-) -> Result<(), DiskError> {
+/// One file for [`rename_all_into_place`].
+#[derive(Clone, Debug)]
+pub struct Move<'a> {
+    pub temp: &'a Path,
+    pub dest: &'a Path,
+    pub mtime: Option<SystemTime>,
+}
+
+/// Files opened (times set, not yet synced) per round of [`rename_all_into_place`]: bounded so a
+/// job of many files stays well inside the default limit of 1,024 open files.
+const ROUND: usize = 128;
+
+/// [`finalize`] for many files, without the directory syncs (the caller runs
+/// [`sync_parent_dirs`] once afterwards, before treating the renames as durable). In order, stops
+/// at the first failure: returns how many files were renamed (a prefix of `moves`) and the error.
+///
+/// Why rounds of set-times, then fsyncs, then renames, rather than each file in turn: on a
+/// journalling file system an fsync commits every metadata change made so far, so the first
+/// fsync of a round carries the times of all its files and the rest find nothing left to
+/// commit. File by file, each fsync would also carry the previous file's rename and cost a
+/// journal commit of its own: most of Complete's time for a job of 1,000 small files.
+pub fn rename_all_into_place(moves: &[Move<'_>]) -> (usize, Option<DiskError>) {
+    let mut renamed = 0;
+    for round in moves.chunks(ROUND) {
+        let (ready, failure) = open_and_sync(round);
+        for m in &round[..ready] {
+            if let Err(e) = std::fs::rename(m.temp, m.dest) {
+                return (renamed, Some(DiskError::from_io(m.dest, "rename into", e)));
+            }
+            renamed += 1;
+        }
+        if failure.is_some() {
+            return (renamed, failure);
+        }
+    }
+    (renamed, None)
+}
+
+/// Opens a round's temp files in order (setting their times), then fsyncs them. Returns how
+/// many are ready to rename (a prefix of `round`) and the error that stopped the next one.
+fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
+    let mut opened = Vec::with_capacity(round.len());
+    let mut failure = None;
+    for m in round {
+        match open_with_times(m.temp, m.mtime) {
+            Ok(file) => opened.push(file),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    for (k, file) in opened.iter().enumerate() {
+        if let Err(e) = file.sync_all() {
+            return (k, Some(DiskError::from_io(round[k].temp, "sync", e)));
+        }
+    }
+    (opened.len(), failure)
+}
+
+/// The temp file opened without following a link, with its times set (not yet synced).
+fn open_with_times(temp: &Path, mtime: Option<SystemTime>) -> Result<File, DiskError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(crate::part_file::NOFOLLOW)
@@ -77,6 +131,12 @@ pub fn rename_into_place(
         file.set_times(FileTimes::new().set_modified(time).set_accessed(time))
             .map_err(|e| DiskError::from_io(temp, "set the times of", e))?;
     }
+    Ok(file)
+}
+
+/// [`finalize`] without the directory sync.
+fn rename_into_place(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
+    let file = open_with_times(temp, mtime)?;
     file.sync_all().map_err(|e| DiskError::from_io(temp, "sync", e))?;
     drop(file);
     std::fs::rename(temp, dest).map_err(|e| DiskError::from_io(dest, "rename into", e))
@@ -220,6 +280,42 @@ mod tests {
         let err = finalize(&missing, &dest, None).unwrap_err();
         assert!(matches!(&err, DiskError::NotFound { path } if *path == missing), "{err:?}");
         assert_eq!(std::fs::read(&dest).unwrap(), b"keep");
+    }
+
+    /// More files than one round, with a missing temp file past the first round: every file
+    /// before it is in place with its times, it and every later one is untouched.
+    #[test]
+    fn rename_all_stops_at_the_first_failure_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = ROUND + 10;
+        let broken = ROUND + 3;
+        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+        let names: Vec<(PathBuf, PathBuf)> = (0..n)
+            .map(|i| (dir.path().join(format!(".f{i}.part")), dir.path().join(format!("f{i}"))))
+            .collect();
+        for (i, (temp, _)) in names.iter().enumerate() {
+            if i != broken {
+                write_temp(dir.path(), temp.file_name().unwrap().to_str().unwrap(), &[i as u8]);
+            }
+        }
+        let moves: Vec<Move<'_>> =
+            names.iter().map(|(temp, dest)| Move { temp, dest, mtime: Some(mtime) }).collect();
+        let (renamed, error) = rename_all_into_place(&moves);
+        assert_eq!(renamed, broken);
+        assert!(matches!(&error, Some(DiskError::NotFound { path }) if *path == names[broken].0));
+        for (i, (temp, dest)) in names.iter().enumerate() {
+            if i < broken {
+                assert!(!temp.exists(), "{i}");
+                assert_eq!(std::fs::metadata(dest).unwrap().modified().unwrap(), mtime, "{i}");
+                assert_eq!(std::fs::read(dest).unwrap(), [i as u8]);
+            } else {
+                assert!(!dest.exists(), "{i}");
+                assert_eq!(temp.exists(), i != broken, "{i}");
+            }
+        }
+        let (rest, error) = rename_all_into_place(&moves[broken + 1..]);
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(rest, n - broken - 1);
     }
 
     #[test]

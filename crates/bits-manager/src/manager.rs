@@ -635,38 +635,43 @@ impl Manager {
         // As the owner: the rename needs the owner's right to replace the destination (and
         // never follows a link someone planted there; it replaces it).
         let stopped = run_as(owner.clone(), move || {
-            let mut renamed: Vec<std::path::PathBuf> = Vec::new();
+            // Which files to move: in order, up to the first whose temp file cannot be made
+            // ready. A temp file already gone was renamed before a crash if the file is
+            // completed; if not, its bytes are lost.
             let mut failure = None;
+            let mut already: Vec<&Path> = Vec::new();
+            let mut moves: Vec<(usize, bits_disk::Move<'_>)> = Vec::new();
             for (k, (index, file)) in batch.iter().enumerate() {
+                let ready =
+                    prepare_temp_for_finalize(&file.temp_path, file.bytes_total().unwrap_or(0));
+                if let Err(e) = ready {
+                    failure = Some((k, *index, Some(e)));
+                    break;
+                }
+                if file.temp_path.symlink_metadata().is_err() {
+                    if file.completed {
+                        already.push(&file.local_path);
+                        continue;
+                    }
+                    failure = Some((k, *index, None));
+                    break;
+                }
                 let mtime = file
                     .validator
                     .last_modified
                     .as_deref()
                     .and_then(|s| httpdate::parse_http_date(s).ok());
-                let step =
-                    prepare_temp_for_finalize(&file.temp_path, file.bytes_total().unwrap_or(0))
-                        .and_then(|()| {
-                            if file.temp_path.symlink_metadata().is_err() {
-                                // Renamed before a crash, or gone behind our back.
-                                return Ok(file.completed);
-                            }
-                            bits_disk::rename_into_place(&file.temp_path, &file.local_path, mtime)
-                                .map_err(disk_error)?;
-                            Ok(true)
-                        });
-                match step {
-                    Ok(true) => renamed.push(file.local_path.clone()),
-                    Ok(false) => {
-                        failure = Some((k, *index, None));
-                        break;
-                    }
-                    Err(e) => {
-                        failure = Some((k, *index, Some(e)));
-                        break;
-                    }
-                }
+                let (temp, dest) = (file.temp_path.as_path(), file.local_path.as_path());
+                moves.push((k, bits_disk::Move { temp, dest, mtime }));
             }
-            bits_disk::sync_parent_dirs(renamed.iter().map(|p| p.as_path())).map_err(disk_error)?;
+            let plan: Vec<bits_disk::Move<'_>> = moves.iter().map(|(_, m)| m.clone()).collect();
+            let (renamed, error) = bits_disk::rename_all_into_place(&plan);
+            if let Some(e) = error {
+                let (k, _) = moves[renamed];
+                failure = Some((k, batch[k].0, Some(disk_error(e))));
+            }
+            let done = plan[..renamed].iter().map(|m| m.dest).chain(already);
+            bits_disk::sync_parent_dirs(done).map_err(disk_error)?;
             Ok(failure)
         })
         .await;
