@@ -8,6 +8,8 @@
 //! shutdown) always ends with the bytes written so far synced and recorded.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -164,6 +166,22 @@ fn fail(entry: &mut Entry, error: JobError, transient: bool, retry_after: Option
     }
 }
 
+/// What is left of a file once its bytes are off the network: writing, syncing and recording
+/// them. It runs without holding one of the job's files-at-once slots.
+type Tail<'a> = Pin<Box<dyn Future<Output = Result<(), Halt>> + Send + 'a>>;
+
+/// A file's transfer: done, or its bytes are in memory and only its [`Tail`] remains.
+enum Fetched<'a> {
+    Done,
+    /// The tail, and how many bytes of the file it holds in memory.
+    Tail(Tail<'a>, u64),
+}
+
+/// Tails of one job in flight at once: files whose bytes are in memory, waiting for their write,
+/// fsync and store flush. Capped by count and by bytes so memory stays bounded.
+const MAX_TAILS: usize = 64;
+const MAX_TAIL_BYTES: u64 = 16 << 20;
+
 async fn transfer_job(
     manager: &Manager,
     id: JobId,
@@ -172,12 +190,19 @@ async fn transfer_job(
 ) -> Result<(), Halt> {
     // Files go one at a time (BITS), or several at once with the files-at-once extension. The
     // first failure stops the others (they drain: what they wrote is synced and recorded).
+    // A small file's network part and its disk part are separate: while one file's bytes are
+    // written and recorded, its slot already fetches the next file (most of a small file's time
+    // is the fsync and the store flush, which many files share when they overlap).
     let files_stop = stop.child_token();
     let mut running = FuturesUnordered::new();
+    let mut tails: FuturesUnordered<Pin<Box<dyn Future<Output = _> + Send + '_>>> =
+        FuturesUnordered::new();
+    let mut tail_bytes = 0u64;
     let mut active: HashSet<u32> = HashSet::new();
     let mut failure: Option<Halt> = None;
     loop {
-        if failure.is_none() && !stop.is_cancelled() {
+        let room = tails.len() < MAX_TAILS && tail_bytes < MAX_TAIL_BYTES;
+        if failure.is_none() && !stop.is_cancelled() && room {
             loop {
                 let (next, slots) = {
                     let table = manager.table();
@@ -195,7 +220,22 @@ async fn transfer_job(
                 });
             }
         }
-        let Some((index, result)) = running.next().await else { break };
+        let (index, result) = tokio::select! {
+            Some((index, fetched)) = running.next() => match fetched {
+                Ok(Fetched::Tail(tail, bytes)) => {
+                    tail_bytes += bytes;
+                    tails.push(Box::pin(async move { (index, bytes, tail.await) }));
+                    continue;
+                }
+                Ok(Fetched::Done) => (index, Ok(())),
+                Err(halt) => (index, Err(halt)),
+            },
+            Some((index, bytes, result)) = tails.next() => {
+                tail_bytes -= bytes;
+                (index, result)
+            }
+            else => break,
+        };
         active.remove(&index);
         if let Err(halt) = result {
             files_stop.cancel();
@@ -243,13 +283,13 @@ fn next_file(job: &bits_core::Job, active: &HashSet<u32>) -> NextFile {
     }
 }
 
-async fn transfer_file(
-    manager: &Manager,
+async fn transfer_file<'a>(
+    manager: &'a Manager,
     id: JobId,
     index: u32,
     stop: &CancellationToken,
     repick: &Notify,
-) -> Result<(), Halt> {
+) -> Result<Fetched<'a>, Halt> {
     let mut restarts = 0;
     loop {
         match transfer_file_once(manager, id, index, stop, repick).await {
@@ -275,13 +315,39 @@ async fn transfer_file(
     }
 }
 
-async fn transfer_file_once(
-    manager: &Manager,
+/// A file whose server has answered: what the rest of its transfer works from.
+struct Opened {
+    file: JobFile,
+    options: RequestOptions,
+    remote: RemoteInfo,
+    layout: Arc<Layout>,
+    /// The whole-file GET that probed a fresh file (see [`open_file`]), not read yet.
+    first_body: Option<RangeBody>,
+    connections: u32,
+}
+
+async fn transfer_file_once<'a>(
+    manager: &'a Manager,
     id: JobId,
     index: u32,
     stop: &CancellationToken,
     repick: &Notify,
-) -> Result<(), Halt> {
+) -> Result<Fetched<'a>, Halt> {
+    let mut opened = open_file(manager, id, index, stop).await?;
+    if let Some(body) = opened.first_body.take_if(|_| opened.remote.size <= SMALL_FILE) {
+        return small_file(manager, id, index, &opened, body, stop).await;
+    }
+    stream_file(manager, id, index, stop, repick, opened).await.map(|()| Fetched::Done)
+}
+
+/// Asks the server about the file (HEAD, or for a fresh file of a files-at-once job the GET
+/// itself) and checks it is still the version whose bytes are on disk.
+async fn open_file(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    stop: &CancellationToken,
+) -> Result<Opened, Halt> {
     let file = snapshot(manager, id, index)?;
     let options = request_options(manager, id);
     let (connections, on_demand, files_at_once) = {
@@ -308,7 +374,7 @@ async fn transfer_file_once(
     } else {
         None
     };
-    let (remote, mut first_body) = match opened {
+    let (remote, first_body) = match opened {
         Some((remote, body)) => (remote, Some(body)),
         None => {
             let probe = http.probe_opts(&file.remote_url, &options);
@@ -326,10 +392,19 @@ async fn transfer_file_once(
         retry_after: None,
     })?;
     let layout = Arc::new(layout);
+    Ok(Opened { file, options, remote, layout, first_body, connections })
+}
 
-    if let Some(body) = first_body.take_if(|_| remote.size <= SMALL_FILE) {
-        return small_file(manager, id, index, &file.temp_path, &remote, body, stop).await;
-    }
+/// The file's missing bytes, streamed to disk: one connection (BITS) or several (segmented).
+async fn stream_file(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    stop: &CancellationToken,
+    repick: &Notify,
+    opened: Opened,
+) -> Result<(), Halt> {
+    let Opened { file, options, remote, layout, mut first_body, connections } = opened;
 
     // Open the temp file. Only the filled ranges a file of its current length can hold are
     // trusted (it may have been deleted or truncated); `connected` drops the rest and flushes
@@ -459,21 +534,23 @@ async fn transfer_file_once(
 /// one go (see [`small_file`]).
 const SMALL_FILE: u64 = 1 << 20;
 
-/// The whole of a small fresh file from its opened GET: the body is collected in memory, then a
-/// single blocking task (as the owner) creates the temp file, writes it and fdatasyncs it, and
-/// only then is `[0, size)` recorded as filled. One hand-off to the blocking pool instead of the
-/// five or six of the streaming path — most of the cost when a job holds thousands of small files.
-/// A failure or stop before the sync leaves nothing recorded, as on the streaming path.
-async fn small_file(
-    manager: &Manager,
+/// The whole of a small fresh file from its opened GET: the body is collected in memory and
+/// the file's [`Tail`] is returned, in which a single blocking task (as the owner) creates the
+/// temp file, writes it and fdatasyncs it, and only then `[0, size)` is recorded as filled. One
+/// hand-off to the blocking pool instead of the five or six of the streaming path — most of the
+/// cost when a job holds thousands of small files. A failure or stop before the sync leaves
+/// nothing recorded, as on the streaming path; a tail, once started, runs to its end (its bytes
+/// are here, and valid).
+async fn small_file<'a>(
+    manager: &'a Manager,
     id: JobId,
     index: u32,
-    temp: &std::path::Path,
-    remote: &RemoteInfo,
+    opened: &Opened,
     mut body: RangeBody,
     stop: &CancellationToken,
-) -> Result<(), Halt> {
-    let mut data = Vec::with_capacity(remote.size as usize);
+) -> Result<Fetched<'a>, Halt> {
+    let size = opened.remote.size;
+    let mut data = Vec::with_capacity(size as usize);
     loop {
         let chunk = tokio::select! {
             biased;
@@ -487,18 +564,21 @@ async fn small_file(
     }
     drop(body);
     // A fresh file has no filled ranges for a short temp file to contradict (temp length 0).
-    connected(manager, id, index, remote, 0).await?;
+    connected(manager, id, index, &opened.remote, 0).await?;
     let owner = job_owner(manager, id)?;
-    let temp = temp.to_path_buf();
-    run_as(owner, move || {
-        let part = PartFile::open(&temp).map_err(disk_error)?;
-        part.set_len(data.len() as u64).map_err(disk_error)?;
-        part.write_at(0, &data).map_err(disk_error)?;
-        part.sync().map_err(disk_error)
-    })
-    .await
-    .map_err(|e| local_halt(e, index))?;
-    record_filled(manager, id, index, Span::new(0, remote.size)).await
+    let temp = opened.file.temp_path.clone();
+    let tail = async move {
+        run_as(owner, move || {
+            let part = PartFile::open(&temp).map_err(disk_error)?;
+            part.set_len(data.len() as u64).map_err(disk_error)?;
+            part.write_at(0, &data).map_err(disk_error)?;
+            part.sync().map_err(disk_error)
+        })
+        .await
+        .map_err(|e| local_halt(e, index))?;
+        record_filled(manager, id, index, Span::new(0, size)).await
+    };
+    Ok(Fetched::Tail(Box::pin(tail), size))
 }
 
 /// A piece no larger than this may share a multi-range request with others.
