@@ -4,12 +4,13 @@
 //! a SIGKILL.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bits_client::Client;
 use bits_core::{JobId, JobState, Priority};
 use bits_tests::daemon::TestDaemon;
 use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::{LoggedRequest, TestServer};
+use bits_tests::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
@@ -111,6 +112,9 @@ async fn files_at_once_transfers_several_files_together() {
     let log = server.log();
     for ((name, data), dest) in names.iter().zip(&datas).zip(&dests) {
         assert_eq!(std::fs::read(dest).unwrap(), *data, "{name}");
+        // Small files get their times with their one sync; Complete must still show them.
+        let mtime = std::fs::metadata(dest).unwrap().modified().unwrap();
+        assert_eq!(mtime, UNIX_EPOCH + Duration::from_secs(DEFAULT_LAST_MODIFIED), "{name}");
         assert_eq!(served_once(&log, &format!("/{name}")), data.len() as u64, "{name}");
         // Fresh whole files of a files-at-once job: one GET is probe and download, no HEAD.
         let requests: Vec<_> = log.iter().filter(|r| r.path == format!("/{name}")).collect();

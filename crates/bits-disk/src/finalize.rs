@@ -51,15 +51,6 @@ fn shorten(name: &[u8], max: usize) -> &[u8] {
     }
 }
 
-/// Completes a file: fsyncs the temp file, renames it onto `dest` (atomically replacing any
-/// existing file), and fsyncs the directory so the rename survives a crash. With `mtime`, dest's
-/// modification and access times are set to it; they are set on the temp file before its fsync,
-/// so the file never appears at `dest` with other times and the times are as durable as the data.
-pub fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
-    rename_into_place(temp, dest, mtime)?;
-    sync_dir(parent_dir(dest))
-}
-
 /// One file for [`rename_all_into_place`].
 #[derive(Clone, Debug)]
 pub struct Move<'a> {
@@ -72,9 +63,15 @@ pub struct Move<'a> {
 /// job of many files stays well inside the default limit of 1,024 open files.
 const ROUND: usize = 128;
 
-/// [`finalize`] for many files, without the directory syncs (the caller runs
-/// [`sync_parent_dirs`] once afterwards, before treating the renames as durable). In order, stops
-/// at the first failure: returns how many files were renamed (a prefix of `moves`) and the error.
+/// Completes files: each temp file gets its modification and access times (`mtime`, when set)
+/// and is renamed onto its destination, atomically replacing any file there. The directory
+/// syncs are left to the caller, who runs [`sync_parent_dirs`] once afterwards, before treating
+/// the renames as durable. The temp files' bytes must already be synced (the durability rule).
+/// In order, stops at the first failure: returns how many files were renamed (a prefix of
+/// `moves`) and the error.
+///
+/// The times are set on the temp file and synced before its rename, so a file never appears at
+/// its destination with other times, and the times are as durable as the data.
 ///
 /// Why rounds of set-times, then fsyncs, then renames, rather than each file in turn: on a
 /// journalling file system an fsync commits every metadata change made so far, so the first
@@ -98,14 +95,24 @@ pub fn rename_all_into_place(moves: &[Move<'_>]) -> (usize, Option<DiskError>) {
     (renamed, None)
 }
 
-/// Opens a round's temp files in order (setting their times), then fsyncs them. Returns how
-/// many are ready to rename (a prefix of `round`) and the error that stopped the next one.
+/// Makes a round's temp files ready to rename, in order: a file whose times must change is
+/// opened and has them set, then all of those are fsynced. Returns how many are ready (a prefix
+/// of `round`) and the error that stopped the next one.
+///
+/// A regular file whose times are already right (or that has none to set) is not synced again:
+/// its bytes were synced before they were recorded as filled (the durability rule), and a small
+/// file had its times set before that sync ([`crate::PartFile::sync_with_times`]). That saves a
+/// sync — on ext4 without a journal, a device cache flush — per file of a job of many files.
 fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
     let mut opened = Vec::with_capacity(round.len());
     let mut failure = None;
     for m in round {
+        if times_settled(m) {
+            opened.push(None);
+            continue;
+        }
         match open_with_times(m.temp, m.mtime) {
-            Ok(file) => opened.push(file),
+            Ok(file) => opened.push(Some(file)),
             Err(e) => {
                 failure = Some(e);
                 break;
@@ -113,11 +120,20 @@ fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
         }
     }
     for (k, file) in opened.iter().enumerate() {
-        if let Err(e) = file.sync_all() {
+        if let Some(Err(e)) = file.as_ref().map(File::sync_all) {
             return (k, Some(DiskError::from_io(round[k].temp, "sync", e)));
         }
     }
     (opened.len(), failure)
+}
+
+/// The temp file is a regular file (not a planted link: those take the open, which refuses
+/// them) whose times need no change.
+fn times_settled(m: &Move<'_>) -> bool {
+    match std::fs::symlink_metadata(m.temp) {
+        Ok(meta) if meta.is_file() => m.mtime.is_none_or(|t| meta.modified().ok() == Some(t)),
+        _ => false,
+    }
 }
 
 /// The temp file opened without following a link, with its times set (not yet synced).
@@ -132,14 +148,6 @@ fn open_with_times(temp: &Path, mtime: Option<SystemTime>) -> Result<File, DiskE
             .map_err(|e| DiskError::from_io(temp, "set the times of", e))?;
     }
     Ok(file)
-}
-
-/// [`finalize`] without the directory sync.
-fn rename_into_place(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
-    let file = open_with_times(temp, mtime)?;
-    file.sync_all().map_err(|e| DiskError::from_io(temp, "sync", e))?;
-    drop(file);
-    std::fs::rename(temp, dest).map_err(|e| DiskError::from_io(dest, "rename into", e))
 }
 
 /// fsyncs each distinct directory holding one of `dests`, once.
@@ -243,6 +251,13 @@ mod tests {
         temp
     }
 
+    /// One file through [`rename_all_into_place`] and the directory sync.
+    fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
+        let (_, error) = rename_all_into_place(&[Move { temp, dest, mtime }]);
+        error.map_or(Ok(()), Err)?;
+        sync_parent_dirs([dest])
+    }
+
     #[test]
     fn finalize_moves_the_file_and_sets_its_times() {
         let dir = tempfile::tempdir().unwrap();
@@ -316,6 +331,24 @@ mod tests {
         let (rest, error) = rename_all_into_place(&moves[broken + 1..]);
         assert!(error.is_none(), "{error:?}");
         assert_eq!(rest, n - broken - 1);
+    }
+
+    /// A link planted at the temp file's name is never moved into place, whether or not the
+    /// file has times to set.
+    #[test]
+    fn a_planted_link_is_not_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = write_temp(dir.path(), "victim", b"precious");
+        for mtime in [None, Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000))] {
+            let temp = dir.path().join(".out.part");
+            let _ = std::fs::remove_file(&temp);
+            std::os::unix::fs::symlink(&victim, &temp).unwrap();
+            let dest = dir.path().join("out");
+            assert!(finalize(&temp, &dest, mtime).is_err(), "{mtime:?}");
+            assert!(dest.symlink_metadata().is_err(), "{mtime:?}: something was moved");
+            assert!(temp.symlink_metadata().unwrap().is_symlink());
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 
     #[test]

@@ -14,8 +14,7 @@ mod part_file;
 
 pub use error::DiskError;
 pub use finalize::{
-    Move, check_destination, finalize, remove_temp, rename_all_into_place, sync_parent_dirs,
-    temp_path_for,
+    Move, check_destination, remove_temp, rename_all_into_place, sync_parent_dirs, temp_path_for,
 };
 pub use identity::{Identity, IdentityError};
 pub use part_file::PartFile;

@@ -656,11 +656,7 @@ impl Manager {
                     failure = Some((k, *index, None));
                     break;
                 }
-                let mtime = file
-                    .validator
-                    .last_modified
-                    .as_deref()
-                    .and_then(|s| httpdate::parse_http_date(s).ok());
+                let mtime = remote_mtime(&file.validator);
                 let (temp, dest) = (file.temp_path.as_path(), file.local_path.as_path());
                 moves.push((k, bits_disk::Move { temp, dest, mtime }));
             }
@@ -944,6 +940,11 @@ fn prepare_temp_for_finalize(temp: &Path, len: u64) -> Result<(), BitsError> {
         part.sync().map_err(disk_error)?;
     }
     Ok(())
+}
+
+/// The server's Last-Modified, which a completed file gets as its modification time.
+pub(crate) fn remote_mtime(validator: &bits_core::Validator) -> Option<SystemTime> {
+    validator.last_modified.as_deref().and_then(|s| httpdate::parse_http_date(s).ok())
 }
 
 /// The one place a job's state changes; it also announces the change (JobModification, or

@@ -29,7 +29,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::run_as;
-use crate::manager::{Entry, Manager, disk_error, run_blocking, set_state, store_error};
+use crate::manager::{
+    Entry, Manager, disk_error, remote_mtime, run_blocking, set_state, store_error,
+};
 use crate::writer::Pipeline;
 
 /// How often one file may be found changed on the server before it counts as a transient error.
@@ -567,12 +569,18 @@ async fn small_file<'a>(
     connected(manager, id, index, &opened.remote, 0).await?;
     let owner = job_owner(manager, id)?;
     let temp = opened.file.temp_path.clone();
+    // The times Complete gives the file, set now, before the one sync (see `sync_with_times`).
+    let mtime = remote_mtime(&opened.remote.validator);
     let tail = async move {
         run_as(owner, move || {
             let part = PartFile::open(&temp).map_err(disk_error)?;
             part.set_len(data.len() as u64).map_err(disk_error)?;
             part.write_at(0, &data).map_err(disk_error)?;
-            part.sync().map_err(disk_error)
+            match mtime {
+                Some(mtime) => part.sync_with_times(mtime),
+                None => part.sync(),
+            }
+            .map_err(disk_error)
         })
         .await
         .map_err(|e| local_halt(e, index))?;

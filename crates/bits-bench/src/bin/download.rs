@@ -526,6 +526,7 @@ impl Bench {
                     .await?;
             }
         }
+        let t0 = std::time::Instant::now();
         let mut events =
             client.watch_job(job, Some(notify::JOB_TRANSFERRED | notify::JOB_ERROR)).await?;
         client.resume(job).await?;
@@ -543,7 +544,10 @@ impl Bench {
             }
         }
         drop(events);
-        ensure_ok(client.complete(job).await?)
+        let t1 = std::time::Instant::now();
+        let r = ensure_ok(client.complete(job).await?);
+        eprintln!("PHASES transfer {:?} complete {:?}", t1 - t0, t1.elapsed());
+        r
     }
 
     fn run_peer(&self, case: Case, tool: Tool) -> Result<Sample> {
