@@ -106,6 +106,17 @@ struct BusInner {
     /// for their FileRangesTransferred. Sends happen under this lock, so events of one job
     /// leave in the order they were decided.
     notes: Mutex<HashMap<JobId, Notes>>,
+    /// Per job, its live subscriptions by the flags they filter with: JobModification carries
+    /// the progress of every file, so it is only computed when one of them may want it.
+    watchers: Mutex<HashMap<JobId, Watchers>>,
+}
+
+#[derive(Default)]
+struct Watchers {
+    /// Subscriptions with their own flags that include JOB_MODIFICATION.
+    modifications: usize,
+    /// Subscriptions that follow the job's notify flags.
+    job_flags: usize,
 }
 
 #[derive(Default)]
@@ -138,6 +149,7 @@ impl EventBus {
                 tx,
                 closed: CancellationToken::new(),
                 notes: Mutex::new(HashMap::new()),
+                watchers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -155,8 +167,36 @@ impl EventBus {
     /// goes out on every recorded range, so it is only computed when someone is subscribed
     /// (a late subscriber gets a fresh snapshot, not old events).
     fn modification(&self, job: &Entry, state: JobState) {
-        if self.inner.tx.receiver_count() > 0 {
+        if self.may_want_modifications(&job.job) {
             self.emit(job.job.id, EventKind::JobModification { state, progress: job.progress() });
+        }
+    }
+
+    fn watchers(&self) -> MutexGuard<'_, HashMap<JobId, Watchers>> {
+        self.inner.watchers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Some subscription of `job` may want its JobModification events.
+    fn may_want_modifications(&self, job: &Job) -> bool {
+        self.watchers().get(&job.id).is_some_and(|w| {
+            w.modifications > 0
+                || (w.job_flags > 0 && job.notify_flags & notify::JOB_MODIFICATION != 0)
+        })
+    }
+
+    /// Counts a subscription of `job` with `flags` in (`delta` 1) or out (`delta` -1).
+    fn watch(&self, job: JobId, flags: Option<u32>, delta: isize) {
+        let own = match flags {
+            None => false,
+            Some(f) if f & notify::JOB_MODIFICATION != 0 => true,
+            Some(_) => return,
+        };
+        let mut watchers = self.watchers();
+        let w = watchers.entry(job).or_default();
+        let count = if own { &mut w.modifications } else { &mut w.job_flags };
+        *count = count.saturating_add_signed(delta);
+        if w.modifications == 0 && w.job_flags == 0 {
+            watchers.remove(&job);
         }
     }
 
@@ -332,6 +372,12 @@ pub struct Subscription {
     done: bool,
 }
 
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.manager.inner.events.watch(self.job, self.flags, -1);
+    }
+}
+
 impl Subscription {
     /// The next event, or `None` once the job reached a final state (that JobModification is
     /// returned first when wanted) or the daemon is shutting down.
@@ -440,6 +486,7 @@ impl Manager {
         let effective = flags.unwrap_or(job.notify_flags);
         let replay: Vec<JobEvent> =
             replay_of(job).into_iter().filter(|e| wants(effective, &e.kind)).collect();
+        self.events().watch(id, flags, 1);
         let subscription = Subscription {
             job: id,
             flags,
@@ -541,6 +588,36 @@ mod tests {
             next(&mut default_flags).await.unwrap().kind,
             EventKind::JobModification { .. }
         ));
+    }
+
+    /// JobModification is only built for subscriptions that may want it, and that bookkeeping
+    /// follows subscriptions coming and going and the job's own flags changing.
+    #[tokio::test]
+    async fn job_modification_reaches_whoever_wants_it_as_subscriptions_change() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 0).await;
+        let bus = manager.events();
+        let (_, transferred_only) =
+            manager.subscribe(caller(), id, Some(notify::JOB_TRANSFERRED)).unwrap();
+        let job = manager.get_job(caller(), id).unwrap();
+        assert!(!bus.may_want_modifications(&job));
+        let (_, mut follows_job) = manager.subscribe(caller(), id, None).unwrap();
+        assert!(!bus.may_want_modifications(&job), "the job's default flags exclude it");
+        manager.set_notify_flags(caller(), id, notify::JOB_MODIFICATION).await.unwrap();
+        manager.set_priority(caller(), id, Priority::High).await.unwrap();
+        assert!(matches!(
+            next(&mut follows_job).await.unwrap().kind,
+            EventKind::JobModification { .. }
+        ));
+        drop(follows_job);
+        drop(transferred_only);
+        assert!(bus.watchers().is_empty(), "dropped subscriptions are forgotten");
+        let (_, mut all) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
+        manager.set_priority(caller(), id, Priority::Low).await.unwrap();
+        assert!(matches!(next(&mut all).await.unwrap().kind, EventKind::JobModification { .. }));
+        drop(all);
+        assert!(bus.watchers().is_empty());
     }
 
     #[tokio::test]

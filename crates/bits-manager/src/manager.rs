@@ -175,7 +175,7 @@ pub(crate) struct Entry {
     /// maximum download time (spec §5.3). Not persisted: a restart grants a fresh budget.
     pub(crate) active_time: Duration,
     /// Per file, filled spans recorded in the table (so every store write of the file includes
-    /// them) whose store flush has not returned yet. Clients are not shown them: a crash in that
+    /// them) whose store flush has not returned yet; a file with none has no entry. Clients are not shown them: a crash in that
     /// window would take them back, and what GetFilledFileRanges reported must never shrink.
     pub(crate) unflushed: HashMap<u32, RangeSet>,
     /// Where this job's notifications go: a handle on the manager's bus, so that
@@ -186,6 +186,9 @@ pub(crate) struct Entry {
 impl Entry {
     /// The job's progress as clients may see it (see [`Entry::visible`]), without a clone.
     pub(crate) fn progress(&self) -> Progress {
+        if self.unflushed.is_empty() {
+            return self.job.progress();
+        }
         self.job.progress_hiding(|index| self.unflushed.get(&index))
     }
 
@@ -193,13 +196,11 @@ impl Entry {
     /// filled ranges and job snapshots all say the same thing and none ever shrinks. Borrowed
     /// unless a flush is in flight.
     pub(crate) fn visible(&self) -> Cow<'_, Job> {
-        let pending = self.unflushed.iter().filter(|(_, spans)| !spans.is_empty());
-        let mut pending = pending.peekable();
-        if pending.peek().is_none() {
+        if self.unflushed.is_empty() {
             return Cow::Borrowed(&self.job);
         }
         let mut job = self.job.clone();
-        for (&index, spans) in pending {
+        for (&index, spans) in &self.unflushed {
             if let Some(file) = job.files.get_mut(index as usize) {
                 file.filled = file.filled.subtract(spans);
             }

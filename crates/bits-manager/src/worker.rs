@@ -960,6 +960,10 @@ async fn record_filled_spans(
     let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };
     if let Some(pending) = entry.unflushed.get_mut(&index) {
         *pending = pending.subtract(spans);
+        if pending.is_empty() {
+            // Empty sets are removed: most of the time the map is empty, and reads are free.
+            entry.unflushed.remove(&index);
+        }
     }
     if entry.job.files.get(index as usize).is_none() {
         return Ok(());
