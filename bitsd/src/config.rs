@@ -70,6 +70,11 @@ impl fmt::Display for Origin {
     }
 }
 
+/// See `awake.rs`: a little longer than a local client's turnaround between calls.
+pub const DEFAULT_KEEP_AWAKE_US: u64 = 150;
+/// Beyond this the "moment" would be a busy loop.
+pub const MAX_KEEP_AWAKE_US: u64 = 10_000;
+
 /// The checked configuration: every value valid, every name resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -78,6 +83,8 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     /// `None`: the per-uid default (`bits_core::defaults::data_dir`), unless a flag says otherwise.
     pub data_dir: Option<PathBuf>,
+    /// How long the gRPC thread stays awake after a call, in µs; 0: it sleeps at once.
+    pub keep_awake_us: u64,
     pub limits: Limits,
     pub transfer: Transfer,
     pub admins: Admins,
@@ -93,6 +100,7 @@ impl Config {
             origin,
             socket: None,
             data_dir: None,
+            keep_awake_us: DEFAULT_KEEP_AWAKE_US,
             limits: Limits::default(),
             transfer: Transfer::default(),
             admins: Admins::default(),
@@ -269,6 +277,12 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
         origin: Origin::File(path.to_path_buf()),
         socket: doc.absolute(raw.socket, "socket")?,
         data_dir: doc.absolute(raw.data_dir, "data_dir")?,
+        keep_awake_us: doc.at_most(
+            raw.keep_awake_us,
+            "keep_awake_us",
+            MAX_KEEP_AWAKE_US,
+            DEFAULT_KEEP_AWAKE_US,
+        )?,
         limits: Limits {
             max_jobs_per_user: raw
                 .limits
@@ -340,6 +354,7 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
 struct RawConfig {
     socket: Option<Spanned<PathBuf>>,
     data_dir: Option<Spanned<PathBuf>>,
+    keep_awake_us: Option<Spanned<u64>>,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -505,6 +520,25 @@ impl Doc<'_> {
             None => Ok(default),
             Some(v) if *v.get_ref() < min => {
                 Err(self.error(v.span(), key, format!("must be at least {min}")))
+            }
+            Some(v) => Ok(v.into_inner()),
+        }
+    }
+
+    fn at_most<T>(
+        &self,
+        value: Option<Spanned<T>>,
+        key: &str,
+        max: T,
+        default: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: PartialOrd + Copy + fmt::Display,
+    {
+        match value {
+            None => Ok(default),
+            Some(v) if *v.get_ref() > max => {
+                Err(self.error(v.span(), key, format!("must be at most {max}")))
             }
             Some(v) => Ok(v.into_inner()),
         }

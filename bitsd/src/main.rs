@@ -2,6 +2,7 @@
 //! file, logging, the store, the job manager, the gRPC server on a Unix socket (and on loopback TCP
 //! when configured), and a clean shutdown on SIGTERM/SIGINT.
 
+mod awake;
 mod config;
 mod grpc;
 mod notify;
@@ -64,6 +65,10 @@ struct Args {
     /// from limits [file: access.admin_uids; default: 0]
     #[arg(long = "admin-uid")]
     admin_uids: Vec<u32>,
+    /// After a call, the gRPC thread stays awake this long (µs) for the next one instead of
+    /// sleeping at once; 0 = never; not while transfers run [file: keep_awake_us; default: 150; at most 10000]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(..=config::MAX_KEEP_AWAKE_US))]
+    keep_awake_us: Option<u64>,
     /// Jobs one non-admin user may own [file: limits.max_jobs_per_user; default: 60]
     #[arg(long)]
     max_jobs_per_user: Option<usize>,
@@ -214,6 +219,10 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     );
 
     let access = grpc::Access::for_daemon(euid);
+    // Both servers run on the gRPC thread and keep it awake alike.
+    let awake = awake::KeepAwake::new(Duration::from_micros(
+        args.keep_awake_us.unwrap_or(config.keep_awake_us),
+    ));
     // TCP first: if its port is taken, nothing is left behind (no socket file).
     let tcp = match &config.tcp {
         Some(tcp) => {
@@ -222,6 +231,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
             Some(tcp::TcpServing {
                 listener,
                 service: grpc::BitsService::new(manager.clone(), access),
+                awake: awake.clone(),
                 check: tcp::BearerCheck::new(&tcp.token, tcp.uid),
             })
         }
@@ -231,6 +241,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         .into_std()
         .context("cannot hand the socket to the gRPC thread")?;
     let service = grpc::BitsService::new(manager.clone(), access);
+    let keeper = awake.clone().run(manager.clone());
     // One stop for both servers. A dropped sender (the daemon failing) stops them too.
     let (stop_serving, stopped) = tokio::sync::watch::channel(false);
     // The thread reports its end on a channel rather than being joined: a join would block a
@@ -239,7 +250,13 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("bitsd-grpc".into())
         .spawn(move || {
-            let _ = served_tx.send(serve_on_own_runtime(listener, service, tcp, stopped));
+            let _ = served_tx.send(serve_on_own_runtime(
+                listener,
+                service,
+                (awake, keeper),
+                tcp,
+                stopped,
+            ));
         })
         .context("cannot start the gRPC thread")?;
     let status = notify::ready(&manager);
@@ -276,6 +293,7 @@ const GRPC_STOP_DEADLINE: Duration = Duration::from_secs(2);
 fn serve_on_own_runtime(
     listener: std::os::unix::net::UnixListener,
     service: grpc::BitsService,
+    (awake, keeper): (awake::KeepAwake, impl std::future::Future<Output = ()> + Send + 'static),
     tcp: Option<tcp::TcpServing>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -284,12 +302,13 @@ fn serve_on_own_runtime(
         .build()
         .context("cannot start the gRPC runtime")?;
     runtime.block_on(async move {
+        tokio::spawn(keeper);
         let listener =
             tokio::net::UnixListener::from_std(listener).context("cannot use the socket")?;
         let until_stop = |mut seen: tokio::sync::watch::Receiver<bool>| async move {
             let _ = seen.wait_for(|stopped| *stopped).await;
         };
-        let unix = server::serve(listener, service, until_stop(stop.clone()));
+        let unix = server::serve(listener, service, awake, until_stop(stop.clone()));
         let Some(tcp) = tcp else { return unix.await };
         // Joined, not raced: a failing TCP server must not take the Unix socket down with it.
         let (unix, tcp) = tokio::join!(unix, tcp::serve(tcp, until_stop(stop)));

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::awake::KeepAwake;
 use crate::grpc::{Access, BitsService};
 
 /// Binds `socket`, creating its directory if needed. A stale socket file from a crashed daemon is
@@ -48,9 +49,11 @@ pub fn bind(socket: &Path, access: Access) -> anyhow::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     service: BitsService,
+    awake: KeepAwake,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
+        .layer(awake)
         .add_service(bits_proto::v1::bits_server::BitsServer::new(service))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await

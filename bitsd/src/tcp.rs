@@ -19,6 +19,7 @@ use tonic::service::Interceptor;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
+use crate::awake::KeepAwake;
 use crate::config::Token;
 use crate::grpc::{BitsService, TcpCaller};
 
@@ -30,6 +31,7 @@ pub struct TcpServing {
     pub listener: std::net::TcpListener,
     pub service: BitsService,
     pub check: BearerCheck,
+    pub awake: KeepAwake,
 }
 
 /// Binds `addr`, which must be a loopback address (and so must the address actually bound).
@@ -56,6 +58,7 @@ pub async fn serve(tcp: TcpServing, shutdown: impl Future<Output = ()>) -> anyho
         tokio::net::TcpListener::from_std(tcp.listener).context("cannot use the TCP listener")?;
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        .layer(tcp.awake)
         .add_service(bits_proto::v1::bits_server::BitsServer::with_interceptor(
             tcp.service,
             tcp.check,

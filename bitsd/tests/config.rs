@@ -105,6 +105,10 @@ fn check_config_rejects_a_bad_file_naming_line_and_key() {
             ":4: unknown key \"max_jobz_per_user\" in [limits]",
         ),
         (
+            "socket = \"/run/x.sock\"\nkeep_awake_us = 10001\n".to_string(),
+            ":2: keep_awake_us: must be at most 10000",
+        ),
+        (
             "[transfer]\n\nsync_bytes = 0\n".to_string(),
             ":3: transfer.sync_bytes: must be at least 1",
         ),

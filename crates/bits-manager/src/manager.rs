@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     pub(crate) commit: GroupCommit,
     /// Whether file work must switch to its job's owner (the daemon runs as root).
     pub(crate) runs_as_root: bool,
+    /// Job workers alive now (see [`Manager::transfers_running`]).
+    pub(crate) workers: AtomicUsize,
 }
 
 /// Tickets and the flush lock of [`Manager::flush`]'s group commit.
@@ -274,6 +276,7 @@ impl Manager {
                 access,
                 commit: GroupCommit::default(),
                 runs_as_root: bits_disk::Identity::daemon_is_root(),
+                workers: AtomicUsize::new(0),
             }),
         };
         tokio::spawn(crate::scheduler::run(manager.clone()));
@@ -371,6 +374,11 @@ impl Manager {
             .map(|e| e.job.owner_uid)
             .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
         Ok(self.owner_identity(uid))
+    }
+
+    /// How many job workers are running: a cheap "is the data path busy" without the table lock.
+    pub fn transfers_running(&self) -> usize {
+        self.inner.workers.load(Ordering::Relaxed)
     }
 
     /// How many jobs are in each state class, for a status line (systemd's STATUS=).

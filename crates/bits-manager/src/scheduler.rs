@@ -95,10 +95,31 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
         }
         let stop = CancellationToken::new();
         let repick = Arc::new(Notify::new());
-        let task =
-            tokio::spawn(crate::worker::run_job(manager.clone(), id, stop.clone(), repick.clone()));
+        let busy = Busy::enter(manager);
+        let run = crate::worker::run_job(manager.clone(), id, stop.clone(), repick.clone());
+        let task = tokio::spawn(async move {
+            let _busy = busy;
+            run.await
+        });
         entry.run = Some(Run { stop, repick, task: Some(task) });
         tracing::info!(job = %id, priority = entry.job.priority.name(), "job started");
     }
     next_retry
+}
+
+/// One running worker in [`Manager::transfers_running`], for as long as its task lives (also
+/// when it is aborted: dropping the task drops this).
+struct Busy(Manager);
+
+impl Busy {
+    fn enter(manager: &Manager) -> Busy {
+        manager.inner.workers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(manager.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.inner.workers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }

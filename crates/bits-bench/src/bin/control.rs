@@ -7,7 +7,8 @@
 //! (timed GetProgress calls on queued jobs, default 10,000), `--size-mib N` (the file downloaded
 //! under load, default 1024), `--rounds N` (loaded transfers, default 3), `--dir PATH` (where the
 //! served files, the daemon's data dir and the destinations go; default: the system temp dir),
-//! `--bitsd PATH` (the daemon binary; default: the `bitsd` in this executable's target dir).
+//! `--bitsd PATH` (the daemon binary; default: the `bitsd` in this executable's target dir),
+//! `--bitsd-arg ARG` (repeatable: an extra daemon flag, e.g. `--bitsd-arg --keep-awake-us=0`).
 //!
 //! 1. Scale: a release `bitsd` on a fresh data dir; N jobs, each CreateJob + AddFile (a URL on a
 //!    private nginx, a destination in a temp dir; the jobs stay SUSPENDED) through one keep-alive
@@ -47,6 +48,8 @@ struct Options {
     rounds: usize,
     dir: PathBuf,
     bitsd: Option<PathBuf>,
+    /// Extra flags for the daemon (e.g. `--keep-awake-us 0`, to compare settings).
+    bitsd_args: Vec<String>,
 }
 
 fn parse_options() -> Result<Options> {
@@ -57,6 +60,7 @@ fn parse_options() -> Result<Options> {
         rounds: 3,
         dir: std::env::temp_dir(),
         bitsd: None,
+        bitsd_args: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -68,6 +72,7 @@ fn parse_options() -> Result<Options> {
             "--rounds" => options.rounds = value()?.parse().context("--rounds")?,
             "--dir" => options.dir = PathBuf::from(value()?),
             "--bitsd" => options.bitsd = Some(PathBuf::from(value()?)),
+            "--bitsd-arg" => options.bitsd_args.push(value()?),
             "-h" | "--help" => {
                 eprintln!("{USAGE}");
                 std::process::exit(0);
@@ -83,7 +88,7 @@ fn parse_options() -> Result<Options> {
 }
 
 const USAGE: &str = "usage: control [--jobs N] [--calls N] [--size-mib N] [--rounds N] [--dir PATH] \
-                     [--bitsd PATH]";
+                     [--bitsd PATH] [--bitsd-arg ARG]...";
 
 // ---- statistics -----------------------------------------------------------------------------
 
@@ -411,17 +416,10 @@ async fn run(options: Options) -> Result<()> {
     let nginx = Nginx::start(&served);
 
     let limit = (options.jobs + 100).to_string();
-    let mut daemon = Daemon {
-        bitsd,
-        dir: daemon_dir,
-        args: vec![
-            "--max-jobs-per-user".into(),
-            limit.clone(),
-            "--max-jobs-per-machine".into(),
-            limit,
-        ],
-        child: None,
-    };
+    let mut args: Vec<String> =
+        vec!["--max-jobs-per-user".into(), limit.clone(), "--max-jobs-per-machine".into(), limit];
+    args.extend(options.bitsd_args.iter().cloned());
+    let mut daemon = Daemon { bitsd, dir: daemon_dir, args, child: None };
     let spawned = daemon.spawn()?;
     let (first_start, _) = daemon.wait_ready(spawned).await?;
     let mut table = Table(Vec::new());
