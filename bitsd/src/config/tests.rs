@@ -180,7 +180,7 @@ fn unknown_keys_name_file_line_key_and_table() {
     assert_eq!(
         err("socket = \"/s\"\nsockets = \"/t\"\n"),
         format!(
-            "{FILE}:2: unknown key \"sockets\" at the top level (expected one of socket, data_dir, limits, transfer, access, tcp, log)"
+            "{FILE}:2: unknown key \"sockets\" at the top level (expected one of socket, data_dir, keep_awake_us, limits, transfer, access, tcp, log)"
         )
     );
     let e = err("# comment\n\n[limits]\nmax_jobs_per_user = 1\nmax_jobz_per_user = 2\n");
