@@ -8,6 +8,7 @@
 mod access;
 mod events;
 mod files;
+mod flusher;
 mod manager;
 mod ownership;
 mod reconcile;

@@ -27,6 +27,7 @@ use bits_disk::Identity;
 
 use crate::access::{AccessPolicy, run_as};
 use crate::events::EventBus;
+use crate::flusher::Flusher;
 use crate::validate;
 
 /// Who is calling: the uid from the socket's peer credentials, and whether that uid is an
@@ -109,6 +110,8 @@ pub enum ManagerError {
     Store(#[from] bits_store::StoreError),
     #[error("HTTP client: {0}")]
     Http(#[from] bits_http::FetchError),
+    #[error("cannot start the store's flusher thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 /// How many finished jobs are remembered so that calls on them say BG_E_INVALID_STATE.
@@ -145,12 +148,13 @@ pub(crate) struct Inner {
 }
 
 /// Tickets and the flush lock of [`Manager::flush`]'s group commit.
-#[derive(Default)]
 pub(crate) struct GroupCommit {
     /// Tickets issued: one per flush request, taken after the requester's writes.
     tickets: AtomicU64,
     /// Held while flushing; holds the last ticket a completed flush covers.
     flushed: tokio::sync::Mutex<u64>,
+    /// Where the flushes run (see `flusher.rs`).
+    flusher: Flusher,
 }
 
 #[derive(Default)]
@@ -263,6 +267,7 @@ impl Manager {
         store.flush()?;
         tracing::info!(jobs = table.jobs.len(), "job table loaded");
         let access = AccessPolicy::new(config.admin_uids.clone(), config.admin_gids.clone());
+        let flusher = Flusher::start(store.clone())?;
         let manager = Manager {
             inner: Arc::new(Inner {
                 table: Mutex::new(table),
@@ -274,7 +279,11 @@ impl Manager {
                 runtime: tokio::runtime::Handle::current(),
                 events,
                 access,
-                commit: GroupCommit::default(),
+                commit: GroupCommit {
+                    tickets: AtomicU64::new(0),
+                    flushed: tokio::sync::Mutex::new(0),
+                    flusher,
+                },
                 runs_as_root: bits_disk::Identity::daemon_is_root(),
                 workers: AtomicUsize::new(0),
             }),
@@ -332,8 +341,7 @@ impl Manager {
         }
         // Every ticket up to here was taken after its writes: this flush covers them all.
         let covers = commit.tickets.load(Ordering::SeqCst);
-        let store = self.inner.store.clone();
-        run_blocking(move || store.flush().map_err(store_error)).await?;
+        commit.flusher.flush().await?;
         *flushed = covers;
         Ok(())
     }
