@@ -1,4 +1,5 @@
-//! The thread that runs the job store's flushes.
+//! The thread that runs the job store's flushes (and the deletion of a finished job, which ends
+//! in one).
 //!
 //! Why one long-lived thread rather than tokio's blocking pool: with sled 0.34, flushes issued
 //! from the blocking pool's ever-changing threads leave memory behind. The log buffers each
@@ -13,24 +14,25 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use bits_core::{BitsError, Code};
-use bits_store::Store;
+use bits_store::{Store, StoreError};
 use tokio::sync::oneshot;
 
 use crate::manager::store_error;
 
-type Reply = oneshot::Sender<Result<(), BitsError>>;
+/// Store work for the flusher thread, answering on its own channel.
+type Work = Box<dyn FnOnce(&dyn Store) + Send>;
 
-/// Sends flush requests to the flusher thread; the thread ends when this is dropped.
+/// Sends store work to the flusher thread; the thread ends when this is dropped.
 pub(crate) struct Flusher {
-    requests: mpsc::Sender<Reply>,
+    requests: mpsc::Sender<Work>,
 }
 
 impl Flusher {
     pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<Flusher> {
-        let (requests, incoming) = mpsc::channel::<Reply>();
+        let (requests, incoming) = mpsc::channel::<Work>();
         std::thread::Builder::new().name("bitsd-store-flush".into()).spawn(move || {
-            for reply in incoming {
-                let _ = reply.send(store.flush().map_err(store_error));
+            for work in incoming {
+                work(store.as_ref());
             }
         })?;
         Ok(Flusher { requests })
@@ -38,9 +40,20 @@ impl Flusher {
 
     /// One store flush, on the flusher thread.
     pub(crate) async fn flush(&self) -> Result<(), BitsError> {
+        self.run(|store| store.flush()).await
+    }
+
+    /// Store work that ends in a flush (deleting a job), on the flusher thread.
+    pub(crate) async fn run(
+        &self,
+        work: impl FnOnce(&dyn Store) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), BitsError> {
         let (reply, answer) = oneshot::channel();
         let gone = || BitsError::new(Code::E_FAIL, "the store's flusher thread is gone");
-        self.requests.send(reply).map_err(|_| gone())?;
+        let work: Work = Box::new(move |store| {
+            let _ = reply.send(work(store).map_err(store_error));
+        });
+        self.requests.send(work).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 }
@@ -52,7 +65,7 @@ mod tests {
     use std::sync::Mutex;
 
     use bits_core::{Job, JobFile, JobId};
-    use bits_store::{MemStore, StoreError};
+    use bits_store::MemStore;
 
     use super::*;
 

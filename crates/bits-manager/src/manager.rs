@@ -927,13 +927,13 @@ impl Manager {
     /// Retires a finished job: out of the store first (so a failure leaves it in both places
     /// and the caller can retry), then out of the table, leaving a tombstone.
     async fn end_finish(&self, id: JobId, final_state: JobState) -> Result<(), BitsError> {
-        // Deleting syncs the store's job count: blocking work, off the async threads.
-        let store = self.inner.store.clone();
-        run_blocking(move || {
-            store.delete_job(id).map_err(store_error)?;
-            store.flush().map_err(store_error)
-        })
-        .await?;
+        // Deleting syncs the store's job count: blocking work, on the flusher thread like every
+        // flush (see `flusher.rs`).
+        let delete = move |store: &dyn Store| {
+            store.delete_job(id)?;
+            store.flush()
+        };
+        self.inner.commit.flusher.run(delete).await?;
         {
             let mut table = self.table();
             if let Some(entry) = table.jobs.remove(&id) {
