@@ -13,7 +13,7 @@
 use std::fmt;
 use std::io::Read as _;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Bound, Range, RangeBounds};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -277,10 +277,10 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
         origin: Origin::File(path.to_path_buf()),
         socket: doc.absolute(raw.socket, "socket")?,
         data_dir: doc.absolute(raw.data_dir, "data_dir")?,
-        keep_awake_us: doc.at_most(
+        keep_awake_us: doc.in_range(
             raw.keep_awake_us,
             "keep_awake_us",
-            MAX_KEEP_AWAKE_US,
+            ..=MAX_KEEP_AWAKE_US,
             DEFAULT_KEEP_AWAKE_US,
         )?,
         limits: Limits {
@@ -294,37 +294,37 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
                 .map_or(Limits::default().max_jobs_per_machine, Spanned::into_inner),
         },
         transfer: Transfer {
-            retry_delay_secs: doc.at_least(
+            retry_delay_secs: doc.in_range(
                 transfer.retry_delay_secs,
                 "transfer.retry_delay_secs",
-                1,
+                1..,
                 defaults.retry_delay_secs,
             )?,
             no_progress_timeout_secs: transfer
                 .no_progress_timeout_secs
                 .map_or(defaults.no_progress_timeout_secs, Spanned::into_inner),
-            idle_timeout_ms: doc.at_least(
+            idle_timeout_ms: doc.in_range(
                 transfer.idle_timeout_ms,
                 "transfer.idle_timeout_ms",
-                1,
+                1..,
                 defaults.idle_timeout_ms,
             )?,
-            connect_timeout_ms: doc.at_least(
+            connect_timeout_ms: doc.in_range(
                 transfer.connect_timeout_ms,
                 "transfer.connect_timeout_ms",
-                1,
+                1..,
                 defaults.connect_timeout_ms,
             )?,
-            sync_bytes: doc.at_least(
+            sync_bytes: doc.in_range(
                 transfer.sync_bytes,
                 "transfer.sync_bytes",
-                1,
+                1..,
                 defaults.sync_bytes,
             )?,
-            sync_interval_ms: doc.at_least(
+            sync_interval_ms: doc.in_range(
                 transfer.sync_interval_ms,
                 "transfer.sync_interval_ms",
-                1,
+                1..,
                 defaults.sync_interval_ms,
             )?,
         },
@@ -506,42 +506,31 @@ impl Doc<'_> {
         }
     }
 
-    fn at_least<T>(
+    /// The value, or `default` when the key is absent; a value outside `range` is an error
+    /// naming the bound it crossed.
+    fn in_range<T>(
         &self,
         value: Option<Spanned<T>>,
         key: &str,
-        min: T,
+        range: impl RangeBounds<T>,
         default: T,
     ) -> Result<T, ConfigError>
     where
         T: PartialOrd + Copy + fmt::Display,
     {
-        match value {
-            None => Ok(default),
-            Some(v) if *v.get_ref() < min => {
-                Err(self.error(v.span(), key, format!("must be at least {min}")))
-            }
-            Some(v) => Ok(v.into_inner()),
+        let Some(value) = value else { return Ok(default) };
+        let v = *value.get_ref();
+        if let Bound::Included(min) = range.start_bound()
+            && v < *min
+        {
+            return Err(self.error(value.span(), key, format!("must be at least {min}")));
         }
-    }
-
-    fn at_most<T>(
-        &self,
-        value: Option<Spanned<T>>,
-        key: &str,
-        max: T,
-        default: T,
-    ) -> Result<T, ConfigError>
-    where
-        T: PartialOrd + Copy + fmt::Display,
-    {
-        match value {
-            None => Ok(default),
-            Some(v) if *v.get_ref() > max => {
-                Err(self.error(v.span(), key, format!("must be at most {max}")))
-            }
-            Some(v) => Ok(v.into_inner()),
+        if let Bound::Included(max) = range.end_bound()
+            && v > *max
+        {
+            return Err(self.error(value.span(), key, format!("must be at most {max}")));
         }
+        Ok(v)
     }
 
     /// Paths in the file must be absolute: the daemon's working directory is nobody's business.
