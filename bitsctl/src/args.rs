@@ -292,26 +292,21 @@ mod tests {
         assert!(err.contains("not a loopback address"), "{err}");
         let err = usage(&["bitsctl", "--tcp", "localhost", "--token-file", token, "list"]);
         assert!(err.contains("is not IP:PORT"), "{err}");
-        let missing = dir.path().join("missing");
-        let err = usage(&[
-            "bitsctl",
-            "--tcp",
-            "127.0.0.1:1",
-            "--token-file",
-            missing.to_str().unwrap(),
-            "list",
-        ]);
+        let with_token_file = |file: &std::path::Path| {
+            usage(&[
+                "bitsctl",
+                "--tcp",
+                "127.0.0.1:1",
+                "--token-file",
+                file.to_str().unwrap(),
+                "list",
+            ])
+        };
+        let err = with_token_file(&dir.path().join("missing"));
         assert!(err.contains("cannot read the token file"), "{err}");
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
-        let err = usage(&[
-            "bitsctl",
-            "--tcp",
-            "127.0.0.1:1",
-            "--token-file",
-            empty.to_str().unwrap(),
-            "list",
-        ]);
+        let err = with_token_file(&empty);
         assert!(err.contains("is empty"), "{err}");
     }
 
