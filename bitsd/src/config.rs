@@ -520,17 +520,17 @@ impl Doc<'_> {
     {
         let Some(value) = value else { return Ok(default) };
         let v = *value.get_ref();
-        if let Bound::Included(min) = range.start_bound()
-            && v < *min
-        {
-            return Err(self.error(value.span(), key, format!("must be at least {min}")));
+        if range.contains(&v) {
+            return Ok(v);
         }
-        if let Bound::Included(max) = range.end_bound()
-            && v > *max
-        {
-            return Err(self.error(value.span(), key, format!("must be at most {max}")));
-        }
-        Ok(v)
+        let why = match (range.start_bound(), range.end_bound()) {
+            (Bound::Included(min), _) if v < *min => format!("must be at least {min}"),
+            (Bound::Excluded(min), _) if v <= *min => format!("must be more than {min}"),
+            (_, Bound::Included(max)) => format!("must be at most {max}"),
+            (_, Bound::Excluded(max)) => format!("must be less than {max}"),
+            _ => format!("is out of range"),
+        };
+        Err(self.error(value.span(), key, why))
     }
 
     /// Paths in the file must be absolute: the daemon's working directory is nobody's business.
