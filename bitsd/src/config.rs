@@ -528,7 +528,7 @@ impl Doc<'_> {
             (Bound::Excluded(min), _) if v <= *min => format!("must be more than {min}"),
             (_, Bound::Included(max)) => format!("must be at most {max}"),
             (_, Bound::Excluded(max)) => format!("must be less than {max}"),
-            _ => format!("is out of range"),
+            _ => "is out of range".to_string(),
         };
         Err(self.error(value.span(), key, why))
     }
