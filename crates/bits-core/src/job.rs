@@ -155,7 +155,7 @@ impl JobFile {
     }
 
     /// [`JobFile::bytes_transferred`] as if `filled` were the filled set.
-    fn bytes_transferred_of(&self, filled: &RangeSet) -> u64 {
+    pub fn bytes_transferred_of(&self, filled: &RangeSet) -> u64 {
         if self.ranges.is_empty() {
             return match self.remote_size {
                 Some(size) => filled.len_within(0, size),
@@ -169,7 +169,7 @@ impl JobFile {
     }
 
     /// [`JobFile::is_transferred`] as if `filled` were the filled set.
-    fn is_transferred_of(&self, filled: &RangeSet) -> bool {
+    pub fn is_transferred_of(&self, filled: &RangeSet) -> bool {
         if self.completed {
             return true;
         }

@@ -202,15 +202,14 @@ impl EventBus {
 
     /// The job's state just changed to `job.state`.
     pub(crate) fn state_changed(&self, entry: &Entry) {
-        let job = &entry.job;
+        let (job, job_entry) = (&entry.job, entry);
         match job.state {
             JobState::Transferred => {
                 let mut notes = self.notes();
                 let entry = notes.entry(job.id).or_default();
-                for (index, file) in job.files.iter().enumerate() {
-                    let index = index as u32;
+                for index in 0..job.files.len() as u32 {
                     self.flush_ranges(job.id, entry, index);
-                    if file.is_transferred() && !announced(entry, index) {
+                    if job_entry.file_transferred(index) && !announced(entry, index) {
                         set_announced(entry, index, true);
                         self.emit(job.id, EventKind::FileTransferred { index });
                     }
@@ -251,9 +250,9 @@ impl EventBus {
         let entry = notes.entry(job.id).or_default();
         if first_record {
             // Files complete before this daemon saw them were announced then (or never will be).
-            for (i, f) in job.files.iter().enumerate() {
-                if i as u32 != index && f.is_transferred() {
-                    set_announced(entry, i as u32, true);
+            for i in (0..job.files.len() as u32).filter(|i| *i != index) {
+                if job_entry.file_transferred(i) {
+                    set_announced(entry, i, true);
                 }
             }
         }
@@ -278,7 +277,7 @@ impl EventBus {
                 }
             }
         }
-        if file.is_transferred() {
+        if job_entry.file_transferred(index) {
             if !announced(entry, index) {
                 self.flush_ranges(job.id, entry, index);
                 set_announced(entry, index, true);
@@ -708,6 +707,33 @@ mod tests {
             ]
         );
         quiet(&mut sub).await;
+    }
+
+    /// A file whose last bytes are in the table but not yet flushed is not transferred for the
+    /// events either: another file's record neither announces it early nor marks it announced
+    /// (which would swallow its FileTransferred when its own flush returns).
+    #[tokio::test]
+    async fn a_file_awaiting_its_flush_is_announced_after_it_not_before() {
+        let manager = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&manager, dir.path(), 2).await;
+        let (_, mut sub) = manager.subscribe(caller(), id, Some(notify::FILE_TRANSFERRED)).unwrap();
+        with_entry(&manager, id, |e| {
+            for file in &mut e.job.files {
+                file.remote_size = Some(100);
+                file.filled.insert(0, 100);
+            }
+            // File 1 is whole in the table, its flush still in flight.
+            e.unflushed.entry(1).or_default().insert(40, 100);
+            e.events.recorded(e, 0, Span::new(0, 100));
+        });
+        assert_eq!(next(&mut sub).await.unwrap().kind, EventKind::FileTransferred { index: 0 });
+        quiet(&mut sub).await;
+        with_entry(&manager, id, |e| {
+            e.unflushed.clear();
+            e.events.recorded(e, 1, Span::new(40, 100));
+        });
+        assert_eq!(next(&mut sub).await.unwrap().kind, EventKind::FileTransferred { index: 1 });
     }
 
     #[tokio::test]

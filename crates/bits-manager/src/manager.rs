@@ -190,6 +190,22 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// File `index`'s filled set as clients may see it (see [`Entry::visible`]); borrowed unless
+    /// a flush of that file is in flight.
+    pub(crate) fn visible_filled(&self, index: u32) -> Option<Cow<'_, RangeSet>> {
+        let file = self.job.files.get(index as usize)?;
+        Some(match self.unflushed.get(&index) {
+            Some(pending) => Cow::Owned(file.filled.subtract(pending)),
+            None => Cow::Borrowed(&file.filled),
+        })
+    }
+
+    /// Whether clients may see file `index` as transferred (its last bytes' flush has returned).
+    pub(crate) fn file_transferred(&self, index: u32) -> bool {
+        self.visible_filled(index)
+            .is_some_and(|filled| self.job.files[index as usize].is_transferred_of(&filled))
+    }
+
     /// The job's progress as clients may see it (see [`Entry::visible`]), without a clone.
     pub(crate) fn progress(&self) -> Progress {
         if self.unflushed.is_empty() {
@@ -826,11 +842,8 @@ impl Manager {
         let table = self.table();
         let entry = lookup(&table, caller, id)?;
         let job = &entry.job;
-        let file = job.files.get(index as usize).ok_or_else(|| no_such_file(job, index))?;
-        Ok(match entry.unflushed.get(&index) {
-            Some(pending) if !pending.is_empty() => file.filled.subtract(pending),
-            _ => file.filled.clone(),
-        })
+        let filled = entry.visible_filled(index).ok_or_else(|| no_such_file(job, index))?;
+        Ok(filled.into_owned())
     }
 
     // ---- Complete / Cancel plumbing --------------------------------------------------------
