@@ -676,6 +676,7 @@ impl Bench {
 
     /// [`Tool::DiskFloor`]: its CPU and peak RSS are this process's.
     fn run_disk_floor(&self) -> Result<Sample> {
+        reset_peak_rss("self")?;
         let cpu_before = cpu_seconds("self")?;
         let started = Instant::now();
         let sources = self.fixtures.root().join("many");
