@@ -29,11 +29,13 @@ pub struct KeepAwake {
     /// than a local client's turnaround between a reply and its next call, ~50–100 µs). Zero:
     /// never.
     window: Duration,
+    /// Asked whether transfers run (then the thread never spins).
+    manager: Manager,
 }
 
 impl KeepAwake {
-    pub fn new(window: Duration) -> KeepAwake {
-        KeepAwake { poked: Arc::new(Notify::new()), window }
+    pub fn new(window: Duration, manager: Manager) -> KeepAwake {
+        KeepAwake { poked: Arc::new(Notify::new()), window, manager }
     }
 
     /// A call was answered: stay awake for the window from now.
@@ -44,10 +46,10 @@ impl KeepAwake {
     }
 
     /// The keeper: run it as a task on the runtime that serves the calls.
-    pub async fn run(self, manager: Manager) {
+    pub async fn run(self) {
         loop {
             self.poked.notified().await;
-            if manager.transfers_running() > 0 {
+            if self.manager.transfers_running() > 0 {
                 continue;
             }
             let until = Instant::now() + self.window;

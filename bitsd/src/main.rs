@@ -220,9 +220,10 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
 
     let access = grpc::Access::for_daemon(euid);
     // Both servers run on the gRPC thread and keep it awake alike.
-    let awake = awake::KeepAwake::new(Duration::from_micros(
-        args.keep_awake_us.unwrap_or(config.keep_awake_us),
-    ));
+    let awake = awake::KeepAwake::new(
+        Duration::from_micros(args.keep_awake_us.unwrap_or(config.keep_awake_us)),
+        manager.clone(),
+    );
     // TCP first: if its port is taken, nothing is left behind (no socket file).
     let tcp = match &config.tcp {
         Some(tcp) => {
@@ -241,7 +242,6 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         .into_std()
         .context("cannot hand the socket to the gRPC thread")?;
     let service = grpc::BitsService::new(manager.clone(), access);
-    let keeper = awake.clone().run(manager.clone());
     // One stop for both servers. A dropped sender (the daemon failing) stops them too.
     let (stop_serving, stopped) = tokio::sync::watch::channel(false);
     // The thread reports its end on a channel rather than being joined: a join would block a
@@ -250,13 +250,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("bitsd-grpc".into())
         .spawn(move || {
-            let _ = served_tx.send(serve_on_own_runtime(
-                listener,
-                service,
-                (awake, keeper),
-                tcp,
-                stopped,
-            ));
+            let _ = served_tx.send(serve_on_own_runtime(listener, service, awake, tcp, stopped));
         })
         .context("cannot start the gRPC thread")?;
     let status = notify::ready(&manager);
@@ -293,7 +287,7 @@ const GRPC_STOP_DEADLINE: Duration = Duration::from_secs(2);
 fn serve_on_own_runtime(
     listener: std::os::unix::net::UnixListener,
     service: grpc::BitsService,
-    (awake, keeper): (awake::KeepAwake, impl std::future::Future<Output = ()> + Send + 'static),
+    awake: awake::KeepAwake,
     tcp: Option<tcp::TcpServing>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -302,7 +296,7 @@ fn serve_on_own_runtime(
         .build()
         .context("cannot start the gRPC runtime")?;
     runtime.block_on(async move {
-        tokio::spawn(keeper);
+        tokio::spawn(awake.clone().run());
         let listener =
             tokio::net::UnixListener::from_std(listener).context("cannot use the socket")?;
         let until_stop = |mut seen: tokio::sync::watch::Receiver<bool>| async move {
