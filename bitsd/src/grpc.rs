@@ -267,9 +267,7 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::FileRef>,
     ) -> Result<Response<v1::FileRangesReply>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.get_ref();
-        let id = convert::parse_job_id(&req.job_id).map_err(|e| to_status(&e))?;
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
         reply(
             self.manager
                 .get_filled_file_ranges(caller, id, req.file_index)
