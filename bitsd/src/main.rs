@@ -43,23 +43,23 @@ struct Args {
     #[arg(long, env = "BITSD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Sync downloaded data and record it as filled after this many bytes [file: transfer.sync_bytes; default: 16777216]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     sync_bytes: Option<u64>,
     /// …or after this many milliseconds, whichever comes first [file: transfer.sync_interval_ms; default: 1000]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     sync_interval_ms: Option<u64>,
     /// Minimum retry delay given to new jobs, in seconds. The operator may go below the 5 s floor
     /// that applies to jobs' own settings; at least 1 [file: transfer.retry_delay_secs; default: 600]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     retry_delay_secs: Option<u32>,
     /// No-progress timeout given to new jobs, in seconds; 0 = every error is fatal [file: transfer.no_progress_timeout_secs; default: 1209600 (14 days)]
     #[arg(long)]
     no_progress_timeout_secs: Option<u32>,
     /// Give up on a connection that sends nothing for this long (headers or body), in milliseconds [file: transfer.idle_timeout_ms; default: 60000]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout_ms: Option<u64>,
     /// Give up on connecting after this long, in milliseconds [file: transfer.connect_timeout_ms; default: 30000]
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     connect_timeout_ms: Option<u64>,
     /// A uid that is an administrator (repeatable; replaces the file's list). Admins are exempt
     /// from limits [file: access.admin_uids; default: 0]
@@ -158,20 +158,20 @@ fn init_logging(log: &config::Log) {
 fn manager_config(args: &Args, config: &config::Config) -> bits_manager::ManagerConfig {
     let transfer = &config.transfer;
     bits_manager::ManagerConfig {
-        sync_bytes: args.sync_bytes.unwrap_or(transfer.sync_bytes).max(1),
+        sync_bytes: args.sync_bytes.unwrap_or(transfer.sync_bytes),
         sync_interval: Duration::from_millis(
-            args.sync_interval_ms.unwrap_or(transfer.sync_interval_ms).max(1),
+            args.sync_interval_ms.unwrap_or(transfer.sync_interval_ms),
         ),
-        default_retry_delay_secs: args.retry_delay_secs.unwrap_or(transfer.retry_delay_secs).max(1),
+        default_retry_delay_secs: args.retry_delay_secs.unwrap_or(transfer.retry_delay_secs),
         default_no_progress_timeout_secs: args
             .no_progress_timeout_secs
             .unwrap_or(transfer.no_progress_timeout_secs),
         http: bits_http::HttpConfig {
             idle_timeout: Duration::from_millis(
-                args.idle_timeout_ms.unwrap_or(transfer.idle_timeout_ms).max(1),
+                args.idle_timeout_ms.unwrap_or(transfer.idle_timeout_ms),
             ),
             connect_timeout: Duration::from_millis(
-                args.connect_timeout_ms.unwrap_or(transfer.connect_timeout_ms).max(1),
+                args.connect_timeout_ms.unwrap_or(transfer.connect_timeout_ms),
             ),
             ..Default::default()
         },

@@ -171,6 +171,23 @@ fn check_config_rejects_a_bad_file_naming_line_and_key() {
     assert!(text(&out.stderr).starts_with(&format!("{}: cannot read: ", missing.display())));
 }
 
+/// A zero where the file says "must be at least 1" is refused as a flag too (it used to be
+/// clamped to 1 silently).
+#[test]
+fn flags_refuse_the_zero_the_file_refuses() {
+    for flag in [
+        "--sync-bytes",
+        "--sync-interval-ms",
+        "--retry-delay-secs",
+        "--idle-timeout-ms",
+        "--connect-timeout-ms",
+    ] {
+        let out = Command::new(bitsd()).args([flag, "0", "--check-config"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(&format!("invalid value '0' for '{flag}")), "{flag}");
+    }
+}
+
 #[test]
 fn a_bad_config_file_stops_the_daemon_before_it_opens_anything() {
     let dir = tempfile::tempdir().unwrap();
