@@ -328,8 +328,11 @@ async fn tcp_serves_callers_with_the_token_as_the_configured_uid() {
     assert!(log.contains("TCP request refused"), "refusals are logged");
     assert!(!log.contains(token), "the token is never logged");
 
-    // SIGTERM stops the TCP server too: the port is free again.
+    // SIGTERM stops the TCP server too, by its stop signal (not by the 2 s deadline that cuts
+    // lingering connections off), and the port is free again.
     assert!(daemon.terminate().await.success());
+    let log = daemon.log();
+    assert!(!log.contains("did not close within"), "the servers stopped on their own: {log}");
     std::net::TcpListener::bind(addr).expect("the daemon released its TCP port");
 }
 
