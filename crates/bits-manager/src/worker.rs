@@ -23,8 +23,8 @@ use bits_disk::PartFile;
 use bits_http::{
     FetchError, FetchErrorKind, RangeBody, RedirectPolicy, RemoteInfo, RequestOptions,
 };
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -197,8 +197,7 @@ async fn transfer_job(
     // is the fsync and the store flush, which many files share when they overlap).
     let files_stop = stop.child_token();
     let mut running = FuturesUnordered::new();
-    let mut tails: FuturesUnordered<Pin<Box<dyn Future<Output = _> + Send + '_>>> =
-        FuturesUnordered::new();
+    let mut tails = FuturesUnordered::new();
     let mut tail_bytes = 0u64;
     let mut active: HashSet<u32> = HashSet::new();
     let mut failure: Option<Halt> = None;
@@ -206,15 +205,16 @@ async fn transfer_job(
         let room = tails.len() < MAX_TAILS && tail_bytes < MAX_TAIL_BYTES;
         if failure.is_none() && !stop.is_cancelled() && room {
             loop {
-                let (next, slots) = {
+                let next = {
                     let table = manager.table();
                     let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
-                    (next_file(&entry.job, &active), entry.job.files_at_once.max(1) as usize)
+                    // Slots first: the scan for the next file is O(files).
+                    if running.len() >= entry.job.files_at_once.max(1) as usize {
+                        break;
+                    }
+                    next_file(&entry.job, &active)
                 };
                 let NextFile::File(index) = next else { break };
-                if running.len() >= slots {
-                    break;
-                }
                 active.insert(index);
                 let files_stop = &files_stop;
                 running.push(async move {
@@ -226,7 +226,7 @@ async fn transfer_job(
             Some((index, fetched)) = running.next() => match fetched {
                 Ok(Fetched::Tail(tail, bytes)) => {
                     tail_bytes += bytes;
-                    tails.push(Box::pin(async move { (index, bytes, tail.await) }));
+                    tails.push(tail.map(move |result| (index, bytes, result)));
                     continue;
                 }
                 Ok(Fetched::Done) => (index, Ok(())),
