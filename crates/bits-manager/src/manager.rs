@@ -673,7 +673,8 @@ impl Manager {
             // completed; if not, its bytes are lost.
             let mut failure = None;
             let mut already: Vec<&Path> = Vec::new();
-            let mut moves: Vec<(usize, bits_disk::Move<'_>)> = Vec::new();
+            // The files to move, and each one's position in `batch`.
+            let (mut plan, mut positions) = (Vec::new(), Vec::new());
             for (k, (index, file)) in batch.iter().enumerate() {
                 let ready =
                     prepare_temp_for_finalize(&file.temp_path, file.bytes_total().unwrap_or(0));
@@ -691,12 +692,12 @@ impl Manager {
                 }
                 let mtime = remote_mtime(&file.validator);
                 let (temp, dest) = (file.temp_path.as_path(), file.local_path.as_path());
-                moves.push((k, bits_disk::Move { temp, dest, mtime }));
+                plan.push(bits_disk::Move { temp, dest, mtime });
+                positions.push(k);
             }
-            let plan: Vec<bits_disk::Move<'_>> = moves.iter().map(|(_, m)| m.clone()).collect();
             let (renamed, error) = bits_disk::rename_all_into_place(&plan);
             if let Some(e) = error {
-                let (k, _) = moves[renamed];
+                let k = positions[renamed];
                 failure = Some((k, batch[k].0, Some(disk_error(e))));
             }
             let done = plan[..renamed].iter().map(|m| m.dest).chain(already);
