@@ -943,9 +943,7 @@ async fn record_filled_spans(
         }
         // Into the table now, so that every store write of this file (ours and concurrent
         // ones) carries the spans; hidden from clients until the flush returns.
-        for span in spans.iter() {
-            entry.job.files[index as usize].filled.insert(span.start, span.end);
-        }
+        entry.job.files[index as usize].filled.insert_set(spans);
         entry.unflushed.entry(index).or_default().insert_set(spans);
         let file = &entry.job.files[index as usize];
         manager
