@@ -67,6 +67,18 @@ impl Identity {
         rustix::process::geteuid().is_root()
     }
 
+    /// Whether [`Identity::run`] switches to `uid` at all: only a root daemon switches, and never
+    /// to root.
+    pub fn switches_to(uid: u32) -> bool {
+        uid != 0 && Identity::daemon_is_root()
+    }
+
+    /// The identity of `uid` where [`Identity::switches_to`] says no switch happens: [`Identity::run`]
+    /// then runs work as it is, so the groups need not be looked up.
+    pub fn unswitched(uid: u32) -> Identity {
+        Identity { uid, gid: 0, groups: Vec::new() }
+    }
+
     /// Whether `gid` is this identity's primary group or one of its supplementary groups.
     pub fn in_group(&self, gid: u32) -> bool {
         self.gid == gid || self.groups.contains(&gid)
@@ -77,7 +89,7 @@ impl Identity {
     /// restored before returning, also when `work` panics. Call it only from threads that do
     /// nothing else meanwhile (the blocking pool), never around an `.await`.
     pub fn run<T>(&self, work: impl FnOnce() -> T) -> Result<T, IdentityError> {
-        if self.uid == 0 || !rustix::process::geteuid().is_root() {
+        if !Identity::switches_to(self.uid) {
             return Ok(work());
         }
         let _restore = Switched::to(self)?;

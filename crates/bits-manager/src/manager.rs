@@ -141,8 +141,6 @@ pub(crate) struct Inner {
     pub(crate) access: AccessPolicy,
     /// Store flushes shared between concurrent callers (see [`Manager::flush`]).
     pub(crate) commit: GroupCommit,
-    /// Whether file work must switch to its job's owner (the daemon runs as root).
-    pub(crate) runs_as_root: bool,
     /// Job workers alive now (see [`Manager::transfers_running`]).
     pub(crate) workers: AtomicUsize,
 }
@@ -300,7 +298,6 @@ impl Manager {
                     flushed: tokio::sync::Mutex::new(0),
                     flusher,
                 },
-                runs_as_root: bits_disk::Identity::daemon_is_root(),
                 workers: AtomicUsize::new(0),
             }),
         };
@@ -383,8 +380,8 @@ impl Manager {
     /// When no switch can happen (the owner is root, or the daemon is not) the user database is
     /// not asked: `Identity::run` runs the work as it is then.
     pub(crate) fn owner_identity(&self, uid: u32) -> Identity {
-        if uid == 0 || !self.inner.runs_as_root {
-            return Identity { uid, gid: 0, groups: Vec::new() };
+        if !Identity::switches_to(uid) {
+            return Identity::unswitched(uid);
         }
         self.inner.access.identity(uid)
     }
