@@ -17,20 +17,12 @@ use std::ops::{Bound, Range, RangeBounds};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use bits_manager::ManagerConfig;
 use serde::Deserialize;
 use toml::Spanned;
 
 /// The system daemon's configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/bitsd/bitsd.toml";
-
-/// Default size of a sync window in bytes (16 MiB).
-pub const DEFAULT_SYNC_BYTES: u64 = 16 << 20;
-/// Default longest time unsynced bytes wait, in milliseconds.
-pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1000;
-/// Default idle timeout of an HTTP connection, in milliseconds.
-pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
-/// Default connect timeout, in milliseconds.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 30_000;
 
 /// A configuration error: one line, already naming the file (and the line and key where there
 /// is one).
@@ -117,11 +109,14 @@ pub struct Limits {
     pub max_jobs_per_machine: usize,
 }
 
+// The defaults of the file are the manager's own (`ManagerConfig::default`), in the file's units.
+
 impl Default for Limits {
     fn default() -> Limits {
+        let m = ManagerConfig::default();
         Limits {
-            max_jobs_per_user: bits_core::job::MAX_JOBS_PER_USER,
-            max_jobs_per_machine: bits_core::job::MAX_JOBS_PER_MACHINE,
+            max_jobs_per_user: m.max_jobs_per_user,
+            max_jobs_per_machine: m.max_jobs_per_machine,
         }
     }
 }
@@ -139,13 +134,15 @@ pub struct Transfer {
 
 impl Default for Transfer {
     fn default() -> Transfer {
+        let m = ManagerConfig::default();
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Transfer {
-            retry_delay_secs: bits_core::job::DEFAULT_MINIMUM_RETRY_DELAY_SECS,
-            no_progress_timeout_secs: bits_core::job::DEFAULT_NO_PROGRESS_TIMEOUT_SECS,
-            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
-            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
-            sync_bytes: DEFAULT_SYNC_BYTES,
-            sync_interval_ms: DEFAULT_SYNC_INTERVAL_MS,
+            retry_delay_secs: m.default_retry_delay_secs,
+            no_progress_timeout_secs: m.default_no_progress_timeout_secs,
+            idle_timeout_ms: ms(m.http.idle_timeout),
+            connect_timeout_ms: ms(m.http.connect_timeout),
+            sync_bytes: m.sync_bytes,
+            sync_interval_ms: ms(m.sync_interval),
         }
     }
 }
@@ -159,7 +156,8 @@ pub struct Admins {
 
 impl Default for Admins {
     fn default() -> Admins {
-        Admins { uids: vec![0], gids: Vec::new() }
+        let m = ManagerConfig::default();
+        Admins { uids: m.admin_uids, gids: m.admin_gids }
     }
 }
 
