@@ -271,6 +271,7 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
     let raw: RawConfig = toml::from_str(text).map_err(|e| doc.describe(&e))?;
     let transfer = raw.transfer;
     let defaults = Transfer::default();
+    let limits = Limits::default();
     Ok(Config {
         origin: Origin::File(path.to_path_buf()),
         socket: doc.absolute(raw.socket, "socket")?,
@@ -285,11 +286,11 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
             max_jobs_per_user: raw
                 .limits
                 .max_jobs_per_user
-                .map_or(Limits::default().max_jobs_per_user, Spanned::into_inner),
+                .map_or(limits.max_jobs_per_user, Spanned::into_inner),
             max_jobs_per_machine: raw
                 .limits
                 .max_jobs_per_machine
-                .map_or(Limits::default().max_jobs_per_machine, Spanned::into_inner),
+                .map_or(limits.max_jobs_per_machine, Spanned::into_inner),
         },
         transfer: Transfer {
             retry_delay_secs: doc.in_range(
@@ -389,7 +390,7 @@ struct RawAccess {
     admin_group: Option<Spanned<GroupRef>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a [tcp] table")]
 struct RawTcp {
     listen: Option<Spanned<String>>,
