@@ -122,24 +122,22 @@ impl Pipeline {
         self.check()?;
         self.wait_write().await?;
         let done = self.wait_sync().await?;
+        if upto <= self.synced_upto {
+            self.submit_writes().await?;
+            return Ok(done);
+        }
         // The last batch is written by the same blocking task that syncs it: one hand-off to
         // the blocking pool instead of two, which is most of the cost of a small file.
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
-        if upto > self.synced_upto {
-            let span = Span::new(self.synced_upto, upto);
-            let (part, layout) = (self.part.clone(), self.layout.clone());
-            let task = tokio::task::spawn_blocking(move || {
-                write_batch(&part, &layout, &batch)?;
-                part.sync()
-            });
-            self.sync = Some((task, span));
-            self.synced_upto = upto;
-        } else if !batch.is_empty() {
-            let (part, layout) = (self.part.clone(), self.layout.clone());
-            self.write =
-                Some(tokio::task::spawn_blocking(move || write_batch(&part, &layout, &batch)));
-        }
+        let span = Span::new(self.synced_upto, upto);
+        let (part, layout) = (self.part.clone(), self.layout.clone());
+        let task = tokio::task::spawn_blocking(move || {
+            write_batch(&part, &layout, &batch)?;
+            part.sync()
+        });
+        self.sync = Some((task, span));
+        self.synced_upto = upto;
         Ok(done)
     }
 
