@@ -146,7 +146,7 @@ impl JobFile {
     }
 
     pub fn bytes_transferred(&self) -> u64 {
-        self.bytes_transferred_of(&self.filled)
+        self.progress_of(&self.filled).bytes_transferred
     }
 
     /// Every needed byte is durably in the temp file (or the file was already completed).
@@ -154,29 +154,31 @@ impl JobFile {
         self.is_transferred_of(&self.filled)
     }
 
-    /// [`JobFile::bytes_transferred`] as if `filled` were the filled set.
-    pub fn bytes_transferred_of(&self, filled: &RangeSet) -> u64 {
+    /// [`JobFile::is_transferred`] as if `filled` were the filled set.
+    pub fn is_transferred_of(&self, filled: &RangeSet) -> bool {
+        self.progress_of(filled).transferred
+    }
+
+    /// The file's progress as if `filled` were the filled set, from one layout (a ranged file's
+    /// layout sorts and merges its ranges; it is built once here, not once per number).
+    pub fn progress_of(&self, filled: &RangeSet) -> FileState {
+        // A whole file (the common case, and a job may have thousands): no layout to build.
         if self.ranges.is_empty() {
-            return match self.remote_size {
+            let done = match self.remote_size {
                 Some(size) => filled.len_within(0, size),
                 None => filled.total_len(),
             };
+            let whole = self.remote_size.is_some_and(|size| done == size);
+            return FileState::new(self, self.remote_size, done, whole);
         }
         match self.layout() {
-            Some(layout) => layout.wanted().intersect(filled).total_len(),
-            None => filled.total_len(),
+            Some(layout) => {
+                let wanted = layout.wanted();
+                let done = wanted.intersect(filled).total_len();
+                FileState::new(self, Some(layout.local_len()), done, done == wanted.total_len())
+            }
+            None => FileState::new(self, None, filled.total_len(), false),
         }
-    }
-
-    /// [`JobFile::is_transferred`] as if `filled` were the filled set.
-    pub fn is_transferred_of(&self, filled: &RangeSet) -> bool {
-        if self.completed {
-            return true;
-        }
-        if self.ranges.is_empty() {
-            return self.remote_size.is_some_and(|size| filled.contains_span(0, size));
-        }
-        self.layout().is_some_and(|l| l.wanted().subtract(filled).is_empty())
     }
 
     /// Keeps only the filled ranges a temp file of `temp_len` bytes (`None`: missing) can hold.
@@ -300,6 +302,22 @@ pub mod property {
 /// Custom headers, counting the terminating NUL of the BITS API (so 16,383 characters of text).
 pub const MAX_CUSTOM_HEADERS_CHARS: usize = 16_384;
 
+/// What [`JobFile::progress_of`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileState {
+    /// `None` while the size is unknown.
+    pub bytes_total: Option<u64>,
+    pub bytes_transferred: u64,
+    /// Every needed byte is in (or the file was already completed).
+    pub transferred: bool,
+}
+
+impl FileState {
+    fn new(file: &JobFile, bytes_total: Option<u64>, done: u64, whole: bool) -> FileState {
+        FileState { bytes_total, bytes_transferred: done, transferred: file.completed || whole }
+    }
+}
+
 /// `BG_JOB_PROGRESS` with the per-file `BG_FILE_PROGRESS` list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Progress {
@@ -332,17 +350,14 @@ impl Job {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let (bytes_transferred, transferred) = match hidden(i as u32) {
-                    Some(spans) if !spans.is_empty() => {
-                        let filled = f.filled.subtract(spans);
-                        (f.bytes_transferred_of(&filled), f.is_transferred_of(&filled))
-                    }
-                    _ => (f.bytes_transferred(), f.is_transferred()),
+                let state = match hidden(i as u32) {
+                    Some(spans) if !spans.is_empty() => f.progress_of(&f.filled.subtract(spans)),
+                    _ => f.progress_of(&f.filled),
                 };
-                files_transferred += u32::from(transferred);
+                files_transferred += u32::from(state.transferred);
                 FileProgress {
-                    bytes_total: f.bytes_total(),
-                    bytes_transferred,
+                    bytes_total: state.bytes_total,
+                    bytes_transferred: state.bytes_transferred,
                     completed: f.completed,
                 }
             })
