@@ -12,7 +12,7 @@ use bits_core::{
 };
 
 use crate::access::run_as;
-use crate::manager::{Caller, Manager, disk_error, lookup_mut, lookup_mut_check};
+use crate::manager::{Caller, Manager, disk_error, lookup_mut, lookup_mut_check, store_error};
 use crate::validate;
 
 /// One file to add.
@@ -105,6 +105,7 @@ impl Manager {
             if let Some(file) = files.iter().find(|f| existing.contains(f.local_path.as_path())) {
                 return Err(duplicate_path(&file.local_path));
             }
+            let first = entry.job.files.len() as u32;
             let mut indexes = Vec::with_capacity(files.len());
             for file in files {
                 let index = entry.job.files.len() as u32;
@@ -122,8 +123,14 @@ impl Manager {
                 });
                 indexes.push(index);
             }
-            entry.job.modification_time = std::time::SystemTime::now();
-            self.persist_job(&entry.job)?;
+            let modified =
+                std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
+            if let Err(e) = self.inner.store.add_files(&entry.job, first) {
+                // The job stays as clients last saw it; a retry writes the same indexes again.
+                entry.job.files.truncate(first as usize);
+                entry.job.modification_time = modified;
+                return Err(store_error(e));
+            }
             entry.events.modified(entry);
             if let Some(run) = &entry.run {
                 run.repick.notify_one();

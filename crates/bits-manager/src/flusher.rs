@@ -59,7 +59,7 @@ impl Flusher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
     use std::sync::Mutex;
@@ -71,10 +71,17 @@ mod tests {
 
     /// A store that records which thread flushed it, and fails its flushes when told to.
     #[derive(Default)]
-    struct Watched {
-        inner: MemStore,
-        threads: Mutex<Vec<Option<String>>>,
+    pub(crate) struct Watched {
+        pub(crate) inner: MemStore,
+        /// One entry per flush: the flushing thread's name.
+        pub(crate) threads: Mutex<Vec<Option<String>>>,
         fail: std::sync::atomic::AtomicBool,
+    }
+
+    impl Watched {
+        pub(crate) fn flushes(&self) -> usize {
+            self.threads.lock().unwrap().len()
+        }
     }
 
     impl Store for Watched {
@@ -89,6 +96,9 @@ mod tests {
         }
         fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
             self.inner.put_file(job, index, file)
+        }
+        fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
+            self.inner.add_files(job, from)
         }
         fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
             self.inner.delete_job(job)

@@ -38,6 +38,12 @@ pub trait Store: Send + Sync + 'static {
     /// changes). Atomic: a crash leaves either the old or the new job, never a mix. Files beyond
     /// the new file count are dropped.
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
+    /// AddFile's write: the job's files from index `from` on (all just added) and then the job's
+    /// own fields. The new files are written atomically, all or none; a crash before the fields
+    /// follow them leaves the files added and the job's old fields (its modification time).
+    /// Earlier files are not rewritten, so adding files one by one stays linear.
+    /// [`StoreError::NotFound`] if the job is not stored; nothing is written then.
+    fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError>;
     /// Replace only a job's own fields (state, times, error, settings), not its files: the hot
     /// path for state changes of jobs with many files. The job's files must be the ones stored
     /// (same count); a job that is not stored yet is written whole.

@@ -39,6 +39,18 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
+        let mut jobs = self.jobs();
+        let stored =
+            jobs.get_mut(&job.id).ok_or(StoreError::NotFound { job: job.id, index: from })?;
+        // As on disk: the earlier files stay as stored, the new ones and the fields replace.
+        let mut files = std::mem::take(&mut stored.files);
+        files.truncate(from as usize);
+        files.extend(job.files.iter().skip(from as usize).cloned());
+        *stored = Job { files, ..job.clone() };
+        Ok(())
+    }
+
     fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
         let mut jobs = self.jobs();
         let files = jobs.get(&job.id).map(|stored| stored.files.clone());

@@ -157,12 +157,32 @@ pub(crate) fn store_suite(make: impl Fn() -> Box<dyn Store>) {
     store.put_job(&grown).unwrap();
     assert_eq!(store.load_all().unwrap(), vec![b.clone(), grown.clone()]);
 
-    // Files added to a job that had none.
+    // Files added to a job that had none, one and then two at a time: add_files writes the new
+    // files and the fields, and leaves the earlier files as stored.
     let mut b2 = b.clone();
-    b2.files = vec![file(3, vec![]), file(4, vec![])];
-    store.put_job(&b2).unwrap();
+    b2.files = vec![file(3, vec![])];
+    b2.modification_time += Duration::from_secs(1);
+    store.add_files(&b2, 0).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
+    let mut sent = b2.clone();
+    sent.files[0].filled.insert(900, 1); // not stored: file 0 was added before
+    sent.files.extend([file(4, vec![]), file(5, vec![])]);
+    sent.description = "two more".into();
+    store.add_files(&sent, 1).unwrap();
+    b2.files.extend([file(4, vec![]), file(5, vec![])]);
+    b2.description = "two more".into();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
     store.put_file(b2.id, 1, &f1).unwrap();
     b2.files[1] = f1.clone();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
+
+    // add_files to a job that is not stored is refused and writes nothing.
+    let mut stranger = job(20, vec![file(8, vec![])]);
+    stranger.id = unknown;
+    assert!(matches!(
+        store.add_files(&stranger, 0),
+        Err(StoreError::NotFound { job, index: 0 }) if job == unknown
+    ));
     assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
 
     // Delete removes one job and its files; deleting again (or an unknown job) is fine.
@@ -195,6 +215,9 @@ impl Store for TempSled {
     }
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
         self.store.put_file(job, index, file)
+    }
+    fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
+        self.store.add_files(job, from)
     }
     fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
         self.store.put_job_fields(job)
