@@ -185,6 +185,8 @@ fn manager_config(args: &Args, config: &config::Config) -> bits_manager::Manager
         max_jobs_per_machine: args
             .max_jobs_per_machine
             .unwrap_or(config.limits.max_jobs_per_machine),
+        // Not a setting: see its doc comment for why 20 ms.
+        new_job_flush_delay: bits_manager::ManagerConfig::default().new_job_flush_delay,
     }
 }
 

@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,6 +85,12 @@ pub struct ManagerConfig {
     pub max_jobs_per_user: usize,
     /// Jobs in the queue beyond which non-admins may not create more (BITS default 300).
     pub max_jobs_per_machine: usize,
+    /// How long a new job may wait for its store flush (default 20 ms). CreateJob answers
+    /// before its job is flushed: a client's next call (AddFile, typically under a millisecond
+    /// later) flushes the new job along with its own write, so the pair costs one flush instead
+    /// of two. Within this delay the job is flushed anyway. A crash in between loses only an
+    /// empty job, whose id then answers BG_E_NOT_FOUND, as it would after a Cancel.
+    pub new_job_flush_delay: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -99,6 +105,7 @@ impl Default for ManagerConfig {
             admin_gids: Vec::new(),
             max_jobs_per_user: bits_core::job::MAX_JOBS_PER_USER,
             max_jobs_per_machine: bits_core::job::MAX_JOBS_PER_MACHINE,
+            new_job_flush_delay: Duration::from_millis(20),
         }
     }
 }
@@ -153,6 +160,10 @@ pub(crate) struct GroupCommit {
     flushed: tokio::sync::Mutex<u64>,
     /// Where the flushes run (see `flusher.rs`).
     flusher: Flusher,
+    /// The last ticket a deferred flush must cover (see [`Manager::flush_soon`]).
+    deferred: AtomicU64,
+    /// Whether a deferred flush is scheduled and has not yet read `deferred`.
+    deferred_pending: AtomicBool,
 }
 
 #[derive(Default)]
@@ -297,6 +308,8 @@ impl Manager {
                     tickets: AtomicU64::new(0),
                     flushed: tokio::sync::Mutex::new(0),
                     flusher,
+                    deferred: AtomicU64::new(0),
+                    deferred_pending: AtomicBool::new(false),
                 },
                 workers: AtomicUsize::new(0),
             }),
@@ -346,8 +359,43 @@ impl Manager {
     /// whoever gets the flush lock flushes for every ticket issued so far; callers whose ticket a
     /// finished flush already covers return without flushing.
     pub(crate) async fn flush(&self) -> Result<(), BitsError> {
+        let ticket = self.flush_ticket();
+        self.flush_through(ticket).await
+    }
+
+    /// Makes the store writes so far durable within `delay`, without waiting for it. Any flush
+    /// that starts sooner (another caller's) covers them, and this one then has nothing to do.
+    /// Writes that come while such a flush is pending ride along with it (flushed sooner than
+    /// their own delay), so a burst of calls schedules one flush, not one each.
+    fn flush_soon(&self, delay: Duration) {
         let commit = &self.inner.commit;
-        let ticket = commit.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        commit.deferred.fetch_max(self.flush_ticket(), Ordering::SeqCst);
+        if commit.deferred_pending.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let manager = self.clone();
+        self.inner.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            let commit = &manager.inner.commit;
+            // Cleared before the ticket is read: a write after this schedules a flush of its own.
+            commit.deferred_pending.store(false, Ordering::SeqCst);
+            let ticket = commit.deferred.load(Ordering::SeqCst);
+            if let Err(e) = manager.flush_through(ticket).await {
+                // The writes stay in the store; the next flush retries them and reports to its
+                // caller.
+                tracing::warn!(error = %e, "deferred store flush failed");
+            }
+        });
+    }
+
+    /// A ticket for the store writes made so far (see [`Manager::flush`]).
+    fn flush_ticket(&self) -> u64 {
+        self.inner.commit.tickets.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Returns once a flush that covers `ticket` has returned, flushing if none has.
+    async fn flush_through(&self, ticket: u64) -> Result<(), BitsError> {
+        let commit = &self.inner.commit;
         let mut flushed = commit.flushed.lock().await;
         if *flushed >= ticket {
             return Ok(());
@@ -514,7 +562,7 @@ impl Manager {
                 },
             );
         }
-        self.flush().await?;
+        self.flush_soon(self.config().new_job_flush_delay);
         tracing::info!(job = %id, uid = caller.uid, "job created");
         Ok(id)
     }
@@ -1080,6 +1128,39 @@ mod tests {
     use super::*;
     use bits_core::{JobType, Priority};
     use bits_store::MemStore;
+
+    /// CreateJob answers before its flush; the client's next call flushes the new job with its
+    /// own write, and the deferred flush then has nothing left to do.
+    #[tokio::test]
+    async fn a_new_job_is_flushed_by_the_next_call_or_soon_after() {
+        use crate::flusher::tests::Watched;
+        use bits_store::Store as _;
+
+        let store = Arc::new(Watched::default());
+        let config = |delay| ManagerConfig { new_job_flush_delay: delay, ..Default::default() };
+        let m = Manager::start(store.clone(), config(Duration::from_secs(3600))).unwrap();
+        let at_start = store.flushes();
+        let me = Caller::user(rustix::process::geteuid().as_raw());
+        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        assert_eq!(store.flushes(), at_start, "CreateJob waited for a flush");
+        assert_eq!(store.inner.load_all().unwrap()[0].id, id, "CreateJob did not write the job");
+        let dir = tempfile::tempdir().unwrap();
+        m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
+        assert_eq!(store.flushes(), at_start + 1);
+
+        // Alone, new jobs are flushed once the delay has passed: a burst of them by one flush.
+        let m = Manager::start(store.clone(), config(Duration::from_millis(10))).unwrap();
+        let before = store.flushes();
+        for name in ["t2", "t3", "t4"] {
+            m.create_job(me, name, "", JobType::Download, Priority::Normal).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.flushes() == before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(store.flushes(), before + 1, "three new jobs, not one deferred flush");
+    }
 
     /// Spans recorded in the table but not yet flushed are invisible to every read a client can
     /// make, and appear in all of them at once when the flush returns.

@@ -16,9 +16,10 @@ use crate::manager::{Manager, Run, set_state};
 
 pub(crate) async fn run(manager: Manager) {
     loop {
-        let next_retry = schedule_once(&manager);
-        let persist = manager.flush().await;
-        if let Err(e) = persist {
+        let Pass { next_retry, wrote } = schedule_once(&manager);
+        // A pass that changed no job has nothing to flush: a flush is a device flush, and the
+        // scheduler wakes after every Resume, Suspend and finished job.
+        if wrote && let Err(e) = manager.flush().await {
             tracing::error!(error = %e, "scheduler could not flush the store");
         }
         let sleep = next_retry
@@ -31,10 +32,19 @@ pub(crate) async fn run(manager: Manager) {
     }
 }
 
-/// One pass: due retries re-queue, then runnable jobs start. Returns the earliest pending retry.
-fn schedule_once(manager: &Manager) -> Option<Instant> {
+/// What one scheduling pass did.
+struct Pass {
+    /// The earliest pending retry.
+    next_retry: Option<Instant>,
+    /// Whether it wrote a job to the store.
+    wrote: bool,
+}
+
+/// One pass: due retries re-queue, then runnable jobs start.
+fn schedule_once(manager: &Manager) -> Pass {
+    let mut wrote = false;
     if manager.inner.shutdown.is_cancelled() {
-        return None;
+        return Pass { next_retry: None, wrote };
     }
     let now = Instant::now();
     let mut table = manager.table();
@@ -57,6 +67,7 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
                     }
                     set_state(entry, next);
                     entry.retry_at = None;
+                    wrote = true;
                     if let Err(e) = manager.persist_job_fields(&entry.job) {
                         tracing::error!(job = %entry.job.id, error = %e, "cannot persist retry");
                     }
@@ -90,6 +101,7 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
         let Some(entry) = table.jobs.get_mut(&id) else { continue };
         let Ok(next) = transition(entry.job.state, Event::Start) else { continue };
         set_state(entry, next);
+        wrote = true;
         if let Err(e) = manager.persist_job_fields(&entry.job) {
             tracing::error!(job = %id, error = %e, "cannot persist job start");
         }
@@ -104,7 +116,7 @@ fn schedule_once(manager: &Manager) -> Option<Instant> {
         entry.run = Some(Run { stop, repick, task: Some(task) });
         tracing::info!(job = %id, priority = entry.job.priority.name(), "job started");
     }
-    next_retry
+    Pass { next_retry, wrote }
 }
 
 /// One running worker in [`Manager::transfers_running`], for as long as its task lives (also
