@@ -200,6 +200,10 @@ async fn transfer_job(
     let mut tails = FuturesUnordered::new();
     let mut tail_bytes = 0u64;
     let mut active: HashSet<u32> = HashSet::new();
+    // Files before this index were transferred or active at the last pick: the next pick starts
+    // here, so a job of n files is not scanned n times from the start. Whatever an active file
+    // leaves undone is caught by the full scan at the end.
+    let mut scan_from = 0;
     let mut failure: Option<Halt> = None;
     loop {
         let room = tails.len() < MAX_TAILS && tail_bytes < MAX_TAIL_BYTES;
@@ -212,9 +216,10 @@ async fn transfer_job(
                     if running.len() >= entry.job.files_at_once.max(1) as usize {
                         break;
                     }
-                    next_file(&entry.job, &active)
+                    next_file(&entry.job, &active, scan_from)
                 };
                 let NextFile::File(index) = next else { break };
+                scan_from = index + 1;
                 active.insert(index);
                 let files_stop = &files_stop;
                 running.push(async move {
@@ -252,7 +257,7 @@ async fn transfer_job(
     }
     let table = manager.table();
     let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
-    match next_file(&entry.job, &HashSet::new()) {
+    match next_file(&entry.job, &HashSet::new(), 0) {
         NextFile::Done => Ok(()),
         NextFile::Idle => Err(Halt::OnDemandIdle),
         // A file added while the last ones finished: the worker ends and the job is requeued.
@@ -268,13 +273,15 @@ enum NextFile {
     Idle,
 }
 
-/// Files go in insertion order (spec I2). In ON_DEMAND_MODE only files with requested bytes
-/// still missing are worked on.
-fn next_file(job: &bits_core::Job, active: &HashSet<u32>) -> NextFile {
+/// Files go in insertion order (spec I2), from index `from` on (ON_DEMAND_MODE: from the first,
+/// as requests may come for any file). In ON_DEMAND_MODE only files with requested bytes still
+/// missing are worked on.
+fn next_file(job: &bits_core::Job, active: &HashSet<u32>, from: u32) -> NextFile {
     let pending =
         |(i, f): &(usize, &JobFile)| !f.is_transferred() && !active.contains(&(*i as u32));
     let wanted = |f: &JobFile| !f.requested.subtract(&f.filled).is_empty();
-    let mut files = job.files.iter().enumerate();
+    let from = if job.on_demand { 0 } else { from as usize };
+    let mut files = job.files.iter().enumerate().skip(from);
     let found =
         if job.on_demand { files.find(|e| pending(e) && wanted(e.1)) } else { files.find(pending) };
     match found {
@@ -765,15 +772,20 @@ async fn connected(
         }
         // On-demand requests made before the size was known are clipped to the file now.
         file.requested = file.requested.intersect_span(0, remote.size);
+        let mut fields_changed = false;
         if let Ok(next) = transition(entry.job.state, Event::Connected) {
             if next != entry.job.state {
                 set_state(entry, next);
+                fields_changed = true;
             }
             // The error object lasts until the job is transferring again (spec §3.H).
-            entry.job.error = None;
+            fields_changed |= entry.job.error.take().is_some();
         }
-        // This file and the job's own fields; the other files did not change.
-        manager.persist_job_fields(&entry.job).map_err(|e| store_halt(e, index))?;
+        // This file, and the job's own fields when they changed: in a job of many files, only
+        // its first connection changes them.
+        if fields_changed {
+            manager.persist_job_fields(&entry.job).map_err(|e| store_halt(e, index))?;
+        }
         let file = &entry.job.files[index as usize];
         manager
             .inner
@@ -1112,5 +1124,52 @@ fn store_halt(e: BitsError, index: u32) -> Halt {
         error: job_error(ErrorContext::GeneralQueueManager, e.code, e.message, index),
         transient: true,
         retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
+
+    use bits_core::{JobType, Priority};
+    use bits_store::MemStore;
+
+    use super::*;
+    use crate::manager::{Caller, ManagerConfig};
+
+    /// The pick starts at the cursor, except in ON_DEMAND_MODE; the full scan at the end of a
+    /// worker still sees a file the cursor passed.
+    #[tokio::test]
+    async fn next_file_starts_at_the_cursor_and_the_full_scan_sees_the_rest() {
+        let m = Manager::start(Arc::new(MemStore::new()), ManagerConfig::default()).unwrap();
+        let me = Caller::user(rustix::process::geteuid().as_raw());
+        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let dest = dir.path().join(format!("f{i}"));
+            m.add_file(me, id, &format!("http://h/f{i}"), &dest, None).await.unwrap();
+        }
+        let mut table = m.table();
+        let job = &mut table.jobs.get_mut(&id).unwrap().job;
+        for file in &mut job.files[..2] {
+            file.remote_size = Some(10);
+            file.filled.insert(0, 10);
+        }
+        let pick = |job: &bits_core::Job, active: &[u32], from| match next_file(
+            job,
+            &active.iter().copied().collect(),
+            from,
+        ) {
+            NextFile::File(i) => Some(i),
+            NextFile::Done | NextFile::Idle => None,
+        };
+        assert_eq!(pick(job, &[], 0), Some(2));
+        assert_eq!(pick(job, &[2], 3), Some(3));
+        assert_eq!(pick(job, &[2], 4), Some(4), "the cursor passes file 3");
+        assert_eq!(pick(job, &[], 5), None);
+        assert_eq!(pick(job, &[], 0), Some(2), "the full scan");
+        job.on_demand = true;
+        job.files[2].requested.insert(0, 1);
+        assert_eq!(pick(job, &[], 4), Some(2), "on demand, any file may be asked for");
     }
 }
