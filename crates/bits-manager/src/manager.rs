@@ -89,7 +89,7 @@ pub struct ManagerConfig {
     /// before its job is flushed: a client's next call (AddFile, typically under a millisecond
     /// later) flushes the new job along with its own write, so the pair costs one flush instead
     /// of two. Within this delay the job is flushed anyway. A crash in between loses only an
-    /// empty job, whose id then answers BG_E_NOT_FOUND, as it would after a Cancel.
+    /// empty job, whose id then answers BG_E_NOT_FOUND.
     pub new_job_flush_delay: Duration,
 }
 
