@@ -25,6 +25,11 @@ use crate::{SCHEMA_VERSION, Store, StoreError, sort_jobs};
 
 /// How long [`SledStore::open`] waits for a previous holder of the lock to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How often sled's own flusher thread runs. It fsyncs the log every round whether or not
+/// anything was written (sled 0.34 flusher.rs), and every write that matters is flushed by the
+/// store's callers anyway, so what it is needed for is sled's segment cleaning. sled's default,
+/// 500 ms, made an idle daemon flush the disk's cache twice a second.
+const FLUSH_EVERY_MS: u64 = 5_000;
 /// sled's in-memory page cache; its default (1 GiB) is far more than a job queue needs.
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
@@ -177,7 +182,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 pub(crate) fn open_db(path: &Path, wait: Duration, flusher: bool) -> Result<sled::Db, StoreError> {
     let deadline = Instant::now() + wait;
     let mut delay = Duration::from_millis(10);
-    let flush_every = if flusher { Some(500) } else { None };
+    let flush_every = if flusher { Some(FLUSH_EVERY_MS) } else { None };
     loop {
         match sled::Config::new()
             .path(path)
