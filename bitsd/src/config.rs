@@ -11,13 +11,12 @@
 //! (the admin group, the TCP token file), so `bitsd --check-config` says all there is to say.
 
 use std::fmt;
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::ops::{Bound, Range, RangeBounds};
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use bits_manager::ManagerConfig;
+use bits_proto::token::Token;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -170,24 +169,6 @@ pub struct Tcp {
     pub token: Token,
     /// TCP carries no peer credentials, so every authenticated caller acts as this uid.
     pub uid: u32,
-}
-
-/// The TCP bearer token. Its `Debug` does not show it, so it cannot leak into a log by way of a
-/// `?config`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    /// The secret itself, for the constant-time comparison and nothing else.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
 }
 
 /// `[log]`.
@@ -608,7 +589,7 @@ impl Doc<'_> {
         let Some(token_file) = self.absolute(tcp.token_file.clone(), "tcp.token_file")? else {
             return Err(self.error(table, "tcp.token_file", "required when tcp.listen is set"));
         };
-        let token = match read_token(&token_file) {
+        let token = match Token::read_private_file(&token_file) {
             Ok(token) => token,
             Err(why) => {
                 let span = tcp.token_file.as_ref().map_or(table, Spanned::span);
@@ -637,38 +618,8 @@ impl Doc<'_> {
                 ));
             }
         };
-        Ok(Some(Tcp { listen, token_file, token: Token(token), uid }))
+        Ok(Some(Tcp { listen, token_file, token, uid }))
     }
-}
-
-/// The token in `path`: private to its owner (no group or other bits at all), non-empty once
-/// trimmed, and sendable as an HTTP header value. The mode is checked on the opened file, so the
-/// file read is the file checked.
-fn read_token(path: &Path) -> Result<String, String> {
-    let shown = path.display();
-    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("cannot read {shown}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{shown} is not a regular file"));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{shown} is readable or writable by group or others (mode {mode:04o}); chmod 600 it"
-        ));
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("{shown} is empty"));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "{shown}: the token may hold only printable ASCII without spaces (it travels in an HTTP header)"
-        ));
-    }
-    Ok(token.to_string())
 }
 
 /// The dotted key whose key or value holds byte `offset` (the deepest one), e.g.

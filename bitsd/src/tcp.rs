@@ -14,17 +14,13 @@ use std::sync::Arc;
 use anyhow::{Context, ensure};
 use bits_core::{BitsError, Code};
 use bits_proto::status::to_status;
-use subtle::ConstantTimeEq as _;
+use bits_proto::token::{AUTHORIZATION, Token};
 use tonic::service::Interceptor;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use crate::awake::KeepAwake;
-use crate::config::Token;
 use crate::grpc::{BitsService, TcpCaller};
-
-/// The metadata key the token travels in.
-const AUTHORIZATION: &str = "authorization";
 
 /// Everything the gRPC thread needs to serve TCP: the bound listener, the service and the check.
 pub struct TcpServing {
@@ -69,34 +65,28 @@ pub async fn serve(tcp: TcpServing, shutdown: impl Future<Output = ()>) -> anyho
 }
 
 /// Lets a request through only with the right bearer token, and marks it as coming from the
-/// configured uid. The token is compared in constant time and never logged; it is removed from
-/// the request before any handler sees it.
+/// configured uid. The token is compared in constant time (`Token`'s `==`) and never logged; it
+/// is removed from the request before any handler sees it.
 #[derive(Clone)]
 pub struct BearerCheck {
-    expected: Arc<[u8]>,
+    expected: Arc<Token>,
     uid: u32,
 }
 
 impl BearerCheck {
     pub fn new(token: &Token, uid: u32) -> BearerCheck {
-        BearerCheck { expected: Arc::from(token.expose().as_bytes()), uid }
-    }
-
-    /// Whether `presented` is the token. Constant time in the token's contents (a different
-    /// length is refused at once; the length is not the secret).
-    fn matches(&self, presented: &str) -> bool {
-        bool::from(presented.as_bytes().ct_eq(&self.expected))
+        BearerCheck { expected: Arc::new(token.clone()), uid }
     }
 }
 
 impl Interceptor for BearerCheck {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let header = request.metadata_mut().remove(AUTHORIZATION);
-        let refusal = match header.as_ref().map(|v| v.to_str().ok().and_then(bearer_token)) {
+        let refusal = match header.as_ref().map(Token::from_authorization) {
             None => Some("a bearer token is required (metadata \"authorization: Bearer <token>\")"),
-            Some(None) => Some("the authorization metadata is not \"Bearer <token>\""),
-            Some(Some(token)) if !self.matches(token) => Some("the bearer token is wrong"),
-            Some(Some(_)) => None,
+            Some(Err(_)) => Some("the authorization metadata is not \"Bearer <token>\""),
+            Some(Ok(token)) if token != *self.expected => Some("the bearer token is wrong"),
+            Some(Ok(_)) => None,
         };
         if let Some(why) = refusal {
             tracing::warn!(peer = ?request.remote_addr(), reason = why, "TCP request refused");
@@ -105,13 +95,6 @@ impl Interceptor for BearerCheck {
         request.extensions_mut().insert(TcpCaller { uid: self.uid });
         Ok(request)
     }
-}
-
-/// The token of an `authorization` value `Bearer <token>` (the scheme is case-insensitive,
-/// RFC 7235 §2.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// E_ACCESSDENIED in the usual BITS encoding, but with the gRPC code that says "who are you"
@@ -128,7 +111,7 @@ mod tests {
     use super::*;
 
     fn check() -> BearerCheck {
-        BearerCheck { expected: Arc::from(&b"s3cret"[..]), uid: 1234 }
+        BearerCheck::new(&Token::parse("s3cret").unwrap(), 1234)
     }
 
     fn request(authorization: Option<&str>) -> Request<()> {

@@ -158,7 +158,7 @@ level = "warn,bitsd=debug"
     let tcp = config.tcp.unwrap();
     assert_eq!(tcp.listen, "127.0.0.1:7781".parse::<SocketAddr>().unwrap());
     assert_eq!(tcp.token_file, token);
-    assert_eq!(tcp.token.expose(), "s3cret-token", "trimmed");
+    assert_eq!(tcp.token, Token::parse("s3cret-token").unwrap(), "trimmed");
     assert_eq!(tcp.uid, USER, "a user daemon's TCP callers act as its own uid");
     assert_eq!(config.log, Log { format: LogFormat::Json, level: "warn,bitsd=debug".into() });
 }
