@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use bits_client::Token;
 use bits_core::{ByteRange, JobId, LENGTH_TO_EOF, Priority};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -165,22 +166,6 @@ impl From<PriorityArg> for Priority {
     }
 }
 
-/// The bearer token read from `--token-file`. Its `Debug` hides it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
 /// `--tcp`: an IP:PORT on loopback, the only addresses bitsd listens on; anywhere else the token
 /// would cross a network in clear text.
 pub fn parse_tcp_addr(text: &str) -> Result<SocketAddr, String> {
@@ -194,16 +179,10 @@ pub fn parse_tcp_addr(text: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-/// `--token-file`: the token in the file, trimmed; an unreadable or empty file is a usage error.
+/// `--token-file`: the token in the file; an unreadable file or one without a token is a usage
+/// error.
 pub fn read_token_file(text: &str) -> Result<Token, String> {
-    let path = Path::new(text);
-    let contents = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the token file '{text}': {e}"))?;
-    let token = contents.trim();
-    if token.is_empty() {
-        return Err(format!("the token file '{text}' is empty"));
-    }
-    Ok(Token(token.to_string()))
+    Token::read_file(Path::new(text)).map_err(|e| e.to_string())
 }
 
 /// A job id as printed by `bitsctl create` (a UUID).
@@ -273,7 +252,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.tcp, Some("127.0.0.1:7781".parse().unwrap()));
-        assert_eq!(cli.token.as_ref().map(Token::expose), Some("t0ken"));
+        assert_eq!(cli.token, Some(Token::parse("t0ken").unwrap()));
         assert!(!format!("{cli:?}").contains("t0ken"), "Debug hides the token");
         // Global: after the subcommand too.
         let cli =
@@ -303,11 +282,11 @@ mod tests {
             ])
         };
         let err = with_token_file(&dir.path().join("missing"));
-        assert!(err.contains("cannot read the token file"), "{err}");
+        assert!(err.contains(&format!("cannot read {}", dir.path().join("missing").display())));
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
         let err = with_token_file(&empty);
-        assert!(err.contains("is empty"), "{err}");
+        assert!(err.contains(&format!("{} is empty", empty.display())), "{err}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bits_client::{Client, ClientError};
+use bits_client::{Client, ClientError, Token};
 use bits_core::{Code, Priority};
 use bits_tests::daemon::TestDaemon;
 
@@ -295,7 +295,7 @@ async fn tcp_serves_callers_with_the_token_as_the_configured_uid() {
     let token = "e2e-token-5f2c9a";
     let (mut daemon, addr, _) = tcp_daemon(dir.path(), token).await;
 
-    let tcp = Client::connect_tcp(addr, token).await.unwrap();
+    let tcp = Client::connect_tcp(addr, &Token::parse(token).unwrap()).await.unwrap();
     let id = tcp.create_job("over tcp", Priority::High).await.unwrap();
     let jobs = tcp.list_jobs().await.unwrap();
     assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
@@ -320,7 +320,7 @@ async fn tcp_serves_callers_with_the_token_as_the_configured_uid() {
         );
         assert!(status.message().contains(why), "{authorization:?}: {}", status.message());
     }
-    let wrong = Client::connect_tcp(addr, "not-the-token").await.unwrap();
+    let wrong = Client::connect_tcp(addr, &Token::parse("not-the-token").unwrap()).await.unwrap();
     let err = wrong.create_job("nope", Priority::Normal).await.unwrap_err();
     assert!(matches!(&err, ClientError::Bits(e) if e.code == Code::E_ACCESSDENIED), "{err}");
 

@@ -51,7 +51,7 @@ fn print_code(code: Code, json: bool) {
 /// The daemon's TCP listener when `--tcp` is given (with its token), else its Unix socket.
 async fn connect(cli: &Cli) -> Result<Client> {
     match (cli.tcp, &cli.token) {
-        (Some(addr), Some(token)) => Ok(Client::connect_tcp(addr, token.expose()).await?),
+        (Some(addr), Some(token)) => Ok(Client::connect_tcp(addr, token).await?),
         (Some(_), None) => {
             Err(BitsError::new(Code::E_INVALIDARG, "--tcp needs --token-file").into())
         }

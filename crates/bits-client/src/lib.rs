@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use bits_core::{BitsError, ByteRange, Code, JobError, JobId, Priority, Progress};
 use bits_proto::convert;
 pub use bits_proto::convert::{EventInfo, JobEventInfo};
+pub use bits_proto::token::{Token, TokenError, TokenFileError};
 use bits_proto::v1::{self, bits_client::BitsClient};
 pub use bits_proto::{FileInfo, JobInfo};
 use hyper_util::rt::TokioIo;
@@ -83,7 +84,7 @@ impl Interceptor for Auth {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request.metadata_mut().insert(bits_proto::token::AUTHORIZATION, value.clone());
         }
         Ok(request)
     }
@@ -158,22 +159,13 @@ impl Client {
     }
 
     /// Connects to the daemon's TCP listener at `addr` (bitsd's `[tcp] listen`), sending `token`
-    /// (surrounding whitespace removed, as the daemon reads its token file) as
-    /// `authorization: Bearer <token>` with every call. The connection is made eagerly, so an
-    /// unreachable daemon is reported here as [`ClientError::ConnectTcp`]; a wrong token is
-    /// refused by the first call with `E_ACCESSDENIED`.
-    pub async fn connect_tcp(addr: SocketAddr, token: &str) -> Result<Client, ClientError> {
-        let token = token.trim();
-        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ClientError::Bits(BitsError::new(
-                Code::E_INVALIDARG,
-                "the token must be non-empty printable ASCII without spaces",
-            )));
-        }
-        let mut value = AsciiMetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-            ClientError::Bits(BitsError::new(Code::E_INVALIDARG, "the token is not header text"))
-        })?;
-        value.set_sensitive(true);
+    /// with every call (see [`Token::read_file`] for the usual way to get one). The connection is
+    /// made eagerly, so an unreachable daemon is reported here as [`ClientError::ConnectTcp`]; a
+    /// wrong token is refused by the first call with `E_ACCESSDENIED`.
+    pub async fn connect_tcp(addr: SocketAddr, token: &Token) -> Result<Client, ClientError> {
+        let value = token
+            .to_authorization()
+            .map_err(|e| ClientError::Bits(BitsError::new(Code::E_INVALIDARG, e.to_string())))?;
         let connect_error = |source: io::Error| ClientError::ConnectTcp { addr, source };
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| connect_error(transport_error(e)))?
