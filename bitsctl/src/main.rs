@@ -1,6 +1,6 @@
 //! bitsctl: the command-line client of bitsd. Parses the command line, runs one command through
-//! bits-client, and maps the outcome to an exit code: 0 success, 1 a BITS error, 2 usage (clap),
-//! 3 the daemon could not be reached, 130 interrupted.
+//! bits-client, and maps the outcome to an exit code: 0 success, 1 a BITS error, 2 usage (clap,
+//! or a --token-file that gives no token), 3 the daemon could not be reached, 130 interrupted.
 #![allow(clippy::print_stdout)] // printing to stdout is this binary's job (it writes via cmd::out)
 
 mod args;
@@ -13,6 +13,7 @@ use bits_client::ClientError;
 use bits_core::{BitsError, Code};
 use clap::Parser;
 
+use crate::cmd::BadTokenFile;
 use crate::cmd::download::Interrupted;
 
 fn main() -> ExitCode {
@@ -48,6 +49,8 @@ fn error_line(err: &anyhow::Error) -> String {
         e.to_string()
     } else if let Some(e) = err.downcast_ref::<Interrupted>() {
         e.to_string()
+    } else if let Some(e) = err.downcast_ref::<BadTokenFile>() {
+        e.to_string()
     } else {
         format!("{}: {err:#}", Code::E_FAIL)
     };
@@ -58,6 +61,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<ClientError>() {
         Some(ClientError::Connect { .. } | ClientError::ConnectTcp { .. }) => 3,
         _ if err.downcast_ref::<Interrupted>().is_some() => 130,
+        _ if err.downcast_ref::<BadTokenFile>().is_some() => 2,
         _ => 1,
     }
 }
@@ -89,6 +93,16 @@ mod tests {
         assert_eq!(exit_code(&ClientError::Protocol("bad".into()).into()), 1);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
         assert_eq!(exit_code(&Interrupted(JobId::new_random()).into()), 130);
+    }
+
+    #[test]
+    fn a_token_file_without_a_token_is_a_usage_error_naming_it() {
+        let err: anyhow::Error = BadTokenFile(bits_client::TokenFileError::Empty {
+            path: PathBuf::from("/run/tcp.token"),
+        })
+        .into();
+        assert_eq!(exit_code(&err), 2);
+        assert_eq!(error_line(&err), "--token-file: /run/tcp.token is empty");
     }
 
     #[test]

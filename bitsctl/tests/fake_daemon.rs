@@ -368,8 +368,17 @@ async fn daemon() -> Daemon {
 }
 
 async fn bitsctl(sock: &Path, args: &[&str]) -> Output {
+    bitsctl_env(sock, args, &[]).await
+}
+
+/// bitsctl with only the `BITSD_*` variables in `env` (the caller's own are removed).
+async fn bitsctl_env(sock: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bitsctl"));
-    cmd.arg("--socket").arg(sock).args(args).env_remove("BITSD_SOCKET");
+    cmd.arg("--socket").arg(sock).args(args);
+    for var in ["BITSD_SOCKET", "BITSD_TCP", "BITSD_TOKEN_FILE"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
     tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap()
 }
 
@@ -473,4 +482,55 @@ async fn step_by_step_commands() {
     let o = bitsctl(&d.sock.with_extension("gone"), &["list"]).await;
     assert_eq!(o.status.code(), Some(3));
     assert!(stderr(&o).starts_with("bitsctl: cannot connect to bitsd at "), "{}", stderr(&o));
+}
+
+/// A `BITSD_TOKEN_FILE` left in the environment is read only with --tcp: without it, commands
+/// over the Unix socket work whatever the file is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_in_the_environment_does_not_matter_without_tcp() {
+    let d = daemon().await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.token");
+    std::fs::write(&empty, "\n").unwrap();
+    for file in [dir.path().join("missing.token"), empty, dir.path().to_path_buf()] {
+        let o = bitsctl_env(&d.sock, &["list", "--json"], &[("BITSD_TOKEN_FILE", &file)]).await;
+        assert!(o.status.success(), "{}: {}", file.display(), stderr(&o));
+        assert_eq!(stdout(&o).trim(), "[]", "{}", file.display());
+        let o = bitsctl(&d.sock, &["list", "--token-file", file.to_str().unwrap()]).await;
+        assert!(o.status.success(), "{}: {}", file.display(), stderr(&o));
+    }
+}
+
+/// With --tcp, a token file that gives no token is a usage error: exit 2 and one line naming the
+/// file and what is wrong with it, before anything is connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_with_a_token_file_that_gives_no_token_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("no.sock");
+    let missing = dir.path().join("missing.token");
+    let empty = dir.path().join("empty.token");
+    std::fs::write(&empty, " \n").unwrap();
+    let words = dir.path().join("words.token");
+    std::fs::write(&words, "two words\n").unwrap();
+    let tcp = ["--tcp", "127.0.0.1:1", "list"];
+    let cases = [
+        (&missing, format!("cannot read {}: No such file or directory", missing.display())),
+        (&empty, format!("{} is empty", empty.display())),
+        (
+            &words,
+            format!("{}: the token may hold only printable ASCII without spaces", words.display()),
+        ),
+    ];
+    for (file, why) in &cases {
+        let flag = ["--tcp", "127.0.0.1:1", "--token-file", file.to_str().unwrap(), "list"];
+        let by_flag = bitsctl(&sock, &flag).await;
+        let by_env = bitsctl_env(&sock, &tcp, &[("BITSD_TOKEN_FILE", file)]).await;
+        for o in [by_flag, by_env] {
+            assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+            let err = stderr(&o);
+            assert!(err.starts_with(&format!("bitsctl: --token-file: {why}")), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert_eq!(stdout(&o), "");
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use bits_client::Client;
+use bits_client::{Client, Token, TokenFileError};
 use bits_core::{BitsError, Code};
 
 use crate::args::{Cli, Command};
@@ -48,15 +48,22 @@ fn print_code(code: Code, json: bool) {
     }
 }
 
-/// The daemon's TCP listener when `--tcp` is given (with its token), else its Unix socket.
+/// A `--token-file` that gives no token: a usage error (exit 2) like clap's, but found only when
+/// `--tcp` needs the file.
+#[derive(Debug, thiserror::Error)]
+#[error("--token-file: {0}")]
+pub struct BadTokenFile(pub TokenFileError);
+
+/// The daemon's TCP listener when `--tcp` is given (with its token), else its Unix socket. The
+/// token file is read here rather than while parsing, so that `BITSD_TOKEN_FILE` matters only
+/// with `--tcp`.
 async fn connect(cli: &Cli) -> Result<Client> {
-    match (cli.tcp, &cli.token) {
-        (Some(addr), Some(token)) => Ok(Client::connect_tcp(addr, token).await?),
-        (Some(_), None) => {
-            Err(BitsError::new(Code::E_INVALIDARG, "--tcp needs --token-file").into())
-        }
-        (None, _) => Ok(Client::connect(&cli.socket).await?),
-    }
+    let Some(addr) = cli.tcp else { return Ok(Client::connect(&cli.socket).await?) };
+    let Some(path) = &cli.token_file else {
+        return Err(BitsError::new(Code::E_INVALIDARG, "--tcp needs --token-file").into());
+    };
+    let token = Token::read_file(path).map_err(BadTokenFile)?;
+    Ok(Client::connect_tcp(addr, &token).await?)
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
