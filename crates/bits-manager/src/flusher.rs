@@ -76,6 +76,8 @@ pub(crate) mod tests {
         /// One entry per flush: the flushing thread's name.
         pub(crate) threads: Mutex<Vec<Option<String>>>,
         fail: std::sync::atomic::AtomicBool,
+        /// Makes `add_files` fail, writing nothing.
+        pub(crate) fail_adds: std::sync::atomic::AtomicBool,
     }
 
     impl Watched {
@@ -98,6 +100,12 @@ pub(crate) mod tests {
             self.inner.put_file(job, index, file)
         }
         fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
+            if self.fail_adds.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Io {
+                    op: "add files to a job",
+                    cause: std::io::Error::other("disk full"),
+                });
+            }
             self.inner.add_files(job, from)
         }
         fn delete_job(&self, job: JobId) -> Result<(), StoreError> {

@@ -2,7 +2,8 @@
 //! workers that move bytes from an HTTP range fetcher into temp files and the filled-range set.
 //!
 //! Data path: a gRPC handler calls a [`Manager`] method → the job table changes and is persisted
-//! (`bits-store`) before the reply → the scheduler starts a worker → the worker probes and fetches
+//! (`bits-store`) before the reply (CreateJob: within 20 ms, see
+//! [`ManagerConfig::new_job_flush_delay`]) → the scheduler starts a worker → the worker probes and fetches
 //! ranges (`bits-http`), writes and syncs them (`bits-disk`), and only then records them as filled.
 
 mod access;

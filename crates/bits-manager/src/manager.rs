@@ -88,7 +88,7 @@ pub struct ManagerConfig {
     /// How long a new job may wait for its store flush (default 20 ms). CreateJob answers
     /// before its job is flushed: a client's next call (AddFile, typically under a millisecond
     /// later) flushes the new job along with its own write, so the pair costs one flush instead
-    /// of two. Within this delay the job is flushed anyway. A crash in between loses only an
+    /// of two. After this delay a flush starts anyway (and is retried while the store fails). A crash in between loses only an
     /// empty job, whose id then answers BG_E_NOT_FOUND.
     pub new_job_flush_delay: Duration,
 }
@@ -120,6 +120,9 @@ pub enum ManagerError {
     #[error("cannot start the store's flusher thread: {0}")]
     Thread(#[from] std::io::Error),
 }
+
+/// How soon a failed deferred flush (see [`Manager::flush_soon`]) is tried again.
+const DEFERRED_RETRY: Duration = Duration::from_secs(1);
 
 /// How many finished jobs are remembered so that calls on them say BG_E_INVALID_STATE.
 const MAX_TOMBSTONES: usize = 4096;
@@ -381,9 +384,10 @@ impl Manager {
             commit.deferred_pending.store(false, Ordering::SeqCst);
             let ticket = commit.deferred.load(Ordering::SeqCst);
             if let Err(e) = manager.flush_through(ticket).await {
-                // The writes stay in the store; the next flush retries them and reports to its
-                // caller.
-                tracing::warn!(error = %e, "deferred store flush failed");
+                // Nobody waits for this flush to report to: try again (any other flush meanwhile
+                // covers the writes too), at most once a second while the store keeps failing.
+                tracing::error!(error = %e, "deferred store flush failed; retrying in 1 s");
+                manager.flush_soon(delay.max(DEFERRED_RETRY));
             }
         });
     }
@@ -562,7 +566,13 @@ impl Manager {
                 },
             );
         }
-        self.flush_soon(self.config().new_job_flush_delay);
+        if self.inner.shutdown.is_cancelled() {
+            // The final flush may have run already, and a deferred one would die with the
+            // runtime: this job is flushed before the answer, as it was before the deferral.
+            self.flush().await?;
+        } else {
+            self.flush_soon(self.config().new_job_flush_delay);
+        }
         tracing::info!(job = %id, uid = caller.uid, "job created");
         Ok(id)
     }
@@ -1129,6 +1139,17 @@ mod tests {
     use bits_core::{JobType, Priority};
     use bits_store::MemStore;
 
+    /// Waits (up to 10 s) until `store` has seen more than `count` flushes, then a little more,
+    /// so that a flush that should not happen has had its chance.
+    async fn settle_past(store: &crate::flusher::tests::Watched, count: usize) -> usize {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.flushes() <= count && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        store.flushes()
+    }
+
     /// CreateJob answers before its flush; the client's next call flushes the new job with its
     /// own write, and the deferred flush then has nothing left to do.
     #[tokio::test]
@@ -1138,28 +1159,59 @@ mod tests {
 
         let store = Arc::new(Watched::default());
         let config = |delay| ManagerConfig { new_job_flush_delay: delay, ..Default::default() };
-        let m = Manager::start(store.clone(), config(Duration::from_secs(3600))).unwrap();
+        let m = Manager::start(store.clone(), config(Duration::from_millis(10))).unwrap();
         let at_start = store.flushes();
         let me = Caller::user(rustix::process::geteuid().as_raw());
-        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        let create = |name: &'static str| {
+            let m = m.clone();
+            async move { m.create_job(me, name, "", JobType::Download, Priority::Normal).await }
+        };
+        let id = create("t").await.unwrap();
         assert_eq!(store.flushes(), at_start, "CreateJob waited for a flush");
         assert_eq!(store.inner.load_all().unwrap()[0].id, id, "CreateJob did not write the job");
         let dir = tempfile::tempdir().unwrap();
         m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
-        assert_eq!(store.flushes(), at_start + 1);
+        assert_eq!(settle_past(&store, at_start).await, at_start + 1, "the deferred flush ran");
 
-        // Alone, new jobs are flushed once the delay has passed: a burst of them by one flush.
-        let m = Manager::start(store.clone(), config(Duration::from_millis(10))).unwrap();
+        // Alone, new jobs are flushed once the delay has passed: a burst of them by one flush,
+        // and a job created after that flush started by a flush of its own.
         let before = store.flushes();
         for name in ["t2", "t3", "t4"] {
-            m.create_job(me, name, "", JobType::Download, Priority::Normal).await.unwrap();
+            create(name).await.unwrap();
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.flushes() == before && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(store.flushes(), before + 1, "three new jobs, not one deferred flush");
+        assert_eq!(settle_past(&store, before).await, before + 1, "three jobs, one flush");
+        create("t5").await.unwrap();
+        assert_eq!(settle_past(&store, before + 1).await, before + 2, "t5 was never flushed");
+
+        // Once shutting down, CreateJob flushes before it answers: no deferred flush would run.
+        m.shutdown().await;
+        let before = store.flushes();
+        create("t6").await.unwrap();
+        assert_eq!(store.flushes(), before + 1);
+    }
+
+    /// A store that refuses AddFile's write leaves the job as it was, and a retry gets the same
+    /// index.
+    #[tokio::test]
+    async fn add_file_leaves_the_job_unchanged_when_the_store_refuses() {
+        use crate::flusher::tests::Watched;
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let store = Arc::new(Watched::default());
+        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let me = Caller::user(rustix::process::geteuid().as_raw());
+        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let before = m.get_job(me, id).unwrap();
+        store.fail_adds.store(true, SeqCst);
+        let error = m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await;
+        let error = error.unwrap_err();
+        assert_eq!(error.code, Code::BG_E_DATABASE_CORRUPT, "{error:?}");
+        assert!(error.message.contains("disk full"), "{}", error.message);
+        assert_eq!(m.get_job(me, id).unwrap(), before, "the job changed");
+        store.fail_adds.store(false, SeqCst);
+        let added = m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
+        assert_eq!(added, 0);
     }
 
     /// Spans recorded in the table but not yet flushed are invisible to every read a client can

@@ -38,10 +38,10 @@ pub trait Store: Send + Sync + 'static {
     /// changes). Atomic: a crash leaves either the old or the new job, never a mix. Files beyond
     /// the new file count are dropped.
     fn put_job(&self, job: &Job) -> Result<(), StoreError>;
-    /// AddFile's write: the job's files from index `from` on (all just added) and then the job's
-    /// own fields. The new files are written atomically, all or none; a crash before the fields
-    /// follow them leaves the files added and the job's old fields (its modification time).
-    /// Earlier files are not rewritten, so adding files one by one stays linear.
+    /// AddFile's write: the job's files from index `from` on (all just added), then the job's own
+    /// fields, which hold its file count. Earlier files are not rewritten, so adding files one by
+    /// one stays linear. A crash between the two writes leaves file records beyond the stored
+    /// count, which loading ignores: the job is as it was, as if nothing had been added.
     /// [`StoreError::NotFound`] if the job is not stored; nothing is written then.
     fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError>;
     /// Replace only a job's own fields (state, times, error, settings), not its files: the hot

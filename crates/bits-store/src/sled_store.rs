@@ -26,9 +26,10 @@ use crate::{SCHEMA_VERSION, Store, StoreError, sort_jobs};
 /// How long [`SledStore::open`] waits for a previous holder of the lock to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How often sled's own flusher thread runs. It fsyncs the log every round whether or not
-/// anything was written (sled 0.34 flusher.rs), and every write that matters is flushed by the
-/// store's callers anyway, so what it is needed for is sled's segment cleaning. sled's default,
-/// 500 ms, made an idle daemon flush the disk's cache twice a second.
+/// anything was written (sled 0.34 flusher.rs). Every write that matters is flushed by the
+/// store's callers, so it is needed for sled's segment cleaning, and as a backstop that makes
+/// any write nobody flushed durable within this interval. sled's default, 500 ms, made an idle
+/// daemon flush the disk's cache twice a second.
 const FLUSH_EVERY_MS: u64 = 5_000;
 /// sled's in-memory page cache; its default (1 GiB) is far more than a job queue needs.
 const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
@@ -318,6 +319,8 @@ impl Store for SledStore {
         if !self.db.contains_key(&key).map_err(|e| StoreError::io("look up a job", e))? {
             return Err(StoreError::NotFound { job: job.id, index: from });
         }
+        // Files first: the fields count them, and sled recovers a prefix of its log (it stops at
+        // the first torn write), so the new count never survives without its files.
         self.apply(files, "add files to a job")?;
         self.db.insert(key, fields).map_err(|e| StoreError::io("write a job", e))?;
         Ok(())
