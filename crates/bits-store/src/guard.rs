@@ -82,15 +82,24 @@ impl JobCountGuard {
         self.counts().pending += 1;
     }
 
-    /// The engine has flushed: jobs created so far are durable and may be counted. A lost write
-    /// of this file only makes the check weaker, never wrong, so it is not synced.
-    pub(crate) fn flushed(&self) -> Result<(), StoreError> {
+    /// Jobs created and not yet counted: what an engine flush starting now makes durable. Taken
+    /// before the flush, because jobs created while it runs may miss it.
+    pub(crate) fn pending(&self) -> u64 {
+        self.counts().pending
+    }
+
+    /// The engine has flushed: the `covered` jobs (from [`JobCountGuard::pending`] before the
+    /// flush) are durable and may be counted. A lost write of this file only makes the check
+    /// weaker, never wrong, so it is not synced.
+    pub(crate) fn flushed(&self, covered: u64) -> Result<(), StoreError> {
         let mut counts = self.counts();
-        if counts.pending > 0 {
-            let value = counts.recorded + counts.pending;
+        // A delete meanwhile has counted them already (see `deleting`).
+        let covered = covered.min(counts.pending);
+        if covered > 0 {
+            let value = counts.recorded + covered;
             self.write(value, false)?;
             counts.recorded = value;
-            counts.pending = 0;
+            counts.pending -= covered;
         }
         Ok(())
     }
@@ -177,6 +186,25 @@ mod tests {
         assert_eq!(count(dir.path()), 1, "lowered before the delete");
         store.delete_job(a.id).unwrap();
         assert_eq!(count(dir.path()), 1, "deleting a missing job changes nothing");
+    }
+
+    /// A job created while the engine flushes may miss that flush: it is counted by the next.
+    #[test]
+    fn jobs_created_during_a_flush_wait_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let guard = super::JobCountGuard::open(dir.path(), &dir.path().join("db"), 0).unwrap();
+        guard.created();
+        let covered = guard.pending();
+        guard.created(); // while the engine flushes
+        guard.flushed(covered).unwrap();
+        assert_eq!(count(dir.path()), 1);
+        guard.flushed(guard.pending()).unwrap();
+        assert_eq!(count(dir.path()), 2);
+        guard.created();
+        let covered = guard.pending();
+        guard.deleting().unwrap(); // counts the pending job, lowers by the deleted one
+        guard.flushed(covered).unwrap();
+        assert_eq!(count(dir.path()), 2, "counted once, not twice");
     }
 
     #[test]

@@ -373,9 +373,10 @@ impl Store for SledStore {
     /// not recorded. The fdatasync after it makes a flush mean what callers take it to mean:
     /// a created job, a Complete's `completed` flag, a recorded range survive anything.
     fn flush(&self) -> Result<(), StoreError> {
+        let covered = self.guard.pending();
         self.db.flush().map_err(|e| StoreError::io("flush the job store to disk", e))?;
         self.log.sync_data().map_err(|e| StoreError::io("sync the job store's log", e))?;
-        self.guard.flushed()
+        self.guard.flushed(covered)
     }
 }
 
