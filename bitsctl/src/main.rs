@@ -1,6 +1,6 @@
 //! bitsctl: the command-line client of bitsd. Parses the command line, runs one command through
 //! bits-client, and maps the outcome to an exit code: 0 success, 1 a BITS error, 2 usage (clap,
-//! or a --token-file that gives no token), 3 the daemon could not be reached, 130 interrupted.
+//! or --tcp without a usable --token-file), 3 the daemon could not be reached, 130 interrupted.
 #![allow(clippy::print_stdout)] // printing to stdout is this binary's job (it writes via cmd::out)
 
 mod args;
@@ -13,7 +13,7 @@ use bits_client::ClientError;
 use bits_core::{BitsError, Code};
 use clap::Parser;
 
-use crate::cmd::BadTokenFile;
+use crate::cmd::TokenUsage;
 use crate::cmd::download::Interrupted;
 
 fn main() -> ExitCode {
@@ -49,7 +49,7 @@ fn error_line(err: &anyhow::Error) -> String {
         e.to_string()
     } else if let Some(e) = err.downcast_ref::<Interrupted>() {
         e.to_string()
-    } else if let Some(e) = err.downcast_ref::<BadTokenFile>() {
+    } else if let Some(e) = err.downcast_ref::<TokenUsage>() {
         e.to_string()
     } else {
         format!("{}: {err:#}", Code::E_FAIL)
@@ -61,7 +61,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<ClientError>() {
         Some(ClientError::Connect { .. } | ClientError::ConnectTcp { .. }) => 3,
         _ if err.downcast_ref::<Interrupted>().is_some() => 130,
-        _ if err.downcast_ref::<BadTokenFile>().is_some() => 2,
+        _ if err.downcast_ref::<TokenUsage>().is_some() => 2,
         _ => 1,
     }
 }
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_token_file_without_a_token_is_a_usage_error_naming_it() {
-        let err: anyhow::Error = BadTokenFile(bits_client::TokenFileError::Empty {
+        let err: anyhow::Error = TokenUsage::Unreadable(bits_client::TokenFileError::Empty {
             path: PathBuf::from("/run/tcp.token"),
         })
         .into();

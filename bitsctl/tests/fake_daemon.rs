@@ -521,16 +521,26 @@ async fn tcp_with_a_token_file_that_gives_no_token_is_a_usage_error_naming_it() 
             format!("{}: the token may hold only printable ASCII without spaces", words.display()),
         ),
     ];
+    let one_usage_line = |o: &std::process::Output, want: &str| {
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+        let err = stderr(o);
+        assert!(err.starts_with(&format!("bitsctl: {want}")), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(stdout(o), "");
+    };
     for (file, why) in &cases {
-        let flag = ["--tcp", "127.0.0.1:1", "--token-file", file.to_str().unwrap(), "list"];
-        let by_flag = bitsctl(&sock, &flag).await;
-        let by_env = bitsctl_env(&sock, &tcp, &[("BITSD_TOKEN_FILE", file)]).await;
-        for o in [by_flag, by_env] {
-            assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-            let err = stderr(&o);
-            assert!(err.starts_with(&format!("bitsctl: --token-file: {why}")), "{err}");
-            assert_eq!(err.lines().count(), 1, "{err}");
-            assert_eq!(stdout(&o), "");
+        let file = file.to_str().unwrap();
+        let flag = ["--tcp", "127.0.0.1:1", "--token-file", file, "list"];
+        // Global flags: the token file after the subcommand is the same.
+        let after = ["--tcp", "127.0.0.1:1", "list", "--token-file", file];
+        for o in [
+            bitsctl(&sock, &flag).await,
+            bitsctl(&sock, &after).await,
+            bitsctl_env(&sock, &tcp, &[("BITSD_TOKEN_FILE", Path::new(file))]).await,
+        ] {
+            one_usage_line(&o, &format!("--token-file: {why}"));
         }
     }
+    let none = bitsctl(&sock, &tcp).await;
+    one_usage_line(&none, "--tcp needs --token-file (or BITSD_TOKEN_FILE)");
 }

@@ -48,21 +48,23 @@ fn print_code(code: Code, json: bool) {
     }
 }
 
-/// A `--token-file` that gives no token: a usage error (exit 2) like clap's, but found only when
-/// `--tcp` needs the file.
+/// `--tcp` without a usable token: a usage error (exit 2) like clap's, found only when
+/// connecting, so that the token file matters only with `--tcp`.
 #[derive(Debug, thiserror::Error)]
-#[error("--token-file: {0}")]
-pub struct BadTokenFile(pub TokenFileError);
+pub enum TokenUsage {
+    #[error("--tcp needs --token-file (or BITSD_TOKEN_FILE)")]
+    Missing,
+    #[error("--token-file: {0}")]
+    Unreadable(TokenFileError),
+}
 
 /// The daemon's TCP listener when `--tcp` is given (with its token), else its Unix socket. The
 /// token file is read here rather than while parsing, so that `BITSD_TOKEN_FILE` matters only
 /// with `--tcp`.
 async fn connect(cli: &Cli) -> Result<Client> {
     let Some(addr) = cli.tcp else { return Ok(Client::connect(&cli.socket).await?) };
-    let Some(path) = &cli.token_file else {
-        return Err(BitsError::new(Code::E_INVALIDARG, "--tcp needs --token-file").into());
-    };
-    let token = Token::read_file(path).map_err(BadTokenFile)?;
+    let path = cli.token_file.as_ref().ok_or(TokenUsage::Missing)?;
+    let token = Token::read_file(path).map_err(TokenUsage::Unreadable)?;
     Ok(Client::connect_tcp(addr, &token).await?)
 }
 
