@@ -163,9 +163,7 @@ impl Client {
     /// made eagerly, so an unreachable daemon is reported here as [`ClientError::ConnectTcp`]; a
     /// wrong token is refused by the first call with `E_ACCESSDENIED`.
     pub async fn connect_tcp(addr: SocketAddr, token: &Token) -> Result<Client, ClientError> {
-        let value = token
-            .to_authorization()
-            .map_err(|e| ClientError::Bits(BitsError::new(Code::E_INVALIDARG, e.to_string())))?;
+        let value = token.to_authorization();
         let connect_error = |source: io::Error| ClientError::ConnectTcp { addr, source };
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| connect_error(transport_error(e)))?

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::{self, Read as _};
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use subtle::ConstantTimeEq as _;
@@ -22,7 +22,12 @@ pub const AUTHORIZATION: &str = "authorization";
 /// no accessor: the only ways out are the header value and the comparison, which runs in
 /// constant time in the token's contents.
 #[derive(Clone)]
-pub struct Token(String);
+pub struct Token {
+    text: String,
+    /// `Bearer <text>`, built (and so checked) once by [`Token::parse`]: every token is a valid
+    /// header value, so sending one cannot fail.
+    header: AsciiMetadataValue,
+}
 
 /// Why some text is not a token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,7 +78,10 @@ impl Token {
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(TokenError::NotHeaderText);
         }
-        Ok(Token(token.to_string()))
+        let mut header = AsciiMetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| TokenError::NotHeaderText)?;
+        header.set_sensitive(true);
+        Ok(Token { text: token.to_string(), header })
     }
 
     /// The token in the file at `path`, as a client reads it. Any readable file will do, a pipe
@@ -88,7 +96,14 @@ impl Token {
     /// act as the listener's uid, so it must be a regular file with no group or other permission
     /// bits at all. The mode is checked on the opened file, so the file read is the file checked.
     pub fn read_private_file(path: &Path) -> Result<Token, TokenFileError> {
-        let file = std::fs::File::open(path).map_err(|e| read_error(path, e))?;
+        // Non-blocking: opening a FIFO for reading would otherwise wait for a writer, and the
+        // daemon (or --check-config) would hang instead of refusing it. A regular file reads the
+        // same either way.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(|e| read_error(path, e))?;
         let meta = file.metadata().map_err(|e| read_error(path, e))?;
         if !meta.is_file() {
             return Err(TokenFileError::NotRegularFile { path: path.to_path_buf() });
@@ -102,11 +117,8 @@ impl Token {
 
     /// The value of the `authorization` metadata carrying this token, marked sensitive so that
     /// tonic and hyper keep it out of their debug output.
-    pub fn to_authorization(&self) -> Result<AsciiMetadataValue, TokenError> {
-        let mut value = AsciiMetadataValue::try_from(format!("Bearer {}", self.0))
-            .map_err(|_| TokenError::NotHeaderText)?;
-        value.set_sensitive(true);
-        Ok(value)
+    pub fn to_authorization(&self) -> AsciiMetadataValue {
+        self.header.clone()
     }
 
     /// The token of an `authorization` value `Bearer <token>`. The scheme is case-insensitive
@@ -125,7 +137,7 @@ impl Token {
 /// a guess. A different length is unequal at once: the length is not the secret.
 impl PartialEq for Token {
     fn eq(&self, other: &Token) -> bool {
-        bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
+        bool::from(self.text.as_bytes().ct_eq(other.text.as_bytes()))
     }
 }
 
