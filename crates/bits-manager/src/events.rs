@@ -509,42 +509,13 @@ impl Manager {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::sync::Arc;
-
-    use bits_core::{JobType, Priority};
+    use bits_core::Priority;
 
     use super::*;
-    use crate::manager::{ManagerConfig, set_state};
+    use crate::manager::set_state;
+    use crate::testing::{caller, job_with_files, manager, with_entry};
 
     const ALL: u32 = notify::ALL & !notify::DISABLE;
-
-    async fn manager() -> Manager {
-        Manager::start(Arc::new(bits_store::MemStore::new()), ManagerConfig::default()).unwrap()
-    }
-
-    /// The test's own uid: file work runs as the job's owner, who must be able to write the
-    /// test's temp directories.
-    fn caller() -> Caller {
-        Caller::user(rustix::process::geteuid().as_raw())
-    }
-
-    async fn job_with_files(manager: &Manager, dir: &std::path::Path, n: usize) -> JobId {
-        let id = manager
-            .create_job(caller(), "events", "", JobType::Download, Priority::Normal)
-            .await
-            .unwrap();
-        for i in 0..n {
-            let dest = dir.join(format!("f{i}"));
-            manager.add_file(caller(), id, &format!("http://h/f{i}"), &dest, None).await.unwrap();
-        }
-        id
-    }
-
-    /// Changes the job in the table, as a worker would, under the lock.
-    fn with_entry(manager: &Manager, id: JobId, change: impl FnOnce(&mut crate::manager::Entry)) {
-        let mut table = manager.table();
-        change(table.jobs.get_mut(&id).unwrap());
-    }
 
     async fn next(sub: &mut Subscription) -> Option<JobEvent> {
         tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.expect("no event within 5 s")

@@ -59,70 +59,11 @@ impl Flusher {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
-    use std::sync::Mutex;
-
-    use bits_core::{Job, JobFile, JobId};
-    use bits_store::MemStore;
-
     use super::*;
-
-    /// A store that records which thread flushed it, and fails its flushes when told to.
-    #[derive(Default)]
-    pub(crate) struct Watched {
-        pub(crate) inner: MemStore,
-        /// One entry per flush: the flushing thread's name.
-        pub(crate) threads: Mutex<Vec<Option<String>>>,
-        fail: std::sync::atomic::AtomicBool,
-        /// Makes `add_files` fail, writing nothing.
-        pub(crate) fail_adds: std::sync::atomic::AtomicBool,
-    }
-
-    impl Watched {
-        pub(crate) fn flushes(&self) -> usize {
-            self.threads.lock().unwrap().len()
-        }
-    }
-
-    impl Store for Watched {
-        fn load_all(&self) -> Result<Vec<Job>, StoreError> {
-            self.inner.load_all()
-        }
-        fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-            self.inner.put_job(job)
-        }
-        fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
-            self.inner.put_job_fields(job)
-        }
-        fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
-            self.inner.put_file(job, index, file)
-        }
-        fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
-            if self.fail_adds.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Io {
-                    op: "add files to a job",
-                    cause: std::io::Error::other("disk full"),
-                });
-            }
-            self.inner.add_files(job, from)
-        }
-        fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
-            self.inner.delete_job(job)
-        }
-        fn flush(&self) -> Result<(), StoreError> {
-            let name = std::thread::current().name().map(String::from);
-            self.threads.lock().unwrap().push(name);
-            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(StoreError::Io {
-                    op: "flush",
-                    cause: std::io::Error::other("disk on fire"),
-                });
-            }
-            self.inner.flush()
-        }
-    }
+    use crate::testing::Watched;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_flush_runs_on_the_one_flusher_thread_and_reports_failures() {

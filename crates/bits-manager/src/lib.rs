@@ -15,6 +15,8 @@ mod ownership;
 mod reconcile;
 mod scheduler;
 mod setters;
+#[cfg(test)]
+mod testing;
 mod validate;
 mod worker;
 mod writer;

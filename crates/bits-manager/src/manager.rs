@@ -1136,12 +1136,12 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
     use super::*;
+    use crate::testing::{Watched, caller, job_with_files, manager};
     use bits_core::{JobType, Priority};
-    use bits_store::MemStore;
 
     /// Waits (up to 10 s) until `store` has seen more than `count` flushes, then a little more,
     /// so that a flush that should not happen has had its chance.
-    async fn settle_past(store: &crate::flusher::tests::Watched, count: usize) -> usize {
+    async fn settle_past(store: &Watched, count: usize) -> usize {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while store.flushes() <= count && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -1154,39 +1154,52 @@ mod tests {
     /// own write, and the deferred flush then has nothing left to do.
     #[tokio::test]
     async fn a_new_job_is_flushed_by_the_next_call_or_soon_after() {
-        use crate::flusher::tests::Watched;
         use bits_store::Store as _;
 
         let store = Arc::new(Watched::default());
-        let config = |delay| ManagerConfig { new_job_flush_delay: delay, ..Default::default() };
-        let m = Manager::start(store.clone(), config(Duration::from_millis(10))).unwrap();
-        let at_start = store.flushes();
-        let me = Caller::user(rustix::process::geteuid().as_raw());
-        let create = |name: &'static str| {
-            let m = m.clone();
-            async move { m.create_job(me, name, "", JobType::Download, Priority::Normal).await }
+        let start = |delay| {
+            let config = ManagerConfig { new_job_flush_delay: delay, ..Default::default() };
+            Manager::start(store.clone(), config).unwrap()
         };
-        let id = create("t").await.unwrap();
+        let create = |m: &Manager, name: &'static str| {
+            let m = m.clone();
+            async move { m.create_job(caller(), name, "", JobType::Download, Priority::Normal).await }
+        };
+        let dir = tempfile::tempdir().unwrap();
+
+        // AddFile's own flush makes the new job durable (no deferred flush within the test).
+        let m = start(Duration::from_secs(3600));
+        let at_start = store.flushes();
+        let id = create(&m, "t").await.unwrap();
         assert_eq!(store.flushes(), at_start, "CreateJob waited for a flush");
         assert_eq!(store.inner.load_all().unwrap()[0].id, id, "CreateJob did not write the job");
-        let dir = tempfile::tempdir().unwrap();
-        m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
-        assert_eq!(settle_past(&store, at_start).await, at_start + 1, "the deferred flush ran");
+        m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
+        assert_eq!(store.flushes(), at_start + 1, "AddFile did not flush");
+
+        // The deferred flush that comes after it finds nothing left to do.
+        let m = start(Duration::from_millis(300));
+        let before = store.flushes();
+        let id = create(&m, "t1").await.unwrap();
+        m.add_file(caller(), id, "http://h/g", &dir.path().join("g"), None).await.unwrap();
+        assert_eq!(store.flushes(), before + 1);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(store.flushes(), before + 1, "the deferred flush flushed again");
 
         // Alone, new jobs are flushed once the delay has passed: a burst of them by one flush,
         // and a job created after that flush started by a flush of its own.
+        let m = start(Duration::from_millis(10));
         let before = store.flushes();
         for name in ["t2", "t3", "t4"] {
-            create(name).await.unwrap();
+            create(&m, name).await.unwrap();
         }
         assert_eq!(settle_past(&store, before).await, before + 1, "three jobs, one flush");
-        create("t5").await.unwrap();
+        create(&m, "t5").await.unwrap();
         assert_eq!(settle_past(&store, before + 1).await, before + 2, "t5 was never flushed");
 
         // Once shutting down, CreateJob flushes before it answers: no deferred flush would run.
         m.shutdown().await;
         let before = store.flushes();
-        create("t6").await.unwrap();
+        create(&m, "t6").await.unwrap();
         assert_eq!(store.flushes(), before + 1);
     }
 
@@ -1194,23 +1207,22 @@ mod tests {
     /// index.
     #[tokio::test]
     async fn add_file_leaves_the_job_unchanged_when_the_store_refuses() {
-        use crate::flusher::tests::Watched;
         use std::sync::atomic::Ordering::SeqCst;
 
         let store = Arc::new(Watched::default());
         let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
-        let me = Caller::user(rustix::process::geteuid().as_raw());
-        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        let id = job_with_files(&m, Path::new("/unused"), 0).await;
         let dir = tempfile::tempdir().unwrap();
-        let before = m.get_job(me, id).unwrap();
+        let before = m.get_job(caller(), id).unwrap();
         store.fail_adds.store(true, SeqCst);
-        let error = m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await;
+        let error = m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await;
         let error = error.unwrap_err();
         assert_eq!(error.code, Code::BG_E_DATABASE_CORRUPT, "{error:?}");
         assert!(error.message.contains("disk full"), "{}", error.message);
-        assert_eq!(m.get_job(me, id).unwrap(), before, "the job changed");
+        assert_eq!(m.get_job(caller(), id).unwrap(), before, "the job changed");
         store.fail_adds.store(false, SeqCst);
-        let added = m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
+        let added =
+            m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
         assert_eq!(added, 0);
     }
 
@@ -1218,11 +1230,10 @@ mod tests {
     /// make, and appear in all of them at once when the flush returns.
     #[tokio::test]
     async fn unflushed_spans_are_hidden_from_every_client_read() {
-        let m = Manager::start(Arc::new(MemStore::new()), ManagerConfig::default()).unwrap();
-        let me = Caller::user(rustix::process::geteuid().as_raw());
-        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        let m = manager().await;
+        let me = caller();
         let dir = tempfile::tempdir().unwrap();
-        m.add_file(me, id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
+        let id = job_with_files(&m, dir.path(), 1).await;
         {
             let mut table = m.table();
             let entry = table.jobs.get_mut(&id).unwrap();

@@ -257,14 +257,21 @@ async fn transfer_job(
     }
     let table = manager.table();
     let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
-    match next_file(&entry.job, &HashSet::new(), 0) {
+    outcome(&entry.job)
+}
+
+/// How a worker that ran out of files to start ends: a full scan from the first file, so a file
+/// the pick cursor passed (or one added meanwhile) is seen.
+fn outcome(job: &bits_core::Job) -> Result<(), Halt> {
+    match next_file(job, &HashSet::new(), 0) {
         NextFile::Done => Ok(()),
         NextFile::Idle => Err(Halt::OnDemandIdle),
-        // A file added while the last ones finished: the worker ends and the job is requeued.
+        // The worker ends and the job is requeued (`run_job`: not all transferred).
         NextFile::File(_) => Ok(()),
     }
 }
 
+#[cfg_attr(test, derive(Debug, PartialEq))]
 enum NextFile {
     File(u32),
     /// Every file is whole.
@@ -1131,45 +1138,46 @@ fn store_halt(e: BitsError, index: u32) -> Halt {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
-    use bits_core::{JobType, Priority};
-    use bits_store::MemStore;
-
     use super::*;
-    use crate::manager::{Caller, ManagerConfig};
+    use crate::testing::{job_with_files, manager};
 
     /// The pick starts at the cursor, except in ON_DEMAND_MODE; the full scan at the end of a
-    /// worker still sees a file the cursor passed.
+    /// worker still sees a file the cursor passed, so the worker ends for a requeue, not as done.
     #[tokio::test]
     async fn next_file_starts_at_the_cursor_and_the_full_scan_sees_the_rest() {
-        let m = Manager::start(Arc::new(MemStore::new()), ManagerConfig::default()).unwrap();
-        let me = Caller::user(rustix::process::geteuid().as_raw());
-        let id = m.create_job(me, "t", "", JobType::Download, Priority::Normal).await.unwrap();
+        let m = manager().await;
         let dir = tempfile::tempdir().unwrap();
-        for i in 0..5 {
-            let dest = dir.path().join(format!("f{i}"));
-            m.add_file(me, id, &format!("http://h/f{i}"), &dest, None).await.unwrap();
-        }
+        let id = job_with_files(&m, dir.path(), 5).await;
         let mut table = m.table();
         let job = &mut table.jobs.get_mut(&id).unwrap().job;
-        for file in &mut job.files[..2] {
+        let fill = |file: &mut JobFile| {
             file.remote_size = Some(10);
             file.filled.insert(0, 10);
-        }
-        let pick = |job: &bits_core::Job, active: &[u32], from| match next_file(
-            job,
-            &active.iter().copied().collect(),
-            from,
-        ) {
-            NextFile::File(i) => Some(i),
-            NextFile::Done | NextFile::Idle => None,
         };
-        assert_eq!(pick(job, &[], 0), Some(2));
-        assert_eq!(pick(job, &[2], 3), Some(3));
-        assert_eq!(pick(job, &[2], 4), Some(4), "the cursor passes file 3");
-        assert_eq!(pick(job, &[], 5), None);
-        assert_eq!(pick(job, &[], 0), Some(2), "the full scan");
+        job.files[..2].iter_mut().for_each(fill);
+        let pick = |job: &bits_core::Job, active: &[u32], from| {
+            next_file(job, &active.iter().copied().collect(), from)
+        };
+        assert_eq!(pick(job, &[], 0), NextFile::File(2));
+        assert_eq!(pick(job, &[2], 3), NextFile::File(3));
+        assert_eq!(pick(job, &[2], 4), NextFile::File(4), "the cursor passes file 3");
+        assert_eq!(pick(job, &[3], 5), NextFile::Done, "the rest are running");
+        // Files 2 and 4 done, 3 left behind the cursor: nothing to start from 5 on...
+        fill(&mut job.files[2]);
+        fill(&mut job.files[4]);
+        assert_eq!(pick(job, &[], 5), NextFile::Idle);
+        // ...and the worker's last scan finds file 3: it ends Ok (requeued), the job not done.
+        assert_eq!(pick(job, &[], 0), NextFile::File(3), "the full scan");
+        assert!(matches!(outcome(job), Ok(())));
+        assert!(!job.all_transferred());
+        fill(&mut job.files[3]);
+        assert_eq!(pick(job, &[], 0), NextFile::Done);
+        // On demand, any file may be asked for, whatever the cursor.
         job.on_demand = true;
-        job.files[2].requested.insert(0, 1);
-        assert_eq!(pick(job, &[], 4), Some(2), "on demand, any file may be asked for");
+        job.files[1].requested.insert(0, 1);
+        job.files[1].filled = RangeSet::new();
+        assert_eq!(pick(job, &[], 4), NextFile::File(1));
+        job.files[1].requested = RangeSet::new();
+        assert!(matches!(outcome(job), Err(Halt::OnDemandIdle)));
     }
 }

@@ -1,0 +1,95 @@
+//! What the manager's unit tests share: a manager on an in-memory store, the caller they act as,
+//! jobs with files, and a store that counts its flushes and fails when told to.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use bits_core::{Job, JobFile, JobId, JobType, Priority};
+use bits_store::{MemStore, Store, StoreError};
+
+use crate::manager::{Caller, Entry, Manager, ManagerConfig};
+
+pub(crate) async fn manager() -> Manager {
+    Manager::start(Arc::new(MemStore::new()), ManagerConfig::default()).unwrap()
+}
+
+/// The test's own uid: file work runs as the job's owner, who must be able to write the test's
+/// temp directories.
+pub(crate) fn caller() -> Caller {
+    Caller::user(rustix::process::geteuid().as_raw())
+}
+
+/// A new job of the caller's with `n` files (`http://h/f<i>` to `dir/f<i>`).
+pub(crate) async fn job_with_files(manager: &Manager, dir: &Path, n: usize) -> JobId {
+    let id = manager
+        .create_job(caller(), "test", "", JobType::Download, Priority::Normal)
+        .await
+        .unwrap();
+    for i in 0..n {
+        let dest = dir.join(format!("f{i}"));
+        manager.add_file(caller(), id, &format!("http://h/f{i}"), &dest, None).await.unwrap();
+    }
+    id
+}
+
+/// Changes the job in the table, as a worker would, under the lock.
+pub(crate) fn with_entry(manager: &Manager, id: JobId, change: impl FnOnce(&mut Entry)) {
+    let mut table = manager.table();
+    change(table.jobs.get_mut(&id).unwrap());
+}
+
+/// A store that records which thread flushed it, and fails its flushes when told to.
+#[derive(Default)]
+pub(crate) struct Watched {
+    pub(crate) inner: MemStore,
+    /// One entry per flush: the flushing thread's name.
+    pub(crate) threads: Mutex<Vec<Option<String>>>,
+    pub(crate) fail: std::sync::atomic::AtomicBool,
+    /// Makes `add_files` fail, writing nothing.
+    pub(crate) fail_adds: std::sync::atomic::AtomicBool,
+}
+
+impl Watched {
+    pub(crate) fn flushes(&self) -> usize {
+        self.threads.lock().unwrap().len()
+    }
+}
+
+impl Store for Watched {
+    fn load_all(&self) -> Result<Vec<Job>, StoreError> {
+        self.inner.load_all()
+    }
+    fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.inner.put_job(job)
+    }
+    fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
+        self.inner.put_job_fields(job)
+    }
+    fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
+        self.inner.put_file(job, index, file)
+    }
+    fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
+        if self.fail_adds.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                op: "add files to a job",
+                cause: std::io::Error::other("disk full"),
+            });
+        }
+        self.inner.add_files(job, from)
+    }
+    fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
+        self.inner.delete_job(job)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        let name = std::thread::current().name().map(String::from);
+        self.threads.lock().unwrap().push(name);
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                op: "flush",
+                cause: std::io::Error::other("disk on fire"),
+            });
+        }
+        self.inner.flush()
+    }
+}
