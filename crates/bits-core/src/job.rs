@@ -154,8 +154,16 @@ impl JobFile {
         self.is_transferred_of(&self.filled)
     }
 
-    /// [`JobFile::is_transferred`] as if `filled` were the filled set.
+    /// [`JobFile::is_transferred`] as if `filled` were the filled set. Asked per recorded span
+    /// and per file scanned for the next pick, so it answers without counting bytes: a completed
+    /// file at once, a whole file by one binary search.
     pub fn is_transferred_of(&self, filled: &RangeSet) -> bool {
+        if self.completed {
+            return true;
+        }
+        if self.ranges.is_empty() {
+            return self.remote_size.is_some_and(|size| filled.contains_span(0, size));
+        }
         self.progress_of(filled).transferred
     }
 
@@ -410,6 +418,27 @@ mod tests {
         f.filled.insert(24, 41);
         f.filled.insert(111, 1000);
         assert!(f.is_transferred());
+    }
+
+    proptest::proptest! {
+        /// The quick answer of `is_transferred_of` is the one `progress_of` counts its way to.
+        #[test]
+        fn is_transferred_agrees_with_progress(
+            size in proptest::option::of(0u64..64),
+            ranged in proptest::bool::ANY,
+            completed in proptest::bool::ANY,
+            spans in proptest::collection::vec((0u64..64, 0u64..16), 0..6),
+        ) {
+            let ranges =
+                if ranged { vec![ByteRange::new(3, 9), ByteRange::new(20, LENGTH_TO_EOF)] } else { vec![] };
+            let mut f = file(ranges, size);
+            f.completed = completed;
+            let mut filled = RangeSet::new();
+            for (start, len) in spans {
+                filled.insert(start, start + len);
+            }
+            proptest::prop_assert_eq!(f.is_transferred_of(&filled), f.progress_of(&filled).transferred);
+        }
     }
 
     fn job_with(files: Vec<JobFile>) -> Job {
