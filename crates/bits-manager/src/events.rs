@@ -89,7 +89,12 @@ impl JobEvent {
 
 /// Whether flags `flags` let `kind` through (DISABLE lets nothing through).
 pub fn wants(flags: u32, kind: &EventKind) -> bool {
-    flags & notify::DISABLE == 0 && flags & kind.flag() != 0
+    lets_through(flags, kind.flag())
+}
+
+/// Whether flags `flags` let events of flag `flag` through.
+fn lets_through(flags: u32, flag: u32) -> bool {
+    flags & notify::DISABLE == 0 && flags & flag != 0
 }
 
 /// The manager's event bus. Cheap to clone.
@@ -180,7 +185,7 @@ impl EventBus {
     fn may_want_modifications(&self, job: &Job) -> bool {
         self.watchers().get(&job.id).is_some_and(|w| {
             w.modifications > 0
-                || (w.job_flags > 0 && job.notify_flags & notify::JOB_MODIFICATION != 0)
+                || (w.job_flags > 0 && lets_through(job.notify_flags, notify::JOB_MODIFICATION))
         })
     }
 
@@ -188,7 +193,7 @@ impl EventBus {
     fn watch(&self, job: JobId, flags: Option<u32>, delta: isize) {
         let own = match flags {
             None => false,
-            Some(f) if f & notify::JOB_MODIFICATION != 0 => true,
+            Some(f) if lets_through(f, notify::JOB_MODIFICATION) => true,
             Some(_) => return,
         };
         let mut watchers = self.watchers();
@@ -580,6 +585,17 @@ mod tests {
             next(&mut follows_job).await.unwrap().kind,
             EventKind::JobModification { .. }
         ));
+        manager
+            .set_notify_flags(caller(), id, notify::JOB_MODIFICATION | notify::DISABLE)
+            .await
+            .unwrap();
+        let job = manager.get_job(caller(), id).unwrap();
+        assert!(!bus.may_want_modifications(&job), "DISABLE lets nothing through");
+        let (_, disabled) = manager
+            .subscribe(caller(), id, Some(notify::JOB_MODIFICATION | notify::DISABLE))
+            .unwrap();
+        assert!(!bus.may_want_modifications(&job), "nor does a subscription's DISABLE");
+        drop(disabled);
         drop(follows_job);
         drop(transferred_only);
         assert!(bus.watchers().is_empty(), "dropped subscriptions are forgotten");
