@@ -174,7 +174,7 @@ fn check_config_rejects_a_bad_file_naming_line_and_key() {
 /// A zero where the file says "must be at least 1" is refused as a flag too (it used to be
 /// clamped to 1 silently).
 #[test]
-fn flags_refuse_the_zero_the_file_refuses() {
+fn flags_refuse_the_values_the_file_refuses() {
     for flag in [
         "--sync-bytes",
         "--sync-interval-ms",
@@ -186,6 +186,11 @@ fn flags_refuse_the_zero_the_file_refuses() {
         assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out.stderr));
         assert!(text(&out.stderr).contains(&format!("invalid value '0' for '{flag}")), "{flag}");
     }
+    // And the flag's upper bound is the file's.
+    let out = Command::new(bitsd()).args(["--keep-awake-us", "10001", "--check-config"]).output();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("invalid value '10001' for '--keep-awake-us"));
 }
 
 #[test]

@@ -51,6 +51,7 @@ fn an_empty_file_means_every_default() {
     assert_eq!(config.origin, Origin::File(PathBuf::from(FILE)));
     assert_eq!(config.socket, None);
     assert_eq!(config.data_dir, None);
+    assert_eq!(config.keep_awake_us, 150);
     assert_eq!(config.limits.max_jobs_per_user, 60);
     assert_eq!(config.limits.max_jobs_per_machine, 300);
     assert_eq!(config.transfer.retry_delay_secs, 600);
@@ -115,6 +116,7 @@ fn every_section_is_read() {
         r#"
 socket = "/run/b/b.sock"
 data_dir = "/srv/bitsd"
+keep_awake_us = 7
 
 [limits]
 max_jobs_per_user = 5
@@ -142,6 +144,7 @@ level = "warn,bitsd=debug"
     let config = ok(&text);
     assert_eq!(config.socket, Some(PathBuf::from("/run/b/b.sock")));
     assert_eq!(config.data_dir, Some(PathBuf::from("/srv/bitsd")));
+    assert_eq!(config.keep_awake_us, 7);
     assert_eq!(config.limits, Limits { max_jobs_per_user: 5, max_jobs_per_machine: 50 });
     assert_eq!(
         config.transfer,
