@@ -144,18 +144,12 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::AddFileRequest>,
     ) -> Result<Response<v1::AddFileReply>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.into_inner();
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
         reply(
-            async {
-                let id = convert::parse_job_id(&req.job_id)?;
-                let index = self
-                    .manager
-                    .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), None)
-                    .await?;
-                Ok(v1::AddFileReply { file_index: index })
-            }
-            .await,
+            self.manager
+                .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), None)
+                .await
+                .map(|index| v1::AddFileReply { file_index: index }),
         )
     }
 
@@ -163,19 +157,13 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::AddFileWithRangesRequest>,
     ) -> Result<Response<v1::AddFileReply>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.into_inner();
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        let ranges = convert::ranges_from_wire(&req.ranges);
         reply(
-            async {
-                let id = convert::parse_job_id(&req.job_id)?;
-                let ranges = convert::ranges_from_wire(&req.ranges);
-                let index = self
-                    .manager
-                    .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), Some(ranges))
-                    .await?;
-                Ok(v1::AddFileReply { file_index: index })
-            }
-            .await,
+            self.manager
+                .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), Some(ranges))
+                .await
+                .map(|index| v1::AddFileReply { file_index: index }),
         )
     }
 
@@ -248,18 +236,13 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::RequestFileRangesRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.into_inner();
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        let ranges = convert::ranges_from_wire(&req.ranges);
         reply(
-            async {
-                let id = convert::parse_job_id(&req.job_id)?;
-                let ranges = convert::ranges_from_wire(&req.ranges);
-                self.manager
-                    .request_file_ranges(caller, id, req.file_index, &ranges)
-                    .await
-                    .map(convert::status_reply)
-            }
-            .await,
+            self.manager
+                .request_file_ranges(caller, id, req.file_index, &ranges)
+                .await
+                .map(convert::status_reply),
         )
     }
 
@@ -279,11 +262,9 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::SetPriorityRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let caller = self.caller(&request)?;
-        let req = request.into_inner();
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
         reply(
             async {
-                let id = convert::parse_job_id(&req.job_id)?;
                 let priority = convert::priority_from_wire(req.priority)?;
                 self.manager.set_priority(caller, id, priority).await.map(convert::status_reply)
             }
