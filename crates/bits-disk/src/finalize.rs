@@ -3,7 +3,7 @@
 //! durably, and cleaning up a cancelled one.
 
 use std::ffi::OsString;
-use std::fs::{File, FileTimes};
+use std::fs::File;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
@@ -128,10 +128,13 @@ fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
 }
 
 /// The temp file is a regular file (not a planted link: those take the open, which refuses
-/// them) whose times need no change.
+/// them) whose times need no change: both, as a read since they were set may have moved the
+/// access time.
 fn times_settled(m: &Move<'_>) -> bool {
     match std::fs::symlink_metadata(m.temp) {
-        Ok(meta) if meta.is_file() => m.mtime.is_none_or(|t| meta.modified().ok() == Some(t)),
+        Ok(meta) if meta.is_file() => m
+            .mtime
+            .is_none_or(|t| meta.modified().ok() == Some(t) && meta.accessed().ok() == Some(t)),
         _ => false,
     }
 }
@@ -144,8 +147,7 @@ fn open_with_times(temp: &Path, mtime: Option<SystemTime>) -> Result<File, DiskE
         .open(temp)
         .map_err(|e| DiskError::from_io(temp, "open", e))?;
     if let Some(time) = mtime {
-        file.set_times(FileTimes::new().set_modified(time).set_accessed(time))
-            .map_err(|e| DiskError::from_io(temp, "set the times of", e))?;
+        crate::part_file::set_times(&file, temp, time)?;
     }
     Ok(file)
 }
@@ -271,6 +273,32 @@ mod tests {
         assert_eq!(meta.modified().unwrap(), mtime);
         assert_eq!(meta.accessed().unwrap(), mtime);
         assert_eq!(std::fs::read(&dest).unwrap(), b"payload");
+    }
+
+    /// A small file gets its times with its one sync; Complete then has nothing to set or sync,
+    /// and the times still arrive, the access time too if a read moved it meanwhile.
+    #[test]
+    fn times_set_with_the_sync_arrive_at_the_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 7);
+        for moved_atime in [false, true] {
+            let temp = dir.path().join(format!(".{moved_atime}.part"));
+            let part = PartFile::open(&temp).unwrap();
+            part.write_at(0, b"small").unwrap();
+            part.sync_with_times(mtime).unwrap();
+            let meta = std::fs::metadata(&temp).unwrap();
+            assert_eq!((meta.modified().unwrap(), meta.accessed().unwrap()), (mtime, mtime));
+            if moved_atime {
+                let later = std::fs::FileTimes::new().set_accessed(mtime + Duration::from_secs(60));
+                std::fs::File::options().write(true).open(&temp).unwrap().set_times(later).unwrap();
+            }
+            let dest = dir.path().join(format!("{moved_atime}.bin"));
+            finalize(&temp, &dest, Some(mtime)).unwrap();
+            let meta = std::fs::metadata(&dest).unwrap();
+            assert_eq!(meta.modified().unwrap(), mtime, "moved atime: {moved_atime}");
+            assert_eq!(meta.accessed().unwrap(), mtime, "moved atime: {moved_atime}");
+            assert_eq!(std::fs::read(&dest).unwrap(), b"small");
+        }
     }
 
     #[test]

@@ -71,12 +71,16 @@ impl PartFile {
     /// nothing left to sync (see [`crate::rename_all_into_place`]). Costs what [`PartFile::sync`]
     /// does for a new file: its inode is written either way.
     pub fn sync_with_times(&self, mtime: SystemTime) -> Result<(), DiskError> {
-        let times = FileTimes::new().set_modified(mtime).set_accessed(mtime);
-        self.file
-            .set_times(times)
-            .map_err(|e| DiskError::from_io(&self.path, "set the times of", e))?;
+        set_times(&self.file, &self.path, mtime)?;
         self.file.sync_all().map_err(|e| DiskError::from_io(&self.path, "sync", e))
     }
+}
+
+/// Sets a file's modification and access times both to `time` (a downloaded file gets the
+/// server's Last-Modified for both, as BITS does).
+pub(crate) fn set_times(file: &File, path: &Path, time: SystemTime) -> Result<(), DiskError> {
+    file.set_times(FileTimes::new().set_modified(time).set_accessed(time))
+        .map_err(|e| DiskError::from_io(path, "set the times of", e))
 }
 
 #[cfg(test)]
