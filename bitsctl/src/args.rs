@@ -230,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn tcp_needs_a_loopback_address_and_a_token_file() {
+    fn tcp_takes_a_loopback_address_and_a_token_file_anywhere() {
         let cli = Cli::try_parse_from([
             "bitsctl",
             "--tcp",

@@ -212,7 +212,7 @@ async fn transfer_job(
                 let next = {
                     let table = manager.table();
                     let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
-                    // Slots first: the scan for the next file is O(files).
+                    // Slots first: no pick without a free slot.
                     if running.len() >= entry.job.files_at_once.max(1) as usize {
                         break;
                     }
