@@ -118,7 +118,7 @@ pub enum ManagerError {
     #[error("HTTP client: {0}")]
     Http(#[from] bits_http::FetchError),
     #[error("cannot start the store's flusher thread: {0}")]
-    Thread(#[from] std::io::Error),
+    Thread(std::io::Error),
 }
 
 /// How soon a failed deferred flush (see [`Manager::flush_soon`]) is tried again.
@@ -295,7 +295,7 @@ impl Manager {
         store.flush()?;
         tracing::info!(jobs = table.jobs.len(), "job table loaded");
         let access = AccessPolicy::new(config.admin_uids.clone(), config.admin_gids.clone());
-        let flusher = Flusher::start(store.clone())?;
+        let flusher = Flusher::start(store.clone()).map_err(ManagerError::Thread)?;
         let manager = Manager {
             inner: Arc::new(Inner {
                 table: Mutex::new(table),
