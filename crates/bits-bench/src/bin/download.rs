@@ -9,6 +9,12 @@
 //! daemon's data dir and the destinations; default: the system temp dir), `--bitsd-only` (no
 //! peers: for profiling the daemon; no ratios are printed).
 //!
+//! Comparing two builds: on ext4 without a journal, creating a file skips the inodes freed in the
+//! last minutes (five, once their table block is dirty), so an invocation that follows another
+//! pays for the 5,000+ files the previous one deleted: medians drift up 30–50% over a session.
+//! Give every invocation a fresh `--dir` under a directory marked `chattr +T` (ext4 then puts each
+//! new subdirectory in another block group), and alternate the builds.
+//!
 //! Cases:
 //! - `single`: the large file over one connection: bitsd (default settings; through the client
 //!   and through `bitsctl download`) vs `curl -o` and `aria2c -x1 -s1`.
