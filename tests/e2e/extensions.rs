@@ -124,6 +124,44 @@ async fn files_at_once_transfers_several_files_together() {
     }
 }
 
+/// A small file of a files-at-once job whose write fails (its temp path is a directory) keeps
+/// what the server said about it in the store, not only in memory: after a restart its size is
+/// still known. Its record is otherwise written only with its first filled range.
+#[tokio::test]
+async fn a_small_file_whose_write_fails_keeps_its_size_across_a_restart() {
+    const SMALL: usize = 64 << 10;
+    let server = TestServer::start().await;
+    server.add_file("ok.bin", random_bytes(70, SMALL));
+    server.add_file("bad.bin", random_bytes(71, SMALL));
+    let mut daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    let job = job_with(&client, 1, 2).await;
+    let dests = [daemon.out_dir().join("ok.bin"), daemon.out_dir().join("bad.bin")];
+    let urls = [server.url("ok.bin"), server.url("bad.bin")];
+    let set = [(urls[0].as_str(), dests[0].as_path()), (urls[1].as_str(), dests[1].as_path())];
+    client.add_file_set(job, &set).await.unwrap();
+    let bad = client.list_files(job).await.unwrap().remove(1);
+    assert_eq!(bad.remote_size, None);
+    std::fs::create_dir(&bad.temp_path).unwrap();
+    client.resume(job).await.unwrap();
+    wait_for("the failed write to stop the job", TIMEOUT, || async {
+        let state = client.get_job(job).await.unwrap().state;
+        match state {
+            JobState::TransientError | JobState::Error => Ok(()),
+            other => Err(other.name().to_string()),
+        }
+    })
+    .await;
+    assert_eq!(client.list_files(job).await.unwrap()[1].remote_size, Some(SMALL as u64));
+    // No request may change the file while the restarted daemon is looked at.
+    server.hold();
+    daemon.restart().await;
+    let client = daemon.client().await;
+    let stored = client.list_files(job).await.unwrap().remove(1);
+    assert_eq!(stored.remote_size, Some(SMALL as u64), "the size reached the store: {stored:?}");
+    server.release();
+}
+
 #[tokio::test]
 async fn segmented_download_survives_sigkill_without_refetching() {
     let data = random_bytes(52, SIZE);

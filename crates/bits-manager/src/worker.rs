@@ -198,8 +198,9 @@ async fn transfer_job(
     // Each file and each tail is a task of its own, not a future polled by this one: they run on
     // every runtime thread, and a new file's request goes out as soon as its slot frees (polled
     // from one task, a pushed file waited ~2 ms on average for its first poll: measured with
-    // 1,000 small files, 16 at once). Dropping the sets (an early return) aborts them, as
-    // dropping the futures did.
+    // 1,000 small files, 16 at once). Every way out of the loop below drains both sets, so no
+    // file or tail outlives the worker: aborting a task would only stop it at its next await, and
+    // a blocking write it started would still run to its end.
     let files_stop = stop.child_token();
     let mut running = JoinSet::new();
     let mut tails = JoinSet::new();
@@ -216,7 +217,12 @@ async fn transfer_job(
             loop {
                 let next = {
                     let table = manager.table();
-                    let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+                    let Some(entry) = table.jobs.get(&id) else {
+                        // The job left the table: stop the others and drain them.
+                        files_stop.cancel();
+                        failure.get_or_insert(Halt::Stopped);
+                        break;
+                    };
                     // Slots first: no pick without a free slot.
                     if running.len() >= entry.job.files_at_once.max(1) as usize {
                         break;
@@ -241,21 +247,22 @@ async fn transfer_job(
                     tails.spawn(async move { (index, bytes, caught(index, tail).await) });
                     continue;
                 }
-                Ok((index, Ok(Fetched::Done))) => (index, Ok(())),
-                Ok((index, Err(halt))) => (index, Err(halt)),
-                // Tasks are only aborted by dropping their set, and panics are caught: unreachable.
-                Err(_) => return Err(Halt::Stopped),
+                Ok((index, Ok(Fetched::Done))) => (Some(index), Ok(())),
+                Ok((index, Err(halt))) => (Some(index), Err(halt)),
+                Err(e) => (None, Err(lost_task(e))),
             },
             Some(joined) = tails.join_next() => match joined {
                 Ok((index, bytes, result)) => {
                     tail_bytes -= bytes;
-                    (index, result)
+                    (Some(index), result)
                 }
-                Err(_) => return Err(Halt::Stopped),
+                Err(e) => (None, Err(lost_task(e))),
             },
             else => break,
         };
-        active.remove(&index);
+        if let Some(index) = index {
+            active.remove(&index);
+        }
         if let Err(halt) = result {
             files_stop.cancel();
             failure.get_or_insert(halt);
@@ -288,6 +295,26 @@ async fn caught<T>(index: u32, work: impl Future<Output = Result<T, Halt>>) -> R
             retry_after: None,
         })
     })
+}
+
+/// A file's task that ended without an answer: cancelled by the runtime shutting down, or (should
+/// `caught` ever miss one) panicked. Either way the worker stops; a panic is a transient failure,
+/// so the job is retried rather than left running with no worker.
+fn lost_task(e: tokio::task::JoinError) -> Halt {
+    if !e.is_panic() {
+        return Halt::Stopped;
+    }
+    tracing::error!("a file's transfer panicked");
+    Halt::Failed {
+        error: JobError {
+            context: ErrorContext::GeneralQueueManager,
+            code: Code::E_FAIL,
+            description: "internal error: a file's transfer panicked".into(),
+            file_index: None,
+        },
+        transient: true,
+        retry_after: None,
+    }
 }
 
 /// How a worker that ran out of files to start ends: a full scan from the first file, so a file
@@ -619,7 +646,7 @@ async fn small_file(
     let mtime = remote_mtime(&opened.remote.validator);
     let manager = manager.clone();
     let tail = async move {
-        run_as(owner, move || {
+        let written = run_as(owner, move || {
             let part = PartFile::open(&temp).map_err(disk_error)?;
             part.set_len(data.len() as u64).map_err(disk_error)?;
             part.write_at(0, &data).map_err(disk_error)?;
@@ -629,8 +656,13 @@ async fn small_file(
             }
             .map_err(disk_error)
         })
-        .await
-        .map_err(|e| local_halt(e, index))?;
+        .await;
+        if let Err(e) = written {
+            // No range will carry what the server said to the store: write it now, so that
+            // after a restart the file reads as it does in memory (the worker's end flushes).
+            store_file_record(&manager, id, index);
+            return Err(local_halt(e, index));
+        }
         record_filled(&manager, id, index, Span::new(0, size)).await
     };
     Ok(Fetched::Tail(Box::pin(tail), size))
@@ -795,7 +827,9 @@ enum Persist {
     WithFirstRange,
 }
 
-/// Records what the server said about the file and moves the job to TRANSFERRING.
+/// Records what the server said about the file (in the table, and in the store now or, with
+/// [`Persist::WithFirstRange`], with the caller's first recorded range) and moves the job to
+/// TRANSFERRING.
 async fn connected(
     manager: &Manager,
     id: JobId,
@@ -855,6 +889,18 @@ async fn connected(
         manager.flush().await.map_err(|e| store_halt(e, index))?;
     }
     Ok(())
+}
+
+/// Writes a file's record as it is in the table; the caller's flush makes it durable. A failure is
+/// only logged: the caller is already failing for another reason.
+fn store_file_record(manager: &Manager, id: JobId, index: u32) {
+    let table = manager.table();
+    let Some(file) = table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)) else {
+        return;
+    };
+    if let Err(e) = manager.inner.store.put_file(id, index, file) {
+        tracing::warn!(job = %id, index, error = %e, "cannot store a file's record");
+    }
 }
 
 /// The next remote span to fetch: the first requested byte still missing, else the first
