@@ -417,6 +417,17 @@ impl Manager {
         self.inner.store.put_job_fields(job).map_err(store_error)
     }
 
+    /// Writes one file's record to the store; the caller flushes. Called under the table lock,
+    /// so store writes keep the order of the in-memory changes.
+    pub(crate) fn persist_file(
+        &self,
+        id: JobId,
+        index: u32,
+        file: &JobFile,
+    ) -> Result<(), BitsError> {
+        self.inner.store.put_file(id, index, file).map_err(store_error)
+    }
+
     /// Writes the whole job (fields and files) to the store; the caller flushes.
     pub(crate) fn persist_job(&self, job: &Job) -> Result<(), BitsError> {
         self.inner.store.put_job(job).map_err(store_error)
@@ -966,7 +977,7 @@ impl Manager {
             for &index in indexes {
                 let file = file_mut(&mut entry.job, index)?;
                 file.completed = completed;
-                self.inner.store.put_file(id, index, file).map_err(store_error)?;
+                self.persist_file(id, index, file)?;
             }
         }
         self.flush().await
@@ -988,7 +999,7 @@ impl Manager {
                 .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
             let file = file_mut(&mut entry.job, index)?;
             change(file);
-            self.inner.store.put_file(id, index, file).map_err(store_error)?;
+            self.persist_file(id, index, file)?;
         }
         self.flush().await
     }

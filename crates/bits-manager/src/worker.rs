@@ -29,9 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::run_as;
-use crate::manager::{
-    Entry, Manager, disk_error, remote_mtime, run_blocking, set_state, store_error,
-};
+use crate::manager::{Entry, Manager, disk_error, remote_mtime, run_blocking, set_state};
 use crate::writer::Pipeline;
 
 /// How often one file may be found changed on the server before it counts as a transient error.
@@ -873,11 +871,7 @@ async fn connected(
         }
         if persist == Persist::Now {
             let file = &entry.job.files[index as usize];
-            manager
-                .inner
-                .store
-                .put_file(id, index, file)
-                .map_err(|e| store_halt(store_error(e), index))?;
+            manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
         }
         trimmed
     };
@@ -898,7 +892,7 @@ fn store_file_record(manager: &Manager, id: JobId, index: u32) {
     let Some(file) = table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)) else {
         return;
     };
-    if let Err(e) = manager.inner.store.put_file(id, index, file) {
+    if let Err(e) = manager.persist_file(id, index, file) {
         tracing::warn!(job = %id, index, error = %e, "cannot store a file's record");
     }
 }
@@ -1057,11 +1051,7 @@ async fn record_filled_spans(
         entry.job.files[index as usize].filled.insert_set(spans);
         entry.unflushed.entry(index).or_default().insert_set(spans);
         let file = &entry.job.files[index as usize];
-        manager
-            .inner
-            .store
-            .put_file(id, index, file)
-            .map_err(|e| store_halt(store_error(e), index))?;
+        manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
     }
     manager.flush().await.map_err(|e| store_halt(e, index))?;
     // Durable: now clients may see the spans, and their events go out.
@@ -1106,11 +1096,7 @@ async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt
         let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
         let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
         file.reset_progress();
-        manager
-            .inner
-            .store
-            .put_file(id, index, file)
-            .map_err(|e| store_halt(store_error(e), index))?;
+        manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
     }
     manager.flush().await.map_err(|e| store_halt(e, index))
 }
@@ -1169,7 +1155,7 @@ fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) 
             table.jobs.get_mut(&id).and_then(|entry| entry.job.files.get_mut(index as usize))
         {
             file.remote_url = target.clone();
-            if let Err(e) = manager.inner.store.put_file(id, index, file) {
+            if let Err(e) = manager.persist_file(id, index, file) {
                 tracing::error!(job = %id, index, error = %e, "cannot store the redirect target");
             }
         }
