@@ -280,35 +280,28 @@ async fn transfer_job(
 /// A file's transfer or tail, with a panic in it turned into a transient failure of the job
 /// (as a panic in one future of the job's own task used to end the whole worker).
 async fn caught<T>(index: u32, work: impl Future<Output = Result<T, Halt>>) -> Result<T, Halt> {
-    std::panic::AssertUnwindSafe(work).catch_unwind().await.unwrap_or_else(|_| {
-        tracing::error!(index, "a file's transfer panicked");
-        Err(Halt::Failed {
-            error: job_error(
-                ErrorContext::GeneralQueueManager,
-                Code::E_FAIL,
-                "internal error: a file's transfer panicked",
-                index,
-            ),
-            transient: true,
-            retry_after: None,
-        })
-    })
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(panicked(Some(index))))
 }
 
 /// A file's task that ended without an answer: cancelled by the runtime shutting down, or (should
 /// `caught` ever miss one) panicked. Either way the worker stops; a panic is a transient failure,
 /// so the job is retried rather than left running with no worker.
 fn lost_task(e: tokio::task::JoinError) -> Halt {
-    if !e.is_panic() {
-        return Halt::Stopped;
-    }
-    tracing::error!("a file's transfer panicked");
+    if e.is_panic() { panicked(None) } else { Halt::Stopped }
+}
+
+/// A transient E_FAIL for a file's transfer that panicked (`index`: the file, when known).
+fn panicked(index: Option<u32>) -> Halt {
+    tracing::error!(index, "a file's transfer panicked");
     Halt::Failed {
         error: JobError {
             context: ErrorContext::GeneralQueueManager,
             code: Code::E_FAIL,
             description: "internal error: a file's transfer panicked".into(),
-            file_index: None,
+            file_index: index,
         },
         transient: true,
         retry_after: None,
@@ -1240,6 +1233,26 @@ mod tests {
             }
             _ => panic!("a panic must become Halt::Failed"),
         }
+    }
+
+    /// A task that ends without an answer: a panic (one `caught` missed) is a transient failure
+    /// naming no file, a cancelled task a stop.
+    #[tokio::test]
+    async fn a_lost_task_is_a_transient_failure_if_it_panicked_else_a_stop() {
+        let panicked = tokio::spawn(async {
+            if std::hint::black_box(true) {
+                panic!("boom");
+            }
+        });
+        match lost_task(panicked.await.unwrap_err()) {
+            Halt::Failed { error, transient: true, .. } => {
+                assert_eq!((error.code, error.file_index), (Code::E_FAIL, None));
+            }
+            _ => panic!("a panic must become a transient Halt::Failed"),
+        }
+        let cancelled = tokio::spawn(std::future::pending::<()>());
+        cancelled.abort();
+        assert!(matches!(lost_task(cancelled.await.unwrap_err()), Halt::Stopped));
     }
 
     /// The pick starts at the cursor, except in ON_DEMAND_MODE; the full scan at the end of a
