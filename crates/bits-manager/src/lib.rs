@@ -3,8 +3,9 @@
 //!
 //! Data path: a gRPC handler calls a [`Manager`] method → the job table changes and is persisted
 //! (`bits-store`) before the reply (CreateJob: within 20 ms, see
-//! [`ManagerConfig::new_job_flush_delay`]) → the scheduler starts a worker → the worker probes and fetches
-//! ranges (`bits-http`), writes and syncs them (`bits-disk`), and only then records them as filled.
+//! [`ManagerConfig::new_job_flush_delay`]) → the scheduler starts a worker → the worker probes and
+//! fetches ranges (`bits-http`), writes and syncs them (`bits-disk`), and only then records them
+//! as filled.
 
 mod access;
 mod events;

@@ -88,8 +88,8 @@ pub struct ManagerConfig {
     /// How long a new job may wait for its store flush (default 20 ms). CreateJob answers
     /// before its job is flushed: a client's next call (AddFile, typically under a millisecond
     /// later) flushes the new job along with its own write, so the pair costs one flush instead
-    /// of two. After this delay a flush starts anyway (and is retried while the store fails). A crash in between loses only an
-    /// empty job, whose id then answers BG_E_NOT_FOUND.
+    /// of two. After this delay a flush starts anyway (and is retried while the store fails).
+    /// A crash in between loses only an empty job, whose id then answers BG_E_NOT_FOUND.
     pub new_job_flush_delay: Duration,
 }
 
