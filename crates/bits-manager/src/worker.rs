@@ -651,7 +651,7 @@ async fn small_file(
         if let Err(e) = written {
             // No range will carry what the server said to the store: write it now, so that
             // after a restart the file reads as it does in memory (the worker's end flushes).
-            store_file_record(&manager, id, index);
+            store_file_record(&manager, id, index, |_| {});
             return Err(local_halt(e, index));
         }
         record_filled(&manager, id, index, Span::new(0, size)).await
@@ -878,15 +878,17 @@ async fn connected(
     Ok(())
 }
 
-/// Writes a file's record as it is in the table; the caller's flush makes it durable. A failure is
-/// only logged: the caller is already failing for another reason.
-fn store_file_record(manager: &Manager, id: JobId, index: u32) {
-    let table = manager.table();
-    let Some(file) = table.jobs.get(&id).and_then(|e| e.job.files.get(index as usize)) else {
+/// Applies `change` to a file in the table and writes its record; the caller's flush makes it
+/// durable. A failure is only logged: the caller is already failing for another reason.
+fn store_file_record(manager: &Manager, id: JobId, index: u32, change: impl FnOnce(&mut JobFile)) {
+    let mut table = manager.table();
+    let Some(file) = table.jobs.get_mut(&id).and_then(|e| e.job.files.get_mut(index as usize))
+    else {
         return;
     };
+    change(file);
     if let Err(e) = manager.persist_file(id, index, file) {
-        tracing::warn!(job = %id, index, error = %e, "cannot store a file's record");
+        tracing::error!(job = %id, index, error = %e, "cannot store a file's record");
     }
 }
 
@@ -1143,15 +1145,7 @@ async fn request<T>(
 /// file's remote name (spec §6.2, DISALLOW), so the caller sees where it was sent.
 fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) -> Halt {
     if let (FetchErrorKind::RedirectDisallowed, Some(target)) = (e.kind, &e.redirect_target) {
-        let mut table = manager.table();
-        if let Some(file) =
-            table.jobs.get_mut(&id).and_then(|entry| entry.job.files.get_mut(index as usize))
-        {
-            file.remote_url = target.clone();
-            if let Err(e) = manager.persist_file(id, index, file) {
-                tracing::error!(job = %id, index, error = %e, "cannot store the redirect target");
-            }
-        }
+        store_file_record(manager, id, index, |file| file.remote_url = target.clone());
     }
     fetch_halt(e, index)
 }
