@@ -22,8 +22,11 @@
 //!   SetExtensions(connections_per_file) vs `aria2c -xN -sN`.
 //! - `many`: 1,000 files of 64 KiB in one job: bitsd AddFileSet with SetExtensions(files_at_once
 //!   = 16) vs `aria2c -j16 -i LIST`, `curl --parallel --parallel-max 16` and
-//!   `wget2 --max-threads=16 -i LIST`, and a floor that is no download: the same files copied
-//!   from the sources by 16 threads, each fdatasynced (what durability alone costs on this disk).
+//!   `wget2 --max-threads=16 -i LIST`; the same curl followed by an fdatasync of each file it
+//!   wrote (16 threads), a peer that promises what bitsd does (every file on disk before it
+//!   reports done), since none of the peers syncs; and a floor that is no download: the same
+//!   files copied from the sources by 16 threads, each fdatasynced (what durability alone costs
+//!   on this disk).
 //! - `ranges`: 500 scattered 4 KiB ranges of the large file: bitsd AddFileWithRanges vs one curl
 //!   invocation with 500 single-range transfers (`range`/`url`/`next` blocks of a config file;
 //!   curl keeps one keep-alive connection across them and writes the bodies, in order, to stdout,
@@ -115,6 +118,10 @@ enum Tool {
     Curl,
     Aria2,
     Wget2,
+    /// `curl --parallel` as [`Tool::Curl`], then every file it wrote fdatasynced by 16 threads:
+    /// a peer held to bitsd's promise that a file is on disk before the download reports done.
+    /// Its CPU is curl's plus the syncs'; its peak RSS is curl's.
+    CurlSynced,
     /// Not a download: the many case's files copied from the (page-cached) sources by 16
     /// threads, each written and fdatasynced. What any tool that makes every file durable before
     /// it reports success pays on this disk, with no network and no bookkeeping.
@@ -134,6 +141,7 @@ impl Tool {
             (Tool::Curl, Case::Many) => "curl --parallel-max 16",
             (Tool::Curl, Case::Ranges) => "curl 500 × -r (keep-alive)",
             (Tool::Curl, _) => "curl -o",
+            (Tool::CurlSynced, _) => "curl --parallel + fdatasync ×16",
             (Tool::Aria2, Case::Single) => "aria2c -x1 -s1",
             (Tool::Aria2, Case::Multi4) => "aria2c -x4 -s4",
             (Tool::Aria2, Case::Multi16) => "aria2c -x16 -s16",
@@ -415,9 +423,13 @@ impl Bench {
             Case::Single => vec![Tool::Bitsd, Tool::Bitsctl, Tool::Curl, Tool::Aria2],
             Case::Multi4 | Case::Multi16 => vec![Tool::Bitsd, Tool::Aria2],
             Case::Many if self.has_wget2 => {
-                vec![Tool::Bitsd, Tool::Aria2, Tool::Curl, Tool::Wget2, Tool::DiskFloor]
+                let mut tools = vec![Tool::Bitsd, Tool::Aria2, Tool::Curl, Tool::Wget2];
+                tools.extend([Tool::CurlSynced, Tool::DiskFloor]);
+                tools
             }
-            Case::Many => vec![Tool::Bitsd, Tool::Aria2, Tool::Curl, Tool::DiskFloor],
+            Case::Many => {
+                vec![Tool::Bitsd, Tool::Aria2, Tool::Curl, Tool::CurlSynced, Tool::DiskFloor]
+            }
             Case::Ranges => vec![Tool::Bitsd, Tool::Curl],
         }
     }
@@ -442,6 +454,7 @@ impl Bench {
             Tool::Bitsd => self.run_bitsd(case).await?,
             Tool::Bitsctl => self.run_bitsctl().await?,
             Tool::DiskFloor => self.run_disk_floor()?,
+            Tool::CurlSynced => self.run_curl_synced()?,
             _ => self.run_peer(case, tool)?,
         };
         self.check_output(case, tool, verify)
@@ -685,31 +698,50 @@ impl Bench {
         reset_peak_rss("self")?;
         let cpu_before = cpu_seconds("self")?;
         let started = Instant::now();
-        let sources = self.fixtures.root().join("many");
+        let (sources, work) = (self.fixtures.root().join("many"), &self.work);
+        self.each_many_file(|name| {
+            let data = std::fs::read(sources.join(name))?;
+            let mut file = std::fs::File::create(work.join(name))?;
+            std::io::Write::write_all(&mut file, &data)?;
+            Ok(file.sync_data()?)
+        })?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds("self")? - cpu_before;
+        Ok(Sample { wall, cpu, peak_rss_mib: peak_rss_mib("self")? })
+    }
+
+    /// [`Tool::CurlSynced`]: curl's sample, with the syncs' wall and CPU time added.
+    fn run_curl_synced(&self) -> Result<Sample> {
+        let curl = self.run_peer(Case::Many, Tool::Curl)?;
+        let cpu_before = cpu_seconds("self")?;
+        let started = Instant::now();
+        let work = &self.work;
+        self.each_many_file(|name| Ok(std::fs::File::open(work.join(name))?.sync_data()?))?;
+        Ok(Sample {
+            wall: curl.wall + started.elapsed().as_secs_f64(),
+            cpu: curl.cpu + cpu_seconds("self")? - cpu_before,
+            peak_rss_mib: curl.peak_rss_mib,
+        })
+    }
+
+    /// Runs `work` on the name of every file of the many case, spread over 16 threads (as many
+    /// as the downloaders get connections).
+    fn each_many_file(&self, work: impl Fn(&str) -> Result<()> + Sync) -> Result<()> {
         let names: Vec<&str> = self.fixtures.many.iter().map(|(n, _)| n.as_str()).collect();
         let threads = MANY_PARALLEL as usize;
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|t| {
-                    let (names, sources, work) = (&names, &sources, &self.work);
+                    let (names, work) = (&names, &work);
                     scope.spawn(move || -> Result<()> {
-                        for name in names.iter().skip(t).step_by(threads) {
-                            let data = std::fs::read(sources.join(name))?;
-                            let mut file = std::fs::File::create(work.join(name))?;
-                            std::io::Write::write_all(&mut file, &data)?;
-                            file.sync_data()?;
-                        }
-                        Ok(())
+                        names.iter().skip(t).step_by(threads).try_for_each(|name| work(name))
                     })
                 })
                 .collect();
             workers.into_iter().try_for_each(|w| {
-                w.join().map_err(|_| anyhow::anyhow!("a copy thread panicked"))?
+                w.join().map_err(|_| anyhow::anyhow!("a file thread panicked"))?
             })
-        })?;
-        let wall = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds("self")? - cpu_before;
-        Ok(Sample { wall, cpu, peak_rss_mib: peak_rss_mib("self")? })
+        })
     }
 
     /// The small files' URLs, one a line (aria2c -i, wget2 -i).
