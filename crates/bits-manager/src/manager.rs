@@ -20,7 +20,6 @@ use bits_core::{
 };
 use bits_store::Store;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use bits_disk::Identity;
@@ -248,7 +247,19 @@ pub(crate) struct Run {
     pub(crate) stop: CancellationToken,
     /// Tells the worker to choose its next piece again (new on-demand ranges, new files).
     pub(crate) repick: Arc<Notify>,
-    pub(crate) task: Option<JoinHandle<()>>,
+    /// Cancelled when the worker's task has ended (returned, panicked or been dropped), so
+    /// everyone who must wait for it can: shutdown and a Cancel or Complete arriving meanwhile
+    /// both wait, rather than whoever came second finding nothing to wait on and deleting temp
+    /// files a blocking write of the worker's is still using.
+    pub(crate) ended: CancellationToken,
+}
+
+impl Run {
+    /// Stops the worker; the returned token is cancelled once it has ended.
+    pub(crate) fn halt(&self) -> CancellationToken {
+        self.stop.cancel();
+        self.ended.clone()
+    }
 }
 
 impl Manager {
@@ -325,20 +336,12 @@ impl Manager {
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.wake.notify_one();
-        let tasks: Vec<JoinHandle<()>> = {
-            let mut table = self.table();
-            table
-                .jobs
-                .values_mut()
-                .filter_map(|e| e.run.as_mut())
-                .filter_map(|run| {
-                    run.stop.cancel();
-                    run.task.take()
-                })
-                .collect()
+        let workers: Vec<CancellationToken> = {
+            let table = self.table();
+            table.jobs.values().filter_map(|e| e.run.as_ref()).map(Run::halt).collect()
         };
-        for task in tasks {
-            let _ = task.await;
+        for ended in workers {
+            ended.cancelled().await;
         }
         if let Err(e) = self.flush().await {
             tracing::error!(error = %e, "final store flush failed");
@@ -923,18 +926,15 @@ impl Manager {
         id: JobId,
         event: Event,
     ) -> Result<Vec<JobFile>, BitsError> {
-        let task = {
+        let worker = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             transition(entry.job.state, event)?;
             entry.finishing = true;
-            entry.run.as_mut().and_then(|run| {
-                run.stop.cancel();
-                run.task.take()
-            })
+            entry.run.as_ref().map(Run::halt)
         };
-        if let Some(task) = task {
-            let _ = task.await;
+        if let Some(ended) = worker {
+            ended.cancelled().await;
         }
         let table = self.table();
         Ok(table.jobs.get(&id).map(|e| e.job.files.clone()).unwrap_or_default())
@@ -1268,5 +1268,42 @@ mod tests {
         assert_eq!(seen(&m), (40, 40, 40, 40, 40));
         m.table().jobs.get_mut(&id).unwrap().unflushed.clear();
         assert_eq!(seen(&m), (60, 60, 60, 60, 60));
+    }
+
+    /// Shutdown and a Cancel arriving meanwhile both wait for the worker, however they
+    /// interleave: the temp file stays until the worker has ended, and only then is deleted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancel_during_shutdown_waits_for_the_worker_before_deleting_its_temp_file() {
+        let m = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&m, dir.path(), 1).await;
+        let temp = m.get_job(caller(), id).unwrap().files[0].temp_path.clone();
+        std::fs::write(&temp, b"being written").unwrap();
+        // A worker that is still running (in a blocking write, say) until the test ends it.
+        let (stop, ended) = (CancellationToken::new(), CancellationToken::new());
+        crate::testing::with_entry(&m, id, |entry| {
+            let repick = Arc::new(Notify::new());
+            entry.run = Some(Run { stop: stop.clone(), repick, ended: ended.clone() });
+        });
+
+        let shutdown = tokio::spawn({
+            let m = m.clone();
+            async move { m.shutdown().await }
+        });
+        tokio::time::timeout(Duration::from_secs(10), stop.cancelled()).await.unwrap();
+        let cancel = tokio::spawn({
+            let m = m.clone();
+            async move { m.cancel(caller(), id).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!cancel.is_finished(), "Cancel returned while the worker was running");
+        assert!(!shutdown.is_finished(), "shutdown returned while the worker was running");
+        assert!(temp.exists(), "the temp file was deleted while the worker was running");
+
+        crate::testing::with_entry(&m, id, |entry| entry.run = None);
+        ended.cancel();
+        assert_eq!(cancel.await.unwrap().unwrap(), Code::S_OK);
+        shutdown.await.unwrap();
+        assert!(!temp.exists(), "Cancel left the temp file behind");
     }
 }

@@ -108,12 +108,16 @@ fn schedule_once(manager: &Manager) -> Pass {
         let stop = CancellationToken::new();
         let repick = Arc::new(Notify::new());
         let busy = Busy::enter(manager);
+        let ended = CancellationToken::new();
+        let ended_on_drop = ended.clone().drop_guard();
         let run = crate::worker::run_job(manager.clone(), id, stop.clone(), repick.clone());
-        let task = tokio::spawn(async move {
+        // Not joined: whoever waits for the worker waits for `ended` (see Run::ended).
+        drop(tokio::spawn(async move {
             let _busy = busy;
+            let _ended = ended_on_drop;
             run.await
-        });
-        entry.run = Some(Run { stop, repick, task: Some(task) });
+        }));
+        entry.run = Some(Run { stop, repick, ended });
         tracing::info!(job = %id, priority = entry.job.priority.name(), "job started");
     }
     Pass { next_retry, wrote }
