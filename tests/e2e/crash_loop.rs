@@ -1,6 +1,10 @@
 //! The crash loop (issue 4, item 2): bitsd is SIGKILLed at random moments, at least
-//! [`MIN_CRASHES`] times, while three jobs (two FOREGROUND jobs with whole files, one background job
-//! with a ranged file that ends in an EOF range) download from the throttled in-process server.
+//! [`MIN_CRASHES`] times, while four jobs (two FOREGROUND jobs with whole files, a FOREGROUND job
+//! of [`SMALL_FILES`] small files fetched [`FILES_AT_ONCE`] at a time, and one background job with
+//! a ranged file that ends in an EOF range) download from the throttled in-process server.
+//! The small files take the path where a file is received into memory and written, synced and
+//! recorded in one go (`worker.rs`: `small_file`, its tail), so a kill lands before, during and
+//! after those tails.
 //! Each time it is restarted on the same data dir, until every job is TRANSFERRED; then every file
 //! is completed and compared with its source by SHA-256.
 //!
@@ -49,9 +53,21 @@ const SYNC_WINDOW: u64 = {
     let by_time = THROTTLE * SYNC_INTERVAL_MS / 1000;
     if SYNC_BYTES > by_time { SYNC_BYTES } else { by_time }
 };
-/// Jobs that transfer at the same time: both FOREGROUND jobs plus the one background job the
-/// scheduler runs at a time. Each runs one worker, which has at most one GET open.
+/// Jobs of large files that transfer at the same time: both FOREGROUND jobs plus the one
+/// background job the scheduler runs at a time. Each runs one worker, which has at most one GET
+/// open.
 const WORKERS: u64 = 3;
+/// The job of small files: how many, how large, and how many it fetches at once
+/// (SetExtensions(files_at_once)).
+const SMALL_FILES: u32 = 40;
+const SMALL_SIZE: u64 = 48 * KIB + 5;
+const FILES_AT_ONCE: u32 = 8;
+/// The small files' job, in the order the jobs are created.
+const SMALL_JOB: usize = 3;
+/// A small file counts as filled only once it is whole and synced, so a kill loses every small
+/// file in flight, whole: at most one per slot, and one more whose tail (write and sync) had
+/// started before the slot took the next file.
+const SMALL_LOSS_PER_CRASH: u64 = (FILES_AT_ONCE as u64 + 1) * SMALL_SIZE;
 /// Sync windows a worker may lose per crash. The daemon records a span as soon as its sync
 /// completes (`worker.rs`: `sync_done`), so a kill loses the bytes received since the last
 /// checkpoint (< 1 window); only while a checkpoint's sync itself runs (a few ms of an interval
@@ -68,7 +84,8 @@ const SERVER_CHUNK: u64 = 16 * KIB;
 /// write fails (the throttle spaces frames ~12 ms apart, so the RST arrives first almost always).
 /// Throttled frames are small, so this stays at 4 chunks = 64 KiB.
 const SLACK_PER_WORKER_PER_CRASH: u64 = 4 * SERVER_CHUNK;
-/// The most one crash may make the daemon fetch again.
+/// The most one crash may make the daemon fetch again of the large files (the small files have
+/// their own bound, [`SMALL_LOSS_PER_CRASH`], checked on its own so it does not loosen this one).
 const REFETCH_BOUND_PER_CRASH: u64 =
     WORKERS * (WINDOWS_PER_WORKER_PER_CRASH * SYNC_WINDOW + SLACK_PER_WORKER_PER_CRASH);
 
@@ -83,7 +100,7 @@ const OVERALL_TIMEOUT: Duration = Duration::from_secs(170);
 /// One file of one job.
 struct Case {
     /// Served at `/NAME`, downloaded to `out/NAME`.
-    name: &'static str,
+    name: String,
     job: usize,
     index: u32,
     source: Vec<u8>,
@@ -99,7 +116,7 @@ struct Case {
 
 impl Case {
     fn new(
-        name: &'static str,
+        name: &str,
         job: usize,
         index: u32,
         seed: u64,
@@ -121,7 +138,7 @@ impl Case {
             }
         }
         Case {
-            name,
+            name: name.to_string(),
             job,
             index,
             source,
@@ -225,7 +242,9 @@ struct Outcome {
     /// Bytes served more than once, per lifetime (lifetime k ends with crash k+1; the last one
     /// ends with every job TRANSFERRED).
     lost: Vec<u64>,
+    /// Bytes served more than once: of the large files, and of the small ones.
     refetched: u64,
+    refetched_small: u64,
     served: u64,
     needed: u64,
 }
@@ -272,11 +291,13 @@ async fn random_sigkills_keep_files_identical_and_refetch_bounded() {
 
     let crashes = outcome.crashes as u64;
     let per_crash = outcome.refetched as f64 / crashes.max(1) as f64;
+    let small_per_crash = outcome.refetched_small as f64 / crashes.max(1) as f64;
     let max_crash = outcome.lost[..outcome.crashes].iter().copied().max().unwrap_or(0);
     eprintln!(
-        "crash_loop: seed {seed}, {} crashes in {:.1} s; served {} B for {} B needed; re-fetched {} B in total \
-         = {:.0} B ({:.2} sync windows of {} B) per crash, worst crash {} B; last lifetime {} B; \
-         bound {} B per crash ({WORKERS} workers × ({WINDOWS_PER_WORKER_PER_CRASH} × {SYNC_WINDOW} B sync window + {} B slack))",
+        "crash_loop: seed {seed}, {} crashes in {:.1} s; served {} B for {} B needed; large files re-fetched {} B in total \
+         = {:.0} B ({:.2} sync windows of {} B) per crash, bound {} B per crash ({WORKERS} workers × \
+         ({WINDOWS_PER_WORKER_PER_CRASH} × {SYNC_WINDOW} B sync window + {} B slack)); small files re-fetched {} B \
+         = {:.0} B per crash, bound {SMALL_LOSS_PER_CRASH} B; all files: worst crash {} B, last lifetime {} B",
         outcome.crashes,
         elapsed.as_secs_f64(),
         outcome.served,
@@ -285,10 +306,12 @@ async fn random_sigkills_keep_files_identical_and_refetch_bounded() {
         per_crash,
         per_crash / SYNC_WINDOW as f64,
         SYNC_WINDOW,
-        max_crash,
-        outcome.lost[outcome.crashes],
         REFETCH_BOUND_PER_CRASH,
         SLACK_PER_WORKER_PER_CRASH,
+        outcome.refetched_small,
+        small_per_crash,
+        max_crash,
+        outcome.lost[outcome.crashes],
     );
     eprintln!("crash_loop: re-fetched per crash: {:?}", &outcome.lost[..outcome.crashes]);
     assert!(
@@ -299,22 +322,31 @@ async fn random_sigkills_keep_files_identical_and_refetch_bounded() {
     );
     assert!(
         outcome.refetched <= crashes * REFETCH_BOUND_PER_CRASH,
-        "re-fetched {} B over {} crashes, more than {} B ({} B per crash: {WORKERS} workers × \
-         {WINDOWS_PER_WORKER_PER_CRASH} sync windows of {SYNC_WINDOW} B + slack); per crash: {:?}",
+        "re-fetched {} B of the large files over {} crashes, more than {} B ({} B per crash: \
+         {WORKERS} workers × {WINDOWS_PER_WORKER_PER_CRASH} sync windows of {SYNC_WINDOW} B + \
+         slack); all files, per crash: {:?}",
         outcome.refetched,
         outcome.crashes,
         crashes * REFETCH_BOUND_PER_CRASH,
         REFETCH_BOUND_PER_CRASH,
         outcome.lost
     );
+    assert!(
+        outcome.refetched_small <= crashes * SMALL_LOSS_PER_CRASH,
+        "re-fetched {} B of the small files over {} crashes, more than {} B \
+         ({SMALL_LOSS_PER_CRASH} B per crash: {FILES_AT_ONCE} + 1 files of {SMALL_SIZE} B)",
+        outcome.refetched_small,
+        outcome.crashes,
+        crashes * SMALL_LOSS_PER_CRASH,
+    );
 }
 
 async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> Outcome {
     let out = daemon.out_dir();
-    // Sources and their wanted bytes: ~18 MiB to fetch, so at 1.25 MiB/s and a kill every ~0.33 s
-    // of transfer there are ~45 crashes. The ranged file's ranges are out of order, start and end off
-    // any block boundary, and the last one runs to EOF.
-    let cases = vec![
+    // Sources and their wanted bytes: ~20 MiB to fetch, so at 1.25 MiB/s and a kill every ~0.33 s
+    // of transfer there are ~48 crashes. The ranged file's ranges are out of order, start and end
+    // off any block boundary, and the last one runs to EOF.
+    let mut cases = vec![
         Case::new("a1.bin", 0, 0, 401, 4 * MIB, vec![], &out),
         Case::new("a2.bin", 0, 1, 402, 3 * MIB, vec![], &out),
         Case::new("b1.bin", 1, 0, 403, 6 * MIB, vec![], &out),
@@ -333,8 +365,12 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
             &out,
         ),
     ];
+    for i in 0..SMALL_FILES {
+        let name = format!("s{i:02}.bin");
+        cases.push(Case::new(&name, SMALL_JOB, i, 500 + u64::from(i), SMALL_SIZE, vec![], &out));
+    }
     for case in &cases {
-        server.add_file(case.name, case.source.clone());
+        server.add_file(&case.name, case.source.clone());
     }
     let needed: u64 = cases.iter().map(|c| c.wanted.total_len()).sum();
 
@@ -344,11 +380,13 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
         ("crash-fg-a", Priority::Foreground),
         ("crash-fg-b", Priority::Foreground),
         ("crash-bg-c", Priority::Normal),
+        ("crash-fg-small", Priority::Foreground),
     ] {
         jobs.push(client.create_job(name, priority).await.unwrap());
     }
+    client.set_extensions(jobs[SMALL_JOB], None, Some(FILES_AT_ONCE)).await.unwrap();
     for case in &cases {
-        let (job, url) = (jobs[case.job], server.url(case.name));
+        let (job, url) = (jobs[case.job], server.url(&case.name));
         let index = if case.ranges.is_empty() {
             client.add_file(job, &url, &case.dest).await.unwrap()
         } else {
@@ -495,6 +533,8 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
 
     let mut served_total = 0;
     let mut refetched = 0;
+    // Served and needed bytes of the small files, reported together.
+    let mut small = (0, 0);
     for case in &cases {
         let served: u64 = log
             .iter()
@@ -502,19 +542,36 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
             .map(|r| r.served)
             .sum();
         let needed = case.wanted.total_len();
-        eprintln!(
-            "crash_loop: {} ({}): served {served} B, needed {needed} B, re-fetched {} B",
-            case.name,
-            if case.ranges.is_empty() {
-                "whole".to_string()
-            } else {
-                format!("{} ranges", case.ranges.len())
-            },
-            served - needed
-        );
+        if case.job == SMALL_JOB {
+            small.0 += served;
+            small.1 += needed;
+        } else {
+            eprintln!(
+                "crash_loop: {} ({}): served {served} B, needed {needed} B, re-fetched {} B",
+                case.name,
+                if case.ranges.is_empty() {
+                    "whole".to_string()
+                } else {
+                    format!("{} ranges", case.ranges.len())
+                },
+                served - needed
+            );
+        }
         served_total += served;
         refetched += served - needed;
     }
+    let refetched_small = small.0 - small.1;
+    eprintln!(
+        "crash_loop: {SMALL_FILES} small files: served {} B, needed {} B, re-fetched {refetched_small} B",
+        small.0, small.1,
+    );
     assert_eq!(refetched, lost.iter().sum::<u64>(), "per-lifetime accounting does not add up");
-    Outcome { crashes, lost, refetched, served: served_total, needed }
+    Outcome {
+        crashes,
+        lost,
+        refetched: refetched - refetched_small,
+        refetched_small,
+        served: served_total,
+        needed,
+    }
 }
