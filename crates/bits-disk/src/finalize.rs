@@ -57,6 +57,9 @@ pub struct Move<'a> {
     pub temp: &'a Path,
     pub dest: &'a Path,
     pub mtime: Option<SystemTime>,
+    /// The temp file's `symlink_metadata`, when the caller took it just before (Complete checks
+    /// every temp file is there): saves a second lstat per file of a job of many files.
+    pub found: Option<std::fs::Metadata>,
 }
 
 /// Files opened (times set, not yet synced) per round of [`rename_all_into_place`]: bounded so a
@@ -131,12 +134,20 @@ fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
 /// them) whose times need no change: both, as a read since they were set may have moved the
 /// access time.
 fn times_settled(m: &Move<'_>) -> bool {
-    match std::fs::symlink_metadata(m.temp) {
-        Ok(meta) if meta.is_file() => m
-            .mtime
-            .is_none_or(|t| meta.modified().ok() == Some(t) && meta.accessed().ok() == Some(t)),
-        _ => false,
-    }
+    let looked;
+    let meta = match &m.found {
+        Some(meta) => meta,
+        None => match std::fs::symlink_metadata(m.temp) {
+            Ok(meta) => {
+                looked = meta;
+                &looked
+            }
+            Err(_) => return false,
+        },
+    };
+    meta.is_file()
+        && m.mtime
+            .is_none_or(|t| meta.modified().ok() == Some(t) && meta.accessed().ok() == Some(t))
 }
 
 /// The temp file opened without following a link, with its times set (not yet synced).
@@ -255,7 +266,7 @@ mod tests {
 
     /// One file through [`rename_all_into_place`] and the directory sync.
     fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
-        let (_, error) = rename_all_into_place(&[Move { temp, dest, mtime }]);
+        let (_, error) = rename_all_into_place(&[Move { temp, dest, mtime, found: None }]);
         error.map_or(Ok(()), Err)?;
         sync_parent_dirs([dest])
     }
@@ -341,8 +352,10 @@ mod tests {
                 write_temp(dir.path(), temp.file_name().unwrap().to_str().unwrap(), &[i as u8]);
             }
         }
-        let moves: Vec<Move<'_>> =
-            names.iter().map(|(temp, dest)| Move { temp, dest, mtime: Some(mtime) }).collect();
+        let moves: Vec<Move<'_>> = names
+            .iter()
+            .map(|(temp, dest)| Move { temp, dest, mtime: Some(mtime), found: None })
+            .collect();
         let (renamed, error) = rename_all_into_place(&moves);
         assert_eq!(renamed, broken);
         assert!(matches!(&error, Some(DiskError::NotFound { path }) if *path == names[broken].0));
@@ -363,6 +376,27 @@ mod tests {
 
     /// A link planted at the temp file's name is never moved into place, whether or not the
     /// file has times to set.
+    /// The metadata a caller found is what decides, without a second lstat: it names the times
+    /// the file had then.
+    #[test]
+    fn times_settled_answers_from_the_metadata_the_caller_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 7);
+        let temp = write_temp(dir.path(), ".t.part", b"small");
+        let before = temp.symlink_metadata().unwrap();
+        PartFile::open(&temp).unwrap().sync_with_times(mtime).unwrap();
+        let after = temp.symlink_metadata().unwrap();
+        let dest = dir.path().join("t");
+        let m = |found| Move { temp: &temp, dest: &dest, mtime: Some(mtime), found };
+        assert!(times_settled(&m(None)), "looked up itself");
+        assert!(times_settled(&m(Some(after))));
+        assert!(!times_settled(&m(Some(before))), "did not use the metadata it was given");
+        let link = dir.path().join(".link.part");
+        std::os::unix::fs::symlink(&temp, &link).unwrap();
+        let found = Some(link.symlink_metadata().unwrap());
+        assert!(!times_settled(&Move { temp: &link, dest: &dest, mtime: Some(mtime), found }));
+    }
+
     #[test]
     fn a_planted_link_is_not_renamed_into_place() {
         let dir = tempfile::tempdir().unwrap();

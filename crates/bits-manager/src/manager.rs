@@ -751,17 +751,17 @@ impl Manager {
                     failure = Some((k, *index, Some(e)));
                     break;
                 }
-                if file.temp_path.symlink_metadata().is_err() {
+                let Ok(found) = file.temp_path.symlink_metadata() else {
                     if file.completed {
                         already.push(&file.local_path);
                         continue;
                     }
                     failure = Some((k, *index, None));
                     break;
-                }
+                };
                 let mtime = remote_mtime(&file.validator);
                 let (temp, dest) = (file.temp_path.as_path(), file.local_path.as_path());
-                plan.push(bits_disk::Move { temp, dest, mtime });
+                plan.push(bits_disk::Move { temp, dest, mtime, found: Some(found) });
                 positions.push(k);
             }
             let (renamed, error) = bits_disk::rename_all_into_place(&plan);
