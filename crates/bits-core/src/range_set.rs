@@ -47,11 +47,7 @@ pub struct RangeSet {
 impl From<Vec<Span>> for RangeSet {
     /// Normalises whatever it is given, so a hand-edited or old store value cannot break the invariant.
     fn from(spans: Vec<Span>) -> RangeSet {
-        let mut set = RangeSet::new();
-        for span in spans {
-            set.insert(span.start, span.end);
-        }
-        set
+        RangeSet::from_spans(spans)
     }
 }
 
@@ -118,11 +114,30 @@ impl RangeSet {
         self.spans.splice(lo..hi, std::iter::once(merged));
     }
 
-    /// Adds every piece of `other`.
+    /// Adds every piece of `other`: one merge pass over both sorted lists when it has several
+    /// (a batch of recorded spans, or a file's wanted ranges), rather than a splice per piece.
     pub fn insert_set(&mut self, other: &RangeSet) {
-        for span in other.iter() {
-            self.insert(span.start, span.end);
+        if other.spans.len() <= 1 {
+            other.spans.iter().for_each(|s| self.insert(s.start, s.end));
+            return;
         }
+        let (a, b) = (&self.spans, &other.spans);
+        let mut out: Vec<Span> = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let next = if j == b.len() || (i < a.len() && a[i].start <= b[j].start) {
+                i += 1;
+                a[i - 1]
+            } else {
+                j += 1;
+                b[j - 1]
+            };
+            match out.last_mut() {
+                Some(last) if next.start <= last.end => last.end = last.end.max(next.end),
+                _ => out.push(next),
+            }
+        }
+        self.spans = out;
     }
 
     /// Removes `[start, end)`.
@@ -393,6 +408,9 @@ mod tests {
             let union: BTreeSet<u64> = ma.union(&mb).copied().collect();
             let pieces = sa.iter().chain(sb.iter()).collect::<Vec<_>>();
             prop_assert_eq!(spans(&RangeSet::from_spans(pieces.into_iter().rev())), model_spans(&union));
+            let mut merged = sa.clone();
+            merged.insert_set(&sb);
+            prop_assert_eq!(spans(&merged), model_spans(&union));
         }
     }
 }
