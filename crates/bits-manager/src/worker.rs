@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bits_core::Priority;
 use bits_core::job::security;
 use bits_core::{
-    BitsError, Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span,
+    BitsError, Code, ErrorContext, Event, Job, JobError, JobFile, JobId, Layout, RangeSet, Span,
     transition,
 };
 use bits_disk::PartFile;
@@ -412,13 +412,13 @@ async fn open_file(
     index: u32,
     stop: &CancellationToken,
 ) -> Result<Opened, Halt> {
-    let file = snapshot(manager, id, index)?;
-    let options = request_options(manager, id);
-    let (connections, on_demand, files_at_once) = {
+    // Everything the exchange needs from the job, under one lock.
+    let (file, options, connections, on_demand, files_at_once) = {
         let table = manager.table();
-        table.jobs.get(&id).map_or((1, false, 1), |e| {
-            (e.job.connections_per_file.max(1), e.job.on_demand, e.job.files_at_once.max(1))
-        })
+        let job = table.jobs.get(&id).map(|e| &e.job).ok_or(Halt::Stopped)?;
+        let file = job.files.get(index as usize).cloned().ok_or(Halt::Stopped)?;
+        let extensions = (job.connections_per_file.max(1), job.on_demand, job.files_at_once.max(1));
+        (file, request_options(job), extensions.0, extensions.1, extensions.2)
     };
     // With the several-files-at-once extension (jobs of many files, where a round trip per file
     // is most of the cost), a whole file nothing of which is known or on disk yet, fetched front
@@ -1108,10 +1108,8 @@ struct Request<'a> {
 /// What the job asks of its HTTP requests: its custom headers (validated when set, so a parse
 /// failure cannot happen and would only drop them), its redirect policy, and whether a server
 /// that ignores Range may send the whole file in one 200 (FOREGROUND jobs only, spec §5.1).
-fn request_options(manager: &Manager, id: JobId) -> RequestOptions {
-    let table = manager.table();
-    let Some(entry) = table.jobs.get(&id) else { return RequestOptions::default() };
-    let job = &entry.job;
+/// How the job's requests are made: its custom headers and its security flags.
+fn request_options(job: &Job) -> RequestOptions {
     let headers =
         job.custom_headers.as_deref().and_then(|t| bits_http::parse_custom_headers(t).ok());
     RequestOptions {
