@@ -638,8 +638,7 @@ async fn small_file(
     let manager = manager.clone();
     let tail = async move {
         let written = run_as(owner, move || {
-            let part = PartFile::open(&temp).map_err(disk_error)?;
-            part.set_len(data.len() as u64).map_err(disk_error)?;
+            let part = PartFile::open_empty(&temp).map_err(disk_error)?;
             part.write_at(0, &data).map_err(disk_error)?;
             match mtime {
                 Some(mtime) => part.sync_with_times(mtime),
