@@ -374,8 +374,6 @@ mod tests {
         assert_eq!(rest, n - broken - 1);
     }
 
-    /// A link planted at the temp file's name is never moved into place, whether or not the
-    /// file has times to set.
     /// The metadata a caller found is what decides, without a second lstat: it names the times
     /// the file had then.
     #[test]
@@ -397,6 +395,8 @@ mod tests {
         assert!(!times_settled(&Move { temp: &link, dest: &dest, mtime: Some(mtime), found }));
     }
 
+    /// A link planted at the temp file's name is never moved into place, whether or not the
+    /// file has times to set.
     #[test]
     fn a_planted_link_is_not_renamed_into_place() {
         let dir = tempfile::tempdir().unwrap();

@@ -43,11 +43,13 @@ struct Pass {
 /// One pass: due retries re-queue, then runnable jobs start.
 fn schedule_once(manager: &Manager) -> Pass {
     let mut wrote = false;
+    let now = Instant::now();
+    let mut table = manager.table();
+    // Checked under the lock: shutdown collects the workers to wait for under it too, so a
+    // worker is either among them or never started.
     if manager.inner.shutdown.is_cancelled() {
         return Pass { next_retry: None, wrote };
     }
-    let now = Instant::now();
-    let mut table = manager.table();
     let mut next_retry: Option<Instant> = None;
     for entry in table.jobs.values_mut() {
         if entry.job.state != JobState::TransientError || entry.run.is_some() {
@@ -112,9 +114,11 @@ fn schedule_once(manager: &Manager) -> Pass {
         let ended_on_drop = ended.clone().drop_guard();
         let run = crate::worker::run_job(manager.clone(), id, stop.clone(), repick.clone());
         // Not joined: whoever waits for the worker waits for `ended` (see Run::ended).
+        // `_ended` first, so it drops last: whoever it wakes finds the worker gone from
+        // `transfers_running` too.
         drop(tokio::spawn(async move {
-            let _busy = busy;
             let _ended = ended_on_drop;
+            let _busy = busy;
             run.await
         }));
         entry.run = Some(Run { stop, repick, ended });

@@ -1107,7 +1107,6 @@ struct Request<'a> {
 /// What the job asks of its HTTP requests: its custom headers (validated when set, so a parse
 /// failure cannot happen and would only drop them), its redirect policy, and whether a server
 /// that ignores Range may send the whole file in one 200 (FOREGROUND jobs only, spec §5.1).
-/// How the job's requests are made: its custom headers and its security flags.
 fn request_options(job: &Job) -> RequestOptions {
     let headers =
         job.custom_headers.as_deref().and_then(|t| bits_http::parse_custom_headers(t).ok());

@@ -119,7 +119,8 @@ enum Tool {
     Aria2,
     Wget2,
     /// `curl --parallel` as [`Tool::Curl`], then every file it wrote fdatasynced by 16 threads:
-    /// a peer held to bitsd's promise that a file is on disk before the download reports done.
+    /// a peer held to bitsd's promise that a file's bytes are on disk before the download reports
+    /// done (bitsd also syncs the directory after its renames; this peer renames nothing).
     /// Its CPU is curl's plus the syncs'; its peak RSS is curl's.
     CurlSynced,
     /// Not a download: the many case's files copied from the (page-cached) sources by 16
