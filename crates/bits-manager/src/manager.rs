@@ -1306,4 +1306,32 @@ mod tests {
         shutdown.await.unwrap();
         assert!(!temp.exists(), "Cancel left the temp file behind");
     }
+
+    /// The token a real worker's task cancels when it ends: a job's worker, stuck on a server
+    /// that never answers, is stopped by Suspend, and whoever waits on `ended` is woken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workers_ended_token_is_cancelled_when_its_task_ends() {
+        let m = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/f", silent.local_addr().unwrap());
+        let id =
+            m.create_job(caller(), "t", "", JobType::Download, Priority::Foreground).await.unwrap();
+        m.add_file(caller(), id, &url, &dir.path().join("f"), None).await.unwrap();
+        m.resume(caller(), id).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let ended = loop {
+            if let Some(run) = &m.table().jobs[&id].run {
+                break run.ended.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "the worker never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!ended.is_cancelled(), "ended before its worker did");
+        m.suspend(caller(), id).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), ended.cancelled()).await.unwrap();
+        assert!(m.table().jobs[&id].run.is_none(), "woken while the worker was still registered");
+        drop(silent);
+    }
 }
