@@ -134,20 +134,15 @@ fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
 /// them) whose times need no change: both, as a read since they were set may have moved the
 /// access time.
 fn times_settled(m: &Move<'_>) -> bool {
-    let looked;
-    let meta = match &m.found {
-        Some(meta) => meta,
-        None => match std::fs::symlink_metadata(m.temp) {
-            Ok(meta) => {
-                looked = meta;
-                &looked
-            }
-            Err(_) => return false,
-        },
+    let settled = |meta: &std::fs::Metadata| {
+        meta.is_file()
+            && m.mtime
+                .is_none_or(|t| meta.modified().ok() == Some(t) && meta.accessed().ok() == Some(t))
     };
-    meta.is_file()
-        && m.mtime
-            .is_none_or(|t| meta.modified().ok() == Some(t) && meta.accessed().ok() == Some(t))
+    match &m.found {
+        Some(meta) => settled(meta),
+        None => std::fs::symlink_metadata(m.temp).is_ok_and(|meta| settled(&meta)),
+    }
 }
 
 /// The temp file opened without following a link, with its times set (not yet synced).

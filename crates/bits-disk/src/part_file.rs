@@ -24,14 +24,7 @@ impl PartFile {
     /// a symlink in the last component (`O_NOFOLLOW`): a link planted where the temp file will be
     /// fails the open (access denied) instead of redirecting our writes to its target.
     pub fn open(path: &Path) -> Result<PartFile, DiskError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(NOFOLLOW)
-            .open(path)
-            .map_err(|e| DiskError::from_io(path, "open", e))?;
-        Ok(PartFile { file, path: path.to_path_buf() })
+        PartFile::open_with(path, false)
     }
 
     /// Opens `path` for a file written whole from its first byte, emptied by the open itself
@@ -39,10 +32,14 @@ impl PartFile {
     /// truncation would cost a syscall and an inode update per file of a job of many small files.
     /// Creates and refuses links as [`PartFile::open`] does.
     pub fn open_empty(path: &Path) -> Result<PartFile, DiskError> {
+        PartFile::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, truncate: bool) -> Result<PartFile, DiskError> {
         let file = OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(truncate)
             .custom_flags(NOFOLLOW)
             .open(path)
             .map_err(|e| DiskError::from_io(path, "open", e))?;
