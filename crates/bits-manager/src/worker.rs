@@ -417,8 +417,8 @@ async fn open_file(
         let table = manager.table();
         let job = table.jobs.get(&id).map(|e| &e.job).ok_or(Halt::Stopped)?;
         let file = job.files.get(index as usize).cloned().ok_or(Halt::Stopped)?;
-        let extensions = (job.connections_per_file.max(1), job.on_demand, job.files_at_once.max(1));
-        (file, request_options(job), extensions.0, extensions.1, extensions.2)
+        let options = request_options(job);
+        (file, options, job.connections_per_file.max(1), job.on_demand, job.files_at_once.max(1))
     };
     // With the several-files-at-once extension (jobs of many files, where a round trip per file
     // is most of the cost), a whole file nothing of which is known or on disk yet, fetched front
