@@ -423,13 +423,13 @@ impl Bench {
         match case {
             Case::Single => vec![Tool::Bitsd, Tool::Bitsctl, Tool::Curl, Tool::Aria2],
             Case::Multi4 | Case::Multi16 => vec![Tool::Bitsd, Tool::Aria2],
-            Case::Many if self.has_wget2 => {
-                let mut tools = vec![Tool::Bitsd, Tool::Aria2, Tool::Curl, Tool::Wget2];
+            Case::Many => {
+                let mut tools = vec![Tool::Bitsd, Tool::Aria2, Tool::Curl];
+                if self.has_wget2 {
+                    tools.push(Tool::Wget2);
+                }
                 tools.extend([Tool::CurlSynced, Tool::DiskFloor]);
                 tools
-            }
-            Case::Many => {
-                vec![Tool::Bitsd, Tool::Aria2, Tool::Curl, Tool::CurlSynced, Tool::DiskFloor]
             }
             Case::Ranges => vec![Tool::Bitsd, Tool::Curl],
         }
