@@ -243,11 +243,10 @@ struct Outcome {
     /// Bytes served more than once, per lifetime (lifetime k ends with crash k+1; the last one
     /// ends with every job TRANSFERRED).
     lost: Vec<u64>,
-    /// The part of `lost` that is small files'.
+    /// The part of `lost` that is small files' (their total is what they re-fetched).
     lost_small: Vec<u64>,
-    /// Bytes served more than once: of the large files, and of the small ones.
+    /// Bytes of the large files served more than once.
     refetched: u64,
-    refetched_small: u64,
     served: u64,
     needed: u64,
 }
@@ -294,7 +293,8 @@ async fn random_sigkills_keep_files_identical_and_refetch_bounded() {
 
     let crashes = outcome.crashes as u64;
     let per_crash = outcome.refetched as f64 / crashes.max(1) as f64;
-    let small_per_crash = outcome.refetched_small as f64 / crashes.max(1) as f64;
+    let refetched_small: u64 = outcome.lost_small.iter().sum();
+    let small_per_crash = refetched_small as f64 / crashes.max(1) as f64;
     let max_crash = outcome.lost[..outcome.crashes].iter().copied().max().unwrap_or(0);
     eprintln!(
         "crash_loop: seed {seed}, {} crashes in {:.1} s; served {} B for {} B needed; large files re-fetched {} B in total \
@@ -311,7 +311,7 @@ async fn random_sigkills_keep_files_identical_and_refetch_bounded() {
         SYNC_WINDOW,
         REFETCH_BOUND_PER_CRASH,
         SLACK_PER_WORKER_PER_CRASH,
-        outcome.refetched_small,
+        refetched_small,
         small_per_crash,
         outcome.lost_small[..outcome.crashes].iter().max().copied().unwrap_or(0),
         max_crash,
@@ -575,11 +575,15 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
         small.0, small.1,
     );
     assert_eq!(refetched, lost.iter().sum::<u64>(), "per-lifetime accounting does not add up");
+    assert_eq!(
+        refetched_small,
+        lost_small.iter().sum::<u64>(),
+        "the small files' per-lifetime accounting does not add up"
+    );
     Outcome {
         crashes,
         lost,
         refetched: refetched - refetched_small,
-        refetched_small,
         lost_small,
         served: served_total,
         needed,
