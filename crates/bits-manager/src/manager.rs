@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bits_core::job::{DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS};
 use bits_core::{
     BitsError, ByteRange, Code, Event, Job, JobError, JobFile, JobId, JobState, JobType, Priority,
-    Progress, RangeSet, transition,
+    Progress, RangeSet, TempId, transition,
 };
 use bits_store::Store;
 use tokio::sync::Notify;
@@ -36,12 +36,27 @@ pub struct Caller {
     pub uid: u32,
     /// Administrators may act on every job and are exempt from the limits (spec §8, §9).
     pub admin: bool,
+    /// The calling process, from the socket's peer credentials (`None` over TCP): a file it adds
+    /// gets the permissions its own umask would give it.
+    pub pid: Option<i32>,
 }
 
 impl Caller {
     /// A caller that is not an administrator.
     pub fn user(uid: u32) -> Caller {
-        Caller { uid, admin: false }
+        Caller { uid, admin: false, pid: None }
+    }
+
+    /// This caller, calling from process `pid`.
+    pub fn in_process(self, pid: Option<i32>) -> Caller {
+        Caller { pid, ..self }
+    }
+
+    /// Permission bits of a file this caller adds: 0666 less the calling process's umask, as
+    /// for a file it created itself; 0644 when the process is unknown (TCP) or gone.
+    pub(crate) fn file_mode(self) -> u32 {
+        let umask = self.pid.and_then(bits_disk::umask_of_process).unwrap_or(0o022);
+        0o666 & !umask
     }
 
     pub fn is_admin(self) -> bool {
@@ -439,7 +454,7 @@ impl Manager {
     /// The [`Caller`] for a uid, with its administrator status from the configuration (admin
     /// uids, or membership of an admin group).
     pub fn caller(&self, uid: u32) -> Caller {
-        Caller { uid, admin: self.inner.access.is_admin(uid) }
+        Caller { uid, admin: self.inner.access.is_admin(uid), pid: None }
     }
 
     /// The file-system identity of a job's owner, for file work done on the owner's behalf.
@@ -734,9 +749,11 @@ impl Manager {
         self.set_completed_many(id, &newly, true).await?;
 
         let batch = whole.clone();
+        let owner_id = owner.clone();
         // As the owner: the rename needs the owner's right to replace the destination (and
         // never follows a link someone planted there; it replaces it).
         let stopped = run_as(owner.clone(), move || {
+            let owner = owner_id;
             // Which files to move: in order, up to the first whose temp file cannot be made
             // ready. A temp file already gone was renamed before a crash if the file is
             // completed; if not, its bytes are lost.
@@ -745,13 +762,15 @@ impl Manager {
             // The files to move, and each one's position in `batch`.
             let (mut plan, mut positions) = (Vec::new(), Vec::new());
             for (k, (index, file)) in batch.iter().enumerate() {
-                let ready =
-                    prepare_temp_for_finalize(&file.temp_path, file.bytes_total().unwrap_or(0));
-                if let Err(e) = ready {
-                    failure = Some((k, *index, Some(e)));
-                    break;
-                }
-                let Ok(found) = file.temp_path.symlink_metadata() else {
+                let found = prepare_temp_for_finalize(file, owner.uid);
+                let found = match found {
+                    Ok(found) => found,
+                    Err(e) => {
+                        failure = Some((k, *index, Some(e)));
+                        break;
+                    }
+                };
+                let Some((found, made)) = found else {
                     if file.completed {
                         already.push(&file.local_path);
                         continue;
@@ -761,7 +780,7 @@ impl Manager {
                 };
                 let mtime = remote_mtime(&file.validator);
                 let (temp, dest) = (file.temp_path.as_path(), file.local_path.as_path());
-                plan.push(bits_disk::Move { temp, dest, mtime, found: Some(found) });
+                plan.push(bits_disk::Move { temp, dest, mtime, made, found: Some(found) });
                 positions.push(k);
             }
             let (renamed, error) = bits_disk::rename_all_into_place(&plan);
@@ -810,16 +829,16 @@ impl Manager {
         files: &[JobFile],
         which: impl Fn(usize) -> bool,
     ) -> Result<Code, BitsError> {
-        let temps: Vec<PathBuf> = files
+        let temps: Vec<(PathBuf, Option<TempId>)> = files
             .iter()
             .enumerate()
             .filter(|(i, f)| which(*i) && !f.completed)
-            .map(|(_, f)| f.temp_path.clone())
+            .map(|(_, f)| (f.temp_path.clone(), f.temp_id))
             .collect();
         run_as(owner.clone(), move || {
             let mut all_deleted = true;
-            for temp in temps {
-                if let Err(e) = bits_disk::remove_temp(&temp) {
+            for (temp, made) in temps {
+                if let Err(e) = bits_disk::remove_temp(&temp, made) {
                     tracing::warn!(error = %e, "cannot delete temp file");
                     all_deleted = false;
                 }
@@ -1029,14 +1048,24 @@ impl Manager {
     }
 }
 
-/// The temp file of a transferred zero-length file may never have been created (no byte was
-/// written); make sure there is something to rename.
-fn prepare_temp_for_finalize(temp: &Path, len: u64) -> Result<(), BitsError> {
-    if len == 0 && temp.symlink_metadata().is_err() {
-        let part = bits_disk::PartFile::open(temp).map_err(disk_error)?;
+/// A whole file's temp file as Complete finds it (reached without following a link): its
+/// `lstat` and which file the job created, or `None` when it is gone. The temp file of a
+/// transferred zero-length file may never have been created (no byte was written): it is
+/// created now, so there is something to rename.
+fn prepare_temp_for_finalize(
+    file: &JobFile,
+    owner: u32,
+) -> Result<Option<(bits_disk::Stat, Option<TempId>)>, BitsError> {
+    let temp = &file.temp_path;
+    let mut made = file.temp_id;
+    if file.bytes_total() == Some(0) && made.is_none() && !file.completed {
+        let part = bits_disk::PartFile::create(temp, file.mode.unwrap_or(0o644), owner)
+            .map_err(disk_error)?;
         part.sync().map_err(disk_error)?;
+        made = Some(part.id());
     }
-    Ok(())
+    let found = bits_disk::stat_temp(temp).map_err(disk_error)?;
+    Ok(found.map(|stat| (stat, made)))
 }
 
 /// The server's Last-Modified, which a completed file gets as its modification time.

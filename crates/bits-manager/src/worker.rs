@@ -17,7 +17,7 @@ use bits_core::Priority;
 use bits_core::job::security;
 use bits_core::{
     BitsError, Code, ErrorContext, Event, Job, JobError, JobFile, JobId, Layout, RangeSet, Span,
-    transition,
+    TempId, transition,
 };
 use bits_disk::PartFile;
 use bits_http::{
@@ -474,16 +474,17 @@ async fn stream_file(
     // trusted (it may have been deleted or truncated); `connected` drops the rest and flushes
     // *before* the file is extended, or a crash in between would leave a full-length file of
     // zeros that looks intact.
-    let temp = file.temp_path.clone();
     let local_len = layout.local_len();
     let owner = job_owner(manager, id)?;
-    let (part, temp_len) = run_as(owner, move || {
-        let part = PartFile::open(&temp).map_err(disk_error)?;
+    let opening = file.clone();
+    let (part, temp_len) = run_as(owner.clone(), move || {
+        let part = open_temp(&opening, owner.uid).map_err(disk_error)?;
         let len = part.len().map_err(disk_error)?;
         Ok((part, len))
     })
     .await
     .map_err(|e| local_halt(e, index))?;
+    note_temp(manager, id, index, part.id())?;
     connected(manager, id, index, &remote, temp_len, Persist::Now).await?;
     let part = Arc::new(part);
     let sized = part.clone();
@@ -633,26 +634,36 @@ async fn small_file(
     connected(manager, id, index, &opened.remote, 0, Persist::WithFirstRange).await?;
     let owner = job_owner(manager, id)?;
     let temp = opened.file.temp_path.clone();
+    let mode = opened.file.mode.unwrap_or(DEFAULT_MODE);
     // The times Complete gives the file, set now, before the one sync (see `sync_with_times`).
     let mtime = remote_mtime(&opened.remote.validator);
     let manager = manager.clone();
     let tail = async move {
-        let written = run_as(owner, move || {
-            let part = PartFile::open_empty(&temp).map_err(disk_error)?;
+        let written = run_as(owner.clone(), move || {
+            // Written whole from its first byte: always a new file (an earlier attempt's is
+            // replaced, see `PartFile::create`).
+            let part = PartFile::create(&temp, mode, owner.uid).map_err(disk_error)?;
             part.write_at(0, &data).map_err(disk_error)?;
             match mtime {
                 Some(mtime) => part.sync_with_times(mtime),
                 None => part.sync(),
             }
-            .map_err(disk_error)
+            .map_err(disk_error)?;
+            // Truncated between the write and the sync: its bytes are not all on disk.
+            part.check_len(size).map_err(disk_error)?;
+            Ok(part.id())
         })
         .await;
-        if let Err(e) = written {
-            // No range will carry what the server said to the store: write it now, so that
-            // after a restart the file reads as it does in memory (the worker's end flushes).
-            store_file_record(&manager, id, index, |_| {});
-            return Err(local_halt(e, index));
-        }
+        let made = match written {
+            Ok(made) => made,
+            Err(e) => {
+                // No range will carry what the server said to the store: write it now, so that
+                // after a restart the file reads as it does in memory (the worker's end flushes).
+                store_file_record(&manager, id, index, |_| {});
+                return Err(local_halt(e, index));
+            }
+        };
+        note_temp(&manager, id, index, made)?;
         record_filled(&manager, id, index, Span::new(0, size)).await
     };
     Ok(Fetched::Tail(Box::pin(tail), size))
@@ -1073,13 +1084,15 @@ async fn record_filled_spans(
 
 /// Forgets a file's progress after the server's copy changed, and empties its temp file.
 async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt> {
-    let temp = snapshot(manager, id, index)?.temp_path;
+    let file = snapshot(manager, id, index)?;
     let owner = job_owner(manager, id)?;
     // Truncate before the store forgets: a crash in between leaves the old filled set pointing
     // at a file shorter than its layout, which the next attempt treats as lost.
-    run_as(owner, move || {
-        if temp.symlink_metadata().is_ok() {
-            PartFile::open(&temp).and_then(|p| p.set_len(0)).map_err(disk_error)?;
+    run_as(owner.clone(), move || {
+        if let Some(part) =
+            PartFile::reopen(&file.temp_path, file.temp_id, owner.uid).map_err(disk_error)?
+        {
+            part.set_len(0).map_err(disk_error)?;
         }
         Ok(())
     })
@@ -1147,6 +1160,31 @@ fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) 
 }
 
 /// The identity the job's file work runs as (spec §9: its owner's).
+/// Permission bits of a file whose record predates them: what a umask of 022 gives.
+const DEFAULT_MODE: u32 = 0o644;
+
+/// A file's temp file, opened as the job's owner: the one the job created, with its bytes, or a
+/// new one when there is none yet (or it was deleted). A record written before the job kept
+/// which file it created, but with bytes recorded, trusts a file of the owner's.
+fn open_temp(file: &JobFile, owner: u32) -> Result<PartFile, bits_disk::DiskError> {
+    if (file.temp_id.is_some() || !file.filled.is_empty())
+        && let Some(part) = PartFile::reopen(&file.temp_path, file.temp_id, owner)?
+    {
+        return Ok(part);
+    }
+    PartFile::create(&file.temp_path, file.mode.unwrap_or(DEFAULT_MODE), owner)
+}
+
+/// Keeps which temp file the job created; the file's next store write carries it (before any
+/// byte of it is recorded, so a record with bytes always names its file).
+fn note_temp(manager: &Manager, id: JobId, index: u32, made: TempId) -> Result<(), Halt> {
+    let mut table = manager.table();
+    let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
+    let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
+    file.temp_id = Some(made);
+    Ok(())
+}
+
 fn job_owner(manager: &Manager, id: JobId) -> Result<bits_disk::Identity, Halt> {
     manager.job_identity(id).map_err(|_| Halt::Stopped)
 }

@@ -214,7 +214,10 @@ mod tests {
     use super::*;
 
     fn pipeline(dir: &std::path::Path, layout: Layout) -> (Pipeline, Arc<PartFile>) {
-        let part = Arc::new(PartFile::open(&dir.join("f.part")).unwrap());
+        let part = Arc::new(
+            PartFile::create(&dir.join("f.part"), 0o644, rustix::process::geteuid().as_raw())
+                .unwrap(),
+        );
         part.set_len(layout.local_len()).unwrap();
         (Pipeline::new(part.clone(), Arc::new(layout), 0, WRITE_BATCH), part)
     }

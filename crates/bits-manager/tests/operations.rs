@@ -267,7 +267,7 @@ async fn only_admins_list_every_users_jobs() {
     let theirs =
         m.create_job(other, "theirs", "", JobType::Download, Priority::Normal).await.unwrap();
     assert_eq!(code(m.list_all_jobs(me())), Code::E_ACCESSDENIED);
-    let admin = Caller { uid: 4242, admin: true };
+    let admin = Caller { uid: 4242, admin: true, pid: None };
     let all: Vec<JobId> = m.list_all_jobs(admin).unwrap().iter().map(|j| j.id).collect();
     assert_eq!(all, vec![mine, theirs], "every user's jobs, oldest first");
     assert!(m.list_jobs(admin).is_empty(), "without the flag an admin sees only their own");
@@ -281,8 +281,8 @@ async fn take_ownership_is_for_admins_and_drops_custom_headers() {
     assert_eq!(code(m.take_ownership(me(), id).await), Code::E_ACCESSDENIED, "even the owner");
     assert_eq!(code(m.take_ownership(Caller::user(1001), id).await), Code::E_ACCESSDENIED);
     // The test's own uid as an admin: it can write the (absent) temp files.
-    let admin = Caller { uid: me().uid, admin: true };
-    let other_admin = Caller { uid: 4242, admin: true };
+    let admin = Caller { uid: me().uid, admin: true, pid: None };
+    let other_admin = Caller { uid: 4242, admin: true, pid: None };
     m.take_ownership(other_admin, id).await.unwrap();
     let job = m.get_job(other_admin, id).unwrap();
     assert_eq!(job.owner_uid, 4242);
