@@ -814,7 +814,8 @@ impl Manager {
                 Err(BitsError::new(
                     Code::ERROR_PATH_NOT_FOUND,
                     format!(
-                        "the temp file {} of file {index} is gone; Resume downloads the file again",
+                        "the temp file {} of file {index} is gone or truncated; Resume downloads \
+                         the file again",
                         whole[k].1.temp_path.display()
                     ),
                 ))
@@ -1049,7 +1050,7 @@ impl Manager {
 }
 
 /// A whole file's temp file as Complete finds it (reached without following a link): its
-/// `lstat` and which file the job created, or `None` when it is gone. The temp file of a
+/// `lstat` and which file the job created, or `None` when it is gone or shorter than its bytes. The temp file of a
 /// transferred zero-length file may never have been created (no byte was written): it is
 /// created now, so there is something to rename.
 fn prepare_temp_for_finalize(
@@ -1065,7 +1066,9 @@ fn prepare_temp_for_finalize(
         made = Some(part.id());
     }
     let found = bits_disk::stat_temp(temp).map_err(disk_error)?;
-    Ok(found.map(|stat| (stat, made)))
+    // Shorter than its bytes: truncated behind our back, so some recorded bytes are lost.
+    let whole = |stat: &bits_disk::Stat| stat.st_size as u64 >= file.bytes_total().unwrap_or(0);
+    Ok(found.filter(whole).map(|stat| (stat, made)))
 }
 
 /// The server's Last-Modified, which a completed file gets as its modification time.

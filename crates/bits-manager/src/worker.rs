@@ -41,6 +41,9 @@ enum Halt {
     Stopped,
     /// The remote file changed: restart this file from zero.
     Changed,
+    /// The temp file shrank under the download (truncated by someone): bytes already recorded
+    /// may be gone, so the file restarts from zero.
+    Lost,
     /// ON_DEMAND_MODE: every requested range is filled; the job waits for the next request.
     OnDemandIdle,
     /// The attempt failed; `retry_after` is the server's Retry-After, if it sent one.
@@ -115,7 +118,7 @@ pub(crate) async fn run_job(
                         tracing::info!(job = %id, "job transferred");
                     }
                 }
-                Err(Halt::Stopped) | Err(Halt::Changed) => {}
+                Err(Halt::Stopped) | Err(Halt::Changed) | Err(Halt::Lost) => {}
                 // Spec A6b: the requested ranges are in; an incomplete file waits, SUSPENDED.
                 Err(Halt::OnDemandIdle) => {
                     if let Ok(next) = transition(entry.job.state, Event::Suspend) {
@@ -354,7 +357,7 @@ async fn transfer_file(
     stop: &CancellationToken,
     repick: &Notify,
 ) -> Result<Fetched, Halt> {
-    let mut restarts = 0;
+    let (mut restarts, mut losses) = (0, 0);
     loop {
         match transfer_file_once(manager, id, index, stop, repick).await {
             Err(Halt::Changed) => {
@@ -367,6 +370,25 @@ async fn transfer_file(
                             ErrorContext::RemoteFile,
                             Code::BG_E_REMOTE_FILE_CHANGED,
                             format!("the remote file changed {restarts} times during the transfer"),
+                            index,
+                        ),
+                        transient: true,
+                        retry_after: None,
+                    });
+                }
+            }
+            Err(Halt::Lost) => {
+                losses += 1;
+                tracing::warn!(job = %id, index, "temp file truncated under the download; restarting it from zero");
+                reset_file(manager, id, index).await?;
+                if losses > MAX_RESTARTS {
+                    return Err(Halt::Failed {
+                        error: job_error(
+                            ErrorContext::LocalFile,
+                            Code::E_FAIL,
+                            format!(
+                                "the temp file was truncated {losses} times during the transfer"
+                            ),
                             index,
                         ),
                         transient: true,
@@ -642,29 +664,32 @@ async fn small_file(
         let written = run_as(owner.clone(), move || {
             // Written whole from its first byte: always a new file (an earlier attempt's is
             // replaced, see `PartFile::create`).
-            let part = PartFile::create(&temp, mode, owner.uid).map_err(disk_error)?;
-            part.write_at(0, &data).map_err(disk_error)?;
-            match mtime {
-                Some(mtime) => part.sync_with_times(mtime),
-                None => part.sync(),
-            }
-            .map_err(disk_error)?;
-            // Truncated between the write and the sync: its bytes are not all on disk.
-            part.check_len(size).map_err(disk_error)?;
-            Ok(part.id())
+            let write = || {
+                let part = PartFile::create(&temp, mode, owner.uid)?;
+                part.write_at(0, &data)?;
+                match mtime {
+                    Some(mtime) => part.sync_with_times(mtime)?,
+                    None => part.sync()?,
+                }
+                // Truncated between the write and the sync: its bytes are not all on disk.
+                part.check_len(size)?;
+                Ok(part.id())
+            };
+            Ok(write())
         })
         .await;
-        let made = match written {
-            Ok(made) => made,
-            Err(e) => {
-                // No range will carry what the server said to the store: write it now, so that
-                // after a restart the file reads as it does in memory (the worker's end flushes).
-                store_file_record(&manager, id, index, |_| {});
-                return Err(local_halt(e, index));
+        let failed = match written {
+            Ok(Ok(made)) => {
+                note_temp(&manager, id, index, made)?;
+                return record_filled(&manager, id, index, Span::new(0, size)).await;
             }
+            Ok(Err(e)) => disk_halt(e, index),
+            Err(e) => local_halt(e, index),
         };
-        note_temp(&manager, id, index, made)?;
-        record_filled(&manager, id, index, Span::new(0, size)).await
+        // No range will carry what the server said to the store: write it now, so that after a
+        // restart the file reads as it does in memory (the worker's end flushes).
+        store_file_record(&manager, id, index, |_| {});
+        Err(failed)
     };
     Ok(Fetched::Tail(Box::pin(tail), size))
 }
@@ -733,11 +758,13 @@ impl Unsynced {
             let (writes, part, layout) =
                 (std::mem::take(&mut self.batch), part.clone(), layout.clone());
             run_blocking(move || {
-                crate::writer::write_batch(&part, &layout, &writes).map_err(disk_error)?;
-                part.sync().map_err(disk_error)
+                Ok(crate::writer::write_batch(&part, &layout, &writes)
+                    .and_then(|()| part.sync())
+                    .and_then(|()| part.check_len(layout.local_len())))
             })
             .await
-            .map_err(|e| local_halt(e, index))?;
+            .map_err(|e| local_halt(e, index))?
+            .map_err(|e| disk_halt(e, index))?;
             let done = std::mem::take(&mut self.spans);
             record_filled_spans(manager, id, index, &done).await?;
         }
@@ -973,7 +1000,7 @@ async fn fetch_piece(
             // Record a span as soon as its sync is done, so a crash loses at most one window.
             synced = pipe.sync_done(), if pipe.syncing() => match synced {
                 Ok(span) => if let Err(h) = record_filled(manager, id, index, span).await { break Err(h) },
-                Err(e) => break Err(local_halt(disk_error(e), index)),
+                Err(e) => break Err(disk_halt(e, index)),
             },
             _ = tokio::time::sleep_until(deadline), if due => {
                 last_checkpoint = Instant::now();
@@ -983,7 +1010,7 @@ async fn fetch_piece(
             chunk = body.next_chunk() => match chunk {
                 Ok(Some(bytes)) => {
                     let n = bytes.len() as u64;
-                    if let Err(e) = pipe.push(pos, bytes).await { break Err(local_halt(disk_error(e), index)) }
+                    if let Err(e) = pipe.push(pos, bytes).await { break Err(disk_halt(e, index)) }
                     pos += n;
                     if pos - checkpointed >= config.sync_bytes || last_checkpoint.elapsed() >= config.sync_interval {
                         last_checkpoint = Instant::now();
@@ -1006,7 +1033,7 @@ async fn fetch_piece(
     match pipe.wait_sync().await {
         Ok(Some(span)) => record_filled(manager, id, index, span).await?,
         Ok(None) => {}
-        Err(e) => return Err(local_halt(disk_error(e), index)),
+        Err(e) => return Err(disk_halt(e, index)),
     }
     end
 }
@@ -1022,7 +1049,7 @@ async fn checkpoint(
     match pipe.checkpoint(upto).await {
         Ok(Some(span)) => record_filled(manager, id, index, span).await,
         Ok(None) => Ok(()),
-        Err(e) => Err(local_halt(disk_error(e), index)),
+        Err(e) => Err(disk_halt(e, index)),
     }
 }
 
@@ -1211,6 +1238,18 @@ fn fetch_halt(e: FetchError, index: u32) -> Halt {
         error: job_error(e.context, e.code, e.message.clone(), index),
         transient: e.transient,
         retry_after: e.retry_after,
+    }
+}
+
+/// A disk failure during a transfer: a temp file that shrank under it restarts the file
+/// ([`Halt::Lost`]); anything else is [`local_halt`].
+fn disk_halt(e: bits_disk::DiskError, index: u32) -> Halt {
+    match e {
+        bits_disk::DiskError::Shrunk { .. } => {
+            tracing::warn!(index, error = %e, "temp file lost bytes");
+            Halt::Lost
+        }
+        e => local_halt(disk_error(e), index),
     }
 }
 

@@ -5,6 +5,10 @@
 //! runs while the network keeps flowing, and its range is recorded when it returns. At most one
 //! write and one sync are in flight, so memory stays bounded by two batches.
 //!
+//! The temp file was extended to its full length before the first write, so each write and each
+//! sync also checks that it still has that length ([`PartFile::check_len`]): a file someone
+//! truncated under the download stops the pipeline before a span it lost is recorded.
+//!
 //! After any write or sync error the pipeline is poisoned: nothing more is written, synced or
 //! reported as durable. A later sync could succeed while an earlier write left a hole (or while
 //! the kernel already dropped pages whose writeback failed), so the only safe answer is to stop
@@ -75,7 +79,10 @@ impl Pipeline {
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
         let (part, layout) = (self.part.clone(), self.layout.clone());
-        self.write = Some(tokio::task::spawn_blocking(move || write_batch(&part, &layout, &batch)));
+        self.write = Some(tokio::task::spawn_blocking(move || {
+            write_batch(&part, &layout, &batch)?;
+            part.check_len(layout.local_len())
+        }));
         Ok(())
     }
 
@@ -134,7 +141,10 @@ impl Pipeline {
         let (part, layout) = (self.part.clone(), self.layout.clone());
         let task = tokio::task::spawn_blocking(move || {
             write_batch(&part, &layout, &batch)?;
-            part.sync()
+            part.sync()?;
+            // After the sync, before the span is recorded: a file truncated under us (then
+            // extended again by our writes) is shorter than its layout at some check.
+            part.check_len(layout.local_len())
         });
         self.sync = Some((task, span));
         self.synced_upto = upto;
