@@ -275,4 +275,21 @@ mod tests {
         assert!(pipe.push(20, Bytes::from(vec![3u8; 10])).await.is_err());
         assert!(pipe.checkpoint(30).await.is_err());
     }
+
+    /// A temp file truncated under the pipeline (our later writes extending it again) is caught
+    /// before the span written after the cut is reported durable.
+    #[tokio::test]
+    async fn a_truncated_file_stops_the_pipeline_before_its_span_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipe, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
+        pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
+        assert_eq!(pipe.checkpoint(40).await.unwrap(), None);
+        assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(0, 40)));
+        std::fs::OpenOptions::new().write(true).open(part.path()).unwrap().set_len(10).unwrap();
+        pipe.push(40, Bytes::from(vec![2u8; 20])).await.unwrap();
+        assert_eq!(pipe.checkpoint(60).await.unwrap(), None);
+        let err = pipe.wait_sync().await.unwrap_err();
+        assert!(matches!(err, DiskError::Shrunk { len: 60, expected: 100, .. }), "{err:?}");
+        assert!(pipe.is_poisoned());
+    }
 }
