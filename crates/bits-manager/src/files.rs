@@ -69,6 +69,7 @@ impl Manager {
             }
             validate::remote_url(&file.remote_url)?;
             validate::local_path(&file.local_path)?;
+            validate::temp_path(&file.local_path, id)?;
             if !seen.insert(file.local_path.as_path()) {
                 return Err(duplicate_path(&file.local_path));
             }

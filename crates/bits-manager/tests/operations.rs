@@ -105,6 +105,35 @@ async fn add_file_validates_in_the_spec_order() {
     );
     assert_eq!(m.get_job(me(), id).unwrap().files.len(), 0);
 
+    // Names the kernel cannot take are refused before anything is downloaded.
+    let named = |name: &str| dir.path().join(name);
+    for bad in [named(&"n".repeat(256)), named("a\0b"), named(&format!("{}/f", "d".repeat(300)))] {
+        let err = m.add_file(me(), id, url, &bad, None).await.unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG, "{}", err.message);
+        assert!(err.message.len() < 600, "the message echoes the whole path: {}", err.message);
+    }
+    let err = m.add_file(me(), id, url, &named(&"n".repeat(300)), None).await.unwrap_err();
+    assert!(
+        err.message.contains("300 bytes") && err.message.contains("NAME_MAX"),
+        "{}",
+        err.message
+    );
+    let files = vec![
+        bits_manager::NewFile { remote_url: url.into(), local_path: named("ok"), ranges: None },
+        bits_manager::NewFile { remote_url: url.into(), local_path: named("n\0ul"), ranges: None },
+    ];
+    let err = m.add_files(me(), id, files).await.unwrap_err();
+    assert!(err.message.contains("NUL"), "{}", err.message);
+    // A path the kernel could take, whose temp file (a longer name beside it) it could not.
+    let deep = (0..40).fold(dir.path().to_path_buf(), |p, _| p.join("d".repeat(99)));
+    let room = 4095 - deep.as_os_str().len() - 1;
+    let long = deep.join("f".repeat(room));
+    assert_eq!(long.as_os_str().len(), 4095);
+    let err = m.add_file(me(), id, url, &long, None).await.unwrap_err();
+    assert_eq!(err.code, Code::E_INVALIDARG);
+    assert!(err.message.contains("temp file"), "{}", err.message);
+    assert_eq!(m.get_job(me(), id).unwrap().files.len(), 0);
+
     assert_eq!(m.add_file(me(), id, url, &dest, None).await.unwrap(), 0);
     assert_eq!(
         code(m.add_file(me(), id, url, &dest, None).await),
