@@ -27,6 +27,7 @@ use bits_disk::Identity;
 use crate::access::{AccessPolicy, run_as};
 use crate::events::EventBus;
 use crate::flusher::Flusher;
+use crate::requested::{Requested, check_pending};
 use crate::validate;
 
 /// Who is calling: the uid from the socket's peer credentials, and whether that uid is an
@@ -140,6 +141,10 @@ const DEFERRED_RETRY: Duration = Duration::from_secs(1);
 
 /// How many finished jobs are remembered so that calls on them say BG_E_INVALID_STATE.
 const MAX_TOMBSTONES: usize = 4096;
+
+/// Up to this many ranges a RequestFileRanges sorts them on the gRPC thread (well under a
+/// millisecond); more go to the blocking pool, so one large request does not stall other callers.
+const SORT_INLINE_MAX: usize = 4096;
 
 /// A cheap-to-clone handle on the manager.
 #[derive(Clone)]
@@ -869,6 +874,10 @@ impl Manager {
 
     /// RequestFileRanges: these remote ranges are fetched ahead of the rest of the file. Ranges may
     /// overlap each other and what is already filled; no byte is fetched twice.
+    ///
+    /// The ranges are sorted and merged before the table is locked (a large request is worth a
+    /// blocking-pool thread, so the gRPC thread keeps serving meanwhile); under the lock they are
+    /// only checked against the file's size and merged into its pending set in one pass.
     pub async fn request_file_ranges(
         &self,
         caller: Caller,
@@ -876,43 +885,37 @@ impl Manager {
         index: u32,
         ranges: &[ByteRange],
     ) -> Result<Code, BitsError> {
+        // Spec §3 order: lookup, state and the file's type come before the ranges themselves.
+        let size = {
+            let mut table = self.table();
+            let entry = on_demand_entry(&mut table, caller, id, index)?;
+            file_mut(&mut entry.job, index)?.remote_size
+        };
+        let requested = if ranges.len() <= SORT_INLINE_MAX {
+            Requested::parse(ranges, caller.is_admin())?
+        } else {
+            let ranges = ranges.to_vec();
+            tokio::task::spawn_blocking(move || Requested::parse(&ranges, caller.is_admin()))
+                .await
+                .map_err(|e| {
+                    BitsError::new(Code::E_FAIL, format!("sorting the ranges failed: {e}"))
+                })??
+        };
+        let mut wanted = requested.within(size)?;
         {
             let mut table = self.table();
-            let entry = lookup_mut(&mut table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
+            let entry = on_demand_entry(&mut table, caller, id, index)?;
             let file = file_mut(&mut entry.job, index)?;
-            if !file.ranges.is_empty() {
-                return Err(BitsError::new(
-                    Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
-                    format!(
-                        "file {index} was added with static ranges; on-demand ranges need a whole-file download"
-                    ),
-                ));
+            if file.remote_size != size {
+                // A probe learned (or changed) the size meanwhile: check against that one.
+                wanted = requested.within(file.remote_size)?;
             }
-            if ranges.is_empty() {
-                return Err(BitsError::new(Code::E_INVALIDARG, "at least one range is required"));
-            }
-            let mut wanted = RangeSet::new();
-            for range in ranges {
-                let span = match file.remote_size {
-                    Some(size) => range.resolve(size)?,
-                    None if range.offset == bits_core::LENGTH_TO_EOF => {
-                        return Err(BitsError::new(
-                            Code::BG_E_INVALID_RANGE,
-                            "range offset is BG_LENGTH_TO_EOF",
-                        ));
-                    }
-                    // Size not known yet: keep it open-ended; the worker clips it after the probe.
-                    None => bits_core::Span::new(
-                        range.offset,
-                        range.offset.saturating_add(range.length),
-                    ),
-                };
-                wanted.insert(span.start, span.end);
-            }
-            file.requested.insert_set(&wanted.subtract(&file.filled));
+            let pending = file.requested.union(&wanted.subtract(&file.filled));
+            check_pending(&pending, index, caller.is_admin())?;
+            file.requested = pending;
+            self.persist_file(id, index, file)?;
             entry.job.modification_time = SystemTime::now();
-            self.persist_job(&entry.job)?;
+            self.persist_job_fields(&entry.job)?;
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
             }
@@ -1147,6 +1150,27 @@ pub(crate) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsEr
             format!("file index {index} is out of range; the job has {n} files"),
         )
     })
+}
+
+/// Job `id`'s entry, once RequestFileRanges may change it: the caller owns it (or is an admin),
+/// its state allows changes, and file `index` is a whole-file download.
+fn on_demand_entry(
+    table: &mut Table,
+    caller: Caller,
+    id: JobId,
+    index: u32,
+) -> Result<&mut Entry, BitsError> {
+    let entry = lookup_mut(table, caller, id)?;
+    transition(entry.job.state, Event::Modify)?;
+    if !file_mut(&mut entry.job, index)?.ranges.is_empty() {
+        return Err(BitsError::new(
+            Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
+            format!(
+                "file {index} was added with static ranges; on-demand ranges need a whole-file download"
+            ),
+        ));
+    }
+    Ok(entry)
 }
 
 pub(crate) fn no_such_file(job: &Job, index: u32) -> BitsError {

@@ -240,6 +240,39 @@ async fn on_demand_ranges_need_a_whole_file() {
     assert!(m.get_filled_file_ranges(me(), id, 0).unwrap().is_empty());
 }
 
+/// RequestFileRanges holds non-admins to AddFileWithRanges' per-file limit (spec §8), both per
+/// request and for the pending set repeated requests build; admins are exempt. A large
+/// descending request (the order that cost a splice per range) still yields the right set.
+#[tokio::test]
+async fn on_demand_ranges_have_the_per_file_limit() {
+    let m = start(Arc::new(MemStore::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let id = new_job(&m).await;
+    m.add_file(me(), id, "http://127.0.0.1:9/f", &dir.path().join("w"), None).await.unwrap();
+    let disjoint = |from: u64, n: u64| -> Vec<ByteRange> {
+        (from..from + n).rev().map(|i| ByteRange::new(i * 10, 5)).collect()
+    };
+    let err = m.request_file_ranges(me(), id, 0, &disjoint(0, 501)).await.unwrap_err();
+    assert_eq!(err.code, Code::BG_E_TOO_MANY_RANGES_IN_FILE);
+    assert!(err.message.contains("501") && err.message.contains("500"), "{}", err.message);
+    assert_eq!(m.request_file_ranges(me(), id, 0, &disjoint(0, 500)).await.unwrap(), Code::S_OK);
+    // Ranges already pending merge with the new ones and do not count twice...
+    assert_eq!(m.request_file_ranges(me(), id, 0, &disjoint(0, 500)).await.unwrap(), Code::S_OK);
+    // ...but a 501st disjoint piece does, and is refused without changing anything.
+    let err = m.request_file_ranges(me(), id, 0, &disjoint(500, 1)).await.unwrap_err();
+    assert_eq!(err.code, Code::BG_E_TOO_MANY_RANGES_IN_FILE);
+    assert!(err.message.contains("file 0") && err.message.contains("501"), "{}", err.message);
+    let pending = &m.get_job(me(), id).unwrap().files[0].requested;
+    assert_eq!((pending.n_spans(), pending.total_len()), (500, 2500));
+
+    let admin = Caller { uid: me().uid, admin: true, pid: None };
+    let n = 200_000;
+    assert_eq!(m.request_file_ranges(admin, id, 0, &disjoint(0, n)).await.unwrap(), Code::S_OK);
+    let pending = &m.get_job(admin, id).unwrap().files[0].requested;
+    assert_eq!((pending.n_spans(), pending.total_len()), (n as usize, 5 * n));
+    assert!(pending.iter().enumerate().all(|(i, s)| s.start == 10 * i as u64 && s.len() == 5));
+}
+
 #[tokio::test]
 async fn a_restarted_manager_shows_every_job_as_before() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
