@@ -114,6 +114,11 @@ impl Manager {
         if let Some(dup) = resolved.iter().find(|dest| !seen.insert(dest.as_path())) {
             return Err(duplicate_path(dup));
         }
+        // A link may lead somewhere longer: the path the job keeps must fit the limits too.
+        for dest in &resolved {
+            validate::local_path(dest)?;
+            validate::temp_path(dest, id)?;
+        }
         let files: Vec<NewFile> = files
             .into_iter()
             .zip(resolved)

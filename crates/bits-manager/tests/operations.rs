@@ -132,6 +132,17 @@ async fn add_file_validates_in_the_spec_order() {
     let err = m.add_file(me(), id, url, &long, None).await.unwrap_err();
     assert_eq!(err.code, Code::E_INVALIDARG);
     assert!(err.message.contains("temp file"), "{}", err.message);
+    // A short path whose link leads to a directory so deep that the temp file would not fit.
+    let mut deep = dir.path().join("deep");
+    while deep.as_os_str().len() < 4050 - 101 {
+        deep.push("d".repeat(100));
+    }
+    deep.push("e".repeat(4050 - deep.as_os_str().len() - 1));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink(&deep, dir.path().join("link")).unwrap();
+    let err = m.add_file(me(), id, url, &dir.path().join("link/f"), None).await.unwrap_err();
+    assert_eq!(err.code, Code::E_INVALIDARG);
+    assert!(err.message.contains("temp file"), "{}", err.message);
     assert_eq!(m.get_job(me(), id).unwrap().files.len(), 0);
 
     assert_eq!(m.add_file(me(), id, url, &dest, None).await.unwrap(), 0);
