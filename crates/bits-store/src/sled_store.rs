@@ -342,16 +342,38 @@ fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<(), StoreError
     }
     copy_dir(path, &copy.join("db"))
         .map_err(|e| StoreError::io("copy the store for verification", e))?;
+    let mut lost = None;
     let checked = (|| {
         // No background flusher: nothing may write to the copy after it is dropped.
         let db = open_db(&copy.join("db"), wait, false)?;
         check_schema(&db, dir, path)?;
         let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
         crate::guard::check(dir, path, stored)?;
-        crate::mark::check(dir, path, newest_seq(&db)?).map(drop)
+        crate::mark::check(dir, path, newest_seq(&db)?).map(drop).inspect_err(|_| {
+            // A record that does not decode lost its number too: name it, the sharper cause.
+            if let Err(corrupt) = decode_all(&db) {
+                lost = Some(corrupt);
+            }
+        })
     })();
     let _ = std::fs::remove_dir_all(&copy);
-    checked
+    match lost {
+        Some(corrupt) => Err(corrupt),
+        None => checked,
+    }
+}
+
+/// Decodes every job and file record, for the first that does not decode.
+fn decode_all(db: &sled::Db) -> Result<(), StoreError> {
+    for item in db.iter() {
+        let (key, value) = item.map_err(|e| StoreError::io("read the job store", e))?;
+        match parse_key(&key) {
+            Key::Job(_) => drop(decode::<JobRecord>(&key, &value)?),
+            Key::File(..) => drop(decode::<JobFile>(&key, &value)?),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Where [`verify_copy`] puts its copy, inside the data directory.
