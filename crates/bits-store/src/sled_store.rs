@@ -288,6 +288,12 @@ impl SledStore {
         })
     }
 
+    /// Makes the store behave as after a failed engine call.
+    #[cfg(test)]
+    pub(crate) fn break_engine(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
     /// Runs `f` on the database (for tests that damage it on purpose).
     #[cfg(test)]
     pub(crate) fn with_db<T>(&self, f: impl FnOnce(&sled::Db) -> T) -> T {

@@ -528,3 +528,33 @@ fn deletes_keep_the_mark_reachable_and_a_missing_database_is_refused() {
     assert!(matches!(err, StoreError::Missing { jobs: 0, acknowledged: 4, .. }), "{err:?}");
     assert!(!dir.join("db").exists(), "the refused start created a database");
 }
+
+/// After an engine error the next call reopens the database and goes on. A write made before
+/// the failure that no flush has reported on may be gone with the old engine, so the next flush
+/// says so instead of succeeding; the one after is fine, and the store reopens clean.
+#[test]
+fn a_failed_engine_is_reopened_and_the_flush_after_reports_unflushed_writes() {
+    let (_tmp, dir) = store_dir();
+    let (a, b) = (three_file_job(1), three_file_job(2));
+    {
+        let store = SledStore::open(&dir).unwrap();
+        store.put_job(&a).unwrap();
+        store.flush().unwrap();
+        store.put_job(&b).unwrap(); // not flushed when the engine fails
+        store.break_engine();
+        let mut changed = a.files[1].clone();
+        changed.filled.insert(0, 1000);
+        store.put_file(a.id, 1, &changed).unwrap();
+        let err = store.flush().unwrap_err();
+        assert!(matches!(err, StoreError::Discarded { .. }), "{err:?}");
+        store.flush().unwrap();
+        assert_eq!(store.load_all().unwrap()[0].files[1], changed);
+
+        // A failure right after a flush loses nothing unreported: the next flush succeeds.
+        store.break_engine();
+        store.put_job(&b).unwrap();
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(&dir).unwrap();
+    assert_eq!(store.load_all().unwrap().len(), 2);
+}
