@@ -102,16 +102,16 @@ impl SledStore {
             .create(dir)
             .map_err(|cause| StoreError::Open { path: dir.to_path_buf(), cause })?;
         let path = dir.join("db");
-        if path.exists() {
-            verify_copy(dir, &path, wait)?;
+        // What the verified copy holds is what the database holds: nothing wrote to it since.
+        let Survey { jobs: stored, newest: found } = if path.exists() {
+            verify_copy(dir, &path, wait)?
         } else {
             refuse_if_missing(dir, &path)?;
-        }
+            Survey::default()
+        };
         let engine = Engine::open(&path, wait)?;
         check_schema(&engine.db, dir, &path)?;
-        let stored = engine.db.scan_prefix(JOB_PREFIX).keys().count() as u64;
         let guard = JobCountGuard::open(dir, &path, stored)?;
-        let found = newest_seq(&engine.db)?;
         let mark = AckMark::open(dir, crate::mark::check(dir, &path, found)?)?;
         tracing::debug!(path = %path.display(), jobs = stored, seq = found, "job store opened");
         Ok(SledStore {
@@ -187,7 +187,7 @@ impl SledStore {
         // The old database must let go of its lock before it can be opened again.
         drop(engine.take());
         let opened = Engine::open(&self.path, LOCK_WAIT).and_then(|fresh| {
-            let found = newest_seq(&fresh.db)?;
+            let found = Survey::of(&fresh.db)?.newest;
             let acknowledged = self.mark.recorded();
             if found < acknowledged {
                 return Err(StoreError::LostChanges {
@@ -302,14 +302,27 @@ impl SledStore {
     }
 }
 
-/// The highest sequence number in the database (0 for a store from before them).
-fn newest_seq(db: &sled::Db) -> Result<u64, StoreError> {
-    let mut newest = 0;
-    for item in db.iter() {
-        let (key, value) = item.map_err(|e| StoreError::io("read the job store", e))?;
-        newest = newest.max(seq_of(&key, &value));
+/// What the guards check a database against, from one pass over it.
+#[derive(Debug, Default)]
+struct Survey {
+    /// Job records.
+    jobs: u64,
+    /// The highest sequence number (0 for a store from before them).
+    newest: u64,
+}
+
+impl Survey {
+    fn of(db: &sled::Db) -> Result<Survey, StoreError> {
+        let mut survey = Survey::default();
+        for item in db.iter() {
+            let (key, value) = item.map_err(|e| StoreError::io("read the job store", e))?;
+            if key.starts_with(JOB_PREFIX) {
+                survey.jobs += 1;
+            }
+            survey.newest = survey.newest.max(seq_of(&key, &value));
+        }
+        Ok(survey)
     }
-    Ok(newest)
 }
 
 /// A store whose database directory is gone is new only if the guards beside it say it never
@@ -340,7 +353,7 @@ fn file_writes(job: &Job, from: u32) -> Result<Vec<Write>, StoreError> {
 /// sled repairs a damaged log while it opens it, so a store is first opened as a copy: if the
 /// copy fails the checks (schema, job count, acknowledged changes), the real files are refused exactly as they were
 /// found. The copy is small (the job queue) and lives next to the store until the next start.
-fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<(), StoreError> {
+fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<Survey, StoreError> {
     let copy = dir.join(VERIFY_DIR);
     if copy.exists() {
         std::fs::remove_dir_all(&copy)
@@ -353,14 +366,15 @@ fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<(), StoreError
         // No background flusher: nothing may write to the copy after it is dropped.
         let db = open_db(&copy.join("db"), wait, false)?;
         check_schema(&db, dir, path)?;
-        let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
-        crate::guard::check(dir, path, stored)?;
-        crate::mark::check(dir, path, newest_seq(&db)?).map(drop).inspect_err(|_| {
+        let survey = Survey::of(&db)?;
+        crate::guard::check(dir, path, survey.jobs)?;
+        crate::mark::check(dir, path, survey.newest).inspect_err(|_| {
             // A record that does not decode lost its number too: name it, the sharper cause.
             if let Err(corrupt) = decode_all(&db) {
                 lost = Some(corrupt);
             }
-        })
+        })?;
+        Ok(survey)
     })();
     let _ = std::fs::remove_dir_all(&copy);
     match lost {
