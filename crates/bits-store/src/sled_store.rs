@@ -351,8 +351,9 @@ fn file_writes(job: &Job, from: u32) -> Result<Vec<Write>, StoreError> {
 }
 
 /// sled repairs a damaged log while it opens it, so a store is first opened as a copy: if the
-/// copy fails the checks (schema, job count, acknowledged changes), the real files are refused exactly as they were
-/// found. The copy is small (the job queue) and lives next to the store until the next start.
+/// copy fails the checks (schema, job count, acknowledged changes), the real files are refused
+/// exactly as they were found. The copy is small (the job queue) and lives next to the store
+/// until the next start. What the copy holds is returned for the real open to start from.
 fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<Survey, StoreError> {
     let copy = dir.join(VERIFY_DIR);
     if copy.exists() {

@@ -558,3 +558,21 @@ fn a_failed_engine_is_reopened_and_the_flush_after_reports_unflushed_writes() {
     let store = SledStore::open(&dir).unwrap();
     assert_eq!(store.load_all().unwrap().len(), 2);
 }
+
+/// CreateJob answers before its flush: a crash in that window may lose the new job, and that
+/// must not make the store look damaged (the mark covers only what flushes made durable).
+#[test]
+fn an_unflushed_write_lost_in_a_crash_is_not_damage() {
+    let (_tmp, dir) = store_dir();
+    let store = SledStore::open(&dir).unwrap();
+    let (a, b) = (three_file_job(1), three_file_job(2));
+    store.put_job(&a).unwrap();
+    store.flush().unwrap();
+    store.put_job(&b).unwrap(); // acknowledged, not flushed
+    let copy = dir.with_extension("crashed");
+    crate::sled_store::copy_dir(&dir, &copy).unwrap();
+    drop(store);
+    let store = SledStore::open(&copy).unwrap();
+    let loaded = store.load_all().unwrap();
+    assert!(loaded.len() <= 2 && loaded[0] == a, "{loaded:?}");
+}
