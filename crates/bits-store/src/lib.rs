@@ -45,9 +45,20 @@ pub trait Store: Send + Sync + 'static {
     /// count, which loading ignores: the job is as it was, as if nothing had been added.
     /// [`StoreError::NotFound`] if the job is not stored; nothing is written then.
     fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError>;
+    /// The first half of [`Store::add_files`] on its own, for an AddFile of many files: the
+    /// records of `files`, the job's files from index `from` on, written before they are part of
+    /// the job. The caller then writes the job's fields with [`Store::put_job_fields`], whose new
+    /// file count makes them the job's; until then loading ignores them, as after a crash between
+    /// the two. This lets the caller encode and write thousands of records without holding its
+    /// own lock; it must keep every other write of the job's files and every [`Store::put_job`]
+    /// of it (which drops records beyond the stored count) away meanwhile.
+    /// [`StoreError::NotFound`] if the job is not stored.
+    fn put_new_files(&self, job: JobId, from: u32, files: &[JobFile]) -> Result<(), StoreError>;
     /// Replace only a job's own fields (state, times, error, settings), not its files: the hot
     /// path for state changes of jobs with many files. The job's files must be the ones stored
-    /// (same count); a job that is not stored yet is written whole.
+    /// (same count, or more whose records [`Store::put_new_files`] wrote); a smaller count takes
+    /// files added last back (their records no longer count). A job that is not stored yet is
+    /// written whole.
     fn put_job_fields(&self, job: &Job) -> Result<(), StoreError>;
 
     /// Replace one file's record (the hot path: filled ranges after each sync, size/validator

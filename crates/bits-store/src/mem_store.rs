@@ -51,11 +51,24 @@ impl Store for MemStore {
         Ok(())
     }
 
+    fn put_new_files(&self, job: JobId, from: u32, _files: &[JobFile]) -> Result<(), StoreError> {
+        // Nothing to keep: the records join the job with its next fields (see below), which
+        // carry them, as on disk the new count makes the written records the job's.
+        match self.jobs().contains_key(&job) {
+            true => Ok(()),
+            false => Err(StoreError::NotFound { job, index: from }),
+        }
+    }
+
     fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
         let mut jobs = self.jobs();
         let files = jobs.get(&job.id).map(|stored| stored.files.clone());
         let mut updated = job.clone();
-        if let Some(files) = files {
+        if let Some(mut files) = files {
+            // The count decides, as on disk: files added by `put_new_files` become the job's
+            // with a larger one, and records beyond a smaller one no longer count.
+            files.truncate(job.files.len());
+            files.extend(job.files.iter().skip(files.len()).cloned());
             updated.files = files;
         }
         jobs.insert(job.id, updated);

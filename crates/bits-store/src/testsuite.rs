@@ -187,6 +187,20 @@ pub(crate) fn store_suite(make: impl Fn() -> Box<dyn Store>) {
     ));
     assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
 
+    // put_new_files writes records the job does not count yet: invisible until its fields
+    // carry the new count, then part of the job. More than one store write's worth.
+    let many: Vec<JobFile> = (0..1100).map(|n| file(n, vec![])).collect();
+    let from = b2.files.len() as u32;
+    store.put_new_files(b2.id, from, &many).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
+    b2.files.extend(many.iter().cloned());
+    store.put_job_fields(&b2).unwrap();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
+    assert!(matches!(
+        store.put_new_files(unknown, 0, &many[..1]),
+        Err(StoreError::NotFound { job, index: 0 }) if job == unknown
+    ));
+
     // Delete removes one job and its files; deleting again (or an unknown job) is fine.
     store.delete_job(grown.id).unwrap();
     assert_eq!(store.load_all().unwrap(), vec![b2.clone()]);
@@ -220,6 +234,9 @@ impl Store for TempSled {
     }
     fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
         self.store.add_files(job, from)
+    }
+    fn put_new_files(&self, job: JobId, from: u32, files: &[JobFile]) -> Result<(), StoreError> {
+        self.store.put_new_files(job, from, files)
     }
     fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
         self.store.put_job_fields(job)
