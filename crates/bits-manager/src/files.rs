@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use bits_core::job::{MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE};
 use bits_core::{
@@ -12,7 +13,10 @@ use bits_core::{
 };
 
 use crate::access::run_as;
-use crate::manager::{Caller, Manager, disk_error, lookup_mut, lookup_mut_check, store_error};
+use crate::manager::{
+    Caller, Entry, Manager, Table, disk_error, lookup_mut, lookup_mut_check, run_blocking,
+    store_error,
+};
 use crate::validate;
 
 /// One file to add.
@@ -126,41 +130,41 @@ impl Manager {
             .collect();
         let mode = caller.file_mode();
 
-        let indexes = {
+        // One add at a time per job (see `Entry::adding`).
+        let adding = lookup_mut_check(&self.table(), caller, id)?.adding.clone();
+        let _adding = adding.lock_owned().await;
+        let ranges: usize = files.iter().map(|f| f.ranges.as_ref().map_or(0, Vec::len)).sum();
+        let large = files.len() > LARGE_ADD_FILES || ranges > LARGE_ADD_RANGES;
+        let (first, modified, count) = if large {
+            // Encoding and writing thousands of records takes the store long: done before the
+            // new files join the table, with only their count written under its lock.
+            let first = self.check_new_files(caller, id, owner_uid, &files)?;
+            let records = new_records(files, id, first, mode);
+            let store = self.inner.store.clone();
+            let records = run_blocking(move || {
+                store.put_new_files(id, first, &records).map_err(store_error)?;
+                Ok(records)
+            })
+            .await?;
             let mut table = self.table();
-            let entry = lookup_mut(&mut table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
-            if entry.job.owner_uid != owner_uid {
-                return Err(BitsError::new(
-                    Code::E_ACCESSDENIED,
-                    format!("job {id} changed owner while its files were being checked"),
-                ));
+            let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
+            let count = records.len();
+            entry.job.files.extend(records);
+            let modified =
+                std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
+            if let Err(e) = self.persist_job_fields(&entry.job) {
+                entry.job.files.truncate(first as usize);
+                entry.job.modification_time = modified;
+                return Err(e);
             }
-            let existing: HashSet<&Path> =
-                entry.job.files.iter().map(|f| f.local_path.as_path()).collect();
-            if let Some(file) = files.iter().find(|f| existing.contains(f.local_path.as_path())) {
-                return Err(duplicate_path(&file.local_path));
-            }
-            let first = entry.job.files.len() as u32;
-            let mut indexes = Vec::with_capacity(files.len());
-            for file in files {
-                let index = entry.job.files.len() as u32;
-                entry.job.files.push(JobFile {
-                    temp_path: bits_disk::temp_path_for(&file.local_path, &id.to_string(), index),
-                    remote_url: file.remote_url,
-                    local_path: file.local_path,
-                    ranges: file.ranges.unwrap_or_default(),
-                    remote_size: None,
-                    validator: Validator::default(),
-                    filled: RangeSet::new(),
-                    requested: RangeSet::new(),
-                    completed: false,
-                    download_position: None,
-                    temp_id: None,
-                    mode: Some(mode),
-                });
-                indexes.push(index);
-            }
+            entry.events.modified(entry);
+            (first, modified, count)
+        } else {
+            let mut table = self.table();
+            let first = self.check_new_files_in(&table, caller, id, owner_uid, &files)?;
+            let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
+            let count = files.len();
+            entry.job.files.extend(new_records(files, id, first, mode));
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.inner.store.add_files(&entry.job, first) {
@@ -170,14 +174,95 @@ impl Manager {
                 return Err(store_error(e));
             }
             entry.events.modified(entry);
-            if let Some(run) = &entry.run {
-                run.repick.notify_one();
-            }
-            indexes
+            (first, modified, count)
         };
-        self.flush().await?;
+        if let Err(e) = self.flush().await {
+            self.take_back_files(id, first, count, modified);
+            return Err(e);
+        }
+        if let Some(run) = self.table().jobs.get(&id).and_then(|e| e.run.as_ref()) {
+            run.repick.notify_one();
+        }
+        let indexes: Vec<u32> = (first..first + count as u32).collect();
         tracing::info!(job = %id, files = ?indexes, "files added");
         Ok(indexes)
+    }
+
+    /// The checks AddFile makes under the table lock before it takes indexes: the job may be
+    /// changed, still has the owner whose rights were checked, and has none of the new paths.
+    /// Returns the first new index.
+    fn check_new_files(
+        &self,
+        caller: Caller,
+        id: JobId,
+        owner_uid: u32,
+        files: &[NewFile],
+    ) -> Result<u32, BitsError> {
+        let table = self.table();
+        self.check_new_files_in(&table, caller, id, owner_uid, files)
+    }
+
+    fn check_new_files_in(
+        &self,
+        table: &Table,
+        caller: Caller,
+        id: JobId,
+        owner_uid: u32,
+        files: &[NewFile],
+    ) -> Result<u32, BitsError> {
+        let entry = lookup_mut_check(table, caller, id)?;
+        transition(entry.job.state, Event::Modify)?;
+        if entry.job.owner_uid != owner_uid {
+            return Err(BitsError::new(
+                Code::E_ACCESSDENIED,
+                format!("job {id} changed owner while its files were being checked"),
+            ));
+        }
+        // One pass over the job's files against a set of the new ones (which may be thousands).
+        let new: HashSet<&Path> = files.iter().map(|f| f.local_path.as_path()).collect();
+        if let Some(file) = entry.job.files.iter().find(|f| new.contains(f.local_path.as_path())) {
+            return Err(duplicate_path(&file.local_path));
+        }
+        Ok(entry.job.files.len() as u32)
+    }
+
+    /// The job, under the table lock, as AddFile found it: still changeable, same owner, and
+    /// no file added since (AddFiles of a job take `Entry::adding`, so none can be).
+    fn still_adding<'t>(
+        &self,
+        table: &'t mut Table,
+        caller: Caller,
+        id: JobId,
+        owner_uid: u32,
+        first: u32,
+    ) -> Result<&'t mut Entry, BitsError> {
+        let entry = lookup_mut(table, caller, id)?;
+        transition(entry.job.state, Event::Modify)?;
+        if entry.job.owner_uid != owner_uid || entry.job.files.len() != first as usize {
+            return Err(BitsError::new(
+                Code::E_ACCESSDENIED,
+                format!("job {id} changed while its files were being added"),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// Undoes an add whose flush failed: the files leave the table again (the store's record
+    /// goes back to the old count, so the records written for them no longer count). Best
+    /// effort in the store, which failed a moment ago; if it stays failed, its next open has
+    /// the old count anyway.
+    fn take_back_files(&self, id: JobId, first: u32, count: usize, modified: SystemTime) {
+        let mut table = self.table();
+        let Some(entry) = table.jobs.get_mut(&id) else { return };
+        if entry.job.files.len() != first as usize + count {
+            return;
+        }
+        entry.job.files.truncate(first as usize);
+        entry.job.modification_time = modified;
+        if let Err(e) = self.persist_job_fields(&entry.job) {
+            tracing::warn!(job = %id, error = %e, "storing a job whose added files were taken back failed");
+        }
+        entry.events.modified(entry);
     }
 
     /// SetRemoteName: the new URL is used from the file's next attempt on (after Suspend and
@@ -265,6 +350,33 @@ impl Manager {
         })
         .await
     }
+}
+
+/// An AddFile above this many files, or ranges, writes its records before the table lock
+/// (see `Manager::add_files`): encoding them under it would keep every caller waiting.
+const LARGE_ADD_FILES: usize = 256;
+const LARGE_ADD_RANGES: usize = 4096;
+
+/// The records of new files, the first at index `first`.
+fn new_records(files: Vec<NewFile>, id: JobId, first: u32, mode: u32) -> Vec<JobFile> {
+    let job = id.to_string();
+    (first..)
+        .zip(files)
+        .map(|(index, file)| JobFile {
+            temp_path: bits_disk::temp_path_for(&file.local_path, &job, index),
+            remote_url: file.remote_url,
+            local_path: file.local_path,
+            ranges: file.ranges.unwrap_or_default(),
+            remote_size: None,
+            validator: Validator::default(),
+            filled: RangeSet::new(),
+            requested: RangeSet::new(),
+            completed: false,
+            download_position: None,
+            temp_id: None,
+            mode: Some(mode),
+        })
+        .collect()
 }
 
 fn duplicate_path(path: &Path) -> BitsError {

@@ -218,6 +218,9 @@ pub(crate) struct Entry {
     /// Where this job's notifications go: a handle on the manager's bus, so that
     /// [`set_state`] can announce every state change.
     pub(crate) events: EventBus,
+    /// Held by an AddFile from its first look at the job to its store write: a large one writes
+    /// its file records outside the table lock, and no other add may take the same indexes.
+    pub(crate) adding: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Entry {
@@ -320,6 +323,7 @@ impl Manager {
                     events: events.clone(),
                     active_time: Duration::ZERO,
                     unflushed: HashMap::new(),
+                    adding: Arc::default(),
                 },
             );
         }
@@ -597,6 +601,7 @@ impl Manager {
                     events: self.events().clone(),
                     active_time: Duration::ZERO,
                     unflushed: HashMap::new(),
+                    adding: Arc::default(),
                 },
             );
         }
@@ -630,7 +635,7 @@ impl Manager {
     }
 
     pub async fn resume(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
-        {
+        let undo = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             let event = Event::Resume {
@@ -639,6 +644,7 @@ impl Manager {
             };
             let next = transition(entry.job.state, event)?;
             if next != entry.job.state {
+                let saved = SavedState::of(entry);
                 if next == JobState::Transferred && entry.job.transfer_completion_time.is_none() {
                     entry.job.transfer_completion_time = Some(SystemTime::now());
                 }
@@ -648,16 +654,22 @@ impl Manager {
                 // budget restart with it.
                 entry.stalled_since = None;
                 entry.active_time = Duration::ZERO;
-                self.persist_job_fields(&entry.job)?;
+                if let Err(e) = self.persist_job_fields(&entry.job) {
+                    saved.restore(entry);
+                    return Err(e);
+                }
+                Some((saved, next))
+            } else {
+                None
             }
-        }
-        self.flush().await?;
+        };
+        self.flush_or_take_back(id, undo).await?;
         self.inner.wake.notify_one();
         Ok(Code::S_OK)
     }
 
     pub async fn suspend(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
-        {
+        let undo = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             let next = transition(entry.job.state, Event::Suspend)?;
@@ -666,14 +678,44 @@ impl Manager {
                 run.stop.cancel();
             }
             if next != entry.job.state {
+                let saved = SavedState::of(entry);
                 set_state(entry, next);
                 entry.retry_at = None;
-                self.persist_job_fields(&entry.job)?;
+                if let Err(e) = self.persist_job_fields(&entry.job) {
+                    saved.restore(entry);
+                    return Err(e);
+                }
+                Some((saved, next))
+            } else {
+                None
             }
-        }
-        self.flush().await?;
+        };
+        self.flush_or_take_back(id, undo).await?;
         self.inner.wake.notify_one();
         Ok(Code::S_OK)
+    }
+
+    /// Flushes a state change, or takes it back when the flush fails: what a client was told
+    /// failed must not show (and a restart would bring the stored state back anyway). The
+    /// change is left alone if the job moved on meanwhile.
+    async fn flush_or_take_back(
+        &self,
+        id: JobId,
+        undo: Option<(SavedState, JobState)>,
+    ) -> Result<(), BitsError> {
+        let Err(e) = self.flush().await else { return Ok(()) };
+        if let Some((saved, after)) = undo {
+            let mut table = self.table();
+            if let Some(entry) = table.jobs.get_mut(&id)
+                && entry.job.state == after
+            {
+                saved.restore(entry);
+                if let Err(e) = self.persist_job_fields(&entry.job) {
+                    tracing::warn!(job = %id, error = %e, "storing a state taken back failed");
+                }
+            }
+        }
+        Err(e)
     }
 
     /// Cancel: stops the transfer, deletes every temp file, and retires the job.
@@ -973,7 +1015,7 @@ impl Manager {
                 } else if entry.job.state.is_active() {
                     set_state(entry, JobState::Suspended);
                 }
-                if let Err(e) = self.persist_job(&entry.job) {
+                if let Err(e) = self.persist_job_fields(&entry.job) {
                     tracing::error!(job = %id, error = %e, "cannot persist job");
                 }
             }
@@ -1049,6 +1091,46 @@ impl Manager {
         }
         self.inner.wake.notify_one();
         Ok(())
+    }
+}
+
+/// What Resume and Suspend change besides the state, kept to undo a change the store refused.
+pub(crate) struct SavedState {
+    state: JobState,
+    retry_at: Option<Instant>,
+    stalled_since: Option<Instant>,
+    active_time: Duration,
+    transfer_completion_time: Option<SystemTime>,
+}
+
+impl SavedState {
+    fn of(entry: &Entry) -> SavedState {
+        SavedState {
+            state: entry.job.state,
+            retry_at: entry.retry_at,
+            stalled_since: entry.stalled_since,
+            active_time: entry.active_time,
+            transfer_completion_time: entry.job.transfer_completion_time,
+        }
+    }
+
+    /// Puts the job back as it was. A job that was transferring goes back to QUEUED: its worker
+    /// was stopped, and the scheduler starts a new one. A job put back where no worker may run
+    /// has its worker (if the scheduler started one meanwhile) stopped.
+    fn restore(self, entry: &mut Entry) {
+        let state = if self.state.is_active() { JobState::Queued } else { self.state };
+        if !state.is_active()
+            && let Some(run) = &entry.run
+        {
+            run.stop.cancel();
+        }
+        if entry.job.state != state {
+            set_state(entry, state);
+        }
+        entry.retry_at = self.retry_at;
+        entry.stalled_since = self.stalled_since;
+        entry.active_time = self.active_time;
+        entry.job.transfer_completion_time = self.transfer_completion_time;
     }
 }
 
@@ -1299,6 +1381,85 @@ mod tests {
         let added =
             m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
         assert_eq!(added, 0);
+    }
+
+    /// An add whose flush fails answers with the error and leaves the job as it was, in the
+    /// table and in the store: one file (written under the table lock) and a set large enough
+    /// to be written before it. Once the store works again the same adds succeed.
+    #[tokio::test]
+    async fn an_add_whose_flush_fails_is_taken_back() {
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let store = Arc::new(Watched::default());
+        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let id = job_with_files(&m, Path::new("/unused"), 0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let before = m.get_job(caller(), id).unwrap();
+        // Past the 200-file limit: an administrator's set.
+        let admin = Caller { admin: true, ..caller() };
+        let many = |n: usize| -> Vec<crate::NewFile> {
+            (0..n)
+                .map(|i| crate::NewFile {
+                    remote_url: format!("http://h/m{i}"),
+                    local_path: dir.path().join(format!("m{i}")),
+                    ranges: None,
+                })
+                .collect()
+        };
+        store.fail.store(true, SeqCst);
+        let error = m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await;
+        assert!(error.unwrap_err().message.contains("disk on fire"));
+        assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed add is visible");
+        let error = m.add_files(admin, id, many(300)).await.unwrap_err();
+        assert!(error.message.contains("disk on fire"), "{error:?}");
+        assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed set is visible");
+        assert!(store.load_all().unwrap()[0].files.is_empty(), "the store kept an added file");
+
+        store.fail.store(false, SeqCst);
+        assert_eq!(m.add_files(admin, id, many(300)).await.unwrap(), (0..300).collect::<Vec<_>>());
+        let added = m.add_file(admin, id, "http://h/f", &dir.path().join("f"), None).await;
+        assert_eq!(added.unwrap(), 300);
+        let stored = &store.load_all().unwrap()[0];
+        assert_eq!(stored.files.len(), 301);
+        assert_eq!(stored.files, m.get_job(caller(), id).unwrap().files);
+        // A path already in the job is refused in a large set too, and adds nothing.
+        let mut again = many(299);
+        again.push(crate::NewFile {
+            remote_url: "http://h/x".into(),
+            local_path: dir.path().join("m7"),
+            ranges: None,
+        });
+        assert_eq!(m.add_files(admin, id, again).await.unwrap_err().code, Code::E_INVALIDARG);
+    }
+
+    /// Resume and Suspend whose flush fails answer with the error and leave the state as it
+    /// was (a restart would bring the stored state back anyway).
+    #[tokio::test]
+    async fn resume_and_suspend_whose_flush_fails_are_taken_back() {
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let store = Arc::new(Watched::default());
+        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&m, dir.path(), 1).await;
+        store.fail.store(true, SeqCst);
+        let error = m.resume(caller(), id).await.unwrap_err();
+        assert!(error.message.contains("disk on fire"), "{error:?}");
+        assert_eq!(m.get_job(caller(), id).unwrap().state, JobState::Suspended);
+        assert_eq!(store.load_all().unwrap()[0].state, JobState::Suspended);
+
+        store.fail.store(false, SeqCst);
+        m.resume(caller(), id).await.unwrap();
+        let resumed = m.get_job(caller(), id).unwrap().state;
+        assert_ne!(resumed, JobState::Suspended);
+        store.fail.store(true, SeqCst);
+        m.suspend(caller(), id).await.unwrap_err();
+        let state = m.get_job(caller(), id).unwrap().state;
+        assert_ne!(state, JobState::Suspended, "the failed Suspend shows");
+        assert_ne!(store.load_all().unwrap()[0].state, JobState::Suspended);
+        store.fail.store(false, SeqCst);
+        m.suspend(caller(), id).await.unwrap();
+        assert_eq!(m.get_job(caller(), id).unwrap().state, JobState::Suspended);
     }
 
     /// Spans recorded in the table but not yet flushed are invisible to every read a client can

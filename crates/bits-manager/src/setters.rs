@@ -41,7 +41,9 @@ impl Manager {
             let before = Settings::of(&entry.job);
             let changed = change(&mut entry.job).and_then(|()| {
                 entry.job.modification_time = SystemTime::now();
-                self.persist_job(&entry.job)
+                // The fields only: a setter changes no file, and a whole-job write would rewrite
+                // every file record (and drop those an AddFile wrote ahead of its count).
+                self.persist_job_fields(&entry.job)
             });
             if let Err(e) = changed {
                 before.restore(&mut entry.job);

@@ -78,6 +78,15 @@ impl Store for Watched {
         }
         self.inner.add_files(job, from)
     }
+    fn put_new_files(&self, job: JobId, from: u32, files: &[JobFile]) -> Result<(), StoreError> {
+        if self.fail_adds.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Io {
+                op: "add files to a job",
+                cause: std::io::Error::other("disk full"),
+            });
+        }
+        self.inner.put_new_files(job, from, files)
+    }
     fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
         self.inner.delete_job(job)
     }
