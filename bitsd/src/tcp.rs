@@ -21,6 +21,7 @@ use tonic::{Request, Status};
 
 use crate::awake::KeepAwake;
 use crate::grpc::{BitsService, TcpCaller};
+use crate::throttle::Throttle;
 
 /// Everything the gRPC thread needs to serve TCP: the bound listener, the service and the check.
 pub struct TcpServing {
@@ -71,11 +72,13 @@ pub async fn serve(tcp: TcpServing, shutdown: impl Future<Output = ()>) -> anyho
 pub struct BearerCheck {
     expected: Arc<Token>,
     uid: u32,
+    /// A loop of bad requests must not write a WARN line each (one wrote 9,007).
+    refusals: Arc<Throttle>,
 }
 
 impl BearerCheck {
     pub fn new(token: &Token, uid: u32) -> BearerCheck {
-        BearerCheck { expected: Arc::new(token.clone()), uid }
+        BearerCheck { expected: Arc::new(token.clone()), uid, refusals: Arc::default() }
     }
 }
 
@@ -89,7 +92,15 @@ impl Interceptor for BearerCheck {
             Some(Ok(_)) => None,
         };
         if let Some(why) = refusal {
-            tracing::warn!(peer = ?request.remote_addr(), reason = why, "TCP request refused");
+            if let Some(left_out) = self.refusals.allow() {
+                tracing::warn!(
+                    peer = ?request.remote_addr(),
+                    reason = why,
+                    left_out,
+                    "TCP request refused (at most one line per {:?}; left_out: refusals since the last)",
+                    crate::throttle::PERIOD
+                );
+            }
             return Err(unauthenticated(why));
         }
         request.extensions_mut().insert(TcpCaller { uid: self.uid });
