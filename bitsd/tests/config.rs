@@ -370,6 +370,26 @@ async fn tcp_serves_callers_with_the_token_as_the_configured_uid() {
     std::net::TcpListener::bind(addr).expect("the daemon released its TCP port");
 }
 
+/// A 3 MB job id is refused as E_INVALIDARG naming its start (issue 13: the error echoed all of
+/// it, and the client saw "metadata size exceeds hard limit" instead of the BITS error).
+#[tokio::test]
+async fn a_huge_job_id_is_e_invalidarg_naming_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "e2e-token-3mb";
+    let (_daemon, addr, _) = tcp_daemon(dir.path(), token).await;
+    let mut client =
+        bits_proto::v1::bits_client::BitsClient::connect(format!("http://{addr}")).await.unwrap();
+    let huge = "j".repeat(3 << 20);
+    let mut request = tonic::Request::new(bits_proto::v1::JobRef { job_id: huge });
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let status = client.get_job(request).await.unwrap_err();
+    let err = bits_proto::status::from_status(&status);
+    assert_eq!(err.code, Code::E_INVALIDARG, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(err.message.contains(&format!("job id '{}…", "j".repeat(64))), "{}", err.message);
+    assert!(err.message.len() < 200, "{} bytes echoed", err.message.len());
+}
+
 /// A loop of refused TCP requests logs one WARN line, not one per request (one loop wrote
 /// 9,007); the lines after it, one per 10 s at most, say how many they left out.
 #[tokio::test]
