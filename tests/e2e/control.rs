@@ -214,3 +214,54 @@ async fn watch_streams_over_the_cap_are_refused_naming_it() {
     })
     .await;
 }
+
+/// The daemon's resident memory, from /proc/PID/status.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Not a check but a measurement (run with `--ignored --nocapture`): the daemon's RSS after
+/// 20,000 WatchJob attempts by root over 100 connections (issue 13: +203 MB when every one was
+/// served). Root is an administrator, so only the total cap (`max_watches`) holds it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints the RSS numbers"]
+async fn rss_after_20000_watch_attempts() {
+    let daemon = TestDaemon::start().await;
+    let pid = daemon.pid();
+    let setup = daemon.client().await;
+    let job = setup.create_job("watched", Priority::Normal).await.unwrap();
+    let before = rss_kib(pid);
+    for round in 1..=3 {
+        let started = Instant::now();
+        // 200 calls at once on each of 100 connections (h2 lets 200 streams run at once).
+        let mut attempts = tokio::task::JoinSet::new();
+        let mut clients = Vec::new();
+        for _ in 0..100 {
+            let client = daemon.client().await;
+            for _ in 0..200 {
+                let client = client.clone();
+                attempts.spawn(async move { client.watch_job(job, None).await });
+            }
+            clients.push(client);
+        }
+        let mut held = Vec::new();
+        while let Some(attempt) = attempts.join_next().await {
+            if let Ok(stream) = attempt.unwrap() {
+                held.push(stream);
+            }
+        }
+        let served = held.len();
+        let took = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss_kib(pid);
+        eprintln!(
+            "round {round}: 20000 WatchJob attempts in {took:?}: {served} served; RSS {before} KiB -> {after} KiB (+{} MiB)",
+            after.saturating_sub(before) / 1024
+        );
+        drop((held, clients));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!("round {round}: all streams closed: RSS {} KiB", rss_kib(pid));
+    }
+}
