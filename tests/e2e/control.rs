@@ -265,3 +265,37 @@ async fn rss_after_20000_watch_attempts() {
         eprintln!("round {round}: all streams closed: RSS {} KiB", rss_kib(pid));
     }
 }
+
+/// Not a check but a measurement (run with `--ignored --nocapture`): the daemon's RSS across
+/// cycles of an admin's AddFileSet of 40,000 files followed by Cancel (issue 13: ~430 MB, growing
+/// ~15 MB per cycle).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints the RSS numbers"]
+async fn rss_across_add_file_set_40k_and_cancel() {
+    let daemon = TestDaemon::start().await;
+    let pid = daemon.pid();
+    let client = daemon.client().await;
+    let out = daemon.out_dir();
+    let urls: Vec<String> = (0..40_000).map(|i| format!("http://127.0.0.1:9/f/{i}")).collect();
+    let paths: Vec<std::path::PathBuf> = (0..40_000).map(|i| out.join(format!("f{i}"))).collect();
+    let files: Vec<(&str, &std::path::Path)> =
+        urls.iter().zip(&paths).map(|(u, p)| (u.as_str(), p.as_path())).collect();
+    eprintln!("start: RSS {} KiB", rss_kib(pid));
+    let cycles: usize =
+        std::env::var("BITSD_RSS_CYCLES").ok().and_then(|c| c.parse().ok()).unwrap_or(6);
+    for cycle in 1..=cycles {
+        let job = client.create_job("many", Priority::Normal).await.unwrap();
+        let started = Instant::now();
+        for chunk in files.chunks(10_000) {
+            client.add_file_set(job, chunk).await.unwrap();
+        }
+        let added = started.elapsed();
+        let after_add = rss_kib(pid);
+        client.cancel(job).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!(
+            "cycle {cycle}: added 40000 files in {added:?}, RSS {after_add} KiB; after Cancel {} KiB",
+            rss_kib(pid)
+        );
+    }
+}
