@@ -58,7 +58,7 @@ impl BitsService {
         let extensions = request.extensions();
         let uid = match extensions.get::<TcpCaller>() {
             Some(tcp) => Some(tcp.uid),
-            None => extensions.get::<crate::server::Peer>().map(|peer| peer.cred.uid()),
+            None => extensions.get::<crate::server::Peer>().and_then(|p| p.cred).map(|c| c.uid()),
         };
         match (uid, self.access) {
             (Some(uid), Access::AllUsers) => Ok(self.manager.caller(uid)),

@@ -323,6 +323,9 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
                 service: grpc::BitsService::new(manager.clone(), access, watches.clone()),
                 awake: awake.clone(),
                 check: tcp::BearerCheck::new(&tcp.token, tcp.uid),
+                control: control.clone(),
+                manager: manager.clone(),
+                uid: tcp.uid,
             })
         }
         None => None,

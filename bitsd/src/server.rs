@@ -15,9 +15,12 @@
 //! - when accept fails because no fd is left (EMFILE, ENFILE), the loop sleeps [`ACCEPT_BACKOFF`]
 //!   instead of retrying at once: the listening socket stays readable, and retrying spun a core
 //!   at 100% while the connections waiting in the backlog got nowhere.
+//!
+//! The TCP listener's connections ([`tcp_incoming`]) get the same treatment.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
@@ -31,7 +34,7 @@ use bits_manager::Manager;
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::unix::UCred;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
@@ -97,10 +100,10 @@ pub async fn serve(
     manager: Manager,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let accepter = Accepter { listener, control, manager, throttle: Throttle::default() };
-    let incoming = futures::stream::unfold(accepter, |accepter| async move {
-        let conn = accepter.next().await;
-        Some((Ok::<Conn, io::Error>(conn), accepter))
+    let accepter = Accepter { control, manager, throttle: Throttle::default() };
+    let incoming = futures::stream::unfold((listener, accepter), |(listener, accepter)| async {
+        let conn = accepter.next_unix(&listener).await;
+        Some((Ok::<_, io::Error>(conn), (listener, accepter)))
     });
     tonic::transport::Server::builder()
         .layer(awake)
@@ -111,9 +114,24 @@ pub async fn serve(
         .context("gRPC server failed")
 }
 
+/// The TCP listener's connections, with the socket's timeouts and caps. TCP has no peer
+/// credentials, but every caller that gets through acts as `uid`, so its connections count
+/// as `uid`'s (and towards the total shared with the socket).
+pub fn tcp_incoming(
+    listener: TcpListener,
+    control: Control,
+    manager: Manager,
+    uid: u32,
+) -> impl futures::Stream<Item = io::Result<Conn<TcpStream>>> {
+    let accepter = Accepter { control, manager, throttle: Throttle::default() };
+    futures::stream::unfold((listener, accepter), move |(listener, accepter)| async move {
+        let conn = accepter.next_tcp(&listener, uid).await;
+        Some((Ok::<_, io::Error>(conn), (listener, accepter)))
+    })
+}
+
 /// The accept loop: only connections within their uid's cap come out.
 struct Accepter {
-    listener: UnixListener,
     control: Control,
     /// Asked who is an administrator (exempt from the per-user cap).
     manager: Manager,
@@ -122,19 +140,12 @@ struct Accepter {
 }
 
 impl Accepter {
-    async fn next(&self) -> Conn {
+    async fn next_unix(&self, listener: &UnixListener) -> Conn<UnixStream> {
         loop {
-            let stream = match self.listener.accept().await {
+            let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    if let Some(left_out) = self.throttle.allow() {
-                        tracing::warn!(
-                            error = %e,
-                            left_out,
-                            "cannot accept a connection on the socket; retrying in {ACCEPT_BACKOFF:?}"
-                        );
-                    }
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    self.back_off(e).await;
                     continue;
                 }
             };
@@ -145,15 +156,55 @@ impl Accepter {
                     continue;
                 }
             };
-            let uid = cred.uid();
-            let admin = self.manager.caller(uid).is_admin();
-            match self.control.connections.take(uid, admin) {
-                Ok(slot) => return Conn::new(stream, cred, slot, &self.control),
-                Err(over) => {
-                    if let Some(left_out) = self.throttle.allow() {
-                        tracing::warn!(uid, left_out, "connection refused: {over}");
-                    }
+            let peer = Peer::new(Some(cred), None);
+            if let Some(conn) = self.admit(cred.uid(), stream, peer) {
+                return conn;
+            }
+        }
+    }
+
+    async fn next_tcp(&self, listener: &TcpListener, uid: u32) -> Conn<TcpStream> {
+        loop {
+            let (stream, remote) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    self.back_off(e).await;
+                    continue;
                 }
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            if let Some(conn) = self.admit(uid, stream, Peer::new(None, Some(remote))) {
+                return conn;
+            }
+        }
+    }
+
+    /// Accept failed: typically no fd is left (EMFILE, ENFILE), and the listening socket stays
+    /// readable, so trying again at once would spin.
+    async fn back_off(&self, e: io::Error) {
+        if let Some(left_out) = self.throttle.allow() {
+            tracing::warn!(
+                error = %e,
+                left_out,
+                "cannot accept a connection; retrying in {ACCEPT_BACKOFF:?}"
+            );
+        }
+        tokio::time::sleep(ACCEPT_BACKOFF).await;
+    }
+
+    /// The connection with its place in `uid`'s cap, or `None` (it is dropped: closed) when
+    /// that is full.
+    fn admit<S>(&self, uid: u32, stream: S, peer: Peer) -> Option<Conn<S>> {
+        let admin = self.manager.caller(uid).is_admin();
+        match self.control.connections.take(uid, admin) {
+            Ok(slot) => Some(Conn::new(stream, peer, slot, &self.control)),
+            Err(over) => {
+                if let Some(left_out) = self.throttle.allow() {
+                    tracing::warn!(uid, left_out, "connection refused: {over}");
+                }
+                None
             }
         }
     }
@@ -163,8 +214,18 @@ impl Accepter {
 /// clone into every request's extensions (it is the connection's `ConnectInfo`).
 #[derive(Clone, Debug)]
 pub struct Peer {
-    pub cred: UCred,
+    /// The Unix socket's peer credentials (none on TCP).
+    pub cred: Option<UCred>,
+    /// The TCP peer's address (none on the Unix socket).
+    pub remote: Option<SocketAddr>,
     activity: Arc<Activity>,
+}
+
+impl Peer {
+    fn new(cred: Option<UCred>, remote: Option<SocketAddr>) -> Peer {
+        let activity = Activity { calls: AtomicUsize::new(0), last: Mutex::new(Instant::now()) };
+        Peer { cred, remote, activity: Arc::new(activity) }
+    }
 }
 
 /// What the idle timeout looks at: calls in flight and the last moment anything happened.
@@ -204,8 +265,8 @@ impl Drop for InFlight {
 
 /// An accepted connection: the socket, its place in the uid's cap, and the handshake and idle
 /// timeouts, checked whenever a read would wait.
-pub struct Conn {
-    stream: UnixStream,
+pub struct Conn<S> {
+    stream: S,
     peer: Peer,
     /// Bytes read so far, counted up to [`PREFACE_LEN`].
     heard: usize,
@@ -217,15 +278,13 @@ pub struct Conn {
     _slot: Slot,
 }
 
-impl Conn {
-    fn new(stream: UnixStream, cred: UCred, slot: Slot, control: &Control) -> Conn {
-        let now = Instant::now();
-        let activity = Arc::new(Activity { calls: AtomicUsize::new(0), last: Mutex::new(now) });
+impl<S> Conn<S> {
+    fn new(stream: S, peer: Peer, slot: Slot, control: &Control) -> Conn<S> {
         Conn {
             stream,
-            peer: Peer { cred, activity },
+            peer,
             heard: 0,
-            check: Box::pin(tokio::time::sleep_until(now + control.handshake_timeout)),
+            check: Box::pin(tokio::time::sleep(control.handshake_timeout)),
             handshake_timeout: control.handshake_timeout,
             idle_timeout: control.idle_timeout,
             _slot: slot,
@@ -255,7 +314,7 @@ impl Conn {
             match self.next_check(Instant::now()) {
                 Ok(at) => self.check.as_mut().reset(at),
                 Err(why) => {
-                    tracing::debug!(uid = self.peer.cred.uid(), "connection closed: {why}");
+                    tracing::debug!(peer = ?self.peer.cred, remote = ?self.peer.remote, "connection closed: {why}");
                     return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, why));
                 }
             }
@@ -263,7 +322,7 @@ impl Conn {
     }
 }
 
-impl Connected for Conn {
+impl<S> Connected for Conn<S> {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
@@ -271,7 +330,7 @@ impl Connected for Conn {
     }
 }
 
-impl AsyncRead for Conn {
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -294,7 +353,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -327,7 +386,7 @@ impl AsyncWrite for Conn {
 /// The layer that counts calls in flight per connection (for the idle timeout): from the
 /// request until its response body is dropped.
 #[derive(Clone, Copy)]
-struct Tracking;
+pub struct Tracking;
 
 impl<S> tower::Layer<S> for Tracking {
     type Service = Tracked<S>;
@@ -338,7 +397,7 @@ impl<S> tower::Layer<S> for Tracking {
 }
 
 #[derive(Clone)]
-struct Tracked<S> {
+pub struct Tracked<S> {
     inner: S,
 }
 

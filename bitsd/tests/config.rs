@@ -390,6 +390,34 @@ async fn a_huge_job_id_is_e_invalidarg_naming_its_start() {
     assert!(err.message.len() < 200, "{} bytes echoed", err.message.len());
 }
 
+/// The TCP listener closes a connection that never speaks, as the socket does (the timeouts and
+/// caps of `[control]` hold on both).
+#[tokio::test]
+async fn tcp_closes_a_connection_that_never_speaks() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let token_path = token_file(dir.path(), "e2e-token-silent");
+    let config = write(
+        &dir.path().join("bitsd.toml"),
+        &format!(
+            "[control]\nhandshake_timeout_ms = 300\n\n[tcp]\nlisten = \"{addr}\"\ntoken_file = {:?}\nuid = {}\n",
+            token_path.display().to_string(),
+            tcp_uid()
+        ),
+    );
+    let _daemon = TestDaemon::start_with(&["--config", config.to_str().unwrap()]).await;
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    // The server's own SETTINGS come first; then the close.
+    let mut buf = [0u8; 256];
+    while let Ok(1..) = silent.read(&mut buf) {}
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(15), "still open after {waited:?}");
+    assert!(waited >= Duration::from_millis(250), "closed before the timeout: {waited:?}");
+}
+
 /// A loop of refused TCP requests logs one WARN line, not one per request (one loop wrote
 /// 9,007); the lines after it, one per 10 s at most, say how many they left out.
 #[tokio::test]
