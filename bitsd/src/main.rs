@@ -220,7 +220,7 @@ fn control(args: &Args, config: &config::Config, fd_limit: u64) -> server::Contr
         flag.map_or(file, |v| usize::try_from(v).unwrap_or(usize::MAX))
     };
     let wanted = size(args.max_connections, file.max_connections);
-    let max_connections = wanted.min(usize::try_from(fd_limit / 2).unwrap_or(usize::MAX)).max(1);
+    let max_connections = server::connection_cap(wanted, fd_limit);
     if max_connections < wanted {
         tracing::info!(
             fd_limit,

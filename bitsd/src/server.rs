@@ -82,6 +82,13 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// the connection is still in its handshake.
 const PREFACE_LEN: usize = 24;
 
+/// How many connections all callers together may hold: what the configuration wants, but at
+/// most half of `fd_limit`, so that the other half stays for transfers and the store.
+pub fn connection_cap(wanted: usize, fd_limit: u64) -> usize {
+    let half = usize::try_from(fd_limit / 2).unwrap_or(usize::MAX);
+    wanted.min(half).max(1)
+}
+
 /// The control socket's caps and timeouts (the `[control]` settings).
 #[derive(Clone)]
 pub struct Control {
@@ -427,5 +434,96 @@ where
                 }))
             }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// A connection to the far end of a socket pair, with a 10 s handshake and a 60 s idle
+    /// timeout.
+    fn conn() -> (Conn<UnixStream>, UnixStream) {
+        let (near, far) = UnixStream::pair().unwrap();
+        let control = Control {
+            connections: Quota::new("max_connections", "connections", 1, 1),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let slot = control.connections.take(1000, false).unwrap();
+        (Conn::new(near, Peer::new(None, None), slot, &control), far)
+    }
+
+    /// Reads what there is; `Err` when the connection was closed by a timeout.
+    async fn read(conn: &mut Conn<UnixStream>) -> io::Result<Vec<u8>> {
+        let mut buf = [0u8; 64];
+        let n = conn.read(&mut buf).await?;
+        Ok(buf[..n].to_vec())
+    }
+
+    #[test]
+    fn connections_get_at_most_half_the_fd_limit() {
+        assert_eq!(connection_cap(1024, 65_536), 1024);
+        assert_eq!(connection_cap(1024, 1024), 512);
+        assert_eq!(connection_cap(100_000, 4096), 2048);
+        assert_eq!(connection_cap(1024, 1), 1, "never none at all");
+        assert_eq!(connection_cap(1024, u64::MAX), 1024, "RLIM_INFINITY");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_the_preface_is_closed_after_the_handshake_timeout() {
+        let (mut conn, mut far) = conn();
+        let started = Instant::now();
+        // Part of the preface is not the preface.
+        far.write_all(&PREFACE[..10]).await.unwrap();
+        assert_eq!(read(&mut conn).await.unwrap().len(), 10);
+        let e = read(&mut conn).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("no HTTP/2 handshake within 10s"), "{e}");
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_unless_a_call_is_in_flight() {
+        let (mut conn, mut far) = conn();
+        far.write_all(PREFACE).await.unwrap();
+        assert_eq!(read(&mut conn).await.unwrap(), PREFACE);
+        // A call (a WatchJob stream, say) is in flight for 5 minutes without a byte.
+        let call = InFlight::start(&conn.peer.activity);
+        let reading = tokio::spawn(async move {
+            let started = Instant::now();
+            let e = read(&mut conn).await.unwrap_err();
+            (started.elapsed(), e)
+        });
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!reading.is_finished(), "closed while a call was in flight");
+        // The call ends: the connection is idle from now on.
+        drop(call);
+        let (waited, e) = reading.await.unwrap();
+        assert!(e.to_string().contains("idle for 60s"), "{e}");
+        assert!(waited >= Duration::from_secs(360), "{waited:?}");
+        assert!(waited <= Duration::from_secs(361), "{waited:?}");
+        drop(far);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_keep_a_connection_open() {
+        let (mut conn, mut far) = conn();
+        far.write_all(PREFACE).await.unwrap();
+        read(&mut conn).await.unwrap();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            far.write_all(b"x").await.unwrap();
+            assert_eq!(read(&mut conn).await.unwrap(), b"x");
+        }
+        let started = Instant::now();
+        read(&mut conn).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
     }
 }
