@@ -107,7 +107,7 @@ pub async fn serve(
     manager: Manager,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let accepter = Accepter { control, manager, throttle: Throttle::default() };
+    let accepter = Accepter::new(control, manager);
     let incoming = futures::stream::unfold((listener, accepter), |(listener, accepter)| async {
         let conn = accepter.next_unix(&listener).await;
         Some((Ok::<_, io::Error>(conn), (listener, accepter)))
@@ -130,7 +130,7 @@ pub fn tcp_incoming(
     manager: Manager,
     uid: u32,
 ) -> impl futures::Stream<Item = io::Result<Conn<TcpStream>>> {
-    let accepter = Accepter { control, manager, throttle: Throttle::default() };
+    let accepter = Accepter::new(control, manager);
     futures::stream::unfold((listener, accepter), move |(listener, accepter)| async move {
         let conn = accepter.next_tcp(&listener, uid).await;
         Some((Ok::<_, io::Error>(conn), (listener, accepter)))
@@ -142,8 +142,16 @@ struct Accepter {
     control: Control,
     /// Asked who is an administrator (exempt from the per-user cap).
     manager: Manager,
-    /// Refused connections and accept errors are warned about, but not once each.
-    throttle: Throttle,
+    /// Accept errors are warned about, but not once each.
+    failures: Throttle,
+    /// Refused connections likewise (on their own: a flood of one must not hide the other).
+    refusals: Throttle,
+}
+
+impl Accepter {
+    fn new(control: Control, manager: Manager) -> Accepter {
+        Accepter { control, manager, failures: Throttle::default(), refusals: Throttle::default() }
+    }
 }
 
 impl Accepter {
@@ -191,7 +199,7 @@ impl Accepter {
     /// Accept failed: typically no fd is left (EMFILE, ENFILE), and the listening socket stays
     /// readable, so trying again at once would spin.
     async fn back_off(&self, e: io::Error) {
-        if let Some(left_out) = self.throttle.allow() {
+        if let Some(left_out) = self.failures.allow() {
             tracing::warn!(
                 error = %e,
                 left_out,
@@ -208,7 +216,7 @@ impl Accepter {
         match self.control.connections.take(uid, admin) {
             Ok(slot) => Some(Conn::new(stream, peer, slot, &self.control)),
             Err(over) => {
-                if let Some(left_out) = self.throttle.allow() {
+                if let Some(left_out) = self.refusals.allow() {
                     tracing::warn!(uid, left_out, "connection refused: {over}");
                 }
                 None
