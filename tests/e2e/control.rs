@@ -127,7 +127,7 @@ async fn a_connection_that_never_speaks_is_closed_after_the_handshake_timeout() 
 /// closed while idle connects again for its next call.
 #[tokio::test]
 async fn an_idle_connection_is_closed_but_a_quiet_watch_stays_open() {
-    let daemon = TestDaemon::start_with(&["--control-idle-timeout-ms", "500"]).await;
+    let daemon = TestDaemon::start_with(&["--control-idle-timeout-ms", "1000"]).await;
     // The preface and an empty SETTINGS frame: the handshake is done, then nothing.
     let mut idle = UnixStream::connect(daemon.socket()).unwrap();
     std::io::Write::write_all(&mut idle, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
@@ -139,7 +139,7 @@ async fn an_idle_connection_is_closed_but_a_quiet_watch_stays_open() {
     let client = daemon.client().await;
     let job = client.create_job("watched", Priority::Normal).await.unwrap();
     let mut events = client.watch_job(job, Some(notify::JOB_MODIFICATION)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let other = daemon.client().await;
     other.set_display_name(job, Some("renamed")).await.unwrap();
     let event = tokio::time::timeout(Duration::from_secs(20), events.next()).await;
@@ -148,7 +148,7 @@ async fn an_idle_connection_is_closed_but_a_quiet_watch_stays_open() {
     drop(events);
 
     // The first client idles past the timeout, then calls again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     wait_for("a call after an idle close", Duration::from_secs(20), || async {
         client.list_jobs().await.map_err(|e| e.to_string())
     })
@@ -161,12 +161,20 @@ async fn one_user_over_their_connection_share_leaves_room_for_others() {
     bits_tests::require_root("connecting as other users");
     let greedy = ensure_user("bitsd-e2e-greedy");
     let other = ensure_user("bitsd-e2e-other");
-    let daemon = TestDaemon::start_with(&["--max-connections-per-user", "3"]).await;
+    // A long handshake timeout: the connections held here say nothing, and must stay open
+    // while the test looks at them.
+    let daemon = TestDaemon::start_with(&[
+        "--max-connections-per-user",
+        "3",
+        "--handshake-timeout-ms",
+        "120000",
+    ])
+    .await;
     open_daemon_dir(&daemon);
     let mut held = connect_as(&daemon, greedy.uid, 10);
     let mut closed = 0;
     for stream in &mut held {
-        if closed_within(stream, Duration::from_millis(500)) {
+        if closed_within(stream, Duration::from_secs(2)) {
             closed += 1;
         }
     }
