@@ -7,11 +7,16 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use bits_client::ClientError;
+use bits_core::JobState;
 use bits_core::job::notify;
 use bits_core::{Code, Priority};
 use bits_tests::daemon::TestDaemon;
+use bits_tests::data::random_bytes;
+use bits_tests::server::TestServer;
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
+
+use crate::support::wait_state;
 
 /// CPU time (user + system) the process has used, from /proc/PID/stat.
 fn cpu_time(pid: u32) -> Duration {
@@ -29,10 +34,14 @@ fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64
 }
 
-/// Sets the daemon's fd limit (soft and hard), as `prlimit --pid PID --nofile=N:N` would.
+/// Sets the daemon's soft fd limit, as `prlimit --pid PID --nofile=N:` would; the hard limit
+/// stays, so the limit can be raised again.
 fn limit_fds(pid: u32, limit: u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let hard = line.split_whitespace().nth(4).unwrap().parse().unwrap();
     let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-    let limit = rustix::process::Rlimit { current: Some(limit), maximum: Some(limit) };
+    let limit = rustix::process::Rlimit { current: Some(limit), maximum: Some(hard) };
     rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, limit).unwrap();
 }
 
@@ -221,6 +230,37 @@ async fn watch_streams_over_the_cap_are_refused_naming_it() {
         client.watch_job(job, None).await.map(drop).map_err(|e| e.to_string())
     })
     .await;
+}
+
+/// A transfer that finds no fd left for its temp file is a transient error, retried once fds are
+/// free again (issue 13: the job went to ERROR, `E_FAIL`, cannot open its temp file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_without_a_free_fd_is_a_transient_error() {
+    bits_tests::require_root("lowering the daemon's fd limit");
+    let server = TestServer::start().await;
+    server.add_file("a.bin", random_bytes(1, 64 << 10));
+    let daemon = TestDaemon::start_with(&["--retry-delay-secs", "1"]).await;
+    let pid = daemon.pid();
+    let client = daemon.client().await;
+    let job = client.create_job("no fds", Priority::Foreground).await.unwrap();
+    let dest = daemon.out_dir().join("a.bin");
+    client.add_file(job, &server.url("a.bin"), &dest).await.unwrap();
+    // The probe waits at the gate while the fds run out; the temp file is opened after it.
+    server.hold();
+    client.resume(job).await.unwrap();
+    wait_for("the probe at the gate", Duration::from_secs(20), || async {
+        if server.waiting_at_gate() > 0 { Ok(()) } else { Err("no request yet".into()) }
+    })
+    .await;
+    // No new fd at all: a new fd takes the lowest free number, never below 3 (stdio).
+    limit_fds(pid, 3);
+    server.release();
+    let info = wait_state(&client, job, JobState::TransientError).await;
+    let error = info.error.expect("a transient error has an error");
+    eprintln!("with no fd left: {} {}", error.code, error.description);
+    // Fds again: the retry completes the download.
+    limit_fds(pid, 20_000);
+    wait_state(&client, job, JobState::Transferred).await;
 }
 
 /// The daemon's resident memory, from /proc/PID/status.
