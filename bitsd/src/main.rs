@@ -216,10 +216,7 @@ fn manager_config(args: &Args, config: &config::Config) -> bits_manager::Manager
 /// transfers and the store need.
 fn control(args: &Args, config: &config::Config, fd_limit: u64) -> server::Control {
     let file = &config.control;
-    let size = |flag: Option<u64>, file: usize| {
-        flag.map_or(file, |v| usize::try_from(v).unwrap_or(usize::MAX))
-    };
-    let wanted = size(args.max_connections, file.max_connections);
+    let wanted = count(args.max_connections, file.max_connections);
     let max_connections = server::connection_cap(wanted, fd_limit);
     if max_connections < wanted {
         tracing::info!(
@@ -232,7 +229,7 @@ fn control(args: &Args, config: &config::Config, fd_limit: u64) -> server::Contr
         connections: quota::Quota::new(
             "max_connections",
             "connections",
-            size(args.max_connections_per_user, file.max_connections_per_user),
+            count(args.max_connections_per_user, file.max_connections_per_user),
             max_connections,
         ),
         handshake_timeout: Duration::from_millis(
@@ -247,15 +244,17 @@ fn control(args: &Args, config: &config::Config, fd_limit: u64) -> server::Contr
 /// WatchJob streams, per uid and in all, shared by the socket and the TCP listener.
 fn watches(args: &Args, config: &config::Config) -> quota::Quota {
     let file = &config.control;
-    let size = |flag: Option<u64>, file: usize| {
-        flag.map_or(file, |v| usize::try_from(v).unwrap_or(usize::MAX))
-    };
     quota::Quota::new(
         "max_watches",
         "watch streams",
-        size(args.max_watches_per_user, file.max_watches_per_user),
-        size(args.max_watches, file.max_watches),
+        count(args.max_watches_per_user, file.max_watches_per_user),
+        count(args.max_watches, file.max_watches),
     )
+}
+
+/// A count from its flag (checked by clap as a `u64`), else from the file.
+fn count(flag: Option<u64>, file: usize) -> usize {
+    flag.map_or(file, |v| usize::try_from(v).unwrap_or(usize::MAX))
 }
 
 /// Raises the soft fd limit to the hard one (systemd's `LimitNOFILE=` sets both; a shell often
