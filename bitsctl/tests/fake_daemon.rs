@@ -344,6 +344,8 @@ fn add(
         temp_path: PathBuf::from(format!("{path}.part")),
         completed: false,
         download_position: None,
+        temp_id: None,
+        mode: None,
     });
     Response::new(v1::AddFileReply { file_index: job.files.len() as u32 - 1 })
 }

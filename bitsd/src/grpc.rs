@@ -56,13 +56,17 @@ impl BitsService {
     /// (no credentials, a uid this daemon does not serve) is refused.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         let extensions = request.extensions();
-        let uid = match extensions.get::<TcpCaller>() {
-            Some(tcp) => Some(tcp.uid),
-            None => extensions.get::<crate::server::Peer>().and_then(|p| p.cred).map(|c| c.uid()),
+        let (uid, pid) = match extensions.get::<TcpCaller>() {
+            Some(tcp) => (Some(tcp.uid), None),
+            None => {
+                let cred = extensions.get::<crate::server::Peer>().and_then(|peer| peer.cred);
+                (cred.map(|c| c.uid()), cred.and_then(|c| c.pid()))
+            }
         };
+        let caller = |uid| self.manager.caller(uid).in_process(pid);
         match (uid, self.access) {
-            (Some(uid), Access::AllUsers) => Ok(self.manager.caller(uid)),
-            (Some(uid), Access::OnlyUid(served)) if uid == served => Ok(self.manager.caller(uid)),
+            (Some(uid), Access::AllUsers) => Ok(caller(uid)),
+            (Some(uid), Access::OnlyUid(served)) if uid == served => Ok(caller(uid)),
             (Some(uid), Access::OnlyUid(served)) => Err(to_status(&BitsError::new(
                 Code::E_ACCESSDENIED,
                 format!("uid {uid} may not use this daemon, which serves uid {served}"),

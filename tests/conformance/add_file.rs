@@ -120,6 +120,29 @@ async fn add_file_into_a_missing_directory_is_path_not_found() {
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
 }
 
+// Case 13 (P): a local path the kernel cannot take is E_INVALIDARG at AddFile (before anything
+// is downloaded, not as an E_FAIL at every Complete): a name over NAME_MAX (255 bytes), a NUL, in
+// AddFile and in AddFileSet. A name of exactly 255 bytes is accepted.
+#[tokio::test]
+async fn add_file_refuses_names_the_kernel_cannot_take() {
+    let daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    let job = client.create_job("names", Priority::Normal).await.unwrap();
+    let out = daemon.out_dir();
+    let url = "http://example.com/x";
+    let err = expect_bits_code(
+        client.add_file(job, url, &out.join("n".repeat(300))).await,
+        Code::E_INVALIDARG,
+    );
+    assert!(err.message.contains("300 bytes") && err.message.contains("NAME_MAX"), "{err}");
+    expect_bits_code(client.add_file(job, url, &out.join("a\0b")).await, Code::E_INVALIDARG);
+    let (a, nul) = (out.join("a"), out.join("b\0"));
+    let set: [(&str, &Path); 2] = [(url, &a), (url, &nul)];
+    expect_bits_code(client.add_file_set(job, &set).await, Code::E_INVALIDARG);
+    assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
+    client.add_file(job, url, &out.join("n".repeat(255))).await.unwrap();
+}
+
 /// Adds `n` files (one AddFile call each) named `f{i}` under `dir`.
 async fn add_files(client: &bits_client::Client, job: bits_core::JobId, dir: &Path, n: usize) {
     for i in 0..n {

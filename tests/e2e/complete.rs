@@ -93,3 +93,35 @@ async fn cancel_mid_transfer_deletes_the_temp_file() {
     assert!(!dest.exists());
     expect_code(client.resume(job).await, Code::BG_E_INVALID_STATE);
 }
+
+/// Issue 13.9: a temp file truncated while the download runs (the download then writes past the
+/// cut again) must not become a "complete" file with a run of zeros: the worker sees the file
+/// shrink and fetches what was lost, and Complete never moves a short file into place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temp_file_truncated_mid_download_is_fetched_again_not_completed_with_zeros() {
+    let server = TestServer::start().await;
+    let data = random_bytes(24, 3 << 20);
+    server.add_file("t.bin", data.clone());
+    server.set_throttle(Some(2 << 20));
+    let daemon = TestDaemon::start_with(&crate::progress::FAST_SYNC).await;
+    let client = daemon.client().await;
+    let job = client.create_job("truncated", Priority::Foreground).await.unwrap();
+    let dest = daemon.out_dir().join("t.bin");
+    client.add_file(job, &server.url("t.bin"), &dest).await.unwrap();
+    client.resume(job).await.unwrap();
+    let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
+    bits_tests::wait::wait_for("1 MiB recorded", bits_tests::wait::TIMEOUT, || async {
+        let filled = client.get_filled_file_ranges(job, 0).await.map_err(|e| e.to_string())?;
+        let have: u64 = filled.iter().map(|r| r.length).sum();
+        if have >= 1 << 20 { Ok(()) } else { Err(format!("{have} bytes")) }
+    })
+    .await;
+    std::fs::OpenOptions::new().write(true).open(&temp).unwrap().set_len(100_000).unwrap();
+    wait_state(&client, job, JobState::Transferred).await;
+    assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
+    let got = std::fs::read(&dest).unwrap();
+    assert_eq!(got.len(), data.len());
+    let first_bad = got.iter().zip(&data).position(|(a, b)| a != b);
+    assert_eq!(first_bad, None, "the completed file differs from the server's");
+    assert!(daemon.log_tail(400).contains("truncated under the download"), "the loss is logged");
+}

@@ -29,7 +29,8 @@ mod progress;
 mod restart;
 // Hostile servers: every fault of the fault-injecting server and the state + error it leads to.
 mod faults;
-// Store safety: unknown schema, damaged store, corrupt record, SIGTERM keeps progress.
+// Store safety: unknown schema, damaged or deleted store, corrupt record, full store disk,
+// SIGTERM keeps progress.
 mod store_safety;
 // systemd: sd_notify readiness, status, watchdog and stopping; the unit files verify.
 mod systemd;

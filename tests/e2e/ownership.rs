@@ -345,3 +345,110 @@ async fn members_of_the_admin_group_are_administrators() {
     let info: serde_json::Value = serde_json::from_str(&info.stdout).unwrap();
     assert_eq!(info["owner_uid"], carol.uid);
 }
+
+/// Issue 13.1: after root takes a job over, the previous owner swaps a directory of the
+/// destination path for a link to a root-only directory. Root's file work must not follow it:
+/// neither the download (the swap before Resume) nor Complete's rename (the swap after the bytes
+/// are in) may put anything in the root-only directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_job_never_follows_a_directory_swapped_for_a_link() {
+    let s = Scene::start(&[]).await;
+    let server = TestServer::start().await;
+    server.add_file("keys", b"ssh-ed25519 AAAA alice@evil\n".to_vec());
+    let root = root();
+    let root_only = s.base.path().join("root-only");
+    dir_owned_by(&root_only, &root, 0o700);
+    let home = s.dir_of(&s.alice);
+    let mut jobs = Vec::new();
+    for dl in ["dl1", "dl2"] {
+        dir_owned_by(&home.join(dl), &s.alice, 0o755);
+        let dest = home.join(dl).join("authorized_keys");
+        let job = s.job_with_file(&s.alice, &server.url("keys"), &dest).await;
+        s.ctl(&root, &["take-ownership", &job]).await.success();
+        jobs.push(job);
+    }
+    let swap = |dl: &str| {
+        let (dir, link) = (home.join(dl), home.join(dl));
+        let script = format!(
+            "mv {0} {0}.orig && ln -s {1} {2}",
+            dir.display(),
+            root_only.display(),
+            link.display()
+        );
+        let out = sh_as(&s.alice, &script);
+        assert!(out.status.success(), "{out:?}");
+    };
+
+    // Swapped before Resume: the download fails instead of writing into the root-only directory.
+    swap("dl1");
+    s.ctl(&root, &["resume", &jobs[0]]).await.success();
+    let error = wait_error(&s, &root, &jobs[0]).await;
+    assert_eq!(error["code"], "E_ACCESSDENIED", "{error}");
+    assert!(error["description"].as_str().unwrap().contains("symbolic link"), "{error}");
+
+    // Swapped after the bytes are in: Complete refuses instead of renaming into it.
+    s.ctl(&root, &["resume", &jobs[1]]).await.success();
+    wait_transferred(&s, &root, &jobs[1]).await;
+    swap("dl2");
+    refused(&s.ctl(&root, &["complete", &jobs[1]]).await, "E_ACCESSDENIED");
+
+    let planted: Vec<_> =
+        std::fs::read_dir(&root_only).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(planted.is_empty(), "root wrote into the root-only directory: {planted:?}");
+    // TakeOwnership re-checks the path too: an admin cannot take over a job whose directory
+    // path was redirected since AddFile.
+    let dest = home.join("dl3").join("f");
+    dir_owned_by(&home.join("dl3"), &s.alice, 0o755);
+    let job = s.job_with_file(&s.alice, &server.url("keys"), &dest).await;
+    swap("dl3");
+    refused(&s.ctl(&root, &["take-ownership", &job]).await, "BG_E_NEW_OWNER_NO_FILE_ACCESS");
+}
+
+/// Issue 13.7: bob creates a file at alice's next temp name (guessable) in a shared sticky
+/// directory. Alice's download, fetched with her credentials, must never go into bob's file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temp_file_planted_by_another_user_is_refused() {
+    let s = Scene::start(&[]).await;
+    let server = TestServer::start().await;
+    server.add_file("secret", b"alice's private data".to_vec());
+    let sticky = s.base.path().join("sticky");
+    dir_owned_by(&sticky, &root(), 0o1777);
+    let dest = sticky.join("report.bin");
+    let job = s.job_with_file(&s.alice, &server.url("secret"), &dest).await;
+    let temp = sticky.join(format!(".report.bin.bitsd-{job}-0.part"));
+    let out = sh_as(&s.bob, &format!("umask 0; printf planted > {}", temp.display()));
+    assert!(out.status.success(), "{out:?}");
+    s.ctl(&s.alice, &["resume", &job]).await.success();
+    let error = wait_error(&s, &s.alice, &job).await;
+    assert_eq!(error["code"], "E_ACCESSDENIED", "{error}");
+    let description = error["description"].as_str().unwrap();
+    assert!(description.contains("not the temp file this job created"), "{error}");
+    assert!(description.contains(&format!("uid {}", s.bob.uid)), "{error}");
+    assert_eq!(std::fs::read(&temp).unwrap(), b"planted", "bob's file is left as it was");
+    assert!(dest.symlink_metadata().is_err());
+}
+
+/// Issue 13.8: a download gets the permissions the owner's umask gives their own new files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_follow_the_owners_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scene::start(&[]).await;
+    let server = TestServer::start().await;
+    server.add_file("f.bin", vec![5u8; 10_000]);
+    let bitsctl = bits_tests::daemon::binary_in(&bits_tests::daemon::own_target_dir(), "bitsctl");
+    for (umask, want) in [("077", 0o600), ("027", 0o640), ("002", 0o664)] {
+        let dest = s.dir_of(&s.alice).join(format!("u{umask}.bin"));
+        let script = format!(
+            "umask {umask} && exec {} --socket {} download {} {}",
+            bitsctl.display(),
+            s.daemon.socket().display(),
+            server.url("f.bin"),
+            dest.display()
+        );
+        let alice = s.alice.clone();
+        let out = tokio::task::spawn_blocking(move || sh_as(&alice, &script)).await.unwrap();
+        assert!(out.status.success(), "{out:?}\n{}", s.daemon.log_tail(20));
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "umask {umask}: got {mode:o}");
+    }
+}

@@ -1,6 +1,8 @@
-//! The job store is never silently reset: an unknown schema version, a damaged database or a
-//! record that does not decode stops the daemon with a message saying what is wrong, and every
-//! file under the data dir is left exactly as it was. SIGTERM with a transfer in flight exits
+//! The job store is never silently reset: an unknown schema version, a damaged database (one that
+//! lost any acknowledged change, or is gone) or a record that does not decode stops the daemon
+//! with a message saying what is wrong, and every file under the data dir is left exactly as it
+//! was. A full store disk fails the call with ERROR_DISK_FULL and changes nothing; the store works
+//! again once there is space. SIGTERM with a transfer in flight exits
 //! within 5 s and keeps the progress made.
 
 use std::collections::BTreeMap;
@@ -8,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use bits_core::{ByteRange, JobId, JobState, Priority};
+use bits_core::{ByteRange, Code, JobId, JobState, Priority};
 use bits_tests::daemon::{TestDaemon, binary_in, own_target_dir};
 use bits_tests::data::{random_bytes, sha256_hex};
+use bits_tests::mounts::TmpfsMount;
 use bits_tests::server::TestServer;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
@@ -290,6 +293,189 @@ async fn truncated_store_log_stops_the_daemon() {
         &["job store", "damaged or truncated", "but 2 were recorded"],
     )
     .await;
+}
+
+/// A daemon with two jobs, each created and then given two files by two AddFiles (every one
+/// acknowledged), killed right after (SIGKILL: no clean close), as issue 13 found its store.
+/// Returns the jobs with their acknowledged file count.
+async fn killed_daemon_with_acknowledged_files() -> (TestDaemon, Vec<(JobId, usize)>) {
+    let mut daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    let mut jobs = Vec::new();
+    for (i, name) in ["first", "second"].iter().enumerate() {
+        let job = client.create_job(name, Priority::Normal).await.unwrap();
+        for f in 0..2 {
+            let dest = daemon.out_dir().join(format!("{name}-{f}.bin"));
+            client.add_file(job, &format!("http://127.0.0.1:9/{i}/{f}"), &dest).await.unwrap();
+        }
+        jobs.push((job, 2));
+    }
+    drop(client);
+    daemon.kill_9().await;
+    // A killed daemon leaves its socket; a refused start must not leave one of its own.
+    std::fs::remove_file(daemon.socket()).unwrap();
+    (daemon, jobs)
+}
+
+/// Each way issue 13 damaged the log (ten flipped bytes from offset 10 on, zeroed 4 KiB blocks,
+/// truncations), each on a fresh store: bitsd refuses it (saying it is damaged and changing
+/// nothing) or starts with every acknowledged file of every job. It never starts without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_is_refused_or_loses_no_acknowledged_change() {
+    use std::os::unix::fs::FileExt;
+    type Damage = Box<dyn Fn(&std::fs::File, u64)>;
+    let mut damages: Vec<(String, Damage)> = Vec::new();
+    for n in 0..10u64 {
+        let flip = move |log: &std::fs::File, used: u64| {
+            let at = if n == 0 { 10 } else { used * n / 10 };
+            let mut byte = [0u8];
+            log.read_exact_at(&mut byte, at).unwrap();
+            log.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+        };
+        damages.push((format!("byte {n}/10 of the log flipped (10 for 0)"), Box::new(flip)));
+    }
+    for n in 0..3u64 {
+        let zero = move |log: &std::fs::File, used: u64| {
+            log.write_all_at(&[0; 4096], used * n / 3 / 4096 * 4096).unwrap()
+        };
+        damages.push((format!("4 KiB block {n}/3 of the log zeroed"), Box::new(zero)));
+    }
+    for n in 1..4u64 {
+        let cut = move |log: &std::fs::File, used: u64| log.set_len(used * n / 4).unwrap();
+        damages.push((format!("log cut to {n}/4"), Box::new(cut)));
+    }
+
+    let (mut refused, mut intact) = (0, 0);
+    for (what, damage) in damages {
+        let (mut daemon, jobs) = killed_daemon_with_acknowledged_files().await;
+        let data = daemon.data_dir();
+        wait_unlocked(&data.join("db"));
+        let log_path = data.join("db").join("db");
+        let bytes = std::fs::read(&log_path).unwrap();
+        // The log is preallocated: what was written ends at its last non-zero byte.
+        let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1);
+        let log = std::fs::OpenOptions::new().read(true).write(true).open(&log_path).unwrap();
+        damage(&log, used);
+        drop(log);
+        let before = hash_tree(&data);
+        let attempt = start_attempt(&daemon);
+        if attempt.status.is_some() {
+            assert_refused(&daemon, &attempt, &before);
+            let printed = &attempt.printed;
+            assert!(
+                printed.contains("damaged") || printed.contains("corrupt"),
+                "{what}: the message must say the store is damaged:\n{printed}"
+            );
+            refused += 1;
+            continue;
+        }
+        daemon.restart().await;
+        let client = daemon.client().await;
+        for (job, files) in jobs {
+            let listed = client.list_files(job).await.map_err(|e| e.to_string());
+            assert!(
+                matches!(&listed, Ok(listed) if listed.len() == files),
+                "{what}: bitsd started without acknowledged changes: job {job} should have \
+                 {files} files, has {listed:?}"
+            );
+        }
+        intact += 1;
+    }
+    eprintln!("{refused} damaged logs refused, {intact} started with every acknowledged change");
+}
+
+/// With its database directory deleted, a store that held jobs is refused, and no empty
+/// database is created in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_database_is_refused_and_not_recreated() {
+    let (daemon, _jobs) = stopped_daemon_with_jobs().await;
+    let data = daemon.data_dir();
+    wait_unlocked(&data.join("db"));
+    std::fs::remove_dir_all(data.join("db")).unwrap();
+    let before = hash_tree(&data);
+    let attempt = start_attempt(&daemon);
+    assert_refused(&daemon, &attempt, &before);
+    assert!(!data.join("db").exists(), "the refused start created a database");
+    let printed = &attempt.printed;
+    assert!(
+        printed.contains("is missing"),
+        "the message must say the database is missing:\n{printed}"
+    );
+    assert!(printed.contains("2 jobs"), "the message must say what it held:\n{printed}");
+}
+
+/// The data dir's file system fills up: a SetDisplayName that cannot be stored fails with
+/// ERROR_DISK_FULL and changes nothing (GetJob, and the job after a restart, keep the old name);
+/// once space is freed the next call succeeds, without a restart, and survives one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_disk_is_error_disk_full_changes_nothing_and_recovers_when_space_returns() {
+    let small = TmpfsMount::new_in(&std::env::temp_dir(), "16m");
+    let mut daemon = TestDaemon::start_from(&own_target_dir(), small.path(), &[]).await;
+    let client = daemon.client().await;
+    let job = client.create_job("before", Priority::Normal).await.unwrap();
+    let dest = daemon.out_dir().join("f.bin");
+    client.add_file(job, "http://127.0.0.1:9/f", &dest).await.unwrap();
+
+    // Fill the file system, then change the name until the store needs space it cannot get.
+    let filler = small.join("filler");
+    fill(&filler);
+    let mut stored = client.get_job(job).await.unwrap().display_name;
+    let mut failed = None;
+    for i in 0..20_000 {
+        let name = format!("{i:0>200}");
+        match client.set_display_name(job, Some(&name)).await {
+            Ok(_) => stored = name,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let Some(bits_client::ClientError::Bits(error)) = failed else {
+        panic!("no SetDisplayName failed on a full disk: {failed:?}");
+    };
+    eprintln!("refused on a full disk: {error:?}");
+    assert_eq!(error.code, Code::ERROR_DISK_FULL, "{error:?}");
+    assert!(error.message.contains("disk is full"), "{error:?}");
+    assert_eq!(
+        client.get_job(job).await.unwrap().display_name,
+        stored,
+        "the name that could not be stored is visible"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(client.set_display_name(job, Some("after")).await.unwrap(), Code::S_OK);
+    assert_eq!(client.get_job(job).await.unwrap().display_name, "after");
+    drop(client);
+    let status = daemon.terminate_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "bitsd exited with {status} on SIGTERM");
+    daemon.restart().await;
+    let client = daemon.client().await;
+    assert_eq!(client.get_job(job).await.unwrap().display_name, "after");
+    assert_eq!(client.list_files(job).await.unwrap().len(), 1);
+    drop(client);
+    daemon.terminate_within(Duration::from_secs(5)).await;
+}
+
+/// Writes `path` until its file system has no space left.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0x5Au8; 64 << 10];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // Whatever a partial page still holds.
+    while let Ok(n) = file.write(&chunk[..512]) {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// A throttled 8 MiB download with at least 1 MiB recorded as filled, with the given daemon flags.

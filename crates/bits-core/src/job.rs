@@ -106,6 +106,15 @@ pub struct Validator {
     pub last_modified: Option<String>,
 }
 
+/// The temp file a job created: its inode and owner. Only that file is ever reopened or renamed
+/// into place, so a file another user puts at the temp file's (guessable) name is refused, even
+/// in a shared directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TempId {
+    pub ino: u64,
+    pub uid: u32,
+}
+
 /// One file of a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFile {
@@ -128,6 +137,14 @@ pub struct JobFile {
     /// UpdateDownloadPosition: where the next missing byte is looked for first (remote offset).
     #[serde(default)]
     pub download_position: Option<u64>,
+    /// The temp file this job created, once it exists (`None` in records written before it was
+    /// kept: such a file is reopened only if the job's owner owns it).
+    #[serde(default)]
+    pub temp_id: Option<TempId>,
+    /// Permission bits the downloaded file gets: 0666 less the umask of whoever added it, as a
+    /// file they created themselves would (`None`: 0644).
+    #[serde(default)]
+    pub mode: Option<u32>,
 }
 
 impl JobFile {
@@ -403,6 +420,8 @@ mod tests {
             temp_path: "/tmp/.f.part".into(),
             completed: false,
             download_position: None,
+            temp_id: None,
+            mode: None,
         }
     }
 

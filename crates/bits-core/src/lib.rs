@@ -14,7 +14,7 @@ pub mod state;
 pub use byte_range::{ByteRange, LENGTH_TO_EOF, Layout, validate_static_ranges};
 pub use code::{BitsError, Code};
 pub use job::{
-    ErrorContext, FileProgress, Job, JobError, JobFile, JobId, JobType, Priority, Progress,
+    ErrorContext, FileProgress, Job, JobError, JobFile, JobId, JobType, Priority, Progress, TempId,
     Validator,
 };
 pub use range_set::{RangeSet, Span};

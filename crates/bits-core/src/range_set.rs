@@ -121,6 +121,12 @@ impl RangeSet {
             other.spans.iter().for_each(|s| self.insert(s.start, s.end));
             return;
         }
+        *self = self.union(other);
+    }
+
+    /// The bytes in either set: one merge pass over both sorted lists, leaving `self` as it is
+    /// (so a caller can check the result before keeping it).
+    pub fn union(&self, other: &RangeSet) -> RangeSet {
         let (a, b) = (&self.spans, &other.spans);
         let mut out: Vec<Span> = Vec::with_capacity(a.len() + b.len());
         let (mut i, mut j) = (0, 0);
@@ -137,7 +143,7 @@ impl RangeSet {
                 _ => out.push(next),
             }
         }
-        self.spans = out;
+        RangeSet { spans: out }
     }
 
     /// Removes `[start, end)`.
@@ -411,6 +417,7 @@ mod tests {
             let mut merged = sa.clone();
             merged.insert_set(&sb);
             prop_assert_eq!(spans(&merged), model_spans(&union));
+            prop_assert_eq!(spans(&sa.union(&sb)), model_spans(&union));
         }
     }
 }

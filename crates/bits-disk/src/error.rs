@@ -30,6 +30,21 @@ pub enum DiskError {
     #[error("invalid destination {}: {reason}", path.display())]
     InvalidPath { path: PathBuf, reason: &'static str },
 
+    /// A symbolic link in a directory path that was resolved at AddFile: the path was changed
+    /// since, and is not followed (see `dir.rs`).
+    #[error("the directory path {} now contains a symbolic link; bitsd follows none after AddFile", path.display())]
+    Redirected { path: PathBuf },
+
+    /// A file at a temp file's name that this job did not create (another user's, or one put
+    /// there in place of ours): never written, renamed or deleted.
+    #[error("{} is not the temp file this job created ({reason}); it is left alone", path.display())]
+    NotOurs { path: PathBuf, reason: String },
+
+    /// The temp file is shorter than the bytes written to it: something truncated it, and the
+    /// bytes past its end are lost.
+    #[error("the temp file {} shrank to {len} bytes under the download (expected {expected})", path.display())]
+    Shrunk { path: PathBuf, len: u64, expected: u64 },
+
     /// Any other I/O failure.
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
@@ -49,7 +64,8 @@ impl DiskError {
             DiskError::AccessDenied { .. } => Code::E_ACCESSDENIED,
             DiskError::NotFound { .. } => Code::ERROR_PATH_NOT_FOUND,
             DiskError::InvalidPath { .. } => Code::E_INVALIDARG,
-            DiskError::Io { .. } => Code::E_FAIL,
+            DiskError::Redirected { .. } | DiskError::NotOurs { .. } => Code::E_ACCESSDENIED,
+            DiskError::Shrunk { .. } | DiskError::Io { .. } => Code::E_FAIL,
         }
     }
 
@@ -61,6 +77,9 @@ impl DiskError {
             | DiskError::AccessDenied { path }
             | DiskError::NotFound { path }
             | DiskError::InvalidPath { path, .. }
+            | DiskError::Redirected { path }
+            | DiskError::NotOurs { path, .. }
+            | DiskError::Shrunk { path, .. }
             | DiskError::Io { path, .. } => path,
         }
     }

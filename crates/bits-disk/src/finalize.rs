@@ -2,17 +2,18 @@
 //! a destination when a file is added, moving the finished file into place atomically and
 //! durably, and cleaning up a cancelled one.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rustix::fs::Access;
+use bits_core::TempId;
+use rustix::fs::{FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use crate::DiskError;
+use crate::dir::{Dir, split};
 
 /// Longest file name most Linux file systems accept (NAME_MAX), in bytes.
 const NAME_MAX: usize = 255;
@@ -55,11 +56,15 @@ fn shorten(name: &[u8], max: usize) -> &[u8] {
 #[derive(Clone, Debug)]
 pub struct Move<'a> {
     pub temp: &'a Path,
+    /// In the temp file's directory (the temp name is made from it, see [`temp_path_for`]).
     pub dest: &'a Path,
     pub mtime: Option<SystemTime>,
-    /// The temp file's `symlink_metadata`, when the caller took it just before (Complete checks
-    /// every temp file is there): saves a second lstat per file of a job of many files.
-    pub found: Option<std::fs::Metadata>,
+    /// The temp file the job created: a file of another inode or owner at its name (replaced
+    /// behind our back) is not moved into place. `None` for a record from before it was kept.
+    pub made: Option<TempId>,
+    /// The temp file's `lstat` ([`stat_temp`]), when the caller took it just before (Complete
+    /// checks every temp file is there): saves a second one per file of a job of many files.
+    pub found: Option<Stat>,
 }
 
 /// Files opened (times set, not yet synced) per round of [`rename_all_into_place`]: bounded so a
@@ -71,7 +76,8 @@ const ROUND: usize = 128;
 /// syncs are left to the caller, who runs [`sync_parent_dirs`] once afterwards, before treating
 /// the renames as durable. The temp files' bytes must already be synced (the durability rule).
 /// In order, stops at the first failure: returns how many files were renamed (a prefix of
-/// `moves`) and the error.
+/// `moves`) and the error. Every file is reached through its directory opened without following
+/// a link (see `dir.rs`), each directory once.
 ///
 /// The times are set on the temp file and synced before its rename, so a file never appears at
 /// its destination with other times, and the times are as durable as the data.
@@ -82,12 +88,23 @@ const ROUND: usize = 128;
 /// commit. File by file, each fsync would also carry the previous file's rename and cost a
 /// journal commit of its own: most of Complete's time for a job of 1,000 small files.
 pub fn rename_all_into_place(moves: &[Move<'_>]) -> (usize, Option<DiskError>) {
+    let mut dirs = Dirs::default();
     let mut renamed = 0;
     for round in moves.chunks(ROUND) {
-        let (ready, failure) = open_and_sync(round);
+        let (ready, failure) = open_and_sync(&mut dirs, round);
         for m in &round[..ready] {
-            if let Err(e) = std::fs::rename(m.temp, m.dest) {
-                return (renamed, Some(DiskError::from_io(m.dest, "rename into", e)));
+            let moved = dirs.of(m.temp).and_then(|(dir, temp)| {
+                let (_, dest) = split(m.dest)?;
+                if m.dest.parent() != m.temp.parent() {
+                    return Err(DiskError::InvalidPath {
+                        path: m.dest.to_path_buf(),
+                        reason: "the temp file is not in the destination's directory",
+                    });
+                }
+                dir.rename(temp, dest)
+            });
+            if let Err(e) = moved {
+                return (renamed, Some(e));
             }
             renamed += 1;
         }
@@ -98,24 +115,39 @@ pub fn rename_all_into_place(moves: &[Move<'_>]) -> (usize, Option<DiskError>) {
     (renamed, None)
 }
 
-/// Makes a round's temp files ready to rename, in order: a file whose times must change is
-/// opened and has them set, then all of those are fsynced. Returns how many are ready (a prefix
-/// of `round`) and the error that stopped the next one.
+/// Directories opened by one call, each once.
+#[derive(Default)]
+struct Dirs(Vec<Dir>);
+
+impl Dirs {
+    /// The open directory holding `file`, and its name there.
+    fn of<'p>(&mut self, file: &'p Path) -> Result<(&Dir, &'p OsStr), DiskError> {
+        let (path, name) = split(file)?;
+        let at = match self.0.iter().position(|d| d.path() == path) {
+            Some(at) => at,
+            None => {
+                self.0.push(Dir::open(path)?);
+                self.0.len() - 1
+            }
+        };
+        Ok((&self.0[at], name))
+    }
+}
+
+/// Makes a round's temp files ready to rename, in order: each is checked to be the file the
+/// job created; one whose times must change is opened and has them set, then all of those are
+/// fsynced. Returns how many are ready (a prefix of `round`) and the error that stopped the next.
 ///
 /// A regular file whose times are already right (or that has none to set) is not synced again:
 /// its bytes were synced before they were recorded as filled (the durability rule), and a small
 /// file had its times set before that sync ([`crate::PartFile::sync_with_times`]). That saves a
 /// sync — on ext4 without a journal, a device cache flush — per file of a job of many files.
-fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
+fn open_and_sync(dirs: &mut Dirs, round: &[Move<'_>]) -> (usize, Option<DiskError>) {
     let mut opened = Vec::with_capacity(round.len());
     let mut failure = None;
     for m in round {
-        if times_settled(m) {
-            opened.push(None);
-            continue;
-        }
-        match open_with_times(m.temp, m.mtime) {
-            Ok(file) => opened.push(Some(file)),
+        match ready(dirs, m) {
+            Ok(file) => opened.push(file),
             Err(e) => {
                 failure = Some(e);
                 break;
@@ -130,75 +162,107 @@ fn open_and_sync(round: &[Move<'_>]) -> (usize, Option<DiskError>) {
     (opened.len(), failure)
 }
 
-/// The temp file is a regular file (not a planted link: those take the open, which refuses
-/// them) whose times need no change: both, as a read since they were set may have moved the
-/// access time.
-fn times_settled(m: &Move<'_>) -> bool {
-    let settled = |meta: &std::fs::Metadata| {
-        meta.is_file()
-            && m.mtime
-                .is_none_or(|t| meta.modified().ok() == Some(t) && meta.accessed().ok() == Some(t))
+/// One temp file checked and, if its times must change, opened with them set (not yet synced).
+fn ready(dirs: &mut Dirs, m: &Move<'_>) -> Result<Option<File>, DiskError> {
+    let (dir, name) = dirs.of(m.temp)?;
+    let stat = match m.found {
+        Some(stat) => stat,
+        None => {
+            dir.stat(name)?.ok_or_else(|| DiskError::NotFound { path: m.temp.to_path_buf() })?
+        }
     };
-    match &m.found {
-        Some(meta) => settled(meta),
-        None => std::fs::symlink_metadata(m.temp).is_ok_and(|meta| settled(&meta)),
+    check_made(m.temp, &stat, m.made)?;
+    if times_settled(&stat, m.mtime) {
+        return Ok(None);
     }
+    let fd = dir
+        .open_at(name, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
+        .map_err(|e| DiskError::from_io(m.temp, "open", e.into()))?;
+    let file = File::from(fd);
+    // The file opened is the one checked (not swapped in between).
+    let now =
+        rustix::fs::fstat(&file).map_err(|e| DiskError::from_io(m.temp, "inspect", e.into()))?;
+    check_made(m.temp, &now, m.made.or(Some(TempId { ino: stat.st_ino, uid: stat.st_uid })))?;
+    if let Some(time) = m.mtime {
+        crate::part_file::set_times(&file, m.temp, time)?;
+    }
+    Ok(Some(file))
 }
 
-/// The temp file opened without following a link, with its times set (not yet synced).
-fn open_with_times(temp: &Path, mtime: Option<SystemTime>) -> Result<File, DiskError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(crate::part_file::NOFOLLOW)
-        .open(temp)
-        .map_err(|e| DiskError::from_io(temp, "open", e))?;
-    if let Some(time) = mtime {
-        crate::part_file::set_times(&file, temp, time)?;
+/// A regular file, and the one the job created when that is known.
+fn check_made(temp: &Path, stat: &Stat, made: Option<TempId>) -> Result<(), DiskError> {
+    let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
+    let same = made.is_none_or(|m| m.ino == stat.st_ino && m.uid == stat.st_uid);
+    if regular && same {
+        return Ok(());
     }
-    Ok(file)
+    let reason = if regular {
+        format!("another file replaced it; it belongs to uid {}", stat.st_uid)
+    } else {
+        "it is not a regular file".to_string()
+    };
+    Err(DiskError::NotOurs { path: temp.to_path_buf(), reason })
+}
+
+/// The temp file's times need no change: both, as a read since they were set may have moved the
+/// access time.
+fn times_settled(stat: &Stat, mtime: Option<SystemTime>) -> bool {
+    let Some(time) = mtime else { return true };
+    let Ok(since) = time.duration_since(SystemTime::UNIX_EPOCH) else { return false };
+    let (secs, nanos) = (since.as_secs() as i64, i64::from(since.subsec_nanos()));
+    stat.st_mtime == secs
+        && stat.st_mtime_nsec as i64 == nanos
+        && stat.st_atime == secs
+        && stat.st_atime_nsec as i64 == nanos
+}
+
+/// The length of the temp file the job created (`made`, when known), reached without following
+/// a link (see `dir.rs`); `None` when it is gone, or something else is at its name.
+pub fn temp_len(temp: &Path, made: Option<TempId>) -> Option<u64> {
+    let stat = stat_temp(temp).ok().flatten()?;
+    check_made(temp, &stat, made).ok().map(|()| stat.st_size as u64)
+}
+
+/// The temp file's `lstat`, reached without following a link (see `dir.rs`); `None` if gone.
+pub fn stat_temp(temp: &Path) -> Result<Option<Stat>, DiskError> {
+    let (dir, name) = Dir::of(temp)?;
+    dir.stat(name)
 }
 
 /// fsyncs each distinct directory holding one of `dests`, once.
 pub fn sync_parent_dirs<'a>(dests: impl IntoIterator<Item = &'a Path>) -> Result<(), DiskError> {
-    let dirs: std::collections::BTreeSet<&Path> = dests.into_iter().map(parent_dir).collect();
-    dirs.into_iter().try_for_each(sync_dir)
+    let dirs: std::collections::BTreeSet<&Path> =
+        dests.into_iter().map(|d| split(d).map(|(dir, _)| dir)).collect::<Result<_, _>>()?;
+    dirs.into_iter().try_for_each(|dir| Dir::open(dir)?.sync())
 }
 
-/// The directory holding `path` (`.` for a bare relative name).
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
-/// fsyncs a directory, making a rename in it durable.
-fn sync_dir(dir: &Path) -> Result<(), DiskError> {
-    let handle = File::open(dir).map_err(|e| DiskError::from_io(dir, "open directory", e))?;
-    match handle.sync_all() {
-        Ok(()) => Ok(()),
-        // Some file systems do not support fsync on a directory; nothing more can be done there.
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-            tracing::debug!(dir = %dir.display(), "directory fsync not supported");
-            Ok(())
+/// Deletes a temp file; a file that is already gone is fine. A file that is not the one the
+/// job created (`made`) is left alone ([`DiskError::NotOurs`]).
+pub fn remove_temp(temp: &Path, made: Option<TempId>) -> Result<(), DiskError> {
+    let (dir, name) = Dir::of(temp)?;
+    match dir.stat(name)? {
+        None => Ok(()),
+        Some(stat) => {
+            check_made(temp, &stat, made)?;
+            dir.unlink(name)
         }
-        Err(e) => Err(DiskError::from_io(dir, "sync directory", e)),
     }
 }
 
-/// Deletes a temp file; a file that is already gone is fine.
-pub fn remove_temp(temp: &Path) -> Result<(), DiskError> {
-    match std::fs::remove_file(temp) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(DiskError::from_io(temp, "remove", e)),
+/// Whether the calling thread's identity may write `temp` (if it exists) and create files in
+/// its directory: TakeOwnership's check of the new owner. Opening is the check, as the later
+/// writes will meet it.
+pub fn check_temp_writable(temp: &Path) -> Result<(), DiskError> {
+    let (dir, name) = Dir::of(temp)?;
+    dir.check_writable()?;
+    match dir.open_at(name, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty()) {
+        Ok(_) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(DiskError::from_io(temp, "open", e.into())),
     }
 }
 
-/// Checks, when a file is added, that `dest` can be written later: it is absolute and names a
-/// file (not a directory), its parent exists and is a directory, and this process may create
-/// files there. A missing or non-directory parent is [`DiskError::NotFound`] (naming the parent).
-pub fn check_destination(dest: &Path) -> Result<(), DiskError> {
+/// The part of [`check_destination`] that needs no file system: an absolute path naming a file.
+pub fn check_destination_name(dest: &Path) -> Result<(), DiskError> {
     let invalid = |reason| Err(DiskError::InvalidPath { path: dest.to_path_buf(), reason });
     if !dest.is_absolute() {
         return invalid("the destination must be an absolute path");
@@ -206,24 +270,24 @@ pub fn check_destination(dest: &Path) -> Result<(), DiskError> {
     if dest.as_os_str().as_bytes().ends_with(b"/") || dest.file_name().is_none() {
         return invalid("the destination must name a file, not a directory");
     }
-    let dir = parent_dir(dest);
-    match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(DiskError::NotFound { path: dir.to_path_buf() }),
-        Err(e) => return Err(DiskError::from_io(dir, "inspect", e)),
-    }
-    if std::fs::metadata(dest).is_ok_and(|meta| meta.is_dir()) {
+    Ok(())
+}
+
+/// Checks, when a file is added, that `dest` can be written later: it is absolute and names a
+/// file (not a directory), its parent exists and is a directory, and this process may create
+/// files there. A missing or non-directory parent is [`DiskError::NotFound`] (naming the parent).
+/// `dest` is AddFile's resolved destination ([`crate::resolve_destination`]), so its directory
+/// is opened as every later operation will open it: following no link.
+pub fn check_destination(dest: &Path) -> Result<(), DiskError> {
+    check_destination_name(dest)?;
+    let invalid = |reason| Err(DiskError::InvalidPath { path: dest.to_path_buf(), reason });
+    let (dir, name) = Dir::of(dest)?;
+    if dir.stat(name)?.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory) {
         return invalid("the destination is an existing directory");
     }
     // AT_EACCESS: checked with the file-system identity this thread runs as (a job's owner, see
     // `Identity::run`), not the daemon's real uid as plain access(2) would.
-    rustix::fs::accessat(
-        rustix::fs::CWD,
-        dir,
-        Access::WRITE_OK | Access::EXEC_OK,
-        rustix::fs::AtFlags::EACCESS,
-    )
-    .map_err(|e| DiskError::from_io(dir, "check write access to", e.into()))
+    dir.check_writable()
 }
 
 #[cfg(test)]
@@ -233,6 +297,10 @@ mod tests {
 
     use super::*;
     use crate::PartFile;
+
+    fn uid() -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
 
     #[test]
     fn temp_path_format() {
@@ -253,7 +321,7 @@ mod tests {
 
     fn write_temp(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
         let temp = dir.join(name);
-        let part = PartFile::open(&temp).unwrap();
+        let part = PartFile::create(&temp, 0o644, uid()).unwrap();
         part.write_at(0, body).unwrap();
         part.sync().unwrap();
         temp
@@ -261,7 +329,8 @@ mod tests {
 
     /// One file through [`rename_all_into_place`] and the directory sync.
     fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
-        let (_, error) = rename_all_into_place(&[Move { temp, dest, mtime, found: None }]);
+        let (_, error) =
+            rename_all_into_place(&[Move { temp, dest, mtime, made: None, found: None }]);
         error.map_or(Ok(()), Err)?;
         sync_parent_dirs([dest])
     }
@@ -289,7 +358,7 @@ mod tests {
         let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 7);
         for moved_atime in [false, true] {
             let temp = dir.path().join(format!(".{moved_atime}.part"));
-            let part = PartFile::open(&temp).unwrap();
+            let part = PartFile::create(&temp, 0o644, uid()).unwrap();
             part.write_at(0, b"small").unwrap();
             part.sync_with_times(mtime).unwrap();
             let meta = std::fs::metadata(&temp).unwrap();
@@ -349,7 +418,7 @@ mod tests {
         }
         let moves: Vec<Move<'_>> = names
             .iter()
-            .map(|(temp, dest)| Move { temp, dest, mtime: Some(mtime), found: None })
+            .map(|(temp, dest)| Move { temp, dest, mtime: Some(mtime), made: None, found: None })
             .collect();
         let (renamed, error) = rename_all_into_place(&moves);
         assert_eq!(renamed, broken);
@@ -376,18 +445,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 7);
         let temp = write_temp(dir.path(), ".t.part", b"small");
-        let before = temp.symlink_metadata().unwrap();
-        PartFile::open(&temp).unwrap().sync_with_times(mtime).unwrap();
-        let after = temp.symlink_metadata().unwrap();
+        let before = stat_temp(&temp).unwrap().unwrap();
+        let part = PartFile::reopen(&temp, None, uid()).unwrap().unwrap();
+        part.sync_with_times(mtime).unwrap();
+        let after = stat_temp(&temp).unwrap().unwrap();
+        assert!(times_settled(&after, Some(mtime)));
+        assert!(!times_settled(&before, Some(mtime)), "did not use the metadata it was given");
+        assert!(times_settled(&before, None), "no times to set");
+    }
+
+    /// Only the temp file the job created is moved into place or deleted: another file put at
+    /// its name (same name, another inode) is left where it is.
+    #[test]
+    fn a_replaced_temp_file_is_neither_moved_nor_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join(".t.part");
+        // Held open, so the planted file cannot get the same inode number.
+        let ours = PartFile::create(&temp, 0o600, uid()).unwrap();
+        let made = ours.id();
+        std::fs::remove_file(&temp).unwrap();
+        std::fs::write(dir.path().join("other"), b"planted").unwrap();
+        std::fs::rename(dir.path().join("other"), &temp).unwrap();
         let dest = dir.path().join("t");
-        let m = |found| Move { temp: &temp, dest: &dest, mtime: Some(mtime), found };
-        assert!(times_settled(&m(None)), "looked up itself");
-        assert!(times_settled(&m(Some(after))));
-        assert!(!times_settled(&m(Some(before))), "did not use the metadata it was given");
-        let link = dir.path().join(".link.part");
-        std::os::unix::fs::symlink(&temp, &link).unwrap();
-        let found = Some(link.symlink_metadata().unwrap());
-        assert!(!times_settled(&Move { temp: &link, dest: &dest, mtime: Some(mtime), found }));
+        let m = Move { temp: &temp, dest: &dest, mtime: None, made: Some(made), found: None };
+        let (renamed, error) = rename_all_into_place(&[m]);
+        assert_eq!(renamed, 0);
+        assert!(matches!(error, Some(DiskError::NotOurs { .. })), "{error:?}");
+        assert!(!dest.exists());
+        let err = remove_temp(&temp, Some(made)).unwrap_err();
+        assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
+        assert_eq!(std::fs::read(&temp).unwrap(), b"planted");
+        remove_temp(&temp, None).unwrap();
+        assert!(!temp.exists());
     }
 
     /// A link planted at the temp file's name is never moved into place, whether or not the
@@ -412,11 +501,11 @@ mod tests {
     fn remove_temp_tolerates_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let temp = write_temp(dir.path(), "t.part", b"x");
-        remove_temp(&temp).unwrap();
+        remove_temp(&temp, None).unwrap();
         assert!(!temp.exists());
-        remove_temp(&temp).unwrap();
+        remove_temp(&temp, None).unwrap();
         // Removing a directory is a real error, not "already gone".
-        let err = remove_temp(dir.path()).unwrap_err();
+        let err = remove_temp(dir.path(), None).unwrap_err();
         assert_eq!(err.path(), dir.path());
     }
 

@@ -7,14 +7,31 @@
 //!
 //! The API is blocking by design: callers run it on tokio's blocking pool.
 
+mod dir;
 mod error;
 mod finalize;
 mod identity;
 mod part_file;
 
+pub use dir::resolve_destination;
 pub use error::DiskError;
 pub use finalize::{
-    Move, check_destination, remove_temp, rename_all_into_place, sync_parent_dirs, temp_path_for,
+    Move, check_destination, check_destination_name, check_temp_writable, remove_temp,
+    rename_all_into_place, stat_temp, sync_parent_dirs, temp_len, temp_path_for,
 };
 pub use identity::{Identity, IdentityError};
 pub use part_file::PartFile;
+/// A file's `lstat`, as [`stat_temp`] returns it.
+pub use rustix::fs::Stat;
+
+/// The umask of process `pid`, from `/proc/PID/status` (Linux 4.7+): the mode its own new files
+/// would get, for a download it asks for. `None` if the process or the line is gone.
+pub fn umask_of_process(pid: i32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| umask_in_status(&s))
+}
+
+/// The `Umask:` line of a `/proc/PID/status` text.
+pub(crate) fn umask_in_status(status: &str) -> Option<u32> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok().filter(|m| *m <= 0o777)
+}

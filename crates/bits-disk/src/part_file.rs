@@ -1,49 +1,113 @@
 //! The temp file a download writes into: positional writes, so pieces can arrive in any order,
 //! and an explicit sync that marks the point after which written bytes may be recorded as filled.
 
-use std::fs::{File, FileTimes, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::{File, FileTimes};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::DiskError;
+use bits_core::TempId;
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 
-/// `O_NOFOLLOW`, as the `c_int` `OpenOptionsExt::custom_flags` takes.
-pub(crate) const NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+use crate::DiskError;
+use crate::dir::Dir;
 
 /// An open temp file. Writes go to the page cache; [`PartFile::sync`] makes them durable.
 #[derive(Debug)]
 pub struct PartFile {
     file: File,
     path: PathBuf,
+    id: TempId,
 }
 
 impl PartFile {
-    /// Opens `path` for writing, creating it (default mode 0666 less the umask, as for any
-    /// download) if missing. Never truncates: existing bytes are the resume point. Never follows
-    /// a symlink in the last component (`O_NOFOLLOW`): a link planted where the temp file will be
-    /// fails the open (access denied) instead of redirecting our writes to its target.
-    pub fn open(path: &Path) -> Result<PartFile, DiskError> {
-        PartFile::open_with(path, false)
+    /// Creates the temp file `path` for a job owned by `owner`, with permission bits `mode`,
+    /// exclusively (`O_EXCL`): a file already at that name is never written into. One this job's
+    /// owner owns is an earlier attempt's, left by a crash before anything of it was recorded,
+    /// and is replaced; anything else (another user's file, planted at the guessable name in a
+    /// shared directory) is refused with [`DiskError::NotOurs`]. Never follows a link, in the
+    /// directory path ([`Dir::open`]) or at the name.
+    pub fn create(path: &Path, mode: u32, owner: u32) -> Result<PartFile, DiskError> {
+        let (dir, name) = Dir::of(path)?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+        let mut replaced = false;
+        loop {
+            match dir.open_at(name, flags, Mode::from(mode & 0o777)) {
+                Ok(fd) => {
+                    let file = File::from(fd);
+                    set_mode(&file, path, mode)?;
+                    return PartFile::from_file(file, path);
+                }
+                Err(Errno::EXIST) if !replaced => {
+                    replaced = true;
+                    match dir.stat(name)? {
+                        Some(stat) if is_regular(&stat) && stat.st_uid == creator(owner) => {
+                            dir.unlink(name)?
+                        }
+                        Some(stat) => {
+                            return Err(not_ours(path, &stat, "it was not created by this job"));
+                        }
+                        None => {}
+                    }
+                }
+                Err(e) => return Err(DiskError::from_io(path, "create", e.into())),
+            }
+        }
     }
 
-    /// Opens `path` for a file written whole from its first byte, emptied by the open itself
-    /// (`O_TRUNC`): what an earlier attempt left there is not part of it, and a separate
-    /// truncation would cost a syscall and an inode update per file of a job of many small files.
-    /// Creates and refuses links as [`PartFile::open`] does.
-    pub fn open_empty(path: &Path) -> Result<PartFile, DiskError> {
-        PartFile::open_with(path, true)
+    /// Reopens the temp file this job created (`made`), keeping its bytes: the resume point.
+    /// `None` when there is no file at `path` (deleted: its bytes are lost). A file there that
+    /// is not the one the job created (another inode or owner: replaced behind our back) is
+    /// refused with [`DiskError::NotOurs`]. A record from before `made` was kept trusts a
+    /// regular file of the job's `owner`.
+    pub fn reopen(
+        path: &Path,
+        made: Option<TempId>,
+        owner: u32,
+    ) -> Result<Option<PartFile>, DiskError> {
+        let (dir, name) = Dir::of(path)?;
+        // O_NONBLOCK: a FIFO planted at the name must fail the check below, not hang the open.
+        let flags = OFlags::WRONLY | OFlags::NONBLOCK;
+        let fd = match dir.open_at(name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(DiskError::from_io(path, "open", e.into())),
+        };
+        let stat =
+            rustix::fs::fstat(&fd).map_err(|e| DiskError::from_io(path, "inspect", e.into()))?;
+        let ours = match made {
+            Some(made) => stat.st_ino == made.ino && stat.st_uid == made.uid,
+            None => stat.st_uid == creator(owner),
+        };
+        if !is_regular(&stat) || !ours {
+            return Err(not_ours(path, &stat, "another file replaced it"));
+        }
+        let file = File::from(fd);
+        PartFile::from_file(file, path).map(Some)
     }
 
-    fn open_with(path: &Path, truncate: bool) -> Result<PartFile, DiskError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(truncate)
-            .custom_flags(NOFOLLOW)
-            .open(path)
-            .map_err(|e| DiskError::from_io(path, "open", e))?;
-        Ok(PartFile { file, path: path.to_path_buf() })
+    fn from_file(file: File, path: &Path) -> Result<PartFile, DiskError> {
+        let stat =
+            rustix::fs::fstat(&file).map_err(|e| DiskError::from_io(path, "inspect", e.into()))?;
+        let id = TempId { ino: stat.st_ino, uid: stat.st_uid };
+        Ok(PartFile { file, path: path.to_path_buf(), id })
+    }
+
+    /// Which file this is: what the job keeps so that only this file is ever reopened.
+    pub fn id(&self) -> TempId {
+        self.id
+    }
+
+    /// Fails with [`DiskError::Shrunk`] unless the file still holds `expected` bytes. The
+    /// temp file is extended to its full length before the download, so a file shorter than
+    /// that was truncated under it — and bytes already recorded may be gone with the rest.
+    pub fn check_len(&self, expected: u64) -> Result<(), DiskError> {
+        let len = self.len()?;
+        if len < expected {
+            return Err(DiskError::Shrunk { path: self.path.clone(), len, expected });
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -88,6 +152,46 @@ impl PartFile {
     }
 }
 
+/// The owner files created now get: the job's owner where the daemon switches to it, else the
+/// daemon's own user.
+fn creator(owner: u32) -> u32 {
+    if crate::Identity::switches_to(owner) { owner } else { rustix::process::geteuid().as_raw() }
+}
+
+fn is_regular(stat: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
+}
+
+fn not_ours(path: &Path, stat: &rustix::fs::Stat, why: &str) -> DiskError {
+    let reason = if is_regular(stat) {
+        format!("{why}; it belongs to uid {}", stat.st_uid)
+    } else {
+        format!("{why}; it is not a regular file")
+    };
+    DiskError::NotOurs { path: path.to_path_buf(), reason }
+}
+
+/// Gives a new file exactly `mode`: the open applied the daemon's umask too, which may take away
+/// bits the caller's own umask leaves (a daemon umask of 022, a caller's of 002).
+fn set_mode(file: &File, path: &Path, mode: u32) -> Result<(), DiskError> {
+    if mode & daemon_umask() == 0 {
+        return Ok(());
+    }
+    rustix::fs::fchmod(file, Mode::from(mode & 0o777))
+        .map_err(|e| DiskError::from_io(path, "set the permissions of", e.into()))
+}
+
+/// This process's umask, read once (from /proc: umask(2) can only read it by changing it).
+fn daemon_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| crate::umask_in_status(&status))
+            .unwrap_or(0o777)
+    })
+}
+
 /// Sets a file's modification and access times both to `time` (a downloaded file gets the
 /// server's Last-Modified for both, as BITS does).
 pub(crate) fn set_times(file: &File, path: &Path, time: SystemTime) -> Result<(), DiskError> {
@@ -99,6 +203,14 @@ pub(crate) fn set_times(file: &File, path: &Path, time: SystemTime) -> Result<()
 mod tests {
     use super::*;
 
+    fn uid() -> u32 {
+        rustix::process::geteuid().as_raw()
+    }
+
+    fn create(path: &Path) -> PartFile {
+        PartFile::create(path, 0o644, uid()).unwrap()
+    }
+
     #[test]
     fn a_planted_symlink_is_never_followed() {
         let dir = tempfile::tempdir().unwrap();
@@ -108,34 +220,95 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let dangling = dir.path().join("g.part");
         std::os::unix::fs::symlink(dir.path().join("new"), &dangling).unwrap();
-        for open in [PartFile::open, PartFile::open_empty] {
-            let err = open(&link).unwrap_err();
-            assert!(matches!(err, DiskError::AccessDenied { .. }), "{err:?}");
-            assert!(open(&dangling).is_err());
-            assert!(!dir.path().join("new").exists(), "a dangling link must not create its target");
-            assert_eq!(std::fs::read(&target).unwrap(), b"precious");
-        }
+        let err = PartFile::create(&link, 0o644, uid()).unwrap_err();
+        assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
+        assert!(PartFile::create(&dangling, 0o644, uid()).is_err());
+        let err = PartFile::reopen(&link, None, uid()).unwrap_err();
+        assert!(matches!(err, DiskError::AccessDenied { .. }), "{err:?}");
+        assert!(PartFile::reopen(&dangling, None, uid()).is_err());
+        assert!(!dir.path().join("new").exists(), "a dangling link must not create its target");
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
     }
 
-    /// A file written whole starts empty, whatever an earlier attempt left; `open` keeps it.
+    /// A temp file is created exclusively: the job's own leftover (nothing of it recorded) is
+    /// replaced, another user's file at the name is refused and left as it is.
     #[test]
-    fn open_empty_discards_an_earlier_attempt_and_open_keeps_it() {
+    fn create_replaces_only_the_owners_leftover() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
         std::fs::write(&path, b"an earlier, longer attempt").unwrap();
-        PartFile::open(&path).unwrap().write_at(0, b"AN").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"AN earlier, longer attempt");
-        PartFile::open_empty(&path).unwrap().write_at(0, b"whole").unwrap();
+        let part = create(&path);
+        part.write_at(0, b"whole").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
-        PartFile::open_empty(&dir.path().join("new.part")).unwrap().write_at(0, b"x").unwrap();
-        assert_eq!(std::fs::read(dir.path().join("new.part")).unwrap(), b"x");
+        let someone_else = uid().wrapping_add(1);
+        if crate::Identity::switches_to(someone_else) {
+            let err = PartFile::create(&path, 0o644, someone_else).unwrap_err();
+            assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
+            assert_eq!(err.code(), bits_core::Code::E_ACCESSDENIED);
+            assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+        }
+    }
+
+    /// Reopening takes only the file the job created: same inode and owner.
+    #[test]
+    fn reopen_takes_only_the_file_the_job_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.part");
+        // Held open, so the planted file cannot get the same inode number.
+        let ours = create(&path);
+        let made = ours.id();
+        assert!(PartFile::reopen(&path, Some(made), uid()).unwrap().is_some());
+        std::fs::remove_file(&path).unwrap();
+        assert!(PartFile::reopen(&path, Some(made), uid()).unwrap().is_none(), "gone is None");
+        std::fs::write(&path, b"planted").unwrap();
+        let err = PartFile::reopen(&path, Some(made), uid()).unwrap_err();
+        assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
+        let fifo = dir.path().join("fifo.part");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from(0o666),
+            0,
+        )
+        .unwrap();
+        // Refused, and without hanging the open (no reader would ever come).
+        assert!(PartFile::reopen(&fifo, None, uid()).is_err());
+    }
+
+    /// The mode asked for is the mode the file gets, whatever the daemon's own umask.
+    #[test]
+    fn create_gives_exactly_the_mode_asked_for() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o600, 0o640, 0o664, 0o666] {
+            let path = dir.path().join(format!("{mode:o}.part"));
+            create_with(&path, mode);
+            let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, mode, "{mode:o}");
+        }
+    }
+
+    fn create_with(path: &Path, mode: u32) -> PartFile {
+        PartFile::create(path, mode, uid()).unwrap()
+    }
+
+    #[test]
+    fn check_len_sees_a_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = create(&dir.path().join("f.part"));
+        part.set_len(1000).unwrap();
+        part.check_len(1000).unwrap();
+        std::fs::OpenOptions::new().write(true).open(part.path()).unwrap().set_len(10).unwrap();
+        let err = part.check_len(1000).unwrap_err();
+        assert!(matches!(err, DiskError::Shrunk { len: 10, expected: 1000, .. }), "{err:?}");
     }
 
     #[test]
     fn scattered_writes_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
-        let part = PartFile::open(&path).unwrap();
+        let part = create(&path);
         assert!(part.is_empty().unwrap());
         part.write_at(1000, b"tail").unwrap();
         part.write_at(0, b"head").unwrap();
@@ -149,8 +322,9 @@ mod tests {
         assert!(data[4..500].iter().all(|&b| b == 0));
 
         // Reopening keeps the bytes: no truncation.
+        let made = part.id();
         drop(part);
-        let part = PartFile::open(&path).unwrap();
+        let part = PartFile::reopen(&path, Some(made), uid()).unwrap().unwrap();
         assert_eq!(part.len().unwrap(), 1004);
         part.write_at(2, b"AD").unwrap();
         assert_eq!(&std::fs::read(&path).unwrap()[0..4], b"heAD");
@@ -161,7 +335,7 @@ mod tests {
     fn set_len_extends_and_truncates() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.part");
-        let part = PartFile::open(&path).unwrap();
+        let part = create(&path);
         part.write_at(0, b"0123456789").unwrap();
         part.set_len(4).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"0123");
@@ -174,8 +348,8 @@ mod tests {
     #[test]
     fn open_in_a_missing_directory_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
-        let err = PartFile::open(&dir.path().join("missing/f.part")).unwrap_err();
+        let err = PartFile::create(&dir.path().join("missing/f.part"), 0o644, uid()).unwrap_err();
         assert!(matches!(err, DiskError::NotFound { .. }), "{err:?}");
-        assert_eq!(err.path(), dir.path().join("missing/f.part"));
+        assert_eq!(err.path(), dir.path().join("missing"), "names the missing directory");
     }
 }

@@ -27,8 +27,7 @@ use crate::error::FetchError;
 use crate::multirange::{self, MultiRangeBody};
 use crate::probe::{self, RemoteInfo};
 use crate::redirect::{
-    Redirects, is_disallowed_redirect, parse_url, redirect_target, remove_credentials,
-    strip_sensitive_headers, to_uri,
+    Redirects, is_disallowed_redirect, parse_url, redirect_target, same_origin, to_uri,
 };
 use crate::{headers, range};
 
@@ -74,8 +73,9 @@ pub enum RedirectPolicy {
 /// Per-request settings taken from the job.
 #[derive(Clone, Debug)]
 pub struct RequestOptions {
-    /// The job's custom headers, sent with every request (dropped, like any credential, on a
-    /// redirect to another origin).
+    /// The job's custom headers, sent with every request to the origin of the job's URL and to
+    /// no other: all of them are dropped on a redirect to another origin, since any of them
+    /// (`X-Api-Key`, `Private-Token`, …) may be a credential.
     pub headers: HeaderMap,
     pub redirects: RedirectPolicy,
     /// BITS_HTTP_SECURITY_FLAG ALLOW_HTTPS_TO_HTTP (0x800): follow a redirect from https to http.
@@ -152,8 +152,8 @@ impl HttpClient {
         self.probe_with(url, &HeaderMap::new()).await
     }
 
-    /// [`HttpClient::probe`] with a job's custom headers on every request (they are dropped on a
-    /// redirect to another origin, like any credential).
+    /// [`HttpClient::probe`] with a job's custom headers on every request to the URL's origin
+    /// (none of them follows a redirect to another origin).
     pub async fn probe_with(&self, url: &str, extra: &HeaderMap) -> Result<RemoteInfo, FetchError> {
         self.probe_opts(url, &RequestOptions::with_headers(extra)).await
     }
@@ -168,18 +168,20 @@ impl HttpClient {
     ) -> Result<RemoteInfo, FetchError> {
         let start = parse_url(url)?;
         let (resp, final_url) =
-            self.send(Method::HEAD, &start, self.headers_with(&opts.headers), opts).await?;
+            self.send(Method::HEAD, &start, self.own_headers(), &opts.headers, opts).await?;
         let (parts, _body) = resp.into_parts();
         if !probe::head_refused(parts.status) {
             return probe::from_head(&parts, &final_url)
                 .map(|info| info.reached_from(&start, &final_url));
         }
         debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
-        let mut headers = self.headers_with(&opts.headers);
-        // The HEAD was redirected elsewhere: the GET starting there gets no credentials either.
-        strip_sensitive_headers(&mut headers, &start, &final_url);
+        let mut headers = self.own_headers();
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
-        let (resp, final_url) = self.send(Method::GET, &final_url, headers, opts).await?;
+        // The HEAD was redirected to another origin: the GET starting there gets no custom
+        // headers either.
+        let custom =
+            if same_origin(&start, &final_url) { &opts.headers } else { &HeaderMap::new() };
+        let (resp, final_url) = self.send(Method::GET, &final_url, headers, custom, opts).await?;
         let (parts, _body) = resp.into_parts();
         probe::from_range_probe(&parts, &final_url)
             .map(|info| info.reached_from(&start, &final_url))
@@ -200,9 +202,10 @@ impl HttpClient {
         opts: &RequestOptions,
     ) -> Result<Option<(RemoteInfo, RangeBody)>, FetchError> {
         let start = parse_url(url)?;
-        let mut headers = self.headers_with(&opts.headers);
+        let mut headers = self.own_headers();
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-"));
-        let (resp, final_url) = self.send(Method::GET, &start, headers, opts).await?;
+        let (resp, final_url) =
+            self.send(Method::GET, &start, headers, &opts.headers, opts).await?;
         let (parts, body) = resp.into_parts();
         let Some(info) = probe::from_open_range(&parts, &final_url)? else {
             return Ok(None);
@@ -310,11 +313,7 @@ impl HttpClient {
         opts: &RequestOptions,
     ) -> Result<(http::response::Parts, Incoming, Url), FetchError> {
         let start = parse_url(&remote.final_url)?;
-        let mut headers = self.headers_with(&opts.headers);
-        if !remote.same_origin {
-            // The probe was redirected to another origin: it gets no credentials, now or later.
-            remove_credentials(&mut headers);
-        }
+        let mut headers = self.own_headers();
         headers.insert(
             header::RANGE,
             HeaderValue::from_str(range)
@@ -325,30 +324,30 @@ impl HttpClient {
         {
             headers.insert(header::IF_RANGE, value);
         }
-        let (resp, url) = self.send(Method::GET, &start, headers, opts).await?;
+        // The probe was redirected to another origin: it gets no custom headers, now or later.
+        let custom = if remote.same_origin { &opts.headers } else { &HeaderMap::new() };
+        let (resp, url) = self.send(Method::GET, &start, headers, custom, opts).await?;
         let (parts, body) = resp.into_parts();
         Ok((parts, body, url))
     }
 
-    /// Our own headers win over a job's: custom headers are added first, then ours replace any
-    /// of the same name.
-    fn headers_with(&self, extra: &HeaderMap) -> HeaderMap {
-        let mut headers = extra.clone();
-        for (name, value) in &self.inner.base_headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        headers
+    /// The headers bitsd sends with every request, to any origin.
+    fn own_headers(&self) -> HeaderMap {
+        self.inner.base_headers.clone()
     }
 
     /// Sends one request, following redirects as `opts` allow; returns the final response and
-    /// its URL.
+    /// its URL. `own` headers go to every hop; the job's `custom` ones only until a redirect
+    /// leaves `start`'s origin, and not after it, even if the chain comes back.
     async fn send(
         &self,
         method: Method,
         start: &Url,
-        mut headers: HeaderMap,
+        own: HeaderMap,
+        custom: &HeaderMap,
         opts: &RequestOptions,
     ) -> Result<(Response<Incoming>, Url), FetchError> {
+        let mut headers = with_custom(custom, &own);
         let config = &self.inner.config;
         let mut redirects = Redirects::new(start, config.max_redirects)
             .allow_https_to_http(opts.allow_https_to_http);
@@ -393,10 +392,22 @@ impl HttpClient {
             }
             let next = redirects.next(&url, status, resp.headers().get(header::LOCATION))?;
             debug!(from = %url, to = %next, status, "following redirect");
-            strip_sensitive_headers(&mut headers, &url, &next);
+            if !same_origin(&url, &next) {
+                headers = own.clone();
+            }
             url = next;
         }
     }
+}
+
+/// A job's custom headers and bitsd's own, which win: custom headers are added first, then ours
+/// replace any of the same name.
+fn with_custom(custom: &HeaderMap, own: &HeaderMap) -> HeaderMap {
+    let mut headers = custom.clone();
+    for (name, value) in own {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers
 }
 
 /// The TLS-capable connector: ring provider, system roots (webpki roots if the system has none),

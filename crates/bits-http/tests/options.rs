@@ -7,7 +7,7 @@ mod common;
 
 use bits_core::{Code, ErrorContext, Span};
 use bits_http::{FetchError, FetchErrorKind, RedirectPolicy, RemoteInfo, RequestOptions};
-use common::{Mode, SIZE, client, read_all, start};
+use common::{Mode, SIZE, Seen, client, read_all, start};
 use http::{HeaderMap, HeaderValue, Method, header};
 
 fn policy(redirects: RedirectPolicy) -> RequestOptions {
@@ -137,38 +137,107 @@ async fn allow_policies_follow_and_report_the_final_url() {
     assert!(info.redirected);
 }
 
-#[tokio::test]
-async fn custom_headers_ride_along_and_stay_on_their_origin() {
-    let server = start(Mode::Normal).await;
-    let other = start(Mode::HeadStatus(405)).await;
-    *server.state.redirect_target.lock().unwrap() = other.url("/file");
-    let http = client();
+/// A job's custom headers, some of them credentials only by name.
+fn custom_headers() -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert("x-job", HeaderValue::from_static("7"));
-    headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
-    let opts = RequestOptions { headers, ..RequestOptions::default() };
+    for (name, value) in [
+        ("x-job", "7"),
+        ("x-secret", "s3cret"),
+        ("x-api-key", "k3y"),
+        ("private-token", "t0ken"),
+        ("authorization", "Bearer secret"),
+        ("proxy-authorization", "Basic eDp5"),
+        ("cookie", "a=b"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+}
+
+fn assert_has_all(seen: &Seen, custom: &HeaderMap) {
+    for (name, value) in custom {
+        assert_eq!(seen.headers.get(name), Some(value), "{name} missing on {seen:?}");
+    }
+}
+
+fn assert_has_none(seen: &Seen, custom: &HeaderMap) {
+    for name in custom.keys() {
+        assert!(!seen.headers.contains_key(name), "{name} crossed origins: {seen:?}");
+    }
+    assert!(seen.headers.contains_key(header::USER_AGENT), "bitsd's own headers go everywhere");
+}
+
+#[tokio::test]
+async fn custom_headers_ride_along_on_their_origin() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    let custom = custom_headers();
+    let opts = RequestOptions { headers: custom.clone(), ..RequestOptions::default() };
 
     let info = http.probe_opts(&server.url("/file"), &opts).await.unwrap();
     let mut body = http.get_range_opts(&info, Span::new(0, 10), &opts).await.unwrap();
     read_all(&mut body).await.unwrap();
-    for seen in server.state.seen() {
-        assert_eq!(seen.headers["x-job"], "7");
-        assert_eq!(seen.headers[header::AUTHORIZATION], "Bearer secret");
+    // A redirect within the origin keeps them, on both hops.
+    let info = http.probe_opts(&server.url("/r/302"), &opts).await.unwrap();
+    assert!(info.redirected && info.same_origin);
+    let seen = server.state.seen();
+    assert_eq!(seen.len(), 4);
+    for s in &seen {
+        assert_has_all(s, &custom);
     }
+}
 
-    // Redirected to another origin whose server refuses HEAD: neither the HEAD nor the GET
-    // fallback there carries the credentials.
+/// No custom header, whatever its name, reaches another origin (another port of 127.0.0.1):
+/// not on the redirected HEAD, its GET fallback, a ranged GET sent straight to the probe's final
+/// URL, nor a whole-file GET that is redirected.
+#[tokio::test]
+async fn no_custom_header_follows_a_redirect_to_another_origin() {
+    let server = start(Mode::Normal).await;
+    let refuses_head = start(Mode::HeadStatus(405)).await;
+    let other = start(Mode::Normal).await;
+    let http = client();
+    let custom = custom_headers();
+    let opts = RequestOptions { headers: custom.clone(), ..RequestOptions::default() };
+
+    *server.state.redirect_target.lock().unwrap() = refuses_head.url("/file");
     let info = http.probe_opts(&server.url("/abs-redirect"), &opts).await.unwrap();
     assert!(info.redirected && !info.same_origin);
-    let seen = other.state.seen();
+    let seen = refuses_head.state.seen();
     assert_eq!(
         seen.iter().map(|s| s.method.clone()).collect::<Vec<_>>(),
         [Method::HEAD, Method::GET]
     );
-    for s in &seen {
-        assert!(!s.headers.contains_key(header::AUTHORIZATION), "{s:?}");
-        assert_eq!(s.headers["x-job"], "7");
-    }
+    seen.iter().for_each(|s| assert_has_none(s, &custom));
+
+    *server.state.redirect_target.lock().unwrap() = other.url("/file");
+    let info = http.probe_opts(&server.url("/abs-redirect"), &opts).await.unwrap();
+    let mut body = http.get_range_opts(&info, Span::new(0, 10), &opts).await.unwrap();
+    read_all(&mut body).await.unwrap();
+    let (_, mut body) =
+        http.fetch_whole_opts(&server.url("/abs-redirect"), &opts).await.unwrap().unwrap();
+    read_all(&mut body).await.unwrap();
+    let seen = other.state.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.method.clone()).collect::<Vec<_>>(),
+        [Method::HEAD, Method::GET, Method::GET]
+    );
+    seen.iter().for_each(|s| assert_has_none(s, &custom));
+
+    // The origin that redirected got them every time.
+    let seen = server.state.seen();
+    assert_eq!(seen.len(), 3);
+    seen.iter().for_each(|s| assert_has_all(s, &custom));
+
+    // Once a chain has left the origin they are gone for good, even when it comes back.
+    *server.state.redirect_target.lock().unwrap() = other.url("/abs-redirect");
+    *other.state.redirect_target.lock().unwrap() = server.url("/file");
+    let info = http.probe_opts(&server.url("/abs-redirect"), &opts).await.unwrap();
+    assert!(info.same_origin, "the chain ended where it started");
+    let seen = server.state.seen();
+    assert_eq!((seen.len(), seen[4].path.as_str()), (5, "/file"));
+    assert_has_all(&seen[3], &custom);
+    assert_has_none(&seen[4], &custom);
+    assert_has_none(&other.state.last(), &custom);
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! checked before any is added), changing where they come from (SetRemoteName,
 //! ReplaceRemotePrefix) and steering on-demand downloads (UpdateDownloadPosition).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use bits_core::job::{MAX_FILES_PER_JOB, MAX_RANGES_PER_FILE};
@@ -69,6 +69,7 @@ impl Manager {
             }
             validate::remote_url(&file.remote_url)?;
             validate::local_path(&file.local_path)?;
+            validate::temp_path(&file.local_path, id)?;
             if !seen.insert(file.local_path.as_path()) {
                 return Err(duplicate_path(&file.local_path));
             }
@@ -84,11 +85,46 @@ impl Manager {
         }
         let dests: Vec<PathBuf> = files.iter().map(|f| f.local_path.clone()).collect();
         // As the owner (spec §9): a directory the owner may not write is refused here, whoever
-        // the daemon runs as. (An ownership change meanwhile is refused below.)
-        run_as(self.owner_identity(owner_uid), move || {
-            dests.iter().try_for_each(|dest| bits_disk::check_destination(dest).map_err(disk_error))
+        // the daemon runs as. (An ownership change meanwhile is refused below.) Each directory's
+        // symbolic links are followed this once, as the owner; the job keeps the resolved path
+        // and never follows a link again (see bits-disk's dir.rs).
+        let resolved = run_as(self.owner_identity(owner_uid), move || {
+            let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+            let mut resolved = Vec::with_capacity(dests.len());
+            for dest in &dests {
+                bits_disk::check_destination_name(dest).map_err(disk_error)?;
+                let known = dest.parent().and_then(|dir| dirs.get(dir));
+                let dest = match (known, dest.file_name()) {
+                    (Some(real_dir), Some(name)) => real_dir.join(name),
+                    _ => {
+                        let real = bits_disk::resolve_destination(dest).map_err(disk_error)?;
+                        if let (Some(dir), Some(real_dir)) = (dest.parent(), real.parent()) {
+                            dirs.insert(dir.to_path_buf(), real_dir.to_path_buf());
+                        }
+                        real
+                    }
+                };
+                bits_disk::check_destination(&dest).map_err(disk_error)?;
+                resolved.push(dest);
+            }
+            Ok(resolved)
         })
         .await?;
+        let mut seen: HashSet<&Path> = HashSet::with_capacity(files.len());
+        if let Some(dup) = resolved.iter().find(|dest| !seen.insert(dest.as_path())) {
+            return Err(duplicate_path(dup));
+        }
+        // A link may lead somewhere longer: the path the job keeps must fit the limits too.
+        for dest in &resolved {
+            validate::local_path(dest)?;
+            validate::temp_path(dest, id)?;
+        }
+        let files: Vec<NewFile> = files
+            .into_iter()
+            .zip(resolved)
+            .map(|(file, local_path)| NewFile { local_path, ..file })
+            .collect();
+        let mode = caller.file_mode();
 
         let indexes = {
             let mut table = self.table();
@@ -120,6 +156,8 @@ impl Manager {
                     requested: RangeSet::new(),
                     completed: false,
                     download_position: None,
+                    temp_id: None,
+                    mode: Some(mode),
                 });
                 indexes.push(index);
             }

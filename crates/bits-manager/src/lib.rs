@@ -14,6 +14,7 @@ mod flusher;
 mod manager;
 mod ownership;
 mod reconcile;
+mod requested;
 mod scheduler;
 mod setters;
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bits_core::job::{DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS};
 use bits_core::{
     BitsError, ByteRange, Code, Event, Job, JobError, JobFile, JobId, JobState, JobType, Priority,
-    Progress, RangeSet, transition,
+    Progress, RangeSet, TempId, transition,
 };
 use bits_store::Store;
 use tokio::sync::Notify;
@@ -27,6 +27,7 @@ use bits_disk::Identity;
 use crate::access::{AccessPolicy, run_as};
 use crate::events::EventBus;
 use crate::flusher::Flusher;
+use crate::requested::{Requested, check_pending};
 use crate::validate;
 
 /// Who is calling: the uid from the socket's peer credentials, and whether that uid is an
@@ -36,12 +37,27 @@ pub struct Caller {
     pub uid: u32,
     /// Administrators may act on every job and are exempt from the limits (spec §8, §9).
     pub admin: bool,
+    /// The calling process, from the socket's peer credentials (`None` over TCP): a file it adds
+    /// gets the permissions its own umask would give it.
+    pub pid: Option<i32>,
 }
 
 impl Caller {
     /// A caller that is not an administrator.
     pub fn user(uid: u32) -> Caller {
-        Caller { uid, admin: false }
+        Caller { uid, admin: false, pid: None }
+    }
+
+    /// This caller, calling from process `pid`.
+    pub fn in_process(self, pid: Option<i32>) -> Caller {
+        Caller { pid, ..self }
+    }
+
+    /// Permission bits of a file this caller adds: 0666 less the calling process's umask, as
+    /// for a file it created itself; 0644 when the process is unknown (TCP) or gone.
+    pub(crate) fn file_mode(self) -> u32 {
+        let umask = self.pid.and_then(bits_disk::umask_of_process).unwrap_or(0o022);
+        0o666 & !umask
     }
 
     pub fn is_admin(self) -> bool {
@@ -125,6 +141,10 @@ const DEFERRED_RETRY: Duration = Duration::from_secs(1);
 
 /// How many finished jobs are remembered so that calls on them say BG_E_INVALID_STATE.
 const MAX_TOMBSTONES: usize = 4096;
+
+/// Up to this many ranges a RequestFileRanges sorts them on the gRPC thread (well under a
+/// millisecond); more go to the blocking pool, so one large request does not stall other callers.
+const SORT_INLINE_MAX: usize = 4096;
 
 /// A cheap-to-clone handle on the manager.
 #[derive(Clone)]
@@ -439,7 +459,7 @@ impl Manager {
     /// The [`Caller`] for a uid, with its administrator status from the configuration (admin
     /// uids, or membership of an admin group).
     pub fn caller(&self, uid: u32) -> Caller {
-        Caller { uid, admin: self.inner.access.is_admin(uid) }
+        Caller { uid, admin: self.inner.access.is_admin(uid), pid: None }
     }
 
     /// The file-system identity of a job's owner, for file work done on the owner's behalf.
@@ -734,9 +754,11 @@ impl Manager {
         self.set_completed_many(id, &newly, true).await?;
 
         let batch = whole.clone();
+        let owner_id = owner.clone();
         // As the owner: the rename needs the owner's right to replace the destination (and
         // never follows a link someone planted there; it replaces it).
         let stopped = run_as(owner.clone(), move || {
+            let owner = owner_id;
             // Which files to move: in order, up to the first whose temp file cannot be made
             // ready. A temp file already gone was renamed before a crash if the file is
             // completed; if not, its bytes are lost.
@@ -745,13 +767,15 @@ impl Manager {
             // The files to move, and each one's position in `batch`.
             let (mut plan, mut positions) = (Vec::new(), Vec::new());
             for (k, (index, file)) in batch.iter().enumerate() {
-                let ready =
-                    prepare_temp_for_finalize(&file.temp_path, file.bytes_total().unwrap_or(0));
-                if let Err(e) = ready {
-                    failure = Some((k, *index, Some(e)));
-                    break;
-                }
-                let Ok(found) = file.temp_path.symlink_metadata() else {
+                let found = prepare_temp_for_finalize(file, owner.uid);
+                let found = match found {
+                    Ok(found) => found,
+                    Err(e) => {
+                        failure = Some((k, *index, Some(e)));
+                        break;
+                    }
+                };
+                let Some((found, made)) = found else {
                     if file.completed {
                         already.push(&file.local_path);
                         continue;
@@ -761,7 +785,7 @@ impl Manager {
                 };
                 let mtime = remote_mtime(&file.validator);
                 let (temp, dest) = (file.temp_path.as_path(), file.local_path.as_path());
-                plan.push(bits_disk::Move { temp, dest, mtime, found: Some(found) });
+                plan.push(bits_disk::Move { temp, dest, mtime, made, found: Some(found) });
                 positions.push(k);
             }
             let (renamed, error) = bits_disk::rename_all_into_place(&plan);
@@ -795,7 +819,8 @@ impl Manager {
                 Err(BitsError::new(
                     Code::ERROR_PATH_NOT_FOUND,
                     format!(
-                        "the temp file {} of file {index} is gone; Resume downloads the file again",
+                        "the temp file {} of file {index} is gone or truncated; Resume downloads \
+                         the file again",
                         whole[k].1.temp_path.display()
                     ),
                 ))
@@ -810,16 +835,16 @@ impl Manager {
         files: &[JobFile],
         which: impl Fn(usize) -> bool,
     ) -> Result<Code, BitsError> {
-        let temps: Vec<PathBuf> = files
+        let temps: Vec<(PathBuf, Option<TempId>)> = files
             .iter()
             .enumerate()
             .filter(|(i, f)| which(*i) && !f.completed)
-            .map(|(_, f)| f.temp_path.clone())
+            .map(|(_, f)| (f.temp_path.clone(), f.temp_id))
             .collect();
         run_as(owner.clone(), move || {
             let mut all_deleted = true;
-            for temp in temps {
-                if let Err(e) = bits_disk::remove_temp(&temp) {
+            for (temp, made) in temps {
+                if let Err(e) = bits_disk::remove_temp(&temp, made) {
                     tracing::warn!(error = %e, "cannot delete temp file");
                     all_deleted = false;
                 }
@@ -849,6 +874,10 @@ impl Manager {
 
     /// RequestFileRanges: these remote ranges are fetched ahead of the rest of the file. Ranges may
     /// overlap each other and what is already filled; no byte is fetched twice.
+    ///
+    /// The ranges are sorted and merged before the table is locked (a large request is worth a
+    /// blocking-pool thread, so the gRPC thread keeps serving meanwhile); under the lock they are
+    /// only checked against the file's size and merged into its pending set in one pass.
     pub async fn request_file_ranges(
         &self,
         caller: Caller,
@@ -856,43 +885,37 @@ impl Manager {
         index: u32,
         ranges: &[ByteRange],
     ) -> Result<Code, BitsError> {
+        // Spec §3 order: lookup, state and the file's type come before the ranges themselves.
+        let size = {
+            let mut table = self.table();
+            let entry = on_demand_entry(&mut table, caller, id, index)?;
+            file_mut(&mut entry.job, index)?.remote_size
+        };
+        let requested = if ranges.len() <= SORT_INLINE_MAX {
+            Requested::parse(ranges, caller.is_admin())?
+        } else {
+            let ranges = ranges.to_vec();
+            tokio::task::spawn_blocking(move || Requested::parse(&ranges, caller.is_admin()))
+                .await
+                .map_err(|e| {
+                    BitsError::new(Code::E_FAIL, format!("sorting the ranges failed: {e}"))
+                })??
+        };
+        let mut wanted = requested.within(size)?;
         {
             let mut table = self.table();
-            let entry = lookup_mut(&mut table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
+            let entry = on_demand_entry(&mut table, caller, id, index)?;
             let file = file_mut(&mut entry.job, index)?;
-            if !file.ranges.is_empty() {
-                return Err(BitsError::new(
-                    Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
-                    format!(
-                        "file {index} was added with static ranges; on-demand ranges need a whole-file download"
-                    ),
-                ));
+            if file.remote_size != size {
+                // A probe learned (or changed) the size meanwhile: check against that one.
+                wanted = requested.within(file.remote_size)?;
             }
-            if ranges.is_empty() {
-                return Err(BitsError::new(Code::E_INVALIDARG, "at least one range is required"));
-            }
-            let mut wanted = RangeSet::new();
-            for range in ranges {
-                let span = match file.remote_size {
-                    Some(size) => range.resolve(size)?,
-                    None if range.offset == bits_core::LENGTH_TO_EOF => {
-                        return Err(BitsError::new(
-                            Code::BG_E_INVALID_RANGE,
-                            "range offset is BG_LENGTH_TO_EOF",
-                        ));
-                    }
-                    // Size not known yet: keep it open-ended; the worker clips it after the probe.
-                    None => bits_core::Span::new(
-                        range.offset,
-                        range.offset.saturating_add(range.length),
-                    ),
-                };
-                wanted.insert(span.start, span.end);
-            }
-            file.requested.insert_set(&wanted.subtract(&file.filled));
+            let pending = file.requested.union(&wanted.subtract(&file.filled));
+            check_pending(&pending, index, caller.is_admin())?;
+            file.requested = pending;
+            self.persist_file(id, index, file)?;
             entry.job.modification_time = SystemTime::now();
-            self.persist_job(&entry.job)?;
+            self.persist_job_fields(&entry.job)?;
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
             }
@@ -1029,14 +1052,26 @@ impl Manager {
     }
 }
 
-/// The temp file of a transferred zero-length file may never have been created (no byte was
-/// written); make sure there is something to rename.
-fn prepare_temp_for_finalize(temp: &Path, len: u64) -> Result<(), BitsError> {
-    if len == 0 && temp.symlink_metadata().is_err() {
-        let part = bits_disk::PartFile::open(temp).map_err(disk_error)?;
+/// A whole file's temp file as Complete finds it (reached without following a link): its
+/// `lstat` and which file the job created, or `None` when it is gone or shorter than its bytes. The temp file of a
+/// transferred zero-length file may never have been created (no byte was written): it is
+/// created now, so there is something to rename.
+fn prepare_temp_for_finalize(
+    file: &JobFile,
+    owner: u32,
+) -> Result<Option<(bits_disk::Stat, Option<TempId>)>, BitsError> {
+    let temp = &file.temp_path;
+    let mut made = file.temp_id;
+    if file.bytes_total() == Some(0) && made.is_none() && !file.completed {
+        let part = bits_disk::PartFile::create(temp, file.mode.unwrap_or(0o644), owner)
+            .map_err(disk_error)?;
         part.sync().map_err(disk_error)?;
+        made = Some(part.id());
     }
-    Ok(())
+    let found = bits_disk::stat_temp(temp).map_err(disk_error)?;
+    // Shorter than its bytes: truncated behind our back, so some recorded bytes are lost.
+    let whole = |stat: &bits_disk::Stat| stat.st_size as u64 >= file.bytes_total().unwrap_or(0);
+    Ok(found.filter(whole).map(|stat| (stat, made)))
 }
 
 /// The server's Last-Modified, which a completed file gets as its modification time.
@@ -1117,6 +1152,27 @@ pub(crate) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsEr
     })
 }
 
+/// Job `id`'s entry, once RequestFileRanges may change it: the caller owns it (or is an admin),
+/// its state allows changes, and file `index` is a whole-file download.
+fn on_demand_entry(
+    table: &mut Table,
+    caller: Caller,
+    id: JobId,
+    index: u32,
+) -> Result<&mut Entry, BitsError> {
+    let entry = lookup_mut(table, caller, id)?;
+    transition(entry.job.state, Event::Modify)?;
+    if !file_mut(&mut entry.job, index)?.ranges.is_empty() {
+        return Err(BitsError::new(
+            Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
+            format!(
+                "file {index} was added with static ranges; on-demand ranges need a whole-file download"
+            ),
+        ));
+    }
+    Ok(entry)
+}
+
 pub(crate) fn no_such_file(job: &Job, index: u32) -> BitsError {
     BitsError::new(
         Code::E_INVALIDARG,
@@ -1124,8 +1180,16 @@ pub(crate) fn no_such_file(job: &Job, index: u32) -> BitsError {
     )
 }
 
+/// A full disk (or quota) is `ERROR_DISK_FULL`, which a client can act on by freeing space: the
+/// store recovers by itself once there is room. Anything else is the store's failure.
 pub(crate) fn store_error(e: bits_store::StoreError) -> BitsError {
     tracing::error!(error = %e, "job store failure");
+    if e.is_disk_full() {
+        return BitsError::new(
+            Code::ERROR_DISK_FULL,
+            format!("the job store's disk is full; the change was not saved: {e}"),
+        );
+    }
     BitsError::new(Code::BG_E_DATABASE_CORRUPT, format!("job store failure: {e}"))
 }
 
@@ -1333,5 +1397,23 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), ended.cancelled()).await.unwrap();
         assert!(m.table().jobs[&id].run.is_none(), "woken while the worker was still registered");
         drop(silent);
+    }
+
+    /// A store that failed for lack of space says so (ERROR_DISK_FULL), also when the engine
+    /// kept only the error's kind; other failures stay the store's.
+    #[test]
+    fn a_full_disk_is_error_disk_full_not_a_corrupt_database() {
+        use bits_store::StoreError;
+        let io = |cause| StoreError::Io { op: "flush the job store to disk", cause };
+        let enospc = std::io::Error::from_raw_os_error(28);
+        let edquot = std::io::Error::from_raw_os_error(122);
+        let kind_only = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left");
+        for cause in [enospc, edquot, kind_only] {
+            let error = store_error(io(cause));
+            assert_eq!(error.code, Code::ERROR_DISK_FULL, "{error:?}");
+            assert!(error.message.contains("disk is full"), "{}", error.message);
+        }
+        let error = store_error(io(std::io::Error::other("disk on fire")));
+        assert_eq!(error.code, Code::BG_E_DATABASE_CORRUPT, "{error:?}");
     }
 }

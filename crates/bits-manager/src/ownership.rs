@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use bits_core::{BitsError, Code, Job, JobId};
-use bits_disk::{DiskError, PartFile};
+use bits_disk::DiskError;
 
 use crate::access::run_as;
 use crate::manager::{Caller, Manager, lookup_mut_check};
@@ -59,18 +59,19 @@ impl Manager {
     }
 }
 
-/// Whether the current (file-system) identity may write `temp`, if it exists. Opening is the
-/// check: the kernel decides, with the same rules the later writes will meet.
+/// Whether the current (file-system) identity may write `temp`, if it exists, and create files
+/// in its directory — the directory AddFile resolved, reached without following a link: a path
+/// the previous owner redirected since is refused, not followed. Opening is the check: the kernel
+/// decides, with the same rules the later writes will meet.
 fn can_write_existing(temp: &std::path::Path) -> Result<(), BitsError> {
-    match temp.symlink_metadata() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        // Not even visible to the new owner (a private directory): certainly not writable.
-        Err(_) => return Err(no_file_access(temp)),
-        Ok(_) => {}
-    }
-    match PartFile::open(temp) {
-        Ok(_) => Ok(()),
-        Err(DiskError::AccessDenied { path }) => Err(no_file_access(&path)),
+    match bits_disk::check_temp_writable(temp) {
+        Ok(()) => Ok(()),
+        Err(
+            DiskError::AccessDenied { .. }
+            | DiskError::Redirected { .. }
+            | DiskError::NotFound { .. }
+            | DiskError::NotOurs { .. },
+        ) => Err(no_file_access(temp)),
         Err(e) => Err(BitsError::new(e.code(), e.to_string())),
     }
 }
@@ -78,6 +79,10 @@ fn can_write_existing(temp: &std::path::Path) -> Result<(), BitsError> {
 fn no_file_access(temp: &std::path::Path) -> BitsError {
     BitsError::new(
         Code::BG_E_NEW_OWNER_NO_FILE_ACCESS,
-        format!("the new owner cannot write the temp file {}", temp.display()),
+        format!(
+            "the new owner cannot write the temp file {} or its directory (or the directory path \
+             changed since AddFile)",
+            temp.display()
+        ),
     )
 }

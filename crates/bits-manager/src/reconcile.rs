@@ -21,10 +21,9 @@ pub(crate) fn trim_filled(jobs: &mut [Job]) -> Vec<usize> {
             if file.completed || file.filled.is_empty() {
                 continue;
             }
-            let temp_len = std::fs::symlink_metadata(&file.temp_path)
-                .ok()
-                .filter(|m| m.is_file())
-                .map(|m| m.len());
+            // Reached without following a link, and only the file the job created counts: a
+            // file someone put in its place holds none of the job's bytes.
+            let temp_len = bits_disk::temp_len(&file.temp_path, file.temp_id);
             let before = file.filled.total_len();
             if file.trim_filled_to(temp_len) {
                 tracing::warn!(
@@ -116,6 +115,8 @@ mod tests {
                 temp_path: dir.join(".f.bin.bitsd-x-0.part"),
                 completed: false,
                 download_position: None,
+                temp_id: None,
+                mode: None,
             }],
         }
     }

@@ -24,27 +24,58 @@ pub enum PropertyValue {
 impl Manager {
     /// Checks the caller and the state, applies `change` (which may refuse with an error), then
     /// persists and flushes. Every setter goes through here.
+    ///
+    /// A change that is refused, or that the store does not make durable, is taken back: a
+    /// failed call changes nothing a client can see (the job as GetJob shows it, and after a
+    /// restart, agree).
     pub(crate) async fn modify(
         &self,
         caller: Caller,
         id: JobId,
         change: impl FnOnce(&mut Job) -> Result<(), BitsError>,
     ) -> Result<Code, BitsError> {
-        {
+        let (before, after) = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             transition(entry.job.state, Event::Modify)?;
-            change(&mut entry.job)?;
-            entry.job.modification_time = SystemTime::now();
-            self.persist_job(&entry.job)?;
+            let before = Settings::of(&entry.job);
+            let changed = change(&mut entry.job).and_then(|()| {
+                entry.job.modification_time = SystemTime::now();
+                self.persist_job(&entry.job)
+            });
+            if let Err(e) = changed {
+                before.restore(&mut entry.job);
+                return Err(e);
+            }
             entry.events.modified(entry);
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
             }
+            (before, Settings::of(&entry.job))
+        };
+        if let Err(e) = self.flush().await {
+            self.take_back(id, &before, &after);
+            return Err(e);
         }
-        self.flush().await?;
         self.inner.wake.notify_one();
         Ok(Code::S_OK)
+    }
+
+    /// Undoes a change whose flush failed: each setting that still has the value the change
+    /// gave it gets its old value back (a setting changed again since is left to that change),
+    /// in the table and in the store. The store write is best effort: the store failed a
+    /// moment ago, and if it stays failed its next open recovers the old values anyway.
+    fn take_back(&self, id: JobId, before: &Settings, after: &Settings) {
+        let mut table = self.table();
+        let Some(entry) = table.jobs.get_mut(&id) else { return };
+        before.restore_unchanged(after, &mut entry.job);
+        if let Err(e) = self.persist_job_fields(&entry.job) {
+            tracing::warn!(job = %id, error = %e, "storing the settings a failed change took back failed");
+        }
+        entry.events.modified(entry);
+        if let Some(run) = &entry.run {
+            run.repick.notify_one();
+        }
     }
 
     pub async fn set_priority(
@@ -299,6 +330,52 @@ impl Manager {
     }
 }
 
+/// Declares [`Settings`]: the job fields a setter may change.
+macro_rules! settings {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        /// A job's settings (the fields the setters change), as they were at one moment.
+        #[derive(Debug)]
+        struct Settings {
+            $($field: $ty,)*
+        }
+
+        impl Settings {
+            fn of(job: &Job) -> Settings {
+                Settings { $($field: job.$field.clone(),)* }
+            }
+
+            /// Puts every setting back as it was.
+            fn restore(&self, job: &mut Job) {
+                $(job.$field = self.$field.clone();)*
+            }
+
+            /// Puts back each setting that still has its value in `after`.
+            fn restore_unchanged(&self, after: &Settings, job: &mut Job) {
+                $(if job.$field == after.$field {
+                    job.$field = self.$field.clone();
+                })*
+            }
+        }
+    };
+}
+
+settings! {
+    display_name: String,
+    description: String,
+    priority: Priority,
+    minimum_retry_delay_secs: u32,
+    no_progress_timeout_secs: u32,
+    maximum_download_time_secs: u32,
+    notify_flags: u32,
+    security_flags: u32,
+    custom_headers: Option<String>,
+    on_demand: bool,
+    minimum_notification_interval_ms: u32,
+    connections_per_file: u32,
+    files_at_once: u32,
+    modification_time: SystemTime,
+}
+
 fn check_length(what: &str, text: &str, max: usize) -> Result<(), BitsError> {
     let n = text.chars().count();
     if n > max {
@@ -308,4 +385,56 @@ fn check_length(what: &str, text: &str, max: usize) -> Result<(), BitsError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
+
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use super::*;
+    use crate::manager::ManagerConfig;
+    use bits_store::Store;
+
+    use crate::testing::{Watched, caller, job_with_files};
+
+    /// A setter whose flush fails answers with the error and leaves the job as it was, in the
+    /// table and in the store; once the store works again the same call succeeds.
+    #[tokio::test]
+    async fn a_setter_whose_flush_fails_changes_nothing() {
+        let store = Arc::new(Watched::default());
+        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let id = job_with_files(&m, std::path::Path::new("/unused"), 0).await;
+        let before = m.get_job(caller(), id).unwrap();
+
+        store.fail.store(true, SeqCst);
+        let error = m.set_display_name(caller(), id, Some("new".into())).await.unwrap_err();
+        assert_eq!(error.code, Code::BG_E_DATABASE_CORRUPT, "{error:?}");
+        assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed change is visible");
+        let error = m.set_priority(caller(), id, Priority::High).await.unwrap_err();
+        assert!(error.message.contains("disk on fire"), "{error:?}");
+        assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed change is visible");
+        let stored = store.load_all().unwrap();
+        assert_eq!(stored[0].display_name, before.display_name, "the store kept the change");
+        assert_eq!(stored[0].priority, before.priority, "the store kept the change");
+
+        store.fail.store(false, SeqCst);
+        m.set_display_name(caller(), id, Some("new".into())).await.unwrap();
+        assert_eq!(m.get_job(caller(), id).unwrap().display_name, "new");
+        assert_eq!(store.load_all().unwrap()[0].display_name, "new");
+    }
+
+    /// A change refused half-way (the second of two values is out of range) leaves the first
+    /// value as it was too.
+    #[tokio::test]
+    async fn a_refused_change_changes_nothing() {
+        let m = crate::testing::manager().await;
+        let id = job_with_files(&m, std::path::Path::new("/unused"), 0).await;
+        let before = m.get_job(caller(), id).unwrap();
+        let error = m.set_extensions(caller(), id, Some(4), Some(0)).await.unwrap_err();
+        assert_eq!(error.code, Code::E_INVALIDARG, "{error:?}");
+        assert_eq!(m.get_job(caller(), id).unwrap(), before);
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use bits_core::job::{MAX_DESCRIPTION_CHARS, MAX_DISPLAY_NAME_CHARS, MAX_URL_CHARS};
-use bits_core::{BitsError, Code};
+use bits_core::{BitsError, Code, JobId};
 
 pub fn display_name(name: &str) -> Result<(), BitsError> {
     if name.is_empty() {
@@ -73,35 +73,84 @@ pub fn remote_url(url: &str) -> Result<(), BitsError> {
     Ok(())
 }
 
+/// Longest file name (path component) Linux file systems accept, in bytes.
+const NAME_MAX: usize = 255;
+
+/// Linux's PATH_MAX, in bytes with the terminating NUL: a path must be shorter.
+const PATH_MAX: usize = 4096;
+
+/// How much of a refused path an error message shows: enough to recognise it, without echoing
+/// kilobytes back to the caller and into logs.
+const SHOWN_MAX: usize = 120;
+
 /// An absolute path naming a file (not a directory), with no `..` components, so the temp file
-/// lands where the caller expects.
+/// lands where the caller expects, and one the kernel can take: no NUL byte, no component over
+/// NAME_MAX, shorter than PATH_MAX. Refused here rather than after the download, when the
+/// temp file is created or the finished file renamed.
 pub fn local_path(path: &Path) -> Result<(), BitsError> {
-    let shown = path.display();
-    if !path.is_absolute() {
-        return Err(BitsError::new(
-            Code::E_INVALIDARG,
-            format!("local path {shown:?} is not absolute"),
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let invalid = |what: &str| {
+        Err(BitsError::new(Code::E_INVALIDARG, format!("local path {} {what}", shown(bytes))))
+    };
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        return invalid(&format!("contains a NUL byte at byte {at}"));
+    }
+    if bytes.len() >= PATH_MAX {
+        return invalid(&format!(
+            "is {} bytes; a path must be shorter than PATH_MAX ({PATH_MAX} bytes)",
+            bytes.len()
         ));
+    }
+    if let Some(long) = path.iter().find(|c| c.len() > NAME_MAX) {
+        return invalid(&format!(
+            "has a component of {} bytes ({}); at most NAME_MAX ({NAME_MAX} bytes) are allowed",
+            long.len(),
+            shown(long.as_encoded_bytes())
+        ));
+    }
+    if !path.is_absolute() {
+        return invalid("is not absolute");
     }
     if path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(BitsError::new(
-            Code::E_INVALIDARG,
-            format!("local path {shown:?} contains \"..\""),
-        ));
+        return invalid("contains \"..\"");
     }
-    if path.file_name().is_none() || path.as_os_str().as_encoded_bytes().ends_with(b"/") {
-        return Err(BitsError::new(
-            Code::E_INVALIDARG,
-            format!("local path {shown:?} does not name a file"),
-        ));
+    if path.file_name().is_none() || bytes.ends_with(b"/") {
+        return invalid("does not name a file");
     }
-    if path.as_os_str().len() > 4096 {
+    Ok(())
+}
+
+/// The temp file of a (checked) local path must fit the same limits: it sits in the same
+/// directory under a longer name (`bits_disk::temp_path_for`), so a path just under PATH_MAX
+/// would download and then fail to create it. Checked with the longest file index, so the answer
+/// cannot depend on how many files the job has when this one is added.
+pub fn temp_path(path: &Path, job: JobId) -> Result<(), BitsError> {
+    let temp = bits_disk::temp_path_for(path, &job.to_string(), u32::MAX);
+    let bytes = temp.as_os_str().as_encoded_bytes();
+    let name = temp.file_name().map_or(0, |n| n.len());
+    if bytes.len() >= PATH_MAX || name > NAME_MAX {
         return Err(BitsError::new(
             Code::E_INVALIDARG,
-            format!("local path {shown:?} is longer than PATH_MAX"),
+            format!(
+                "local path {} is too long for its temp file ({} bytes, name {name} bytes): a path \
+                 must be shorter than PATH_MAX ({PATH_MAX} bytes) and a name at most NAME_MAX \
+                 ({NAME_MAX} bytes)",
+                shown(path.as_os_str().as_encoded_bytes()),
+                bytes.len()
+            ),
         ));
     }
     Ok(())
+}
+
+/// A path or name for an error message: quoted, escaped, and cut after [`SHOWN_MAX`] bytes.
+fn shown(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(SHOWN_MAX)]);
+    if bytes.len() > SHOWN_MAX {
+        format!("{text:?}… ({} bytes)", bytes.len())
+    } else {
+        format!("{text:?}")
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +185,56 @@ mod tests {
         assert_eq!(code(local_path(Path::new("/tmp/../etc/x"))), Some(Code::E_INVALIDARG));
         assert_eq!(code(local_path(Path::new("/tmp/dir/"))), Some(Code::E_INVALIDARG));
         assert_eq!(code(local_path(Path::new("/"))), Some(Code::E_INVALIDARG));
+    }
+
+    #[test]
+    fn paths_the_kernel_cannot_take() {
+        let err = local_path(Path::new("/tmp/a\0b")).unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG);
+        assert!(err.message.contains("NUL byte at byte 6"), "{err}");
+
+        let name = |n: usize| format!("/tmp/{}", "n".repeat(n));
+        assert_eq!(code(local_path(Path::new(&name(255)))), None);
+        let err = local_path(Path::new(&name(256))).unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG);
+        assert!(err.message.contains("256 bytes") && err.message.contains("NAME_MAX"), "{err}");
+        assert!(err.message.len() < 2 * SHOWN_MAX + 200, "the message echoes the whole name");
+        let dir = format!("/tmp/{}/f", "d".repeat(300));
+        assert_eq!(code(local_path(Path::new(&dir))), Some(Code::E_INVALIDARG));
+
+        // 4095 bytes fit (the kernel's 4096 counts the NUL); 4096 do not.
+        let deep = |n: usize| {
+            let mut p = String::from("/tmp");
+            while p.len() + 101 <= n {
+                p.push('/');
+                p.push_str(&"p".repeat(100));
+            }
+            p.push('/');
+            p.push_str(&"f".repeat(n - p.len()));
+            p
+        };
+        assert_eq!(deep(4095).len(), 4095);
+        assert_eq!(code(local_path(Path::new(&deep(4095)))), None);
+        let err = local_path(Path::new(&deep(4096))).unwrap_err();
+        assert!(err.message.contains("4096 bytes") && err.message.contains("PATH_MAX"), "{err}");
+        assert!(err.message.len() < 2 * SHOWN_MAX + 200, "the message echoes the whole path");
+    }
+
+    #[test]
+    fn the_temp_file_must_fit_too() {
+        let job = JobId::new_random();
+        // The temp name is shortened to fit NAME_MAX, so a 255-byte name is fine...
+        assert_eq!(code(temp_path(Path::new(&format!("/tmp/{}", "n".repeat(255))), job)), None);
+        // ...but its longer path must still be shorter than PATH_MAX.
+        let dir = format!("/{}", vec!["d".repeat(200); 20].join("/"));
+        let fits = format!("{dir}/{}", "f".repeat(4095 - dir.len() - 1));
+        assert_eq!(fits.len(), 4095);
+        assert_eq!(code(local_path(Path::new(&fits))), None);
+        let err = temp_path(Path::new(&fits), job).unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG);
+        assert!(err.message.contains("temp file") && err.message.contains("PATH_MAX"), "{err}");
+        let temp_fits = format!("{dir}/f");
+        assert_eq!(code(temp_path(Path::new(&temp_fits), job)), None);
     }
 
     #[test]

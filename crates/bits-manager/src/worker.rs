@@ -17,7 +17,7 @@ use bits_core::Priority;
 use bits_core::job::security;
 use bits_core::{
     BitsError, Code, ErrorContext, Event, Job, JobError, JobFile, JobId, Layout, RangeSet, Span,
-    transition,
+    TempId, transition,
 };
 use bits_disk::PartFile;
 use bits_http::{
@@ -41,6 +41,9 @@ enum Halt {
     Stopped,
     /// The remote file changed: restart this file from zero.
     Changed,
+    /// The temp file shrank under the download (truncated by someone): bytes already recorded
+    /// may be gone, so the file restarts from zero.
+    Lost,
     /// ON_DEMAND_MODE: every requested range is filled; the job waits for the next request.
     OnDemandIdle,
     /// The attempt failed; `retry_after` is the server's Retry-After, if it sent one.
@@ -115,7 +118,7 @@ pub(crate) async fn run_job(
                         tracing::info!(job = %id, "job transferred");
                     }
                 }
-                Err(Halt::Stopped) | Err(Halt::Changed) => {}
+                Err(Halt::Stopped) | Err(Halt::Changed) | Err(Halt::Lost) => {}
                 // Spec A6b: the requested ranges are in; an incomplete file waits, SUSPENDED.
                 Err(Halt::OnDemandIdle) => {
                     if let Ok(next) = transition(entry.job.state, Event::Suspend) {
@@ -354,7 +357,7 @@ async fn transfer_file(
     stop: &CancellationToken,
     repick: &Notify,
 ) -> Result<Fetched, Halt> {
-    let mut restarts = 0;
+    let (mut restarts, mut losses) = (0, 0);
     loop {
         match transfer_file_once(manager, id, index, stop, repick).await {
             Err(Halt::Changed) => {
@@ -367,6 +370,25 @@ async fn transfer_file(
                             ErrorContext::RemoteFile,
                             Code::BG_E_REMOTE_FILE_CHANGED,
                             format!("the remote file changed {restarts} times during the transfer"),
+                            index,
+                        ),
+                        transient: true,
+                        retry_after: None,
+                    });
+                }
+            }
+            Err(Halt::Lost) => {
+                losses += 1;
+                tracing::warn!(job = %id, index, "temp file truncated under the download; restarting it from zero");
+                reset_file(manager, id, index).await?;
+                if losses > MAX_RESTARTS {
+                    return Err(Halt::Failed {
+                        error: job_error(
+                            ErrorContext::LocalFile,
+                            Code::E_FAIL,
+                            format!(
+                                "the temp file was truncated {losses} times during the transfer"
+                            ),
                             index,
                         ),
                         transient: true,
@@ -474,16 +496,17 @@ async fn stream_file(
     // trusted (it may have been deleted or truncated); `connected` drops the rest and flushes
     // *before* the file is extended, or a crash in between would leave a full-length file of
     // zeros that looks intact.
-    let temp = file.temp_path.clone();
     let local_len = layout.local_len();
     let owner = job_owner(manager, id)?;
-    let (part, temp_len) = run_as(owner, move || {
-        let part = PartFile::open(&temp).map_err(disk_error)?;
+    let opening = file.clone();
+    let (part, temp_len) = run_as(owner.clone(), move || {
+        let part = open_temp(&opening, owner.uid).map_err(disk_error)?;
         let len = part.len().map_err(disk_error)?;
         Ok((part, len))
     })
     .await
     .map_err(|e| local_halt(e, index))?;
+    note_temp(manager, id, index, part.id())?;
     connected(manager, id, index, &remote, temp_len, Persist::Now).await?;
     let part = Arc::new(part);
     let sized = part.clone();
@@ -633,27 +656,40 @@ async fn small_file(
     connected(manager, id, index, &opened.remote, 0, Persist::WithFirstRange).await?;
     let owner = job_owner(manager, id)?;
     let temp = opened.file.temp_path.clone();
+    let mode = opened.file.mode.unwrap_or(DEFAULT_MODE);
     // The times Complete gives the file, set now, before the one sync (see `sync_with_times`).
     let mtime = remote_mtime(&opened.remote.validator);
     let manager = manager.clone();
     let tail = async move {
-        let written = run_as(owner, move || {
-            let part = PartFile::open_empty(&temp).map_err(disk_error)?;
-            part.write_at(0, &data).map_err(disk_error)?;
-            match mtime {
-                Some(mtime) => part.sync_with_times(mtime),
-                None => part.sync(),
-            }
-            .map_err(disk_error)
+        let written = run_as(owner.clone(), move || {
+            // Written whole from its first byte: always a new file (an earlier attempt's is
+            // replaced, see `PartFile::create`).
+            let write = || {
+                let part = PartFile::create(&temp, mode, owner.uid)?;
+                part.write_at(0, &data)?;
+                match mtime {
+                    Some(mtime) => part.sync_with_times(mtime)?,
+                    None => part.sync()?,
+                }
+                // Truncated between the write and the sync: its bytes are not all on disk.
+                part.check_len(size)?;
+                Ok(part.id())
+            };
+            Ok(write())
         })
         .await;
-        if let Err(e) = written {
-            // No range will carry what the server said to the store: write it now, so that
-            // after a restart the file reads as it does in memory (the worker's end flushes).
-            store_file_record(&manager, id, index, |_| {});
-            return Err(local_halt(e, index));
-        }
-        record_filled(&manager, id, index, Span::new(0, size)).await
+        let failed = match written {
+            Ok(Ok(made)) => {
+                note_temp(&manager, id, index, made)?;
+                return record_filled(&manager, id, index, Span::new(0, size)).await;
+            }
+            Ok(Err(e)) => disk_halt(e, index),
+            Err(e) => local_halt(e, index),
+        };
+        // No range will carry what the server said to the store: write it now, so that after a
+        // restart the file reads as it does in memory (the worker's end flushes).
+        store_file_record(&manager, id, index, |_| {});
+        Err(failed)
     };
     Ok(Fetched::Tail(Box::pin(tail), size))
 }
@@ -722,11 +758,13 @@ impl Unsynced {
             let (writes, part, layout) =
                 (std::mem::take(&mut self.batch), part.clone(), layout.clone());
             run_blocking(move || {
-                crate::writer::write_batch(&part, &layout, &writes).map_err(disk_error)?;
-                part.sync().map_err(disk_error)
+                Ok(crate::writer::write_batch(&part, &layout, &writes)
+                    .and_then(|()| part.sync())
+                    .and_then(|()| part.check_len(layout.local_len())))
             })
             .await
-            .map_err(|e| local_halt(e, index))?;
+            .map_err(|e| local_halt(e, index))?
+            .map_err(|e| disk_halt(e, index))?;
             let done = std::mem::take(&mut self.spans);
             record_filled_spans(manager, id, index, &done).await?;
         }
@@ -962,7 +1000,7 @@ async fn fetch_piece(
             // Record a span as soon as its sync is done, so a crash loses at most one window.
             synced = pipe.sync_done(), if pipe.syncing() => match synced {
                 Ok(span) => if let Err(h) = record_filled(manager, id, index, span).await { break Err(h) },
-                Err(e) => break Err(local_halt(disk_error(e), index)),
+                Err(e) => break Err(disk_halt(e, index)),
             },
             _ = tokio::time::sleep_until(deadline), if due => {
                 last_checkpoint = Instant::now();
@@ -972,7 +1010,7 @@ async fn fetch_piece(
             chunk = body.next_chunk() => match chunk {
                 Ok(Some(bytes)) => {
                     let n = bytes.len() as u64;
-                    if let Err(e) = pipe.push(pos, bytes).await { break Err(local_halt(disk_error(e), index)) }
+                    if let Err(e) = pipe.push(pos, bytes).await { break Err(disk_halt(e, index)) }
                     pos += n;
                     if pos - checkpointed >= config.sync_bytes || last_checkpoint.elapsed() >= config.sync_interval {
                         last_checkpoint = Instant::now();
@@ -995,7 +1033,7 @@ async fn fetch_piece(
     match pipe.wait_sync().await {
         Ok(Some(span)) => record_filled(manager, id, index, span).await?,
         Ok(None) => {}
-        Err(e) => return Err(local_halt(disk_error(e), index)),
+        Err(e) => return Err(disk_halt(e, index)),
     }
     end
 }
@@ -1011,7 +1049,7 @@ async fn checkpoint(
     match pipe.checkpoint(upto).await {
         Ok(Some(span)) => record_filled(manager, id, index, span).await,
         Ok(None) => Ok(()),
-        Err(e) => Err(local_halt(disk_error(e), index)),
+        Err(e) => Err(disk_halt(e, index)),
     }
 }
 
@@ -1073,13 +1111,15 @@ async fn record_filled_spans(
 
 /// Forgets a file's progress after the server's copy changed, and empties its temp file.
 async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt> {
-    let temp = snapshot(manager, id, index)?.temp_path;
+    let file = snapshot(manager, id, index)?;
     let owner = job_owner(manager, id)?;
     // Truncate before the store forgets: a crash in between leaves the old filled set pointing
     // at a file shorter than its layout, which the next attempt treats as lost.
-    run_as(owner, move || {
-        if temp.symlink_metadata().is_ok() {
-            PartFile::open(&temp).and_then(|p| p.set_len(0)).map_err(disk_error)?;
+    run_as(owner.clone(), move || {
+        if let Some(part) =
+            PartFile::reopen(&file.temp_path, file.temp_id, owner.uid).map_err(disk_error)?
+        {
+            part.set_len(0).map_err(disk_error)?;
         }
         Ok(())
     })
@@ -1147,6 +1187,31 @@ fn redirect_aware_halt(manager: &Manager, id: JobId, index: u32, e: FetchError) 
 }
 
 /// The identity the job's file work runs as (spec §9: its owner's).
+/// Permission bits of a file whose record predates them: what a umask of 022 gives.
+const DEFAULT_MODE: u32 = 0o644;
+
+/// A file's temp file, opened as the job's owner: the one the job created, with its bytes, or a
+/// new one when there is none yet (or it was deleted). A record written before the job kept
+/// which file it created, but with bytes recorded, trusts a file of the owner's.
+fn open_temp(file: &JobFile, owner: u32) -> Result<PartFile, bits_disk::DiskError> {
+    if (file.temp_id.is_some() || !file.filled.is_empty())
+        && let Some(part) = PartFile::reopen(&file.temp_path, file.temp_id, owner)?
+    {
+        return Ok(part);
+    }
+    PartFile::create(&file.temp_path, file.mode.unwrap_or(DEFAULT_MODE), owner)
+}
+
+/// Keeps which temp file the job created; the file's next store write carries it (before any
+/// byte of it is recorded, so a record with bytes always names its file).
+fn note_temp(manager: &Manager, id: JobId, index: u32, made: TempId) -> Result<(), Halt> {
+    let mut table = manager.table();
+    let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
+    let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
+    file.temp_id = Some(made);
+    Ok(())
+}
+
 fn job_owner(manager: &Manager, id: JobId) -> Result<bits_disk::Identity, Halt> {
     manager.job_identity(id).map_err(|_| Halt::Stopped)
 }
@@ -1173,6 +1238,18 @@ fn fetch_halt(e: FetchError, index: u32) -> Halt {
         error: job_error(e.context, e.code, e.message.clone(), index),
         transient: e.transient,
         retry_after: e.retry_after,
+    }
+}
+
+/// A disk failure during a transfer: a temp file that shrank under it restarts the file
+/// ([`Halt::Lost`]); anything else is [`local_halt`].
+fn disk_halt(e: bits_disk::DiskError, index: u32) -> Halt {
+    match e {
+        bits_disk::DiskError::Shrunk { .. } => {
+            tracing::warn!(index, error = %e, "temp file lost bytes");
+            Halt::Lost
+        }
+        e => local_halt(disk_error(e), index),
     }
 }
 

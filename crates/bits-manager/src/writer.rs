@@ -5,6 +5,10 @@
 //! runs while the network keeps flowing, and its range is recorded when it returns. At most one
 //! write and one sync are in flight, so memory stays bounded by two batches.
 //!
+//! The temp file was extended to its full length before the first write, so each write and each
+//! sync also checks that it still has that length ([`PartFile::check_len`]): a file someone
+//! truncated under the download stops the pipeline before a span it lost is recorded.
+//!
 //! After any write or sync error the pipeline is poisoned: nothing more is written, synced or
 //! reported as durable. A later sync could succeed while an earlier write left a hole (or while
 //! the kernel already dropped pages whose writeback failed), so the only safe answer is to stop
@@ -75,7 +79,10 @@ impl Pipeline {
         let batch = std::mem::take(&mut self.batch);
         self.batch_len = 0;
         let (part, layout) = (self.part.clone(), self.layout.clone());
-        self.write = Some(tokio::task::spawn_blocking(move || write_batch(&part, &layout, &batch)));
+        self.write = Some(tokio::task::spawn_blocking(move || {
+            write_batch(&part, &layout, &batch)?;
+            part.check_len(layout.local_len())
+        }));
         Ok(())
     }
 
@@ -134,7 +141,10 @@ impl Pipeline {
         let (part, layout) = (self.part.clone(), self.layout.clone());
         let task = tokio::task::spawn_blocking(move || {
             write_batch(&part, &layout, &batch)?;
-            part.sync()
+            part.sync()?;
+            // After the sync, before the span is recorded: a file truncated under us (then
+            // extended again by our writes) is shorter than its layout at some check.
+            part.check_len(layout.local_len())
         });
         self.sync = Some((task, span));
         self.synced_upto = upto;
@@ -214,7 +224,10 @@ mod tests {
     use super::*;
 
     fn pipeline(dir: &std::path::Path, layout: Layout) -> (Pipeline, Arc<PartFile>) {
-        let part = Arc::new(PartFile::open(&dir.join("f.part")).unwrap());
+        let part = Arc::new(
+            PartFile::create(&dir.join("f.part"), 0o644, rustix::process::geteuid().as_raw())
+                .unwrap(),
+        );
         part.set_len(layout.local_len()).unwrap();
         (Pipeline::new(part.clone(), Arc::new(layout), 0, WRITE_BATCH), part)
     }
@@ -261,5 +274,22 @@ mod tests {
         assert!(pipe.is_poisoned());
         assert!(pipe.push(20, Bytes::from(vec![3u8; 10])).await.is_err());
         assert!(pipe.checkpoint(30).await.is_err());
+    }
+
+    /// A temp file truncated under the pipeline (our later writes extending it again) is caught
+    /// before the span written after the cut is reported durable.
+    #[tokio::test]
+    async fn a_truncated_file_stops_the_pipeline_before_its_span_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipe, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
+        pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
+        assert_eq!(pipe.checkpoint(40).await.unwrap(), None);
+        assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(0, 40)));
+        std::fs::OpenOptions::new().write(true).open(part.path()).unwrap().set_len(10).unwrap();
+        pipe.push(40, Bytes::from(vec![2u8; 20])).await.unwrap();
+        assert_eq!(pipe.checkpoint(60).await.unwrap(), None);
+        let err = pipe.wait_sync().await.unwrap_err();
+        assert!(matches!(err, DiskError::Shrunk { len: 60, expected: 100, .. }), "{err:?}");
+        assert!(pipe.is_poisoned());
     }
 }

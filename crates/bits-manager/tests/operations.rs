@@ -105,6 +105,46 @@ async fn add_file_validates_in_the_spec_order() {
     );
     assert_eq!(m.get_job(me(), id).unwrap().files.len(), 0);
 
+    // Names the kernel cannot take are refused before anything is downloaded.
+    let named = |name: &str| dir.path().join(name);
+    for bad in [named(&"n".repeat(256)), named("a\0b"), named(&format!("{}/f", "d".repeat(300)))] {
+        let err = m.add_file(me(), id, url, &bad, None).await.unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG, "{}", err.message);
+        assert!(err.message.len() < 600, "the message echoes the whole path: {}", err.message);
+    }
+    let err = m.add_file(me(), id, url, &named(&"n".repeat(300)), None).await.unwrap_err();
+    assert!(
+        err.message.contains("300 bytes") && err.message.contains("NAME_MAX"),
+        "{}",
+        err.message
+    );
+    let files = vec![
+        bits_manager::NewFile { remote_url: url.into(), local_path: named("ok"), ranges: None },
+        bits_manager::NewFile { remote_url: url.into(), local_path: named("n\0ul"), ranges: None },
+    ];
+    let err = m.add_files(me(), id, files).await.unwrap_err();
+    assert!(err.message.contains("NUL"), "{}", err.message);
+    // A path the kernel could take, whose temp file (a longer name beside it) it could not.
+    let deep = (0..40).fold(dir.path().to_path_buf(), |p, _| p.join("d".repeat(99)));
+    let room = 4095 - deep.as_os_str().len() - 1;
+    let long = deep.join("f".repeat(room));
+    assert_eq!(long.as_os_str().len(), 4095);
+    let err = m.add_file(me(), id, url, &long, None).await.unwrap_err();
+    assert_eq!(err.code, Code::E_INVALIDARG);
+    assert!(err.message.contains("temp file"), "{}", err.message);
+    // A short path whose link leads to a directory so deep that the temp file would not fit.
+    let mut deep = dir.path().join("deep");
+    while deep.as_os_str().len() < 4050 - 101 {
+        deep.push("d".repeat(100));
+    }
+    deep.push("e".repeat(4050 - deep.as_os_str().len() - 1));
+    std::fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink(&deep, dir.path().join("link")).unwrap();
+    let err = m.add_file(me(), id, url, &dir.path().join("link/f"), None).await.unwrap_err();
+    assert_eq!(err.code, Code::E_INVALIDARG);
+    assert!(err.message.contains("temp file"), "{}", err.message);
+    assert_eq!(m.get_job(me(), id).unwrap().files.len(), 0);
+
     assert_eq!(m.add_file(me(), id, url, &dest, None).await.unwrap(), 0);
     assert_eq!(
         code(m.add_file(me(), id, url, &dest, None).await),
@@ -211,6 +251,39 @@ async fn on_demand_ranges_need_a_whole_file() {
     assert!(m.get_filled_file_ranges(me(), id, 0).unwrap().is_empty());
 }
 
+/// RequestFileRanges holds non-admins to AddFileWithRanges' per-file limit (spec §8), both per
+/// request and for the pending set repeated requests build; admins are exempt. A large
+/// descending request (the order that cost a splice per range) still yields the right set.
+#[tokio::test]
+async fn on_demand_ranges_have_the_per_file_limit() {
+    let m = start(Arc::new(MemStore::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let id = new_job(&m).await;
+    m.add_file(me(), id, "http://127.0.0.1:9/f", &dir.path().join("w"), None).await.unwrap();
+    let disjoint = |from: u64, n: u64| -> Vec<ByteRange> {
+        (from..from + n).rev().map(|i| ByteRange::new(i * 10, 5)).collect()
+    };
+    let err = m.request_file_ranges(me(), id, 0, &disjoint(0, 501)).await.unwrap_err();
+    assert_eq!(err.code, Code::BG_E_TOO_MANY_RANGES_IN_FILE);
+    assert!(err.message.contains("501") && err.message.contains("500"), "{}", err.message);
+    assert_eq!(m.request_file_ranges(me(), id, 0, &disjoint(0, 500)).await.unwrap(), Code::S_OK);
+    // Ranges already pending merge with the new ones and do not count twice...
+    assert_eq!(m.request_file_ranges(me(), id, 0, &disjoint(0, 500)).await.unwrap(), Code::S_OK);
+    // ...but a 501st disjoint piece does, and is refused without changing anything.
+    let err = m.request_file_ranges(me(), id, 0, &disjoint(500, 1)).await.unwrap_err();
+    assert_eq!(err.code, Code::BG_E_TOO_MANY_RANGES_IN_FILE);
+    assert!(err.message.contains("file 0") && err.message.contains("501"), "{}", err.message);
+    let pending = &m.get_job(me(), id).unwrap().files[0].requested;
+    assert_eq!((pending.n_spans(), pending.total_len()), (500, 2500));
+
+    let admin = Caller { uid: me().uid, admin: true, pid: None };
+    let n = 200_000;
+    assert_eq!(m.request_file_ranges(admin, id, 0, &disjoint(0, n)).await.unwrap(), Code::S_OK);
+    let pending = &m.get_job(admin, id).unwrap().files[0].requested;
+    assert_eq!((pending.n_spans(), pending.total_len()), (n as usize, 5 * n));
+    assert!(pending.iter().enumerate().all(|(i, s)| s.start == 10 * i as u64 && s.len() == 5));
+}
+
 #[tokio::test]
 async fn a_restarted_manager_shows_every_job_as_before() {
     let store: Arc<dyn Store> = Arc::new(MemStore::new());
@@ -267,7 +340,7 @@ async fn only_admins_list_every_users_jobs() {
     let theirs =
         m.create_job(other, "theirs", "", JobType::Download, Priority::Normal).await.unwrap();
     assert_eq!(code(m.list_all_jobs(me())), Code::E_ACCESSDENIED);
-    let admin = Caller { uid: 4242, admin: true };
+    let admin = Caller { uid: 4242, admin: true, pid: None };
     let all: Vec<JobId> = m.list_all_jobs(admin).unwrap().iter().map(|j| j.id).collect();
     assert_eq!(all, vec![mine, theirs], "every user's jobs, oldest first");
     assert!(m.list_jobs(admin).is_empty(), "without the flag an admin sees only their own");
@@ -281,8 +354,8 @@ async fn take_ownership_is_for_admins_and_drops_custom_headers() {
     assert_eq!(code(m.take_ownership(me(), id).await), Code::E_ACCESSDENIED, "even the owner");
     assert_eq!(code(m.take_ownership(Caller::user(1001), id).await), Code::E_ACCESSDENIED);
     // The test's own uid as an admin: it can write the (absent) temp files.
-    let admin = Caller { uid: me().uid, admin: true };
-    let other_admin = Caller { uid: 4242, admin: true };
+    let admin = Caller { uid: me().uid, admin: true, pid: None };
+    let other_admin = Caller { uid: 4242, admin: true, pid: None };
     m.take_ownership(other_admin, id).await.unwrap();
     let job = m.get_job(other_admin, id).unwrap();
     assert_eq!(job.owner_uid, 4242);

@@ -602,6 +602,8 @@ mod tests {
             temp_path: "/tmp/.f.part".into(),
             completed: false,
             download_position: None,
+            temp_id: None,
+            mode: None,
         };
         Job {
             id: JobId::new_random(),

@@ -52,9 +52,48 @@ pub enum StoreError {
         path.display()
     )]
     Damaged { path: PathBuf, expected: u64, found: u64 },
+
+    /// The engine's newest write is older than the newest one acknowledged to a client (see
+    /// `mark.rs`): its log lost a suffix of acknowledged changes.
+    #[error(
+        "the job store at {} lost acknowledged changes: its newest record has sequence number {found}, but changes up to {acknowledged} were acknowledged to clients (changes {} to {acknowledged} are missing): its log is damaged or truncated. Refusing to start so that nothing more is lost; restore the data directory from a backup, or move it aside to start with an empty queue",
+        path.display(),
+        found + 1
+    )]
+    LostChanges { path: PathBuf, found: u64, acknowledged: u64 },
+
+    /// The database directory is gone, but the guards beside it say it held data. Nothing is
+    /// created in its place.
+    #[error(
+        "the job store's database {} is missing, but {jobs} jobs and changes up to sequence number {acknowledged} were recorded as stored. Refusing to start (and to create an empty store in its place); restore the data directory from a backup, or move it aside to start with an empty queue",
+        path.display()
+    )]
+    Missing { path: PathBuf, jobs: u64, acknowledged: u64 },
+
+    /// A write failed earlier and the store was reopened to recover; the changes written after
+    /// the last flush but not covered by a failed flush were lost with the old engine, so the
+    /// flush meant to make them durable fails with this.
+    #[error(
+        "job store changes since the last flush were lost when the store was reopened after a failed write ({cause})"
+    )]
+    Discarded { cause: std::io::Error },
 }
 
 impl StoreError {
+    /// Whether the store failed because its file system is full (ENOSPC) or the quota of its
+    /// owner is used up (EDQUOT). Checked by kind, not OS error number: sled keeps only the kind
+    /// of an I/O error it reports again on later calls.
+    pub fn is_disk_full(&self) -> bool {
+        let cause = match self {
+            StoreError::Io { cause, .. }
+            | StoreError::Open { cause, .. }
+            | StoreError::Discarded { cause } => cause,
+            _ => return false,
+        };
+        use std::io::ErrorKind;
+        matches!(cause.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+    }
+
     /// Wraps an engine error; `op` says what was being done ("flush", "write job 1234…").
     pub(crate) fn io(op: &'static str, source: impl Into<std::io::Error>) -> StoreError {
         StoreError::Io { op, cause: source.into() }

@@ -3,11 +3,17 @@
 //!
 //! ```text
 //! meta/schema_version            -> u32 big-endian
-//! job/<uuid>                     -> JSON of JobRecord (the job without its files)
-//! file/<uuid>/<index u32 BE>     -> JSON of bits_core::JobFile
+//! meta/last_seq                  -> u64 big-endian: the sequence number of the last batch
+//! job/<uuid>                     -> stamp + JSON of JobRecord (the job without its files)
+//! file/<uuid>/<index u32 BE>     -> stamp + JSON of bits_core::JobFile
 //! ```
 //!
 //! Big-endian indices keep a job's files in file order under a prefix scan.
+//!
+//! A stamp is [`STAMP_TAG`] and the u64 big-endian sequence number of the write that stored the
+//! record (see `mark.rs`). `meta/last_seq` carries the number of writes that may remove keys, so a
+//! delete leaves its number behind too. Records written before stamps existed are bare JSON
+//! (which never starts with the tag) and count as number 0.
 
 use std::time::SystemTime;
 
@@ -17,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 pub(crate) const SCHEMA_KEY: &[u8] = b"meta/schema_version";
+pub(crate) const LAST_SEQ_KEY: &[u8] = b"meta/last_seq";
 pub(crate) const JOB_PREFIX: &[u8] = b"job/";
 const FILE_PREFIX: &[u8] = b"file/";
 /// Length of a hyphenated UUID.
@@ -46,6 +53,7 @@ pub(crate) fn file_key(job: JobId, index: u32) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Key {
     Schema,
+    LastSeq,
     Job(JobId),
     File(JobId, u32),
     /// Under a known prefix but malformed.
@@ -57,6 +65,9 @@ pub(crate) enum Key {
 pub(crate) fn parse_key(key: &[u8]) -> Key {
     if key == SCHEMA_KEY {
         return Key::Schema;
+    }
+    if key == LAST_SEQ_KEY {
+        return Key::LastSeq;
     }
     let parse_id = |bytes: &[u8]| std::str::from_utf8(bytes).ok().and_then(JobId::parse);
     if let Some(rest) = key.strip_prefix(JOB_PREFIX) {
@@ -284,16 +295,53 @@ impl JobRecord {
     }
 }
 
+/// The first byte of a stamped record: not a byte JSON can start with.
+const STAMP_TAG: u8 = 0x01;
+/// The tag and the sequence number.
+const STAMP_LEN: usize = 9;
+
+/// The stamped record of `value`, with sequence number 0 until [`stamp`] sets it.
 pub(crate) fn encode<T: Serialize>(key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value)
-        .map_err(|e| StoreError::Encode { key: display_key(key), reason: e.to_string() })
+    let mut bytes = Vec::with_capacity(256);
+    bytes.push(STAMP_TAG);
+    bytes.extend_from_slice(&[0; STAMP_LEN - 1]);
+    serde_json::to_writer(&mut bytes, value)
+        .map_err(|e| StoreError::Encode { key: display_key(key), reason: e.to_string() })?;
+    Ok(bytes)
+}
+
+/// Sets the sequence number of a record made by [`encode`].
+pub(crate) fn stamp(record: &mut [u8], seq: u64) {
+    if let Some(number) = record.get_mut(1..STAMP_LEN) {
+        number.copy_from_slice(&seq.to_be_bytes());
+    }
+}
+
+/// The sequence number a stored value carries: a record's stamp, `meta/last_seq`'s value, 0 for
+/// anything else (a record from before stamps, the schema version).
+pub(crate) fn seq_of(key: &[u8], value: &[u8]) -> u64 {
+    if key == LAST_SEQ_KEY {
+        return value.try_into().map_or(0, u64::from_be_bytes);
+    }
+    match value {
+        [STAMP_TAG, number @ ..] if number.len() >= STAMP_LEN - 1 => {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(&number[..STAMP_LEN - 1]);
+            u64::from_be_bytes(bytes)
+        }
+        _ => 0,
+    }
 }
 
 pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
     key: &[u8],
     value: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(value)
+    let json = match value {
+        [STAMP_TAG, ..] => value.get(STAMP_LEN..).unwrap_or_default(),
+        _ => value,
+    };
+    serde_json::from_slice(json)
         .map_err(|e| StoreError::Corrupt { key: display_key(key), reason: e.to_string() })
 }
 
@@ -307,6 +355,7 @@ mod tests {
         assert_eq!(parse_key(&job_key(id)), Key::Job(id));
         assert_eq!(parse_key(&file_key(id, 7)), Key::File(id, 7));
         assert_eq!(parse_key(SCHEMA_KEY), Key::Schema);
+        assert_eq!(parse_key(LAST_SEQ_KEY), Key::LastSeq);
         assert_eq!(parse_key(b"job/not-a-uuid"), Key::Malformed);
         assert_eq!(parse_key(b"file/short"), Key::Malformed);
         assert_eq!(parse_key(b"other/x"), Key::Unknown);
@@ -315,6 +364,24 @@ mod tests {
         assert!(file_key(id, 0).starts_with(&file_prefix(id)));
         assert_eq!(display_key(&file_key(id, 300)), format!("file/{id}/300"));
         assert_eq!(display_key(&job_key(id)), format!("job/{id}"));
+    }
+
+    #[test]
+    fn records_carry_their_sequence_number_and_old_records_still_decode() {
+        let key = job_key(JobId::new_random());
+        let mut record = encode(&key, &vec![1u32, 2]).unwrap();
+        assert_eq!(seq_of(&key, &record), 0);
+        stamp(&mut record, 0x0102_0304_0506_0708);
+        assert_eq!(seq_of(&key, &record), 0x0102_0304_0506_0708);
+        assert_eq!(decode::<Vec<u32>>(&key, &record).unwrap(), [1, 2]);
+        // Bare JSON, as stored before stamps.
+        assert_eq!(seq_of(&key, b"[3]"), 0);
+        assert_eq!(decode::<Vec<u32>>(&key, b"[3]").unwrap(), [3]);
+        assert_eq!(seq_of(LAST_SEQ_KEY, &7u64.to_be_bytes()), 7);
+        assert!(matches!(
+            decode::<Vec<u32>>(&key, &[STAMP_TAG, 0]),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod error;
 mod guard;
 mod keys;
+mod mark;
 mod mem_store;
 mod sled_store;
 #[cfg(test)]

@@ -1,26 +1,31 @@
 //! The [`Store`] on sled 0.34, the engine bitsd ships with. Nothing sled-specific leaves this
 //! module: engine errors become [`StoreError::Io`].
 //!
-//! Two sled 0.34 pitfalls shape it (see the workspace notes, deps.md §6–§7):
+//! Three sled 0.34 pitfalls shape it (see the workspace notes, deps.md §6–§7):
 //! - writes are durable only after a flush, so [`Store::flush`] is a synchronous `Db::flush`;
 //! - dropping a `Db` does not join its flusher thread, so reopening right after (a daemon restart,
 //!   a test) can fail with "could not acquire lock" for a moment. Opening retries that error, and
 //!   only that error (sled reports it as `ErrorKind::Other`, so it is matched by message), for up
-//!   to five seconds before reporting [`StoreError::Locked`].
+//!   to five seconds before reporting [`StoreError::Locked`];
+//! - once one log write failed (a full disk), a `Db` fails every later call. So after an engine
+//!   error the next call reopens the database, which recovers its log up to the last flush: the
+//!   store works again as soon as the disk has room.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bits_core::{Job, JobFile, JobId};
 
 use crate::guard::JobCountGuard;
 use crate::keys::{
-    JOB_PREFIX, JobRecord, Key, SCHEMA_KEY, decode, decode_schema, display_key, encode,
-    encode_schema, file_key, file_prefix, job_key, parse_key,
+    JOB_PREFIX, JobRecord, Key, LAST_SEQ_KEY, SCHEMA_KEY, decode, decode_schema, display_key,
+    encode, encode_schema, file_key, file_prefix, job_key, parse_key, seq_of, stamp,
 };
+use crate::mark::AckMark;
 use crate::{SCHEMA_VERSION, Store, StoreError, sort_jobs};
 
 /// How long [`SledStore::open`] waits for a previous holder of the lock to let go.
@@ -36,15 +41,45 @@ const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 /// The job store in `dir/db`, a sled database.
 pub struct SledStore {
-    pub(crate) db: sled::Db,
+    /// The open database; `None` after a reopen failed (the next call tries again).
+    engine: RwLock<Option<Engine>>,
     path: PathBuf,
     /// Serialises writers, so `put_file`'s existence check and `put_job`'s scan for stale file
-    /// records see no interleaved write from this process.
+    /// records see no interleaved write from this process, and sequence numbers follow the
+    /// order of the writes. Taken before `engine`, never after.
     write_lock: Mutex<()>,
+    /// The sequence number of the newest write applied to the engine (see `mark.rs`).
+    applied: AtomicU64,
+    /// The newest sequence number a flush has tried to make durable, whether or not it
+    /// succeeded: every writer up to there has heard how its flush went.
+    attempted: AtomicU64,
+    /// An engine call failed; the next call reopens the database first.
+    failed: AtomicBool,
+    /// The error of the last failed engine call (kind and message), for [`StoreError::Discarded`].
+    cause: Mutex<Option<std::io::Error>>,
+    /// Why the last reopen happened, when it dropped writes whose callers have not flushed
+    /// yet: the next flush reports it instead of success.
+    discarded: Mutex<Option<std::io::Error>>,
     /// Detects jobs the engine lost (see `guard.rs`).
     guard: JobCountGuard,
+    /// Detects acknowledged changes the engine lost (see `mark.rs`).
+    mark: AckMark,
+}
+
+/// An open sled database and its log file.
+struct Engine {
+    db: sled::Db,
     /// sled's log file (`path/db`), fdatasynced after every flush: see [`Store::flush`] here.
     log: std::fs::File,
+}
+
+impl Engine {
+    fn open(path: &Path, wait: Duration) -> Result<Engine, StoreError> {
+        let db = open_db(path, wait, true)?;
+        let log = std::fs::File::open(path.join("db"))
+            .map_err(|e| StoreError::io("open the job store's log", e))?;
+        Ok(Engine { db, log })
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -67,17 +102,30 @@ impl SledStore {
             .create(dir)
             .map_err(|cause| StoreError::Open { path: dir.to_path_buf(), cause })?;
         let path = dir.join("db");
-        if path.exists() {
-            verify_copy(dir, &path, wait)?;
-        }
-        let db = open_db(&path, wait, true)?;
-        check_schema(&db, dir, &path)?;
-        let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
+        // What the verified copy holds is what the database holds: nothing wrote to it since.
+        let Survey { jobs: stored, newest: found } = if path.exists() {
+            verify_copy(dir, &path, wait)?
+        } else {
+            refuse_if_missing(dir, &path)?;
+            Survey::default()
+        };
+        let engine = Engine::open(&path, wait)?;
+        check_schema(&engine.db, dir, &path)?;
         let guard = JobCountGuard::open(dir, &path, stored)?;
-        tracing::debug!(path = %path.display(), jobs = stored, "job store opened");
-        let log = std::fs::File::open(path.join("db"))
-            .map_err(|e| StoreError::io("open the job store's log", e))?;
-        Ok(SledStore { db, path, write_lock: Mutex::new(()), guard, log })
+        let mark = AckMark::open(dir, crate::mark::check(dir, &path, found)?)?;
+        tracing::debug!(path = %path.display(), jobs = stored, seq = found, "job store opened");
+        Ok(SledStore {
+            engine: RwLock::new(Some(engine)),
+            path,
+            write_lock: Mutex::new(()),
+            applied: AtomicU64::new(found),
+            attempted: AtomicU64::new(found),
+            failed: AtomicBool::new(false),
+            cause: Mutex::new(None),
+            discarded: Mutex::new(None),
+            guard,
+            mark,
+        })
     }
 
     /// The database path (`dir/db`).
@@ -90,39 +138,202 @@ impl SledStore {
         self.write_lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies `writes` (a value to insert, or `None` to remove) atomically. A single write goes
-    /// to sled as a plain insert or remove, atomic by itself: a batch costs an extra log write
-    /// and a wake of sled's I/O threads (sled 0.34's `apply_batch` rolls the io buffer when it
-    /// pins the log), ~100 µs that every CreateJob would pay.
-    fn apply(&self, mut writes: Vec<Write>, op: &'static str) -> Result<(), StoreError> {
-        let written = if writes.len() == 1
-            && let Some((key, value)) = writes.pop()
-        {
-            match value {
-                Some(value) => self.db.insert(key, value).map(drop),
-                None => self.db.remove(key).map(drop),
+    /// Runs `f` on the open engine, reopened first if a call failed since. The caller holds the
+    /// write lock (`_writing`), so no write runs while the engine is swapped.
+    fn engine<T>(
+        &self,
+        _writing: &MutexGuard<'_, ()>,
+        f: impl FnOnce(&Engine) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.failed.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        self.current(f)
+    }
+
+    /// Runs `f` on the open engine as it is (no reopen), holding it for reading.
+    fn current<T>(
+        &self,
+        f: impl FnOnce(&Engine) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let engine = self.engine.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match engine.as_ref() {
+            Some(engine) => f(engine),
+            None => Err(StoreError::io(
+                "use the job store",
+                std::io::Error::other("the store could not be reopened after a failed write"),
+            )),
+        }
+    }
+
+    /// An engine error: the next call reopens the database.
+    fn failure(&self, op: &'static str, e: impl Into<std::io::Error>) -> StoreError {
+        let cause: std::io::Error = e.into();
+        *self.cause.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some(std::io::Error::new(cause.kind(), cause.to_string()));
+        self.failed.store(true, Ordering::SeqCst);
+        StoreError::Io { op, cause }
+    }
+
+    /// Replaces the failed engine with a fresh open of the same database. Its log comes back up
+    /// to the last flush, which the mark checks (without it the store stays closed and the next
+    /// call tries again). Writes since then that no failed flush covered are gone, and their
+    /// writers have not heard so: the next flush fails ([`StoreError::Discarded`]).
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut engine = self.engine.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !self.failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // The old database must let go of its lock before it can be opened again.
+        drop(engine.take());
+        let opened = Engine::open(&self.path, LOCK_WAIT).and_then(|fresh| {
+            let found = Survey::of(&fresh.db)?.newest;
+            let acknowledged = self.mark.recorded();
+            if found < acknowledged {
+                return Err(StoreError::LostChanges {
+                    path: self.path.clone(),
+                    found,
+                    acknowledged,
+                });
             }
+            Ok((fresh, found))
+        });
+        let (fresh, found) = opened.inspect_err(|e| {
+            tracing::error!(path = %self.path.display(), error = %e, "reopening the job store failed; trying again at the next call");
+        })?;
+        let applied = self.applied.load(Ordering::SeqCst);
+        let cause = self.cause.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if applied > self.attempted.load(Ordering::SeqCst) {
+            let cause = cause.unwrap_or_else(|| std::io::Error::other("a write failed"));
+            *self.discarded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(cause);
+        }
+        // Jobs written since the last flush are gone with the old engine, or (if sled's own
+        // flusher got to them) stored but not counted, which only weakens the count's check.
+        self.guard.forget_pending();
+        self.applied.store(found, Ordering::SeqCst);
+        self.attempted.store(found, Ordering::SeqCst);
+        *engine = Some(fresh);
+        self.failed.store(false, Ordering::SeqCst);
+        tracing::warn!(path = %self.path.display(), seq = found, "job store reopened after a failed write");
+        Ok(())
+    }
+
+    /// Applies `writes` (a value to insert, or `None` to remove) atomically, as the next
+    /// sequence number, which it stamps into every record and, when a key is removed, into
+    /// `meta/last_seq`. A single insert goes to sled as a plain insert, atomic by itself: a batch
+    /// costs an extra log write and a wake of sled's I/O threads (sled 0.34's `apply_batch` rolls
+    /// the io buffer when it pins the log), ~100 µs that every CreateJob would pay.
+    fn apply(
+        &self,
+        writing: &MutexGuard<'_, ()>,
+        mut writes: Vec<Write>,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        let seq = self.applied.load(Ordering::SeqCst) + 1;
+        let written = if let [(_, Some(_))] = writes.as_slice()
+            && let Some((key, Some(mut value))) = writes.pop()
+        {
+            stamp(&mut value, seq);
+            self.engine(writing, |engine| {
+                engine.db.insert(key, value).map_err(|e| self.failure(op, e))
+            })
+            .map(drop)
         } else {
             let mut batch = sled::Batch::default();
+            let mut removes = false;
             for (key, value) in writes {
                 match value {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
+                    Some(mut value) => {
+                        stamp(&mut value, seq);
+                        batch.insert(key, value);
+                    }
+                    None => {
+                        removes = true;
+                        batch.remove(key);
+                    }
                 }
             }
-            self.db.apply_batch(batch)
+            if removes {
+                batch.insert(LAST_SEQ_KEY, &seq.to_be_bytes());
+            }
+            self.engine(writing, |engine| {
+                engine.db.apply_batch(batch).map_err(|e| self.failure(op, e))
+            })
         };
-        written.map_err(|e| StoreError::io(op, e))
+        written?;
+        self.applied.store(seq, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether `key` is stored.
+    fn contains(&self, writing: &MutexGuard<'_, ()>, key: &[u8]) -> Result<bool, StoreError> {
+        self.engine(writing, |engine| {
+            engine.db.contains_key(key).map_err(|e| self.failure("look up a record", e))
+        })
     }
 
     /// Keys of every file record stored for `job`.
-    fn file_keys(&self, job: JobId) -> Result<Vec<sled::IVec>, StoreError> {
-        self.db
-            .scan_prefix(file_prefix(job))
-            .keys()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::io("scan the job's file records", e))
+    fn file_keys(
+        &self,
+        writing: &MutexGuard<'_, ()>,
+        job: JobId,
+    ) -> Result<Vec<sled::IVec>, StoreError> {
+        self.engine(writing, |engine| {
+            engine
+                .db
+                .scan_prefix(file_prefix(job))
+                .keys()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| self.failure("scan the job's file records", e))
+        })
     }
+
+    /// Makes the store behave as after a failed engine call.
+    #[cfg(test)]
+    pub(crate) fn break_engine(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs `f` on the database (for tests that damage it on purpose).
+    #[cfg(test)]
+    pub(crate) fn with_db<T>(&self, f: impl FnOnce(&sled::Db) -> T) -> T {
+        let writing = self.lock_writes();
+        self.engine(&writing, |engine| Ok(f(&engine.db))).expect("the test's store is open")
+    }
+}
+
+/// What the guards check a database against, from one pass over it.
+#[derive(Debug, Default)]
+struct Survey {
+    /// Job records.
+    jobs: u64,
+    /// The highest sequence number (0 for a store from before them).
+    newest: u64,
+}
+
+impl Survey {
+    fn of(db: &sled::Db) -> Result<Survey, StoreError> {
+        let mut survey = Survey::default();
+        for item in db.iter() {
+            let (key, value) = item.map_err(|e| StoreError::io("read the job store", e))?;
+            if key.starts_with(JOB_PREFIX) {
+                survey.jobs += 1;
+            }
+            survey.newest = survey.newest.max(seq_of(&key, &value));
+        }
+        Ok(survey)
+    }
+}
+
+/// A store whose database directory is gone is new only if the guards beside it say it never
+/// held anything. Otherwise it is refused before sled creates an empty database there.
+fn refuse_if_missing(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let jobs = crate::guard::recorded(dir)?;
+    let acknowledged = crate::mark::read(dir)?;
+    if jobs > 0 || acknowledged > 0 {
+        return Err(StoreError::Missing { path: path.to_path_buf(), jobs, acknowledged });
+    }
+    Ok(())
 }
 
 /// One key's new value for [`SledStore::apply`]; `None` removes the key.
@@ -140,9 +351,10 @@ fn file_writes(job: &Job, from: u32) -> Result<Vec<Write>, StoreError> {
 }
 
 /// sled repairs a damaged log while it opens it, so a store is first opened as a copy: if the
-/// copy fails the checks (schema, job count), the real files are refused exactly as they were
-/// found. The copy is small (the job queue) and lives next to the store until the next start.
-fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<(), StoreError> {
+/// copy fails the checks (schema, job count, acknowledged changes), the real files are refused
+/// exactly as they were found. The copy is small (the job queue) and lives next to the store
+/// until the next start. What the copy holds is returned for the real open to start from.
+fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<Survey, StoreError> {
     let copy = dir.join(VERIFY_DIR);
     if copy.exists() {
         std::fs::remove_dir_all(&copy)
@@ -150,21 +362,45 @@ fn verify_copy(dir: &Path, path: &Path, wait: Duration) -> Result<(), StoreError
     }
     copy_dir(path, &copy.join("db"))
         .map_err(|e| StoreError::io("copy the store for verification", e))?;
+    let mut lost = None;
     let checked = (|| {
         // No background flusher: nothing may write to the copy after it is dropped.
         let db = open_db(&copy.join("db"), wait, false)?;
         check_schema(&db, dir, path)?;
-        let stored = db.scan_prefix(JOB_PREFIX).keys().count() as u64;
-        crate::guard::check(dir, path, stored)
+        let survey = Survey::of(&db)?;
+        crate::guard::check(dir, path, survey.jobs)?;
+        crate::mark::check(dir, path, survey.newest).inspect_err(|_| {
+            // A record that does not decode lost its number too: name it, the sharper cause.
+            if let Err(corrupt) = decode_all(&db) {
+                lost = Some(corrupt);
+            }
+        })?;
+        Ok(survey)
     })();
     let _ = std::fs::remove_dir_all(&copy);
-    checked
+    match lost {
+        Some(corrupt) => Err(corrupt),
+        None => checked,
+    }
+}
+
+/// Decodes every job and file record, for the first that does not decode.
+fn decode_all(db: &sled::Db) -> Result<(), StoreError> {
+    for item in db.iter() {
+        let (key, value) = item.map_err(|e| StoreError::io("read the job store", e))?;
+        match parse_key(&key) {
+            Key::Job(_) => drop(decode::<JobRecord>(&key, &value)?),
+            Key::File(..) => drop(decode::<JobFile>(&key, &value)?),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Where [`verify_copy`] puts its copy, inside the data directory.
 const VERIFY_DIR: &str = ".verify";
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
@@ -235,35 +471,40 @@ impl Store for SledStore {
     fn load_all(&self) -> Result<Vec<Job>, StoreError> {
         let mut records: BTreeMap<JobId, JobRecord> = BTreeMap::new();
         let mut files: HashMap<JobId, BTreeMap<u32, JobFile>> = HashMap::new();
-        for item in self.db.iter() {
-            let (key, value) = item.map_err(|e| StoreError::io("read the job store", e))?;
-            match parse_key(&key) {
-                Key::Schema => {}
-                Key::Job(id) => {
-                    let record: JobRecord = decode(&key, &value)?;
-                    if record.id() != id {
+        let writing = self.lock_writes();
+        self.engine(&writing, |engine| {
+            for item in engine.db.iter() {
+                let (key, value) = item.map_err(|e| self.failure("read the job store", e))?;
+                match parse_key(&key) {
+                    Key::Schema | Key::LastSeq => {}
+                    Key::Job(id) => {
+                        let record: JobRecord = decode(&key, &value)?;
+                        if record.id() != id {
+                            return Err(StoreError::Corrupt {
+                                key: display_key(&key),
+                                reason: format!("the record is for job {}", record.id()),
+                            });
+                        }
+                        records.insert(id, record);
+                    }
+                    Key::File(id, index) => {
+                        let file: JobFile = decode(&key, &value)?;
+                        files.entry(id).or_default().insert(index, file);
+                    }
+                    Key::Malformed => {
                         return Err(StoreError::Corrupt {
                             key: display_key(&key),
-                            reason: format!("the record is for job {}", record.id()),
+                            reason: "malformed key".into(),
                         });
                     }
-                    records.insert(id, record);
-                }
-                Key::File(id, index) => {
-                    let file: JobFile = decode(&key, &value)?;
-                    files.entry(id).or_default().insert(index, file);
-                }
-                Key::Malformed => {
-                    return Err(StoreError::Corrupt {
-                        key: display_key(&key),
-                        reason: "malformed key".into(),
-                    });
-                }
-                Key::Unknown => {
-                    tracing::warn!(key = %display_key(&key), "ignoring an unknown key in the job store");
+                    Key::Unknown => {
+                        tracing::warn!(key = %display_key(&key), "ignoring an unknown key in the job store");
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
+        drop(writing);
 
         let mut jobs = Vec::with_capacity(records.len());
         for (id, record) in records {
@@ -293,9 +534,9 @@ impl Store for SledStore {
         let key = job_key(job.id);
         let mut writes = vec![(key.clone(), Some(encode(&key, &JobRecord::from_job(job))?))];
         writes.extend(file_writes(job, 0)?);
-        let _writing = self.lock_writes();
-        let is_new = !self.db.contains_key(&key).map_err(|e| StoreError::io("look up a job", e))?;
-        for key in self.file_keys(job.id)? {
+        let writing = self.lock_writes();
+        let is_new = !self.contains(&writing, &key)?;
+        for key in self.file_keys(&writing, job.id)? {
             let stale = match parse_key(&key) {
                 Key::File(_, index) => index as usize >= job.files.len(),
                 _ => true, // a malformed key under this job's prefix
@@ -304,7 +545,7 @@ impl Store for SledStore {
                 writes.push((key.to_vec(), None));
             }
         }
-        self.apply(writes, "write a job")?;
+        self.apply(&writing, writes, "write a job")?;
         if is_new {
             self.guard.created();
         }
@@ -315,27 +556,23 @@ impl Store for SledStore {
         let key = job_key(job.id);
         let fields = encode(&key, &JobRecord::from_job(job))?;
         let files = file_writes(job, from)?;
-        let _writing = self.lock_writes();
-        if !self.db.contains_key(&key).map_err(|e| StoreError::io("look up a job", e))? {
+        let writing = self.lock_writes();
+        if !self.contains(&writing, &key)? {
             return Err(StoreError::NotFound { job: job.id, index: from });
         }
         // Files first: the fields count them, and sled recovers a prefix of its log (it stops at
         // the first torn write), so the new count never survives without its files.
-        self.apply(files, "add files to a job")?;
-        self.db.insert(key, fields).map_err(|e| StoreError::io("write a job", e))?;
-        Ok(())
+        self.apply(&writing, files, "add files to a job")?;
+        self.apply(&writing, vec![(key, Some(fields))], "write a job")
     }
 
     fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
         let key = job_key(job.id);
         let value = encode(&key, &JobRecord::from_job(job))?;
         {
-            let _writing = self.lock_writes();
-            let stored =
-                self.db.contains_key(&key).map_err(|e| StoreError::io("look up a job", e))?;
-            if stored {
-                self.db.insert(key, value).map_err(|e| StoreError::io("write a job", e))?;
-                return Ok(());
+            let writing = self.lock_writes();
+            if self.contains(&writing, &key)? {
+                return self.apply(&writing, vec![(key, Some(value))], "write a job");
             }
         }
         self.put_job(job)
@@ -344,27 +581,24 @@ impl Store for SledStore {
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
         let key = file_key(job, index);
         let value = encode(&key, file)?;
-        let _writing = self.lock_writes();
+        let writing = self.lock_writes();
         // put_job and delete_job keep file records in step with their job, so the record exists
         // exactly when the job has this file.
-        let exists =
-            self.db.contains_key(&key).map_err(|e| StoreError::io("look up a file record", e))?;
-        if !exists {
+        if !self.contains(&writing, &key)? {
             return Err(StoreError::NotFound { job, index });
         }
-        self.db.insert(key, value).map_err(|e| StoreError::io("write a file record", e))?;
-        Ok(())
+        self.apply(&writing, vec![(key, Some(value))], "write a file record")
     }
 
     fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
         let key = job_key(job);
-        let _writing = self.lock_writes();
+        let writing = self.lock_writes();
         let mut writes = vec![(key.clone(), None)];
-        writes.extend(self.file_keys(job)?.into_iter().map(|key| (key.to_vec(), None)));
-        if self.db.contains_key(&key).map_err(|e| StoreError::io("look up a job", e))? {
+        writes.extend(self.file_keys(&writing, job)?.into_iter().map(|key| (key.to_vec(), None)));
+        if self.contains(&writing, &key)? {
             self.guard.deleting()?;
         }
-        self.apply(writes, "delete a job")
+        self.apply(&writing, writes, "delete a job")
     }
 
     /// sled's flush writes its log with `sync_file_range` only (sled 0.34 on Linux, see
@@ -372,18 +606,44 @@ impl Store for SledStore {
     /// kernel crash — the disk's write cache is not flushed and a grown log file's new size is
     /// not recorded. The fdatasync after it makes a flush mean what callers take it to mean:
     /// a created job, a Complete's `completed` flag, a recorded range survive anything.
+    /// Then the guards learn what it made durable: the new jobs, the newest sequence number.
     fn flush(&self) -> Result<(), StoreError> {
-        let covered = self.guard.pending();
-        self.db.flush().map_err(|e| StoreError::io("flush the job store to disk", e))?;
-        self.log.sync_data().map_err(|e| StoreError::io("sync the job store's log", e))?;
-        self.guard.flushed(covered)
+        if self.failed.load(Ordering::SeqCst) {
+            let writing = self.lock_writes();
+            self.engine(&writing, |_| Ok(()))?;
+        }
+        let (covered, discarded) = self.current(|engine| {
+            // Taken with the engine held: no reopen can come in between, and a write applied
+            // after this may miss the flush, so it is not covered.
+            let jobs = self.guard.pending();
+            let covered = self.applied.load(Ordering::SeqCst);
+            let discarded =
+                self.discarded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            let flushed = engine
+                .db
+                .flush()
+                .map_err(|e| self.failure("flush the job store to disk", e))
+                .and_then(|_| {
+                    engine.log.sync_data().map_err(|e| self.failure("sync the job store's log", e))
+                });
+            self.attempted.fetch_max(covered, Ordering::SeqCst);
+            flushed?;
+            self.guard.flushed(jobs)?;
+            Ok((covered, discarded))
+        })?;
+        self.mark.flushed(covered)?;
+        match discarded {
+            Some(cause) => Err(StoreError::Discarded { cause }),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for SledStore {
     /// A clean shutdown loses nothing even if a caller forgot the last flush.
     fn drop(&mut self) {
-        if let Err(e) = self.db.flush() {
+        let engine = self.engine.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(Err(e)) = engine.as_ref().map(|engine| engine.db.flush()) {
             tracing::warn!(path = %self.path.display(), error = %e, "flushing the job store on close failed");
         }
     }

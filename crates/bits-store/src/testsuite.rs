@@ -34,6 +34,8 @@ fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
         temp_path: PathBuf::from(format!("/home/u/.file{n}.bitsd-x-{n}.part")),
         completed: n == 0,
         download_position: None,
+        temp_id: None,
+        mode: None,
     }
 }
 
@@ -332,7 +334,7 @@ fn corrupt_values_are_reported_by_key() {
     let id = jobs[0].id;
     let store = SledStore::open(&dir).unwrap();
 
-    store.db.insert(file_key(id, 1), &b"{not json"[..]).unwrap();
+    store.with_db(|db| db.insert(file_key(id, 1), &b"{not json"[..]).unwrap());
     match store.load_all() {
         Err(StoreError::Corrupt { key, reason }) => {
             assert_eq!(key, format!("file/{id}/1"));
@@ -343,14 +345,14 @@ fn corrupt_values_are_reported_by_key() {
     store.put_job(&jobs[0]).unwrap();
     assert_eq!(store.load_all().unwrap(), jobs);
 
-    store.db.insert(job_key(id), &b"[]"[..]).unwrap();
+    store.with_db(|db| db.insert(job_key(id), &b"[]"[..]).unwrap());
     let err = store.load_all().unwrap_err();
     assert!(matches!(&err, StoreError::Corrupt { key, .. } if *key == format!("job/{id}")));
     assert!(err.to_string().contains(&format!("job/{id}")), "{err}");
 
     // A missing file record is corruption too, named by the missing key.
     store.put_job(&jobs[0]).unwrap();
-    store.db.remove(file_key(id, 1)).unwrap();
+    store.with_db(|db| db.remove(file_key(id, 1)).unwrap());
     let err = store.load_all().unwrap_err();
     assert!(
         matches!(&err, StoreError::Corrupt { key, .. } if *key == format!("file/{id}/1")),
@@ -360,7 +362,9 @@ fn corrupt_values_are_reported_by_key() {
 
     // A file record whose job is missing is ignored.
     let orphan = JobId::new_random();
-    store.db.insert(file_key(orphan, 0), serde_json::to_vec(&jobs[0].files[0]).unwrap()).unwrap();
+    store.with_db(|db| {
+        db.insert(file_key(orphan, 0), serde_json::to_vec(&jobs[0].files[0]).unwrap()).unwrap()
+    });
     assert_eq!(store.load_all().unwrap(), jobs);
 }
 
@@ -382,4 +386,193 @@ fn open_reports_an_uncreatable_directory() {
     std::fs::write(&blocker, b"x").unwrap();
     let err = SledStore::open(&blocker.join("sub")).unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
+}
+
+/// A store as issue 13 found it damaged: two jobs, each created and then given files one AddFile
+/// at a time, every AddFile flushed (acknowledged to its client). Returns the jobs as
+/// acknowledged; the store is closed and unlocked.
+fn acknowledged_store(dir: &Path, crashed: bool) -> Vec<Job> {
+    let store = SledStore::open(dir).unwrap();
+    let mut jobs = Vec::new();
+    for n in 0..2 {
+        let mut job = job(n, vec![]);
+        store.put_job(&job).unwrap();
+        for index in 0..3 {
+            job.files.push(file(index, vec![]));
+            store.add_files(&job, index).unwrap();
+            store.flush().unwrap();
+        }
+        jobs.push(job);
+    }
+    if crashed {
+        // What a crash leaves behind: the files as they are now, no clean close.
+        let copy = dir.with_extension("crashed");
+        crate::sled_store::copy_dir(dir, &copy).unwrap();
+        drop(store);
+        drop(open_db(&dir.join("db"), Duration::from_secs(5), false).unwrap());
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::rename(&copy, dir).unwrap();
+        return jobs;
+    }
+    drop(store);
+    // Waits for the dropped store's flusher to let go: nothing writes to the log after this.
+    drop(open_db(&dir.join("db"), Duration::from_secs(5), false).unwrap());
+    jobs
+}
+
+/// Every way of damaging the log that issue 13 tried, each on a fresh store: the store either
+/// refuses to open, naming what is missing and leaving the log as it was, or comes back with
+/// every acknowledged change. Opening never hands out a store that silently lost one.
+#[test]
+fn a_damaged_log_is_refused_or_keeps_every_acknowledged_change() {
+    damaged_logs(false);
+}
+
+#[test]
+fn a_damaged_log_after_a_crash_is_refused_or_keeps_every_acknowledged_change() {
+    damaged_logs(true);
+}
+
+fn damaged_logs(crashed: bool) {
+    use std::os::unix::fs::FileExt;
+
+    let used = {
+        let (_tmp, dir) = store_dir();
+        acknowledged_store(&dir, crashed);
+        // The log is preallocated: what was written ends at its last non-zero byte.
+        let log = std::fs::read(dir.join("db").join("db")).unwrap();
+        log.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1)
+    };
+    type Damage = Box<dyn Fn(&std::fs::File)>;
+    let mut damages: Vec<(String, Damage)> = Vec::new();
+    for n in 0..10 {
+        let at = if n == 0 { 10 } else { used * n / 10 };
+        let flip = move |log: &std::fs::File| {
+            let mut byte = [0u8];
+            log.read_exact_at(&mut byte, at).unwrap();
+            log.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+        };
+        damages.push((format!("byte {at} flipped"), Box::new(flip)));
+    }
+    for at in [0, 4096, used / 2 / 4096 * 4096] {
+        let zero = move |log: &std::fs::File| log.write_all_at(&[0; 4096], at).unwrap();
+        damages.push((format!("4 KiB zeroed at {at}"), Box::new(zero)));
+    }
+    for len in [used / 4, used / 2, used * 3 / 4, used - 100] {
+        damages
+            .push((format!("cut to {len} bytes"), Box::new(move |log| log.set_len(len).unwrap())));
+    }
+
+    let (mut refused, mut intact) = (0, 0);
+    for (what, damage) in damages {
+        let (_tmp, dir) = store_dir();
+        let jobs = acknowledged_store(&dir, crashed);
+        let log_path = dir.join("db").join("db");
+        let log = std::fs::OpenOptions::new().read(true).write(true).open(&log_path).unwrap();
+        damage(&log);
+        drop(log);
+        let damaged = std::fs::read(&log_path).unwrap();
+        match SledStore::open(&dir) {
+            Err(e) => {
+                eprintln!("{what}: refused: {e}");
+                assert!(
+                    e.to_string().contains("damaged") || e.to_string().contains("corrupt"),
+                    "{what}: {e}"
+                );
+                assert!(
+                    std::fs::read(&log_path).unwrap() == damaged,
+                    "{what}: the log was changed"
+                );
+                refused += 1;
+            }
+            Ok(store) => {
+                let loaded = store.load_all();
+                assert!(
+                    matches!(&loaded, Ok(loaded) if *loaded == jobs) || loaded.is_err(),
+                    "{what}: the store opened without acknowledged changes: {:?}",
+                    loaded.map(|jobs| jobs.iter().map(|j| j.files.len()).collect::<Vec<_>>())
+                );
+                intact += 1;
+            }
+        }
+    }
+    eprintln!("log of {used} bytes: {refused} damages refused, {intact} harmless");
+}
+
+/// A deleted job takes its records, and their sequence numbers, with it: the delete leaves its
+/// own number behind, so the mark never outruns a healthy store. And once the store has held
+/// anything, a missing database is refused instead of replaced by an empty one.
+#[test]
+fn deletes_keep_the_mark_reachable_and_a_missing_database_is_refused() {
+    let (_tmp, dir) = store_dir();
+    {
+        let store = SledStore::open(&dir).unwrap();
+        let (a, b) = (three_file_job(1), three_file_job(2));
+        store.put_job(&a).unwrap();
+        store.put_job(&b).unwrap();
+        store.flush().unwrap();
+        store.delete_job(b.id).unwrap();
+        store.flush().unwrap();
+        store.delete_job(a.id).unwrap();
+        store.flush().unwrap();
+    }
+    let mark = crate::mark::read(&dir).unwrap();
+    assert_eq!(mark, 4, "two creates and two deletes");
+    let store = SledStore::open(&dir).unwrap();
+    assert!(store.load_all().unwrap().is_empty());
+    drop(store);
+
+    drop(open_db(&dir.join("db"), Duration::from_secs(5), false).unwrap());
+    std::fs::remove_dir_all(dir.join("db")).unwrap();
+    let err = SledStore::open(&dir).unwrap_err();
+    assert!(matches!(err, StoreError::Missing { jobs: 0, acknowledged: 4, .. }), "{err:?}");
+    assert!(!dir.join("db").exists(), "the refused start created a database");
+}
+
+/// After an engine error the next call reopens the database and goes on. A write made before
+/// the failure that no flush has reported on may be gone with the old engine, so the next flush
+/// says so instead of succeeding; the one after is fine, and the store reopens clean.
+#[test]
+fn a_failed_engine_is_reopened_and_the_flush_after_reports_unflushed_writes() {
+    let (_tmp, dir) = store_dir();
+    let (a, b) = (three_file_job(1), three_file_job(2));
+    {
+        let store = SledStore::open(&dir).unwrap();
+        store.put_job(&a).unwrap();
+        store.flush().unwrap();
+        store.put_job(&b).unwrap(); // not flushed when the engine fails
+        store.break_engine();
+        let mut changed = a.files[1].clone();
+        changed.filled.insert(0, 1000);
+        store.put_file(a.id, 1, &changed).unwrap();
+        let err = store.flush().unwrap_err();
+        assert!(matches!(err, StoreError::Discarded { .. }), "{err:?}");
+        store.flush().unwrap();
+        assert_eq!(store.load_all().unwrap()[0].files[1], changed);
+
+        // A failure right after a flush loses nothing unreported: the next flush succeeds.
+        store.break_engine();
+        store.put_job(&b).unwrap();
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(&dir).unwrap();
+    assert_eq!(store.load_all().unwrap().len(), 2);
+}
+
+/// CreateJob answers before its flush: a crash in that window may lose the new job, and that
+/// must not make the store look damaged (the mark covers only what flushes made durable).
+#[test]
+fn an_unflushed_write_lost_in_a_crash_is_not_damage() {
+    let (_tmp, dir) = store_dir();
+    let store = SledStore::open(&dir).unwrap();
+    let (a, b) = (three_file_job(1), three_file_job(2));
+    store.put_job(&a).unwrap();
+    store.flush().unwrap();
+    store.put_job(&b).unwrap(); // acknowledged, not flushed
+    let copy = dir.with_extension("crashed");
+    crate::sled_store::copy_dir(&dir, &copy).unwrap();
+    drop(store);
+    let store = SledStore::open(&copy).unwrap();
+    let loaded = store.load_all().unwrap();
+    assert!(loaded.len() <= 2 && loaded[0] == a, "{loaded:?}");
 }

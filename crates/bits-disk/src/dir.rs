@@ -1,0 +1,251 @@
+//! The directory a job's files live in, reached without following a symbolic link.
+//!
+//! A root daemon does a job's file work as the job's owner, and after TakeOwnership that owner
+//! may be root while the directory path still runs through directories the previous owner
+//! controls. Had the path been followed as it stands at each operation, that user could swap a
+//! directory for a link to a root-only one and have root create, write and rename files there.
+//! So AddFile resolves the destination's directory once, following links as the caller
+//! ([`resolve_destination`]), and keeps the result; every later operation resolves that stored
+//! path with `RESOLVE_NO_SYMLINKS` ([`Dir::open`]) and does all its work relative to the one
+//! directory descriptor it got. A path that gained a link since AddFile is refused, never
+//! followed, and nothing can change which directory an operation works in once it has started.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{Access, AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::DiskError;
+
+/// A directory opened with no symbolic link in its path (an `O_PATH` descriptor: enough to
+/// create, open, rename, unlink and inspect files in it, and needing no read permission).
+#[derive(Debug)]
+pub(crate) struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// Opens the absolute directory `path` as the calling thread's file-system identity,
+    /// refusing any symbolic link on the way ([`DiskError::Redirected`]).
+    pub(crate) fn open(path: &Path) -> Result<Dir, DiskError> {
+        if !path.is_absolute() {
+            return Err(DiskError::InvalidPath {
+                path: path.to_path_buf(),
+                reason: "the directory must be an absolute path",
+            });
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let fd = match rustix::fs::openat2(rustix::fs::CWD, path, flags, Mode::empty(), resolve) {
+            Ok(fd) => fd,
+            // Kernels before 5.6 have no openat2: walk the components, none followed.
+            Err(Errno::NOSYS) => walk_no_symlinks(path)?,
+            Err(e) => return Err(dir_error(path, e)),
+        };
+        Ok(Dir { fd, path: path.to_path_buf() })
+    }
+
+    /// The directory holding `file`, and the file's name in it.
+    pub(crate) fn of(file: &Path) -> Result<(Dir, &OsStr), DiskError> {
+        let (dir, name) = split(file)?;
+        Ok((Dir::open(dir)?, name))
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `name`'s path, for messages.
+    pub(crate) fn join(&self, name: &OsStr) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// `lstat` of `name` in this directory; `None` if there is no such entry.
+    pub(crate) fn stat(&self, name: &OsStr) -> Result<Option<rustix::fs::Stat>, DiskError> {
+        match rustix::fs::statat(self.fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => Ok(Some(stat)),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(DiskError::from_io(&self.join(name), "inspect", e.into())),
+        }
+    }
+
+    /// Opens `name` in this directory (never following a link in its place).
+    pub(crate) fn open_at(
+        &self,
+        name: &OsStr,
+        flags: OFlags,
+        mode: Mode,
+    ) -> Result<OwnedFd, rustix::io::Errno> {
+        let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        rustix::fs::openat(self.fd(), name, flags, mode)
+    }
+
+    /// Deletes `name`; an entry already gone is fine.
+    pub(crate) fn unlink(&self, name: &OsStr) -> Result<(), DiskError> {
+        match rustix::fs::unlinkat(self.fd(), name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(DiskError::from_io(&self.join(name), "remove", e.into())),
+        }
+    }
+
+    /// Renames `from` to `to`, both in this directory, replacing whatever `to` is (a planted
+    /// link is replaced, never followed).
+    pub(crate) fn rename(&self, from: &OsStr, to: &OsStr) -> Result<(), DiskError> {
+        rustix::fs::renameat(self.fd(), from, self.fd(), to)
+            .map_err(|e| DiskError::from_io(&self.join(to), "rename into", e.into()))
+    }
+
+    /// Whether the calling thread's file-system identity may create files here.
+    pub(crate) fn check_writable(&self) -> Result<(), DiskError> {
+        rustix::fs::accessat(self.fd(), ".", Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS)
+            .map_err(|e| DiskError::from_io(&self.path, "check write access to", e.into()))
+    }
+
+    /// fsyncs the directory, making renames and creations in it durable.
+    pub(crate) fn sync(&self) -> Result<(), DiskError> {
+        let open = |e: Errno| DiskError::from_io(&self.path, "open directory", e.into());
+        let fd = self.open_at(".".as_ref(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty());
+        match rustix::fs::fsync(fd.map_err(open)?) {
+            Ok(()) => Ok(()),
+            // Some file systems do not support fsync on a directory; nothing more can be done.
+            Err(Errno::INVAL) => {
+                tracing::debug!(dir = %self.path.display(), "directory fsync not supported");
+                Ok(())
+            }
+            Err(e) => Err(DiskError::from_io(&self.path, "sync directory", e.into())),
+        }
+    }
+}
+
+/// A file path's directory and name. The directory of a relative name is refused: every stored
+/// path is absolute.
+pub(crate) fn split(file: &Path) -> Result<(&Path, &OsStr), DiskError> {
+    match (file.parent(), file.file_name()) {
+        (Some(dir), Some(name)) if file.is_absolute() => Ok((dir, name)),
+        _ => Err(DiskError::InvalidPath {
+            path: file.to_path_buf(),
+            reason: "the path must be absolute and name a file",
+        }),
+    }
+}
+
+/// AddFile's one resolution of a destination: its directory with every symbolic link followed
+/// (as the calling thread's identity, so only links that identity can traverse), joined with the
+/// file name. Later operations use the result and follow no link at all ([`Dir::open`]).
+pub fn resolve_destination(dest: &Path) -> Result<PathBuf, DiskError> {
+    let (dir, name) = split(dest)?;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty())
+        .map_err(|e| dir_error(dir, e))?;
+    // The kernel's own name for the directory it opened: no `..`, no link.
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let resolved = std::fs::read_link(&link)
+        .map_err(|e| DiskError::from_io(dir, "resolve the directory", e))?;
+    if !resolved.is_absolute() || resolved.as_os_str().as_bytes().ends_with(b" (deleted)") {
+        return Err(DiskError::NotFound { path: dir.to_path_buf() });
+    }
+    Ok(resolved.join(name))
+}
+
+/// `Dir::open` without openat2: one `openat` per component, each with `O_NOFOLLOW`.
+fn walk_no_symlinks(path: &Path) -> Result<OwnedFd, DiskError> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut fd = rustix::fs::openat(rustix::fs::CWD, "/", flags, Mode::empty())
+        .map_err(|e| dir_error(path, e))?;
+    for component in path.components() {
+        let name: OsString = match component {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(name) => name.to_os_string(),
+            Component::ParentDir => OsString::from_vec(b"..".to_vec()),
+            Component::Prefix(_) => return Err(dir_error(path, Errno::INVAL)),
+        };
+        // Without O_DIRECTORY, O_PATH|O_NOFOLLOW opens a link itself: told apart by its type.
+        let next = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        fd = rustix::fs::openat(&fd, name.as_os_str(), next, Mode::empty())
+            .map_err(|e| dir_error(path, e))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| dir_error(path, e))?;
+        match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+            rustix::fs::FileType::Directory => {}
+            rustix::fs::FileType::Symlink => return Err(dir_error(path, Errno::LOOP)),
+            _ => return Err(dir_error(path, Errno::NOTDIR)),
+        }
+    }
+    Ok(fd)
+}
+
+/// A directory that could not be opened: a link on the way is [`DiskError::Redirected`].
+fn dir_error(dir: &Path, e: Errno) -> DiskError {
+    match e {
+        Errno::LOOP => DiskError::Redirected { path: dir.to_path_buf() },
+        e => DiskError::from_io(dir, "open directory", e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_anywhere_in_the_path_is_refused() {
+        let base = tempfile::tempdir().unwrap();
+        let real = base.path().join("real");
+        std::fs::create_dir_all(real.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&real, base.path().join("link")).unwrap();
+        assert!(Dir::open(&real.join("sub")).is_ok());
+        for path in [base.path().join("link"), base.path().join("link/sub")] {
+            let err = Dir::open(&path).unwrap_err();
+            assert!(matches!(err, DiskError::Redirected { .. }), "{path:?}: {err:?}");
+            assert_eq!(err.code(), bits_core::Code::E_ACCESSDENIED);
+        }
+        let err = walk_no_symlinks(&base.path().join("link/sub")).unwrap_err();
+        assert!(matches!(err, DiskError::Redirected { .. }), "{err:?}");
+        assert!(walk_no_symlinks(&real.join("sub")).is_ok());
+        let missing = Dir::open(&base.path().join("missing")).unwrap_err();
+        assert!(matches!(missing, DiskError::NotFound { .. }), "{missing:?}");
+    }
+
+    #[test]
+    fn add_file_resolves_links_once() {
+        let base = tempfile::tempdir().unwrap();
+        let real = base.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, base.path().join("link")).unwrap();
+        let resolved = resolve_destination(&base.path().join("link/f.iso")).unwrap();
+        let canonical = std::fs::canonicalize(&real).unwrap();
+        assert_eq!(resolved, canonical.join("f.iso"));
+        assert!(Dir::open(resolved.parent().unwrap()).is_ok());
+        let err = resolve_destination(&base.path().join("missing/f")).unwrap_err();
+        assert!(matches!(err, DiskError::NotFound { .. }), "{err:?}");
+        assert!(resolve_destination(Path::new("relative/f")).is_err());
+    }
+
+    #[test]
+    fn work_happens_in_the_directory_first_opened() {
+        let base = tempfile::tempdir().unwrap();
+        let first = base.path().join("d");
+        std::fs::create_dir(&first).unwrap();
+        let dir = Dir::open(&first).unwrap();
+        // The path now leads elsewhere; the open directory does not move with it.
+        std::fs::rename(&first, base.path().join("moved")).unwrap();
+        std::fs::create_dir(&first).unwrap();
+        let fd = dir.open_at("f".as_ref(), OFlags::WRONLY | OFlags::CREATE, Mode::from(0o600));
+        drop(fd.unwrap());
+        assert!(base.path().join("moved/f").exists());
+        assert!(!first.join("f").exists());
+        dir.rename("f".as_ref(), "g".as_ref()).unwrap();
+        dir.sync().unwrap();
+        assert!(dir.stat("g".as_ref()).unwrap().is_some());
+        dir.unlink("g".as_ref()).unwrap();
+        dir.unlink("g".as_ref()).unwrap();
+        assert!(dir.stat("g".as_ref()).unwrap().is_none());
+        dir.check_writable().unwrap();
+    }
+}

@@ -1,0 +1,90 @@
+//! The guard of every acknowledged change. The job count (`guard.rs`) only notices lost jobs;
+//! sled 0.34 also reads a damaged log as a shorter one that still holds every job but lacks
+//! their latest changes (a flipped byte drops every AddFile after it, without a word).
+//!
+//! So every write carries a sequence number, one more than the write before it: stamped into
+//! each record it stores (`keys.rs`), and into `meta/last_seq` for writes that remove keys, so a
+//! deleted job's number does not vanish with its records. After each flush the highest number
+//! it made durable is written to a small file beside the database (the mark). The newest write
+//! always carries the highest number, and sled loses a suffix of its log, never a hole: a store
+//! that lost any acknowledged write holds no number as high as the mark, and is refused.
+//!
+//! The mark is written after the flush it describes and never synced: a lost mark write only
+//! makes the check weaker, never wrong. It costs one `pwrite` per flush, no device round trip.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::StoreError;
+
+pub(crate) const FILE_NAME: &str = "acked.seq";
+
+/// The recorded mark; 0 without a (readable) file: a new store, or one from before the mark.
+pub(crate) fn read(dir: &Path) -> Result<u64, StoreError> {
+    let path = dir.join(FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        // Overwritten in place, so a torn write is possible: it only weakens the check.
+        Ok(text) => Ok(text.trim().parse::<u64>().unwrap_or_else(|_| {
+            tracing::warn!(path = %path.display(), "unreadable acknowledged-change mark; not checking for lost changes this time");
+            0
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(StoreError::io("read the acknowledged-change mark", e)),
+    }
+}
+
+/// Refuses an engine whose newest write (`found`) is older than the mark. Reads only.
+pub(crate) fn check(dir: &Path, db_path: &Path, found: u64) -> Result<u64, StoreError> {
+    let acknowledged = read(dir)?;
+    if found < acknowledged {
+        return Err(StoreError::LostChanges { path: db_path.to_path_buf(), found, acknowledged });
+    }
+    Ok(acknowledged)
+}
+
+/// The mark file, kept open, and the value in it.
+pub(crate) struct AckMark {
+    file: std::fs::File,
+    recorded: Mutex<u64>,
+}
+
+impl AckMark {
+    /// Opens (creating) the mark file, which holds `recorded` (from [`check`]). A missing file is
+    /// created with 0, not with the number found: what was found may sit in the page cache only,
+    /// and the first flush raises the mark anyway.
+    pub(crate) fn open(dir: &Path, recorded: u64) -> Result<AckMark, StoreError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join(FILE_NAME))
+            .map_err(|e| StoreError::io("open the acknowledged-change mark", e))?;
+        let mark = AckMark { file, recorded: Mutex::new(recorded) };
+        mark.write(recorded)?;
+        Ok(mark)
+    }
+
+    /// A flush made every write up to `seq` durable.
+    pub(crate) fn flushed(&self, seq: u64) -> Result<(), StoreError> {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seq > *recorded {
+            self.write(seq)?;
+            *recorded = seq;
+        }
+        Ok(())
+    }
+
+    /// The value in the file.
+    pub(crate) fn recorded(&self) -> u64 {
+        *self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One small write in place at a fixed width (no rename, no sync: see the module docs).
+    fn write(&self, value: u64) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .write_all_at(format!("{value:020}\n").as_bytes(), 0)
+            .map_err(|e| StoreError::io("write the acknowledged-change mark", e))
+    }
+}
