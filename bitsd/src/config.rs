@@ -77,6 +77,7 @@ pub struct Config {
     /// How long the gRPC thread stays awake after a call, in µs; 0: it sleeps at once.
     pub keep_awake_us: u64,
     pub limits: Limits,
+    pub control: Control,
     pub transfer: Transfer,
     pub admins: Admins,
     /// `None`: no TCP listener (the default; the Unix socket is the only way in).
@@ -93,6 +94,7 @@ impl Config {
             data_dir: None,
             keep_awake_us: DEFAULT_KEEP_AWAKE_US,
             limits: Limits::default(),
+            control: Control::default(),
             transfer: Transfer::default(),
             admins: Admins::default(),
             tcp: None,
@@ -116,6 +118,37 @@ impl Default for Limits {
         Limits {
             max_jobs_per_user: m.max_jobs_per_user,
             max_jobs_per_machine: m.max_jobs_per_machine,
+        }
+    }
+}
+
+/// `[control]`: what callers may hold open on the control socket, and for how long a connection
+/// may keep quiet. The defaults are far beyond what a person or a well-behaved program needs
+/// (`bitsctl` holds one connection; a program watching every job of its user needs at most
+/// `max_jobs_per_user` streams), and far below what runs the daemon out of file descriptors or
+/// memory. Administrators are exempt from the per-user caps, not from the totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    pub max_connections_per_user: usize,
+    /// Also at most half the daemon's fd limit (see `main.rs`), whatever the file says.
+    pub max_connections: usize,
+    pub max_watches_per_user: usize,
+    pub max_watches: usize,
+    /// A connection that has not sent the HTTP/2 preface within this long is closed.
+    pub handshake_timeout_ms: u64,
+    /// A connection with no call in flight that sent nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Control {
+    fn default() -> Control {
+        Control {
+            max_connections_per_user: 64,
+            max_connections: 1024,
+            max_watches_per_user: 256,
+            max_watches: 2048,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
         }
     }
 }
@@ -253,6 +286,7 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
     let transfer = raw.transfer;
     let defaults = Transfer::default();
     let limits = Limits::default();
+    let control = doc.control(raw.control)?;
     Ok(Config {
         origin: Origin::File(path.to_path_buf()),
         socket: doc.absolute(raw.socket, "socket")?,
@@ -273,6 +307,7 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
                 .max_jobs_per_machine
                 .map_or(limits.max_jobs_per_machine, Spanned::into_inner),
         },
+        control,
         transfer: Transfer {
             retry_delay_secs: doc.in_range(
                 transfer.retry_delay_secs,
@@ -338,6 +373,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
     transfer: RawTransfer,
     #[serde(default)]
     access: RawAccess,
@@ -351,6 +388,17 @@ struct RawConfig {
 struct RawLimits {
     max_jobs_per_user: Option<Spanned<usize>>,
     max_jobs_per_machine: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [control] table")]
+struct RawControl {
+    max_connections_per_user: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    max_watches_per_user: Option<Spanned<usize>>,
+    max_watches: Option<Spanned<usize>>,
+    handshake_timeout_ms: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -548,6 +596,49 @@ impl Doc<'_> {
                 )),
             },
         }
+    }
+
+    /// `[control]`: every cap and timeout at least 1 (a cap of 0 would lock everyone out).
+    fn control(&self, raw: RawControl) -> Result<Control, ConfigError> {
+        let d = Control::default();
+        Ok(Control {
+            max_connections_per_user: self.in_range(
+                raw.max_connections_per_user,
+                "control.max_connections_per_user",
+                1..,
+                d.max_connections_per_user,
+            )?,
+            max_connections: self.in_range(
+                raw.max_connections,
+                "control.max_connections",
+                1..,
+                d.max_connections,
+            )?,
+            max_watches_per_user: self.in_range(
+                raw.max_watches_per_user,
+                "control.max_watches_per_user",
+                1..,
+                d.max_watches_per_user,
+            )?,
+            max_watches: self.in_range(
+                raw.max_watches,
+                "control.max_watches",
+                1..,
+                d.max_watches,
+            )?,
+            handshake_timeout_ms: self.in_range(
+                raw.handshake_timeout_ms,
+                "control.handshake_timeout_ms",
+                1..,
+                d.handshake_timeout_ms,
+            )?,
+            idle_timeout_ms: self.in_range(
+                raw.idle_timeout_ms,
+                "control.idle_timeout_ms",
+                1..,
+                d.idle_timeout_ms,
+            )?,
+        })
     }
 
     fn filter(&self, level: Spanned<String>) -> Result<String, ConfigError> {

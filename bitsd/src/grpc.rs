@@ -9,14 +9,17 @@ use bits_manager::{Caller, Manager, NewFile, PropertyValue};
 use bits_proto::convert;
 use bits_proto::status::to_status;
 use bits_proto::v1;
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
+
+use crate::quota::Quota;
 
 pub struct BitsService {
     manager: Manager,
     /// Which local users may call: everyone (a system daemon, authorised per job by uid) or
     /// only the daemon's own user (a per-user daemon).
     access: Access,
+    /// Open WatchJob streams, per uid and in all (shared by the Unix socket and TCP).
+    watches: Quota,
 }
 
 /// Who may use the Unix socket. Authorisation is by the peer's uid (SO_PEERCRED), never by the
@@ -45,8 +48,8 @@ pub struct TcpCaller {
 }
 
 impl BitsService {
-    pub fn new(manager: Manager, access: Access) -> BitsService {
-        BitsService { manager, access }
+    pub fn new(manager: Manager, access: Access, watches: Quota) -> BitsService {
+        BitsService { manager, access, watches }
     }
 
     /// The caller's uid from SO_PEERCRED (or from an authenticated TCP request); anything else
@@ -56,7 +59,7 @@ impl BitsService {
         let (uid, pid) = match extensions.get::<TcpCaller>() {
             Some(tcp) => (Some(tcp.uid), None),
             None => {
-                let cred = extensions.get::<UdsConnectInfo>().and_then(|info| info.peer_cred);
+                let cred = extensions.get::<crate::server::Peer>().and_then(|peer| peer.cred);
                 (cred.map(|c| c.uid()), cred.and_then(|c| c.pid()))
             }
         };
@@ -452,7 +455,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let caller = self.caller(&request)?;
-        crate::watch::watch_job(&self.manager, caller, request.into_inner()).await
+        crate::watch::watch_job(&self.manager, &self.watches, caller, request.into_inner()).await
     }
 
     async fn set_extensions(

@@ -6,8 +6,10 @@ mod awake;
 mod config;
 mod grpc;
 mod notify;
+mod quota;
 mod server;
 mod tcp;
+mod throttle;
 mod watch;
 
 use std::path::PathBuf;
@@ -75,6 +77,25 @@ struct Args {
     /// Jobs in the queue beyond which non-admins may not create more [file: limits.max_jobs_per_machine; default: 300]
     #[arg(long)]
     max_jobs_per_machine: Option<usize>,
+    /// Connections to the socket one non-admin uid may hold open [file: control.max_connections_per_user; default: 64]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_user: Option<u64>,
+    /// Connections to the socket all users together may hold open; also at most half the fd
+    /// limit [file: control.max_connections; default: 1024]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// WatchJob streams one non-admin uid may hold open [file: control.max_watches_per_user; default: 256]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watches_per_user: Option<u64>,
+    /// WatchJob streams all users together may hold open [file: control.max_watches; default: 2048]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_watches: Option<u64>,
+    /// Close a connection to the socket that has not sent the HTTP/2 preface after this long, in milliseconds [file: control.handshake_timeout_ms; default: 10000]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    handshake_timeout_ms: Option<u64>,
+    /// Close a connection to the socket with no call in flight that sent nothing for this long, in milliseconds [file: control.idle_timeout_ms; default: 600000]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    control_idle_timeout_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -190,6 +211,69 @@ fn manager_config(args: &Args, config: &config::Config) -> bits_manager::Manager
     }
 }
 
+/// The control socket's settings: each from its flag, else from the configuration file. The
+/// connection cap is also held to half the fd limit, so that callers cannot take the fds the
+/// transfers and the store need.
+fn control(args: &Args, config: &config::Config, fd_limit: u64) -> server::Control {
+    let file = &config.control;
+    let wanted = count(args.max_connections, file.max_connections);
+    let max_connections = server::connection_cap(wanted, fd_limit);
+    if max_connections < wanted {
+        tracing::info!(
+            fd_limit,
+            max_connections,
+            "at most {max_connections} connections to the socket: half the fd limit stays for transfers"
+        );
+    }
+    server::Control {
+        connections: quota::Quota::new(
+            "max_connections",
+            "connections",
+            count(args.max_connections_per_user, file.max_connections_per_user),
+            max_connections,
+        ),
+        handshake_timeout: Duration::from_millis(
+            args.handshake_timeout_ms.unwrap_or(file.handshake_timeout_ms),
+        ),
+        idle_timeout: Duration::from_millis(
+            args.control_idle_timeout_ms.unwrap_or(file.idle_timeout_ms),
+        ),
+    }
+}
+
+/// WatchJob streams, per uid and in all, shared by the socket and the TCP listener.
+fn watches(args: &Args, config: &config::Config) -> quota::Quota {
+    let file = &config.control;
+    quota::Quota::new(
+        "max_watches",
+        "watch streams",
+        count(args.max_watches_per_user, file.max_watches_per_user),
+        count(args.max_watches, file.max_watches),
+    )
+}
+
+/// A count from its flag (checked by clap as a `u64`), else from the file.
+fn count(flag: Option<u64>, file: usize) -> usize {
+    flag.map_or(file, |v| usize::try_from(v).unwrap_or(usize::MAX))
+}
+
+/// Raises the soft fd limit to the hard one (systemd's `LimitNOFILE=` sets both; a shell often
+/// leaves the soft one at 1024) and returns the limit now in force.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        let raised = rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return hard,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the fd limit to {hard}"),
+        }
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
 async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     let euid = rustix::process::geteuid().as_raw();
     let socket = match args.socket.clone().or_else(|| config.socket.clone()) {
@@ -221,6 +305,8 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     );
 
     let access = grpc::Access::for_daemon(euid);
+    let control = control(&args, &config, raise_fd_limit());
+    let watches = watches(&args, &config);
     // Both servers run on the gRPC thread and keep it awake alike.
     let awake = awake::KeepAwake::new(
         Duration::from_micros(args.keep_awake_us.unwrap_or(config.keep_awake_us)),
@@ -233,9 +319,12 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
             tracing::info!(address = %tcp.listen, uid = tcp.uid, "serving on TCP too (bearer token required)");
             Some(tcp::TcpServing {
                 listener,
-                service: grpc::BitsService::new(manager.clone(), access),
+                service: grpc::BitsService::new(manager.clone(), access, watches.clone()),
                 awake: awake.clone(),
                 check: tcp::BearerCheck::new(&tcp.token, tcp.uid),
+                control: control.clone(),
+                manager: manager.clone(),
+                uid: tcp.uid,
             })
         }
         None => None,
@@ -243,7 +332,8 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     let listener = server::bind(&socket, access)?
         .into_std()
         .context("cannot hand the socket to the gRPC thread")?;
-    let service = grpc::BitsService::new(manager.clone(), access);
+    let service = grpc::BitsService::new(manager.clone(), access, watches);
+    let unix = UnixServing { listener, service, awake, control, manager: manager.clone() };
     // One stop for both servers. A dropped sender (the daemon failing) stops them too.
     let (stop_serving, stopped) = tokio::sync::watch::channel(false);
     // The thread reports its end on a channel rather than being joined: a join would block a
@@ -252,7 +342,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("bitsd-grpc".into())
         .spawn(move || {
-            let _ = served_tx.send(serve_on_own_runtime(listener, service, awake, tcp, stopped));
+            let _ = served_tx.send(serve_on_own_runtime(unix, tcp, stopped));
         })
         .context("cannot start the gRPC thread")?;
     let status = notify::ready(&manager);
@@ -284,15 +374,23 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
 /// How long a shutdown waits for open gRPC connections to finish before going on without them.
 const GRPC_STOP_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Serves gRPC on a single-threaded runtime of its own, on the Unix socket and (when configured)
-/// on TCP, until `stop` fires.
-fn serve_on_own_runtime(
+/// Everything the gRPC thread needs to serve the Unix socket.
+struct UnixServing {
     listener: std::os::unix::net::UnixListener,
     service: grpc::BitsService,
     awake: awake::KeepAwake,
+    control: server::Control,
+    manager: bits_manager::Manager,
+}
+
+/// Serves gRPC on a single-threaded runtime of its own, on the Unix socket and (when configured)
+/// on TCP, until `stop` fires.
+fn serve_on_own_runtime(
+    unix: UnixServing,
     tcp: Option<tcp::TcpServing>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let UnixServing { listener, service, awake, control, manager } = unix;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -304,7 +402,8 @@ fn serve_on_own_runtime(
         let until_stop = |mut seen: tokio::sync::watch::Receiver<bool>| async move {
             let _ = seen.wait_for(|stopped| *stopped).await;
         };
-        let unix = server::serve(listener, service, awake, until_stop(stop.clone()));
+        let unix =
+            server::serve(listener, service, awake, control, manager, until_stop(stop.clone()));
         let Some(tcp) = tcp else { return unix.await };
         // Joined, not raced: a failing TCP server must not take the Unix socket down with it.
         let (unix, tcp) = tokio::join!(unix, tcp::serve(tcp, until_stop(stop)));

@@ -13,14 +13,16 @@ use std::sync::Arc;
 
 use anyhow::{Context, ensure};
 use bits_core::{BitsError, Code};
+use bits_manager::Manager;
 use bits_proto::status::to_status;
 use bits_proto::token::{AUTHORIZATION, Token};
 use tonic::service::Interceptor;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
 use crate::awake::KeepAwake;
 use crate::grpc::{BitsService, TcpCaller};
+use crate::server::{self, Control};
+use crate::throttle::Throttle;
 
 /// Everything the gRPC thread needs to serve TCP: the bound listener, the service and the check.
 pub struct TcpServing {
@@ -28,6 +30,12 @@ pub struct TcpServing {
     pub service: BitsService,
     pub check: BearerCheck,
     pub awake: KeepAwake,
+    /// The socket's caps (shared totals) and timeouts.
+    pub control: Control,
+    /// Asked whether `uid` is an administrator (exempt from the per-user connection cap).
+    pub manager: Manager,
+    /// The uid every TCP caller acts as, whose share its connections count against.
+    pub uid: u32,
 }
 
 /// Binds `addr`, which must be a loopback address (and so must the address actually bound).
@@ -52,9 +60,10 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 pub async fn serve(tcp: TcpServing, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::from_std(tcp.listener).context("cannot use the TCP listener")?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = server::tcp_incoming(listener, tcp.control, tcp.manager, tcp.uid);
     tonic::transport::Server::builder()
         .layer(tcp.awake)
+        .layer(server::Tracking)
         .add_service(bits_proto::v1::bits_server::BitsServer::with_interceptor(
             tcp.service,
             tcp.check,
@@ -71,11 +80,13 @@ pub async fn serve(tcp: TcpServing, shutdown: impl Future<Output = ()>) -> anyho
 pub struct BearerCheck {
     expected: Arc<Token>,
     uid: u32,
+    /// A loop of bad requests must not write a WARN line each (one wrote 9,007).
+    refusals: Arc<Throttle>,
 }
 
 impl BearerCheck {
     pub fn new(token: &Token, uid: u32) -> BearerCheck {
-        BearerCheck { expected: Arc::new(token.clone()), uid }
+        BearerCheck { expected: Arc::new(token.clone()), uid, refusals: Arc::default() }
     }
 }
 
@@ -89,7 +100,16 @@ impl Interceptor for BearerCheck {
             Some(Ok(_)) => None,
         };
         if let Some(why) = refusal {
-            tracing::warn!(peer = ?request.remote_addr(), reason = why, "TCP request refused");
+            if let Some(left_out) = self.refusals.allow() {
+                let peer = request.extensions().get::<server::Peer>().and_then(|p| p.remote);
+                tracing::warn!(
+                    peer = ?peer,
+                    reason = why,
+                    left_out,
+                    "TCP request refused (at most one line per {:?}; left_out: refusals since the last)",
+                    crate::throttle::PERIOD
+                );
+            }
             return Err(unauthenticated(why));
         }
         request.extensions_mut().insert(TcpCaller { uid: self.uid });

@@ -164,6 +164,29 @@ fn check_config_rejects_a_bad_file_naming_line_and_key() {
         "{stderr}"
     );
 
+    // A private token file of another user: its owner could write the token of their choice.
+    let theirs = token_file(dir.path(), "t");
+    std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+    let config = write(
+        &dir.path().join("theirs.toml"),
+        &format!(
+            "[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = {:?}\nuid = {}\n",
+            theirs.display().to_string(),
+            tcp_uid()
+        ),
+    );
+    let out = check_config(dir.path(), &config);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:3: tcp.token_file: {} belongs to uid 65534, not to the daemon's uid 0",
+            config.display(),
+            theirs.display()
+        )),
+        "{stderr}"
+    );
+
     // A --config file that is not there.
     let missing = dir.path().join("missing.toml");
     let out = check_config(dir.path(), &missing);
@@ -181,6 +204,12 @@ fn flags_refuse_the_values_the_file_refuses() {
         "--retry-delay-secs",
         "--idle-timeout-ms",
         "--connect-timeout-ms",
+        "--max-connections-per-user",
+        "--max-connections",
+        "--max-watches-per-user",
+        "--max-watches",
+        "--handshake-timeout-ms",
+        "--control-idle-timeout-ms",
     ] {
         let out = Command::new(bitsd()).args([flag, "0", "--check-config"]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out.stderr));
@@ -339,6 +368,70 @@ async fn tcp_serves_callers_with_the_token_as_the_configured_uid() {
     let log = daemon.log();
     assert!(!log.contains("did not close within"), "the servers stopped on their own: {log}");
     std::net::TcpListener::bind(addr).expect("the daemon released its TCP port");
+}
+
+/// A 3 MB job id is refused as E_INVALIDARG naming its start (issue 13: the error echoed all of
+/// it, and the client saw "metadata size exceeds hard limit" instead of the BITS error).
+#[tokio::test]
+async fn a_huge_job_id_is_e_invalidarg_naming_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "e2e-token-3mb";
+    let (_daemon, addr, _) = tcp_daemon(dir.path(), token).await;
+    let mut client =
+        bits_proto::v1::bits_client::BitsClient::connect(format!("http://{addr}")).await.unwrap();
+    let huge = "j".repeat(3 << 20);
+    let mut request = tonic::Request::new(bits_proto::v1::JobRef { job_id: huge });
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let status = client.get_job(request).await.unwrap_err();
+    let err = bits_proto::status::from_status(&status);
+    assert_eq!(err.code, Code::E_INVALIDARG, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(err.message.contains(&format!("job id '{}…", "j".repeat(64))), "{}", err.message);
+    assert!(err.message.len() < 200, "{} bytes echoed", err.message.len());
+}
+
+/// The TCP listener closes a connection that never speaks, as the socket does (the timeouts and
+/// caps of `[control]` hold on both).
+#[tokio::test]
+async fn tcp_closes_a_connection_that_never_speaks() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_port();
+    let token_path = token_file(dir.path(), "e2e-token-silent");
+    let config = write(
+        &dir.path().join("bitsd.toml"),
+        &format!(
+            "[control]\nhandshake_timeout_ms = 300\n\n[tcp]\nlisten = \"{addr}\"\ntoken_file = {:?}\nuid = {}\n",
+            token_path.display().to_string(),
+            tcp_uid()
+        ),
+    );
+    let _daemon = TestDaemon::start_with(&["--config", config.to_str().unwrap()]).await;
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    // The server's own SETTINGS come first; then the close.
+    let mut buf = [0u8; 256];
+    while let Ok(1..) = silent.read(&mut buf) {}
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(15), "still open after {waited:?}");
+    assert!(waited >= Duration::from_millis(250), "closed before the timeout: {waited:?}");
+}
+
+/// A loop of refused TCP requests logs one WARN line, not one per request (one loop wrote
+/// 9,007); the lines after it, one per 10 s at most, say how many they left out.
+#[tokio::test]
+async fn a_flood_of_refused_tcp_requests_logs_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, addr, _) = tcp_daemon(dir.path(), "e2e-token-77a1").await;
+    for _ in 0..200 {
+        let status = raw_list_jobs(addr, Some("Bearer wrong")).await;
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+    let log = daemon.log();
+    let lines = log.lines().filter(|l| l.contains("TCP request refused")).count();
+    // Two at most: the first, and one summary if the loop happened to take over 10 s.
+    assert!((1..=2).contains(&lines), "{lines} lines for 200 refusals:\n{log}");
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ mod access;
 mod crash_loop;
 // Complete and Cancel: partial completion, a temp file that vanished, cleanup.
 mod complete;
+// The control socket under a hostile local user: timeouts, fd exhaustion, per-user caps.
+mod control;
 // Full disk (a tmpfs the test mounts) and start-up reconciliation of the store with the disk.
 mod durability;
 // bitsd extensions: segmented downloads and several files at once.

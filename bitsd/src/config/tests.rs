@@ -54,6 +54,12 @@ fn an_empty_file_means_every_default() {
     assert_eq!(config.keep_awake_us, 150);
     assert_eq!(config.limits.max_jobs_per_user, 60);
     assert_eq!(config.limits.max_jobs_per_machine, 300);
+    assert_eq!(config.control.max_connections_per_user, 64);
+    assert_eq!(config.control.max_connections, 1024);
+    assert_eq!(config.control.max_watches_per_user, 256);
+    assert_eq!(config.control.max_watches, 2048);
+    assert_eq!(config.control.handshake_timeout_ms, 10_000);
+    assert_eq!(config.control.idle_timeout_ms, 600_000);
     assert_eq!(config.transfer.retry_delay_secs, 600);
     assert_eq!(config.transfer.no_progress_timeout_secs, 1_209_600);
     assert_eq!(config.transfer.idle_timeout_ms, 60_000);
@@ -122,6 +128,14 @@ keep_awake_us = 7
 max_jobs_per_user = 5
 max_jobs_per_machine = 50
 
+[control]
+max_connections_per_user = 11
+max_connections = 12
+max_watches_per_user = 13
+max_watches = 14
+handshake_timeout_ms = 15
+idle_timeout_ms = 16
+
 [transfer]
 retry_delay_secs = 2
 no_progress_timeout_secs = 0
@@ -146,6 +160,17 @@ level = "warn,bitsd=debug"
     assert_eq!(config.data_dir, Some(PathBuf::from("/srv/bitsd")));
     assert_eq!(config.keep_awake_us, 7);
     assert_eq!(config.limits, Limits { max_jobs_per_user: 5, max_jobs_per_machine: 50 });
+    assert_eq!(
+        config.control,
+        Control {
+            max_connections_per_user: 11,
+            max_connections: 12,
+            max_watches_per_user: 13,
+            max_watches: 14,
+            handshake_timeout_ms: 15,
+            idle_timeout_ms: 16,
+        }
+    );
     assert_eq!(
         config.transfer,
         Transfer {
@@ -183,7 +208,7 @@ fn unknown_keys_name_file_line_key_and_table() {
     assert_eq!(
         err("socket = \"/s\"\nsockets = \"/t\"\n"),
         format!(
-            "{FILE}:2: unknown key \"sockets\" at the top level (expected one of socket, data_dir, keep_awake_us, limits, transfer, access, tcp, log)"
+            "{FILE}:2: unknown key \"sockets\" at the top level (expected one of socket, data_dir, keep_awake_us, limits, control, transfer, access, tcp, log)"
         )
     );
     let e = err("# comment\n\n[limits]\nmax_jobs_per_user = 1\nmax_jobz_per_user = 2\n");
@@ -254,6 +279,19 @@ fn values_out_of_range_name_file_line_and_key() {
         assert_eq!(
             err(&format!("[transfer]\n{key} = 0\n")),
             format!("{FILE}:2: transfer.{key}: must be at least 1")
+        );
+    }
+    for key in [
+        "max_connections_per_user",
+        "max_connections",
+        "max_watches_per_user",
+        "max_watches",
+        "handshake_timeout_ms",
+        "idle_timeout_ms",
+    ] {
+        assert_eq!(
+            err(&format!("[control]\n{key} = 0\n")),
+            format!("{FILE}:2: control.{key}: must be at least 1")
         );
     }
     assert_eq!(

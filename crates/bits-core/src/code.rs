@@ -61,7 +61,12 @@ codes! {
     E_INVALIDARG = 0x8007_0057,
     E_FAIL = 0x8000_4005,
     ERROR_PATH_NOT_FOUND = 0x8007_0003,
+    // Out of file descriptors (EMFILE / ENFILE): like a full disk, worth retrying.
+    ERROR_TOO_MANY_OPEN_FILES = 0x8007_0004,
     ERROR_DISK_FULL = 0x8007_0070,
+    // A caller over its share of the control socket (connections, watch streams): what Windows'
+    // RPC runtime answers when a server cannot take more calls.
+    RPC_S_SERVER_TOO_BUSY = 0x8007_06BB,
     BG_E_NOT_FOUND = 0x8020_0001,
     BG_E_INVALID_STATE = 0x8020_0002,
     BG_E_EMPTY = 0x8020_0003,

@@ -13,6 +13,11 @@ pub enum DiskError {
     #[error("the disk holding {} is full", path.display())]
     Full { path: PathBuf },
 
+    /// The process (EMFILE) or the system (ENFILE) has no file descriptor left. Passing: other
+    /// files close, so the operation is worth retrying, like on a full disk.
+    #[error("cannot {op} {}: too many open files", path.display())]
+    TooManyOpenFiles { path: PathBuf, op: &'static str },
+
     /// Permission denied, or a read-only file system (EACCES / EPERM / EROFS).
     #[error("access denied to {}", path.display())]
     AccessDenied { path: PathBuf },
@@ -55,6 +60,7 @@ impl DiskError {
     pub fn code(&self) -> Code {
         match self {
             DiskError::Full { .. } => Code::ERROR_DISK_FULL,
+            DiskError::TooManyOpenFiles { .. } => Code::ERROR_TOO_MANY_OPEN_FILES,
             DiskError::AccessDenied { .. } => Code::E_ACCESSDENIED,
             DiskError::NotFound { .. } => Code::ERROR_PATH_NOT_FOUND,
             DiskError::InvalidPath { .. } => Code::E_INVALIDARG,
@@ -67,6 +73,7 @@ impl DiskError {
     pub fn path(&self) -> &Path {
         match self {
             DiskError::Full { path }
+            | DiskError::TooManyOpenFiles { path, .. }
             | DiskError::AccessDenied { path }
             | DiskError::NotFound { path }
             | DiskError::InvalidPath { path, .. }
@@ -83,6 +90,10 @@ impl DiskError {
         // ELOOP: a symlink where we open with O_NOFOLLOW — someone else's link, never followed.
         if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
             return DiskError::AccessDenied { path };
+        }
+        let out_of_fds = [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE];
+        if out_of_fds.iter().any(|e| source.raw_os_error() == Some(e.raw_os_error())) {
+            return DiskError::TooManyOpenFiles { path, op };
         }
         match source.kind() {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => DiskError::Full { path },
@@ -119,6 +130,8 @@ mod tests {
             (Errno::ROFS, Code::E_ACCESSDENIED),
             (Errno::NOENT, Code::ERROR_PATH_NOT_FOUND),
             (Errno::NOTDIR, Code::ERROR_PATH_NOT_FOUND),
+            (Errno::MFILE, Code::ERROR_TOO_MANY_OPEN_FILES),
+            (Errno::NFILE, Code::ERROR_TOO_MANY_OPEN_FILES),
             (Errno::IO, Code::E_FAIL),
             (Errno::FBIG, Code::E_FAIL),
         ];
@@ -131,5 +144,7 @@ mod tests {
         let io = classify(Errno::IO);
         assert!(matches!(io, DiskError::Io { op: "write", .. }));
         assert!(io.to_string().contains("cannot write /x"), "{io}");
+        let fds = classify(Errno::MFILE);
+        assert_eq!(fds.to_string(), "cannot write /x: too many open files");
     }
 }

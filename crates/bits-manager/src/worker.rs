@@ -1253,10 +1253,10 @@ fn disk_halt(e: bits_disk::DiskError, index: u32) -> Halt {
     }
 }
 
-/// A local file problem. A full disk is worth retrying once space is freed; anything else
-/// (permissions, a vanished directory) needs the user.
+/// A local file problem. A full disk is worth retrying once space is freed, running out of file
+/// descriptors once some close; anything else (permissions, a vanished directory) needs the user.
 fn local_halt(e: BitsError, index: u32) -> Halt {
-    let transient = e.code == Code::ERROR_DISK_FULL;
+    let transient = matches!(e.code, Code::ERROR_DISK_FULL | Code::ERROR_TOO_MANY_OPEN_FILES);
     Halt::Failed {
         error: job_error(ErrorContext::LocalFile, e.code, e.message, index),
         transient,
@@ -1299,6 +1299,23 @@ mod tests {
                 assert!(error.description.contains("panicked"), "{}", error.description);
             }
             _ => panic!("a panic must become Halt::Failed"),
+        }
+    }
+
+    /// Running out of file descriptors passes as other files close: a transient failure, like a
+    /// full disk; a permission problem needs the user.
+    #[test]
+    fn a_full_disk_or_too_many_open_files_is_transient_other_local_errors_fatal() {
+        for (code, transient) in [
+            (Code::ERROR_DISK_FULL, true),
+            (Code::ERROR_TOO_MANY_OPEN_FILES, true),
+            (Code::E_ACCESSDENIED, false),
+            (Code::E_FAIL, false),
+        ] {
+            match local_halt(BitsError::new(code, "x"), 0) {
+                Halt::Failed { transient: t, .. } => assert_eq!(t, transient, "{code}"),
+                _ => panic!("a local error is a failure"),
+            }
         }
     }
 

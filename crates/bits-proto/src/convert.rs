@@ -18,6 +18,7 @@ use bits_core::{
     JobState, JobType, Priority, Progress, RangeSet,
 };
 
+use crate::status::echo;
 use crate::v1;
 
 // ---------------------------------------------------------------------------------------------
@@ -82,9 +83,11 @@ fn missing(what: &str) -> BitsError {
 // Ids and times
 // ---------------------------------------------------------------------------------------------
 
-/// Parses a job id; anything that is not a UUID is `E_INVALIDARG` naming it.
+/// Parses a job id; anything that is not a UUID is `E_INVALIDARG` naming it (its start, if it
+/// is long: see [`echo`]).
 pub fn parse_job_id(text: &str) -> Result<JobId, BitsError> {
-    JobId::parse(text).ok_or_else(|| invalid(format!("job id '{text}' is not a valid UUID")))
+    JobId::parse(text)
+        .ok_or_else(|| invalid(format!("job id '{}' is not a valid UUID", echo(text))))
 }
 
 /// `SystemTime` → `google.protobuf.Timestamp` (times before 1970 are represented too).
@@ -710,6 +713,12 @@ mod tests {
         let err = parse_job_id("nope").unwrap_err();
         assert_eq!(err.code, Code::E_INVALIDARG);
         assert!(err.message.contains("'nope'"));
+        // A huge id is named by its start only.
+        let huge = "z".repeat(3 << 20);
+        let err = parse_job_id(&huge).unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG);
+        assert!(err.message.len() < 200, "{}", err.message.len());
+        assert!(err.message.contains(&format!("'{}…", "z".repeat(64))), "{}", err.message);
         let id = JobId::new_random();
         assert_eq!(parse_job_id(&id.to_string()).unwrap(), id);
 

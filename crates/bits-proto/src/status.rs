@@ -33,12 +33,49 @@ pub fn grpc_code(code: Code) -> tonic::Code {
         Code::BG_E_TOO_MANY_FILES_IN_JOB
         | Code::BG_E_TOO_MANY_RANGES_IN_FILE
         | Code::BG_E_TOO_MANY_JOBS_PER_USER
-        | Code::BG_E_TOO_MANY_JOBS_PER_MACHINE => G::ResourceExhausted,
+        | Code::BG_E_TOO_MANY_JOBS_PER_MACHINE
+        | Code::RPC_S_SERVER_TOO_BUSY
+        | Code::ERROR_TOO_MANY_OPEN_FILES => G::ResourceExhausted,
         _ => G::Internal,
     }
 }
 
-/// The gRPC status for a failed BITS operation.
+/// The most of a user's value an error message repeats (in characters).
+pub const ECHO_CHARS: usize = 64;
+
+/// The longest message a status carries (in bytes). The message travels in the `grpc-message`
+/// header, percent-encoded, and a client refuses a header block beyond its limit (16 KiB by
+/// default) with a transport error instead of the BITS error: a message that echoes a huge
+/// value must still reach the client as itself.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `value` as an error message repeats it: at most [`ECHO_CHARS`] characters, then `…` and the
+/// size of the rest, so that a caller sees which value was refused without the daemon sending
+/// (or logging) megabytes of it back.
+pub fn echo(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS) {
+        None => value.to_string(),
+        Some((cut, _)) => {
+            format!("{}… ({} bytes in all)", &value[..cut], value.len())
+        }
+    }
+}
+
+/// `message` cut to at most `max` bytes (at a character boundary, `…` included).
+fn capped(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_string();
+    }
+    let ellipsis = "…";
+    let mut cut = max.saturating_sub(ellipsis.len());
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{ellipsis}", &message[..cut])
+}
+
+/// The gRPC status for a failed BITS operation. The message is capped at
+/// [`MAX_MESSAGE_BYTES`], whatever value it echoes.
 pub fn to_status(err: &BitsError) -> tonic::Status {
     let mut metadata = MetadataMap::new();
     if let Ok(value) = MetadataValue::try_from(err.code.name()) {
@@ -47,7 +84,8 @@ pub fn to_status(err: &BitsError) -> tonic::Status {
     if let Ok(value) = MetadataValue::try_from(format!("0x{:08X}", err.code.hresult())) {
         metadata.insert(HRESULT_KEY, value);
     }
-    tonic::Status::with_metadata(grpc_code(err.code), err.to_string(), metadata)
+    let message = capped(&err.to_string(), MAX_MESSAGE_BYTES);
+    tonic::Status::with_metadata(grpc_code(err.code), message, metadata)
 }
 
 /// The BITS error carried by a status. A status without (valid) BITS metadata — a transport
@@ -102,6 +140,7 @@ mod tests {
             (Code::ERROR_PATH_NOT_FOUND, tonic::Code::InvalidArgument),
             (Code::BG_E_TOO_MANY_RANGES_IN_FILE, tonic::Code::ResourceExhausted),
             (Code::BG_E_TOO_MANY_FILES_IN_JOB, tonic::Code::ResourceExhausted),
+            (Code::RPC_S_SERVER_TOO_BUSY, tonic::Code::ResourceExhausted),
             (Code::Http(404), tonic::Code::Internal),
             (Code::E_FAIL, tonic::Code::Internal),
         ] {
@@ -124,6 +163,36 @@ mod tests {
         assert_eq!(status.message(), "BG_E_EMPTY (0x80200003): the job has no files");
         assert_eq!(status.metadata().get("bits-hresult").unwrap(), "0x80200003");
         assert_eq!(status.metadata().get("bits-code").unwrap(), "BG_E_EMPTY");
+    }
+
+    /// A 3 MB value in a message used to make the status too big for the client's header limit,
+    /// which then saw a transport error instead of the BITS error.
+    #[test]
+    fn a_huge_message_is_capped_and_keeps_its_code() {
+        let huge = "x".repeat(3 << 20);
+        let status = to_status(&BitsError::new(Code::E_INVALIDARG, format!("value '{huge}'")));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES, "{}", status.message().len());
+        assert!(status.message().starts_with("E_INVALIDARG (0x80070057): value 'xxx"));
+        assert!(status.message().ends_with('…'));
+        assert_eq!(from_status(&status).code, Code::E_INVALIDARG);
+        // Cut at a character boundary, never inside one.
+        let wide = "é".repeat(MAX_MESSAGE_BYTES);
+        let status = to_status(&BitsError::new(Code::E_FAIL, wide));
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn echo_keeps_short_values_and_cuts_long_ones() {
+        assert_eq!(echo("short"), "short");
+        let exact = "a".repeat(ECHO_CHARS);
+        assert_eq!(echo(&exact), exact);
+        let long = format!("{}{}", "b".repeat(ECHO_CHARS), "é".repeat(10));
+        assert_eq!(
+            echo(&long),
+            format!("{}… ({} bytes in all)", "b".repeat(ECHO_CHARS), long.len())
+        );
+        let accents = "é".repeat(ECHO_CHARS + 1);
+        assert_eq!(echo(&accents), format!("{}… (130 bytes in all)", "é".repeat(ECHO_CHARS)));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io::{self, Read as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use subtle::ConstantTimeEq as _;
@@ -58,6 +58,11 @@ pub enum TokenFileError {
         path.display()
     )]
     NotPrivate { path: PathBuf, mode: u32 },
+    #[error(
+        "{} belongs to uid {owner}, not to the daemon's uid {euid}: its owner could change the token; chown it",
+        path.display()
+    )]
+    NotOwned { path: PathBuf, owner: u32, euid: u32 },
     #[error("{} is empty", path.display())]
     Empty { path: PathBuf },
     #[error(
@@ -94,7 +99,10 @@ impl Token {
 
     /// The token in the file at `path`, as the daemon reads it: anyone who can read the file can
     /// act as the listener's uid, so it must be a regular file with no group or other permission
-    /// bits at all. The mode is checked on the opened file, so the file read is the file checked.
+    /// bits at all, owned by the daemon's own user (whoever owns it can chmod it and write their
+    /// own token into it: for a root daemon, a user's file would let that user pick the token that
+    /// acts as `tcp.uid`). Mode and owner are checked on the opened file, so the file read is the
+    /// file checked.
     pub fn read_private_file(path: &Path) -> Result<Token, TokenFileError> {
         // Non-blocking: opening a FIFO for reading would otherwise wait for a writer, and the
         // daemon (or --check-config) would hang instead of refusing it. A regular file reads the
@@ -107,6 +115,14 @@ impl Token {
         let meta = file.metadata().map_err(|e| read_error(path, e))?;
         if !meta.is_file() {
             return Err(TokenFileError::NotRegularFile { path: path.to_path_buf() });
+        }
+        let euid = rustix::process::geteuid().as_raw();
+        if meta.uid() != euid {
+            return Err(TokenFileError::NotOwned {
+                path: path.to_path_buf(),
+                owner: meta.uid(),
+                euid,
+            });
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {

@@ -107,6 +107,32 @@ fn the_daemon_reads_only_a_private_regular_file() {
     assert_eq!(e.to_string(), format!("{} is not a regular file", fifo.display()));
 }
 
+/// A token file of another user is refused even when its mode is private: its owner could
+/// write a token of their choice into it (for a root daemon, one acting as `tcp.uid`).
+#[test]
+fn the_daemon_reads_only_a_file_of_its_own_user() {
+    let euid = rustix::process::geteuid().as_raw();
+    assert_eq!(euid, 0, "this test chowns a file to another user; run it as root (as CI does)");
+    for owner in [65534, 1000] {
+        let (_dir, path) = file("t0ken\n", 0o600);
+        rustix::fs::chown(&path, Some(rustix::fs::Uid::from_raw(owner)), None).unwrap();
+        let e = Token::read_private_file(&path).unwrap_err();
+        assert!(
+            matches!(e, TokenFileError::NotOwned { owner: o, euid: 0, .. } if o == owner),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} belongs to uid {owner}, not to the daemon's uid 0: its owner could change the token; chown it",
+                path.display()
+            )
+        );
+        // A client only presents a token: whose file it is is the client's business.
+        assert_eq!(Token::read_file(&path).unwrap(), token("t0ken"));
+    }
+}
+
 #[test]
 fn a_bad_file_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
