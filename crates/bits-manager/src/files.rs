@@ -133,12 +133,13 @@ impl Manager {
         // One add at a time per job (see `Entry::adding`).
         let adding = lookup_mut_check(&self.table(), caller, id)?.adding.clone();
         let _adding = adding.lock_owned().await;
+        let hashes: Vec<u64> = files.iter().map(|f| PathIndex::hash(&f.local_path)).collect();
         let ranges: usize = files.iter().map(|f| f.ranges.as_ref().map_or(0, Vec::len)).sum();
         let large = files.len() > LARGE_ADD_FILES || ranges > LARGE_ADD_RANGES;
         let (first, modified, count) = if large {
             // Encoding and writing thousands of records takes the store long: done before the
             // new files join the table, with only their count written under its lock.
-            let first = self.check_new_files(caller, id, owner_uid, &files)?;
+            let first = self.check_new_files(caller, id, owner_uid, &files, &hashes)?;
             let records = new_records(files, id, first, mode);
             let store = self.inner.store.clone();
             let records = run_blocking(move || {
@@ -150,10 +151,12 @@ impl Manager {
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = records.len();
             entry.job.files.extend(records);
+            entry.paths.insert_all(&hashes);
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.persist_job_fields(&entry.job) {
                 entry.job.files.truncate(first as usize);
+                entry.paths.remove_all(&hashes);
                 entry.job.modification_time = modified;
                 return Err(e);
             }
@@ -161,15 +164,17 @@ impl Manager {
             (first, modified, count)
         } else {
             let mut table = self.table();
-            let first = self.check_new_files_in(&table, caller, id, owner_uid, &files)?;
+            let first = self.check_new_files_in(&table, caller, id, owner_uid, &files, &hashes)?;
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = files.len();
             entry.job.files.extend(new_records(files, id, first, mode));
+            entry.paths.insert_all(&hashes);
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.inner.store.add_files(&entry.job, first) {
                 // The job stays as clients last saw it; a retry writes the same indexes again.
                 entry.job.files.truncate(first as usize);
+                entry.paths.remove_all(&hashes);
                 entry.job.modification_time = modified;
                 return Err(store_error(e));
             }
@@ -177,7 +182,7 @@ impl Manager {
             (first, modified, count)
         };
         if let Err(e) = self.flush().await {
-            self.take_back_files(id, first, count, modified);
+            self.take_back_files(id, first, count, modified, &hashes);
             return Err(e);
         }
         if let Some(run) = self.table().jobs.get(&id).and_then(|e| e.run.as_ref()) {
@@ -197,9 +202,10 @@ impl Manager {
         id: JobId,
         owner_uid: u32,
         files: &[NewFile],
+        hashes: &[u64],
     ) -> Result<u32, BitsError> {
         let table = self.table();
-        self.check_new_files_in(&table, caller, id, owner_uid, files)
+        self.check_new_files_in(&table, caller, id, owner_uid, files, hashes)
     }
 
     fn check_new_files_in(
@@ -209,6 +215,7 @@ impl Manager {
         id: JobId,
         owner_uid: u32,
         files: &[NewFile],
+        hashes: &[u64],
     ) -> Result<u32, BitsError> {
         let entry = lookup_mut_check(table, caller, id)?;
         transition(entry.job.state, Event::Modify)?;
@@ -218,10 +225,14 @@ impl Manager {
                 format!("job {id} changed owner while its files were being checked"),
             ));
         }
-        // One pass over the job's files against a set of the new ones (which may be thousands).
-        let new: HashSet<&Path> = files.iter().map(|f| f.local_path.as_path()).collect();
-        if let Some(file) = entry.job.files.iter().find(|f| new.contains(f.local_path.as_path())) {
-            return Err(duplicate_path(&file.local_path));
+        // By the job's index of path hashes, so a job of many files is not scanned per add;
+        // only a hash it holds is checked against the paths themselves.
+        for (file, hash) in files.iter().zip(hashes) {
+            if entry.paths.holds(*hash)
+                && entry.job.files.iter().any(|f| f.local_path == file.local_path)
+            {
+                return Err(duplicate_path(&file.local_path));
+            }
         }
         Ok(entry.job.files.len() as u32)
     }
@@ -251,13 +262,21 @@ impl Manager {
     /// goes back to the old count, so the records written for them no longer count). Best
     /// effort in the store, which failed a moment ago; if it stays failed, its next open has
     /// the old count anyway.
-    fn take_back_files(&self, id: JobId, first: u32, count: usize, modified: SystemTime) {
+    fn take_back_files(
+        &self,
+        id: JobId,
+        first: u32,
+        count: usize,
+        modified: SystemTime,
+        hashes: &[u64],
+    ) {
         let mut table = self.table();
         let Some(entry) = table.jobs.get_mut(&id) else { return };
         if entry.job.files.len() != first as usize + count {
             return;
         }
         entry.job.files.truncate(first as usize);
+        entry.paths.remove_all(hashes);
         entry.job.modification_time = modified;
         if let Err(e) = self.persist_job_fields(&entry.job) {
             tracing::warn!(job = %id, error = %e, "storing a job whose added files were taken back failed");
@@ -349,6 +368,47 @@ impl Manager {
             Ok(())
         })
         .await
+    }
+}
+
+/// Hashes of a job's local paths, counted, so AddFile finds a path already in the job without
+/// scanning a job of many files under the table lock. A hash it holds is only a hint: the paths
+/// themselves are compared then.
+#[derive(Debug, Default)]
+pub(crate) struct PathIndex(HashMap<u64, u32>);
+
+impl PathIndex {
+    pub(crate) fn of(files: &[JobFile]) -> PathIndex {
+        let mut index = PathIndex::default();
+        let hashes: Vec<u64> = files.iter().map(|f| PathIndex::hash(&f.local_path)).collect();
+        index.insert_all(&hashes);
+        index
+    }
+
+    /// The hash of a path, keyed per process.
+    pub(crate) fn hash(path: &Path) -> u64 {
+        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        std::hash::BuildHasher::hash_one(KEYS.get_or_init(Default::default), path)
+    }
+
+    fn holds(&self, hash: u64) -> bool {
+        self.0.contains_key(&hash)
+    }
+
+    fn insert_all(&mut self, hashes: &[u64]) {
+        self.0.reserve(hashes.len());
+        hashes.iter().for_each(|h| *self.0.entry(*h).or_default() += 1);
+    }
+
+    fn remove_all(&mut self, hashes: &[u64]) {
+        for hash in hashes {
+            if let Some(count) = self.0.get_mut(hash) {
+                *count -= 1;
+                if *count == 0 {
+                    self.0.remove(hash);
+                }
+            }
+        }
     }
 }
 

@@ -221,6 +221,8 @@ pub(crate) struct Entry {
     /// Held by an AddFile from its first look at the job to its store write: a large one writes
     /// its file records outside the table lock, and no other add may take the same indexes.
     pub(crate) adding: Arc<tokio::sync::Mutex<()>>,
+    /// The job's local paths, for AddFile's duplicate check.
+    pub(crate) paths: crate::files::PathIndex,
 }
 
 impl Entry {
@@ -311,6 +313,7 @@ impl Manager {
             let retry_at = (job.state == JobState::TransientError).then_some(now);
             let seq = table.next_seq;
             table.next_seq += 1;
+            let paths = crate::files::PathIndex::of(&job.files);
             table.jobs.insert(
                 job.id,
                 Entry {
@@ -324,6 +327,7 @@ impl Manager {
                     active_time: Duration::ZERO,
                     unflushed: HashMap::new(),
                     adding: Arc::default(),
+                    paths,
                 },
             );
         }
@@ -602,6 +606,7 @@ impl Manager {
                     active_time: Duration::ZERO,
                     unflushed: HashMap::new(),
                     adding: Arc::default(),
+                    paths: Default::default(),
                 },
             );
         }

@@ -593,3 +593,39 @@ fn an_unflushed_write_lost_in_a_crash_is_not_damage() {
     let loaded = store.load_all().unwrap();
     assert!(loaded.len() <= 2 && loaded[0] == a, "{loaded:?}");
 }
+
+/// A job of more files than one store write removes is deleted whole, and file records a
+/// deletion cut short by a crash left behind (no job record) are removed by the next load.
+#[test]
+fn deletions_in_slices_leave_nothing_behind() {
+    let (_tmp, dir) = store_dir();
+    let stranger = JobId::new_random();
+    {
+        let store = SledStore::open(&dir).unwrap();
+        let big = job(1, (0..1100).map(|n| file(n, vec![])).collect());
+        store.put_job(&big).unwrap();
+        store.flush().unwrap();
+        store.delete_job(big.id).unwrap();
+        store.flush().unwrap();
+        assert!(store.load_all().unwrap().is_empty());
+    }
+    {
+        let db = raw(&dir);
+        assert_eq!(
+            db.iter().keys().filter(|k| k.as_ref().unwrap().starts_with(b"file/")).count(),
+            0
+        );
+        for index in 0..3 {
+            let key = file_key(stranger, index);
+            db.insert(&key, crate::keys::encode(&key, &file(index, vec![])).unwrap()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    {
+        let store = SledStore::open(&dir).unwrap();
+        assert!(store.load_all().unwrap().is_empty());
+        store.flush().unwrap();
+    }
+    let db = raw(&dir);
+    assert!(db.get(file_key(stranger, 0)).unwrap().is_none(), "the orphan records stay");
+}
