@@ -141,6 +141,8 @@ impl Manager {
             // new files join the table, with only their count written under its lock.
             let first = self.check_new_files(caller, id, owner_uid, &files, &hashes)?;
             let records = new_records(files, id, first, mode);
+            let mut new_paths = PathIndex::default();
+            new_paths.insert_all(&hashes);
             let store = self.inner.store.clone();
             let records = run_blocking(move || {
                 store.put_new_files(id, first, &records).map_err(store_error)?;
@@ -150,8 +152,13 @@ impl Manager {
             let mut table = self.table();
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = records.len();
-            entry.job.files.extend(records);
-            entry.paths.insert_all(&hashes);
+            // A fresh job (the usual large add) takes the vector as it is: no copy under the lock.
+            if entry.job.files.is_empty() {
+                entry.job.files = records;
+            } else {
+                entry.job.files.extend(records);
+            }
+            entry.paths.join(new_paths);
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.persist_job_fields(&entry.job) {
@@ -398,6 +405,15 @@ impl PathIndex {
     fn insert_all(&mut self, hashes: &[u64]) {
         self.0.reserve(hashes.len());
         hashes.iter().for_each(|h| *self.0.entry(*h).or_default() += 1);
+    }
+
+    /// Adds `other`'s paths; into an empty index (a fresh job's) without a copy.
+    fn join(&mut self, other: PathIndex) {
+        if self.0.is_empty() {
+            *self = other;
+        } else {
+            other.0.into_iter().for_each(|(h, n)| *self.0.entry(h).or_default() += n);
+        }
     }
 
     fn remove_all(&mut self, hashes: &[u64]) {
