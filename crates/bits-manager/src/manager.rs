@@ -948,28 +948,74 @@ impl Manager {
                     BitsError::new(Code::E_FAIL, format!("sorting the ranges failed: {e}"))
                 })??
         };
-        let mut wanted = requested.within(size)?;
-        {
+        let wanted = requested.within(size)?;
+        // The new record is built and encoded outside the table lock, from a copy of the file,
+        // and written under it only if the file is still that copy (a worker may record bytes
+        // meanwhile: then again, and after a few tries all under the lock).
+        let mut tries = 0;
+        let (before, after) = loop {
+            tries += 1;
+            let under_lock = tries > OPTIMISTIC_TRIES;
+            let copy = {
+                let mut table = self.table();
+                let entry = on_demand_entry(&mut table, caller, id, index)?;
+                let file = file_mut(&mut entry.job, index)?;
+                if under_lock {
+                    let pending = pending_after(file, index, &requested, &wanted, size, caller)?;
+                    let before = std::mem::replace(&mut file.requested, pending);
+                    let after = file.requested.clone();
+                    self.persist_file(id, index, file)?;
+                    self.requested_changed(entry)?;
+                    break (before, after);
+                }
+                file.clone()
+            };
+            let pending = pending_after(&copy, index, &requested, &wanted, size, caller)?;
+            let updated = JobFile { requested: pending, ..copy.clone() };
+            let store = self.inner.store.clone();
+            let (encoded, updated) = run_blocking(move || {
+                let encoded = store.encode_file(id, index, &updated).map_err(store_error)?;
+                Ok((encoded, updated))
+            })
+            .await?;
+            let after = updated.requested.clone();
             let mut table = self.table();
             let entry = on_demand_entry(&mut table, caller, id, index)?;
             let file = file_mut(&mut entry.job, index)?;
-            if file.remote_size != size {
-                // A probe learned (or changed) the size meanwhile: check against that one.
-                wanted = requested.within(file.remote_size)?;
+            if *file != copy {
+                continue;
             }
-            let pending = file.requested.union(&wanted.subtract(&file.filled));
-            check_pending(&pending, index, caller.is_admin())?;
-            file.requested = pending;
-            self.persist_file(id, index, file)?;
-            entry.job.modification_time = SystemTime::now();
-            self.persist_job_fields(&entry.job)?;
-            if let Some(run) = &entry.run {
-                run.repick.notify_one();
+            self.inner.store.put_encoded_file(encoded).map_err(store_error)?;
+            *file = updated;
+            self.requested_changed(entry)?;
+            break (copy.requested, after);
+        };
+        if let Err(e) = self.flush().await {
+            // Not durable, so not shown: the pending ranges go back to what they were.
+            let mut table = self.table();
+            if let Some(file) =
+                table.jobs.get_mut(&id).and_then(|e| e.job.files.get_mut(index as usize))
+                && file.requested == after
+            {
+                file.requested = before;
+                if let Err(e) = self.persist_file(id, index, file) {
+                    tracing::warn!(job = %id, index, error = %e, "storing requested ranges taken back failed");
+                }
             }
+            return Err(e);
         }
-        self.flush().await?;
         self.inner.wake.notify_one();
         Ok(Code::S_OK)
+    }
+
+    /// The rest of RequestFileRanges under the table lock, once the file's record is written.
+    fn requested_changed(&self, entry: &mut Entry) -> Result<(), BitsError> {
+        entry.job.modification_time = SystemTime::now();
+        self.persist_job_fields(&entry.job)?;
+        if let Some(run) = &entry.run {
+            run.repick.notify_one();
+        }
+        Ok(())
     }
 
     /// The remote byte ranges durably present, sorted and merged.
@@ -1227,6 +1273,33 @@ fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
     } else {
         Err(BitsError::new(Code::E_ACCESSDENIED, format!("job {} belongs to another user", job.id)))
     }
+}
+
+/// Tries RequestFileRanges makes to write a record encoded outside the table lock before it
+/// encodes under it.
+const OPTIMISTIC_TRIES: u32 = 3;
+
+/// The file's pending on-demand ranges once `requested` (checked against `size`, the size
+/// known before) joins them: only bytes not filled yet, within the size known now.
+fn pending_after(
+    file: &JobFile,
+    index: u32,
+    requested: &Requested,
+    wanted: &RangeSet,
+    size: Option<u64>,
+    caller: Caller,
+) -> Result<RangeSet, BitsError> {
+    // A probe may have learned (or changed) the size meanwhile: check against that one.
+    let resized;
+    let wanted = if file.remote_size != size {
+        resized = requested.within(file.remote_size)?;
+        &resized
+    } else {
+        wanted
+    };
+    let pending = file.requested.union(&wanted.subtract(&file.filled));
+    check_pending(&pending, index, caller.is_admin())?;
+    Ok(pending)
 }
 
 pub(crate) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {

@@ -66,12 +66,41 @@ pub trait Store: Send + Sync + 'static {
     /// nothing is written then.
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError>;
 
+    /// A file's record encoded now, to be written by [`Store::put_encoded_file`] later: a caller
+    /// that must write records in the order of its own changes can pay for a large record's
+    /// encoding before it takes its lock, and only for the write under it.
+    fn encode_file(
+        &self,
+        job: JobId,
+        index: u32,
+        file: &JobFile,
+    ) -> Result<EncodedFile, StoreError>;
+
+    /// [`Store::put_file`] of a record [`Store::encode_file`] encoded.
+    fn put_encoded_file(&self, file: EncodedFile) -> Result<(), StoreError>;
+
     /// Remove a job and all of its files, atomically. Deleting a job that is not stored is `Ok`.
     fn delete_job(&self, job: JobId) -> Result<(), StoreError>;
 
     /// Make every write so far durable. Callers call this before acknowledging a change to a
     /// client and before treating filled ranges as recorded.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// A file record ready to write (see [`Store::encode_file`]).
+#[derive(Debug)]
+pub struct EncodedFile {
+    job: JobId,
+    index: u32,
+    form: Encoded,
+}
+
+#[derive(Debug)]
+enum Encoded {
+    /// The record's bytes, for a store that writes bytes.
+    Bytes { key: Vec<u8>, value: Vec<u8> },
+    /// The record itself, for the store in memory.
+    File(Box<JobFile>),
 }
 
 /// The order [`Store::load_all`] returns jobs in.

@@ -26,7 +26,7 @@ use crate::keys::{
     encode, encode_schema, file_key, file_prefix, job_key, parse_key, seq_of, stamp,
 };
 use crate::mark::AckMark;
-use crate::{SCHEMA_VERSION, Store, StoreError, sort_jobs};
+use crate::{Encoded, EncodedFile, SCHEMA_VERSION, Store, StoreError, sort_jobs};
 
 /// How long [`SledStore::open`] waits for a previous holder of the lock to let go.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
@@ -263,6 +263,23 @@ impl SledStore {
         written?;
         self.applied.store(seq, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Writes an encoded file record, which must exist (see [`Store::put_file`]).
+    fn put_file_bytes(
+        &self,
+        job: JobId,
+        index: u32,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let writing = self.lock_writes();
+        // put_job and delete_job keep file records in step with their job, so the record exists
+        // exactly when the job has this file.
+        if !self.contains(&writing, &key)? {
+            return Err(StoreError::NotFound { job, index });
+        }
+        self.apply(&writing, vec![(key, Some(value))], "write a file record")
     }
 
     /// Removes `keys`, a slice of them per store write (see `delete_job`).
@@ -616,16 +633,28 @@ impl Store for SledStore {
         self.put_job(job)
     }
 
+    fn encode_file(
+        &self,
+        job: JobId,
+        index: u32,
+        file: &JobFile,
+    ) -> Result<EncodedFile, StoreError> {
+        let key = file_key(job, index);
+        let value = encode(&key, file)?;
+        Ok(EncodedFile { job, index, form: Encoded::Bytes { key, value } })
+    }
+
+    fn put_encoded_file(&self, file: EncodedFile) -> Result<(), StoreError> {
+        match file.form {
+            Encoded::Bytes { key, value } => self.put_file_bytes(file.job, file.index, key, value),
+            Encoded::File(record) => self.put_file(file.job, file.index, &record),
+        }
+    }
+
     fn put_file(&self, job: JobId, index: u32, file: &JobFile) -> Result<(), StoreError> {
         let key = file_key(job, index);
         let value = encode(&key, file)?;
-        let writing = self.lock_writes();
-        // put_job and delete_job keep file records in step with their job, so the record exists
-        // exactly when the job has this file.
-        if !self.contains(&writing, &key)? {
-            return Err(StoreError::NotFound { job, index });
-        }
-        self.apply(&writing, vec![(key, Some(value))], "write a file record")
+        self.put_file_bytes(job, index, key, value)
     }
 
     /// The job's record goes first, atomically with the first slice of its file records; the

@@ -241,6 +241,17 @@ impl Store for TempSled {
     fn put_job_fields(&self, job: &Job) -> Result<(), StoreError> {
         self.store.put_job_fields(job)
     }
+    fn encode_file(
+        &self,
+        job: JobId,
+        index: u32,
+        file: &JobFile,
+    ) -> Result<crate::EncodedFile, StoreError> {
+        self.store.encode_file(job, index, file)
+    }
+    fn put_encoded_file(&self, file: crate::EncodedFile) -> Result<(), StoreError> {
+        self.store.put_encoded_file(file)
+    }
     fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
         self.store.delete_job(job)
     }
