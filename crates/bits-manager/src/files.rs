@@ -301,7 +301,7 @@ impl Manager {
         index: u32,
         url: &str,
     ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
+        self.modify_files(caller, id, |job| {
             validate::remote_url(url)?;
             let file = crate::manager::file_mut(job, index)?;
             file.remote_url = url.to_string();
@@ -326,7 +326,7 @@ impl Manager {
             ));
         }
         let mut matched = false;
-        self.modify(caller, id, |job| {
+        self.modify_files(caller, id, |job| {
             let rewrites: Vec<(usize, String)> = job
                 .files
                 .iter()
@@ -357,7 +357,7 @@ impl Manager {
         index: u32,
         offset: u64,
     ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
+        self.modify_files(caller, id, |job| {
             let file = crate::manager::file_mut(job, index)?;
             if !file.ranges.is_empty() {
                 return Err(BitsError::new(

@@ -34,26 +34,54 @@ impl Manager {
         id: JobId,
         change: impl FnOnce(&mut Job) -> Result<(), BitsError>,
     ) -> Result<Code, BitsError> {
+        self.modify_in(caller, id, Scope::Job, change).await
+    }
+
+    /// [`Manager::modify`] for a change of files' sources (remote names, download positions):
+    /// the files it changed are stored too, and taken back with the rest.
+    pub(crate) async fn modify_files(
+        &self,
+        caller: Caller,
+        id: JobId,
+        change: impl FnOnce(&mut Job) -> Result<(), BitsError>,
+    ) -> Result<Code, BitsError> {
+        self.modify_in(caller, id, Scope::Files, change).await
+    }
+
+    async fn modify_in(
+        &self,
+        caller: Caller,
+        id: JobId,
+        scope: Scope,
+        change: impl FnOnce(&mut Job) -> Result<(), BitsError>,
+    ) -> Result<Code, BitsError> {
         let (before, after) = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             transition(entry.job.state, Event::Modify)?;
-            let before = Settings::of(&entry.job);
+            let before = Snapshot::of(&entry.job, scope);
             let changed = change(&mut entry.job).and_then(|()| {
                 entry.job.modification_time = SystemTime::now();
-                // The fields only: a setter changes no file, and a whole-job write would rewrite
-                // every file record (and drop those an AddFile wrote ahead of its count).
+                before.persist_changed_files(self, &entry.job)?;
+                // The fields (and the files that changed): a whole-job write would rewrite every
+                // file record (and drop those an AddFile wrote ahead of its count).
                 self.persist_job_fields(&entry.job)
             });
             if let Err(e) = changed {
+                // Files the change stored before it failed are stored back as they were.
+                let attempted = Snapshot::of(&entry.job, scope);
                 before.restore(&mut entry.job);
+                if let Err(e) = attempted.persist_changed_files(self, &entry.job) {
+                    tracing::warn!(job = %id, error = %e, "storing files a refused change took back failed");
+                }
                 return Err(e);
             }
             entry.events.modified(entry);
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
             }
-            (before, Settings::of(&entry.job))
+            let after = Snapshot::of(&entry.job, scope);
+            (before, after)
         };
         if let Err(e) = self.flush().await {
             self.take_back(id, &before, &after);
@@ -67,11 +95,14 @@ impl Manager {
     /// gave it gets its old value back (a setting changed again since is left to that change),
     /// in the table and in the store. The store write is best effort: the store failed a
     /// moment ago, and if it stays failed its next open recovers the old values anyway.
-    fn take_back(&self, id: JobId, before: &Settings, after: &Settings) {
+    fn take_back(&self, id: JobId, before: &Snapshot, after: &Snapshot) {
         let mut table = self.table();
         let Some(entry) = table.jobs.get_mut(&id) else { return };
         before.restore_unchanged(after, &mut entry.job);
-        if let Err(e) = self.persist_job_fields(&entry.job) {
+        let stored = after
+            .persist_changed_files(self, &entry.job)
+            .and_then(|()| self.persist_job_fields(&entry.job));
+        if let Err(e) = stored {
             tracing::warn!(job = %id, error = %e, "storing the settings a failed change took back failed");
         }
         entry.events.modified(entry);
@@ -362,6 +393,7 @@ macro_rules! settings {
 }
 
 settings! {
+    owner_uid: u32,
     display_name: String,
     description: String,
     priority: Priority,
@@ -376,6 +408,63 @@ settings! {
     connections_per_file: u32,
     files_at_once: u32,
     modification_time: SystemTime,
+}
+
+/// What a change may touch: the job's own settings, or its files' sources too.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Job,
+    Files,
+}
+
+/// A job's settings and, for a change of files, each file's remote name and download position:
+/// what [`Manager::modify`] restores when a change fails.
+struct Snapshot {
+    settings: Settings,
+    /// Per file, in order; empty unless the change may touch files.
+    sources: Vec<(String, Option<u64>)>,
+}
+
+impl Snapshot {
+    fn of(job: &Job, scope: Scope) -> Snapshot {
+        let sources = match scope {
+            Scope::Job => Vec::new(),
+            Scope::Files => {
+                job.files.iter().map(|f| (f.remote_url.clone(), f.download_position)).collect()
+            }
+        };
+        Snapshot { settings: Settings::of(job), sources }
+    }
+
+    fn restore(&self, job: &mut Job) {
+        self.settings.restore(job);
+        for (file, (url, position)) in job.files.iter_mut().zip(&self.sources) {
+            file.remote_url.clone_from(url);
+            file.download_position = *position;
+        }
+    }
+
+    fn restore_unchanged(&self, after: &Snapshot, job: &mut Job) {
+        self.settings.restore_unchanged(&after.settings, job);
+        for ((file, (url, position)), now) in
+            job.files.iter_mut().zip(&self.sources).zip(&after.sources)
+        {
+            if (&file.remote_url, file.download_position) == (&now.0, now.1) {
+                file.remote_url.clone_from(url);
+                file.download_position = *position;
+            }
+        }
+    }
+
+    /// Stores each file whose source differs from this snapshot.
+    fn persist_changed_files(&self, manager: &Manager, job: &Job) -> Result<(), BitsError> {
+        for (index, (file, (url, position))) in job.files.iter().zip(&self.sources).enumerate() {
+            if file.remote_url != *url || file.download_position != *position {
+                manager.persist_file(job.id, index as u32, file)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_length(what: &str, text: &str, max: usize) -> Result<(), BitsError> {
@@ -426,6 +515,38 @@ mod tests {
         m.set_display_name(caller(), id, Some("new".into())).await.unwrap();
         assert_eq!(m.get_job(caller(), id).unwrap().display_name, "new");
         assert_eq!(store.load_all().unwrap()[0].display_name, "new");
+    }
+
+    /// A change of files' sources reaches the store (file records, not only the job's fields),
+    /// and is taken back from both when its flush fails; so is TakeOwnership's new owner.
+    #[tokio::test]
+    async fn file_sources_and_owner_are_stored_and_taken_back() {
+        let store = Arc::new(Watched::default());
+        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&m, dir.path(), 2).await;
+        m.set_remote_name(caller(), id, 1, "http://h/new").await.unwrap();
+        m.update_download_position(caller(), id, 0, 7).await.unwrap();
+        assert_eq!(store.load_all().unwrap()[0].files[1].remote_url, "http://h/new");
+        assert_eq!(store.load_all().unwrap()[0].files[0].download_position, Some(7));
+        assert_eq!(
+            m.replace_remote_prefix(caller(), id, "http://h/", "http://g/").await.unwrap(),
+            Code::S_OK
+        );
+        let stored = store.load_all().unwrap();
+        assert_eq!(stored[0].files[0].remote_url, "http://g/f0");
+        assert_eq!(stored[0].files[1].remote_url, "http://g/new");
+
+        let before = m.get_job(caller(), id).unwrap();
+        store.fail.store(true, SeqCst);
+        m.replace_remote_prefix(caller(), id, "http://g/", "http://k/").await.unwrap_err();
+        m.set_remote_name(caller(), id, 0, "http://k/x").await.unwrap_err();
+        let admin = Caller { uid: 4242, admin: true, pid: None };
+        m.take_ownership(admin, id).await.unwrap_err();
+        assert_eq!(m.get_job(caller(), id).unwrap(), before, "a failed change shows");
+        store.fail.store(false, SeqCst);
+        assert_eq!(store.load_all().unwrap()[0].files, before.files, "the store kept a change");
+        assert_eq!(store.load_all().unwrap()[0].owner_uid, before.owner_uid);
     }
 
     /// A change refused half-way (the second of two values is out of range) leaves the first
