@@ -117,9 +117,16 @@ pub fn rename_all_into_place(moves: &[Move<'_>]) -> (usize, Option<DiskError>) {
 
 /// Directories opened by one call, each once.
 #[derive(Default)]
-struct Dirs(Vec<Dir>);
+pub struct Dirs(Vec<Dir>);
 
 impl Dirs {
+    /// [`stat_temp`] with each directory opened once: Complete looks at every temp file of a
+    /// job of thousands first.
+    pub fn stat(&mut self, temp: &Path) -> Result<Option<Stat>, DiskError> {
+        let (dir, name) = self.of(temp)?;
+        dir.stat(name)
+    }
+
     /// The open directory holding `file`, and its name there.
     fn of<'p>(&mut self, file: &'p Path) -> Result<(&Dir, &'p OsStr), DiskError> {
         let (path, name) = split(file)?;

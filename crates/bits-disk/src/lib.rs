@@ -16,7 +16,7 @@ mod part_file;
 pub use dir::resolve_destination;
 pub use error::DiskError;
 pub use finalize::{
-    Move, check_destination, check_destination_name, check_temp_writable, remove_temp,
+    Dirs, Move, check_destination, check_destination_name, check_temp_writable, remove_temp,
     rename_all_into_place, stat_temp, sync_parent_dirs, temp_len, temp_path_for,
 };
 pub use identity::{Identity, IdentityError};

@@ -813,8 +813,9 @@ impl Manager {
             let mut already: Vec<&Path> = Vec::new();
             // The files to move, and each one's position in `batch`.
             let (mut plan, mut positions) = (Vec::new(), Vec::new());
+            let mut dirs = bits_disk::Dirs::default();
             for (k, (index, file)) in batch.iter().enumerate() {
-                let found = prepare_temp_for_finalize(file, owner.uid);
+                let found = prepare_temp_for_finalize(&mut dirs, file, owner.uid);
                 let found = match found {
                     Ok(found) => found,
                     Err(e) => {
@@ -1190,6 +1191,7 @@ impl SavedState {
 /// transferred zero-length file may never have been created (no byte was written): it is
 /// created now, so there is something to rename.
 fn prepare_temp_for_finalize(
+    dirs: &mut bits_disk::Dirs,
     file: &JobFile,
     owner: u32,
 ) -> Result<Option<(bits_disk::Stat, Option<TempId>)>, BitsError> {
@@ -1201,7 +1203,7 @@ fn prepare_temp_for_finalize(
         part.sync().map_err(disk_error)?;
         made = Some(part.id());
     }
-    let found = bits_disk::stat_temp(temp).map_err(disk_error)?;
+    let found = dirs.stat(temp).map_err(disk_error)?;
     // Shorter than its bytes: truncated behind our back, so some recorded bytes are lost.
     let whole = |stat: &bits_disk::Stat| stat.st_size as u64 >= file.bytes_total().unwrap_or(0);
     Ok(found.filter(whole).map(|stat| (stat, made)))
