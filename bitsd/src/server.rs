@@ -113,6 +113,7 @@ pub async fn serve(
         Some((Ok::<_, io::Error>(conn), (listener, accepter)))
     });
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(awake)
         .layer(Tracking)
         .add_service(bits_proto::v1::bits_server::BitsServer::new(service))
@@ -120,6 +121,11 @@ pub async fn serve(
         .await
         .context("gRPC server failed")
 }
+
+/// Calls in flight on one connection. tonic's default is no limit (not even hyper's 200), and a
+/// call whose request never ends counts as activity, so the idle timeout never closes its
+/// connection: without this, one caller's 64 connections could hold any number of them.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// The TCP listener's connections, with the socket's timeouts and caps. TCP has no peer
 /// credentials, but every caller that gets through acts as `uid`, so its connections count

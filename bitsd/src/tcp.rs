@@ -62,6 +62,7 @@ pub async fn serve(tcp: TcpServing, shutdown: impl Future<Output = ()>) -> anyho
         tokio::net::TcpListener::from_std(tcp.listener).context("cannot use the TCP listener")?;
     let incoming = server::tcp_incoming(listener, tcp.control, tcp.manager, tcp.uid);
     tonic::transport::Server::builder()
+        .max_concurrent_streams(server::MAX_STREAMS_PER_CONNECTION)
         .layer(tcp.awake)
         .layer(server::Tracking)
         .add_service(bits_proto::v1::bits_server::BitsServer::with_interceptor(

@@ -79,13 +79,7 @@ impl Manager {
             }
         }
         if !caller.is_admin() && n_files + files.len() > MAX_FILES_PER_JOB {
-            return Err(BitsError::new(
-                Code::BG_E_TOO_MANY_FILES_IN_JOB,
-                format!(
-                    "the job has {n_files} files; {} more would exceed the limit of {MAX_FILES_PER_JOB}",
-                    files.len()
-                ),
-            ));
+            return Err(too_many_files(n_files, files.len()));
         }
         let dests: Vec<PathBuf> = files.iter().map(|f| f.local_path.clone()).collect();
         // As the owner (spec §9): a directory the owner may not write is refused here, whoever
@@ -167,6 +161,7 @@ impl Manager {
                 entry.job.modification_time = modified;
                 return Err(e);
             }
+            entry.adding_from = Some(first);
             entry.events.modified(entry);
             (first, modified, count)
         } else {
@@ -185,6 +180,7 @@ impl Manager {
                 entry.job.modification_time = modified;
                 return Err(store_error(e));
             }
+            entry.adding_from = Some(first);
             entry.events.modified(entry);
             (first, modified, count)
         };
@@ -192,8 +188,11 @@ impl Manager {
             self.take_back_files(id, first, count, modified, &hashes);
             return Err(e);
         }
-        if let Some(run) = self.table().jobs.get(&id).and_then(|e| e.run.as_ref()) {
-            run.repick.notify_one();
+        if let Some(entry) = self.table().jobs.get_mut(&id) {
+            entry.adding_from = None;
+            if let Some(run) = &entry.run {
+                run.repick.notify_one();
+            }
         }
         let indexes: Vec<u32> = (first..first + count as u32).collect();
         tracing::info!(job = %id, files = ?indexes, "files added");
@@ -231,6 +230,11 @@ impl Manager {
                 Code::E_ACCESSDENIED,
                 format!("job {id} changed owner while its files were being checked"),
             ));
+        }
+        // Again under the lock: concurrent adds each passed the first check.
+        let n_files = entry.job.files.len();
+        if !caller.is_admin() && n_files + files.len() > MAX_FILES_PER_JOB {
+            return Err(too_many_files(n_files, files.len()));
         }
         // By the job's index of path hashes, so a job of many files is not scanned per add;
         // only a hash it holds is checked against the paths themselves.
@@ -279,6 +283,7 @@ impl Manager {
     ) {
         let mut table = self.table();
         let Some(entry) = table.jobs.get_mut(&id) else { return };
+        entry.adding_from = None;
         if entry.job.files.len() != first as usize + count {
             return;
         }
@@ -453,6 +458,15 @@ fn new_records(files: Vec<NewFile>, id: JobId, first: u32, mode: u32) -> Vec<Job
             mode: Some(mode),
         })
         .collect()
+}
+
+fn too_many_files(n_files: usize, more: usize) -> BitsError {
+    BitsError::new(
+        Code::BG_E_TOO_MANY_FILES_IN_JOB,
+        format!(
+            "the job has {n_files} files; {more} more would exceed the limit of {MAX_FILES_PER_JOB}"
+        ),
+    )
 }
 
 fn duplicate_path(path: &Path) -> BitsError {

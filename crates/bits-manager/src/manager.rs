@@ -223,6 +223,9 @@ pub(crate) struct Entry {
     pub(crate) adding: Arc<tokio::sync::Mutex<()>>,
     /// The job's local paths, for AddFile's duplicate check.
     pub(crate) paths: crate::files::PathIndex,
+    /// Files from this index on were just added and their flush has not returned: workers leave
+    /// them alone, since a failed flush takes them back (and the next AddFile reuses the indexes).
+    pub(crate) adding_from: Option<u32>,
 }
 
 impl Entry {
@@ -328,6 +331,7 @@ impl Manager {
                     unflushed: HashMap::new(),
                     adding: Arc::default(),
                     paths,
+                    adding_from: None,
                 },
             );
         }
@@ -607,6 +611,7 @@ impl Manager {
                     unflushed: HashMap::new(),
                     adding: Arc::default(),
                     paths: Default::default(),
+                    adding_from: None,
                 },
             );
         }
@@ -1510,6 +1515,35 @@ mod tests {
             ranges: None,
         });
         assert_eq!(m.add_files(admin, id, again).await.unwrap_err().code, Code::E_INVALIDARG);
+    }
+
+    /// Concurrent AddFileSets of a non-admin each pass the first look at the 200-file limit;
+    /// together they must still not pass it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_adds_keep_the_file_limit() {
+        let m = manager().await;
+        let id = job_with_files(&m, Path::new("/unused"), 0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let adds = (0..5).map(|k| {
+            let (m, dir) = (m.clone(), dir.path().to_path_buf());
+            tokio::spawn(async move {
+                let files = (0..200)
+                    .map(|i| crate::NewFile {
+                        remote_url: format!("http://h/{k}/{i}"),
+                        local_path: dir.join(format!("{k}-{i}")),
+                        ranges: None,
+                    })
+                    .collect();
+                m.add_files(caller(), id, files).await
+            })
+        });
+        let results = futures::future::join_all(adds).await;
+        let refused = results
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Err(e)) if e.code == Code::BG_E_TOO_MANY_FILES_IN_JOB))
+            .count();
+        assert_eq!(refused, 4);
+        assert_eq!(m.get_job(caller(), id).unwrap().files.len(), 200);
     }
 
     /// Resume and Suspend whose flush fails answer with the error and leave the state as it

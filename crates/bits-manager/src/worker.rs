@@ -118,7 +118,18 @@ pub(crate) async fn run_job(
                         tracing::info!(job = %id, "job transferred");
                     }
                 }
-                Err(Halt::Stopped) | Err(Halt::Changed) | Err(Halt::Lost) => {}
+                Err(Halt::Stopped) | Err(Halt::Changed) => {}
+                // A small file's tail found its temp file truncated (a streamed file restarts
+                // within its transfer and never ends here): retried like any transient failure.
+                Err(Halt::Lost) => {
+                    let error = JobError {
+                        context: ErrorContext::LocalFile,
+                        code: Code::E_FAIL,
+                        description: "a temp file was truncated during the transfer".into(),
+                        file_index: None,
+                    };
+                    fail(entry, error, true, None);
+                }
                 // Spec A6b: the requested ranges are in; an incomplete file waits, SUSPENDED.
                 Err(Halt::OnDemandIdle) => {
                     if let Ok(next) = transition(entry.job.state, Event::Suspend) {
@@ -228,7 +239,7 @@ async fn transfer_job(
                     if running.len() >= entry.job.files_at_once.max(1) as usize {
                         break;
                     }
-                    next_file(&entry.job, &active, scan_from)
+                    next_file(&entry.job, &active, scan_from).before(entry.adding_from)
                 };
                 let NextFile::File(index) = next else { break };
                 scan_from = index + 1;
@@ -319,6 +330,16 @@ fn outcome(job: &bits_core::Job) -> Result<(), Halt> {
         NextFile::Idle => Err(Halt::OnDemandIdle),
         // The worker ends and the job is requeued (`run_job`: not all transferred).
         NextFile::File(_) => Ok(()),
+    }
+}
+
+impl NextFile {
+    /// No file from index `limit` on (files an AddFile has not made durable yet).
+    fn before(self, limit: Option<u32>) -> NextFile {
+        match (self, limit) {
+            (NextFile::File(index), Some(limit)) if index >= limit => NextFile::Done,
+            (next, _) => next,
+        }
     }
 }
 
@@ -1304,6 +1325,16 @@ mod tests {
 
     /// Running out of file descriptors passes as other files close: a transient failure, like a
     /// full disk; a permission problem needs the user.
+    /// Files an AddFile has not made durable yet are not picked.
+    #[test]
+    fn files_still_being_added_are_not_picked() {
+        assert_eq!(NextFile::File(4).before(Some(3)), NextFile::Done);
+        assert_eq!(NextFile::File(3).before(Some(3)), NextFile::Done);
+        assert_eq!(NextFile::File(2).before(Some(3)), NextFile::File(2));
+        assert_eq!(NextFile::File(9).before(None), NextFile::File(9));
+        assert_eq!(NextFile::Idle.before(Some(0)), NextFile::Idle);
+    }
+
     #[test]
     fn a_full_disk_or_too_many_open_files_is_transient_other_local_errors_fatal() {
         for (code, transient) in [
