@@ -224,10 +224,16 @@ fn times_settled(stat: &Stat, mtime: Option<SystemTime>) -> bool {
 }
 
 /// The length of the temp file the job created (`made`, when known), reached without following
-/// a link (see `dir.rs`); `None` when it is gone, or something else is at its name.
-pub fn temp_len(temp: &Path, made: Option<TempId>) -> Option<u64> {
-    let stat = stat_temp(temp).ok().flatten()?;
-    check_made(temp, &stat, made).ok().map(|()| stat.st_size as u64)
+/// a link (see `dir.rs`); `None` when it (or its directory) is gone, or something else is at its
+/// name. Any other failure (no permission, a link in the path, no fd left) is an error: the
+/// file's bytes may well be there.
+pub fn temp_len(temp: &Path, made: Option<TempId>) -> Result<Option<u64>, DiskError> {
+    let stat = match stat_temp(temp) {
+        Ok(stat) => stat,
+        Err(DiskError::NotFound { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    Ok(stat.filter(|s| check_made(temp, s, made).is_ok()).map(|s| s.st_size as u64))
 }
 
 /// The temp file's `lstat`, reached without following a link (see `dir.rs`); `None` if gone.

@@ -297,7 +297,12 @@ impl Manager {
         let http = bits_http::HttpClient::new(config.http.clone())?;
         let mut jobs = store.load_all()?;
         jobs.sort_by_key(|j| j.creation_time);
-        for j in crate::reconcile::trim_filled(&mut jobs) {
+        let access = AccessPolicy::new(config.admin_uids.clone(), config.admin_gids.clone());
+        let owner = |uid| match Identity::switches_to(uid) {
+            true => access.identity(uid),
+            false => Identity::unswitched(uid),
+        };
+        for j in crate::reconcile::trim_filled(&mut jobs, owner) {
             store.put_job(&jobs[j])?;
         }
         crate::reconcile::report_orphans(&jobs);
@@ -337,7 +342,6 @@ impl Manager {
         }
         store.flush()?;
         tracing::info!(jobs = table.jobs.len(), "job table loaded");
-        let access = AccessPolicy::new(config.admin_uids.clone(), config.admin_gids.clone());
         let flusher = Flusher::start(store.clone()).map_err(ManagerError::Thread)?;
         let manager = Manager {
             inner: Arc::new(Inner {

@@ -9,21 +9,52 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use bits_core::Job;
+use bits_core::{Job, TempId};
+use bits_disk::Identity;
 
 /// Trims every file's filled set to what its temp file backs. Returns the indices (into `jobs`)
 /// of the jobs that changed and must be stored again.
-pub(crate) fn trim_filled(jobs: &mut [Job]) -> Vec<usize> {
+///
+/// Each job's temp files are looked at as the job's owner (a root daemon without
+/// CAP_DAC_READ_SEARCH, as the unit runs it, cannot even see into a 0700 home), and only a file
+/// that is gone (or not the job's) drops ranges: one that cannot be looked at keeps them, and
+/// the worker's own check at its next attempt decides.
+pub(crate) fn trim_filled(jobs: &mut [Job], identity: impl Fn(u32) -> Identity) -> Vec<usize> {
     let mut changed = Vec::new();
     for (j, job) in jobs.iter_mut().enumerate() {
-        let mut job_changed = false;
-        for (index, file) in job.files.iter_mut().enumerate() {
-            if file.completed || file.filled.is_empty() {
+        let wanted: Vec<(usize, PathBuf, Option<TempId>)> = job
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !f.completed && !f.filled.is_empty())
+            .map(|(i, f)| (i, f.temp_path.clone(), f.temp_id))
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let lens = identity(job.owner_uid).run(|| {
+            wanted
+                .iter()
+                .map(|(_, temp, made)| bits_disk::temp_len(temp, *made))
+                .collect::<Vec<_>>()
+        });
+        let lens = match lens {
+            Ok(lens) => lens,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "cannot check the job's temp files; their ranges are kept");
                 continue;
             }
-            // Reached without following a link, and only the file the job created counts: a
-            // file someone put in its place holds none of the job's bytes.
-            let temp_len = bits_disk::temp_len(&file.temp_path, file.temp_id);
+        };
+        let mut job_changed = false;
+        for ((index, _, _), len) in wanted.iter().zip(lens) {
+            let file = &mut job.files[*index];
+            let temp_len = match len {
+                Ok(len) => len,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, index, error = %e, "cannot check a temp file; its ranges are kept");
+                    continue;
+                }
+            };
             let before = file.filled.total_len();
             if file.trim_filled_to(temp_len) {
                 tracing::warn!(
@@ -125,14 +156,14 @@ mod tests {
     fn missing_and_short_temp_files_lose_exactly_the_ranges_they_no_longer_hold() {
         let dir = tempfile::tempdir().unwrap();
         let mut jobs = vec![job_with(dir.path(), vec![], RangeSet::from_span(0, 600))];
-        assert_eq!(trim_filled(&mut jobs), [0], "missing temp file");
+        assert_eq!(trim_filled(&mut jobs, Identity::unswitched), [0], "missing temp file");
         assert!(jobs[0].files[0].filled.is_empty());
 
         jobs[0].files[0].filled = RangeSet::from_span(0, 600);
         std::fs::write(&jobs[0].files[0].temp_path, vec![0u8; 400]).unwrap();
-        assert_eq!(trim_filled(&mut jobs), [0]);
+        assert_eq!(trim_filled(&mut jobs, Identity::unswitched), [0]);
         assert_eq!(jobs[0].files[0].filled, RangeSet::from_span(0, 400));
-        assert!(trim_filled(&mut jobs).is_empty(), "nothing more to drop");
+        assert!(trim_filled(&mut jobs, Identity::unswitched).is_empty(), "nothing more to drop");
 
         // A ranged file: local = remote[500..600) ‖ remote[0..100); a 150-byte temp file holds
         // the first range and half of the second.
@@ -141,10 +172,31 @@ mod tests {
         filled.insert(500, 600);
         let mut jobs = vec![job_with(dir.path(), ranges, filled)];
         std::fs::write(&jobs[0].files[0].temp_path, vec![0u8; 150]).unwrap();
-        trim_filled(&mut jobs);
+        trim_filled(&mut jobs, Identity::unswitched);
         let mut want = RangeSet::from_span(0, 50);
         want.insert(500, 600);
         assert_eq!(jobs[0].files[0].filled, want);
+    }
+
+    /// A temp file that cannot be looked at (here: its directory path now runs through a
+    /// link; for a root daemon without CAP_DAC_READ_SEARCH, a 0700 home) keeps its ranges: only
+    /// a file that is gone, or not the job's, loses them. Before, every restart dropped them.
+    #[test]
+    fn a_temp_file_that_cannot_be_looked_at_keeps_its_ranges() {
+        let base = tempfile::tempdir().unwrap();
+        let real = base.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, base.path().join("link")).unwrap();
+        let mut jobs =
+            vec![job_with(&base.path().join("link"), vec![], RangeSet::from_span(0, 600))];
+        std::fs::write(&jobs[0].files[0].temp_path, vec![0u8; 600]).unwrap();
+        assert!(trim_filled(&mut jobs, Identity::unswitched).is_empty());
+        assert_eq!(jobs[0].files[0].filled, RangeSet::from_span(0, 600));
+        // Another file at the job's temp name holds none of its bytes.
+        jobs[0].files[0].temp_id = Some(bits_core::TempId { ino: 1, uid: 1 });
+        jobs[0].files[0].temp_path = real.join(".f.bin.bitsd-x-0.part");
+        assert_eq!(trim_filled(&mut jobs, Identity::unswitched), [0]);
+        assert!(jobs[0].files[0].filled.is_empty());
     }
 
     #[test]

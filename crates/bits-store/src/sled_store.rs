@@ -559,7 +559,10 @@ impl Store for SledStore {
             tracing::warn!(job = %id, files = records.len(), "removing file records of a job that is not stored (a deletion a crash cut short)");
             orphans.extend(records.into_keys().map(|index| sled::IVec::from(file_key(id, index))));
         }
-        self.remove_in_slices(&orphans)?;
+        // Best effort: they are ignored either way, and a full disk must not stop the start.
+        if let Err(e) = self.remove_in_slices(&orphans) {
+            tracing::warn!(error = %e, "cannot remove file records of jobs that are not stored");
+        }
         sort_jobs(&mut jobs);
         Ok(jobs)
     }
