@@ -125,6 +125,31 @@ impl Dir {
     }
 }
 
+/// Whether `stat` is the temp file a job created (`made`): same owner, and same inode number
+/// where the file system keeps inode numbers (`fs`: any descriptor on it). FAT, exFAT, FUSE
+/// and SMB make numbers up whenever a file is looked up, so after a remount (or a reboot) a
+/// job's own file has another one: there the owner is all that can be compared.
+pub(crate) fn is_made(
+    fs: BorrowedFd<'_>,
+    stat: &rustix::fs::Stat,
+    made: bits_core::TempId,
+) -> bool {
+    stat.st_uid == made.uid && (stat.st_ino == made.ino || !stable_inodes(fs))
+}
+
+fn stable_inodes(fs: BorrowedFd<'_>) -> bool {
+    const MSDOS: i64 = 0x4d44;
+    const EXFAT: i64 = 0x2011_bab0;
+    const FUSE: i64 = 0x6573_5546;
+    const CIFS: i64 = 0xff53_4d42;
+    const SMB2: i64 = 0xfe53_4d42;
+    match rustix::fs::fstatfs(fs) {
+        #[allow(clippy::unnecessary_cast)] // f_type's width differs between architectures
+        Ok(fs) => ![MSDOS, EXFAT, FUSE, CIFS, SMB2].contains(&(fs.f_type as i64)),
+        Err(_) => true,
+    }
+}
+
 /// A file path's directory and name. The directory of a relative name is refused: every stored
 /// path is absolute.
 pub(crate) fn split(file: &Path) -> Result<(&Path, &OsStr), DiskError> {

@@ -178,7 +178,7 @@ fn ready(dirs: &mut Dirs, m: &Move<'_>) -> Result<Option<File>, DiskError> {
             dir.stat(name)?.ok_or_else(|| DiskError::NotFound { path: m.temp.to_path_buf() })?
         }
     };
-    check_made(m.temp, &stat, m.made)?;
+    check_made(dir, m.temp, &stat, m.made)?;
     if times_settled(&stat, m.mtime) {
         return Ok(None);
     }
@@ -189,7 +189,7 @@ fn ready(dirs: &mut Dirs, m: &Move<'_>) -> Result<Option<File>, DiskError> {
     // The file opened is the one checked (not swapped in between).
     let now =
         rustix::fs::fstat(&file).map_err(|e| DiskError::from_io(m.temp, "inspect", e.into()))?;
-    check_made(m.temp, &now, m.made.or(Some(TempId { ino: stat.st_ino, uid: stat.st_uid })))?;
+    check_made(dir, m.temp, &now, m.made.or(Some(TempId { ino: stat.st_ino, uid: stat.st_uid })))?;
     if let Some(time) = m.mtime {
         crate::part_file::set_times(&file, m.temp, time)?;
     }
@@ -197,9 +197,9 @@ fn ready(dirs: &mut Dirs, m: &Move<'_>) -> Result<Option<File>, DiskError> {
 }
 
 /// A regular file, and the one the job created when that is known.
-fn check_made(temp: &Path, stat: &Stat, made: Option<TempId>) -> Result<(), DiskError> {
+fn check_made(dir: &Dir, temp: &Path, stat: &Stat, made: Option<TempId>) -> Result<(), DiskError> {
     let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
-    let same = made.is_none_or(|m| m.ino == stat.st_ino && m.uid == stat.st_uid);
+    let same = made.is_none_or(|m| crate::dir::is_made(dir.fd(), stat, m));
     if regular && same {
         return Ok(());
     }
@@ -228,12 +228,13 @@ fn times_settled(stat: &Stat, mtime: Option<SystemTime>) -> bool {
 /// name. Any other failure (no permission, a link in the path, no fd left) is an error: the
 /// file's bytes may well be there.
 pub fn temp_len(temp: &Path, made: Option<TempId>) -> Result<Option<u64>, DiskError> {
-    let stat = match stat_temp(temp) {
-        Ok(stat) => stat,
-        Err(DiskError::NotFound { .. }) => None,
+    let (dir, name) = match Dir::of(temp) {
+        Ok(found) => found,
+        Err(DiskError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    Ok(stat.filter(|s| check_made(temp, s, made).is_ok()).map(|s| s.st_size as u64))
+    let stat = dir.stat(name)?;
+    Ok(stat.filter(|s| check_made(&dir, temp, s, made).is_ok()).map(|s| s.st_size as u64))
 }
 
 /// The temp file's `lstat`, reached without following a link (see `dir.rs`); `None` if gone.
@@ -256,7 +257,7 @@ pub fn remove_temp(temp: &Path, made: Option<TempId>) -> Result<(), DiskError> {
     match dir.stat(name)? {
         None => Ok(()),
         Some(stat) => {
-            check_made(temp, &stat, made)?;
+            check_made(&dir, temp, &stat, made)?;
             dir.unlink(name)
         }
     }

@@ -77,7 +77,7 @@ impl PartFile {
         let stat =
             rustix::fs::fstat(&fd).map_err(|e| DiskError::from_io(path, "inspect", e.into()))?;
         let ours = match made {
-            Some(made) => stat.st_ino == made.ino && stat.st_uid == made.uid,
+            Some(made) => crate::dir::is_made(dir.fd(), &stat, made),
             None => stat.st_uid == creator(owner),
         };
         if !is_regular(&stat) || !ours {
