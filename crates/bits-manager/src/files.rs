@@ -133,7 +133,8 @@ impl Manager {
         let (first, modified, count) = if large {
             // Encoding and writing thousands of records takes the store long: done before the
             // new files join the table, with only their count written under its lock.
-            let first = self.check_new_files(caller, id, owner_uid, &files, &hashes)?;
+            let first =
+                self.check_new_files(&self.table(), caller, id, owner_uid, &files, &hashes)?;
             let records = new_records(files, id, first, mode);
             let mut new_paths = PathIndex::default();
             new_paths.insert_all(&hashes);
@@ -166,7 +167,7 @@ impl Manager {
             (first, modified, count)
         } else {
             let mut table = self.table();
-            let first = self.check_new_files_in(&table, caller, id, owner_uid, &files, &hashes)?;
+            let first = self.check_new_files(&table, caller, id, owner_uid, &files, &hashes)?;
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = files.len();
             entry.job.files.extend(new_records(files, id, first, mode));
@@ -203,18 +204,6 @@ impl Manager {
     /// changed, still has the owner whose rights were checked, and has none of the new paths.
     /// Returns the first new index.
     fn check_new_files(
-        &self,
-        caller: Caller,
-        id: JobId,
-        owner_uid: u32,
-        files: &[NewFile],
-        hashes: &[u64],
-    ) -> Result<u32, BitsError> {
-        let table = self.table();
-        self.check_new_files_in(&table, caller, id, owner_uid, files, hashes)
-    }
-
-    fn check_new_files_in(
         &self,
         table: &Table,
         caller: Caller,

@@ -657,24 +657,21 @@ impl Manager {
                 all_transferred: entry.job.all_transferred(),
             };
             let next = transition(entry.job.state, event)?;
-            if next != entry.job.state {
-                let saved = SavedState::of(entry);
-                if next == JobState::Transferred && entry.job.transfer_completion_time.is_none() {
-                    entry.job.transfer_completion_time = Some(SystemTime::now());
-                }
-                set_state(entry, next);
-                entry.retry_at = None;
-                // Resume starts a fresh attempt: the no-progress timer and the download-time
-                // budget restart with it.
-                entry.stalled_since = None;
-                entry.active_time = Duration::ZERO;
-                if let Err(e) = self.persist_job_fields(&entry.job) {
-                    saved.restore(entry);
-                    return Err(e);
-                }
-                Some((saved, next))
-            } else {
+            if next == entry.job.state {
                 None
+            } else {
+                self.stored_state_change(entry, |entry| {
+                    if next == JobState::Transferred && entry.job.transfer_completion_time.is_none()
+                    {
+                        entry.job.transfer_completion_time = Some(SystemTime::now());
+                    }
+                    set_state(entry, next);
+                    entry.retry_at = None;
+                    // Resume starts a fresh attempt: the no-progress timer and the download-time
+                    // budget restart with it.
+                    entry.stalled_since = None;
+                    entry.active_time = Duration::ZERO;
+                })?
             }
         };
         self.flush_or_take_back(id, undo).await?;
@@ -691,22 +688,34 @@ impl Manager {
                 // The worker syncs and records what it wrote, then exits; it reports no state.
                 run.stop.cancel();
             }
-            if next != entry.job.state {
-                let saved = SavedState::of(entry);
-                set_state(entry, next);
-                entry.retry_at = None;
-                if let Err(e) = self.persist_job_fields(&entry.job) {
-                    saved.restore(entry);
-                    return Err(e);
-                }
-                Some((saved, next))
-            } else {
+            if next == entry.job.state {
                 None
+            } else {
+                self.stored_state_change(entry, |entry| {
+                    set_state(entry, next);
+                    entry.retry_at = None;
+                })?
             }
         };
         self.flush_or_take_back(id, undo).await?;
         self.inner.wake.notify_one();
         Ok(Code::S_OK)
+    }
+
+    /// Applies a state change to the table and writes the job's fields, taking the change back
+    /// if the store refuses the write. Returns what [`Manager::flush_or_take_back`] needs.
+    fn stored_state_change(
+        &self,
+        entry: &mut Entry,
+        change: impl FnOnce(&mut Entry),
+    ) -> Result<Option<(SavedState, JobState)>, BitsError> {
+        let saved = SavedState::of(entry);
+        change(entry);
+        if let Err(e) = self.persist_job_fields(&entry.job) {
+            saved.restore(entry);
+            return Err(e);
+        }
+        Ok(Some((saved, entry.job.state)))
     }
 
     /// Flushes a state change, or takes it back when the flush fails: what a client was told
