@@ -178,14 +178,27 @@ pub(crate) struct Inner {
 pub(crate) struct GroupCommit {
     /// Tickets issued: one per flush request, taken after the requester's writes.
     tickets: AtomicU64,
-    /// Held while flushing; holds the last ticket a completed flush covers.
-    flushed: tokio::sync::Mutex<u64>,
+    /// Held while flushing; what completed flushes covered.
+    flushed: tokio::sync::Mutex<Flushed>,
     /// Where the flushes run (see `flusher.rs`).
     flusher: Flusher,
     /// The last ticket a deferred flush must cover (see [`Manager::flush_soon`]).
     deferred: AtomicU64,
     /// Whether a deferred flush is scheduled and has not yet read `deferred`.
     deferred_pending: AtomicBool,
+}
+
+/// What the group commit's flushes covered.
+#[derive(Default)]
+struct Flushed {
+    /// The last ticket a successful flush covers.
+    through: u64,
+    /// Tickets after a successful flush that a failed one covered: their writes may be gone
+    /// (the store reopens its engine after a failure and drops what it held unflushed), so a
+    /// later successful flush does not vouch for them. `(lo, hi]`; empty when `lo == hi`.
+    failed: (u64, u64),
+    /// Why the last failed flush failed.
+    failure: Option<BitsError>,
 }
 
 #[derive(Default)]
@@ -356,7 +369,7 @@ impl Manager {
                 access,
                 commit: GroupCommit {
                     tickets: AtomicU64::new(0),
-                    flushed: tokio::sync::Mutex::new(0),
+                    flushed: tokio::sync::Mutex::new(Flushed::default()),
                     flusher,
                     deferred: AtomicU64::new(0),
                     deferred_pending: AtomicBool::new(false),
@@ -437,16 +450,32 @@ impl Manager {
     }
 
     /// Returns once a flush that covers `ticket` has returned, flushing if none has.
+    /// A ticket a failed flush covered fails too, even when a later flush succeeds: the writes
+    /// it stands for may be the ones the failure lost, and its caller must not acknowledge them.
     async fn flush_through(&self, ticket: u64) -> Result<(), BitsError> {
         let commit = &self.inner.commit;
         let mut flushed = commit.flushed.lock().await;
-        if *flushed >= ticket {
+        let (lo, hi) = flushed.failed;
+        if ticket > lo && ticket <= hi {
+            let code = flushed.failure.as_ref().map_or(Code::BG_E_DATABASE_CORRUPT, |e| e.code);
+            let why = flushed.failure.as_ref().map_or("", |e| e.message.as_str());
+            return Err(BitsError::new(
+                code,
+                format!("a store flush covering this change failed, so it may be lost: {why}"),
+            ));
+        }
+        if flushed.through >= ticket {
             return Ok(());
         }
         // Every ticket up to here was taken after its writes: this flush covers them all.
         let covers = commit.tickets.load(Ordering::SeqCst);
-        commit.flusher.flush().await?;
-        *flushed = covers;
+        if let Err(e) = commit.flusher.flush().await {
+            let lo = if lo == hi { flushed.through } else { lo.min(flushed.through) };
+            flushed.failed = (lo, covers);
+            flushed.failure = Some(e.clone());
+            return Err(e);
+        }
+        flushed.through = covers;
         Ok(())
     }
 
@@ -1557,6 +1586,24 @@ mod tests {
             .count();
         assert_eq!(refused, 4);
         assert_eq!(m.get_job(caller(), id).unwrap().files.len(), 200);
+    }
+
+    /// A write a failed flush covered is never acknowledged by a later flush that succeeds: the
+    /// failure may have lost it (the store drops what its failed engine held).
+    #[tokio::test]
+    async fn a_change_a_failed_flush_covered_is_not_acknowledged_later() {
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let store = Arc::new(Watched::default());
+        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let a = m.flush_ticket();
+        store.fail.store(true, SeqCst);
+        assert!(m.flush().await.is_err(), "another caller's flush covers A's ticket and fails");
+        store.fail.store(false, SeqCst);
+        let error = m.flush_through(a).await.unwrap_err();
+        assert!(error.message.contains("disk on fire"), "{error:?}");
+        m.flush().await.unwrap();
+        assert!(m.flush_through(a).await.is_err(), "still not acknowledged");
     }
 
     /// Resume and Suspend whose flush fails answer with the error and leave the state as it
