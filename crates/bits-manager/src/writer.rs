@@ -5,9 +5,10 @@
 //! runs while the network keeps flowing, and its range is recorded when it returns. At most one
 //! write and one sync are in flight, so memory stays bounded by two batches.
 //!
-//! The temp file was extended to its full length before the first write, so each write and each
-//! sync also checks that it still has that length ([`PartFile::check_len`]): a file someone
-//! truncated under the download stops the pipeline before a span it lost is recorded.
+//! The temp file was extended to its full length before the first write, so each write (before
+//! and after) and each sync also checks that it still has that length ([`PartFile::check_len`]):
+//! a file someone truncated under the download stops the pipeline before a span it lost is
+//! recorded, even when our later writes would have grown it back.
 //!
 //! After any write or sync error the pipeline is poisoned: nothing more is written, synced or
 //! reported as durable. A later sync could succeed while an earlier write left a hole (or while
@@ -182,11 +183,17 @@ impl Pipeline {
 
 /// Writes each chunk at its local offset, splitting where consecutive remote bytes belong to
 /// different requested ranges (a ranged file's local layout is in caller order).
+///
+/// The file's length is checked first as well as after: our own writes past a cut would extend
+/// a truncated file to its full length again and hide the cut from the check after them.
 pub(crate) fn write_batch(
     part: &PartFile,
     layout: &Layout,
     batch: &[(u64, Bytes)],
 ) -> Result<(), DiskError> {
+    if !batch.is_empty() {
+        part.check_len(layout.local_len())?;
+    }
     for (remote, bytes) in batch {
         let mut remote = *remote;
         let mut rest: &[u8] = bytes;
@@ -276,6 +283,22 @@ mod tests {
         assert!(pipe.checkpoint(30).await.is_err());
     }
 
+    /// A cut our own next write would grow back to full length (the last bytes of the file,
+    /// here) is caught by the check before that write.
+    #[tokio::test]
+    async fn a_cut_hidden_by_the_next_write_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pipe, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
+        pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
+        assert_eq!(pipe.checkpoint(40).await.unwrap(), None);
+        assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(0, 40)));
+        std::fs::OpenOptions::new().write(true).open(part.path()).unwrap().set_len(10).unwrap();
+        pipe.push(40, Bytes::from(vec![2u8; 60])).await.unwrap();
+        assert_eq!(pipe.checkpoint(100).await.unwrap(), None);
+        let err = pipe.wait_sync().await.unwrap_err();
+        assert!(matches!(err, DiskError::Shrunk { len: 10, expected: 100, .. }), "{err:?}");
+    }
+
     /// A temp file truncated under the pipeline (our later writes extending it again) is caught
     /// before the span written after the cut is reported durable.
     #[tokio::test]
@@ -289,7 +312,7 @@ mod tests {
         pipe.push(40, Bytes::from(vec![2u8; 20])).await.unwrap();
         assert_eq!(pipe.checkpoint(60).await.unwrap(), None);
         let err = pipe.wait_sync().await.unwrap_err();
-        assert!(matches!(err, DiskError::Shrunk { len: 60, expected: 100, .. }), "{err:?}");
+        assert!(matches!(err, DiskError::Shrunk { len: 10, expected: 100, .. }), "{err:?}");
         assert!(pipe.is_poisoned());
     }
 }
