@@ -170,12 +170,23 @@ pub fn resolve_destination(dest: &Path) -> Result<PathBuf, DiskError> {
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty())
         .map_err(|e| dir_error(dir, e))?;
-    // The kernel's own name for the directory it opened: no `..`, no link.
+    // The kernel's own name for the directory it opened: no `..`, no link. Without /proc (a
+    // bare container), the name resolved by path instead.
     let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
     let resolved = std::fs::read_link(&link)
+        .or_else(|_| std::fs::canonicalize(dir))
         .map_err(|e| DiskError::from_io(dir, "resolve the directory", e))?;
     if !resolved.is_absolute() || resolved.as_os_str().as_bytes().ends_with(b" (deleted)") {
         return Err(DiskError::NotFound { path: dir.to_path_buf() });
+    }
+    // The name leads, with no link, to the directory that was opened (not one moved in since).
+    let same =
+        |a: &rustix::fs::Stat, b: &rustix::fs::Stat| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
+    let opened = rustix::fs::fstat(&fd).map_err(|e| dir_error(dir, e))?;
+    let again = Dir::open(&resolved)?;
+    let found = rustix::fs::fstat(again.fd()).map_err(|e| dir_error(&resolved, e))?;
+    if !same(&opened, &found) {
+        return Err(DiskError::Redirected { path: dir.to_path_buf() });
     }
     Ok(resolved.join(name))
 }
