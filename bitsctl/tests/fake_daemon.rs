@@ -344,6 +344,7 @@ fn add(
         temp_path: PathBuf::from(format!("{path}.part")),
         completed: false,
         download_position: None,
+        dir_ino: None,
         temp_id: None,
         mode: None,
     });

@@ -452,3 +452,29 @@ async fn downloads_follow_the_owners_umask() {
         assert_eq!(mode, want, "umask {umask}: got {mode:o}");
     }
 }
+
+/// Issue 13.1, without a link: the previous owner renames another directory (one root made in
+/// her home, 0700) into the destination path. The path now leads, link-free, to a directory
+/// other than the one AddFile resolved; root's file work must refuse it, not write there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_job_never_follows_a_directory_renamed_into_its_path() {
+    let s = Scene::start(&[]).await;
+    let server = TestServer::start().await;
+    server.add_file("keys", b"ssh-ed25519 AAAA alice@evil\n".to_vec());
+    let root = root();
+    let home = s.dir_of(&s.alice);
+    let roots = home.join("roots");
+    dir_owned_by(&roots, &root, 0o700);
+    dir_owned_by(&home.join("dl"), &s.alice, 0o755);
+    let job = s.job_with_file(&s.alice, &server.url("keys"), &home.join("dl/keys")).await;
+    s.ctl(&root, &["take-ownership", &job]).await.success();
+    let script = format!("mv {0}/dl {0}/dl.orig && mv {0}/roots {0}/dl", home.display());
+    let out = sh_as(&s.alice, &script);
+    assert!(out.status.success(), "{out:?}");
+    s.ctl(&root, &["resume", &job]).await.success();
+    let error = wait_error(&s, &root, &job).await;
+    assert_eq!(error["code"], "E_ACCESSDENIED", "{error}");
+    let inside: Vec<_> =
+        std::fs::read_dir(home.join("dl")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(inside.is_empty(), "root wrote into the directory renamed in: {inside:?}");
+}

@@ -50,6 +50,7 @@ fn sample_job(id: JobId) -> Job {
             temp_path: "/tmp/.f.part".into(),
             completed: false,
             download_position: None,
+            dir_ino: None,
             temp_id: None,
             mode: None,
         }],

@@ -137,6 +137,10 @@ pub struct JobFile {
     /// UpdateDownloadPosition: where the next missing byte is looked for first (remote offset).
     #[serde(default)]
     pub download_position: Option<u64>,
+    /// The inode number of the destination directory AddFile resolved: every later operation
+    /// checks it is still that directory (`None` in records from before it was kept).
+    #[serde(default)]
+    pub dir_ino: Option<u64>,
     /// The temp file this job created, once it exists (`None` in records written before it was
     /// kept: such a file is reopened only if the job's owner owns it).
     #[serde(default)]
@@ -420,6 +424,7 @@ mod tests {
             temp_path: "/tmp/.f.part".into(),
             completed: false,
             download_position: None,
+            dir_ino: None,
             temp_id: None,
             mode: None,
         }

@@ -55,6 +55,26 @@ impl Dir {
         Ok((Dir::open(dir)?, name))
     }
 
+    /// [`Dir::of`], refusing ([`DiskError::Redirected`]) a directory other than the one AddFile
+    /// resolved (`ino`, when known): a path that now leads, without any link, to another
+    /// directory (one renamed into its place) is not the destination the job was given.
+    pub(crate) fn of_pinned(file: &Path, ino: Option<u64>) -> Result<(Dir, &OsStr), DiskError> {
+        let (dir, name) = Dir::of(file)?;
+        dir.check_pinned(ino)?;
+        Ok((dir, name))
+    }
+
+    /// Fails unless this is the directory with inode number `ino` (when known; and where the
+    /// file system keeps inode numbers).
+    pub(crate) fn check_pinned(&self, ino: Option<u64>) -> Result<(), DiskError> {
+        let Some(ino) = ino else { return Ok(()) };
+        let stat = rustix::fs::fstat(self.fd()).map_err(|e| dir_error(&self.path, e))?;
+        if stat.st_ino == ino || !stable_inodes(self.fd()) {
+            return Ok(());
+        }
+        Err(DiskError::Redirected { path: self.path.clone() })
+    }
+
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -164,8 +184,9 @@ pub(crate) fn split(file: &Path) -> Result<(&Path, &OsStr), DiskError> {
 
 /// AddFile's one resolution of a destination: its directory with every symbolic link followed
 /// (as the calling thread's identity, so only links that identity can traverse), joined with the
-/// file name. Later operations use the result and follow no link at all ([`Dir::open`]).
-pub fn resolve_destination(dest: &Path) -> Result<PathBuf, DiskError> {
+/// file name, and the directory's inode number. Later operations use the path, follow no link at
+/// all ([`Dir::open`]) and check they reached that directory ([`Dir::of_pinned`]).
+pub fn resolve_destination(dest: &Path) -> Result<(PathBuf, u64), DiskError> {
     let (dir, name) = split(dest)?;
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty())
@@ -188,7 +209,7 @@ pub fn resolve_destination(dest: &Path) -> Result<PathBuf, DiskError> {
     if !same(&opened, &found) {
         return Err(DiskError::Redirected { path: dir.to_path_buf() });
     }
-    Ok(resolved.join(name))
+    Ok((resolved.join(name), opened.st_ino))
 }
 
 /// `Dir::open` without openat2: one `openat` per component, each with `O_NOFOLLOW`.
@@ -254,10 +275,16 @@ mod tests {
         let real = base.path().join("real");
         std::fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(&real, base.path().join("link")).unwrap();
-        let resolved = resolve_destination(&base.path().join("link/f.iso")).unwrap();
+        let (resolved, ino) = resolve_destination(&base.path().join("link/f.iso")).unwrap();
         let canonical = std::fs::canonicalize(&real).unwrap();
         assert_eq!(resolved, canonical.join("f.iso"));
-        assert!(Dir::open(resolved.parent().unwrap()).is_ok());
+        assert!(Dir::of_pinned(&resolved, Some(ino)).is_ok());
+        // Another directory renamed into the path (no link anywhere) is not the one resolved.
+        std::fs::rename(&real, base.path().join("was-real")).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        let err = Dir::of_pinned(&resolved, Some(ino)).unwrap_err();
+        assert!(matches!(err, DiskError::Redirected { .. }), "{err:?}");
+        assert!(Dir::of_pinned(&resolved, None).is_ok(), "an old record pins nothing");
         let err = resolve_destination(&base.path().join("missing/f")).unwrap_err();
         assert!(matches!(err, DiskError::NotFound { .. }), "{err:?}");
         assert!(resolve_destination(Path::new("relative/f")).is_err());

@@ -62,6 +62,8 @@ pub struct Move<'a> {
     /// The temp file the job created: a file of another inode or owner at its name (replaced
     /// behind our back) is not moved into place. `None` for a record from before it was kept.
     pub made: Option<TempId>,
+    /// The directory AddFile resolved (its inode number), when known: see `Dir::of_pinned`.
+    pub dir_ino: Option<u64>,
     /// The temp file's `lstat` ([`stat_temp`]), when the caller took it just before (Complete
     /// checks every temp file is there): saves a second one per file of a job of many files.
     pub found: Option<Stat>,
@@ -121,9 +123,10 @@ pub struct Dirs(Vec<Dir>);
 
 impl Dirs {
     /// [`stat_temp`] with each directory opened once: Complete looks at every temp file of a
-    /// job of thousands first.
-    pub fn stat(&mut self, temp: &Path) -> Result<Option<Stat>, DiskError> {
+    /// job of thousands first. `dir_ino`: the directory AddFile resolved, when known.
+    pub fn stat(&mut self, temp: &Path, dir_ino: Option<u64>) -> Result<Option<Stat>, DiskError> {
         let (dir, name) = self.of(temp)?;
+        dir.check_pinned(dir_ino)?;
         dir.stat(name)
     }
 
@@ -172,6 +175,7 @@ fn open_and_sync(dirs: &mut Dirs, round: &[Move<'_>]) -> (usize, Option<DiskErro
 /// One temp file checked and, if its times must change, opened with them set (not yet synced).
 fn ready(dirs: &mut Dirs, m: &Move<'_>) -> Result<Option<File>, DiskError> {
     let (dir, name) = dirs.of(m.temp)?;
+    dir.check_pinned(m.dir_ino)?;
     let stat = match m.found {
         Some(stat) => stat,
         None => {
@@ -227,8 +231,12 @@ fn times_settled(stat: &Stat, mtime: Option<SystemTime>) -> bool {
 /// a link (see `dir.rs`); `None` when it (or its directory) is gone, or something else is at its
 /// name. Any other failure (no permission, a link in the path, no fd left) is an error: the
 /// file's bytes may well be there.
-pub fn temp_len(temp: &Path, made: Option<TempId>) -> Result<Option<u64>, DiskError> {
-    let (dir, name) = match Dir::of(temp) {
+pub fn temp_len(
+    temp: &Path,
+    dir_ino: Option<u64>,
+    made: Option<TempId>,
+) -> Result<Option<u64>, DiskError> {
+    let (dir, name) = match Dir::of_pinned(temp, dir_ino) {
         Ok(found) => found,
         Err(DiskError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
@@ -252,8 +260,12 @@ pub fn sync_parent_dirs<'a>(dests: impl IntoIterator<Item = &'a Path>) -> Result
 
 /// Deletes a temp file; a file that is already gone is fine. A file that is not the one the
 /// job created (`made`) is left alone ([`DiskError::NotOurs`]).
-pub fn remove_temp(temp: &Path, made: Option<TempId>) -> Result<(), DiskError> {
-    let (dir, name) = Dir::of(temp)?;
+pub fn remove_temp(
+    temp: &Path,
+    dir_ino: Option<u64>,
+    made: Option<TempId>,
+) -> Result<(), DiskError> {
+    let (dir, name) = Dir::of_pinned(temp, dir_ino)?;
     match dir.stat(name)? {
         None => Ok(()),
         Some(stat) => {
@@ -266,8 +278,8 @@ pub fn remove_temp(temp: &Path, made: Option<TempId>) -> Result<(), DiskError> {
 /// Whether the calling thread's identity may write `temp` (if it exists) and create files in
 /// its directory: TakeOwnership's check of the new owner. Opening is the check, as the later
 /// writes will meet it.
-pub fn check_temp_writable(temp: &Path) -> Result<(), DiskError> {
-    let (dir, name) = Dir::of(temp)?;
+pub fn check_temp_writable(temp: &Path, dir_ino: Option<u64>) -> Result<(), DiskError> {
+    let (dir, name) = Dir::of_pinned(temp, dir_ino)?;
     dir.check_writable()?;
     match dir.open_at(name, OFlags::WRONLY | OFlags::NONBLOCK, Mode::empty()) {
         Ok(_) | Err(Errno::NOENT) => Ok(()),
@@ -335,7 +347,7 @@ mod tests {
 
     fn write_temp(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
         let temp = dir.join(name);
-        let part = PartFile::create(&temp, 0o644, uid()).unwrap();
+        let part = PartFile::create(&temp, None, 0o644, uid()).unwrap();
         part.write_at(0, body).unwrap();
         part.sync().unwrap();
         temp
@@ -343,8 +355,14 @@ mod tests {
 
     /// One file through [`rename_all_into_place`] and the directory sync.
     fn finalize(temp: &Path, dest: &Path, mtime: Option<SystemTime>) -> Result<(), DiskError> {
-        let (_, error) =
-            rename_all_into_place(&[Move { temp, dest, mtime, made: None, found: None }]);
+        let (_, error) = rename_all_into_place(&[Move {
+            temp,
+            dest,
+            mtime,
+            made: None,
+            dir_ino: None,
+            found: None,
+        }]);
         error.map_or(Ok(()), Err)?;
         sync_parent_dirs([dest])
     }
@@ -372,7 +390,7 @@ mod tests {
         let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 7);
         for moved_atime in [false, true] {
             let temp = dir.path().join(format!(".{moved_atime}.part"));
-            let part = PartFile::create(&temp, 0o644, uid()).unwrap();
+            let part = PartFile::create(&temp, None, 0o644, uid()).unwrap();
             part.write_at(0, b"small").unwrap();
             part.sync_with_times(mtime).unwrap();
             let meta = std::fs::metadata(&temp).unwrap();
@@ -432,7 +450,14 @@ mod tests {
         }
         let moves: Vec<Move<'_>> = names
             .iter()
-            .map(|(temp, dest)| Move { temp, dest, mtime: Some(mtime), made: None, found: None })
+            .map(|(temp, dest)| Move {
+                temp,
+                dest,
+                mtime: Some(mtime),
+                made: None,
+                dir_ino: None,
+                found: None,
+            })
             .collect();
         let (renamed, error) = rename_all_into_place(&moves);
         assert_eq!(renamed, broken);
@@ -460,7 +485,7 @@ mod tests {
         let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 7);
         let temp = write_temp(dir.path(), ".t.part", b"small");
         let before = stat_temp(&temp).unwrap().unwrap();
-        let part = PartFile::reopen(&temp, None, uid()).unwrap().unwrap();
+        let part = PartFile::reopen(&temp, None, None, uid()).unwrap().unwrap();
         part.sync_with_times(mtime).unwrap();
         let after = stat_temp(&temp).unwrap().unwrap();
         assert!(times_settled(&after, Some(mtime)));
@@ -475,21 +500,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let temp = dir.path().join(".t.part");
         // Held open, so the planted file cannot get the same inode number.
-        let ours = PartFile::create(&temp, 0o600, uid()).unwrap();
+        let ours = PartFile::create(&temp, None, 0o600, uid()).unwrap();
         let made = ours.id();
         std::fs::remove_file(&temp).unwrap();
         std::fs::write(dir.path().join("other"), b"planted").unwrap();
         std::fs::rename(dir.path().join("other"), &temp).unwrap();
         let dest = dir.path().join("t");
-        let m = Move { temp: &temp, dest: &dest, mtime: None, made: Some(made), found: None };
+        let m = Move {
+            temp: &temp,
+            dest: &dest,
+            mtime: None,
+            made: Some(made),
+            dir_ino: None,
+            found: None,
+        };
         let (renamed, error) = rename_all_into_place(&[m]);
         assert_eq!(renamed, 0);
         assert!(matches!(error, Some(DiskError::NotOurs { .. })), "{error:?}");
         assert!(!dest.exists());
-        let err = remove_temp(&temp, Some(made)).unwrap_err();
+        let err = remove_temp(&temp, None, Some(made)).unwrap_err();
         assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
         assert_eq!(std::fs::read(&temp).unwrap(), b"planted");
-        remove_temp(&temp, None).unwrap();
+        remove_temp(&temp, None, None).unwrap();
         assert!(!temp.exists());
     }
 
@@ -515,11 +547,11 @@ mod tests {
     fn remove_temp_tolerates_a_missing_file() {
         let dir = tempfile::tempdir().unwrap();
         let temp = write_temp(dir.path(), "t.part", b"x");
-        remove_temp(&temp, None).unwrap();
+        remove_temp(&temp, None, None).unwrap();
         assert!(!temp.exists());
-        remove_temp(&temp, None).unwrap();
+        remove_temp(&temp, None, None).unwrap();
         // Removing a directory is a real error, not "already gone".
-        let err = remove_temp(dir.path(), None).unwrap_err();
+        let err = remove_temp(dir.path(), None, None).unwrap_err();
         assert_eq!(err.path(), dir.path());
     }
 

@@ -28,8 +28,14 @@ impl PartFile {
     /// and is replaced; anything else (another user's file, planted at the guessable name in a
     /// shared directory) is refused with [`DiskError::NotOurs`]. Never follows a link, in the
     /// directory path ([`Dir::open`]) or at the name.
-    pub fn create(path: &Path, mode: u32, owner: u32) -> Result<PartFile, DiskError> {
-        let (dir, name) = Dir::of(path)?;
+    /// `dir_ino`: the directory AddFile resolved, when known (see `Dir::of_pinned`).
+    pub fn create(
+        path: &Path,
+        dir_ino: Option<u64>,
+        mode: u32,
+        owner: u32,
+    ) -> Result<PartFile, DiskError> {
+        let (dir, name) = Dir::of_pinned(path, dir_ino)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
         let mut replaced = false;
         loop {
@@ -63,10 +69,11 @@ impl PartFile {
     /// regular file of the job's `owner`.
     pub fn reopen(
         path: &Path,
+        dir_ino: Option<u64>,
         made: Option<TempId>,
         owner: u32,
     ) -> Result<Option<PartFile>, DiskError> {
-        let (dir, name) = Dir::of(path)?;
+        let (dir, name) = Dir::of_pinned(path, dir_ino)?;
         // O_NONBLOCK: a FIFO planted at the name must fail the check below, not hang the open.
         let flags = OFlags::WRONLY | OFlags::NONBLOCK;
         let fd = match dir.open_at(name, flags, Mode::empty()) {
@@ -208,7 +215,7 @@ mod tests {
     }
 
     fn create(path: &Path) -> PartFile {
-        PartFile::create(path, 0o644, uid()).unwrap()
+        PartFile::create(path, None, 0o644, uid()).unwrap()
     }
 
     #[test]
@@ -220,12 +227,12 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         let dangling = dir.path().join("g.part");
         std::os::unix::fs::symlink(dir.path().join("new"), &dangling).unwrap();
-        let err = PartFile::create(&link, 0o644, uid()).unwrap_err();
+        let err = PartFile::create(&link, None, 0o644, uid()).unwrap_err();
         assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
-        assert!(PartFile::create(&dangling, 0o644, uid()).is_err());
-        let err = PartFile::reopen(&link, None, uid()).unwrap_err();
+        assert!(PartFile::create(&dangling, None, 0o644, uid()).is_err());
+        let err = PartFile::reopen(&link, None, None, uid()).unwrap_err();
         assert!(matches!(err, DiskError::AccessDenied { .. }), "{err:?}");
-        assert!(PartFile::reopen(&dangling, None, uid()).is_err());
+        assert!(PartFile::reopen(&dangling, None, None, uid()).is_err());
         assert!(!dir.path().join("new").exists(), "a dangling link must not create its target");
         assert_eq!(std::fs::read(&target).unwrap(), b"precious");
     }
@@ -242,7 +249,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         let someone_else = uid().wrapping_add(1);
         if crate::Identity::switches_to(someone_else) {
-            let err = PartFile::create(&path, 0o644, someone_else).unwrap_err();
+            let err = PartFile::create(&path, None, 0o644, someone_else).unwrap_err();
             assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
             assert_eq!(err.code(), bits_core::Code::E_ACCESSDENIED);
             assert_eq!(std::fs::read(&path).unwrap(), b"whole");
@@ -257,11 +264,14 @@ mod tests {
         // Held open, so the planted file cannot get the same inode number.
         let ours = create(&path);
         let made = ours.id();
-        assert!(PartFile::reopen(&path, Some(made), uid()).unwrap().is_some());
+        assert!(PartFile::reopen(&path, None, Some(made), uid()).unwrap().is_some());
         std::fs::remove_file(&path).unwrap();
-        assert!(PartFile::reopen(&path, Some(made), uid()).unwrap().is_none(), "gone is None");
+        assert!(
+            PartFile::reopen(&path, None, Some(made), uid()).unwrap().is_none(),
+            "gone is None"
+        );
         std::fs::write(&path, b"planted").unwrap();
-        let err = PartFile::reopen(&path, Some(made), uid()).unwrap_err();
+        let err = PartFile::reopen(&path, None, Some(made), uid()).unwrap_err();
         assert!(matches!(err, DiskError::NotOurs { .. }), "{err:?}");
         let fifo = dir.path().join("fifo.part");
         rustix::fs::mknodat(
@@ -273,7 +283,7 @@ mod tests {
         )
         .unwrap();
         // Refused, and without hanging the open (no reader would ever come).
-        assert!(PartFile::reopen(&fifo, None, uid()).is_err());
+        assert!(PartFile::reopen(&fifo, None, None, uid()).is_err());
     }
 
     /// The mode asked for is the mode the file gets, whatever the daemon's own umask.
@@ -290,7 +300,7 @@ mod tests {
     }
 
     fn create_with(path: &Path, mode: u32) -> PartFile {
-        PartFile::create(path, mode, uid()).unwrap()
+        PartFile::create(path, None, mode, uid()).unwrap()
     }
 
     #[test]
@@ -324,7 +334,7 @@ mod tests {
         // Reopening keeps the bytes: no truncation.
         let made = part.id();
         drop(part);
-        let part = PartFile::reopen(&path, Some(made), uid()).unwrap().unwrap();
+        let part = PartFile::reopen(&path, None, Some(made), uid()).unwrap().unwrap();
         assert_eq!(part.len().unwrap(), 1004);
         part.write_at(2, b"AD").unwrap();
         assert_eq!(&std::fs::read(&path).unwrap()[0..4], b"heAD");
@@ -348,7 +358,8 @@ mod tests {
     #[test]
     fn open_in_a_missing_directory_is_not_found() {
         let dir = tempfile::tempdir().unwrap();
-        let err = PartFile::create(&dir.path().join("missing/f.part"), 0o644, uid()).unwrap_err();
+        let err =
+            PartFile::create(&dir.path().join("missing/f.part"), None, 0o644, uid()).unwrap_err();
         assert!(matches!(err, DiskError::NotFound { .. }), "{err:?}");
         assert_eq!(err.path(), dir.path().join("missing"), "names the missing directory");
     }

@@ -87,27 +87,30 @@ impl Manager {
         // symbolic links are followed this once, as the owner; the job keeps the resolved path
         // and never follows a link again (see bits-disk's dir.rs).
         let resolved = run_as(self.owner_identity(owner_uid), move || {
-            let mut dirs: HashMap<PathBuf, PathBuf> = HashMap::new();
+            // Per directory given: the directory resolved, and its inode number.
+            let mut dirs: HashMap<PathBuf, (PathBuf, u64)> = HashMap::new();
             let mut resolved = Vec::with_capacity(dests.len());
             for dest in &dests {
                 bits_disk::check_destination_name(dest).map_err(disk_error)?;
                 let known = dest.parent().and_then(|dir| dirs.get(dir));
-                let dest = match (known, dest.file_name()) {
-                    (Some(real_dir), Some(name)) => real_dir.join(name),
+                let (dest, ino) = match (known, dest.file_name()) {
+                    (Some((real_dir, ino)), Some(name)) => (real_dir.join(name), *ino),
                     _ => {
-                        let real = bits_disk::resolve_destination(dest).map_err(disk_error)?;
+                        let (real, ino) =
+                            bits_disk::resolve_destination(dest).map_err(disk_error)?;
                         if let (Some(dir), Some(real_dir)) = (dest.parent(), real.parent()) {
-                            dirs.insert(dir.to_path_buf(), real_dir.to_path_buf());
+                            dirs.insert(dir.to_path_buf(), (real_dir.to_path_buf(), ino));
                         }
-                        real
+                        (real, ino)
                     }
                 };
                 bits_disk::check_destination(&dest).map_err(disk_error)?;
-                resolved.push(dest);
+                resolved.push((dest, ino));
             }
             Ok(resolved)
         })
         .await?;
+        let (resolved, dir_inos): (Vec<PathBuf>, Vec<u64>) = resolved.into_iter().unzip();
         let mut seen: HashSet<&Path> = HashSet::with_capacity(files.len());
         if let Some(dup) = resolved.iter().find(|dest| !seen.insert(dest.as_path())) {
             return Err(duplicate_path(dup));
@@ -135,7 +138,7 @@ impl Manager {
             // new files join the table, with only their count written under its lock.
             let first =
                 self.check_new_files(&self.table(), caller, id, owner_uid, &files, &hashes)?;
-            let records = new_records(files, id, first, mode);
+            let records = new_records(files, &dir_inos, id, first, mode);
             let mut new_paths = PathIndex::default();
             new_paths.insert_all(&hashes);
             let store = self.inner.store.clone();
@@ -170,7 +173,7 @@ impl Manager {
             let first = self.check_new_files(&table, caller, id, owner_uid, &files, &hashes)?;
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = files.len();
-            entry.job.files.extend(new_records(files, id, first, mode));
+            entry.job.files.extend(new_records(files, &dir_inos, id, first, mode));
             entry.paths.insert_all(&hashes);
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
@@ -428,11 +431,18 @@ const LARGE_ADD_FILES: usize = 256;
 const LARGE_ADD_RANGES: usize = 4096;
 
 /// The records of new files, the first at index `first`.
-fn new_records(files: Vec<NewFile>, id: JobId, first: u32, mode: u32) -> Vec<JobFile> {
+fn new_records(
+    files: Vec<NewFile>,
+    dir_inos: &[u64],
+    id: JobId,
+    first: u32,
+    mode: u32,
+) -> Vec<JobFile> {
     let job = id.to_string();
     (first..)
         .zip(files)
-        .map(|(index, file)| JobFile {
+        .zip(dir_inos)
+        .map(|((index, file), dir_ino)| JobFile {
             temp_path: bits_disk::temp_path_for(&file.local_path, &job, index),
             remote_url: file.remote_url,
             local_path: file.local_path,
@@ -443,6 +453,7 @@ fn new_records(files: Vec<NewFile>, id: JobId, first: u32, mode: u32) -> Vec<Job
             requested: RangeSet::new(),
             completed: false,
             download_position: None,
+            dir_ino: Some(*dir_ino),
             temp_id: None,
             mode: Some(mode),
         })

@@ -880,7 +880,8 @@ impl Manager {
                 };
                 let mtime = remote_mtime(&file.validator);
                 let (temp, dest) = (file.temp_path.as_path(), file.local_path.as_path());
-                plan.push(bits_disk::Move { temp, dest, mtime, made, found: Some(found) });
+                let dir_ino = file.dir_ino;
+                plan.push(bits_disk::Move { temp, dest, mtime, made, dir_ino, found: Some(found) });
                 positions.push(k);
             }
             let (renamed, error) = bits_disk::rename_all_into_place(&plan);
@@ -930,16 +931,16 @@ impl Manager {
         files: &[JobFile],
         which: impl Fn(usize) -> bool,
     ) -> Result<Code, BitsError> {
-        let temps: Vec<(PathBuf, Option<TempId>)> = files
+        let temps: Vec<(PathBuf, Option<u64>, Option<TempId>)> = files
             .iter()
             .enumerate()
             .filter(|(i, f)| which(*i) && !f.completed)
-            .map(|(_, f)| (f.temp_path.clone(), f.temp_id))
+            .map(|(_, f)| (f.temp_path.clone(), f.dir_ino, f.temp_id))
             .collect();
         run_as(owner.clone(), move || {
             let mut all_deleted = true;
-            for (temp, made) in temps {
-                if let Err(e) = bits_disk::remove_temp(&temp, made) {
+            for (temp, dir_ino, made) in temps {
+                if let Err(e) = bits_disk::remove_temp(&temp, dir_ino, made) {
                     tracing::warn!(error = %e, "cannot delete temp file");
                     all_deleted = false;
                 }
@@ -1245,12 +1246,13 @@ fn prepare_temp_for_finalize(
     let temp = &file.temp_path;
     let mut made = file.temp_id;
     if file.bytes_total() == Some(0) && made.is_none() && !file.completed {
-        let part = bits_disk::PartFile::create(temp, file.mode.unwrap_or(0o644), owner)
-            .map_err(disk_error)?;
+        let mode = file.mode.unwrap_or(0o644);
+        let part =
+            bits_disk::PartFile::create(temp, file.dir_ino, mode, owner).map_err(disk_error)?;
         part.sync().map_err(disk_error)?;
         made = Some(part.id());
     }
-    let found = dirs.stat(temp).map_err(disk_error)?;
+    let found = dirs.stat(temp, file.dir_ino).map_err(disk_error)?;
     // Shorter than its bytes: truncated behind our back, so some recorded bytes are lost.
     let whole = |stat: &bits_disk::Stat| stat.st_size as u64 >= file.bytes_total().unwrap_or(0);
     Ok(found.filter(whole).map(|stat| (stat, made)))

@@ -31,7 +31,7 @@ impl Manager {
     /// files already there, or the call fails with BG_E_NEW_OWNER_NO_FILE_ACCESS and nothing
     /// changes.
     pub async fn take_ownership(&self, caller: Caller, id: JobId) -> Result<Code, BitsError> {
-        let temps: Vec<PathBuf> = {
+        let temps: Vec<(PathBuf, Option<u64>)> = {
             let table = self.table();
             let entry = lookup_mut_check(&table, caller, id)?;
             if !caller.is_admin() {
@@ -40,10 +40,11 @@ impl Manager {
                     format!("TakeOwnership is for administrators; uid {} is not one", caller.uid),
                 ));
             }
-            entry.job.files.iter().filter(|f| !f.completed).map(|f| f.temp_path.clone()).collect()
+            let unfinished = entry.job.files.iter().filter(|f| !f.completed);
+            unfinished.map(|f| (f.temp_path.clone(), f.dir_ino)).collect()
         };
         run_as(self.owner_identity(caller.uid), move || {
-            temps.iter().try_for_each(|temp| can_write_existing(temp))
+            temps.iter().try_for_each(|(temp, dir_ino)| can_write_existing(temp, *dir_ino))
         })
         .await?;
         let mut previous = caller.uid;
@@ -63,8 +64,8 @@ impl Manager {
 /// in its directory — the directory AddFile resolved, reached without following a link: a path
 /// the previous owner redirected since is refused, not followed. Opening is the check: the kernel
 /// decides, with the same rules the later writes will meet.
-fn can_write_existing(temp: &std::path::Path) -> Result<(), BitsError> {
-    match bits_disk::check_temp_writable(temp) {
+fn can_write_existing(temp: &std::path::Path, dir_ino: Option<u64>) -> Result<(), BitsError> {
+    match bits_disk::check_temp_writable(temp, dir_ino) {
         Ok(()) => Ok(()),
         Err(
             DiskError::AccessDenied { .. }

@@ -22,12 +22,12 @@ use bits_disk::Identity;
 pub(crate) fn trim_filled(jobs: &mut [Job], identity: impl Fn(u32) -> Identity) -> Vec<usize> {
     let mut changed = Vec::new();
     for (j, job) in jobs.iter_mut().enumerate() {
-        let wanted: Vec<(usize, PathBuf, Option<TempId>)> = job
+        let wanted: Vec<(usize, PathBuf, Option<u64>, Option<TempId>)> = job
             .files
             .iter()
             .enumerate()
             .filter(|(_, f)| !f.completed && !f.filled.is_empty())
-            .map(|(i, f)| (i, f.temp_path.clone(), f.temp_id))
+            .map(|(i, f)| (i, f.temp_path.clone(), f.dir_ino, f.temp_id))
             .collect();
         if wanted.is_empty() {
             continue;
@@ -35,7 +35,7 @@ pub(crate) fn trim_filled(jobs: &mut [Job], identity: impl Fn(u32) -> Identity) 
         let lens = identity(job.owner_uid).run(|| {
             wanted
                 .iter()
-                .map(|(_, temp, made)| bits_disk::temp_len(temp, *made))
+                .map(|(_, temp, dir, made)| bits_disk::temp_len(temp, *dir, *made))
                 .collect::<Vec<_>>()
         });
         let lens = match lens {
@@ -46,7 +46,7 @@ pub(crate) fn trim_filled(jobs: &mut [Job], identity: impl Fn(u32) -> Identity) 
             }
         };
         let mut job_changed = false;
-        for ((index, _, _), len) in wanted.iter().zip(lens) {
+        for ((index, ..), len) in wanted.iter().zip(lens) {
             let file = &mut job.files[*index];
             let temp_len = match len {
                 Ok(len) => len,
@@ -146,6 +146,7 @@ mod tests {
                 temp_path: dir.join(".f.bin.bitsd-x-0.part"),
                 completed: false,
                 download_position: None,
+                dir_ino: None,
                 temp_id: None,
                 mode: None,
             }],

@@ -676,7 +676,7 @@ async fn small_file(
     // together (a crash before that loses nothing: the file is fetched again).
     connected(manager, id, index, &opened.remote, 0, Persist::WithFirstRange).await?;
     let owner = job_owner(manager, id)?;
-    let temp = opened.file.temp_path.clone();
+    let (temp, dir_ino) = (opened.file.temp_path.clone(), opened.file.dir_ino);
     let mode = opened.file.mode.unwrap_or(DEFAULT_MODE);
     // The times Complete gives the file, set now, before the one sync (see `sync_with_times`).
     let mtime = remote_mtime(&opened.remote.validator);
@@ -686,7 +686,7 @@ async fn small_file(
             // Written whole from its first byte: always a new file (an earlier attempt's is
             // replaced, see `PartFile::create`).
             let write = || {
-                let part = PartFile::create(&temp, mode, owner.uid)?;
+                let part = PartFile::create(&temp, dir_ino, mode, owner.uid)?;
                 part.write_at(0, &data)?;
                 match mtime {
                     Some(mtime) => part.sync_with_times(mtime)?,
@@ -1137,8 +1137,8 @@ async fn reset_file(manager: &Manager, id: JobId, index: u32) -> Result<(), Halt
     // Truncate before the store forgets: a crash in between leaves the old filled set pointing
     // at a file shorter than its layout, which the next attempt treats as lost.
     run_as(owner.clone(), move || {
-        if let Some(part) =
-            PartFile::reopen(&file.temp_path, file.temp_id, owner.uid).map_err(disk_error)?
+        if let Some(part) = PartFile::reopen(&file.temp_path, file.dir_ino, file.temp_id, owner.uid)
+            .map_err(disk_error)?
         {
             part.set_len(0).map_err(disk_error)?;
         }
@@ -1216,11 +1216,11 @@ const DEFAULT_MODE: u32 = 0o644;
 /// which file it created, but with bytes recorded, trusts a file of the owner's.
 fn open_temp(file: &JobFile, owner: u32) -> Result<PartFile, bits_disk::DiskError> {
     if (file.temp_id.is_some() || !file.filled.is_empty())
-        && let Some(part) = PartFile::reopen(&file.temp_path, file.temp_id, owner)?
+        && let Some(part) = PartFile::reopen(&file.temp_path, file.dir_ino, file.temp_id, owner)?
     {
         return Ok(part);
     }
-    PartFile::create(&file.temp_path, file.mode.unwrap_or(DEFAULT_MODE), owner)
+    PartFile::create(&file.temp_path, file.dir_ino, file.mode.unwrap_or(DEFAULT_MODE), owner)
 }
 
 /// Keeps which temp file the job created; the file's next store write carries it (before any

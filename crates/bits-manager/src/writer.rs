@@ -232,7 +232,7 @@ mod tests {
 
     fn pipeline(dir: &std::path::Path, layout: Layout) -> (Pipeline, Arc<PartFile>) {
         let part = Arc::new(
-            PartFile::create(&dir.join("f.part"), 0o644, rustix::process::geteuid().as_raw())
+            PartFile::create(&dir.join("f.part"), None, 0o644, rustix::process::geteuid().as_raw())
                 .unwrap(),
         );
         part.set_len(layout.local_len()).unwrap();

@@ -602,6 +602,7 @@ mod tests {
             temp_path: "/tmp/.f.part".into(),
             completed: false,
             download_position: None,
+            dir_ino: None,
             temp_id: None,
             mode: None,
         };

@@ -34,6 +34,7 @@ fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
         temp_path: PathBuf::from(format!("/home/u/.file{n}.bitsd-x-{n}.part")),
         completed: n == 0,
         download_position: None,
+        dir_ino: None,
         temp_id: None,
         mode: None,
     }
