@@ -87,17 +87,6 @@ impl Store for Watched {
         }
         self.inner.put_new_files(job, from, files)
     }
-    fn encode_file(
-        &self,
-        job: JobId,
-        index: u32,
-        file: &JobFile,
-    ) -> Result<bits_store::EncodedFile, StoreError> {
-        self.inner.encode_file(job, index, file)
-    }
-    fn put_encoded_file(&self, file: bits_store::EncodedFile) -> Result<(), StoreError> {
-        self.inner.put_encoded_file(file)
-    }
     fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
         self.inner.delete_job(job)
     }

@@ -69,15 +69,26 @@ pub trait Store: Send + Sync + 'static {
     /// A file's record encoded now, to be written by [`Store::put_encoded_file`] later: a caller
     /// that must write records in the order of its own changes can pay for a large record's
     /// encoding before it takes its lock, and only for the write under it.
+    /// A store that keeps records as they are (the one in memory) keeps a copy.
     fn encode_file(
         &self,
         job: JobId,
         index: u32,
         file: &JobFile,
-    ) -> Result<EncodedFile, StoreError>;
+    ) -> Result<EncodedFile, StoreError> {
+        Ok(EncodedFile { job, index, form: Encoded::File(Box::new(file.clone())) })
+    }
 
     /// [`Store::put_file`] of a record [`Store::encode_file`] encoded.
-    fn put_encoded_file(&self, file: EncodedFile) -> Result<(), StoreError>;
+    fn put_encoded_file(&self, file: EncodedFile) -> Result<(), StoreError> {
+        match file.form {
+            Encoded::File(record) => self.put_file(file.job, file.index, &record),
+            Encoded::Bytes { .. } => Err(StoreError::Encode {
+                key: format!("file/{}/{}", file.job, file.index),
+                reason: "encoded by another store".into(),
+            }),
+        }
+    }
 
     /// Remove a job and all of its files, atomically. Deleting a job that is not stored is `Ok`.
     fn delete_job(&self, job: JobId) -> Result<(), StoreError>;

@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bits_core::{Job, JobFile, JobId};
 
-use crate::{Encoded, EncodedFile, Store, StoreError, sort_jobs};
+use crate::{Store, StoreError, sort_jobs};
 
 /// An in-memory store. Every method works on its own snapshot copy, as a database would.
 #[derive(Debug, Default)]
@@ -83,25 +83,6 @@ impl Store for MemStore {
             .ok_or(StoreError::NotFound { job, index })?;
         *slot = file.clone();
         Ok(())
-    }
-
-    fn encode_file(
-        &self,
-        job: JobId,
-        index: u32,
-        file: &JobFile,
-    ) -> Result<EncodedFile, StoreError> {
-        Ok(EncodedFile { job, index, form: Encoded::File(Box::new(file.clone())) })
-    }
-
-    fn put_encoded_file(&self, file: EncodedFile) -> Result<(), StoreError> {
-        match file.form {
-            Encoded::File(record) => self.put_file(file.job, file.index, &record),
-            Encoded::Bytes { .. } => Err(StoreError::Encode {
-                key: format!("file/{}/{}", file.job, file.index),
-                reason: "encoded by another store".into(),
-            }),
-        }
     }
 
     fn delete_job(&self, job: JobId) -> Result<(), StoreError> {

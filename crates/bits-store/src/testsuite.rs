@@ -188,6 +188,17 @@ pub(crate) fn store_suite(make: impl Fn() -> Box<dyn Store>) {
     ));
     assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
 
+    // A record encoded ahead of its write is stored as put_file would store it; a record of a
+    // file the job does not have is refused.
+    let mut f2 = b2.files[2].clone();
+    f2.filled.insert(7000, 7100);
+    let encoded = store.encode_file(b2.id, 2, &f2).unwrap();
+    store.put_encoded_file(encoded).unwrap();
+    b2.files[2] = f2.clone();
+    assert_eq!(store.load_all().unwrap(), vec![b2.clone(), grown.clone()]);
+    let beyond = store.encode_file(b2.id, 99, &f2).unwrap();
+    assert!(matches!(store.put_encoded_file(beyond), Err(StoreError::NotFound { index: 99, .. })));
+
     // put_new_files writes records the job does not count yet: invisible until its fields
     // carry the new count, then part of the job. More than one store write's worth.
     let many: Vec<JobFile> = (0..1100).map(|n| file(n, vec![])).collect();
