@@ -26,6 +26,8 @@ use crate::DiskError;
 pub(crate) struct Dir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Its inode number, for [`Dir::check_pinned`].
+    ino: u64,
 }
 
 impl Dir {
@@ -46,7 +48,8 @@ impl Dir {
             Err(Errno::NOSYS) => walk_no_symlinks(path)?,
             Err(e) => return Err(dir_error(path, e)),
         };
-        Ok(Dir { fd, path: path.to_path_buf() })
+        let ino = rustix::fs::fstat(&fd).map_err(|e| dir_error(path, e))?.st_ino;
+        Ok(Dir { fd, path: path.to_path_buf(), ino })
     }
 
     /// The directory holding `file`, and the file's name in it.
@@ -67,12 +70,35 @@ impl Dir {
     /// Fails unless this is the directory with inode number `ino` (when known; and where the
     /// file system keeps inode numbers).
     pub(crate) fn check_pinned(&self, ino: Option<u64>) -> Result<(), DiskError> {
-        let Some(ino) = ino else { return Ok(()) };
-        let stat = rustix::fs::fstat(self.fd()).map_err(|e| dir_error(&self.path, e))?;
-        if stat.st_ino == ino || !stable_inodes(self.fd()) {
+        match ino {
+            Some(ino) if !self.same_inode(self.ino, ino) => {
+                Err(DiskError::Redirected { path: self.path.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether inode number `found` (of a file in this directory, or of the directory) is
+    /// `expected`. FAT, exFAT, FUSE and SMB make numbers up whenever a file is looked up, so
+    /// after a remount (or a reboot) the same file has another one: there any number matches.
+    fn same_inode(&self, found: u64, expected: u64) -> bool {
+        found == expected || !stable_inodes(self.fd())
+    }
+
+    /// Fails with [`DiskError::NotOurs`] unless `stat` (of `path`, in this directory) is a
+    /// regular file and, when `made` is known, the temp file the job created: same owner and
+    /// same inode number.
+    pub(crate) fn check_made(
+        &self,
+        path: &Path,
+        stat: &rustix::fs::Stat,
+        made: Option<bits_core::TempId>,
+    ) -> Result<(), DiskError> {
+        let ours = made.is_none_or(|m| stat.st_uid == m.uid && self.same_inode(stat.st_ino, m.ino));
+        if is_regular(stat) && ours {
             return Ok(());
         }
-        Err(DiskError::Redirected { path: self.path.clone() })
+        Err(not_ours(path, stat, "another file replaced it"))
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -145,16 +171,18 @@ impl Dir {
     }
 }
 
-/// Whether `stat` is the temp file a job created (`made`): same owner, and same inode number
-/// where the file system keeps inode numbers (`fs`: any descriptor on it). FAT, exFAT, FUSE
-/// and SMB make numbers up whenever a file is looked up, so after a remount (or a reboot) a
-/// job's own file has another one: there the owner is all that can be compared.
-pub(crate) fn is_made(
-    fs: BorrowedFd<'_>,
-    stat: &rustix::fs::Stat,
-    made: bits_core::TempId,
-) -> bool {
-    stat.st_uid == made.uid && (stat.st_ino == made.ino || !stable_inodes(fs))
+pub(crate) fn is_regular(stat: &rustix::fs::Stat) -> bool {
+    rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
+}
+
+/// [`DiskError::NotOurs`] for `stat` at `path`: `why`, and whose it is.
+pub(crate) fn not_ours(path: &Path, stat: &rustix::fs::Stat, why: &str) -> DiskError {
+    let reason = if is_regular(stat) {
+        format!("{why}; it belongs to uid {}", stat.st_uid)
+    } else {
+        format!("{why}; it is not a regular file")
+    };
+    DiskError::NotOurs { path: path.to_path_buf(), reason }
 }
 
 fn stable_inodes(fs: BorrowedFd<'_>) -> bool {

@@ -64,7 +64,7 @@ pub struct Move<'a> {
     pub made: Option<TempId>,
     /// The directory AddFile resolved (its inode number), when known: see `Dir::of_pinned`.
     pub dir_ino: Option<u64>,
-    /// The temp file's `lstat` ([`stat_temp`]), when the caller took it just before (Complete
+    /// The temp file's `lstat` ([`Dirs::stat`]), when the caller took it just before (Complete
     /// checks every temp file is there): saves a second one per file of a job of many files.
     pub found: Option<Stat>,
 }
@@ -122,8 +122,9 @@ pub fn rename_all_into_place(moves: &[Move<'_>]) -> (usize, Option<DiskError>) {
 pub struct Dirs(Vec<Dir>);
 
 impl Dirs {
-    /// [`stat_temp`] with each directory opened once: Complete looks at every temp file of a
-    /// job of thousands first. `dir_ino`: the directory AddFile resolved, when known.
+    /// A temp file's `lstat`, reached without following a link (see `dir.rs`), each directory
+    /// opened once: Complete looks at every temp file of a job of thousands first. `dir_ino`: the
+    /// directory AddFile resolved, when known; `None` when the file is gone.
     pub fn stat(&mut self, temp: &Path, dir_ino: Option<u64>) -> Result<Option<Stat>, DiskError> {
         let (dir, name) = self.of(temp)?;
         dir.check_pinned(dir_ino)?;
@@ -182,7 +183,7 @@ fn ready(dirs: &mut Dirs, m: &Move<'_>) -> Result<Option<File>, DiskError> {
             dir.stat(name)?.ok_or_else(|| DiskError::NotFound { path: m.temp.to_path_buf() })?
         }
     };
-    check_made(dir, m.temp, &stat, m.made)?;
+    dir.check_made(m.temp, &stat, m.made)?;
     if times_settled(&stat, m.mtime) {
         return Ok(None);
     }
@@ -193,26 +194,11 @@ fn ready(dirs: &mut Dirs, m: &Move<'_>) -> Result<Option<File>, DiskError> {
     // The file opened is the one checked (not swapped in between).
     let now =
         rustix::fs::fstat(&file).map_err(|e| DiskError::from_io(m.temp, "inspect", e.into()))?;
-    check_made(dir, m.temp, &now, m.made.or(Some(TempId { ino: stat.st_ino, uid: stat.st_uid })))?;
+    dir.check_made(m.temp, &now, m.made.or(Some(TempId { ino: stat.st_ino, uid: stat.st_uid })))?;
     if let Some(time) = m.mtime {
         crate::part_file::set_times(&file, m.temp, time)?;
     }
     Ok(Some(file))
-}
-
-/// A regular file, and the one the job created when that is known.
-fn check_made(dir: &Dir, temp: &Path, stat: &Stat, made: Option<TempId>) -> Result<(), DiskError> {
-    let regular = FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile;
-    let same = made.is_none_or(|m| crate::dir::is_made(dir.fd(), stat, m));
-    if regular && same {
-        return Ok(());
-    }
-    let reason = if regular {
-        format!("another file replaced it; it belongs to uid {}", stat.st_uid)
-    } else {
-        "it is not a regular file".to_string()
-    };
-    Err(DiskError::NotOurs { path: temp.to_path_buf(), reason })
 }
 
 /// The temp file's times need no change: both, as a read since they were set may have moved the
@@ -242,13 +228,7 @@ pub fn temp_len(
         Err(e) => return Err(e),
     };
     let stat = dir.stat(name)?;
-    Ok(stat.filter(|s| check_made(&dir, temp, s, made).is_ok()).map(|s| s.st_size as u64))
-}
-
-/// The temp file's `lstat`, reached without following a link (see `dir.rs`); `None` if gone.
-pub fn stat_temp(temp: &Path) -> Result<Option<Stat>, DiskError> {
-    let (dir, name) = Dir::of(temp)?;
-    dir.stat(name)
+    Ok(stat.filter(|s| dir.check_made(temp, s, made).is_ok()).map(|s| s.st_size as u64))
 }
 
 /// fsyncs each distinct directory holding one of `dests`, once.
@@ -269,7 +249,7 @@ pub fn remove_temp(
     match dir.stat(name)? {
         None => Ok(()),
         Some(stat) => {
-            check_made(&dir, temp, &stat, made)?;
+            dir.check_made(temp, &stat, made)?;
             dir.unlink(name)
         }
     }
@@ -484,10 +464,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mtime = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 7);
         let temp = write_temp(dir.path(), ".t.part", b"small");
-        let before = stat_temp(&temp).unwrap().unwrap();
+        let before = Dirs::default().stat(&temp, None).unwrap().unwrap();
         let part = PartFile::reopen(&temp, None, None, uid()).unwrap().unwrap();
         part.sync_with_times(mtime).unwrap();
-        let after = stat_temp(&temp).unwrap().unwrap();
+        let after = Dirs::default().stat(&temp, None).unwrap().unwrap();
         assert!(times_settled(&after, Some(mtime)));
         assert!(!times_settled(&before, Some(mtime)), "did not use the metadata it was given");
         assert!(times_settled(&before, None), "no times to set");

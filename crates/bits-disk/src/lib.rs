@@ -17,11 +17,11 @@ pub use dir::resolve_destination;
 pub use error::DiskError;
 pub use finalize::{
     Dirs, Move, check_destination, check_destination_name, check_temp_writable, remove_temp,
-    rename_all_into_place, stat_temp, sync_parent_dirs, temp_len, temp_path_for,
+    rename_all_into_place, sync_parent_dirs, temp_len, temp_path_for,
 };
 pub use identity::{Identity, IdentityError};
 pub use part_file::PartFile;
-/// A file's `lstat`, as [`stat_temp`] returns it.
+/// A file's `lstat`, as [`Dirs::stat`] returns it.
 pub use rustix::fs::Stat;
 
 /// The umask of process `pid`, from `/proc/PID/status` (Linux 4.7+): the mode its own new files

@@ -11,7 +11,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::DiskError;
-use crate::dir::Dir;
+use crate::dir::{Dir, is_regular, not_ours};
 
 /// An open temp file. Writes go to the page cache; [`PartFile::sync`] makes them durable.
 #[derive(Debug)]
@@ -43,7 +43,9 @@ impl PartFile {
                 Ok(fd) => {
                     let file = File::from(fd);
                     set_mode(&file, path, mode)?;
-                    return PartFile::from_file(file, path);
+                    let stat = rustix::fs::fstat(&file)
+                        .map_err(|e| DiskError::from_io(path, "inspect", e.into()))?;
+                    return Ok(PartFile::new(file, path, &stat));
                 }
                 Err(Errno::EXIST) if !replaced => {
                     replaced = true;
@@ -83,22 +85,15 @@ impl PartFile {
         };
         let stat =
             rustix::fs::fstat(&fd).map_err(|e| DiskError::from_io(path, "inspect", e.into()))?;
-        let ours = match made {
-            Some(made) => crate::dir::is_made(dir.fd(), &stat, made),
-            None => stat.st_uid == creator(owner),
-        };
-        if !is_regular(&stat) || !ours {
-            return Err(not_ours(path, &stat, "another file replaced it"));
-        }
-        let file = File::from(fd);
-        PartFile::from_file(file, path).map(Some)
+        // A record from before `made` was kept: a regular file of the owner's.
+        let made = made.or(Some(TempId { ino: stat.st_ino, uid: creator(owner) }));
+        dir.check_made(path, &stat, made)?;
+        Ok(Some(PartFile::new(File::from(fd), path, &stat)))
     }
 
-    fn from_file(file: File, path: &Path) -> Result<PartFile, DiskError> {
-        let stat =
-            rustix::fs::fstat(&file).map_err(|e| DiskError::from_io(path, "inspect", e.into()))?;
+    fn new(file: File, path: &Path, stat: &rustix::fs::Stat) -> PartFile {
         let id = TempId { ino: stat.st_ino, uid: stat.st_uid };
-        Ok(PartFile { file, path: path.to_path_buf(), id })
+        PartFile { file, path: path.to_path_buf(), id }
     }
 
     /// Which file this is: what the job keeps so that only this file is ever reopened.
@@ -163,19 +158,6 @@ impl PartFile {
 /// daemon's own user.
 fn creator(owner: u32) -> u32 {
     if crate::Identity::switches_to(owner) { owner } else { rustix::process::geteuid().as_raw() }
-}
-
-fn is_regular(stat: &rustix::fs::Stat) -> bool {
-    rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
-}
-
-fn not_ours(path: &Path, stat: &rustix::fs::Stat, why: &str) -> DiskError {
-    let reason = if is_regular(stat) {
-        format!("{why}; it belongs to uid {}", stat.st_uid)
-    } else {
-        format!("{why}; it is not a regular file")
-    };
-    DiskError::NotOurs { path: path.to_path_buf(), reason }
 }
 
 /// Gives a new file exactly `mode`: the open applied the daemon's umask too, which may take away

@@ -283,36 +283,25 @@ mod tests {
         assert!(pipe.checkpoint(30).await.is_err());
     }
 
-    /// A cut our own next write would grow back to full length (the last bytes of the file,
-    /// here) is caught by the check before that write.
-    #[tokio::test]
-    async fn a_cut_hidden_by_the_next_write_is_caught() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut pipe, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
-        pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
-        assert_eq!(pipe.checkpoint(40).await.unwrap(), None);
-        assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(0, 40)));
-        std::fs::OpenOptions::new().write(true).open(part.path()).unwrap().set_len(10).unwrap();
-        pipe.push(40, Bytes::from(vec![2u8; 60])).await.unwrap();
-        assert_eq!(pipe.checkpoint(100).await.unwrap(), None);
-        let err = pipe.wait_sync().await.unwrap_err();
-        assert!(matches!(err, DiskError::Shrunk { len: 10, expected: 100, .. }), "{err:?}");
-    }
-
-    /// A temp file truncated under the pipeline (our later writes extending it again) is caught
-    /// before the span written after the cut is reported durable.
+    /// A temp file truncated under the pipeline is caught before the span written after the cut
+    /// is reported durable: when our next write leaves it short, and when that write reaches
+    /// the end and would grow it back to full length (caught by the check before the write).
     #[tokio::test]
     async fn a_truncated_file_stops_the_pipeline_before_its_span_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut pipe, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
-        pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
-        assert_eq!(pipe.checkpoint(40).await.unwrap(), None);
-        assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(0, 40)));
-        std::fs::OpenOptions::new().write(true).open(part.path()).unwrap().set_len(10).unwrap();
-        pipe.push(40, Bytes::from(vec![2u8; 20])).await.unwrap();
-        assert_eq!(pipe.checkpoint(60).await.unwrap(), None);
-        let err = pipe.wait_sync().await.unwrap_err();
-        assert!(matches!(err, DiskError::Shrunk { len: 10, expected: 100, .. }), "{err:?}");
-        assert!(pipe.is_poisoned());
+        for (written, upto) in [(20, 60), (60, 100)] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut pipe, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
+            pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
+            assert_eq!(pipe.checkpoint(40).await.unwrap(), None);
+            assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(0, 40)));
+            let cut = std::fs::OpenOptions::new().write(true).open(part.path()).unwrap();
+            cut.set_len(10).unwrap();
+            pipe.push(40, Bytes::from(vec![2u8; written])).await.unwrap();
+            assert_eq!(pipe.checkpoint(upto).await.unwrap(), None);
+            let err = pipe.wait_sync().await.unwrap_err();
+            let shrunk = matches!(err, DiskError::Shrunk { len: 10, expected: 100, .. });
+            assert!(shrunk, "writing up to {upto}: {err:?}");
+            assert!(pipe.is_poisoned());
+        }
     }
 }
