@@ -5,7 +5,7 @@
 //! controls. Had the path been followed as it stands at each operation, that user could swap a
 //! directory for a link to a root-only one and have root create, write and rename files there.
 //! So AddFile resolves the destination's directory once, following links as the caller
-//! ([`resolve_destination`]), and keeps the result; every later operation resolves that stored
+//! ([`resolve_dir`]), and keeps the result; every later operation resolves that stored
 //! path with `RESOLVE_NO_SYMLINKS` ([`Dir::open`]) and does all its work relative to the one
 //! directory descriptor it got. A path that gained a link since AddFile is refused, never
 //! followed, and nothing can change which directory an operation works in once it has started.
@@ -109,6 +109,10 @@ impl Dir {
         &self.path
     }
 
+    pub(crate) fn ino(&self) -> u64 {
+        self.ino
+    }
+
     /// `name`'s path, for messages.
     pub(crate) fn join(&self, name: &OsStr) -> PathBuf {
         self.path.join(name)
@@ -210,12 +214,18 @@ pub(crate) fn split(file: &Path) -> Result<(&Path, &OsStr), DiskError> {
     }
 }
 
-/// AddFile's one resolution of a destination: its directory with every symbolic link followed
-/// (as the calling thread's identity, so only links that identity can traverse), joined with the
-/// file name, and the directory's inode number. Later operations use the path, follow no link at
-/// all ([`Dir::open`]) and check they reached that directory ([`Dir::of_pinned`]).
-pub fn resolve_destination(dest: &Path) -> Result<(PathBuf, u64), DiskError> {
-    let (dir, name) = split(dest)?;
+/// AddFile's one resolution of a destination directory: `dir` with every symbolic link followed
+/// (as the calling thread's identity, so only links that identity can traverse), opened again by
+/// its resolved name with no link. Later operations use that name, follow no link at all
+/// ([`Dir::open`]) and check they reached this directory, by its inode number
+/// ([`Dir::of_pinned`]).
+pub(crate) fn resolve_dir(dir: &Path) -> Result<Dir, DiskError> {
+    if !dir.is_absolute() {
+        return Err(DiskError::InvalidPath {
+            path: dir.to_path_buf(),
+            reason: "the directory must be an absolute path",
+        });
+    }
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty())
         .map_err(|e| dir_error(dir, e))?;
@@ -229,15 +239,13 @@ pub fn resolve_destination(dest: &Path) -> Result<(PathBuf, u64), DiskError> {
         return Err(DiskError::NotFound { path: dir.to_path_buf() });
     }
     // The name leads, with no link, to the directory that was opened (not one moved in since).
-    let same =
-        |a: &rustix::fs::Stat, b: &rustix::fs::Stat| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino);
     let opened = rustix::fs::fstat(&fd).map_err(|e| dir_error(dir, e))?;
     let again = Dir::open(&resolved)?;
     let found = rustix::fs::fstat(again.fd()).map_err(|e| dir_error(&resolved, e))?;
-    if !same(&opened, &found) {
+    if (opened.st_dev, opened.st_ino) != (found.st_dev, found.st_ino) {
         return Err(DiskError::Redirected { path: dir.to_path_buf() });
     }
-    Ok((resolved.join(name), opened.st_ino))
+    Ok(again)
 }
 
 /// `Dir::open` without openat2: one `openat` per component, each with `O_NOFOLLOW`.
@@ -303,19 +311,19 @@ mod tests {
         let real = base.path().join("real");
         std::fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(&real, base.path().join("link")).unwrap();
-        let (resolved, ino) = resolve_destination(&base.path().join("link/f.iso")).unwrap();
-        let canonical = std::fs::canonicalize(&real).unwrap();
-        assert_eq!(resolved, canonical.join("f.iso"));
-        assert!(Dir::of_pinned(&resolved, Some(ino)).is_ok());
+        let dir = resolve_dir(&base.path().join("link")).unwrap();
+        assert_eq!(dir.path(), std::fs::canonicalize(&real).unwrap());
+        let resolved = dir.path().join("f.iso");
+        assert!(Dir::of_pinned(&resolved, Some(dir.ino())).is_ok());
         // Another directory renamed into the path (no link anywhere) is not the one resolved.
         std::fs::rename(&real, base.path().join("was-real")).unwrap();
         std::fs::create_dir(&real).unwrap();
-        let err = Dir::of_pinned(&resolved, Some(ino)).unwrap_err();
+        let err = Dir::of_pinned(&resolved, Some(dir.ino())).unwrap_err();
         assert!(matches!(err, DiskError::Redirected { .. }), "{err:?}");
         assert!(Dir::of_pinned(&resolved, None).is_ok(), "an old record pins nothing");
-        let err = resolve_destination(&base.path().join("missing/f")).unwrap_err();
+        let err = resolve_dir(&base.path().join("missing")).unwrap_err();
         assert!(matches!(err, DiskError::NotFound { .. }), "{err:?}");
-        assert!(resolve_destination(Path::new("relative/f")).is_err());
+        assert!(resolve_dir(Path::new("relative")).is_err());
     }
 
     #[test]

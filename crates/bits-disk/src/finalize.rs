@@ -2,6 +2,8 @@
 //! a destination when a file is added, moving the finished file into place atomically and
 //! durably, and cleaning up a cancelled one.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -267,7 +269,8 @@ pub fn check_temp_writable(temp: &Path, dir_ino: Option<u64>) -> Result<(), Disk
     }
 }
 
-/// The part of [`check_destination`] that needs no file system: an absolute path naming a file.
+/// The part of [`resolve_destinations`] that needs no file system: an absolute path naming a
+/// file.
 pub fn check_destination_name(dest: &Path) -> Result<(), DiskError> {
     let invalid = |reason| Err(DiskError::InvalidPath { path: dest.to_path_buf(), reason });
     if !dest.is_absolute() {
@@ -279,21 +282,40 @@ pub fn check_destination_name(dest: &Path) -> Result<(), DiskError> {
     Ok(())
 }
 
-/// Checks, when a file is added, that `dest` can be written later: it is absolute and names a
-/// file (not a directory), its parent exists and is a directory, and this process may create
-/// files there. A missing or non-directory parent is [`DiskError::NotFound`] (naming the parent).
-/// `dest` is AddFile's resolved destination ([`crate::resolve_destination`]), so its directory
-/// is opened as every later operation will open it: following no link.
-pub fn check_destination(dest: &Path) -> Result<(), DiskError> {
-    check_destination_name(dest)?;
-    let invalid = |reason| Err(DiskError::InvalidPath { path: dest.to_path_buf(), reason });
-    let (dir, name) = Dir::of(dest)?;
-    if dir.stat(name)?.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory) {
-        return invalid("the destination is an existing directory");
+/// AddFile's checks and resolution of its destinations, in order: each is absolute and names a
+/// file (not an existing directory), its directory exists, and the calling thread's identity (a
+/// job's owner, see `Identity::run`) may create files there. A missing or non-directory parent
+/// is [`DiskError::NotFound`] (naming it). Returns each destination with its directory's links
+/// resolved, and that directory's inode number, which later operations check (see `dir.rs`).
+/// Each directory is resolved and checked once, however many files go into it.
+pub fn resolve_destinations(dests: &[PathBuf]) -> Result<Vec<(PathBuf, u64)>, DiskError> {
+    let mut dirs: HashMap<&Path, Dir> = HashMap::new();
+    let mut resolved = Vec::with_capacity(dests.len());
+    for dest in dests {
+        check_destination_name(dest)?;
+        let (given, name) = split(dest)?;
+        let dir = match dirs.entry(given) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(new) => {
+                let dir = crate::dir::resolve_dir(given)?;
+                // AT_EACCESS: as the file-system identity this thread runs as, not the daemon's
+                // real uid as plain access(2) would.
+                dir.check_writable()?;
+                new.insert(dir)
+            }
+        };
+        if dir
+            .stat(name)?
+            .is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory)
+        {
+            return Err(DiskError::InvalidPath {
+                path: dest.clone(),
+                reason: "the destination is an existing directory",
+            });
+        }
+        resolved.push((dir.path().join(name), dir.ino()));
     }
-    // AT_EACCESS: checked with the file-system identity this thread runs as (a job's owner, see
-    // `Identity::run`), not the daemon's real uid as plain access(2) would.
-    dir.check_writable()
+    Ok(resolved)
 }
 
 #[cfg(test)]
@@ -306,6 +328,11 @@ mod tests {
 
     fn uid() -> u32 {
         rustix::process::geteuid().as_raw()
+    }
+
+    /// AddFile's checks of one destination.
+    fn check_destination(dest: &Path) -> Result<(), DiskError> {
+        resolve_destinations(&[dest.to_path_buf()]).map(drop)
     }
 
     #[test]

@@ -13,11 +13,10 @@ mod finalize;
 mod identity;
 mod part_file;
 
-pub use dir::resolve_destination;
 pub use error::DiskError;
 pub use finalize::{
-    Dirs, Move, check_destination, check_destination_name, check_temp_writable, remove_temp,
-    rename_all_into_place, sync_parent_dirs, temp_len, temp_path_for,
+    Dirs, Move, check_destination_name, check_temp_writable, remove_temp, rename_all_into_place,
+    resolve_destinations, sync_parent_dirs, temp_len, temp_path_for,
 };
 pub use identity::{Identity, IdentityError};
 pub use part_file::PartFile;

@@ -87,27 +87,7 @@ impl Manager {
         // symbolic links are followed this once, as the owner; the job keeps the resolved path
         // and never follows a link again (see bits-disk's dir.rs).
         let resolved = run_as(self.owner_identity(owner_uid), move || {
-            // Per directory given: the directory resolved, and its inode number.
-            let mut dirs: HashMap<PathBuf, (PathBuf, u64)> = HashMap::new();
-            let mut resolved = Vec::with_capacity(dests.len());
-            for dest in &dests {
-                bits_disk::check_destination_name(dest).map_err(disk_error)?;
-                let known = dest.parent().and_then(|dir| dirs.get(dir));
-                let (dest, ino) = match (known, dest.file_name()) {
-                    (Some((real_dir, ino)), Some(name)) => (real_dir.join(name), *ino),
-                    _ => {
-                        let (real, ino) =
-                            bits_disk::resolve_destination(dest).map_err(disk_error)?;
-                        if let (Some(dir), Some(real_dir)) = (dest.parent(), real.parent()) {
-                            dirs.insert(dir.to_path_buf(), (real_dir.to_path_buf(), ino));
-                        }
-                        (real, ino)
-                    }
-                };
-                bits_disk::check_destination(&dest).map_err(disk_error)?;
-                resolved.push((dest, ino));
-            }
-            Ok(resolved)
+            bits_disk::resolve_destinations(&dests).map_err(disk_error)
         })
         .await?;
         let (resolved, dir_inos): (Vec<PathBuf>, Vec<u64>) = resolved.into_iter().unzip();
