@@ -60,13 +60,18 @@ pub(crate) async fn run_as<T: Send + 'static>(
     owner: Identity,
     work: impl FnOnce() -> Result<T, BitsError> + Send + 'static,
 ) -> Result<T, BitsError> {
-    crate::manager::run_blocking(move || {
-        owner.run(work).map_err(|e| {
-            tracing::error!(error = %e, "cannot act as a job's owner");
-            BitsError::new(Code::E_ACCESSDENIED, e.to_string())
-        })?
-    })
-    .await
+    crate::manager::run_blocking(move || as_owner(&owner, work)).await
+}
+
+/// Runs `work` on this (blocking) thread with the file-system credentials of `owner`.
+pub(crate) fn as_owner<T>(
+    owner: &Identity,
+    work: impl FnOnce() -> Result<T, BitsError>,
+) -> Result<T, BitsError> {
+    owner.run(work).map_err(|e| {
+        tracing::error!(error = %e, "cannot act as a job's owner");
+        BitsError::new(Code::E_ACCESSDENIED, e.to_string())
+    })?
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use bits_core::{
     validate_static_ranges,
 };
 
-use crate::access::run_as;
+use crate::access::as_owner;
 use crate::manager::{
     Caller, Entry, Manager, Table, disk_error, lookup_mut, lookup_mut_check, run_blocking,
     store_error,
@@ -86,8 +86,14 @@ impl Manager {
         // the daemon runs as. (An ownership change meanwhile is refused below.) Each directory's
         // symbolic links are followed this once, as the owner; the job keeps the resolved path
         // and never follows a link again (see bits-disk's dir.rs).
-        let resolved = run_as(self.owner_identity(owner_uid), move || {
-            bits_disk::resolve_destinations(&dests).map_err(disk_error)
+        let owner = self.owner_identity(owner_uid);
+        let (resolved, mode) = run_blocking(move || {
+            // The caller's umask, from /proc: as the daemon, which may see processes the owner
+            // may not (an administrator's, under hidepid).
+            let mode = caller.file_mode();
+            let resolved =
+                as_owner(&owner, || bits_disk::resolve_destinations(&dests).map_err(disk_error))?;
+            Ok((resolved, mode))
         })
         .await?;
         let (resolved, dir_inos): (Vec<PathBuf>, Vec<u64>) = resolved.into_iter().unzip();
@@ -105,7 +111,6 @@ impl Manager {
             .zip(resolved)
             .map(|(file, local_path)| NewFile { local_path, ..file })
             .collect();
-        let mode = caller.file_mode();
 
         // One add at a time per job (see `Entry::adding`).
         let adding = lookup_mut_check(&self.table(), caller, id)?.adding.clone();
