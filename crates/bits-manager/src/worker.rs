@@ -378,46 +378,40 @@ async fn transfer_file(
     stop: &CancellationToken,
     repick: &Notify,
 ) -> Result<Fetched, Halt> {
-    let (mut restarts, mut losses) = (0, 0);
+    // Restarts from zero, counted apart: the server's file changed, or our temp file shrank.
+    let (mut changes, mut losses) = (0, 0);
     loop {
-        match transfer_file_once(manager, id, index, stop, repick).await {
-            Err(Halt::Changed) => {
-                restarts += 1;
-                tracing::info!(job = %id, index, "remote file changed; restarting it from zero");
-                reset_file(manager, id, index).await?;
-                if restarts > MAX_RESTARTS {
-                    return Err(Halt::Failed {
-                        error: job_error(
-                            ErrorContext::RemoteFile,
-                            Code::BG_E_REMOTE_FILE_CHANGED,
-                            format!("the remote file changed {restarts} times during the transfer"),
-                            index,
-                        ),
-                        transient: true,
-                        retry_after: None,
-                    });
+        let (count, context, code, what) =
+            match transfer_file_once(manager, id, index, stop, repick).await {
+                Err(Halt::Changed) => {
+                    changes += 1;
+                    (
+                        changes,
+                        ErrorContext::RemoteFile,
+                        Code::BG_E_REMOTE_FILE_CHANGED,
+                        "the remote file changed",
+                    )
                 }
-            }
-            Err(Halt::Lost) => {
-                losses += 1;
-                tracing::warn!(job = %id, index, "temp file truncated under the download; restarting it from zero");
-                reset_file(manager, id, index).await?;
-                if losses > MAX_RESTARTS {
-                    return Err(Halt::Failed {
-                        error: job_error(
-                            ErrorContext::LocalFile,
-                            Code::E_FAIL,
-                            format!(
-                                "the temp file was truncated {losses} times during the transfer"
-                            ),
-                            index,
-                        ),
-                        transient: true,
-                        retry_after: None,
-                    });
+                Err(Halt::Lost) => {
+                    losses += 1;
+                    (
+                        losses,
+                        ErrorContext::LocalFile,
+                        Code::E_FAIL,
+                        "the temp file was truncated under the download",
+                    )
                 }
-            }
-            other => return other,
+                other => return other,
+            };
+        tracing::warn!(job = %id, index, "{what}; restarting the file from zero");
+        reset_file(manager, id, index).await?;
+        if count > MAX_RESTARTS {
+            let message = format!("{what} {count} times during the transfer");
+            return Err(Halt::Failed {
+                error: job_error(context, code, message, index),
+                transient: true,
+                retry_after: None,
+            });
         }
     }
 }
