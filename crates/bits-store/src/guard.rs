@@ -12,12 +12,13 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::StoreError;
+use crate::number_file::{self, NumberFile};
 
 pub(crate) const FILE_NAME: &str = "jobs.count";
 
 pub(crate) struct JobCountGuard {
     /// The count file, kept open.
-    file: std::fs::File,
+    file: NumberFile,
     state: Mutex<Counts>,
 }
 
@@ -30,17 +31,7 @@ struct Counts {
 
 /// The recorded count; 0 without a (readable) file: a new store, or one from before the guard.
 pub(crate) fn recorded(dir: &Path) -> Result<u64, StoreError> {
-    let path = dir.join(FILE_NAME);
-    match std::fs::read_to_string(&path) {
-        // A torn write (the count is overwritten in place) only weakens the check: say so and
-        // trust what is stored.
-        Ok(text) => Ok(text.trim().parse::<u64>().unwrap_or_else(|_| {
-            tracing::warn!(path = %path.display(), "unreadable job count; not checking for lost jobs this time");
-            0
-        })),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(StoreError::io("read the stored job count", e)),
-    }
+    number_file::read(dir, FILE_NAME, "job count")
 }
 
 /// Refuses an engine holding fewer jobs than the recorded count. Reads only.
@@ -65,13 +56,7 @@ impl JobCountGuard {
         stored: u64,
     ) -> Result<JobCountGuard, StoreError> {
         check(dir, db_path, stored)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(FILE_NAME))
-            .map_err(|e| StoreError::io("open the job count", e))?;
+        let file = NumberFile::open(dir, FILE_NAME)?;
         let guard =
             JobCountGuard { file, state: Mutex::new(Counts { recorded: stored, pending: 0 }) };
         guard.write(stored, false)?;
@@ -125,17 +110,10 @@ impl JobCountGuard {
         Ok(())
     }
 
-    /// Overwrites the count in place at a fixed width (one small write, no rename: creating jobs
-    /// must stay cheap); `sync` makes it durable before returning, as a delete needs.
+    /// Overwrites the count (creating jobs must stay cheap: see `number_file.rs`); `sync` makes
+    /// it durable before returning, as a delete needs.
     fn write(&self, value: u64, sync: bool) -> Result<(), StoreError> {
-        use std::os::unix::fs::FileExt;
-        self.file
-            .write_all_at(format!("{value:020}\n").as_bytes(), 0)
-            .map_err(|e| StoreError::io("write the job count", e))?;
-        if sync {
-            self.file.sync_data().map_err(|e| StoreError::io("sync the job count", e))?;
-        }
-        Ok(())
+        self.file.write(value, sync)
     }
 }
 

@@ -14,6 +14,7 @@ mod guard;
 mod keys;
 mod mark;
 mod mem_store;
+mod number_file;
 mod sled_store;
 #[cfg(test)]
 mod testsuite;

@@ -16,21 +16,13 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::StoreError;
+use crate::number_file::{self, NumberFile};
 
 pub(crate) const FILE_NAME: &str = "acked.seq";
 
 /// The recorded mark; 0 without a (readable) file: a new store, or one from before the mark.
 pub(crate) fn read(dir: &Path) -> Result<u64, StoreError> {
-    let path = dir.join(FILE_NAME);
-    match std::fs::read_to_string(&path) {
-        // Overwritten in place, so a torn write is possible: it only weakens the check.
-        Ok(text) => Ok(text.trim().parse::<u64>().unwrap_or_else(|_| {
-            tracing::warn!(path = %path.display(), "unreadable acknowledged-change mark; not checking for lost changes this time");
-            0
-        })),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(StoreError::io("read the acknowledged-change mark", e)),
-    }
+    number_file::read(dir, FILE_NAME, "acknowledged-change mark")
 }
 
 /// Refuses an engine whose newest write (`found`) is older than the mark. Reads only.
@@ -44,7 +36,7 @@ pub(crate) fn check(dir: &Path, db_path: &Path, found: u64) -> Result<u64, Store
 
 /// The mark file, kept open, and the value in it.
 pub(crate) struct AckMark {
-    file: std::fs::File,
+    file: NumberFile,
     recorded: Mutex<u64>,
 }
 
@@ -53,13 +45,7 @@ impl AckMark {
     /// created with 0, not with the number found: what was found may sit in the page cache only,
     /// and the first flush raises the mark anyway.
     pub(crate) fn open(dir: &Path, recorded: u64) -> Result<AckMark, StoreError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(dir.join(FILE_NAME))
-            .map_err(|e| StoreError::io("open the acknowledged-change mark", e))?;
+        let file = NumberFile::open(dir, FILE_NAME)?;
         let mark = AckMark { file, recorded: Mutex::new(recorded) };
         mark.write(recorded)?;
         Ok(mark)
@@ -80,11 +66,8 @@ impl AckMark {
         *self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// One small write in place at a fixed width (no rename, no sync: see the module docs).
+    /// Not synced: see the module docs.
     fn write(&self, value: u64) -> Result<(), StoreError> {
-        use std::os::unix::fs::FileExt;
-        self.file
-            .write_all_at(format!("{value:020}\n").as_bytes(), 0)
-            .map_err(|e| StoreError::io("write the acknowledged-change mark", e))
+        self.file.write(value, false)
     }
 }
