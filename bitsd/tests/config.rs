@@ -141,51 +141,32 @@ fn check_config_rejects_a_bad_file_naming_line_and_key() {
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     }
 
-    // A token file others may read.
-    let loose = token_file(dir.path(), "t");
+    // A token file others may read, and a private one of another user (its owner could write
+    // the token of their choice): refused, naming the file and why.
+    let loose = write(&dir.path().join("loose.token"), "t\n");
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let config = write(
-        &dir.path().join("loose.toml"),
-        &format!(
-            "[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = {:?}\nuid = {}\n",
-            loose.display().to_string(),
-            tcp_uid()
-        ),
-    );
-    let out = check_config(dir.path(), &config);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(
-        stderr.starts_with(&format!(
-            "{}:3: tcp.token_file: {} is readable or writable by group or others (mode 0644)",
-            config.display(),
-            loose.display()
-        )),
-        "{stderr}"
-    );
-
-    // A private token file of another user: its owner could write the token of their choice.
-    let theirs = token_file(dir.path(), "t");
+    let theirs = write(&dir.path().join("theirs.token"), "t\n");
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
-    let config = write(
-        &dir.path().join("theirs.toml"),
-        &format!(
-            "[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = {:?}\nuid = {}\n",
-            theirs.display().to_string(),
-            tcp_uid()
-        ),
-    );
-    let out = check_config(dir.path(), &config);
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(
-        stderr.starts_with(&format!(
-            "{}:3: tcp.token_file: {} belongs to uid 65534, not to the daemon's uid 0",
-            config.display(),
-            theirs.display()
-        )),
-        "{stderr}"
-    );
+    let cases = [
+        (&loose, "is readable or writable by group or others (mode 0644)"),
+        (&theirs, "belongs to uid 65534, not to the daemon's uid 0"),
+    ];
+    for (i, (token, why)) in cases.into_iter().enumerate() {
+        let config = write(
+            &dir.path().join(format!("token{i}.toml")),
+            &format!(
+                "[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = {:?}\nuid = {}\n",
+                token.display().to_string(),
+                tcp_uid()
+            ),
+        );
+        let out = check_config(dir.path(), &config);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+        let expected = format!("{}:3: tcp.token_file: {} {why}", config.display(), token.display());
+        assert!(stderr.starts_with(&expected), "{stderr}");
+    }
 
     // A --config file that is not there.
     let missing = dir.path().join("missing.toml");
