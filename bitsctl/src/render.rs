@@ -437,6 +437,7 @@ mod tests {
             connections_per_file: 1,
             files_at_once: 1,
             has_custom_headers: true,
+            notify_cmd_line: vec![],
         };
         let file = FileInfo {
             index: 0,
@@ -448,6 +449,8 @@ mod tests {
             last_modified: None,
             temp_path: PathBuf::from("/tmp/.f.part"),
             progress: FileProgress { bytes_total: None, bytes_transferred: 42, completed: false },
+            expected_sha256: None,
+            actual_sha256: None,
         };
         (job, vec![file])
     }

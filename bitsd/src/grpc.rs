@@ -104,6 +104,15 @@ fn reply<T>(result: Result<T, BitsError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| to_status(&e))
 }
 
+/// Until the manager verifies checksums, a file given one is refused rather than silently
+/// downloaded unchecked.
+fn no_checksums_yet(given: bool) -> Result<(), Status> {
+    if given {
+        return Err(to_status(&BitsError::new(Code::E_NOTIMPL, "sha256 is not implemented yet")));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl v1::bits_server::Bits for BitsService {
     async fn create_job(
@@ -150,6 +159,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::AddFileRequest>,
     ) -> Result<Response<v1::AddFileReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        no_checksums_yet(req.sha256.is_some())?;
         reply(
             self.manager
                 .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), None)
@@ -163,6 +173,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::AddFileWithRangesRequest>,
     ) -> Result<Response<v1::AddFileReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        no_checksums_yet(req.sha256.is_some())?;
         let ranges = convert::ranges_from_wire(&req.ranges);
         reply(
             self.manager
@@ -392,6 +403,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::AddFileSetRequest>,
     ) -> Result<Response<v1::AddFileSetReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        no_checksums_yet(req.files.iter().any(|f| f.sha256.is_some()))?;
         let files = req
             .files
             .into_iter()
@@ -469,6 +481,14 @@ impl v1::bits_server::Bits for BitsService {
                 .await
                 .map(convert::status_reply),
         )
+    }
+
+    async fn set_notify_cmd_line(
+        &self,
+        request: Request<v1::SetNotifyCmdLineRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        let (_caller, _id, _req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(Err(BitsError::new(Code::E_NOTIMPL, "SetNotifyCmdLine is not implemented yet")))
     }
 
     async fn take_ownership(

@@ -231,6 +231,7 @@ impl Client {
                 job_id: job.to_string(),
                 remote_url: url.to_string(),
                 local_path: path_str(local_path, "local path")?.to_string(),
+                sha256: None,
             })
             .await?
             .into_inner();
@@ -253,6 +254,7 @@ impl Client {
                 remote_url: url.to_string(),
                 local_path: path_str(local_path, "local path")?.to_string(),
                 ranges: convert::ranges_to_wire(ranges),
+                sha256: None,
             })
             .await?
             .into_inner();
@@ -444,15 +446,73 @@ impl Client {
         job: JobId,
         files: &[(&str, &Path)],
     ) -> Result<Vec<u32>, ClientError> {
+        let files: Vec<NewFile<'_>> = files
+            .iter()
+            .map(|&(url, local_path)| NewFile { url, local_path, sha256: None })
+            .collect();
+        self.add_files(job, &files).await
+    }
+
+    /// AddFileSet with the bitsd extras per file (an expected SHA-256). All or nothing; returns
+    /// the new files' indexes.
+    pub async fn add_files(
+        &self,
+        job: JobId,
+        files: &[NewFile<'_>],
+    ) -> Result<Vec<u32>, ClientError> {
         let mut specs = Vec::with_capacity(files.len());
-        for (url, path) in files {
+        for file in files {
             specs.push(v1::FileSpec {
-                remote_url: url.to_string(),
-                local_path: path_str(path, "local path")?.to_string(),
+                remote_url: file.url.to_string(),
+                local_path: path_str(file.local_path, "local path")?.to_string(),
+                sha256: file.sha256.map(str::to_string),
             });
         }
         let req = v1::AddFileSetRequest { job_id: job.to_string(), files: specs };
         Ok(self.inner.clone().add_file_set(req).await?.into_inner().file_indexes)
+    }
+
+    /// AddFile (or AddFileWithRanges when `ranges` is not empty) with an expected SHA-256 of the
+    /// local file; returns the new file's index.
+    pub async fn add_file_checked(
+        &self,
+        job: JobId,
+        url: &str,
+        local_path: &Path,
+        ranges: &[ByteRange],
+        sha256: Option<&str>,
+    ) -> Result<u32, ClientError> {
+        let job_id = job.to_string();
+        let remote_url = url.to_string();
+        let local_path = path_str(local_path, "local path")?.to_string();
+        let sha256 = sha256.map(str::to_string);
+        let mut inner = self.inner.clone();
+        let reply = if ranges.is_empty() {
+            let req = v1::AddFileRequest { job_id, remote_url, local_path, sha256 };
+            inner.add_file(req).await?
+        } else {
+            let ranges = convert::ranges_to_wire(ranges);
+            let req =
+                v1::AddFileWithRangesRequest { job_id, remote_url, local_path, ranges, sha256 };
+            inner.add_file_with_ranges(req).await?
+        };
+        Ok(reply.into_inner().file_index)
+    }
+
+    /// SetNotifyCmdLine: `program` (an absolute path) and its arguments run when the job reaches
+    /// TRANSFERRED or ERROR; `None` with no arguments removes it.
+    pub async fn set_notify_cmd_line(
+        &self,
+        job: JobId,
+        program: Option<&str>,
+        arguments: &[String],
+    ) -> Result<Code, ClientError> {
+        let req = v1::SetNotifyCmdLineRequest {
+            job_id: job.to_string(),
+            program: program.map(str::to_string),
+            arguments: arguments.to_vec(),
+        };
+        status_code(self.inner.clone().set_notify_cmd_line(req).await?.into_inner())
     }
 
     pub async fn set_remote_name(
@@ -553,6 +613,15 @@ impl tokio_stream::Stream for EventStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         std::pin::Pin::new(&mut self.inner).poll_next(cx).map(|item| item.map(event_from_wire))
     }
+}
+
+/// One file of [`Client::add_files`].
+#[derive(Clone, Copy, Debug)]
+pub struct NewFile<'a> {
+    pub url: &'a str,
+    pub local_path: &'a Path,
+    /// The expected SHA-256 of the local file, 64 hex digits.
+    pub sha256: Option<&'a str>,
 }
 
 /// A value for [`Client::set_property`] (BITS_JOB_PROPERTY_VALUE).

@@ -295,6 +295,13 @@ impl Bits for Fake {
         Err(Status::unimplemented("take_ownership"))
     }
 
+    async fn set_notify_cmd_line(
+        &self,
+        _: Request<v1::SetNotifyCmdLineRequest>,
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        Err(Status::unimplemented("set_notify_cmd_line"))
+    }
+
     async fn watch_job(
         &self,
         _: Request<v1::WatchJobRequest>,

@@ -53,6 +53,8 @@ pub struct JobInfo {
     pub files_at_once: u32,
     /// Whether the job has custom headers (write-only: their text is never returned).
     pub has_custom_headers: bool,
+    /// SetNotifyCmdLine: the program then its arguments; empty when none is set.
+    pub notify_cmd_line: Vec<String>,
 }
 
 /// A file of a job as a client sees it (the `File` message in bits-core types).
@@ -69,6 +71,10 @@ pub struct FileInfo {
     pub last_modified: Option<String>,
     pub temp_path: PathBuf,
     pub progress: FileProgress,
+    /// The SHA-256 given at AddFile (lowercase hex), if any.
+    pub expected_sha256: Option<String>,
+    /// The SHA-256 of the local file as computed from disk (lowercase hex), once known.
+    pub actual_sha256: Option<String>,
 }
 
 fn invalid(message: String) -> BitsError {
@@ -377,6 +383,7 @@ pub fn job_to_wire(job: &Job) -> v1::Job {
         connections_per_file: job.connections_per_file,
         files_at_once: job.files_at_once,
         has_custom_headers: job.custom_headers.is_some(),
+        notify_cmd_line: Vec::new(),
     }
 }
 
@@ -417,6 +424,7 @@ pub fn job_from_wire(job: &v1::Job) -> Result<JobInfo, BitsError> {
         connections_per_file: job.connections_per_file,
         files_at_once: job.files_at_once,
         has_custom_headers: job.has_custom_headers,
+        notify_cmd_line: job.notify_cmd_line.clone(),
     })
 }
 
@@ -436,6 +444,8 @@ pub fn file_to_wire(index: u32, file: &JobFile) -> v1::File {
             bytes_transferred: file.bytes_transferred(),
             completed: file.completed,
         }),
+        expected_sha256: None,
+        actual_sha256: None,
     }
 }
 
@@ -461,6 +471,8 @@ pub fn file_from_wire(file: &v1::File) -> Result<FileInfo, BitsError> {
             .as_ref()
             .map(file_progress_from_wire)
             .ok_or_else(|| missing("File.progress"))?,
+        expected_sha256: file.expected_sha256.clone(),
+        actual_sha256: file.actual_sha256.clone(),
     })
 }
 
