@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bits_client::{FileInfo, JobInfo};
 use bits_core::{ByteRange, Code, JobError, JobType, Progress};
@@ -227,6 +227,23 @@ pub fn human_bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `12.3 MiB/s`-style rate from bytes per second (negative or not finite reads as 0).
+pub fn human_rate(bytes_per_sec: f64) -> String {
+    let rate = if bytes_per_sec.is_finite() && bytes_per_sec > 0.0 { bytes_per_sec } else { 0.0 };
+    format!("{}/s", human_bytes(rate as u64))
+}
+
+/// `45s`, `3m05s`, `2h07m`, `3d04h`: a duration at the precision a person reads at a glance.
+pub fn human_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        3600..86400 => format!("{}h{:02}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d{:02}h", secs / 86400, secs % 86400 / 3600),
+    }
 }
 
 /// `BG_E_HTTP_ERROR_404 (0x80190194): description [REMOTE_FILE, file 0]`.
@@ -534,5 +551,12 @@ mod tests {
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(10 * 1024 * 1024), "10.0 MiB");
         assert_eq!(bytes_fraction(1, Some(2)), "1/2");
+        assert_eq!(human_rate(1536.0), "1.5 KiB/s");
+        assert_eq!(human_rate(f64::NAN), "0 B/s");
+        assert_eq!(human_rate(-5.0), "0 B/s");
+        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(human_duration(Duration::from_secs(185)), "3m05s");
+        assert_eq!(human_duration(Duration::from_secs(7620)), "2h07m");
+        assert_eq!(human_duration(Duration::from_secs(273_600)), "3d04h");
     }
 }
