@@ -198,7 +198,7 @@ async fn a_directory_the_owner_cannot_write_is_refused_at_add_file() {
 }
 
 fn root() -> User {
-    User { name: "root".into(), uid: 0, gid: 0 }
+    User::system("root", 0, 0)
 }
 
 /// `user` creates a symlink `at` → `target`, as that user could.
@@ -291,7 +291,7 @@ async fn the_system_socket_is_open_to_all_and_the_data_dir_to_none() {
     assert_eq!(mode(&s.daemon.socket()), 0o666, "authorisation is by peer uid, not file mode");
     assert_eq!(mode(&s.daemon.data_dir()), 0o700);
     // Any local user can connect (nobody has no jobs, but is served).
-    let nobody = User { name: "nobody".into(), uid: 65534, gid: 65534 };
+    let nobody = User::system("nobody", 65534, 65534);
     assert_eq!(s.ctl(&nobody, &["--json", "list"]).await.success().stdout.trim(), "[]");
 }
 
@@ -328,7 +328,7 @@ async fn members_of_the_admin_group_are_administrators() {
     let carol = ensure_user("bitsd-e2e-carol");
     let bob = ensure_user("bitsd-e2e-bob");
     let alice = ensure_user("bitsd-e2e-alice");
-    bits_tests::users::ensure_group_with("bitsd-e2e-admins", &[&carol]);
+    let _admins = bits_tests::users::ensure_group_with("bitsd-e2e-admins", &[&carol]);
     let conf_dir = tempfile::tempdir().unwrap();
     let conf = conf_dir.path().join("bitsd.toml");
     std::fs::write(&conf, "[access]\nadmin_uids = [0]\nadmin_group = \"bitsd-e2e-admins\"\n")

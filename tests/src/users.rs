@@ -1,52 +1,131 @@
-//! Unprivileged local users for the ownership tests: created once per machine with `useradd`
-//! (the tests run as root, as in CI), and `bitsctl` run as them with `setpriv`, so the daemon
-//! sees their uid in the socket's peer credentials exactly as it would for a real user.
+//! Unprivileged local users for the ownership tests: created with `useradd` when a test first
+//! needs them (the tests run as root, as in CI) and removed with `userdel` when the last test
+//! holding them ends, and `bitsctl` run as them with `setpriv`, so the daemon sees their uid in
+//! the socket's peer credentials exactly as it would for a real user.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::daemon::{CtlOutput, TestDaemon, capture};
 
-/// A local user: name, uid and primary gid.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A local user: name, uid and primary gid. The account exists while any clone of a `User`
+/// from [`ensure_user`] is alive.
+#[derive(Clone, Debug)]
 pub struct User {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
+    /// `None` for a system account the tests did not create (root, nobody).
+    _lease: Option<Arc<Lease>>,
 }
 
-/// useradd edits /etc/passwd under a lock; tests running in parallel take turns.
-static USERADD: Mutex<()> = Mutex::new(());
+impl User {
+    /// A system account that exists anyway (root, nobody): never created nor removed here.
+    pub fn system(name: &str, uid: u32, gid: u32) -> User {
+        User { name: name.to_string(), uid, gid, _lease: None }
+    }
+}
+
+impl PartialEq for User {
+    fn eq(&self, other: &User) -> bool {
+        (&self.name, self.uid, self.gid) == (&other.name, other.uid, other.gid)
+    }
+}
+
+impl Eq for User {}
+
+/// useradd and userdel edit /etc/passwd under a lock; tests running in parallel take turns. The
+/// map holds the account or group each live lease stands for, so that tests running at once share
+/// one account and the last to end removes it.
+static ACCOUNTS: Mutex<BTreeMap<(Kind, String), Weak<Lease>>> = Mutex::new(BTreeMap::new());
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    User,
+    Group,
+}
+
+/// Removes its account (userdel, which also removes the user's own group) or group (groupdel)
+/// when the last test holding it ends, unless a test took a new lease on the name meanwhile.
+#[derive(Debug)]
+struct Lease {
+    kind: Kind,
+    name: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut map = ACCOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (self.kind, self.name.clone());
+        if map.get(&key).is_some_and(|lease| lease.strong_count() > 0) {
+            return; // a test took the name again between our last drop and this lock
+        }
+        map.remove(&key);
+        let tool = match self.kind {
+            Kind::User => "userdel",
+            Kind::Group => "groupdel",
+        };
+        // Best effort: a failure leaves an account behind, which the next run reuses.
+        let _ =
+            Command::new(tool).arg(&self.name).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// The live lease on `name`, or a new one after `create` (run under the lock).
+fn lease(kind: Kind, name: &str, create: impl FnOnce()) -> Arc<Lease> {
+    let mut map = ACCOUNTS.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (kind, name.to_string());
+    if let Some(lease) = map.get(&key).and_then(Weak::upgrade) {
+        return lease;
+    }
+    create();
+    let lease = Arc::new(Lease { kind, name: name.to_string() });
+    map.insert(key, Arc::downgrade(&lease));
+    lease
+}
 
 /// Whether this process may create users and switch to them.
 pub fn can_switch_users() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The user `name`, created (no home directory, no login shell, a group of its own) if missing.
+/// The user `name`, created (no home directory, no login shell, a group of its own) if missing;
+/// removed again when the last clone of every `User` of that name is dropped.
 pub fn ensure_user(name: &str) -> User {
-    let _turn = USERADD.lock().unwrap_or_else(|p| p.into_inner());
-    if lookup(name).is_none() {
-        let status = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name])
-            .stdout(Stdio::null())
-            .status()
-            .expect("useradd (passwd package) creates test users");
-        // 9: the name exists (another test process created it meanwhile).
-        assert!(status.success() || status.code() == Some(9), "useradd {name}: {status}");
-    }
-    lookup(name).unwrap_or_else(|| panic!("user {name} does not exist after useradd"))
+    let lease = lease(Kind::User, name, || {
+        if lookup(name).is_none() {
+            let status = Command::new("useradd")
+                .args(["--no-create-home", "--shell", "/usr/sbin/nologin", "--user-group", name])
+                .stdout(Stdio::null())
+                .status()
+                .expect("useradd (passwd package) creates test users");
+            // 9: the name exists (another test process created it meanwhile).
+            assert!(status.success() || status.code() == Some(9), "useradd {name}: {status}");
+        }
+    });
+    let (uid, gid) =
+        lookup(name).unwrap_or_else(|| panic!("user {name} does not exist after useradd"));
+    User { name: name.to_string(), uid, gid, _lease: Some(lease) }
 }
 
-/// The group `name`, created if missing, with `members` added to it; returns its gid.
-pub fn ensure_group_with(name: &str, members: &[&User]) -> u32 {
-    let _turn = USERADD.lock().unwrap_or_else(|p| p.into_inner());
-    if getent("group", name).is_none() {
-        let status = Command::new("groupadd").arg(name).status().expect("groupadd runs");
-        assert!(status.success() || status.code() == Some(9), "groupadd {name}: {status}");
-    }
+/// A group made by [`ensure_group_with`]; removed when dropped (unless another test holds it).
+#[derive(Debug)]
+pub struct Group {
+    pub gid: u32,
+    _lease: Arc<Lease>,
+}
+
+/// The group `name`, created if missing, with `members` added to it.
+pub fn ensure_group_with(name: &str, members: &[&User]) -> Group {
+    let lease = lease(Kind::Group, name, || {
+        if getent("group", name).is_none() {
+            let status = Command::new("groupadd").arg(name).status().expect("groupadd runs");
+            assert!(status.success() || status.code() == Some(9), "groupadd {name}: {status}");
+        }
+    });
     for user in members {
         let status = Command::new("usermod")
             .args(["--append", "--groups", name, &user.name])
@@ -55,17 +134,15 @@ pub fn ensure_group_with(name: &str, members: &[&User]) -> u32 {
         assert!(status.success(), "usermod -aG {name} {}: {status}", user.name);
     }
     let entry = getent("group", name).expect("the group exists");
-    entry.split(':').nth(2).and_then(|g| g.parse().ok()).expect("a numeric gid")
+    let gid = entry.split(':').nth(2).and_then(|g| g.parse().ok()).expect("a numeric gid");
+    Group { gid, _lease: lease }
 }
 
-fn lookup(name: &str) -> Option<User> {
+/// The uid and gid of the account `name`, if it exists.
+fn lookup(name: &str) -> Option<(u32, u32)> {
     let entry = getent("passwd", name)?;
     let fields: Vec<&str> = entry.split(':').collect();
-    Some(User {
-        name: name.to_string(),
-        uid: fields.get(2)?.parse().ok()?,
-        gid: fields.get(3)?.parse().ok()?,
-    })
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }
 
 fn getent(database: &str, key: &str) -> Option<String> {
@@ -123,4 +200,33 @@ pub fn sh_as(user: &User, script: &str) -> std::process::Output {
         .current_dir("/")
         .output()
         .expect("setpriv runs sh")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The account lives while a test holds it, is shared by tests holding it at once, and is
+    /// gone after the last one ends.
+    #[test]
+    fn test_users_and_groups_are_removed_when_the_last_holder_ends() {
+        if !can_switch_users() {
+            return; // creating users needs root, as the ownership tests do
+        }
+        let name = "bitsd-e2e-lease";
+        let first = ensure_user(name);
+        let second = ensure_user(name);
+        assert_eq!(first, second);
+        let group = ensure_group_with("bitsd-e2e-lease-g", &[&first]);
+        assert!(getent("group", "bitsd-e2e-lease-g").is_some());
+        drop(group);
+        assert!(getent("group", "bitsd-e2e-lease-g").is_none(), "the group is removed");
+        drop(first);
+        assert!(lookup(name).is_some(), "still held by the second");
+        drop(second);
+        assert!(lookup(name).is_none(), "removed with its last holder");
+        assert!(getent("group", name).is_none(), "its own group too");
+        let again = ensure_user(name);
+        assert!(lookup(name).is_some(), "created again on demand: uid {}", again.uid);
+    }
 }
