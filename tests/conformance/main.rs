@@ -1,4 +1,4 @@
-//! The BITS conformance suite: one test per case of spec §10 (`shared/spec/bits-semantics.md`)
+//! The BITS conformance suite: one test per case of spec §10 (`docs/bits-semantics.md`)
 //! that applies to download jobs, each named after what it checks and tagged with its case
 //! number, against the real `bitsd` binary and test HTTP servers that misbehave on purpose.
 //! Timers are made short through daemon flags and job setters, never skipped.
