@@ -5,6 +5,7 @@
 
 mod args;
 mod cmd;
+mod list;
 mod render;
 
 use std::process::ExitCode;
