@@ -5,6 +5,7 @@
 
 mod args;
 mod cmd;
+mod headers;
 mod list;
 mod render;
 
@@ -12,34 +13,84 @@ use std::process::ExitCode;
 
 use bits_client::ClientError;
 use bits_core::{BitsError, Code};
-use clap::Parser;
 
-use crate::cmd::TokenUsage;
 use crate::cmd::download::Interrupted;
+use crate::cmd::{SetFailed, TokenUsage};
+use crate::list::UsageError;
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse(); // usage errors: clap prints them and exits 2
+    let cli = match args::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
+    let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let err = anyhow::Error::new(e).context("cannot start the async runtime");
-            cmd::err_out(&format!("bitsctl: {}\n", error_line(&err)));
-            return ExitCode::from(1);
+            return report(&err, json);
         }
     };
     match runtime.block_on(cmd::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            cmd::err_out(&format!("bitsctl: {}\n", error_line(&err)));
-            ExitCode::from(exit_code(&err))
-        }
+        Err(err) => report(&err, json),
+    }
+}
+
+/// A clap error: help and version print as usual; a usage error is clap's text, or with
+/// `--json` anywhere on the command line a JSON error on stderr. Exit 2 either way.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args_os().any(|a| a == "--json");
+    if !wants_json || matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let message = e.render().to_string();
+    let first = message.lines().next().unwrap_or("").trim_start_matches("error: ");
+    cmd::err_out(&json_error("USAGE", Code::E_INVALIDARG, first));
+    ExitCode::from(2)
+}
+
+/// Prints the error (one line, or one JSON object under `--json`) and gives the exit code.
+fn report(err: &anyhow::Error, json: bool) -> ExitCode {
+    let code = exit_code(err);
+    if json {
+        let name = if code == 2 { "USAGE".to_string() } else { error_code(err).name() };
+        cmd::err_out(&json_error(&name, error_code(err), &error_line(err)));
+    } else {
+        cmd::err_out(&format!("bitsctl: {}\n", error_line(err)));
+    }
+    ExitCode::from(code)
+}
+
+/// `{"error": {"code", "hresult", "message"}}` and a newline.
+fn json_error(name: &str, code: Code, message: &str) -> String {
+    let value = serde_json::json!({
+        "error": { "code": name, "hresult": render::hresult(code), "message": message }
+    });
+    format!("{value}\n")
+}
+
+/// The BITS code behind an error; E_FAIL when there is none (a connection, a bad reply).
+fn error_code(err: &anyhow::Error) -> Code {
+    if let Some(e) = err.downcast_ref::<SetFailed>() {
+        return error_code(&e.source);
+    }
+    match (err.downcast_ref::<ClientError>(), err.downcast_ref::<BitsError>()) {
+        (Some(ClientError::Bits(e)), _) | (None, Some(e)) => e.code,
+        _ if err.downcast_ref::<UsageError>().is_some() => Code::E_INVALIDARG,
+        _ => Code::E_FAIL,
     }
 }
 
 /// The one line printed after `bitsctl: `: `<NAME> (0x<HR>): <message>` for BITS errors, or
 /// `cannot connect to bitsd at <path>: <reason>`.
 fn error_line(err: &anyhow::Error) -> String {
-    let line = if let Some(e) = err.downcast_ref::<ClientError>() {
+    let line = if let Some(e) = err.downcast_ref::<SetFailed>() {
+        format!("{e}: {}", error_line(&e.source))
+    } else if let Some(e) = err.downcast_ref::<UsageError>() {
+        e.to_string()
+    } else if let Some(e) = err.downcast_ref::<ClientError>() {
         match e {
             ClientError::Protocol(_) => format!("{}: {e}", Code::E_FAIL),
             ClientError::Connect { .. } | ClientError::ConnectTcp { .. } | ClientError::Bits(_) => {
@@ -59,10 +110,14 @@ fn error_line(err: &anyhow::Error) -> String {
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<SetFailed>() {
+        return exit_code(&e.source);
+    }
     match err.downcast_ref::<ClientError>() {
         Some(ClientError::Connect { .. } | ClientError::ConnectTcp { .. }) => 3,
         _ if err.downcast_ref::<Interrupted>().is_some() => 130,
         _ if err.downcast_ref::<TokenUsage>().is_some() => 2,
+        _ if err.downcast_ref::<UsageError>().is_some() => 2,
         _ => 1,
     }
 }

@@ -27,6 +27,15 @@ pub struct JobJson {
     pub transfer_completion_time: Option<String>,
     pub minimum_retry_delay_secs: u32,
     pub no_progress_timeout_secs: u32,
+    pub maximum_download_time_secs: u32,
+    pub notify_flags: u32,
+    /// Program and arguments run on TRANSFERRED / ERROR; empty when none.
+    pub notify_cmd_line: Vec<String>,
+    pub security_flags: u32,
+    pub on_demand: bool,
+    pub minimum_notification_interval_ms: u32,
+    pub connections_per_file: u32,
+    pub files_at_once: u32,
     pub error_count: u32,
     pub error: Option<ErrorJson>,
     pub progress: ProgressJson,
@@ -66,6 +75,8 @@ pub struct FileJson {
     pub etag: Option<String>,
     pub last_modified: Option<String>,
     pub temp_path: String,
+    pub expected_sha256: Option<String>,
+    pub actual_sha256: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
@@ -161,6 +172,8 @@ pub fn file_json(file: &FileInfo) -> FileJson {
         etag: file.etag.clone(),
         last_modified: file.last_modified.clone(),
         temp_path: path_string(&file.temp_path),
+        expected_sha256: file.expected_sha256.clone(),
+        actual_sha256: file.actual_sha256.clone(),
     }
 }
 
@@ -182,6 +195,14 @@ pub fn job_json(job: &JobInfo, files: Option<&[FileInfo]>) -> JobJson {
         transfer_completion_time: job.transfer_completion_time.map(rfc3339),
         minimum_retry_delay_secs: job.minimum_retry_delay_secs,
         no_progress_timeout_secs: job.no_progress_timeout_secs,
+        maximum_download_time_secs: job.maximum_download_time_secs,
+        notify_flags: job.notify_flags,
+        notify_cmd_line: job.notify_cmd_line.clone(),
+        security_flags: job.security_flags,
+        on_demand: job.on_demand_mode,
+        minimum_notification_interval_ms: job.minimum_notification_interval_ms,
+        connections_per_file: job.connections_per_file,
+        files_at_once: job.files_at_once,
         error_count: job.error_count,
         error: job.error.as_ref().map(error_json),
         progress: progress_json(&job.progress),
@@ -205,14 +226,6 @@ pub fn to_json<T: Serialize>(value: &T) -> String {
 // ---------------------------------------------------------------------------------------------
 // Human text
 // ---------------------------------------------------------------------------------------------
-
-/// `transferred/total` with `?` for an unknown total.
-pub fn bytes_fraction(transferred: u64, total: Option<u64>) -> String {
-    match total {
-        Some(total) => format!("{transferred}/{total}"),
-        None => format!("{transferred}/?"),
-    }
-}
 
 /// `1.5 MiB`-style size.
 pub fn human_bytes(n: u64) -> String {
@@ -256,30 +269,43 @@ pub fn error_line(error: &JobError) -> String {
     line
 }
 
-/// The `list` table.
-pub fn jobs_table(jobs: &[JobInfo]) -> String {
-    let header = ["ID", "STATE", "PRIORITY", "BYTES", "FILES", "NAME"];
-    let rows: Vec<[String; 6]> = jobs
-        .iter()
-        .map(|j| {
-            [
-                j.id.to_string(),
-                j.state.name().to_string(),
-                j.priority.name().to_string(),
-                bytes_fraction(j.progress.bytes_transferred, j.progress.bytes_total),
-                format!("{}/{}", j.progress.files_transferred, j.progress.files_total),
-                j.display_name.clone(),
-            ]
-        })
-        .collect();
+/// `1.5 MiB/10.0 MiB (15%)`, or `1.5 MiB/?` while the size is unknown.
+pub fn human_progress(transferred: u64, total: Option<u64>) -> String {
+    match total {
+        Some(0) => format!("{}/{}", human_bytes(transferred), human_bytes(0)),
+        Some(total) => format!(
+            "{}/{} ({}%)",
+            human_bytes(transferred),
+            human_bytes(total),
+            percent(transferred, total)
+        ),
+        None => format!("{}/?", human_bytes(transferred)),
+    }
+}
+
+/// Whole percent, rounded down (100 only when everything is there).
+fn percent(done: u64, total: u64) -> u64 {
+    if total == 0 { 100 } else { (u128::from(done) * 100 / u128::from(total)) as u64 }
+}
+
+/// `1000 (alice)`: a uid with its user name, when the user database has one.
+pub fn owner(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{uid} ({})", user.name),
+        _ => uid.to_string(),
+    }
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for row in &rows {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let mut line = |cells: [&str; 6]| {
+    let mut line = |cells: [&str; N]| {
         let mut text = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
@@ -292,9 +318,124 @@ pub fn jobs_table(jobs: &[JobInfo]) -> String {
         out.push('\n');
     };
     line(header);
-    for row in &rows {
+    for row in rows {
         line(row.each_ref().map(String::as_str));
     }
+    out
+}
+
+/// The `list` table; with `owners`, a column naming each job's owner (`list --all-users`).
+pub fn jobs_table(jobs: &[JobInfo], owners: bool) -> String {
+    let rows: Vec<[String; 7]> = jobs
+        .iter()
+        .map(|j| {
+            [
+                j.id.to_string(),
+                j.state.name().to_string(),
+                j.priority.name().to_string(),
+                human_progress(j.progress.bytes_transferred, j.progress.bytes_total),
+                format!("{}/{}", j.progress.files_transferred, j.progress.files_total),
+                if owners { owner(j.owner_uid) } else { String::new() },
+                j.display_name.clone(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "STATE", "PRIORITY", "BYTES", "FILES", "OWNER", "NAME"];
+    if owners {
+        return table(header, &rows);
+    }
+    let rows: Vec<[String; 6]> = rows
+        .into_iter()
+        .map(|[id, state, prio, bytes, files, _, name]| [id, state, prio, bytes, files, name])
+        .collect();
+    table(["ID", "STATE", "PRIORITY", "BYTES", "FILES", "NAME"], &rows)
+}
+
+/// The `monitor` table: `rates[i]` is job i's rate since the last refresh (`None` on the
+/// first), `now` the time shown above it.
+pub fn monitor_table(jobs: &[JobInfo], rates: &[Option<f64>], now: SystemTime) -> String {
+    let rows: Vec<[String; 6]> = jobs
+        .iter()
+        .zip(rates.iter().copied().chain(std::iter::repeat(None)))
+        .map(|(j, rate)| {
+            let id = j.id.to_string();
+            [
+                id.get(..8).unwrap_or(&id).to_string(),
+                j.state.name().to_string(),
+                human_progress(j.progress.bytes_transferred, j.progress.bytes_total),
+                rate.map_or_else(|| "-".to_string(), human_rate),
+                j.display_name.clone(),
+                j.error.as_ref().map_or_else(String::new, |e| e.code.name()),
+            ]
+        })
+        .collect();
+    let mut text = format!("bitsctl monitor  {}  {} jobs\n", rfc3339(now), jobs.len());
+    text.push_str(&table(["JOB", "STATE", "PROGRESS", "RATE", "NAME", "ERROR"], &rows));
+    text
+}
+
+/// The `files` table.
+pub fn files_table(files: &[FileInfo]) -> String {
+    let rows: Vec<[String; 4]> = files
+        .iter()
+        .map(|f| {
+            [
+                f.index.to_string(),
+                human_progress(f.progress.bytes_transferred, f.progress.bytes_total),
+                f.remote_url.clone(),
+                f.local_path.display().to_string(),
+            ]
+        })
+        .collect();
+    table(["INDEX", "BYTES", "URL", "DEST"], &rows)
+}
+
+/// `progress`: the job, then each file.
+pub fn progress_text(p: &Progress) -> String {
+    let mut out = format!(
+        "{} bytes, {}/{} files\n",
+        human_progress(p.bytes_transferred, p.bytes_total),
+        p.files_transferred,
+        p.files_total
+    );
+    for (i, f) in p.files.iter().enumerate() {
+        let done = if f.completed { ", done" } else { "" };
+        let _ =
+            writeln!(out, "  [{i}] {}{done}", human_progress(f.bytes_transferred, f.bytes_total));
+    }
+    out
+}
+
+/// `progress --json`: the job's numbers and each file's.
+pub fn full_progress_json(p: &Progress) -> serde_json::Value {
+    let files: Vec<_> = p
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            serde_json::json!({
+                "index": i,
+                "bytes_total": f.bytes_total,
+                "bytes_transferred": f.bytes_transferred,
+                "completed": f.completed,
+            })
+        })
+        .collect();
+    let mut value = serde_json::to_value(progress_json(p)).unwrap_or_default();
+    value["files"] = files.into();
+    value
+}
+
+/// `error`: one `key value` line per field of the job's error.
+pub fn error_text(error: &JobError) -> String {
+    let mut out = String::new();
+    let mut kv = |key: &str, value: &str| {
+        let _ = writeln!(out, "{key:<12}{value}");
+    };
+    kv("Context", error.context.name());
+    kv("Code", &error.code.to_string());
+    kv("Description", &error.description.replace(['\n', '\r'], " "));
+    kv("File", &error.file_index.map_or_else(|| "-".to_string(), |i| i.to_string()));
     out
 }
 
@@ -306,15 +447,26 @@ fn ranges_text(ranges: &[ByteRange]) -> String {
     }
 }
 
-fn opt_u64(value: Option<u64>) -> String {
-    value.map_or_else(|| "unknown".to_string(), |v| v.to_string())
+/// `program arg1 arg2` with arguments that need it quoted, for reading (not for a shell).
+fn command_line(parts: &[String]) -> String {
+    parts
+        .iter()
+        .map(|p| {
+            if !p.is_empty() && !p.contains(|c: char| c.is_whitespace() || c == '"') {
+                p.clone()
+            } else {
+                format!("{p:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The `info` text: the job, then its files.
 pub fn job_info(job: &JobInfo, files: &[FileInfo]) -> String {
     let mut out = String::new();
     let mut kv = |key: &str, value: &str| {
-        let _ = writeln!(out, "{key:<12}{value}");
+        let _ = writeln!(out, "{key:<16}{value}");
     };
     kv("Job", &job.id.to_string());
     kv("Name", &job.display_name);
@@ -323,32 +475,51 @@ pub fn job_info(job: &JobInfo, files: &[FileInfo]) -> String {
     }
     kv("State", job.state.name());
     kv("Priority", job.priority.name());
-    kv("Owner", &format!("uid {}", job.owner_uid));
+    kv("Owner", &owner(job.owner_uid));
     kv("Created", &rfc3339(job.creation_time));
     kv("Modified", &rfc3339(job.modification_time));
     kv("Transferred", &job.transfer_completion_time.map_or_else(|| "-".to_string(), rfc3339));
-    kv("Errors", &job.error_count.to_string());
-    if job.has_custom_headers {
-        kv("Custom headers", REDACTED);
-    }
     let p = &job.progress;
     kv(
         "Progress",
         &format!(
-            "{} bytes, {}/{} files",
-            bytes_fraction(p.bytes_transferred, p.bytes_total),
+            "{}, {}/{} files",
+            human_progress(p.bytes_transferred, p.bytes_total),
             p.files_transferred,
             p.files_total
         ),
     );
+    if let (Some(done), true) = (job.transfer_completion_time, p.bytes_transferred > 0) {
+        if let Ok(took) = done.duration_since(job.creation_time) {
+            let rate = p.bytes_transferred as f64 / took.as_secs_f64().max(1e-3);
+            kv("Average rate", &format!("{} over {}", human_rate(rate), human_duration(took)));
+        }
+    }
+    kv("Errors", &job.error_count.to_string());
     if let Some(error) = &job.error {
         kv("Error", &error_line(error));
     }
-    if files.is_empty() {
-        kv("Files", "none");
-    } else {
-        kv("Files", "");
+    let secs = |s: u32| human_duration(Duration::from_secs(u64::from(s)));
+    kv("Retry delay", &secs(job.minimum_retry_delay_secs));
+    kv("No-progress", &secs(job.no_progress_timeout_secs));
+    let max_time = job.maximum_download_time_secs;
+    kv("Max time", &if max_time == 0 { "no limit".to_string() } else { secs(max_time) });
+    kv("Notify flags", &format!("0x{:X}", job.notify_flags));
+    if !job.notify_cmd_line.is_empty() {
+        kv("Notify command", &command_line(&job.notify_cmd_line));
     }
+    kv("Security flags", &format!("0x{:X}", job.security_flags));
+    kv(
+        "Connections",
+        &format!("{} per file, {} files at once", job.connections_per_file, job.files_at_once),
+    );
+    if job.on_demand_mode {
+        kv("On demand", "yes");
+    }
+    if job.has_custom_headers {
+        kv("Custom headers", REDACTED);
+    }
+    kv("Files", if files.is_empty() { "none" } else { "" });
     for f in files {
         let _ = writeln!(out, "  [{}] {}", f.index, f.remote_url);
         let mut fkv = |key: &str, value: &str| {
@@ -356,15 +527,20 @@ pub fn job_info(job: &JobInfo, files: &[FileInfo]) -> String {
         };
         fkv("dest", &f.local_path.display().to_string());
         fkv("ranges", &ranges_text(&f.ranges));
-        fkv("remote size", &opt_u64(f.remote_size));
-        fkv(
-            "progress",
-            &format!(
-                "{} bytes",
-                bytes_fraction(f.progress.bytes_transferred, f.progress.bytes_total)
-            ),
-        );
+        fkv("remote size", &f.remote_size.map_or_else(|| "unknown".to_string(), human_bytes));
+        fkv("progress", &human_progress(f.progress.bytes_transferred, f.progress.bytes_total));
         fkv("completed", if f.progress.completed { "yes" } else { "no" });
+        if let Some(sha) = &f.expected_sha256 {
+            fkv("sha256", sha);
+        }
+        if let Some(sha) = &f.actual_sha256 {
+            let verdict = match &f.expected_sha256 {
+                Some(want) if want.eq_ignore_ascii_case(sha) => " (matches)",
+                Some(_) => " (MISMATCH)",
+                None => "",
+            };
+            fkv("actual", &format!("{sha}{verdict}"));
+        }
         fkv("temp", &f.temp_path.display().to_string());
     }
     out
@@ -510,28 +686,65 @@ mod tests {
         let no_headers = JobInfo { has_custom_headers: false, ..job.clone() };
         let value = serde_json::to_value(job_json(&no_headers, None)).unwrap();
         assert_eq!(value["custom_headers"], serde_json::Value::Null);
+        assert_eq!(value["notify_flags"], 3);
+        assert_eq!(value["maximum_download_time_secs"], 7_776_000);
+        assert_eq!(value["notify_cmd_line"], json!([]));
+    }
+
+    #[test]
+    fn monitor_rows_show_rate_and_error() {
+        let (job, _) = sample();
+        let table = monitor_table(&[job.clone(), job], &[Some(1536.0)], UNIX_EPOCH);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("1970-01-01T00:00:00Z") && lines[0].contains("2 jobs"),
+            "{table}"
+        );
+        assert!(lines[1].starts_with("JOB "), "{table}");
+        for part in ["0b3e4a9e ", "TRANSIENT_ERROR", "42 B/?", "1.5 KiB/s", "BG_E_HTTP_ERROR_404"] {
+            assert!(lines[2].contains(part), "{part} not in {}", lines[2]);
+        }
+        assert!(lines[3].contains(" - "), "no rate before the second refresh: {}", lines[3]);
     }
 
     #[test]
     fn human_text_shows_what_matters() {
         let (job, files) = sample();
-        let table = jobs_table(std::slice::from_ref(&job));
+        let table = jobs_table(std::slice::from_ref(&job), false);
         let mut lines = table.lines();
         assert!(lines.next().unwrap().starts_with("ID "));
         let row = lines.next().unwrap();
-        for part in [&job.id.to_string()[..], "TRANSIENT_ERROR", "NORMAL", "42/?", "0/1", "nightly"]
+        for part in
+            [&job.id.to_string()[..], "TRANSIENT_ERROR", "NORMAL", "42 B/?", "0/1", "nightly"]
         {
             assert!(row.contains(part), "{row}");
         }
+        assert!(!table.contains("OWNER"), "{table}");
+        // uid 0 is root everywhere.
+        let root = JobInfo { owner_uid: 0, ..job.clone() };
+        let table = jobs_table(&[root], true);
+        assert!(table.lines().next().unwrap().contains("OWNER"), "{table}");
+        assert!(table.contains("0 (root)"), "{table}");
+
+        let mut files = files;
+        files[0].expected_sha256 = Some("ab".repeat(32));
+        files[0].actual_sha256 = Some("cd".repeat(32));
+        let job =
+            JobInfo { notify_cmd_line: vec!["/usr/bin/logger".into(), "job done".into()], ..job };
         let info = job_info(&job, &files);
         for part in [
             "TRANSIENT_ERROR",
             "BG_E_HTTP_ERROR_404 (0x80190194): Not Found [REMOTE_FILE, file 0]",
             "0:10, 100:eof",
             "/tmp/.f.part",
-            "uid 1000",
+            "Owner           1000",
             "Custom headers",
             "<redacted>",
+            "Retry delay     10m00s",
+            "No-progress     14d00h",
+            "Notify command  /usr/bin/logger \"job done\"",
+            &format!("sha256      {}", "ab".repeat(32)),
+            &format!("actual      {} (MISMATCH)", "cd".repeat(32)),
         ] {
             assert!(info.contains(part), "{part} not in:\n{info}");
         }
@@ -550,7 +763,8 @@ mod tests {
         assert_eq!(human_bytes(5), "5 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(10 * 1024 * 1024), "10.0 MiB");
-        assert_eq!(bytes_fraction(1, Some(2)), "1/2");
+        assert_eq!(human_progress(1536, Some(3072)), "1.5 KiB/3.0 KiB (50%)");
+        assert_eq!(human_progress(5, None), "5 B/?");
         assert_eq!(human_rate(1536.0), "1.5 KiB/s");
         assert_eq!(human_rate(f64::NAN), "0 B/s");
         assert_eq!(human_rate(-5.0), "0 B/s");

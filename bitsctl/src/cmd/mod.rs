@@ -1,17 +1,19 @@
 //! One function per subcommand: call bits-client, hand the answer to `render`, print it.
 
 pub mod download;
+pub mod monitor;
 pub mod watch;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use bits_client::{Client, Token, TokenFileError};
-use bits_core::{BitsError, Code};
+use bits_client::{Client, NewFile, Token, TokenFileError};
+use bits_core::{BitsError, Code, JobId};
 
-use crate::args::{Cli, Command};
-use crate::render;
+use crate::args::{Cli, Command, JobArg, SetOp};
+use crate::list::UsageError;
+use crate::{headers, list, render};
 
 /// Writes to stdout. A closed pipe (`bitsctl list | head -1`) is not an error worth reporting.
 pub fn out(text: &str) {
@@ -68,10 +70,197 @@ async fn connect(cli: &Cli) -> Result<Client> {
     Ok(Client::connect_tcp(addr, &token).await?)
 }
 
+/// A job named by a prefix of its id: the one job of the caller's (or, for an administrator
+/// when none of theirs matches, of anyone's) whose id starts with it. A full id costs no call.
+pub async fn resolve(client: &Client, job: &JobArg) -> Result<JobId> {
+    let prefix = match job {
+        JobArg::Id(id) => return Ok(*id),
+        JobArg::Prefix(prefix) => prefix,
+    };
+    let matching = |jobs: Vec<bits_client::JobInfo>| -> Vec<JobId> {
+        jobs.into_iter().map(|j| j.id).filter(|id| id.to_string().starts_with(prefix)).collect()
+    };
+    let mut ids = matching(client.list_jobs().await?);
+    if ids.is_empty() {
+        // Only administrators may list everyone's jobs; for others this is E_ACCESSDENIED and
+        // the answer stays "no such job".
+        if let Ok(all) = client.list_all_jobs().await {
+            ids = matching(all);
+        }
+    }
+    match ids.as_slice() {
+        [] => {
+            Err(BitsError::new(Code::BG_E_NOT_FOUND, format!("no job id starts with '{prefix}'"))
+                .into())
+        }
+        [id] => Ok(*id),
+        _ => {
+            let names: Vec<String> = ids.iter().map(JobId::to_string).collect();
+            Err(BitsError::new(
+                Code::E_INVALIDARG,
+                format!(
+                    "'{prefix}' is the start of {} job ids: {}; give more characters",
+                    ids.len(),
+                    names.join(", ")
+                ),
+            )
+            .into())
+        }
+    }
+}
+
+/// `bitsctl set` stopped at a refused setting; the ones before it were applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} refused{}", applied_note(.applied))]
+pub struct SetFailed {
+    pub flag: String,
+    pub applied: Vec<String>,
+    #[source]
+    pub source: anyhow::Error,
+}
+
+fn applied_note(applied: &[String]) -> String {
+    if applied.is_empty() {
+        " (nothing was changed)".to_string()
+    } else {
+        format!(" ({} already applied)", applied.join(", "))
+    }
+}
+
+async fn apply(client: &Client, job: JobId, op: &SetOp) -> Result<Code> {
+    Ok(match op {
+        SetOp::Priority(p) => client.set_priority(job, (*p).into()).await?,
+        SetOp::DisplayName(name) => client.set_display_name(job, Some(name)).await?,
+        SetOp::Description(text) => client.set_description(job, Some(text)).await?,
+        SetOp::RetryDelay(secs) => client.set_minimum_retry_delay(job, *secs).await?,
+        SetOp::NoProgressTimeout(secs) => client.set_no_progress_timeout(job, *secs).await?,
+        SetOp::MaxDownloadTime(secs) => client.set_maximum_download_time(job, *secs).await?,
+        SetOp::NotifyFlags(flags) => client.set_notify_flags(job, *flags).await?,
+        SetOp::SecurityFlags(flags) => client.set_security_flags(job, *flags).await?,
+        SetOp::Property(p) => client.set_property(job, p.id, p.value).await?,
+        SetOp::Connections(n) => client.set_extensions(job, Some(*n), None).await?,
+        SetOp::FilesAtOnce(n) => client.set_extensions(job, None, Some(*n)).await?,
+        SetOp::NotifyCmd { program, args } => {
+            client.set_notify_cmd_line(job, Some(program), args).await?
+        }
+        SetOp::NoNotifyCmd => client.set_notify_cmd_line(job, None, &[]).await?,
+    })
+}
+
+/// Applies the settings in order, stopping at the first refused one.
+async fn set(client: &Client, job: JobId, ops: &[SetOp], json: bool) -> Result<()> {
+    let mut applied = Vec::new();
+    for op in ops {
+        match apply(client, job, op).await {
+            Ok(code) => applied.push((op.flag(), code)),
+            Err(source) => {
+                let applied = applied.into_iter().map(|(flag, _)| flag).collect();
+                return Err(SetFailed { flag: op.flag(), applied, source }.into());
+            }
+        }
+    }
+    if json {
+        let list: Vec<_> = applied
+            .iter()
+            .map(|(flag, code)| {
+                serde_json::json!({ "flag": flag, "code": code.name(), "hresult": render::hresult(*code) })
+            })
+            .collect();
+        out(&render::to_json(&list));
+    } else {
+        for (flag, code) in applied.iter().filter(|(_, code)| *code != Code::S_OK) {
+            out(&format!("{flag}: {}\n", code.name()));
+        }
+    }
+    Ok(())
+}
+
+/// `bitsctl reset`: cancels every job listed; one refusal does not stop the others.
+async fn reset(client: &Client, all_users: bool, json: bool) -> Result<()> {
+    let jobs = if all_users { client.list_all_jobs().await? } else { client.list_jobs().await? };
+    let mut cancelled = Vec::new();
+    let mut failed = Vec::new();
+    for job in &jobs {
+        match client.cancel(job.id).await {
+            Ok(_) => cancelled.push(job.id.to_string()),
+            Err(e) => failed.push((job.id.to_string(), e.to_string())),
+        }
+    }
+    if json {
+        let failed: Vec<_> = failed
+            .iter()
+            .map(|(id, error)| serde_json::json!({ "job_id": id, "error": error }))
+            .collect();
+        out(&render::to_json(&serde_json::json!({ "cancelled": cancelled, "failed": failed })));
+    } else {
+        out(&format!("{} of {} jobs cancelled\n", cancelled.len(), jobs.len()));
+        for (id, error) in &failed {
+            out(&format!("{id}: {error}\n"));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(BitsError::new(
+            Code::E_FAIL,
+            format!("{} of {} jobs could not be cancelled", failed.len(), jobs.len()),
+        )
+        .into())
+    }
+}
+
+/// `bitsctl add-set`: every line of the LIST in one AddFileSet.
+async fn add_set(client: &Client, job: JobId, list_path: &Path, json: bool) -> Result<()> {
+    let (text, origin) = list::read_input(list_path)?;
+    let entries = list::parse_list(&text, &origin)?;
+    let dests = entries
+        .iter()
+        .map(|e| {
+            absolute(&e.dest)
+                .map_err(|err| UsageError(format!("{origin}:{}: {}", e.line, err.message)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let files: Vec<NewFile<'_>> = entries
+        .iter()
+        .zip(&dests)
+        .map(|(e, dest)| NewFile { url: &e.url, local_path: dest, sha256: e.sha256.as_deref() })
+        .collect();
+    let indexes = client.add_files(job, &files).await?;
+    if json {
+        out(&render::to_json(&serde_json::json!({ "file_indexes": indexes })));
+    } else {
+        let text: String = indexes.iter().map(|i| format!("{i}\n")).collect();
+        out(&text);
+    }
+    Ok(())
+}
+
 pub async fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
+    // Commands that need no daemon.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "bitsctl",
+                &mut text,
+            );
+            out(&String::from_utf8_lossy(&text));
+            return Ok(());
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut text)?;
+            out(&String::from_utf8_lossy(&text));
+            return Ok(());
+        }
+        _ => {}
+    }
     let client = connect(&cli).await?;
     match cli.command {
+        Command::Completions { .. } | Command::Man => {}
         Command::Create { name, priority } => {
             let id = client.create_job(&name, priority.into()).await?;
             if json {
@@ -80,24 +269,37 @@ pub async fn run(cli: Cli) -> Result<()> {
                 out(&format!("{id}\n"));
             }
         }
-        Command::Add { job, url, dest, ranges } => {
+        Command::Add { job, url, dest, ranges, sha256 } => {
+            let job = resolve(&client, &job).await?;
             let dest = absolute(&dest)?;
-            let index = if ranges.is_empty() {
-                client.add_file(job, &url, &dest).await?
-            } else {
-                client.add_file_with_ranges(job, &url, &dest, &ranges).await?
-            };
+            let index =
+                client.add_file_checked(job, &url, &dest, &ranges, sha256.as_deref()).await?;
             if json {
                 out(&render::to_json(&serde_json::json!({ "file_index": index })));
             } else {
                 out(&format!("{index}\n"));
             }
         }
-        Command::Resume { job } => print_code(client.resume(job).await?, json),
-        Command::Suspend { job } => print_code(client.suspend(job).await?, json),
-        Command::Cancel { job } => print_code(client.cancel(job).await?, json),
-        Command::Complete { job } => print_code(client.complete(job).await?, json),
-        Command::TakeOwnership { job } => print_code(client.take_ownership(job).await?, json),
+        Command::AddSet { job, list } => {
+            let job = resolve(&client, &job).await?;
+            add_set(&client, job, &list, json).await?;
+        }
+        Command::Resume { job } => {
+            print_code(client.resume(resolve(&client, &job).await?).await?, json)
+        }
+        Command::Suspend { job } => {
+            print_code(client.suspend(resolve(&client, &job).await?).await?, json)
+        }
+        Command::Cancel { job } => {
+            print_code(client.cancel(resolve(&client, &job).await?).await?, json)
+        }
+        Command::Complete { job } => {
+            print_code(client.complete(resolve(&client, &job).await?).await?, json)
+        }
+        Command::TakeOwnership { job } => {
+            print_code(client.take_ownership(resolve(&client, &job).await?).await?, json);
+        }
+        Command::Reset { all_users } => reset(&client, all_users, json).await?,
         Command::List { all_users } => {
             let jobs =
                 if all_users { client.list_all_jobs().await? } else { client.list_jobs().await? };
@@ -105,10 +307,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let list: Vec<_> = jobs.iter().map(|j| render::job_json(j, None)).collect();
                 out(&render::to_json(&list));
             } else {
-                out(&render::jobs_table(&jobs));
+                out(&render::jobs_table(&jobs, all_users));
             }
         }
         Command::Info { job } => {
+            let job = resolve(&client, &job).await?;
             let info = client.get_job(job).await?;
             let files = client.list_files(job).await?;
             if json {
@@ -117,7 +320,60 @@ pub async fn run(cli: Cli) -> Result<()> {
                 out(&render::job_info(&info, &files));
             }
         }
+        Command::Files { job } => {
+            let files = client.list_files(resolve(&client, &job).await?).await?;
+            if json {
+                let list: Vec<_> = files.iter().map(render::file_json).collect();
+                out(&render::to_json(&list));
+            } else {
+                out(&render::files_table(&files));
+            }
+        }
+        Command::Progress { job } => {
+            let progress = client.get_progress(resolve(&client, &job).await?).await?;
+            if json {
+                out(&render::to_json(&render::full_progress_json(&progress)));
+            } else {
+                out(&render::progress_text(&progress));
+            }
+        }
+        Command::Error { job } => {
+            let error = client.get_error(resolve(&client, &job).await?).await?;
+            if json {
+                out(&render::to_json(&render::error_json(&error)));
+            } else {
+                out(&render::error_text(&error));
+            }
+        }
+        Command::Set { job, ops, .. } => {
+            let job = resolve(&client, &job).await?;
+            set(&client, job, &ops, json).await?;
+        }
+        Command::SetHeaders { job, from_file, clear } => {
+            let headers = match (&from_file, clear) {
+                (Some(path), false) => {
+                    let (text, origin) = list::read_input(path)?;
+                    Some(headers::parse_headers(&text, &origin)?)
+                }
+                _ => None,
+            };
+            let job = resolve(&client, &job).await?;
+            print_code(client.set_custom_headers(job, headers.as_deref()).await?, json);
+        }
+        Command::SetRemoteName { job, file_index, url } => {
+            let job = resolve(&client, &job).await?;
+            print_code(client.set_remote_name(job, file_index, &url).await?, json);
+        }
+        Command::ReplacePrefix { job, old, new } => {
+            let job = resolve(&client, &job).await?;
+            print_code(client.replace_remote_prefix(job, &old, &new).await?, json);
+        }
+        Command::Position { job, file_index, offset } => {
+            let job = resolve(&client, &job).await?;
+            print_code(client.update_download_position(job, file_index, offset).await?, json);
+        }
         Command::Ranges { job, file_index } => {
+            let job = resolve(&client, &job).await?;
             let ranges = client.get_filled_file_ranges(job, file_index).await?;
             if json {
                 let list: Vec<_> = ranges.iter().map(render::range_json).collect();
@@ -128,9 +384,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::RequestRanges { job, file_index, ranges } => {
+            let job = resolve(&client, &job).await?;
             print_code(client.request_file_ranges(job, file_index, &ranges).await?, json);
         }
-        Command::Watch { job, flags } => watch::run(&client, job, flags, json).await?,
+        Command::Watch { job, flags } => {
+            let job = resolve(&client, &job).await?;
+            watch::run(&client, job, flags, json).await?;
+        }
+        Command::Monitor { interval } => {
+            monitor::run(&client, std::time::Duration::from_secs_f64(interval), json).await?;
+        }
         Command::Download { url, dest, ranges, priority } => {
             let dest = absolute(&dest)?;
             download::run(&client, &url, &dest, &ranges, priority.into(), json).await?;

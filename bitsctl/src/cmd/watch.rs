@@ -4,17 +4,42 @@
 
 use anyhow::Result;
 use bits_client::{Client, EventInfo, JobEventInfo};
+use std::time::SystemTime;
+
+use bits_core::job::notify;
 use bits_core::{JobId, RangeSet};
 use serde::Serialize;
 
 use super::out;
 use crate::render::{self, ErrorJson, ProgressJson};
 
+/// What `watch` shows unless told otherwise: the outcome and progress.
+pub const DEFAULT_FLAGS: u32 =
+    notify::JOB_TRANSFERRED | notify::JOB_ERROR | notify::JOB_MODIFICATION;
+
 pub async fn run(client: &Client, job: JobId, flags: Option<u32>, json: bool) -> Result<()> {
-    let mut events = client.watch_job(job, flags).await?;
+    let mut events = client.watch_job(job, Some(flags.unwrap_or(DEFAULT_FLAGS))).await?;
+    // The last progress line's bytes and time, for the rate shown on the next.
+    let mut last: Option<(u64, SystemTime)> = None;
     while let Some(event) = events.next().await {
         let event = event?;
-        out(&if json { json_line(&event) } else { text_line(&event) });
+        if json {
+            out(&json_line(&event));
+        } else {
+            let mut line = text_line(&event);
+            if let EventInfo::JobModification { progress, .. } = &event.event {
+                let bytes = progress.bytes_transferred;
+                if let Some((before, then)) = last {
+                    let secs = event.time.duration_since(then).map_or(0.0, |d| d.as_secs_f64());
+                    if secs > 0.0 {
+                        let rate = bytes.saturating_sub(before) as f64 / secs;
+                        line = format!("{}, {}\n", line.trim_end(), render::human_rate(rate));
+                    }
+                }
+                last = Some((bytes, event.time));
+            }
+            out(&line);
+        }
         if matches!(event.event, EventInfo::JobModification { state, .. } if state.is_final()) {
             break;
         }
@@ -27,16 +52,16 @@ fn ranges_text(ranges: &RangeSet) -> String {
     ranges.iter().map(|s| format!("{}:{}", s.start, s.len())).collect::<Vec<_>>().join(",")
 }
 
-/// `TRANSFERRED`, `ERROR <code>: <description>`, `MODIFIED <STATE> <n>/<total> bytes`,
+/// `TRANSFERRED`, `ERROR <code>: <description>`, `MODIFIED <STATE> <n>/<total> (<percent>%)`,
 /// `FILE <i> TRANSFERRED`, `FILE <i> RANGES <offset:length,...>`.
 pub fn text_line(event: &JobEventInfo) -> String {
     let body = match &event.event {
         EventInfo::JobTransferred => "TRANSFERRED".to_string(),
         EventInfo::JobError(error) => format!("ERROR {}: {}", error.code, error.description),
         EventInfo::JobModification { state, progress } => format!(
-            "MODIFIED {} {} bytes",
+            "MODIFIED {} {}",
             state.name(),
-            render::bytes_fraction(progress.bytes_transferred, progress.bytes_total)
+            render::human_progress(progress.bytes_transferred, progress.bytes_total)
         ),
         EventInfo::FileTransferred { index } => format!("FILE {index} TRANSFERRED"),
         EventInfo::FileRangesTransferred { index, ranges } => {
@@ -144,7 +169,7 @@ mod tests {
             files: vec![],
         };
         let modified = EventInfo::JobModification { state: JobState::Queued, progress };
-        assert_eq!(text_line(&event(modified)), "MODIFIED QUEUED 10/100 bytes\n");
+        assert_eq!(text_line(&event(modified)), "MODIFIED QUEUED 10 B/100 B (10%)\n");
         assert_eq!(
             text_line(&event(EventInfo::FileTransferred { index: 0 })),
             "FILE 0 TRANSFERRED\n"
