@@ -7,6 +7,7 @@ mod args;
 mod cmd;
 mod headers;
 mod list;
+mod manual;
 mod render;
 
 use std::process::ExitCode;
@@ -56,7 +57,7 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
     let code = exit_code(err);
     if json {
         let name = if code == 2 { "USAGE".to_string() } else { error_code(err).name() };
-        cmd::err_out(&json_error(&name, error_code(err), &error_line(err)));
+        cmd::err_out(&json_error(&name, error_code(err), &error_message(err)));
     } else {
         cmd::err_out(&format!("bitsctl: {}\n", error_line(err)));
     }
@@ -69,6 +70,17 @@ fn json_error(name: &str, code: Code, message: &str) -> String {
         "error": { "code": name, "hresult": render::hresult(code), "message": message }
     });
     format!("{value}\n")
+}
+
+/// The error without its code (which the JSON form has in its own fields).
+fn error_message(err: &anyhow::Error) -> String {
+    if let Some(e) = err.downcast_ref::<SetFailed>() {
+        return format!("{e}: {}", error_message(&e.source));
+    }
+    match (err.downcast_ref::<ClientError>(), err.downcast_ref::<BitsError>()) {
+        (Some(ClientError::Bits(e)), _) | (None, Some(e)) => e.message.replace(['\n', '\r'], " "),
+        _ => error_line(err),
+    }
 }
 
 /// The BITS code behind an error; E_FAIL when there is none (a connection, a bad reply).
@@ -173,6 +185,41 @@ mod tests {
             error_line(&err),
             "cannot connect to bitsd at 127.0.0.1:7781: Connection refused"
         );
+    }
+
+    #[test]
+    fn json_errors_carry_the_code_apart_from_the_message() {
+        let refused: anyhow::Error = SetFailed {
+            flag: "--connections".into(),
+            applied: vec!["--description".into(), "--priority".into()],
+            source: ClientError::Bits(BitsError::new(Code::E_INVALIDARG, "not 99")).into(),
+        }
+        .into();
+        assert_eq!(exit_code(&refused), 1);
+        assert_eq!(
+            error_line(&refused),
+            "--connections refused (--description, --priority already applied): \
+             E_INVALIDARG (0x80070057): not 99"
+        );
+        let json: serde_json::Value = serde_json::from_str(&json_error(
+            "E_INVALIDARG",
+            error_code(&refused),
+            &error_message(&refused),
+        ))
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({ "error": {
+                "code": "E_INVALIDARG",
+                "hresult": "0x80070057",
+                "message": "--connections refused (--description, --priority already applied): not 99"
+            }})
+        );
+        let usage: anyhow::Error = UsageError("L:2: no DEST".into()).into();
+        assert_eq!(exit_code(&usage), 2);
+        assert_eq!(error_code(&usage), Code::E_INVALIDARG);
+        assert_eq!(error_line(&usage), "L:2: no DEST");
+        assert_eq!(error_code(&connect_error()), Code::E_FAIL);
     }
 
     #[test]

@@ -393,7 +393,7 @@ pub fn files_table(files: &[FileInfo]) -> String {
 /// `progress`: the job, then each file.
 pub fn progress_text(p: &Progress) -> String {
     let mut out = format!(
-        "{} bytes, {}/{} files\n",
+        "{}, {}/{} files\n",
         human_progress(p.bytes_transferred, p.bytes_total),
         p.files_transferred,
         p.files_total

@@ -240,20 +240,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     // Commands that need no daemon.
     match &cli.command {
         Command::Completions { shell } => {
-            let mut text = Vec::new();
-            clap_complete::generate(
-                *shell,
-                &mut <Cli as clap::CommandFactory>::command(),
-                "bitsctl",
-                &mut text,
-            );
-            out(&String::from_utf8_lossy(&text));
+            out(&crate::manual::completions(*shell));
             return Ok(());
         }
         Command::Man => {
-            let mut text = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut text)?;
-            out(&String::from_utf8_lossy(&text));
+            out(&crate::manual::man_page()?);
             return Ok(());
         }
         _ => {}
