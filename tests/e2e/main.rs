@@ -9,6 +9,9 @@
 mod access;
 // SIGKILL at random moments, 25+ times: files identical, refetch within a sync window per worker per crash.
 mod crash_loop;
+// bitsctl's commands for every RPC against the real daemon: set, set-headers, add-set, reset,
+// monitor, prefixes of job ids, JSON errors.
+mod commands;
 // Complete and Cancel: partial completion, a temp file that vanished, cleanup.
 mod complete;
 // The control socket under a hostile local user: timeouts, fd exhaustion, per-user caps.
