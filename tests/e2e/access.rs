@@ -66,7 +66,8 @@ async fn a_user_daemon_serves_only_its_user() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let out = daemon_for(&bob).await;
     assert_eq!(out.status.code(), Some(1), "{out}");
-    assert!(out.stderr.contains("E_ACCESSDENIED (0x80070005)"), "{out}");
+    // `--json`: the error is JSON on stderr too.
+    assert!(out.stderr.contains(r#""code":"E_ACCESSDENIED","hresult":"0x80070005""#), "{out}");
     assert!(
         out.stderr.contains(&format!("uid {}", bob.uid)),
         "the refusal names the caller: {out}"
