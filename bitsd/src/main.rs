@@ -29,6 +29,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// The configuration file [default: /etc/bitsd/bitsd.toml as root, else
     /// $XDG_CONFIG_HOME/bitsd/bitsd.toml or ~/.config/bitsd/bitsd.toml; a missing default file
     /// means built-in defaults, a missing --config file is an error]
@@ -98,8 +100,49 @@ struct Args {
     control_idle_timeout_ms: Option<u64>,
 }
 
+/// What bitsd can do besides serving.
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Print bitsd's manual page (roff) on stdout: `bitsd man | man -l -`
+    Man,
+}
+
+/// bitsd(8) in roff, generated from the flags above so that it cannot drift from them.
+fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut page = Vec::new();
+    let cmd = <Args as clap::CommandFactory>::command().name("bitsd");
+    clap_mangen::Man::new(cmd).section("8").render(&mut page)?;
+    Ok(page)
+}
+
+fn print_man() -> ExitCode {
+    use std::io::Write as _;
+    match man_page().and_then(|page| std::io::stdout().lock().write_all(&page)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bitsd man: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn the_man_page_documents_every_flag() {
+    let page = String::from_utf8(man_page().unwrap_or_default()).unwrap_or_default();
+    assert!(page.contains(".TH bitsd 8"), "{page}");
+    for arg in <Args as clap::CommandFactory>::command().get_arguments() {
+        if let Some(long) = arg.get_long() {
+            assert!(page.contains(&format!("\\-\\-{}", long.replace('-', "\\-"))), "--{long}");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Sub::Man) = args.command {
+        return print_man();
+    }
     let config = config::load(args.config.as_deref());
     if args.check_config {
         return check_config(config);

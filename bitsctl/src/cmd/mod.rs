@@ -88,10 +88,15 @@ pub async fn resolve(client: &Client, job: &JobArg) -> Result<JobId> {
             ids = matching(all);
         }
     }
-    match ids.as_slice() {
+    Ok(only_match(prefix, &ids)?)
+}
+
+/// The one id among those starting with `prefix`: none is BG_E_NOT_FOUND, several are refused
+/// naming them all (the user picks one).
+fn only_match(prefix: &str, ids: &[JobId]) -> Result<JobId, BitsError> {
+    match ids {
         [] => {
-            Err(BitsError::new(Code::BG_E_NOT_FOUND, format!("no job id starts with '{prefix}'"))
-                .into())
+            Err(BitsError::new(Code::BG_E_NOT_FOUND, format!("no job id starts with '{prefix}'")))
         }
         [id] => Ok(*id),
         _ => {
@@ -103,8 +108,7 @@ pub async fn resolve(client: &Client, job: &JobArg) -> Result<JobId> {
                     ids.len(),
                     names.join(", ")
                 ),
-            )
-            .into())
+            ))
         }
     }
 }
@@ -391,4 +395,25 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_prefix_names_one_job_or_is_refused() {
+        let a = JobId::parse("0b3e4a9e-8d4f-4a32-9c55-1f0d6d2c8e11").unwrap();
+        let b = JobId::parse("0b3e4a9f-0000-4a32-9c55-1f0d6d2c8e11").unwrap();
+        assert_eq!(only_match("0b3e4a9e", &[a]).unwrap(), a);
+        let err = only_match("ffff", &[]).unwrap_err();
+        assert_eq!(err.code, Code::BG_E_NOT_FOUND);
+        assert_eq!(err.message, "no job id starts with 'ffff'");
+        let err = only_match("0b3e", &[a, b]).unwrap_err();
+        assert_eq!(err.code, Code::E_INVALIDARG);
+        assert!(err.message.contains(&a.to_string()) && err.message.contains(&b.to_string()));
+        assert!(err.message.starts_with("'0b3e' is the start of 2 job ids"), "{}", err.message);
+    }
 }
