@@ -489,11 +489,11 @@ pub fn job_info(job: &JobInfo, files: &[FileInfo]) -> String {
             p.files_total
         ),
     );
-    if let (Some(done), true) = (job.transfer_completion_time, p.bytes_transferred > 0) {
-        if let Ok(took) = done.duration_since(job.creation_time) {
-            let rate = p.bytes_transferred as f64 / took.as_secs_f64().max(1e-3);
-            kv("Average rate", &format!("{} over {}", human_rate(rate), human_duration(took)));
-        }
+    // From creation: BITS keeps no start time, and a job usually starts when it is made.
+    let took = job.transfer_completion_time.and_then(|t| t.duration_since(job.creation_time).ok());
+    if let (Some(took), true) = (took, p.bytes_transferred > 0) {
+        let rate = p.bytes_transferred as f64 / took.as_secs_f64().max(1e-3);
+        kv("Average rate", &format!("{} over {}", human_rate(rate), human_duration(took)));
     }
     kv("Errors", &job.error_count.to_string());
     if let Some(error) = &job.error {
