@@ -73,6 +73,7 @@ pub enum Command {
     },
     /// Add a file to a job and print its index.
     Add {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         url: String,
@@ -88,27 +89,32 @@ pub enum Command {
     /// Add several files at once from LIST (lines of `URL DEST [sha256=HEX]`, `-` for stdin),
     /// all or none, as bitsadmin /addfileset; prints their indexes.
     AddSet {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         list: PathBuf,
     },
     /// Start or restart transferring a job.
     Resume {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
     /// Pause a job.
     Suspend {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
     /// Cancel a job and delete its temporary files.
     Cancel {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
     /// Move a transferred job's files into place and end it.
     Complete {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
@@ -126,26 +132,31 @@ pub enum Command {
     },
     /// Become the owner of another user's job (administrators only). Drops its custom headers.
     TakeOwnership {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
     /// Show a job and its files.
     Info {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
     /// Show a job's files (ListFiles).
     Files {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
     /// Show a job's progress: bytes and files, per file too (GetProgress).
     Progress {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
     /// Show a job's last error: context, code, description, file (GetError).
     Error {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
     },
@@ -154,6 +165,7 @@ pub enum Command {
     #[command(after_help = "Example:\n  bitsctl set 3f2a --priority high --retry-delay 60 \
         --notify-flags transferred,error --notify-cmd /usr/bin/logger --notify-arg done")]
     Set {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         #[command(flatten)]
@@ -166,6 +178,7 @@ pub enum Command {
     /// that they never appear on a command line; --clear removes them.
     #[command(group(ArgGroup::new("source").required(true).args(["from_file", "clear"])))]
     SetHeaders {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         #[arg(long, value_name = "FILE")]
@@ -175,6 +188,7 @@ pub enum Command {
     },
     /// Point a file of a job at another URL (same content; SetRemoteName).
     SetRemoteName {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         file_index: u32,
@@ -182,6 +196,7 @@ pub enum Command {
     },
     /// Replace OLD at the start of every file's URL with NEW (prints S_FALSE if none matched).
     ReplacePrefix {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         old: String,
@@ -189,6 +204,7 @@ pub enum Command {
     },
     /// Tell the daemon how far an on-demand file has been read (UpdateDownloadPosition).
     Position {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         file_index: u32,
@@ -196,12 +212,14 @@ pub enum Command {
     },
     /// Show the downloaded ranges of a file, one OFFSET:LENGTH per line.
     Ranges {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         file_index: u32,
     },
     /// Ask for ranges of a file to be downloaded first.
     RequestRanges {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         file_index: u32,
@@ -211,6 +229,7 @@ pub enum Command {
     /// Print a job's notifications and progress as they happen, one line each (--json: one
     /// object a line), until the job is completed or cancelled.
     Watch {
+        /// The job: its id, or a unique prefix of it (4 characters or more).
         #[arg(value_parser = parse_job)]
         job: JobArg,
         /// Notify flags for this watcher, by name or number (e.g. `all` or 0x3B); default:
@@ -273,10 +292,13 @@ pub fn parse_job(text: &str) -> Result<JobArg, String> {
 /// their order.
 #[derive(Debug, Default, Args)]
 pub struct SetFlags {
+    /// Foreground jobs run at once, each on its own; the others one at a time by priority.
     #[arg(long, value_enum)]
     pub priority: Option<PriorityArg>,
+    /// The name shown by list and info (at most 256 characters).
     #[arg(long, value_name = "NAME")]
     pub display_name: Option<String>,
+    /// A longer description (at most 1024 characters).
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
     /// Minimum seconds between retries after a transient error (at least 5).

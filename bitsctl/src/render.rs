@@ -369,7 +369,8 @@ pub fn monitor_table(jobs: &[JobInfo], rates: &[Option<f64>], now: SystemTime) -
             ]
         })
         .collect();
-    let mut text = format!("bitsctl monitor  {}  {} jobs\n", rfc3339(now), jobs.len());
+    let plural = if jobs.len() == 1 { "" } else { "s" };
+    let mut text = format!("bitsctl monitor  {}  {} job{plural}\n", rfc3339(now), jobs.len());
     text.push_str(&table(["JOB", "STATE", "PROGRESS", "RATE", "NAME", "ERROR"], &rows));
     text
 }
