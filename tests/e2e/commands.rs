@@ -312,3 +312,30 @@ async fn monitor_json_and_watch_follow_a_short_download() {
     assert!(text.lines().any(|l| l == "TRANSFERRED"), "{text}");
     assert!(text.contains("293.0 KiB/293.0 KiB (100%)"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_into_a_pipe_prints_one_table_per_interval() {
+    let daemon = TestDaemon::start().await;
+    let job = create(&daemon, "tabled").await;
+    let mut monitor = tokio::process::Command::new(daemon.bitsctl_path())
+        .args(["--socket", daemon.socket().to_str().unwrap(), "monitor", "--interval", "0.1"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    lines_until(&mut lines, &mut seen, "tabled").await;
+    lines_until(&mut lines, &mut seen, "tabled").await;
+    monitor.kill().await.unwrap();
+    let text = seen.join("\n");
+    assert!(!text.contains('\x1b'), "no terminal escapes into a pipe: {text:?}");
+    assert_eq!(seen.iter().filter(|l| l.starts_with("JOB ")).count(), 2, "{text}");
+    let rows: Vec<&String> = seen.iter().filter(|l| l.contains("tabled")).collect();
+    for row in &rows {
+        assert!(row.starts_with(&prefix(job)) && row.contains("SUSPENDED"), "{text}");
+    }
+    // No rate before the second look; nothing moved since.
+    assert!(rows[0].contains(" - "), "{text}");
+    assert!(rows[1].contains("0 B/s"), "{text}");
+}
