@@ -239,6 +239,15 @@ async fn jobs_by_prefix_reset_and_json_errors() {
     assert!(client.list_jobs().await.unwrap().is_empty());
     let out = daemon.bitsctl(&["--json", "reset"]).await.success();
     assert_eq!(parse_json(&out.stdout)["cancelled"], serde_json::json!([]));
+
+    // An administrator (root here) sees owners and may reset everyone's jobs.
+    let job = create(&daemon, "root's").await;
+    let list = daemon.bitsctl(&["list", "--all-users"]).await.success().stdout;
+    assert!(list.lines().next().unwrap().contains("OWNER"), "{list}");
+    let row = list.lines().find(|l| l.starts_with(&job.to_string())).unwrap();
+    assert!(row.contains("0 (root)"), "{list}");
+    let out = daemon.bitsctl(&["reset", "--all-users"]).await.success();
+    assert_eq!(out.stdout, "1 of 1 jobs cancelled\n");
 }
 
 /// Reads the child's stdout lines until one contains `want` (60 s at most), returning them all.
