@@ -5,6 +5,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bits_core::{Code, Span};
@@ -23,6 +24,7 @@ use url::Url;
 
 use crate::body::RangeBody;
 use crate::classify::is_followed_redirect;
+use crate::counted::Counted;
 use crate::error::FetchError;
 use crate::multirange::{self, MultiRangeBody};
 use crate::probe::{self, RemoteInfo};
@@ -106,7 +108,7 @@ impl RequestOptions {
     }
 }
 
-type PoolClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type PoolClient = Client<HttpsConnector<Counted<HttpConnector>>, Empty<Bytes>>;
 
 /// Fetches remote files over http and https. Cheap to clone; clones share one connection pool,
 /// so connections to a host are reused across files and jobs.
@@ -117,6 +119,8 @@ pub struct HttpClient {
 
 struct Inner {
     client: PoolClient,
+    /// Connections to servers open now (see `counted.rs`).
+    open: Arc<AtomicUsize>,
     config: HttpConfig,
     base_headers: HeaderMap,
 }
@@ -129,7 +133,8 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     pub fn new(config: HttpConfig) -> Result<HttpClient, FetchError> {
-        let https = connector(&config)?;
+        let open = Arc::new(AtomicUsize::new(0));
+        let https = connector(&config, &open)?;
         let client =
             Client::builder(TokioExecutor::new()).pool_timer(TokioTimer::new()).build(https);
         let mut base_headers = HeaderMap::new();
@@ -138,7 +143,12 @@ impl HttpClient {
         })?;
         base_headers.insert(header::USER_AGENT, agent);
         base_headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        Ok(HttpClient { inner: Arc::new(Inner { client, config, base_headers }) })
+        Ok(HttpClient { inner: Arc::new(Inner { client, open, config, base_headers }) })
+    }
+
+    /// Connections to servers open now: in use, or idle in the pool for the next request.
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -412,7 +422,10 @@ fn with_custom(custom: &HeaderMap, own: &HeaderMap) -> HeaderMap {
 
 /// The TLS-capable connector: ring provider, system roots (webpki roots if the system has none),
 /// plus any extra roots; ALPN offers h2 and http/1.1.
-fn connector(config: &HttpConfig) -> Result<HttpsConnector<HttpConnector>, FetchError> {
+fn connector(
+    config: &HttpConfig,
+    open: &Arc<AtomicUsize>,
+) -> Result<HttpsConnector<Counted<HttpConnector>>, FetchError> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(config.connect_timeout));
@@ -446,7 +459,11 @@ fn connector(config: &HttpConfig) -> Result<HttpsConnector<HttpConnector>, Fetch
             .with_no_client_auth();
         HttpsConnectorBuilder::new().with_tls_config(tls)
     };
-    Ok(builder.https_or_http().enable_http1().enable_http2().wrap_connector(http))
+    Ok(builder
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(Counted::new(http, Arc::clone(open))))
 }
 
 /// Maps a failed request (connect, TLS, send, or response head) to a BITS error.

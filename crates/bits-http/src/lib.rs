@@ -26,6 +26,7 @@ mod body;
 mod classify;
 mod client;
 pub mod content_range;
+mod counted;
 mod custom;
 mod error;
 mod headers;
