@@ -325,6 +325,13 @@ impl Bits for Fake {
         Err(Status::unimplemented("set_notify_cmd_line"))
     }
 
+    async fn get_stats(
+        &self,
+        _: Request<v1::GetStatsRequest>,
+    ) -> Result<Response<v1::GetStatsReply>, Status> {
+        Err(Status::unimplemented("get_stats"))
+    }
+
     async fn watch_job(
         &self,
         _: Request<v1::WatchJobRequest>,

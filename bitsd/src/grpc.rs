@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use bits_core::{BitsError, Code, JobId, JobType};
+use bits_core::{BitsError, Code, JobId, JobType, Stats};
 use bits_manager::{Caller, Manager, NewFile, PropertyValue};
 use bits_proto::convert;
 use bits_proto::status::to_status;
@@ -20,6 +20,8 @@ pub struct BitsService {
     access: Access,
     /// Open WatchJob streams, per uid and in all (shared by the Unix socket and TCP).
     watches: Quota,
+    /// Open control connections (socket and TCP), for GetStats.
+    connections: Quota,
 }
 
 /// Who may use the Unix socket. Authorisation is by the peer's uid (SO_PEERCRED), never by the
@@ -48,8 +50,22 @@ pub struct TcpCaller {
 }
 
 impl BitsService {
-    pub fn new(manager: Manager, access: Access, watches: Quota) -> BitsService {
-        BitsService { manager, access, watches }
+    pub fn new(
+        manager: Manager,
+        access: Access,
+        watches: Quota,
+        connections: Quota,
+    ) -> BitsService {
+        BitsService { manager, access, watches, connections }
+    }
+
+    /// The daemon's numbers: the manager's, plus what only the server counts. Shared by GetStats
+    /// and `/metrics`.
+    pub fn stats(manager: &Manager, uid: u32, watches: &Quota, connections: &Quota) -> Stats {
+        let mut stats = manager.stats(uid);
+        stats.control_connections = connections.total() as u64;
+        stats.watch_streams = watches.total() as u64;
+        stats
     }
 
     /// The caller's uid from SO_PEERCRED (or from an authenticated TCP request); anything else
@@ -489,6 +505,15 @@ impl v1::bits_server::Bits for BitsService {
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (_caller, _id, _req) = self.request_with_job(request, |r| &r.job_id)?;
         reply(Err(BitsError::new(Code::E_NOTIMPL, "SetNotifyCmdLine is not implemented yet")))
+    }
+
+    async fn get_stats(
+        &self,
+        request: Request<v1::GetStatsRequest>,
+    ) -> Result<Response<v1::GetStatsReply>, Status> {
+        let caller = self.caller(&request)?;
+        let stats = BitsService::stats(&self.manager, caller.uid, &self.watches, &self.connections);
+        Ok(Response::new(convert::stats_to_wire(&stats)))
     }
 
     async fn take_ownership(

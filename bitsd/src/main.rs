@@ -362,7 +362,12 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
             tracing::info!(address = %tcp.listen, uid = tcp.uid, "serving on TCP too (bearer token required)");
             Some(tcp::TcpServing {
                 listener,
-                service: grpc::BitsService::new(manager.clone(), access, watches.clone()),
+                service: grpc::BitsService::new(
+                    manager.clone(),
+                    access,
+                    watches.clone(),
+                    control.connections.clone(),
+                ),
                 awake: awake.clone(),
                 check: tcp::BearerCheck::new(&tcp.token, tcp.uid),
                 control: control.clone(),
@@ -375,7 +380,12 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     let listener = server::bind(&socket, access)?
         .into_std()
         .context("cannot hand the socket to the gRPC thread")?;
-    let service = grpc::BitsService::new(manager.clone(), access, watches);
+    let service = grpc::BitsService::new(
+        manager.clone(),
+        access,
+        watches.clone(),
+        control.connections.clone(),
+    );
     let unix = UnixServing { listener, service, awake, control, manager: manager.clone() };
     // One stop for both servers. A dropped sender (the daemon failing) stops them too.
     let (stop_serving, stopped) = tokio::sync::watch::channel(false);

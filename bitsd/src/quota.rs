@@ -82,7 +82,6 @@ impl Quota {
     }
 
     /// How many all callers hold now.
-    #[cfg(test)]
     pub fn total(&self) -> usize {
         self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).total
     }

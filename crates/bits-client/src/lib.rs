@@ -559,6 +559,13 @@ impl Client {
         status_code(self.inner.clone().set_extensions(req).await?.into_inner())
     }
 
+    /// GetStats: the daemon's numbers since it started (bitsd extension). `own_jobs` counts the
+    /// caller's jobs, `jobs` everyone's.
+    pub async fn get_stats(&self) -> Result<bits_core::Stats, ClientError> {
+        let reply = self.inner.clone().get_stats(v1::GetStatsRequest {}).await?.into_inner();
+        convert::stats_from_wire(&reply).map_err(protocol)
+    }
+
     pub async fn update_download_position(
         &self,
         job: JobId,

@@ -57,6 +57,27 @@ fn sample_job(id: JobId) -> Job {
     }
 }
 
+fn sample_stats() -> bits_core::Stats {
+    bits_core::Stats {
+        start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        uptime: Duration::from_secs(7),
+        jobs: vec![(JobState::Queued, 3)],
+        own_jobs: vec![(JobState::Queued, 1)],
+        bytes_transferred: 12_345,
+        control_connections: 1,
+        watch_streams: 0,
+        http_connections: 2,
+        transient_errors: vec![(Code::Http(503), 2)],
+        flushes: bits_core::FlushStats {
+            count: 5,
+            failed: 0,
+            total: Duration::from_micros(900),
+            max: Duration::from_micros(400),
+            buckets: vec![(Duration::from_micros(500), 5)],
+        },
+    }
+}
+
 fn sample_error() -> JobError {
     JobError {
         context: ErrorContext::RemoteFile,
@@ -302,6 +323,13 @@ impl Bits for Fake {
         Err(Status::unimplemented("set_notify_cmd_line"))
     }
 
+    async fn get_stats(
+        &self,
+        _: Request<v1::GetStatsRequest>,
+    ) -> Result<Response<v1::GetStatsReply>, Status> {
+        Ok(Response::new(convert::stats_to_wire(&sample_stats())))
+    }
+
     async fn watch_job(
         &self,
         _: Request<v1::WatchJobRequest>,
@@ -385,6 +413,7 @@ async fn every_rpc_maps_to_core_types() {
     );
     assert_eq!(client.get_filled_file_ranges(id, 0).await.unwrap(), vec![ByteRange::new(10, 10)]);
     assert_eq!(client.set_priority(id, Priority::Foreground).await.unwrap(), Code::S_OK);
+    assert_eq!(client.get_stats().await.unwrap(), sample_stats());
 }
 
 /// The fake daemon on loopback TCP, letting through only calls that carry `Bearer t0ken`.

@@ -10,6 +10,7 @@ pub mod defaults;
 pub mod job;
 pub mod range_set;
 pub mod state;
+pub mod stats;
 
 pub use byte_range::{ByteRange, LENGTH_TO_EOF, Layout, validate_static_ranges};
 pub use code::{BitsError, Code};
@@ -19,3 +20,4 @@ pub use job::{
 };
 pub use range_set::{RangeSet, Span};
 pub use state::{Event, JobState, transition};
+pub use stats::{FlushStats, Stats};

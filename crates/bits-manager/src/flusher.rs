@@ -12,12 +12,14 @@
 
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::Instant;
 
 use bits_core::{BitsError, Code};
 use bits_store::{Store, StoreError};
 use tokio::sync::oneshot;
 
 use crate::manager::store_error;
+use crate::stats::FlushTimes;
 
 /// Store work for the flusher thread, answering on its own channel.
 type Work = Box<dyn FnOnce(&dyn Store) + Send>;
@@ -25,22 +27,31 @@ type Work = Box<dyn FnOnce(&dyn Store) + Send>;
 /// Sends store work to the flusher thread; the thread ends when this is dropped.
 pub(crate) struct Flusher {
     requests: mpsc::Sender<Work>,
+    /// How long the flushes took (the store's own time, not the wait for the thread).
+    times: Arc<FlushTimes>,
 }
 
 impl Flusher {
-    pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<Flusher> {
+    pub(crate) fn start(store: Arc<dyn Store>, times: Arc<FlushTimes>) -> std::io::Result<Flusher> {
         let (requests, incoming) = mpsc::channel::<Work>();
         std::thread::Builder::new().name("bitsd-store-flush".into()).spawn(move || {
             for work in incoming {
                 work(store.as_ref());
             }
         })?;
-        Ok(Flusher { requests })
+        Ok(Flusher { requests, times })
     }
 
     /// One store flush, on the flusher thread.
     pub(crate) async fn flush(&self) -> Result<(), BitsError> {
-        self.run(|store| store.flush()).await
+        let times = Arc::clone(&self.times);
+        self.run(move |store| {
+            let started = Instant::now();
+            let flushed = store.flush();
+            times.record(started.elapsed(), flushed.is_ok());
+            flushed
+        })
+        .await
     }
 
     /// Store work that ends in a flush (deleting a job), on the flusher thread.
@@ -68,7 +79,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_flush_runs_on_the_one_flusher_thread_and_reports_failures() {
         let store = Arc::new(Watched::default());
-        let flusher = Flusher::start(store.clone()).unwrap();
+        let times = Arc::new(FlushTimes::default());
+        let flusher = Flusher::start(store.clone(), Arc::clone(&times)).unwrap();
         let flushes = (0..8).map(|_| flusher.flush());
         for result in futures::future::join_all(flushes).await {
             result.unwrap();
@@ -79,6 +91,9 @@ mod tests {
         assert!(error.message.contains("disk on fire"), "{}", error.message);
         let threads = store.threads.lock().unwrap().clone();
         assert_eq!(threads.len(), 9);
+        // Each flush was timed, the failed one too.
+        let timed = times.snapshot();
+        assert_eq!((timed.count, timed.failed), (9, 1));
         assert!(threads.iter().all(|t| t.as_deref() == Some("bitsd-store-flush")), "{threads:?}");
     }
 }

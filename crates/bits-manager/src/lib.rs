@@ -17,6 +17,7 @@ mod reconcile;
 mod requested;
 mod scheduler;
 mod setters;
+mod stats;
 #[cfg(test)]
 mod testing;
 mod validate;
@@ -27,3 +28,4 @@ pub use events::{EventKind, JobEvent, Subscription};
 pub use files::NewFile;
 pub use manager::{Caller, Manager, ManagerConfig, ManagerError, Summary};
 pub use setters::PropertyValue;
+pub use stats::FLUSH_BUCKETS_MICROS;

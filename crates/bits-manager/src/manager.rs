@@ -172,6 +172,8 @@ pub(crate) struct Inner {
     pub(crate) commit: GroupCommit,
     /// Job workers alive now (see [`Manager::transfers_running`]).
     pub(crate) workers: AtomicUsize,
+    /// Daemon-wide counters (see `stats.rs`).
+    pub(crate) stats: crate::stats::Counters,
 }
 
 /// Tickets and the flush lock of [`Manager::flush`]'s group commit.
@@ -355,7 +357,9 @@ impl Manager {
         }
         store.flush()?;
         tracing::info!(jobs = table.jobs.len(), "job table loaded");
-        let flusher = Flusher::start(store.clone()).map_err(ManagerError::Thread)?;
+        let stats = crate::stats::Counters::new();
+        let flusher = Flusher::start(store.clone(), Arc::clone(&stats.flushes))
+            .map_err(ManagerError::Thread)?;
         let manager = Manager {
             inner: Arc::new(Inner {
                 table: Mutex::new(table),
@@ -375,6 +379,7 @@ impl Manager {
                     deferred_pending: AtomicBool::new(false),
                 },
                 workers: AtomicUsize::new(0),
+                stats,
             }),
         };
         tokio::spawn(crate::scheduler::run(manager.clone()));

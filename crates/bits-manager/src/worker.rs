@@ -128,7 +128,7 @@ pub(crate) async fn run_job(
                         description: "a temp file was truncated during the transfer".into(),
                         file_index: None,
                     };
-                    fail(entry, error, true, None);
+                    fail(&manager, entry, error, true, None);
                 }
                 // Spec A6b: the requested ranges are in; an incomplete file waits, SUSPENDED.
                 Err(Halt::OnDemandIdle) => {
@@ -138,7 +138,7 @@ pub(crate) async fn run_job(
                     }
                 }
                 Err(Halt::Failed { error, transient, retry_after }) => {
-                    fail(entry, error, transient, retry_after);
+                    fail(&manager, entry, error, transient, retry_after);
                 }
             }
             if let Err(e) = manager.persist_job_fields(&entry.job) {
@@ -155,7 +155,13 @@ pub(crate) async fn run_job(
 /// Applies a failed attempt: TRANSIENT_ERROR with a retry time, or ERROR when the failure is
 /// fatal or retrying cannot help (spec §5.3: no-progress timeout 0, retry delay longer than the
 /// timeout, or no progress since the first transient error for longer than the timeout).
-fn fail(entry: &mut Entry, error: JobError, transient: bool, retry_after: Option<Duration>) {
+fn fail(
+    manager: &Manager,
+    entry: &mut Entry,
+    error: JobError,
+    transient: bool,
+    retry_after: Option<Duration>,
+) {
     let now = Instant::now();
     let job = &entry.job;
     // The 5 s floor applies where a job's delay is set; the operator's default may be lower.
@@ -168,6 +174,9 @@ fn fail(entry: &mut Entry, error: JobError, transient: bool, retry_after: Option
     let event = if fatal { Event::FatalFailure } else { Event::TransientFailure };
     let Ok(next) = transition(entry.job.state, event) else { return };
     tracing::warn!(job = %entry.job.id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
+    if !fatal {
+        manager.inner.stats.transient_error(error.code);
+    }
     entry.job.error_count = entry.job.error_count.saturating_add(1);
     entry.job.error = Some(error);
     set_state(entry, next);
@@ -1101,6 +1110,7 @@ async fn record_filled_spans(
         manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
     }
     manager.flush().await.map_err(|e| store_halt(e, index))?;
+    manager.inner.stats.recorded(spans.total_len());
     // Durable: now clients may see the spans, and their events go out.
     let mut table = manager.table();
     let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };

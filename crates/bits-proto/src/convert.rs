@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bits_core::{
-    BitsError, ByteRange, Code, ErrorContext, FileProgress, Job, JobError, JobFile, JobId,
-    JobState, JobType, Priority, Progress, RangeSet,
+    BitsError, ByteRange, Code, ErrorContext, FileProgress, FlushStats, Job, JobError, JobFile,
+    JobId, JobState, JobType, Priority, Progress, RangeSet, Stats,
 };
 
 use crate::status::echo;
@@ -593,6 +593,91 @@ pub fn job_event_from_wire(event: &v1::JobEvent) -> Result<JobEventInfo, BitsErr
     Ok(JobEventInfo { job, time, event: info })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Daemon statistics (GetStats)
+// ---------------------------------------------------------------------------------------------
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn state_counts_to_wire(counts: &[(JobState, u64)]) -> Vec<v1::JobStateCount> {
+    counts
+        .iter()
+        .map(|&(state, count)| v1::JobStateCount { state: state_to_wire(state) as i32, count })
+        .collect()
+}
+
+fn state_counts_from_wire(counts: &[v1::JobStateCount]) -> Result<Vec<(JobState, u64)>, BitsError> {
+    counts.iter().map(|c| Ok((state_from_wire(c.state)?, c.count))).collect()
+}
+
+pub fn stats_to_wire(stats: &Stats) -> v1::GetStatsReply {
+    let flushes = &stats.flushes;
+    v1::GetStatsReply {
+        start_time: Some(timestamp_to_wire(stats.start_time)),
+        uptime_secs: stats.uptime.as_secs(),
+        jobs: state_counts_to_wire(&stats.jobs),
+        own_jobs: state_counts_to_wire(&stats.own_jobs),
+        bytes_transferred: stats.bytes_transferred,
+        control_connections: u32::try_from(stats.control_connections).unwrap_or(u32::MAX),
+        watch_streams: u32::try_from(stats.watch_streams).unwrap_or(u32::MAX),
+        http_connections: u32::try_from(stats.http_connections).unwrap_or(u32::MAX),
+        transient_errors: stats
+            .transient_errors
+            .iter()
+            .map(|&(code, count)| v1::ErrorCount {
+                code: code.name(),
+                hresult: code.hresult(),
+                count,
+            })
+            .collect(),
+        store_flushes: Some(v1::StoreFlushStats {
+            count: flushes.count,
+            failed: flushes.failed,
+            total_micros: micros(flushes.total),
+            max_micros: micros(flushes.max),
+            buckets: flushes
+                .buckets
+                .iter()
+                .map(|&(le, count)| v1::LatencyBucket { le_micros: micros(le), count })
+                .collect(),
+        }),
+    }
+}
+
+/// A GetStats reply; an unknown state or code is `E_INVALIDARG` (a newer daemon than this client).
+pub fn stats_from_wire(reply: &v1::GetStatsReply) -> Result<Stats, BitsError> {
+    let start = reply.start_time.as_ref().ok_or_else(|| missing("GetStatsReply.start_time"))?;
+    let flushes = reply.store_flushes.clone().unwrap_or_default();
+    Ok(Stats {
+        start_time: timestamp_from_wire(start)?,
+        uptime: Duration::from_secs(reply.uptime_secs),
+        jobs: state_counts_from_wire(&reply.jobs)?,
+        own_jobs: state_counts_from_wire(&reply.own_jobs)?,
+        bytes_transferred: reply.bytes_transferred,
+        control_connections: u64::from(reply.control_connections),
+        watch_streams: u64::from(reply.watch_streams),
+        http_connections: u64::from(reply.http_connections),
+        transient_errors: reply
+            .transient_errors
+            .iter()
+            .map(|e| Ok((code_from_wire(e.hresult, &e.code)?, e.count)))
+            .collect::<Result<_, BitsError>>()?,
+        flushes: FlushStats {
+            count: flushes.count,
+            failed: flushes.failed,
+            total: Duration::from_micros(flushes.total_micros),
+            max: Duration::from_micros(flushes.max_micros),
+            buckets: flushes
+                .buckets
+                .iter()
+                .map(|b| (Duration::from_micros(b.le_micros), b.count))
+                .collect(),
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -652,6 +737,35 @@ mod tests {
                 file(None, vec![ByteRange::new(5, 10), ByteRange::new(50, LENGTH_TO_EOF)]),
             ],
         }
+    }
+
+    #[test]
+    fn stats_round_trip_through_the_wire_and_an_unknown_state_is_refused() {
+        let us = Duration::from_micros;
+        let stats = Stats {
+            start_time: UNIX_EPOCH + Duration::new(1_700_000_000, 5_000),
+            uptime: Duration::from_secs(42),
+            jobs: vec![(JobState::Queued, 2), (JobState::Transferred, 1)],
+            own_jobs: vec![(JobState::Transferred, 1)],
+            bytes_transferred: 1 << 30,
+            control_connections: 3,
+            watch_streams: 1,
+            http_connections: 2,
+            transient_errors: vec![(Code::E_FAIL, 1), (Code::Http(503), 4)],
+            flushes: FlushStats {
+                count: 10,
+                failed: 1,
+                total: us(12_345),
+                max: us(4_000),
+                buckets: vec![(us(1_000), 6), (us(5_000), 10)],
+            },
+        };
+        let wire = stats_to_wire(&stats);
+        assert_eq!(wire.transient_errors[1].code, "BG_E_HTTP_ERROR_503");
+        assert_eq!(stats_from_wire(&wire).unwrap(), stats);
+        let mut bad = wire.clone();
+        bad.jobs[0].state = 99;
+        assert_eq!(stats_from_wire(&bad).unwrap_err().code, Code::E_INVALIDARG);
     }
 
     #[test]
