@@ -82,6 +82,9 @@ pub struct Config {
     pub admins: Admins,
     /// `None`: no TCP listener (the default; the Unix socket is the only way in).
     pub tcp: Option<Tcp>,
+    /// `[metrics] listen`: where `/metrics` is served (a loopback address); `None`: nowhere
+    /// (the default).
+    pub metrics: Option<SocketAddr>,
     pub log: Log,
 }
 
@@ -98,6 +101,7 @@ impl Config {
             transfer: Transfer::default(),
             admins: Admins::default(),
             tcp: None,
+            metrics: None,
             log: Log::default(),
         }
     }
@@ -351,6 +355,10 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
             },
         },
         tcp: doc.tcp(raw.tcp, euid)?,
+        metrics: match raw.metrics.listen {
+            Some(listen) => Some(doc.loopback(listen, "metrics.listen", "127.0.0.1:9781")?),
+            None => None,
+        },
         log: Log {
             format: raw.log.format.unwrap_or(LogFormat::Text),
             level: match raw.log.level {
@@ -380,7 +388,15 @@ struct RawConfig {
     access: RawAccess,
     tcp: Option<Spanned<RawTcp>>,
     #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [metrics] table")]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -648,6 +664,16 @@ impl Doc<'_> {
         }
     }
 
+    /// A listening address (`tcp.listen`, `metrics.listen`), which must be loopback.
+    fn loopback(
+        &self,
+        listen: Spanned<String>,
+        key: &str,
+        example: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        loopback_addr(listen.get_ref(), example).map_err(|why| self.error(listen.span(), key, why))
+    }
+
     /// `[tcp]`: nothing unless `listen` is set; then a loopback address, a private token file,
     /// and an explicit uid for a root daemon.
     fn tcp(&self, tcp: Option<Spanned<RawTcp>>, euid: u32) -> Result<Option<Tcp>, ConfigError> {
@@ -655,28 +681,7 @@ impl Doc<'_> {
         let table = tcp.span();
         let tcp = tcp.into_inner();
         let Some(listen) = tcp.listen else { return Ok(None) };
-        let listen = match listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) if !addr.ip().is_loopback() => {
-                return Err(self.error(
-                    listen.span(),
-                    "tcp.listen",
-                    format!(
-                        "{addr} is not a loopback address (127.0.0.0/8 or ::1); bitsd listens on loopback only"
-                    ),
-                ));
-            }
-            Ok(addr) if addr.port() == 0 => {
-                return Err(self.error(listen.span(), "tcp.listen", "must name a port (not 0)"));
-            }
-            Ok(addr) => addr,
-            Err(_) => {
-                return Err(self.error(
-                    listen.span(),
-                    "tcp.listen",
-                    format!("{:?} is not IP:PORT, e.g. \"127.0.0.1:7781\"", listen.get_ref()),
-                ));
-            }
-        };
+        let listen = self.loopback(listen, "tcp.listen", "127.0.0.1:7781")?;
         let Some(token_file) = self.absolute(tcp.token_file.clone(), "tcp.token_file")? else {
             return Err(self.error(table, "tcp.token_file", "required when tcp.listen is set"));
         };
@@ -730,6 +735,19 @@ fn key_path_at(table: &toml::de::DeTable<'_>, offset: usize) -> Option<Vec<Strin
         }
     }
     None
+}
+
+/// `text` as a loopback `IP:PORT` with a port, or why not (`example` shows the form). Shared by
+/// the file's listening addresses and the flags that override them.
+pub fn loopback_addr(text: &str, example: &str) -> Result<SocketAddr, String> {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) if !addr.ip().is_loopback() => Err(format!(
+            "{addr} is not a loopback address (127.0.0.0/8 or ::1); bitsd listens on loopback only"
+        )),
+        Ok(addr) if addr.port() == 0 => Err("must name a port (not 0)".to_string()),
+        Ok(addr) => Ok(addr),
+        Err(_) => Err(format!("{text:?} is not IP:PORT, e.g. \"{example}\"")),
+    }
 }
 
 fn one_line(text: &str) -> String {

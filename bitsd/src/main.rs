@@ -5,6 +5,7 @@
 mod awake;
 mod config;
 mod grpc;
+mod metrics;
 mod notify;
 mod quota;
 mod server;
@@ -98,6 +99,15 @@ struct Args {
     /// Close a connection to the socket with no call in flight that sent nothing for this long, in milliseconds [file: control.idle_timeout_ms; default: 600000]
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     control_idle_timeout_ms: Option<u64>,
+    /// Serve Prometheus metrics (counts only; no token) at http://ADDR/metrics, a loopback
+    /// IP:PORT [file: metrics.listen; default: off]
+    #[arg(long, value_name = "ADDR", value_parser = metrics_listen)]
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// `--metrics-listen`: checked as the file's `metrics.listen` is.
+fn metrics_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    config::loopback_addr(text, "127.0.0.1:9781")
 }
 
 /// What bitsd can do besides serving.
@@ -377,6 +387,20 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Before the socket too, for the same reason.
+    let metrics = match args.metrics_listen.or(config.metrics) {
+        Some(addr) => {
+            let listener = metrics::bind(addr)?;
+            tracing::info!(address = %addr, "serving metrics at http://{addr}/metrics");
+            let source = metrics::Source {
+                manager: manager.clone(),
+                watches: watches.clone(),
+                connections: control.connections.clone(),
+            };
+            Some((listener, source))
+        }
+        None => None,
+    };
     let listener = server::bind(&socket, access)?
         .into_std()
         .context("cannot hand the socket to the gRPC thread")?;
@@ -389,6 +413,17 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     let unix = UnixServing { listener, service, awake, control, manager: manager.clone() };
     // One stop for both servers. A dropped sender (the daemon failing) stops them too.
     let (stop_serving, stopped) = tokio::sync::watch::channel(false);
+    if let Some((listener, source)) = metrics {
+        let mut stop = stopped.clone();
+        let until_stop = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, source, until_stop).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
     // The thread reports its end on a channel rather than being joined: a join would block a
     // thread of ours for as long as the gRPC thread lingers (see the deadline below).
     let (served_tx, served_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();

@@ -69,6 +69,7 @@ fn an_empty_file_means_every_default() {
     assert_eq!(config.admins.uids, vec![0]);
     assert_eq!(config.admins.gids, Vec::<u32>::new());
     assert_eq!(config.tcp, None);
+    assert_eq!(config.metrics, None, "no metrics endpoint unless asked for");
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.log.level, "info");
     // The same defaults as when there is no file at all.
@@ -208,7 +209,7 @@ fn unknown_keys_name_file_line_key_and_table() {
     assert_eq!(
         err("socket = \"/s\"\nsockets = \"/t\"\n"),
         format!(
-            "{FILE}:2: unknown key \"sockets\" at the top level (expected one of socket, data_dir, keep_awake_us, limits, control, transfer, access, tcp, log)"
+            "{FILE}:2: unknown key \"sockets\" at the top level (expected one of socket, data_dir, keep_awake_us, limits, control, transfer, access, tcp, metrics, log)"
         )
     );
     let e = err("# comment\n\n[limits]\nmax_jobs_per_user = 1\nmax_jobz_per_user = 2\n");
@@ -341,6 +342,33 @@ fn tcp_listens_on_loopback_only() {
     assert!(e.starts_with(&format!("{FILE}:2: tcp.listen: \"localhost:7781\" is not IP:PORT")));
     let e = err(&tcp_section("127.0.0.1:0", &token, ""));
     assert_eq!(e, format!("{FILE}:2: tcp.listen: must name a port (not 0)"));
+}
+
+#[test]
+fn metrics_listen_on_loopback_only_like_tcp() {
+    for good in ["127.0.0.1:9781", "[::1]:9781"] {
+        let config = ok(&format!("[metrics]\nlisten = {good:?}\n"));
+        assert_eq!(config.metrics, Some(good.parse::<SocketAddr>().unwrap()));
+    }
+    assert_eq!(
+        err("[metrics]\nlisten = \"0.0.0.0:9781\"\n"),
+        format!(
+            "{FILE}:2: metrics.listen: 0.0.0.0:9781 is not a loopback address (127.0.0.0/8 or ::1); bitsd listens on loopback only"
+        )
+    );
+    assert_eq!(
+        err("[metrics]\nlisten = \"localhost\"\n"),
+        format!("{FILE}:2: metrics.listen: \"localhost\" is not IP:PORT, e.g. \"127.0.0.1:9781\"")
+    );
+    assert_eq!(
+        err("[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+        format!("{FILE}:2: metrics.listen: must name a port (not 0)")
+    );
+    assert_eq!(
+        err("[metrics]\nlisten = \"127.0.0.1:9781\"\npath = \"/m\"\n"),
+        format!("{FILE}:3: unknown key \"path\" in [metrics] (expected listen)")
+    );
+    assert_eq!(ok("[metrics]\n").metrics, None, "a table without listen is off");
 }
 
 #[test]

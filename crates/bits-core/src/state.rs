@@ -20,6 +20,19 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in BG_JOB_STATE order.
+    pub const ALL: [JobState; 9] = [
+        JobState::Queued,
+        JobState::Connecting,
+        JobState::Transferring,
+        JobState::Suspended,
+        JobState::Error,
+        JobState::TransientError,
+        JobState::Transferred,
+        JobState::Acknowledged,
+        JobState::Cancelled,
+    ];
+
     /// The BITS name, as shown to users (`"TRANSFERRED"`).
     pub fn name(self) -> &'static str {
         match self {
@@ -142,17 +155,7 @@ mod tests {
     use super::JobState::*;
     use super::*;
 
-    const ALL: [JobState; 9] = [
-        Queued,
-        Connecting,
-        Transferring,
-        Suspended,
-        Error,
-        TransientError,
-        Transferred,
-        Acknowledged,
-        Cancelled,
-    ];
+    const ALL: [JobState; 9] = JobState::ALL;
 
     fn resume(all_transferred: bool) -> Event {
         Event::Resume { has_files: true, all_transferred }

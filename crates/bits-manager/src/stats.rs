@@ -19,19 +19,6 @@ use crate::manager::Manager;
 pub const FLUSH_BUCKETS_MICROS: [u64; 12] =
     [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
-/// Every state, in the order they are reported.
-const STATES: [JobState; 9] = [
-    JobState::Queued,
-    JobState::Connecting,
-    JobState::Transferring,
-    JobState::Suspended,
-    JobState::Error,
-    JobState::TransientError,
-    JobState::Transferred,
-    JobState::Acknowledged,
-    JobState::Cancelled,
-];
-
 /// The counters, shared by the manager, its workers and the flusher thread.
 pub(crate) struct Counters {
     started: Instant,
@@ -115,20 +102,22 @@ impl Manager {
     /// those two are 0, for the server to fill in.
     pub fn stats(&self, uid: u32) -> Stats {
         let counters = &self.inner.stats;
-        let mut all = [0u64; STATES.len()];
-        let mut own = [0u64; STATES.len()];
+        let mut all = [0u64; JobState::ALL.len()];
+        let mut own = [0u64; JobState::ALL.len()];
         {
             let table = self.table();
             for entry in table.jobs.values() {
-                let Some(i) = STATES.iter().position(|&s| s == entry.job.state) else { continue };
+                let Some(i) = JobState::ALL.iter().position(|&s| s == entry.job.state) else {
+                    continue;
+                };
                 all[i] += 1;
                 if entry.job.owner_uid == uid {
                     own[i] += 1;
                 }
             }
         }
-        let by_state = |counts: [u64; STATES.len()]| {
-            STATES.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(&s, n)| (s, n)).collect()
+        let by_state = |counts: [u64; JobState::ALL.len()]| {
+            JobState::ALL.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(&s, n)| (s, n)).collect()
         };
         let mut transient: Vec<(Code, u64)> = {
             let counts = counters.transient.lock().unwrap_or_else(PoisonError::into_inner);
