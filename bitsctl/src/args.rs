@@ -259,6 +259,9 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print bitsctl's manual page (roff) on stdout: `bitsctl man | man -l -`.
     Man,
+    /// Show the daemon's numbers since it started: jobs by state (everyone's and yours), bytes
+    /// transferred, connections, transient errors by code, store flushes (--json: raw numbers).
+    Stats,
 }
 
 /// A job on the command line: its full id, or a unique prefix of it (as git and docker accept),

@@ -2,6 +2,7 @@
 
 pub mod download;
 pub mod monitor;
+pub mod stats;
 pub mod watch;
 
 use std::io::Write as _;
@@ -389,6 +390,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Monitor { interval } => {
             monitor::run(&client, std::time::Duration::from_secs_f64(interval), json).await?;
         }
+        Command::Stats => stats::run(&client, json).await?,
         Command::Download { url, dest, ranges, priority } => {
             let dest = absolute(&dest)?;
             download::run(&client, &url, &dest, &ranges, priority.into(), json).await?;
