@@ -77,12 +77,13 @@ fn check_config_accepts_a_good_file_and_opens_nothing() {
     let config = write(
         &dir.path().join("bitsd.toml"),
         &format!(
-            "socket = {:?}\ndata_dir = {:?}\n\n[limits]\nmax_jobs_per_user = 3\n\n[transfer]\nsync_bytes = 1048576\n\n[access]\nadmin_uids = [0]\nadmin_group = \"root\"\n\n[tcp]\nlisten = \"{}\"\ntoken_file = {:?}\nuid = {}\n\n[log]\nformat = \"json\"\n",
+            "socket = {:?}\ndata_dir = {:?}\n\n[limits]\nmax_jobs_per_user = 3\n\n[transfer]\nsync_bytes = 1048576\n\n[access]\nadmin_uids = [0]\nadmin_group = \"root\"\n\n[tcp]\nlisten = \"{}\"\ntoken_file = {:?}\nuid = {}\n\n[metrics]\nlisten = \"{}\"\n\n[log]\nformat = \"json\"\n",
             dir.path().join("s/bitsd.sock").display().to_string(),
             store.display().to_string(),
             free_port(),
             token.display().to_string(),
             tcp_uid(),
+            free_port(),
         ),
     );
     let out = check_config(dir.path(), &config);
@@ -126,6 +127,14 @@ fn check_config_rejects_a_bad_file_naming_line_and_key() {
                 token_file(dir.path(), "t").display().to_string()
             ),
             ":2: tcp.listen: 0.0.0.0:7781 is not a loopback address",
+        ),
+        (
+            "[metrics]\nlisten = \"192.168.1.10:9781\"\n".to_string(),
+            ":2: metrics.listen: 192.168.1.10:9781 is not a loopback address",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1:9781\"\nauth = false\n".to_string(),
+            ":3: unknown key \"auth\" in [metrics] (expected listen)",
         ),
     ];
     for (i, (toml, expected)) in cases.iter().enumerate() {
@@ -201,6 +210,13 @@ fn flags_refuse_the_values_the_file_refuses() {
     let out = out.unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("invalid value '10001' for '--keep-awake-us"));
+    // And the metrics address is checked as the file's is: loopback only.
+    let args = ["--metrics-listen", "0.0.0.0:9781", "--check-config"];
+    let out = Command::new(bitsd()).args(args).output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid value '0.0.0.0:9781' for '--metrics-listen"), "{stderr}");
+    assert!(stderr.contains("is not a loopback address"), "{stderr}");
 }
 
 #[test]

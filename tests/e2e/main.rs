@@ -32,6 +32,8 @@ mod progress;
 mod restart;
 // Hostile servers: every fault of the fault-injecting server and the state + error it leads to.
 mod faults;
+// Daemon-wide numbers: GetStats, `bitsctl stats` and the Prometheus endpoint.
+mod stats;
 // Store safety: unknown schema, damaged or deleted store, corrupt record, full store disk,
 // SIGTERM keeps progress.
 mod store_safety;

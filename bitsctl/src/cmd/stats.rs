@@ -124,10 +124,12 @@ pub fn text(stats: &Stats) -> String {
     let _ = writeln!(t, "uptime:            {up} (since {})", render::rfc3339(stats.start_time));
     let _ = writeln!(t, "jobs, all users:   {}", jobs_line(&stats.jobs));
     let _ = writeln!(t, "jobs, yours:       {}", jobs_line(&stats.own_jobs));
+    let average = stats.bytes_transferred as f64 / stats.uptime.as_secs_f64().max(1.0);
     let _ = writeln!(
         t,
-        "transferred:       {} since start",
-        render::human_bytes(stats.bytes_transferred)
+        "transferred:       {} since start ({} on average)",
+        render::human_bytes(stats.bytes_transferred),
+        render::human_rate(average),
     );
     let _ = writeln!(
         t,
@@ -203,7 +205,7 @@ mod tests {
             "uptime:            3m05s (since 2023-11-14T22:13:20Z)\n\
              jobs, all users:   3: QUEUED 1, TRANSFERRED 2\n\
              jobs, yours:       1: TRANSFERRED 1\n\
-             transferred:       3.0 MiB since start\n\
+             transferred:       3.0 MiB since start (16.6 KiB/s on average)\n\
              connections:       1 control (gRPC: socket and TCP), 0 watch streams, 2 to HTTP servers (transfers)\n\
              store flushes:     4, 0 failed; mean 0.50 ms, max 1.20 ms, 99% within 2.50 ms\n\
              transient errors:\n  BG_E_HTTP_ERROR_503 (0x801901F7) × 4\n"
