@@ -61,10 +61,6 @@ async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     samples
 }
 
-fn count_of(counts: &[(JobState, u64)], state: JobState) -> u64 {
-    counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n)
-}
-
 fn transient(stats: &Stats, code: Code) -> u64 {
     stats.transient_errors.iter().find(|(c, _)| *c == code).map_or(0, |(_, n)| *n)
 }
