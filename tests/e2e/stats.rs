@@ -134,15 +134,6 @@ async fn get_stats_and_the_metrics_endpoint_move_with_a_download_and_a_transient
     assert_eq!(scrape(metrics).await["bitsd_jobs{state=\"TRANSFERRED\"}"], 1.0);
 }
 
-/// Removes a user the test created, when the test ends (passed or not).
-struct Userdel(&'static str);
-
-impl Drop for Userdel {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("userdel").arg(self.0).status();
-    }
-}
-
 /// `bitsctl stats` against the real daemon: text and JSON, the connections of a transfer in
 /// flight, and who sees what (a non-admin sees every job's count by state, and its own).
 #[tokio::test]
@@ -183,8 +174,8 @@ async fn bitsctl_stats_shows_everyones_counts_and_the_callers_own() {
     assert!(json["control_connections"].as_u64().unwrap() >= 2, "the test's and bitsctl's");
     assert!(json["http_connections"].as_u64().unwrap() >= 1, "the slow GET: {json}");
 
+    // Removed again when the test ends (the lease in `users.rs`).
     let user = ensure_user("bitsd-e2e-stats");
-    let _gone = Userdel("bitsd-e2e-stats");
     let out = bitsctl_as(&daemon, &user, &["--json", "stats"]).await.success();
     let json = parse_json(&out.stdout);
     assert_eq!(json["jobs"]["TRANSFERRING"], 1, "everyone's count: {json}");
