@@ -390,3 +390,25 @@ async fn transport_failures() {
         assert_err(&err, FetchErrorKind::BadUrl, Code::E_INVALIDARG, false);
     }
 }
+
+#[tokio::test]
+async fn open_connections_counts_pooled_ones_until_they_close() {
+    let server = start(Mode::Normal).await;
+    let http = client();
+    assert_eq!(http.open_connections(), 0);
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    let mut body = http.get_range(&info, Span::new(0, 50)).await.unwrap();
+    read_all(&mut body).await.unwrap();
+    assert_eq!(http.open_connections(), 1, "one connection, idle in the pool");
+    assert_eq!(http.clone().open_connections(), 1, "clones share the pool");
+    server.state.set_mode(Mode::ShortBody);
+    let mut body = http.get_range(&info, Span::new(0, SIZE as u64)).await.unwrap();
+    assert!(read_all(&mut body).await.is_err());
+    drop(body);
+    // The cut connection is dropped once hyper's task for it ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.open_connections() > 0 {
+        assert!(Instant::now() < deadline, "{} connections still counted", http.open_connections());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
