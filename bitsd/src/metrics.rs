@@ -27,12 +27,19 @@ use tokio::sync::Semaphore;
 
 use crate::quota::Quota;
 
-/// Scrapes served at once; a scraper needs one.
-const MAX_CONNECTIONS: usize = 8;
-/// A connection must have sent its request's head within this long…
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// …and be done within this long.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// What one local process may hold of the endpoint.
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// Scrapes served at once; a scraper needs one.
+    connections: usize,
+    /// A connection must have sent its request's head within this long…
+    head: Duration,
+    /// …and be done within this long.
+    connection: Duration,
+}
+
+const BOUNDS: Bounds =
+    Bounds { connections: 8, head: Duration::from_secs(5), connection: Duration::from_secs(10) };
 
 /// Where the numbers come from: the manager, and the server's connection and stream counts.
 #[derive(Clone)]
@@ -67,9 +74,18 @@ pub async fn serve(
     source: Source,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_within(listener, source, shutdown, BOUNDS).await
+}
+
+async fn serve_within(
+    listener: std::net::TcpListener,
+    source: Source,
+    shutdown: impl Future<Output = ()>,
+    bounds: Bounds,
+) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::from_std(listener).context("cannot use the metrics listener")?;
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(bounds.connections));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -95,11 +111,11 @@ pub async fn serve(
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
+                .header_read_timeout(bounds.head)
                 .keep_alive(false)
                 .max_buf_size(8192)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            let _ = tokio::time::timeout(bounds.connection, connection).await;
         });
     }
 }
@@ -324,6 +340,64 @@ mod tests {
         let mut page = String::new();
         Text(&mut page).sample("bitsd_x", &[("code", "HRESULT_FROM_WIN32(\"x\")")], 1.0);
         assert_eq!(page, "bitsd_x{code=\"HRESULT_FROM_WIN32(\\\"x\\\")\"} 1\n");
+    }
+
+    /// The endpoint on a free loopback port, with `bounds`, over an empty in-memory store.
+    async fn endpoint(bounds: Bounds) -> SocketAddr {
+        let store = Arc::new(bits_store::MemStore::new());
+        let manager = Manager::start(store, bits_manager::ManagerConfig::default()).unwrap();
+        let quota = |what| Quota::new("max_x", what, 4, 4);
+        let source =
+            Source { manager, watches: quota("watch streams"), connections: quota("connections") };
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_within(listener, source, std::future::pending(), bounds));
+        addr
+    }
+
+    /// Reads until the server closes the connection; what it sent.
+    async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+        read.await.expect("the server closes the connection").unwrap_or_default();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        read_to_close(&mut stream).await
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_and_silent_ones_time_out() {
+        let bounds = Bounds {
+            connections: 2,
+            head: Duration::from_secs(2),
+            connection: Duration::from_secs(5),
+        };
+        let addr = endpoint(bounds).await;
+        let answer = get(addr, "/metrics").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("bitsd_jobs{state=\"QUEUED\"} 0\n"), "{answer}");
+        // Two connections that say nothing hold both slots: a third is closed unanswered…
+        let mut silent: Vec<tokio::net::TcpStream> = Vec::new();
+        for _ in 0..2 {
+            silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(read_to_close(&mut third).await, "");
+        assert!(started.elapsed() < Duration::from_millis(1500), "closed at once, not timed out");
+        // …until the head timeout closes them, and scrapes get through again.
+        for stream in &mut silent {
+            read_to_close(stream).await;
+        }
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404 Not Found\r\n"));
     }
 
     #[test]
