@@ -83,6 +83,7 @@ impl Bits for Fake {
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             connections_per_file: 1,
             files_at_once: 1,
+            notify_cmd_line: None,
             files: vec![],
         };
         let id = job.id.to_string();
@@ -361,6 +362,8 @@ fn add(
         dir_ino: None,
         temp_id: None,
         mode: None,
+        expected_sha256: None,
+        actual_sha256: None,
     });
     Response::new(v1::AddFileReply { file_index: job.files.len() as u32 - 1 })
 }

@@ -2,8 +2,6 @@
 //! `bits_proto::convert`, calls the job manager and converts the answer back. Handlers never own
 //! transfer work, so a dropped request cannot stop a download.
 
-use std::path::Path;
-
 use bits_core::{BitsError, Code, JobId, JobType, Stats};
 use bits_manager::{Caller, Manager, NewFile, PropertyValue};
 use bits_proto::convert;
@@ -120,13 +118,19 @@ fn reply<T>(result: Result<T, BitsError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| to_status(&e))
 }
 
-/// Until the manager verifies checksums, a file given one is refused rather than silently
-/// downloaded unchecked.
-fn no_checksums_yet(given: bool) -> Result<(), Status> {
-    if given {
-        return Err(to_status(&BitsError::new(Code::E_NOTIMPL, "sha256 is not implemented yet")));
-    }
-    Ok(())
+/// AddFile and AddFileWithRanges: one file, with its expected digest if given.
+async fn add_one(
+    manager: &Manager,
+    caller: Caller,
+    id: JobId,
+    file: NewFile,
+) -> Result<Response<v1::AddFileReply>, Status> {
+    reply(manager.add_files(caller, id, vec![file]).await.and_then(|indexes| {
+        let file_index = indexes.first().copied().ok_or_else(|| {
+            BitsError::new(Code::E_FAIL, "AddFile added no file and reported no error")
+        })?;
+        Ok(v1::AddFileReply { file_index })
+    }))
 }
 
 #[tonic::async_trait]
@@ -175,13 +179,13 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::AddFileRequest>,
     ) -> Result<Response<v1::AddFileReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        no_checksums_yet(req.sha256.is_some())?;
-        reply(
-            self.manager
-                .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), None)
-                .await
-                .map(|index| v1::AddFileReply { file_index: index }),
-        )
+        let file = NewFile {
+            remote_url: req.remote_url,
+            local_path: req.local_path.into(),
+            ranges: None,
+            sha256: req.sha256,
+        };
+        add_one(&self.manager, caller, id, file).await
     }
 
     async fn add_file_with_ranges(
@@ -189,14 +193,13 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::AddFileWithRangesRequest>,
     ) -> Result<Response<v1::AddFileReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        no_checksums_yet(req.sha256.is_some())?;
-        let ranges = convert::ranges_from_wire(&req.ranges);
-        reply(
-            self.manager
-                .add_file(caller, id, &req.remote_url, Path::new(&req.local_path), Some(ranges))
-                .await
-                .map(|index| v1::AddFileReply { file_index: index }),
-        )
+        let file = NewFile {
+            ranges: Some(convert::ranges_from_wire(&req.ranges)),
+            remote_url: req.remote_url,
+            local_path: req.local_path.into(),
+            sha256: req.sha256,
+        };
+        add_one(&self.manager, caller, id, file).await
     }
 
     async fn list_files(
@@ -419,7 +422,6 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::AddFileSetRequest>,
     ) -> Result<Response<v1::AddFileSetReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        no_checksums_yet(req.files.iter().any(|f| f.sha256.is_some()))?;
         let files = req
             .files
             .into_iter()
@@ -427,6 +429,7 @@ impl v1::bits_server::Bits for BitsService {
                 remote_url: f.remote_url,
                 local_path: f.local_path.into(),
                 ranges: None,
+                sha256: f.sha256,
             })
             .collect();
         reply(
@@ -503,8 +506,13 @@ impl v1::bits_server::Bits for BitsService {
         &self,
         request: Request<v1::SetNotifyCmdLineRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let (_caller, _id, _req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(Err(BitsError::new(Code::E_NOTIMPL, "SetNotifyCmdLine is not implemented yet")))
+        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
+        reply(
+            self.manager
+                .set_notify_cmd_line(caller, id, req.program, req.arguments)
+                .await
+                .map(convert::status_reply),
+        )
     }
 
     async fn get_stats(

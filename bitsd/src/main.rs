@@ -261,6 +261,8 @@ fn manager_config(args: &Args, config: &config::Config) -> bits_manager::Manager
             .unwrap_or(config.limits.max_jobs_per_machine),
         // Not a setting: see its doc comment for why 20 ms.
         new_job_flush_delay: bits_manager::ManagerConfig::default().new_job_flush_delay,
+        // Not a setting (yet): 5 minutes, as documented in the README.
+        notify_cmd_timeout: bits_manager::ManagerConfig::default().notify_cmd_timeout,
     }
 }
 

@@ -39,6 +39,7 @@ fn sample_job(id: JobId) -> Job {
         minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
         connections_per_file: 1,
         files_at_once: 1,
+        notify_cmd_line: None,
         files: vec![JobFile {
             remote_url: "http://h/f".into(),
             local_path: "/tmp/f".into(),
@@ -53,6 +54,8 @@ fn sample_job(id: JobId) -> Job {
             dir_ino: None,
             temp_id: None,
             mode: None,
+            expected_sha256: None,
+            actual_sha256: None,
         }],
     }
 }

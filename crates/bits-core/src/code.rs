@@ -99,6 +99,10 @@ codes! {
     ERROR_WINHTTP_REDIRECT_FAILED = 0x8007_2F7C,
     ERROR_WINHTTP_INVALID_SERVER_RESPONSE = 0x8007_2F78,
     ERROR_WINHTTP_SECURE_FAILURE = 0x8007_2F8F,
+    // bitsd's own codes carry the customer bit (0x2000_0000) in the BITS facility, so they can
+    // never collide with a code Windows defines.
+    // A downloaded file's bytes on disk do not hash to the SHA-256 given at AddFile.
+    BITSD_E_CHECKSUM_MISMATCH = 0xA020_0001,
 }
 
 impl Code {
@@ -146,5 +150,8 @@ mod tests {
         assert_eq!(Code::Win32Http(302).hresult(), 0x8007_012E);
         assert_eq!(Code::from_hresult(0x8007_0133), Some(Code::Win32Http(307)));
         assert_eq!(Code::from_hresult(0x8007_0005), Some(Code::E_ACCESSDENIED));
+        assert_eq!(Code::BITSD_E_CHECKSUM_MISMATCH.hresult(), 0xA020_0001);
+        assert_eq!(Code::from_hresult(0xA020_0001), Some(Code::BITSD_E_CHECKSUM_MISMATCH));
+        assert!(!Code::BITSD_E_CHECKSUM_MISMATCH.is_success());
     }
 }

@@ -149,6 +149,14 @@ pub struct JobFile {
     /// file they created themselves would (`None`: 0644).
     #[serde(default)]
     pub mode: Option<u32>,
+    /// bitsd extension: the SHA-256 (lowercase hex) the local file must have; the file reaches
+    /// TRANSFERRED only once its bytes on disk hash to it.
+    #[serde(default)]
+    pub expected_sha256: Option<String>,
+    /// The SHA-256 last computed from the temp file on disk (lowercase hex); `None` until the
+    /// file was hashed, and again once its bytes are refetched.
+    #[serde(default)]
+    pub actual_sha256: Option<String>,
 }
 
 impl JobFile {
@@ -210,6 +218,21 @@ impl JobFile {
         }
     }
 
+    /// Whether the file's digest, if one is expected, was computed from its bytes on disk and
+    /// matched. A file without an expected digest always passes.
+    pub fn digest_verified(&self) -> bool {
+        match &self.expected_sha256 {
+            None => true,
+            Some(expected) => self.completed || self.actual_sha256.as_ref() == Some(expected),
+        }
+    }
+
+    /// Whether the file's bytes are all in but its expected digest was not yet checked against
+    /// them.
+    pub fn needs_verification(&self) -> bool {
+        self.expected_sha256.is_some() && self.is_transferred() && !self.digest_verified()
+    }
+
     /// Keeps only the filled ranges a temp file of `temp_len` bytes (`None`: missing) can hold.
     /// Returns whether anything was dropped. The store may say more is filled than the disk has
     /// when the temp file was deleted or truncated behind our back.
@@ -221,6 +244,9 @@ impl JobFile {
         let kept = self.filled.intersect(&backed);
         let dropped = kept != self.filled;
         self.filled = kept;
+        if dropped {
+            self.actual_sha256 = None;
+        }
         dropped
     }
 
@@ -229,6 +255,7 @@ impl JobFile {
         self.remote_size = None;
         self.validator = Validator::default();
         self.filled = RangeSet::new();
+        self.actual_sha256 = None;
     }
 }
 
@@ -270,8 +297,32 @@ pub struct Job {
     pub connections_per_file: u32,
     /// bitsd extension: files of this job transferred at once; 1 keeps BITS semantics.
     pub files_at_once: u32,
+    /// SetNotifyCmdLine: the program run when the job reaches TRANSFERRED or ERROR.
+    #[serde(default)]
+    pub notify_cmd_line: Option<NotifyCmdLine>,
     pub files: Vec<JobFile>,
 }
+
+/// SetNotifyCmdLine's program and arguments. No shell and no PATH search: `program` is an
+/// absolute path and `arguments` its argv[1..], each passed as given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyCmdLine {
+    pub program: String,
+    pub arguments: Vec<String>,
+}
+
+impl NotifyCmdLine {
+    /// Characters of the arguments as BITS counts its one parameter string: the arguments
+    /// joined by single spaces.
+    pub fn arguments_chars(arguments: &[String]) -> usize {
+        arguments.iter().map(|a| a.chars().count()).sum::<usize>()
+            + arguments.len().saturating_sub(1)
+    }
+}
+
+/// SetNotifyCmdLine limits (spec §8): the program at most MAX_PATH, the parameters 4,000.
+pub const MAX_NOTIFY_PROGRAM_CHARS: usize = 260;
+pub const MAX_NOTIFY_ARGUMENTS_CHARS: usize = 4000;
 
 /// Defaults from spec §0.
 pub const DEFAULT_MINIMUM_RETRY_DELAY_SECS: u32 = 600;
@@ -405,6 +456,12 @@ impl Job {
     pub fn all_transferred(&self) -> bool {
         self.files.iter().all(JobFile::is_transferred)
     }
+
+    /// Every file's bytes are all present and every expected digest matched them: the job may
+    /// be TRANSFERRED.
+    pub fn all_verified(&self) -> bool {
+        self.files.iter().all(|f| f.is_transferred() && f.digest_verified())
+    }
 }
 
 #[cfg(test)]
@@ -427,6 +484,8 @@ mod tests {
             dir_ino: None,
             temp_id: None,
             mode: None,
+            expected_sha256: None,
+            actual_sha256: None,
         }
     }
 
@@ -490,6 +549,7 @@ mod tests {
             minimum_notification_interval_ms: DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             connections_per_file: 1,
             files_at_once: 1,
+            notify_cmd_line: None,
             files,
         }
     }

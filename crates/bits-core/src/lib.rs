@@ -7,6 +7,7 @@
 pub mod byte_range;
 pub mod code;
 pub mod defaults;
+pub mod digest;
 pub mod job;
 pub mod range_set;
 pub mod state;
@@ -14,9 +15,10 @@ pub mod stats;
 
 pub use byte_range::{ByteRange, LENGTH_TO_EOF, Layout, validate_static_ranges};
 pub use code::{BitsError, Code};
+pub use digest::parse_sha256;
 pub use job::{
-    ErrorContext, FileProgress, Job, JobError, JobFile, JobId, JobType, Priority, Progress, TempId,
-    Validator,
+    ErrorContext, FileProgress, Job, JobError, JobFile, JobId, JobType, NotifyCmdLine, Priority,
+    Progress, TempId, Validator,
 };
 pub use range_set::{RangeSet, Span};
 pub use state::{Event, JobState, transition};

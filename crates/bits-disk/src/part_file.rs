@@ -75,9 +75,30 @@ impl PartFile {
         made: Option<TempId>,
         owner: u32,
     ) -> Result<Option<PartFile>, DiskError> {
+        PartFile::reopen_with(path, dir_ino, made, owner, OFlags::WRONLY)
+    }
+
+    /// [`PartFile::reopen`] for reading only: to hash what is on disk (an expected SHA-256),
+    /// with the same checks that it is the file the job created.
+    pub fn reopen_to_read(
+        path: &Path,
+        dir_ino: Option<u64>,
+        made: Option<TempId>,
+        owner: u32,
+    ) -> Result<Option<PartFile>, DiskError> {
+        PartFile::reopen_with(path, dir_ino, made, owner, OFlags::RDONLY)
+    }
+
+    fn reopen_with(
+        path: &Path,
+        dir_ino: Option<u64>,
+        made: Option<TempId>,
+        owner: u32,
+        access: OFlags,
+    ) -> Result<Option<PartFile>, DiskError> {
         let (dir, name) = Dir::of_pinned(path, dir_ino)?;
         // O_NONBLOCK: a FIFO planted at the name must fail the check below, not hang the open.
-        let flags = OFlags::WRONLY | OFlags::NONBLOCK;
+        let flags = access | OFlags::NONBLOCK;
         let fd = match dir.open_at(name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
@@ -137,6 +158,20 @@ impl PartFile {
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), DiskError> {
         self.file.write_all_at(buf, offset).map_err(|e| DiskError::from_io(&self.path, "write", e))
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize, DiskError> {
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(DiskError::from_io(&self.path, "read", e)),
+            }
+        }
+        Ok(done)
     }
 
     /// fdatasync: after this returns, everything written so far survives a crash.

@@ -23,7 +23,7 @@
 //! state or when the daemon shuts down ([`Manager::close_subscriptions`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bits_core::job::notify;
@@ -114,6 +114,9 @@ struct BusInner {
     /// Per job, its live subscriptions by the flags they filter with: JobModification carries
     /// the progress of every file, so it is only computed when one of them may want it.
     watchers: Mutex<HashMap<JobId, Watchers>>,
+    /// Where a job whose notify command line is due goes (`notify_cmd.rs`); unset on a bus
+    /// built alone, in tests.
+    commands: OnceLock<tokio::sync::mpsc::UnboundedSender<crate::notify_cmd::Due>>,
 }
 
 #[derive(Default)]
@@ -155,6 +158,7 @@ impl EventBus {
                 closed: CancellationToken::new(),
                 notes: Mutex::new(HashMap::new()),
                 watchers: Mutex::new(HashMap::new()),
+                commands: OnceLock::new(),
             }),
         }
     }
@@ -205,9 +209,28 @@ impl EventBus {
         }
     }
 
+    /// From now on, jobs whose notify command line is due are sent to `commands`.
+    pub(crate) fn send_commands_to(
+        &self,
+        commands: tokio::sync::mpsc::UnboundedSender<crate::notify_cmd::Due>,
+    ) {
+        let _ = self.inner.commands.set(commands);
+    }
+
+    /// Hands the job to the notify-program runner if it is TRANSFERRED or ERROR, has a command
+    /// line and its notify flags let that state's notification through.
+    pub(crate) fn command_due(&self, job: &Job) {
+        if let Some(due) = crate::notify_cmd::Due::of(job)
+            && let Some(commands) = self.inner.commands.get()
+        {
+            let _ = commands.send(due);
+        }
+    }
+
     /// The job's state just changed to `job.state`.
     pub(crate) fn state_changed(&self, entry: &Entry) {
         let (job, job_entry) = (&entry.job, entry);
+        self.command_due(job);
         match job.state {
             JobState::Transferred => {
                 let mut notes = self.notes();

@@ -26,6 +26,8 @@ pub struct NewFile {
     pub local_path: PathBuf,
     /// Static ranges in caller order (AddFileWithRanges); `None` for the whole file.
     pub ranges: Option<Vec<ByteRange>>,
+    /// bitsd extension: the SHA-256 the local file must have (64 hex digits, either case).
+    pub sha256: Option<String>,
 }
 
 impl Manager {
@@ -42,6 +44,7 @@ impl Manager {
             remote_url: remote_url.to_string(),
             local_path: local_path.to_path_buf(),
             ranges,
+            sha256: None,
         };
         let indexes = self.add_files(caller, id, vec![file]).await?;
         Ok(indexes[0])
@@ -53,7 +56,7 @@ impl Manager {
         &self,
         caller: Caller,
         id: JobId,
-        files: Vec<NewFile>,
+        mut files: Vec<NewFile>,
     ) -> Result<Vec<u32>, BitsError> {
         let (n_files, owner_uid) = {
             let table = self.table();
@@ -63,6 +66,11 @@ impl Manager {
         };
         if files.is_empty() {
             return Err(BitsError::new(Code::E_INVALIDARG, "no files given"));
+        }
+        for file in &mut files {
+            if let Some(digest) = &file.sha256 {
+                file.sha256 = Some(bits_core::parse_sha256(digest)?);
+            }
         }
         // Sets, not pairwise comparisons: a file set may hold thousands of files.
         let mut seen: HashSet<&Path> = HashSet::with_capacity(files.len());
@@ -441,6 +449,8 @@ fn new_records(
             dir_ino: Some(*dir_ino),
             temp_id: None,
             mode: Some(mode),
+            expected_sha256: file.sha256,
+            actual_sha256: None,
         })
         .collect()
 }

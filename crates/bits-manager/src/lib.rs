@@ -8,10 +8,12 @@
 //! as filled.
 
 mod access;
+mod checksum;
 mod events;
 mod files;
 mod flusher;
 mod manager;
+mod notify_cmd;
 mod ownership;
 mod reconcile;
 mod requested;

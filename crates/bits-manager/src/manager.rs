@@ -106,6 +106,9 @@ pub struct ManagerConfig {
     /// of two. After this delay a flush starts anyway (and is retried while the store fails).
     /// A crash in between loses only an empty job, whose id then answers BG_E_NOT_FOUND.
     pub new_job_flush_delay: Duration,
+    /// How long a SetNotifyCmdLine program may run before its process group is killed
+    /// (default 5 minutes).
+    pub notify_cmd_timeout: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -121,6 +124,7 @@ impl Default for ManagerConfig {
             max_jobs_per_user: bits_core::job::MAX_JOBS_PER_USER,
             max_jobs_per_machine: bits_core::job::MAX_JOBS_PER_MACHINE,
             new_job_flush_delay: Duration::from_millis(20),
+            notify_cmd_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -382,6 +386,7 @@ impl Manager {
                 stats,
             }),
         };
+        crate::notify_cmd::start(&manager);
         tokio::spawn(crate::scheduler::run(manager.clone()));
         Ok(manager)
     }
@@ -627,6 +632,7 @@ impl Manager {
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             connections_per_file: 1,
             files_at_once: 1,
+            notify_cmd_line: None,
             files: Vec::new(),
         };
         let id = job.id;
@@ -688,7 +694,8 @@ impl Manager {
             let entry = lookup_mut(&mut table, caller, id)?;
             let event = Event::Resume {
                 has_files: !entry.job.files.is_empty(),
-                all_transferred: entry.job.all_transferred(),
+                // A file with an expected digest counts once its bytes hashed to it.
+                all_transferred: entry.job.all_verified(),
             };
             let next = transition(entry.job.state, event)?;
             if next == entry.job.state {
@@ -826,7 +833,9 @@ impl Manager {
         id: JobId,
         files: &[JobFile],
     ) -> Result<Code, BitsError> {
-        let done: Vec<bool> = files.iter().map(JobFile::is_transferred).collect();
+        // A file whose expected digest was not matched by its bytes on disk is never moved.
+        let done: Vec<bool> =
+            files.iter().map(|f| f.is_transferred() && f.digest_verified()).collect();
         self.finalize_files(owner, id, files, &done).await?;
         let deleted = self.delete_temps(owner, files, |i| !done[i]).await?;
         Ok(if !done.iter().all(|d| *d) { Code::BG_S_PARTIAL_COMPLETE } else { deleted })
@@ -1115,7 +1124,7 @@ impl Manager {
             let mut table = self.table();
             if let Some(entry) = table.jobs.get_mut(&id) {
                 entry.finishing = false;
-                if entry.job.all_transferred() && entry.job.state != JobState::Transferred {
+                if entry.job.all_verified() && entry.job.state != JobState::Transferred {
                     set_state(entry, JobState::Transferred);
                 } else if entry.job.state.is_active() {
                     set_state(entry, JobState::Suspended);
@@ -1537,6 +1546,7 @@ mod tests {
                     remote_url: format!("http://h/m{i}"),
                     local_path: dir.path().join(format!("m{i}")),
                     ranges: None,
+                    sha256: None,
                 })
                 .collect()
         };
@@ -1562,6 +1572,7 @@ mod tests {
             remote_url: "http://h/x".into(),
             local_path: dir.path().join("m7"),
             ranges: None,
+            sha256: None,
         });
         assert_eq!(m.add_files(admin, id, again).await.unwrap_err().code, Code::E_INVALIDARG);
     }
@@ -1581,6 +1592,7 @@ mod tests {
                         remote_url: format!("http://h/{k}/{i}"),
                         local_path: dir.join(format!("{k}-{i}")),
                         ranges: None,
+                        sha256: None,
                     })
                     .collect();
                 m.add_files(caller(), id, files).await

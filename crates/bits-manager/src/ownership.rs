@@ -52,6 +52,8 @@ impl Manager {
             .modify(caller, id, |job| {
                 previous = std::mem::replace(&mut job.owner_uid, caller.uid);
                 job.custom_headers = None;
+                // Spec §7.3, case 93: the previous owner's program would run as the new owner.
+                job.notify_cmd_line = None;
                 Ok(())
             })
             .await?;

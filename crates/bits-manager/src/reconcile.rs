@@ -135,6 +135,7 @@ mod tests {
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             connections_per_file: 1,
             files_at_once: 1,
+            notify_cmd_line: None,
             files: vec![JobFile {
                 remote_url: "http://h/f".into(),
                 local_path: dir.join("f.bin"),
@@ -149,6 +150,8 @@ mod tests {
                 dir_ino: None,
                 temp_id: None,
                 mode: None,
+                expected_sha256: None,
+                actual_sha256: None,
             }],
         }
     }

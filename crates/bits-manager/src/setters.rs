@@ -6,10 +6,10 @@ use std::time::SystemTime;
 
 use bits_core::job::{
     DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS, MAX_CONNECTIONS_PER_FILE, MAX_CUSTOM_HEADERS_CHARS,
-    MAX_DESCRIPTION_CHARS, MAX_DISPLAY_NAME_CHARS, MAX_FILES_AT_ONCE,
-    MINIMUM_RETRY_DELAY_FLOOR_SECS, notify, property, security,
+    MAX_DESCRIPTION_CHARS, MAX_DISPLAY_NAME_CHARS, MAX_FILES_AT_ONCE, MAX_NOTIFY_ARGUMENTS_CHARS,
+    MAX_NOTIFY_PROGRAM_CHARS, MINIMUM_RETRY_DELAY_FLOOR_SECS, notify, property, security,
 };
-use bits_core::{BitsError, Code, Event, Job, JobId, Priority, transition};
+use bits_core::{BitsError, Code, Event, Job, JobId, NotifyCmdLine, Priority, transition};
 
 use crate::manager::{Caller, Manager, lookup_mut};
 
@@ -332,6 +332,29 @@ impl Manager {
 
     /// The bitsd extensions (spec: opt-in per job, named as extensions): connections per file
     /// (1..=32) and files at once (1..=64). `None` leaves a value as it is.
+    /// SetNotifyCmdLine (spec §7.3): `program` (an absolute path, no PATH search) and its
+    /// arguments run as the job's owner when the job reaches TRANSFERRED or ERROR. No program
+    /// and no arguments removes it. Set on a job already TRANSFERRED or in ERROR, it runs now
+    /// (spec: "runs even when set after the event already occurred").
+    pub async fn set_notify_cmd_line(
+        &self,
+        caller: Caller,
+        id: JobId,
+        program: Option<String>,
+        arguments: Vec<String>,
+    ) -> Result<Code, BitsError> {
+        let code = self
+            .modify(caller, id, |job| {
+                job.notify_cmd_line = notify_cmd_line(program, arguments)?;
+                Ok(())
+            })
+            .await?;
+        if let Some(entry) = self.table().jobs.get(&id) {
+            entry.events.command_due(&entry.job);
+        }
+        Ok(code)
+    }
+
     pub async fn set_extensions(
         &self,
         caller: Caller,
@@ -407,6 +430,7 @@ settings! {
     minimum_notification_interval_ms: u32,
     connections_per_file: u32,
     files_at_once: u32,
+    notify_cmd_line: Option<NotifyCmdLine>,
     modification_time: SystemTime,
 }
 
@@ -465,6 +489,51 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// SetNotifyCmdLine's checks, in the spec's order: arguments without a program
+/// (E_INVALIDARG, the spec's proposal), then the lengths (BG_E_STRING_TOO_LONG), then what
+/// bitsd adds: the program is an absolute path and nothing holds a NUL (E_INVALIDARG).
+fn notify_cmd_line(
+    program: Option<String>,
+    arguments: Vec<String>,
+) -> Result<Option<NotifyCmdLine>, BitsError> {
+    let Some(program) = program else {
+        if arguments.is_empty() {
+            return Ok(None);
+        }
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!("{} notify arguments were given without a program", arguments.len()),
+        ));
+    };
+    check_length("the notify program", &program, MAX_NOTIFY_PROGRAM_CHARS)?;
+    let n = NotifyCmdLine::arguments_chars(&arguments);
+    if n > MAX_NOTIFY_ARGUMENTS_CHARS {
+        return Err(BitsError::new(
+            Code::BG_E_STRING_TOO_LONG,
+            format!(
+                "the notify arguments are {n} characters, at most {MAX_NOTIFY_ARGUMENTS_CHARS} \
+                 are allowed"
+            ),
+        ));
+    }
+    let shown: String = program.chars().take(64).collect();
+    if !program.starts_with('/') {
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!(
+                "the notify program {shown:?} is not an absolute path (there is no PATH search)"
+            ),
+        ));
+    }
+    if program.contains('\0') || arguments.iter().any(|a| a.contains('\0')) {
+        return Err(BitsError::new(
+            Code::E_INVALIDARG,
+            format!("the notify command line of {shown:?} holds a NUL character"),
+        ));
+    }
+    Ok(Some(NotifyCmdLine { program, arguments }))
 }
 
 fn check_length(what: &str, text: &str, max: usize) -> Result<(), BitsError> {

@@ -79,6 +79,9 @@ pub(crate) async fn run_job(
         })
     };
     let mut outcome = transfer_job(&manager, id, &work, &repick).await;
+    if outcome.is_ok() {
+        outcome = verify_digests(&manager, id, &work).await;
+    }
     deadline.abort();
     if matches!(outcome, Err(Halt::Stopped)) && work.is_cancelled() && !stop.is_cancelled() {
         outcome = Err(Halt::Failed {
@@ -102,8 +105,9 @@ pub(crate) async fn run_job(
         entry.active_time += started.elapsed();
         if !entry.finishing {
             match outcome {
-                // A file added after the last check is still missing: back to the queue.
-                Ok(()) if !entry.job.all_transferred() => {
+                // A file added after the last check is still missing (or, added meanwhile,
+                // unverified): back to the queue.
+                Ok(()) if !entry.job.all_verified() => {
                     if let Ok(next) = transition(entry.job.state, Event::Requeue) {
                         set_state(entry, next);
                     }
@@ -150,6 +154,60 @@ pub(crate) async fn run_job(
         tracing::error!(job = %id, error = %e, "cannot flush the store");
     }
     manager.inner.wake.notify_one();
+}
+
+/// Hashes, as the job's owner on the blocking pool, every file whose bytes are all recorded and
+/// whose expected SHA-256 was not yet checked against them — from its temp file on disk, never
+/// from what came off the network. A match is recorded (`actual_sha256`); a mismatch empties
+/// that file's temp file and forgets its progress (Resume fetches it again from zero; nothing
+/// reaches the destination) and fails the job with `BITSD_E_CHECKSUM_MISMATCH`, context
+/// REMOTE_FILE.
+async fn verify_digests(
+    manager: &Manager,
+    id: JobId,
+    stop: &CancellationToken,
+) -> Result<(), Halt> {
+    let due: Vec<(u32, JobFile)> = {
+        let table = manager.table();
+        let entry = table.jobs.get(&id).ok_or(Halt::Stopped)?;
+        (0u32..)
+            .zip(&entry.job.files)
+            .filter(|(_, f)| f.needs_verification())
+            .map(|(i, f)| (i, f.clone()))
+            .collect()
+    };
+    if due.is_empty() {
+        return Ok(());
+    }
+    let owner = job_owner(manager, id)?;
+    for (index, file) in due {
+        let (uid, hashed) = (owner.uid, file.clone());
+        let hashing = run_as(owner.clone(), move || crate::checksum::hash_temp(&hashed, uid));
+        // A Suspend or Cancel does not wait for a large file's hash; the read is harmless.
+        let actual = tokio::select! {
+            _ = stop.cancelled() => return Err(Halt::Stopped),
+            actual = hashing => actual.map_err(|e| local_halt(e, index))?,
+        };
+        let matched = file.expected_sha256.as_deref() == Some(actual.as_str());
+        if !matched {
+            let error = crate::checksum::mismatch(&file, &actual);
+            tracing::warn!(job = %id, index, error = %error.message, "checksum mismatch");
+            reset_file(manager, id, index).await?;
+            store_file_record(manager, id, index, |f| f.actual_sha256 = Some(actual));
+            return Err(Halt::Failed {
+                error: job_error(ErrorContext::RemoteFile, error.code, error.message, index),
+                transient: false,
+                retry_after: None,
+            });
+        }
+        // Recorded only if the bytes hashed are still the file's (nothing reset it meanwhile).
+        store_file_record(manager, id, index, |f| {
+            if f.filled == file.filled && f.expected_sha256 == file.expected_sha256 {
+                f.actual_sha256 = Some(actual);
+            }
+        });
+    }
+    manager.flush().await.map_err(|e| store_halt(e, 0))
 }
 
 /// Applies a failed attempt: TRANSIENT_ERROR with a retry time, or ERROR when the failure is

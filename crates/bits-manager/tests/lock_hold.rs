@@ -96,6 +96,7 @@ async fn largest_requests_hold_the_table_lock_briefly() {
             remote_url: format!("http://127.0.0.1:9/f{i}"),
             local_path: dir.path().join(format!("user-f{i}")),
             ranges: None,
+            sha256: None,
         })
         .collect();
     measure(&m, "user: AddFileSet 200 files", async {
@@ -131,6 +132,7 @@ async fn largest_requests_hold_the_table_lock_briefly() {
             remote_url: format!("http://127.0.0.1:9/f{i}"),
             local_path: dir.path().join(format!("f{i}")),
             ranges: None,
+            sha256: None,
         })
         .collect();
     measure(&m, "AddFileSet 90k files", async {

@@ -119,8 +119,18 @@ async fn add_file_validates_in_the_spec_order() {
         err.message
     );
     let files = vec![
-        bits_manager::NewFile { remote_url: url.into(), local_path: named("ok"), ranges: None },
-        bits_manager::NewFile { remote_url: url.into(), local_path: named("n\0ul"), ranges: None },
+        bits_manager::NewFile {
+            remote_url: url.into(),
+            local_path: named("ok"),
+            ranges: None,
+            sha256: None,
+        },
+        bits_manager::NewFile {
+            remote_url: url.into(),
+            local_path: named("n\0ul"),
+            ranges: None,
+            sha256: None,
+        },
     ];
     let err = m.add_files(me(), id, files).await.unwrap_err();
     assert!(err.message.contains("NUL"), "{}", err.message);

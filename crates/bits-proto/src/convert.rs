@@ -383,7 +383,11 @@ pub fn job_to_wire(job: &Job) -> v1::Job {
         connections_per_file: job.connections_per_file,
         files_at_once: job.files_at_once,
         has_custom_headers: job.custom_headers.is_some(),
-        notify_cmd_line: Vec::new(),
+        notify_cmd_line: job
+            .notify_cmd_line
+            .iter()
+            .flat_map(|cmd| std::iter::once(&cmd.program).chain(&cmd.arguments).cloned())
+            .collect(),
     }
 }
 
@@ -444,8 +448,8 @@ pub fn file_to_wire(index: u32, file: &JobFile) -> v1::File {
             bytes_transferred: file.bytes_transferred(),
             completed: file.completed,
         }),
-        expected_sha256: None,
-        actual_sha256: None,
+        expected_sha256: file.expected_sha256.clone(),
+        actual_sha256: file.actual_sha256.clone(),
     }
 }
 
@@ -702,6 +706,8 @@ mod tests {
             dir_ino: None,
             temp_id: None,
             mode: None,
+            expected_sha256: Some("ab".repeat(32)),
+            actual_sha256: None,
         };
         Job {
             id: JobId::new_random(),
@@ -732,6 +738,10 @@ mod tests {
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             connections_per_file: 1,
             files_at_once: 1,
+            notify_cmd_line: Some(bits_core::NotifyCmdLine {
+                program: "/bin/echo".into(),
+                arguments: vec!["a b".into(), "c".into()],
+            }),
             files: vec![
                 file(Some(100), vec![]),
                 file(None, vec![ByteRange::new(5, 10), ByteRange::new(50, LENGTH_TO_EOF)]),
@@ -786,6 +796,7 @@ mod tests {
         assert_eq!(info.error, job.error);
         assert_eq!(info.error_count, 3);
         assert_eq!(info.progress, job.progress());
+        assert_eq!(info.notify_cmd_line, ["/bin/echo", "a b", "c"]);
     }
 
     #[test]
@@ -804,6 +815,8 @@ mod tests {
         let info0 = file_from_wire(&wire[0]).unwrap();
         assert_eq!(info0.progress.bytes_total, Some(100));
         assert_eq!(info0.progress.bytes_transferred, 10);
+        assert_eq!(info0.expected_sha256, Some("ab".repeat(32)));
+        assert_eq!(info0.actual_sha256, None);
     }
 
     #[test]

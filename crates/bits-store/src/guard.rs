@@ -151,6 +151,7 @@ mod tests {
                 bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
             connections_per_file: 1,
             files_at_once: 1,
+            notify_cmd_line: None,
             files: vec![],
         }
     }

@@ -141,6 +141,8 @@ pub(crate) struct JobRecord {
     connections_per_file: u32,
     #[serde(default = "one")]
     files_at_once: u32,
+    #[serde(default)]
+    notify_cmd_line: Option<bits_core::NotifyCmdLine>,
     pub(crate) file_count: u32,
 }
 
@@ -195,6 +197,7 @@ impl JobRecord {
             minimum_notification_interval_ms,
             connections_per_file,
             files_at_once,
+            notify_cmd_line,
             files,
         } = job;
         JobRecord {
@@ -228,6 +231,7 @@ impl JobRecord {
             minimum_notification_interval_ms: *minimum_notification_interval_ms,
             connections_per_file: *connections_per_file,
             files_at_once: *files_at_once,
+            notify_cmd_line: notify_cmd_line.clone(),
             file_count: files.len() as u32,
         }
     }
@@ -260,6 +264,7 @@ impl JobRecord {
             minimum_notification_interval_ms,
             connections_per_file,
             files_at_once,
+            notify_cmd_line,
             file_count: _,
         } = self;
         Job {
@@ -290,6 +295,7 @@ impl JobRecord {
             minimum_notification_interval_ms,
             connections_per_file,
             files_at_once,
+            notify_cmd_line,
             files,
         }
     }

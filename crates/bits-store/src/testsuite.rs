@@ -37,6 +37,8 @@ fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
         dir_ino: None,
         temp_id: None,
         mode: None,
+        expected_sha256: None,
+        actual_sha256: None,
     }
 }
 
@@ -70,6 +72,7 @@ fn job(created_secs: u64, files: Vec<JobFile>) -> Job {
         minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
         connections_per_file: 1,
         files_at_once: 1,
+        notify_cmd_line: None,
         files,
     }
 }

@@ -1,0 +1,398 @@
+//! SetNotifyCmdLine's program (spec §7.3): run when a job reaches TRANSFERRED or ERROR, if its
+//! notify flags let that notification through (MODIFICATION and FILE_* flags do not count).
+//!
+//! The program runs as the job's owner, never with more: the child gets the owner's uid and
+//! primary gid (std's `Command::uid`/`gid`; a root daemon's supplementary groups are cleared,
+//! and the owner's are not added, since no safe `initgroups` exists — less than the owner, never
+//! more). Jobs of service accounts (uid below [`FIRST_USER_UID`], root among them) never run one
+//! (spec §7.3 proposal). The child gets no shell, a minimal environment (`PATH`, `HOME`,
+//! `USER`, `LOGNAME`, `BITS_JOB_ID`, `BITS_JOB_STATE`), stdin from /dev/null, `/` as its working
+//! directory and a process group of its own, which is killed after the time limit. What it
+//! prints is logged, at most [`MAX_LOGGED_LINES`] lines per stream of at most
+//! [`MAX_LINE_BYTES`] bytes each; the rest is read and dropped, so a chatty program neither
+//! blocks nor fills the log or memory. At most [`MAX_RUNNING`] programs run at once, and at most
+//! [`MAX_RUNNING_PER_USER`] per owner (spec §7: 4 notifications in flight per user), so a burst
+//! of jobs cannot fork-bomb the machine. A program that fails (non-zero exit, a signal, the time
+//! limit, or it cannot be started) runs again after the job's minimum retry delay while the job
+//! is still in that state with that command line (spec §7.3, case 92).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bits_core::job::notify;
+use bits_core::{Job, JobId, JobState, NotifyCmdLine};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::manager::Manager;
+
+/// Uids below this are system ("service") accounts, root among them: their jobs never run a
+/// notify program (spec §8's proposal: system uids are those below 1000).
+pub const FIRST_USER_UID: u32 = 1000;
+/// Notify programs running at once, in all.
+pub const MAX_RUNNING: usize = 8;
+/// Notify programs running at once for one owner.
+pub const MAX_RUNNING_PER_USER: usize = 4;
+/// Lines of one output stream of one run that reach the log.
+pub const MAX_LOGGED_LINES: usize = 32;
+/// Bytes of one output line that reach the log.
+pub const MAX_LINE_BYTES: usize = 512;
+/// Where the program is looked up is its own business: a fixed, minimal PATH.
+const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+/// How long output is still read after the program exited (a child it left behind may hold
+/// its pipes open).
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// A job whose notify program is due: which job, in which state, with which command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Due {
+    id: JobId,
+    state: JobState,
+    cmd: NotifyCmdLine,
+}
+
+impl Due {
+    /// The program `job` owes now, if any: it is TRANSFERRED or ERROR, has a command line, and
+    /// its notify flags let that state's notification through.
+    pub(crate) fn of(job: &Job) -> Option<Due> {
+        let flag = match job.state {
+            JobState::Transferred => notify::JOB_TRANSFERRED,
+            JobState::Error => notify::JOB_ERROR,
+            _ => return None,
+        };
+        let cmd = job.notify_cmd_line.as_ref()?;
+        if job.notify_flags & notify::DISABLE != 0 || job.notify_flags & flag == 0 {
+            return None;
+        }
+        Some(Due { id: job.id, state: job.state, cmd: cmd.clone() })
+    }
+}
+
+/// Starts the runner on the current runtime; the manager's event bus hands it due jobs.
+pub(crate) fn start(manager: &Manager) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    manager.inner.events.send_commands_to(tx.clone());
+    let runner = Runner {
+        manager: manager.clone(),
+        retries: tx,
+        all: Arc::new(Semaphore::new(MAX_RUNNING)),
+        per_user: Arc::default(),
+    };
+    tokio::spawn(runner.run(rx));
+}
+
+#[derive(Clone)]
+struct Runner {
+    manager: Manager,
+    /// Failed runs are sent back here after the job's retry delay.
+    retries: mpsc::UnboundedSender<Due>,
+    all: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>>,
+}
+
+impl Runner {
+    async fn run(self, mut due: mpsc::UnboundedReceiver<Due>) {
+        let shutdown = self.manager.inner.shutdown.clone();
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = due.recv() => next,
+            };
+            let Some(next) = next else { return };
+            tokio::spawn(self.clone().run_one(next));
+        }
+    }
+
+    /// The job's owner, if the job still owes `due` and its owner may run programs.
+    fn owner_if_due(&self, due: &Due) -> Option<u32> {
+        let table = self.manager.table();
+        let job = &table.jobs.get(&due.id)?.job;
+        if Due::of(job).as_ref() != Some(due) {
+            return None;
+        }
+        Some(job.owner_uid)
+    }
+
+    fn user_slots(&self, uid: u32) -> Arc<Semaphore> {
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        per_user
+            .entry(uid)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_RUNNING_PER_USER)))
+            .clone()
+    }
+
+    async fn run_one(self, due: Due) {
+        let Some(uid) = self.owner_if_due(&due) else { return };
+        if uid < FIRST_USER_UID {
+            tracing::info!(job = %due.id, uid, "notify program not run: the job belongs to a system account");
+            return;
+        }
+        let daemon = rustix::process::geteuid().as_raw();
+        if daemon != 0 && daemon != uid {
+            tracing::warn!(job = %due.id, uid, "notify program not run: this daemon cannot act as the job's owner");
+            return;
+        }
+        let Ok(_mine) = self.user_slots(uid).acquire_owned().await else { return };
+        let Ok(_any) = self.all.clone().acquire_owned().await else { return };
+        // Waiting for a slot may have taken a while: the job may have moved on.
+        if self.owner_if_due(&due) != Some(uid) {
+            return;
+        }
+        let user = match crate::manager::run_blocking(move || {
+            Ok(nix::unistd::User::from_uid(uid.into()))
+        })
+        .await
+        {
+            Ok(Ok(Some(user))) => user,
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+                tracing::warn!(job = %due.id, uid, "notify program not run: the job's owner has no user database entry");
+                return;
+            }
+        };
+        let launch = Launch {
+            job: due.id,
+            uid,
+            gid: user.gid.as_raw(),
+            switch: daemon == 0,
+            home: user.dir.to_string_lossy().into_owned(),
+            name: user.name,
+            state: due.state,
+            cmd: due.cmd.clone(),
+        };
+        let report = run_program(&launch, self.manager.config().notify_cmd_timeout).await;
+        if report.outcome.succeeded() {
+            tracing::info!(job = %due.id, uid, "notify program succeeded");
+            return;
+        }
+        tracing::warn!(job = %due.id, uid, outcome = ?report.outcome, "notify program failed; it runs again after the job's retry delay");
+        let delay = {
+            let table = self.manager.table();
+            let Some(entry) = table.jobs.get(&due.id) else { return };
+            Duration::from_secs(u64::from(entry.job.minimum_retry_delay_secs.max(1)))
+        };
+        let shutdown = self.manager.inner.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(delay) => { let _ = self.retries.send(due); }
+        }
+    }
+}
+
+/// One run of a notify program.
+#[derive(Clone, Debug)]
+pub(crate) struct Launch {
+    pub(crate) job: JobId,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    /// Whether to switch to `uid`/`gid` (a root daemon); else the child runs as the daemon,
+    /// which is then the owner.
+    pub(crate) switch: bool,
+    pub(crate) home: String,
+    pub(crate) name: String,
+    pub(crate) state: JobState,
+    pub(crate) cmd: NotifyCmdLine,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Exited(i32),
+    /// Killed by a signal it did not get from us.
+    Signalled,
+    /// Still running at the time limit: its process group was killed.
+    TimedOut,
+    /// It could not be started (no such program, not executable, …).
+    NotStarted(String),
+}
+
+impl Outcome {
+    fn succeeded(&self) -> bool {
+        *self == Outcome::Exited(0)
+    }
+}
+
+/// What a run did, and how much of its output reached the log.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) outcome: Outcome,
+    pub(crate) lines_logged: usize,
+    pub(crate) bytes_dropped: u64,
+}
+
+/// Runs `launch` to completion or until `limit`, logging its output (bounded).
+pub(crate) async fn run_program(launch: &Launch, limit: Duration) -> Report {
+    let mut command = tokio::process::Command::new(&launch.cmd.program);
+    command
+        .args(&launch.cmd.arguments)
+        .env_clear()
+        .env("PATH", PATH)
+        .env("HOME", &launch.home)
+        .env("USER", &launch.name)
+        .env("LOGNAME", &launch.name)
+        .env("BITS_JOB_ID", launch.job.to_string())
+        .env("BITS_JOB_STATE", launch.state.name())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if launch.switch {
+        command.uid(launch.uid).gid(launch.gid);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let outcome = Outcome::NotStarted(format!("{}: {e}", launch.cmd.program));
+            return Report { outcome, lines_logged: 0, bytes_dropped: 0 };
+        }
+    };
+    let job = launch.job;
+    let stdout = child.stdout.take().map(|out| tokio::spawn(log_output(out, job, "stdout")));
+    let stderr = child.stderr.take().map(|err| tokio::spawn(log_output(err, job, "stderr")));
+    let outcome = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) => match status.code() {
+            Some(code) => Outcome::Exited(code),
+            None => Outcome::Signalled,
+        },
+        Ok(Err(e)) => Outcome::NotStarted(format!("waiting for {}: {e}", launch.cmd.program)),
+        Err(_) => {
+            tracing::warn!(job = %job, limit_s = limit.as_secs_f64(), "notify program ran past its time limit; killing it");
+            if let Some(pid) = child.id().and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+            {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill().await;
+            Outcome::TimedOut
+        }
+    };
+    let mut report = Report { outcome, lines_logged: 0, bytes_dropped: 0 };
+    for reader in [stdout, stderr].into_iter().flatten() {
+        let abort = reader.abort_handle();
+        match tokio::time::timeout(OUTPUT_GRACE, reader).await {
+            Ok(Ok((lines, dropped))) => {
+                report.lines_logged += lines;
+                report.bytes_dropped += dropped;
+            }
+            _ => abort.abort(),
+        }
+    }
+    report
+}
+
+/// Logs a stream's lines, at most [`MAX_LOGGED_LINES`] of at most [`MAX_LINE_BYTES`] bytes, and
+/// reads and drops the rest. Returns the lines logged and the bytes dropped.
+async fn log_output(mut stream: impl AsyncRead + Unpin, job: JobId, name: &str) -> (usize, u64) {
+    let mut buf = vec![0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let (mut logged, mut dropped) = (0usize, 0u64);
+    let emit = |line: &mut Vec<u8>, logged: &mut usize| {
+        if *logged < MAX_LOGGED_LINES {
+            let text = String::from_utf8_lossy(line);
+            tracing::info!(job = %job, stream = name, "notify program: {text}");
+            *logged += 1;
+        }
+        line.clear();
+    };
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if logged >= MAX_LOGGED_LINES {
+            dropped += n as u64;
+            continue;
+        }
+        for &byte in &buf[..n] {
+            if byte == b'\n' {
+                emit(&mut line, &mut logged);
+            } else if line.len() < MAX_LINE_BYTES && logged < MAX_LOGGED_LINES {
+                line.push(byte);
+            } else {
+                dropped += 1;
+            }
+        }
+    }
+    if !line.is_empty() {
+        emit(&mut line, &mut logged);
+    }
+    (logged, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Instant;
+
+    use super::*;
+
+    fn launch(program: &str, arguments: &[&str]) -> Launch {
+        Launch {
+            job: JobId::new_random(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            switch: false,
+            home: "/nonexistent".into(),
+            name: "me".into(),
+            state: JobState::Transferred,
+            cmd: NotifyCmdLine {
+                program: program.into(),
+                arguments: arguments.iter().map(|a| a.to_string()).collect(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_program_past_its_time_limit_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("late");
+        // The shell's child `sleep` is in its process group: it dies too, so nothing writes
+        // the marker afterwards.
+        let script = format!("sleep 1000; touch {}", marker.display());
+        let started = Instant::now();
+        let report =
+            run_program(&launch("/bin/sh", &["-c", &script]), Duration::from_millis(300)).await;
+        assert_eq!(report.outcome, Outcome::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!marker.exists());
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_minimal_and_names_the_job() {
+        let l = launch("/bin/sh", &["-c", "env | sort; exit 3"]);
+        let report = run_program(&l, Duration::from_secs(30)).await;
+        assert_eq!(report.outcome, Outcome::Exited(3));
+        // PATH HOME USER LOGNAME BITS_JOB_ID BITS_JOB_STATE, and what sh itself adds (PWD,
+        // SHLVL, _): nothing of the daemon's environment.
+        assert!(report.lines_logged <= 9, "{report:?}");
+        let found = run_program(
+            &launch("/bin/sh", &["-c", "test \"$BITS_JOB_STATE\" = TRANSFERRED && test -n \"$BITS_JOB_ID\" && test \"$(pwd)\" = / && test -z \"$CARGO\""]),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(found.outcome, Outcome::Exited(0));
+    }
+
+    #[tokio::test]
+    async fn output_is_logged_bounded_and_the_rest_dropped() {
+        let l =
+            launch("/bin/sh", &["-c", "head -c 20000000 /dev/zero | tr '\\0' 'x'; seq 1 100000"]);
+        let report = run_program(&l, Duration::from_secs(60)).await;
+        assert_eq!(report.outcome, Outcome::Exited(0));
+        assert_eq!(report.lines_logged, MAX_LOGGED_LINES);
+        assert!(report.bytes_dropped > 20_000_000 - MAX_LINE_BYTES as u64, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_reported() {
+        let report = run_program(&launch("/nonexistent/prog", &[]), Duration::from_secs(5)).await;
+        assert!(
+            matches!(report.outcome, Outcome::NotStarted(ref m) if m.contains("/nonexistent/prog")),
+            "{report:?}"
+        );
+    }
+}
