@@ -9,6 +9,8 @@
 mod access;
 // SIGKILL at random moments, 25+ times: files identical, refetch within a sync window per worker per crash.
 mod crash_loop;
+// Expected SHA-256 digests: checked from the disk, a mismatch is an error and a refetch.
+mod checksums;
 // bitsctl's commands for every RPC against the real daemon: set, set-headers, add-set, reset,
 // monitor, prefixes of job ids, JSON errors.
 mod commands;
@@ -24,6 +26,8 @@ mod extensions;
 mod downloads;
 // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output.
 mod errors;
+// SetNotifyCmdLine: the program runs as the job's owner, per the notify flags.
+mod notify_cmd;
 // A root daemon shared by several users: ownership, admins, file access as the owner, symlinks.
 mod ownership;
 // GetProgress and GetFilledFileRanges before, during and after a throttled download.
