@@ -7,8 +7,12 @@
 //! half of case 71 sends 9 with a raw gRPC call and expects E_INVALIDARG from the wire
 //! conversion (BITS: E_NOTIMPL for 4).
 //!
-//! Left out: 74 (no SetNotifyCmdLine), 75, 76 and 78 (DYNAMIC_CONTENT, HIGH_PERFORMANCE and
-//! MAX_DOWNLOAD_SIZE are E_NOTIMPL in bitsd), 79 (no SetFileACLFlags), 80 (no SetHttpMethod).
+//! Case 74 counts the parameters as bitsd takes them: the arguments after the program, joined
+//! by single spaces (BITS's one parameter string). Case 93 (TakeOwnership clears the custom
+//! headers and the command line) is here too, with the setters it undoes.
+//!
+//! Left out: 75, 76 and 78 (DYNAMIC_CONTENT, HIGH_PERFORMANCE and MAX_DOWNLOAD_SIZE are
+//! E_NOTIMPL in bitsd), 79 (no SetFileACLFlags), 80 (no SetHttpMethod).
 
 use std::path::Path;
 use std::pin::Pin;
@@ -118,6 +122,50 @@ async fn set_description_null_is_invalid_arg() {
     client.set_description(job, Some("kept")).await.unwrap();
     expect_bits_code(client.set_description(job, None).await, Code::E_INVALIDARG);
     assert_eq!(client.get_job(job).await.unwrap().description, "kept");
+}
+
+// Case 74: SetNotifyCmdLine with parameters of 4,001 characters → BG_E_STRING_TOO_LONG (4,000
+// are accepted); the command line is unchanged.
+#[tokio::test]
+async fn set_notify_cmd_line_with_4001_characters_of_parameters_is_string_too_long() {
+    let (_daemon, client, job) = new_job().await;
+    let longest = vec!["p".repeat(1999), "q".repeat(2000)]; // 1,999 + 1 space + 2,000
+    assert_eq!(
+        client.set_notify_cmd_line(job, Some("/bin/true"), &longest).await.unwrap(),
+        Code::S_OK
+    );
+    let too_long = vec!["p".repeat(2000), "q".repeat(2000)];
+    expect_bits_code(
+        client.set_notify_cmd_line(job, Some("/bin/true"), &too_long).await,
+        Code::BG_E_STRING_TOO_LONG,
+    );
+    let shown = client.get_job(job).await.unwrap().notify_cmd_line;
+    assert_eq!(shown.len(), 3);
+    assert_eq!(shown[1..], longest[..]);
+}
+
+// Case 93: TakeOwnership by a non-admin → E_ACCESSDENIED; by an admin → the admin owns the job,
+// its custom headers and its command line are cleared.
+#[tokio::test]
+async fn take_ownership_needs_an_admin_and_clears_headers_and_command_line() {
+    // Only uid 4242 is an administrator: this test's caller (root) is not.
+    let daemon = TestDaemon::start_with(&["--admin-uid", "4242"]).await;
+    let client = daemon.client().await;
+    let job = client.create_job("owned", Priority::Normal).await.unwrap();
+    client.set_custom_headers(job, Some("X-Key: secret")).await.unwrap();
+    client.set_notify_cmd_line(job, Some("/bin/true"), &[]).await.unwrap();
+    expect_bits_code(client.take_ownership(job).await, Code::E_ACCESSDENIED);
+    let info = client.get_job(job).await.unwrap();
+    assert!(info.has_custom_headers && !info.notify_cmd_line.is_empty(), "{info:?}");
+
+    let (_daemon, client, job) = new_job().await;
+    client.set_custom_headers(job, Some("X-Key: secret")).await.unwrap();
+    client.set_notify_cmd_line(job, Some("/bin/true"), &["x".into()]).await.unwrap();
+    assert_eq!(client.take_ownership(job).await.unwrap(), Code::S_OK);
+    let info = client.get_job(job).await.unwrap();
+    assert_eq!(info.owner_uid, rustix::process::geteuid().as_raw());
+    assert!(!info.has_custom_headers, "the headers survived TakeOwnership");
+    assert!(info.notify_cmd_line.is_empty(), "the command line survived TakeOwnership");
 }
 
 /// One header line padded to exactly `len` characters.

@@ -51,10 +51,11 @@ fn home_of(user: &User) -> String {
     entry.trim().split(':').nth(5).unwrap().to_string()
 }
 
-/// A shell script that writes `uid gid job state home` to `dir/out-<job id>`.
-fn reporter(dir: &Path) -> Vec<String> {
+/// A shell script that appends `uid gid job state home` to `dir/out-<job id>`, then exits with
+/// `exit`.
+fn reporter(dir: &Path, exit: u8) -> Vec<String> {
     let script = format!(
-        "echo \"$(id -u) $(id -g) $BITS_JOB_ID $BITS_JOB_STATE $HOME\" > {}/out-$BITS_JOB_ID",
+        "echo \"$(id -u) $(id -g) $BITS_JOB_ID $BITS_JOB_STATE $HOME\" >> {}/out-$BITS_JOB_ID; exit {exit}",
         dir.display()
     );
     vec!["-c".into(), script]
@@ -75,12 +76,15 @@ async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_
     server.add_file("f.bin", vec![5u8; 100_000]);
     let (ok, missing) = (server.url("f.bin"), server.url("missing.bin"));
 
-    let args = reporter(&dir);
-    let (d, a) = (dir.clone(), args.clone());
+    let args = reporter(&dir, 0);
+    // The failed job's program fails too: it runs again after the retry delay (case 92).
+    let failing = reporter(&dir, 1);
+    let (d, a, f) = (dir.clone(), args.clone(), failing);
     let (done, failed, quiet) = as_user(daemon.socket(), &alice, move |client| {
         Box::pin(async move {
             let job = |name: &'static str, url: String, file: &'static str| {
-                let (client, d, a) = (&client, d.clone(), a.clone());
+                let (client, d) = (&client, d.clone());
+                let a = if name == "failed" { f.clone() } else { a.clone() };
                 async move {
                     let id = client.create_job(name, Priority::Foreground).await.unwrap();
                     client.add_file(id, &url, &d.join(file)).await.unwrap();
@@ -116,11 +120,19 @@ async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_
         "{text}"
     );
     let text = wait_for("the program of the failed job", TIMEOUT, || report(failed)).await;
+    let line = text.lines().next().unwrap_or_default();
     assert_eq!(
-        text.split_whitespace().collect::<Vec<_>>(),
+        line.split_whitespace().collect::<Vec<_>>(),
         [&alice.uid.to_string(), &alice.gid.to_string(), &failed.to_string(), "ERROR", &home],
         "{text}"
     );
+    // Exit 1: run again after the job's retry delay (1 s here); exit 0: never again.
+    wait_for("the failed program to run again", TIMEOUT, || async {
+        let text = report(failed).await?;
+        if text.lines().count() >= 2 { Ok(()) } else { Err(text) }
+    })
+    .await;
+    assert_eq!(report(done).await.unwrap().lines().count(), 1, "a program that exited 0 ran again");
     assert_eq!(client.get_job(failed).await.unwrap().state, JobState::Error);
     wait_state(&client, quiet, JobState::Transferred).await;
     // The other jobs' programs ran within moments of their state; give this one as long.
@@ -141,7 +153,7 @@ async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_
     let tmp = tempfile::tempdir().unwrap();
     let job = client.create_job("root's", Priority::Foreground).await.unwrap();
     client.add_file(job, &server.url("f.bin"), &tmp.path().join("r")).await.unwrap();
-    client.set_notify_cmd_line(job, Some("/bin/sh"), &reporter(tmp.path())).await.unwrap();
+    client.set_notify_cmd_line(job, Some("/bin/sh"), &reporter(tmp.path(), 0)).await.unwrap();
     client.resume(job).await.unwrap();
     wait_state(&client, job, JobState::Transferred).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
