@@ -1432,6 +1432,66 @@ mod tests {
         assert!(matches!(lost_task(cancelled.await.unwrap_err()), Halt::Stopped));
     }
 
+    /// A file whose bytes are all recorded is hashed from its temp file on disk: a match is
+    /// recorded, a mismatch empties the temp file, forgets the file's bytes, keeps the digest it
+    /// found and fails the job with BITSD_E_CHECKSUM_MISMATCH; a file not yet whole is left.
+    #[tokio::test]
+    async fn digests_are_checked_from_the_disk_once_a_file_is_whole() {
+        use sha2::Digest;
+        let m = manager().await;
+        let dir = tempfile::tempdir().unwrap();
+        let id = job_with_files(&m, dir.path(), 3).await;
+        let me = rustix::process::geteuid().as_raw();
+        let data = b"what the server sent";
+        let digest: String =
+            sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+        let temps: Vec<_> = {
+            let mut table = m.table();
+            let job = &mut table.jobs.get_mut(&id).unwrap().job;
+            let expected = [digest.clone(), "0".repeat(64), digest.clone()];
+            job.files
+                .iter_mut()
+                .zip(expected)
+                .enumerate()
+                .map(|(i, (file, expected))| {
+                    let part = PartFile::create(&file.temp_path, file.dir_ino, 0o644, me).unwrap();
+                    part.write_at(0, data).unwrap();
+                    file.temp_id = Some(part.id());
+                    file.remote_size = Some(data.len() as u64);
+                    // File 2 is one byte short: not whole, not hashed.
+                    let end = if i == 2 { data.len() - 1 } else { data.len() };
+                    file.filled.insert(0, end as u64);
+                    file.expected_sha256 = Some(expected);
+                    file.temp_path.clone()
+                })
+                .collect()
+        };
+        let outcome = verify_digests(&m, id, &CancellationToken::new()).await;
+        match outcome {
+            Err(Halt::Failed { error, transient: false, .. }) => {
+                assert_eq!(error.code, Code::BITSD_E_CHECKSUM_MISMATCH);
+                assert_eq!(error.context, ErrorContext::RemoteFile);
+                assert_eq!(error.file_index, Some(1));
+                assert!(error.description.contains(&digest), "{}", error.description);
+                assert!(error.description.contains(&"0".repeat(64)), "{}", error.description);
+            }
+            _ => panic!("a mismatch must fail the job"),
+        }
+        let job = m.get_job(crate::testing::caller(), id).unwrap();
+        assert_eq!(job.files[0].actual_sha256.as_deref(), Some(digest.as_str()));
+        assert!(job.files[0].digest_verified());
+        assert_eq!(job.files[1].actual_sha256.as_deref(), Some(digest.as_str()));
+        assert!(job.files[1].filled.is_empty(), "the wrong bytes still count");
+        assert_eq!(std::fs::metadata(&temps[1]).unwrap().len(), 0, "the wrong bytes are kept");
+        assert_eq!(std::fs::metadata(&temps[0]).unwrap().len(), data.len() as u64);
+        assert_eq!(job.files[2].actual_sha256, None, "a file not yet whole was hashed");
+        assert!(!job.all_verified());
+        // Nothing is left to check: the matched file is not hashed again (its temp file is gone,
+        // which hashing would report).
+        std::fs::remove_file(&temps[0]).unwrap();
+        assert!(verify_digests(&m, id, &CancellationToken::new()).await.is_ok());
+    }
+
     /// The pick starts at the cursor, except in ON_DEMAND_MODE; the full scan at the end of a
     /// worker still sees a file the cursor passed, so the worker ends for a requeue, not as done.
     #[tokio::test]
