@@ -64,11 +64,11 @@ fn reporter(dir: &Path, exit: u8) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_say() {
     require_root("switching users");
-    let alice = ensure_user("bitsd-e2e-alice");
+    let alice = ensure_user("bitsd-e2e-notify");
     let daemon = TestDaemon::start_with(&["--retry-delay-secs", "1"]).await;
     open_daemon_dir(&daemon);
     let base = tempfile::Builder::new().prefix("bitsd-notify-").tempdir().unwrap();
-    let root = User { name: "root".into(), uid: 0, gid: 0 };
+    let root = User::system("root", 0, 0);
     dir_owned_by(base.path(), &root, 0o755);
     let dir = base.path().join("alice");
     dir_owned_by(&dir, &alice, 0o700);
