@@ -285,8 +285,9 @@ fn the_system_unit_allows_what_acting_as_a_jobs_owner_needs() {
         text.lines().filter_map(|l| l.strip_prefix(&prefix)).map(str::to_string).collect()
     };
 
-    // setfsuid needs CAP_SETUID; setfsgid and setgroups need CAP_SETGID. Nothing more is granted.
-    assert_eq!(values("CapabilityBoundingSet"), ["CAP_SETUID CAP_SETGID"]);
+    // setfsuid needs CAP_SETUID; setfsgid and setgroups need CAP_SETGID; CAP_KILL kills a notify
+    // program (running as the job's owner) past its time limit. Nothing more is granted.
+    assert_eq!(values("CapabilityBoundingSet"), ["CAP_SETUID CAP_SETGID CAP_KILL"]);
     // Users download into their homes and /tmp: those must be the real ones.
     assert_eq!(values("ProtectHome"), ["no"]);
     assert_eq!(values("PrivateTmp"), ["no"]);
@@ -302,10 +303,22 @@ fn the_system_unit_allows_what_acting_as_a_jobs_owner_needs() {
         assert!(group.starts_with('@'), "only groups in SystemCallFilter: {group}");
         allowed.extend(syscalls_of(group, &mut BTreeSet::new()));
     }
-    // prlimit64: bitsd raises its soft fd limit to the hard one at start.
-    for call in
-        ["setfsuid", "setfsgid", "setgroups", "setpriority", "fdatasync", "renameat2", "prlimit64"]
-    {
+    // prlimit64: bitsd raises its soft fd limit to the hard one at start. A notify program is
+    // started with setgid/setuid/setpgid and execve, and killed past its limit.
+    for call in [
+        "setfsuid",
+        "setfsgid",
+        "setgroups",
+        "setpriority",
+        "fdatasync",
+        "renameat2",
+        "prlimit64",
+        "setuid",
+        "setgid",
+        "setpgid",
+        "execve",
+        "kill",
+    ] {
         assert!(allowed.contains(call), "SystemCallFilter {filters:?} does not allow {call}");
     }
 }
