@@ -576,6 +576,10 @@ mod tests {
         let error = m.set_priority(caller(), id, Priority::High).await.unwrap_err();
         assert!(error.message.contains("disk on fire"), "{error:?}");
         assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed change is visible");
+        let cmd = m.set_notify_cmd_line(caller(), id, Some("/bin/true".into()), vec![]).await;
+        assert_eq!(cmd.unwrap_err().code, Code::BG_E_DATABASE_CORRUPT);
+        assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed change is visible");
+        assert_eq!(store.load_all().unwrap()[0].notify_cmd_line, None, "the store kept it");
         let stored = store.load_all().unwrap();
         assert_eq!(stored[0].display_name, before.display_name, "the store kept the change");
         assert_eq!(stored[0].priority, before.priority, "the store kept the change");
