@@ -65,7 +65,7 @@ fn reporter(dir: &Path, exit: u8) -> Vec<String> {
 async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_say() {
     require_root("switching users");
     let alice = ensure_user("bitsd-e2e-notify");
-    let daemon = TestDaemon::start_with(&["--retry-delay-secs", "1"]).await;
+    let mut daemon = TestDaemon::start_with(&["--retry-delay-secs", "1"]).await;
     open_daemon_dir(&daemon);
     let base = tempfile::Builder::new().prefix("bitsd-notify-").tempdir().unwrap();
     let root = User::system("root", 0, 0);
@@ -159,6 +159,14 @@ async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!tmp.path().join(format!("out-{job}")).exists(), "a program ran for root's job");
     assert!(daemon.log().contains("system account"), "the skip is not logged");
+
+    // At least once: a restart runs the program of a job still TRANSFERRED again.
+    daemon.restart().await;
+    wait_for("the transferred job's program after a restart", TIMEOUT, || async {
+        let text = report(done).await?;
+        if text.lines().count() >= 2 { Ok(()) } else { Err(text) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

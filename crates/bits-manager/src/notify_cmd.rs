@@ -14,7 +14,8 @@
 //! [`MAX_RUNNING_PER_USER`] per owner (spec §7: 4 notifications in flight per user), so a burst
 //! of jobs cannot fork-bomb the machine. A program that fails (non-zero exit, a signal, the time
 //! limit, or it cannot be started) runs again after the job's minimum retry delay while the job
-//! is still in that state with that command line (spec §7.3, case 92).
+//! is still in that state with that command line (spec §7.3, case 92). Delivery is at least
+//! once: a daemon start runs the programs of jobs already TRANSFERRED or in ERROR again.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -70,10 +71,16 @@ impl Due {
     }
 }
 
-/// Starts the runner on the current runtime; the manager's event bus hands it due jobs.
+/// Starts the runner on the current runtime; the manager's event bus hands it due jobs. Jobs
+/// already TRANSFERRED or in ERROR when the daemon starts owe their program again: whether it ran
+/// before a crash or a restart is not recorded, so it runs at least once, as a late WatchJob
+/// subscriber gets JobTransferred / JobError replayed.
 pub(crate) fn start(manager: &Manager) {
     let (tx, rx) = mpsc::unbounded_channel();
     manager.inner.events.send_commands_to(tx.clone());
+    for entry in manager.table().jobs.values() {
+        manager.inner.events.command_due(&entry.job);
+    }
     let runner = Runner {
         manager: manager.clone(),
         retries: tx,
