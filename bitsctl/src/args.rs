@@ -244,15 +244,8 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
         interval: f64,
     },
-    /// Download one URL to DEST: create a job, wait for it, complete it.
-    Download {
-        url: String,
-        dest: PathBuf,
-        #[arg(long = "range", value_name = "OFFSET:LENGTH", value_parser = parse_range)]
-        ranges: Vec<ByteRange>,
-        #[arg(long, value_enum, default_value_t = PriorityArg::Normal)]
-        priority: PriorityArg,
-    },
+    /// Download URLs to files in one job: wait with progress, complete it (or --detach).
+    Download(crate::cmd::download::DownloadArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
     #[command(after_help = "Install: bitsctl completions bash > \
         /usr/share/bash-completion/completions/bitsctl")]
@@ -853,9 +846,12 @@ mod tests {
         assert!(cli.json);
         assert_eq!(cli.socket, PathBuf::from("/s"));
         match cli.command {
-            Command::Download { ranges, priority, .. } => {
-                assert_eq!(ranges, vec![ByteRange::new(0, 10), ByteRange::new(20, LENGTH_TO_EOF)]);
-                assert_eq!(priority, PriorityArg::High);
+            Command::Download(args) => {
+                assert_eq!(
+                    args.ranges,
+                    vec![ByteRange::new(0, 10), ByteRange::new(20, LENGTH_TO_EOF)]
+                );
+                assert_eq!(args.priority, Some(PriorityArg::High));
             }
             other => panic!("{other:?}"),
         }

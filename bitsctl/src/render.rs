@@ -93,15 +93,6 @@ pub enum LengthJson {
     Eof(&'static str),
 }
 
-/// `{"job_id", "state", "bytes"}`: the result of `bitsctl download --json`.
-#[derive(Debug, Serialize)]
-pub struct DownloadJson {
-    pub job_id: String,
-    pub state: &'static str,
-    pub bytes: u64,
-    pub code: String,
-}
-
 /// `{"code", "hresult"}`: the success code of an action command under `--json`.
 #[derive(Debug, Serialize)]
 pub struct CodeJson {

@@ -8,10 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use bits_core::{
     BitsError, ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState, JobType,
-    LENGTH_TO_EOF, Priority, RangeSet, Validator,
+    LENGTH_TO_EOF, Priority, Progress, RangeSet, Validator,
 };
 use bits_proto::convert::{
-    files_to_wire, job_to_wire, parse_job_id, priority_from_wire, ranges_from_wire, status_reply,
+    EventInfo, JobEventInfo, files_to_wire, job_event_to_wire, job_to_wire, parse_job_id,
+    priority_from_wire, ranges_from_wire, status_reply,
 };
 use bits_proto::status::to_status;
 use bits_proto::v1::{
@@ -31,6 +32,16 @@ struct State {
     completed: bool,
     /// Complete answers BG_S_PARTIAL_COMPLETE.
     partial: bool,
+}
+
+/// The error a job whose end state is ERROR has.
+fn not_found_error() -> JobError {
+    JobError {
+        context: ErrorContext::RemoteFile,
+        code: Code::Http(404),
+        description: "Not Found".into(),
+        file_index: Some(0),
+    }
 }
 
 #[derive(Clone, Default)]
@@ -106,12 +117,7 @@ impl Bits for Fake {
                         }
                     }
                     if end == JobState::Error {
-                        job.error = Some(JobError {
-                            context: ErrorContext::RemoteFile,
-                            code: Code::Http(404),
-                            description: "Not Found".into(),
-                            file_index: Some(0),
-                        });
+                        job.error = Some(not_found_error());
                     }
                 }
             } else if job.state == JobState::Queued {
@@ -234,16 +240,24 @@ impl Bits for Fake {
 
     async fn set_minimum_retry_delay(
         &self,
-        _: Request<v1::SetSecondsRequest>,
+        req: Request<v1::SetSecondsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_minimum_retry_delay"))
+        let req = req.into_inner();
+        self.with_job(&req.job_id, |s| {
+            s.job.as_mut().unwrap().minimum_retry_delay_secs = req.seconds.max(5);
+            Response::new(status_reply(Code::S_OK))
+        })
     }
 
     async fn set_no_progress_timeout(
         &self,
-        _: Request<v1::SetSecondsRequest>,
+        req: Request<v1::SetSecondsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_no_progress_timeout"))
+        let req = req.into_inner();
+        self.with_job(&req.job_id, |s| {
+            s.job.as_mut().unwrap().no_progress_timeout_secs = req.seconds;
+            Response::new(status_reply(Code::S_OK))
+        })
     }
 
     async fn set_maximum_download_time(
@@ -333,11 +347,38 @@ impl Bits for Fake {
         Err(Status::unimplemented("get_stats"))
     }
 
+    /// Plays the whole download at once: one JobModification with half the bytes, then the
+    /// end state's event (JobTransferred or JobError).
     async fn watch_job(
         &self,
-        _: Request<v1::WatchJobRequest>,
+        req: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        Err(Status::unimplemented("watch_job"))
+        let end =
+            self.with_job(&req.into_inner().job_id, |s| (s.job.as_ref().unwrap().id, s.end_state))?;
+        let (job, end) = end;
+        let time = SystemTime::now();
+        let half = Progress {
+            bytes_total: Some(1000),
+            bytes_transferred: 500,
+            files_total: 1,
+            files_transferred: 0,
+            files: vec![],
+        };
+        let mut events =
+            vec![EventInfo::JobModification { state: JobState::Transferring, progress: half }];
+        match end {
+            Some(JobState::Transferred) => events.push(EventInfo::JobTransferred),
+            Some(JobState::Error) => events.push(EventInfo::JobError(not_found_error())),
+            _ => {}
+        }
+        let wire: Vec<Result<v1::JobEvent, Status>> = events
+            .into_iter()
+            .map(|event| Ok(job_event_to_wire(&JobEventInfo { job, time, event })))
+            .collect();
+        // Open-ended like the real stream: it ends only when the job does.
+        let stream =
+            tokio_stream::StreamExt::chain(tokio_stream::iter(wire), tokio_stream::pending());
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -415,7 +456,6 @@ async fn download_waits_for_transferred_then_completes() {
     let d = daemon().await;
     {
         let mut s = d.fake.0.lock().unwrap();
-        s.polls_left = 3;
         s.end_state = Some(JobState::Transferred);
     }
     let o = bitsctl(&d.sock, &["download", "http://h/f", "rel/out", "--json"]).await;
@@ -427,11 +467,19 @@ async fn download_waits_for_transferred_then_completes() {
     assert!(s.completed && !s.cancelled);
     let job = s.job.as_ref().unwrap();
     assert_eq!(v["job_id"], job.id.to_string());
-    assert_eq!(job.display_name, "bitsctl download");
-    assert_eq!(job.priority, Priority::Normal);
+    assert_eq!(job.display_name, "bitsctl download out");
+    // Interactive default, as Start-BitsTransfer: FOREGROUND; short retries, --timeout's give-up.
+    assert_eq!(job.priority, Priority::Foreground);
+    assert_eq!((job.minimum_retry_delay_secs, job.no_progress_timeout_secs), (5, 60));
     let dest = &job.files[0].local_path;
     assert!(dest.is_absolute() && dest.ends_with("rel/out"), "{}", dest.display());
-    assert!(stderr(&o).contains("TRANSFERRED"), "{}", stderr(&o));
+    // --json: progress as JSON lines on stderr.
+    let first: serde_json::Value =
+        serde_json::from_str(stderr(&o).lines().next().unwrap_or_default()).unwrap();
+    assert_eq!(
+        (first["state"].as_str(), first["bytes_transferred"].as_u64()),
+        (Some("TRANSFERRING"), Some(500))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

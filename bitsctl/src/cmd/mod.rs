@@ -252,11 +252,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             out(&crate::manual::man_page()?);
             return Ok(());
         }
+        // It connects (and reconnects after a daemon restart) itself.
+        Command::Download(args) => return download::run(&cli, args).await,
         _ => {}
     }
     let client = connect(&cli).await?;
     match cli.command {
-        Command::Completions { .. } | Command::Man => {}
+        Command::Completions { .. } | Command::Man | Command::Download(_) => {}
         Command::Create { name, priority } => {
             let id = client.create_job(&name, priority.into()).await?;
             if json {
@@ -391,10 +393,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             monitor::run(&client, std::time::Duration::from_secs_f64(interval), json).await?;
         }
         Command::Stats => stats::run(&client, json).await?,
-        Command::Download { url, dest, ranges, priority } => {
-            let dest = absolute(&dest)?;
-            download::run(&client, &url, &dest, &ranges, priority.into(), json).await?;
-        }
     }
     Ok(())
 }
