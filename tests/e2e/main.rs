@@ -22,6 +22,8 @@ mod control;
 mod durability;
 // bitsd extensions: segmented downloads and several files at once.
 mod extensions;
+// `bitsctl download`: several files, LIST, header file, signals, --detach, a daemon restart.
+mod download_cmd;
 // Whole-file and ranged downloads from nginx, via bitsctl and via gRPC.
 mod downloads;
 // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output.

@@ -408,14 +408,11 @@ impl Attached<'_> {
         }
         let took =
             if secs < 60.0 { format!("{secs:.1}s") } else { render::human_duration(elapsed) };
-        let what = match plan.items.as_slice() {
-            [one] => format!("-> {}", one.dest.display()),
-            many => format!("({} files)", many.len()),
-        };
-        out(&format!(
-            "{} in {took} ({}) {what}\n",
-            render::human_bytes(bytes),
-            render::human_rate(rate)
-        ));
+        let size = render::human_bytes(bytes);
+        let rate = render::human_rate(rate);
+        out(&match plan.items.as_slice() {
+            [one] => format!("{size} in {took} ({rate}) -> {}\n", one.dest.display()),
+            many => format!("{} files, {size} in {took} ({rate})\n", many.len()),
+        });
     }
 }

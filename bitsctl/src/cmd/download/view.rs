@@ -53,7 +53,8 @@ struct LineJson<'a> {
     bytes_transferred: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     bytes_total: Option<u64>,
-    bytes_per_second: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_per_second: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     eta_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,12 +154,12 @@ impl View {
         let now = Instant::now();
         let (since, before) = self.last_line.unwrap_or((now, self.transferred));
         let secs = now.duration_since(since).as_secs_f64();
-        let rate =
-            if secs > 0.0 { self.transferred.saturating_sub(before) as f64 / secs } else { 0.0 };
+        // Over less than a second (a state change right after a line) a rate means little.
+        let rate = (secs >= 1.0).then(|| self.transferred.saturating_sub(before) as f64 / secs);
         let eta = match self.total {
-            Some(total) if rate >= 1.0 => {
-                Some(Duration::from_secs_f64(total.saturating_sub(self.transferred) as f64 / rate))
-            }
+            Some(total) if rate.is_some_and(|r| r >= 1.0) => Some(Duration::from_secs_f64(
+                total.saturating_sub(self.transferred) as f64 / rate.unwrap_or(1.0),
+            )),
             _ => None,
         };
         let state = self.state.map_or("QUEUED", JobState::name);
@@ -174,7 +175,9 @@ impl View {
                     }
                     None => text.push_str(" / ?"),
                 }
-                if self.last_line.is_some() && state == JobState::Transferring.name() {
+                if let Some(rate) = rate
+                    && state == JobState::Transferring.name()
+                {
                     text.push_str(&format!(" {}", render::human_rate(rate)));
                     if let Some(eta) = eta {
                         text.push_str(&format!(" ETA {}", render::human_duration(eta)));
@@ -191,7 +194,7 @@ impl View {
                     state,
                     bytes_transferred: self.transferred,
                     bytes_total: self.total,
-                    bytes_per_second: rate as u64,
+                    bytes_per_second: rate.map(|r| r as u64),
                     eta_seconds: eta.map(|d| d.as_secs()),
                     error,
                 };
