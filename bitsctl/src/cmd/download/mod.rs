@@ -186,12 +186,27 @@ impl Attached<'_> {
         if self.args.detach {
             return self.detach().await;
         }
-        // Subscribed before Resume, so that nothing the job does is missed.
-        let events = self.client.watch_job(self.job, Some(WATCH_FLAGS)).await?;
-        self.client.resume(self.job).await?;
-        self.wait_transferred(events).await?;
+        if let Err(e) = self.follow().await {
+            // A daemon that went away keeps the job (the error names it); any other failure
+            // cancels it, so that nothing is left waiting for a client that gave up.
+            let gone = matches!(
+                e.downcast_ref::<ClientError>(),
+                Some(ClientError::Connect { .. } | ClientError::ConnectTcp { .. })
+            );
+            if !gone {
+                self.view.finish();
+                let _ = self.client.cancel(self.job).await;
+            }
+            return Err(e);
+        }
         let info = self.client.get_job(self.job).await?;
-        let code = self.client.complete(self.job).await?;
+        let code = self.client.complete(self.job).await.map_err(|e| match e {
+            ClientError::Bits(e) => {
+                BitsError::new(e.code, format!("Complete of job {}: {}", self.job, e.message))
+                    .into()
+            }
+            other => anyhow::Error::from(other),
+        })?;
         self.view.finish();
         if code != Code::S_OK {
             return Err(BitsError::new(
@@ -202,6 +217,14 @@ impl Attached<'_> {
         }
         self.report(plan, info.progress.bytes_transferred, started.elapsed(), code);
         Ok(())
+    }
+
+    /// Watches the job (subscribed before Resume, so that nothing it does is missed), resumes
+    /// it and waits until it is TRANSFERRED.
+    async fn follow(&mut self) -> Result<()> {
+        let events = self.client.watch_job(self.job, Some(WATCH_FLAGS)).await?;
+        self.client.resume(self.job).await?;
+        self.wait_transferred(events).await
     }
 
     /// Files, headers, extensions and, while attached, short retries and the give-up time.
@@ -243,12 +266,14 @@ impl Attached<'_> {
 
     /// Resumes the job and lets go of it. Over the Unix socket the job's notify command is
     /// `bitsctl complete JOB`, so the daemon puts the files in place when the job is transferred
-    /// (it runs it as the job's owner); where it cannot (over TCP, or a daemon that refuses
-    /// notify commands, as for root's jobs), the user is told to complete it.
+    /// (it runs it as the job's owner); where it cannot (over TCP, for root, or a daemon that
+    /// refuses notify commands), the user is told to complete it.
     async fn detach(&mut self) -> Result<()> {
         let job = self.job;
+        // bitsd runs no notify command for root's jobs (spec §7.3), so root is told instead.
+        let root = rustix::process::geteuid().is_root();
         let completes_itself = match (self.cli.tcp, std::env::current_exe()) {
-            (None, Ok(exe)) => {
+            (None, Ok(exe)) if !root => {
                 let exe = exe.to_string_lossy().into_owned();
                 let args = [
                     "--socket".to_string(),
@@ -277,8 +302,8 @@ impl Attached<'_> {
         Ok(())
     }
 
-    /// Follows the job's events until TRANSFERRED. ERROR cancels the job and fails with its
-    /// error; TRANSIENT_ERROR is shown once and waited out (the daemon retries, and gives up after
+    /// Follows the job's events until TRANSFERRED. ERROR fails with the job's error (and the
+    /// caller cancels the job); TRANSIENT_ERROR is shown once and waited out (the daemon retries, and gives up after
     /// --timeout). A lost stream means the daemon went away: wait for it and re-attach.
     async fn wait_transferred(&mut self, mut events: EventStream) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -302,8 +327,6 @@ impl Attached<'_> {
             match event.event {
                 EventInfo::JobTransferred => return Ok(()),
                 EventInfo::JobError(error) => {
-                    self.view.finish();
-                    let _ = self.client.cancel(self.job).await;
                     return Err(BitsError::new(error.code, error.description).into());
                 }
                 EventInfo::JobModification { state, progress } => {

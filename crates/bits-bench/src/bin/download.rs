@@ -113,7 +113,9 @@ impl Case {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Tool {
     Bitsd,
-    /// `bitsctl download URL DEST`: the same daemon through the command line (polls GetJob).
+    /// `bitsctl download URL DEST`: the same daemon through the command line (a process start,
+    /// CreateJob, AddFile, two setters, WatchJob, Resume, GetJob and Complete), with its progress
+    /// lines on stderr (to GNU time's report file).
     Bitsctl,
     Curl,
     Aria2,
@@ -975,6 +977,35 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// `bitsctl download` against `curl -o` of the same file in the same runs: the ratio of their
+/// medians, and the median of the per-run ratios (each run's pair ran back to back, so this one
+/// cancels most of a noisy machine's drift). The goal is ≤ 1.0.
+fn print_bitsctl_vs_curl(samples: &[(Tool, Vec<Sample>)]) {
+    let walls = |tool: Tool| -> Vec<f64> {
+        samples
+            .iter()
+            .find(|(t, _)| *t == tool)
+            .map(|(_, list)| list.iter().map(|s| s.wall).collect())
+            .unwrap_or_default()
+    };
+    let (ctl, curl) = (walls(Tool::Bitsctl), walls(Tool::Curl));
+    let (Some(ctl_median), Some(curl_median)) = (summarize(&ctl), summarize(&curl)) else {
+        return;
+    };
+    let per_run: Vec<f64> = ctl.iter().zip(&curl).map(|(a, b)| a / b).collect();
+    let Some(paired) = summarize(&per_run) else { return };
+    println!(
+        "\nbitsctl download / curl -o (single): ratio of medians {:.3} ({:.3} s / {:.3} s); \
+         median of per-run ratios {:.3} (min {:.3}, max {:.3}); goal ≤ 1.0",
+        ctl_median.median / curl_median.median,
+        ctl_median.median,
+        curl_median.median,
+        paired.median,
+        paired.min,
+        paired.max
+    );
+}
+
 fn print_table(bench: &Bench, results: &BTreeMap<Case, Vec<(Tool, Vec<Sample>)>>) {
     let mut table = Table::new(
         &["case", "tool", "median s", "min–max s", "MiB/s", "bitsd/peer", "CPU s", "peak RSS MiB"],
@@ -1024,6 +1055,9 @@ fn print_table(bench: &Bench, results: &BTreeMap<Case, Vec<(Tool, Vec<Sample>)>>
         bench.options.runs
     );
     print!("{}", table.render());
+    if let Some(samples) = results.get(&Case::Single) {
+        print_bitsctl_vs_curl(samples);
+    }
     let disturbed = bench.disturbed.get();
     if disturbed > 0 {
         println!(
