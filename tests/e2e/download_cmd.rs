@@ -377,21 +377,23 @@ async fn bad_input_is_a_usage_error_and_creates_no_job() {
     let bad_headers = dir.join("bad-headers");
     std::fs::write(&bad_headers, "Authorization Bearer x\n").unwrap();
     let missing = dir.join("missing");
+    let (hex_a, hex_b) = ("a".repeat(64), "b".repeat(64));
     let cases: Vec<(Vec<&str>, String)> = vec![
-        (
-            vec!["-i", path(&list)],
-            format!("-i {}: line 2: 'http://h/b' has no DEST", list.display()),
-        ),
+        (vec!["-i", path(&list)], format!("{}:2: 'http://h/b' has no DEST", list.display())),
         (vec!["http://h/a", "/tmp/a", "--sha256", "xyz"], "'xyz' is not a SHA-256 digest".into()),
         (
             vec!["http://h/a", "/tmp/a", "--header-file", path(&missing)],
-            format!("--header-file {}: No such file or directory", missing.display()),
+            format!("cannot read {}: No such file or directory", missing.display()),
         ),
         (
             vec!["http://h/a", "/tmp/a", "--header-file", path(&bad_headers)],
-            "line 1 is not a `Name: value` header".into(),
+            format!("{}:1: not a 'Name: value' header", bad_headers.display()),
         ),
         (vec!["http://h/a", "/tmp/a", "http://h/b"], "'http://h/b' has no DEST".into()),
+        (
+            vec!["http://h/a", "/tmp/a", "--sha256", &hex_a, "--sha256", &hex_b],
+            "--sha256 is given 2 times for 1 URL DEST pairs".into(),
+        ),
     ];
     for (args, want) in cases {
         let mut all = vec!["download"];

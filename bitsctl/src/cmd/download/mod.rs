@@ -271,7 +271,7 @@ impl Attached<'_> {
     async fn detach(&mut self) -> Result<()> {
         let job = self.job;
         // bitsd runs no notify command for root's jobs (spec §7.3), so root is told instead.
-        let root = rustix::process::geteuid().is_root();
+        let root = nix::unistd::geteuid().is_root();
         let completes_itself = match (self.cli.tcp, std::env::current_exe()) {
             (None, Ok(exe)) if !root => {
                 let exe = exe.to_string_lossy().into_owned();
