@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use bits_client::Client;
 use bits_core::{JobId, JobState};
 use bits_tests::daemon::{CtlOutput, TestDaemon};
-use bits_tests::data::random_bytes;
+use bits_tests::data::{random_bytes, sha256_hex};
+use bits_tests::require_root;
 use bits_tests::server::TestServer;
+use bits_tests::users::{User, bitsctl_as, dir_owned_by, ensure_user, open_daemon_dir};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -419,4 +421,87 @@ async fn json_prints_one_result_object() {
     assert_eq!(v["state"], "ACKNOWLEDGED");
     assert_eq!((v["bytes"].as_u64(), v["files"].as_u64()), (Some(5000), Some(1)));
     assert!(JobId::parse(v["job_id"].as_str().unwrap()).is_some(), "{v}");
+}
+
+/// --sha256 per URL DEST pair and `sha256=HEX` in a LIST: the right digests land the files; a
+/// wrong one fails the job (BITSD_E_CHECKSUM_MISMATCH naming the digest), cancels it, and
+/// nothing is moved into place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksums_from_the_command_line_and_a_list() {
+    let server = TestServer::start().await;
+    let (a, b) = (random_bytes(10, 200_000), random_bytes(11, 3_000));
+    server.add_file("a.bin", a.clone());
+    server.add_file("b.bin", b.clone());
+    let daemon = TestDaemon::start().await;
+    let out = daemon.out_dir();
+    let list = daemon.dir().join("list");
+    std::fs::write(
+        &list,
+        format!("{} {} sha256={}\n", server.url("b.bin"), path(&out.join("b.bin")), sha256_hex(&b)),
+    )
+    .unwrap();
+    let done = daemon
+        .bitsctl(&[
+            "download",
+            &server.url("a.bin"),
+            path(&out.join("a.bin")),
+            "--sha256",
+            &sha256_hex(&a).to_uppercase(),
+            "-i",
+            path(&list),
+        ])
+        .await
+        .success();
+    assert!(done.stdout.starts_with("2 files, "), "{done}");
+    assert!(std::fs::read(out.join("a.bin")).unwrap() == a);
+    assert!(std::fs::read(out.join("b.bin")).unwrap() == b);
+
+    let wrong = "0".repeat(64);
+    let failed = daemon
+        .bitsctl(&["download", &server.url("a.bin"), path(&out.join("c.bin")), "--sha256", &wrong])
+        .await;
+    assert_eq!(failed.status.code(), Some(1), "{failed}");
+    assert!(failed.stderr.contains("BITSD_E_CHECKSUM_MISMATCH"), "{failed}");
+    assert!(failed.stderr.contains(&wrong) && failed.stderr.contains(&sha256_hex(&a)), "{failed}");
+    assert!(!out.join("c.bin").exists(), "a file that failed its digest was moved into place");
+    assert_eq!(entries(&out), ["a.bin", "b.bin"], "the cancelled job left a temp file");
+    assert_eq!(live_jobs(&daemon.client().await).await, []);
+}
+
+/// A user's --detach: the job's notify program (run by bitsd as that user) completes it, so the
+/// file lands with nobody waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_download_of_a_user_completes_itself() {
+    require_root("switching users");
+    let user = ensure_user("bitsd-e2e-alice");
+    let server = TestServer::start().await;
+    let data = random_bytes(12, 500_000);
+    server.add_file("n.bin", data.clone());
+    let daemon = TestDaemon::start().await;
+    open_daemon_dir(&daemon);
+    let base = tempfile::Builder::new().prefix("bitsd-detach-").tempdir().unwrap();
+    dir_owned_by(base.path(), &User::system("root", 0, 0), 0o755);
+    let home = base.path().join("alice");
+    dir_owned_by(&home, &user, 0o700);
+    let dest = home.join("n.bin");
+    let out =
+        bitsctl_as(&daemon, &user, &["download", &server.url("n.bin"), path(&dest), "--detach"])
+            .await
+            .success();
+    let job = job_id_in(&out.stdout);
+    assert!(!out.stderr.contains("bitsctl complete"), "told to complete by hand: {out}");
+    let client = daemon.client().await;
+    wait_for("the notify program to complete the job", TIMEOUT, || async {
+        let jobs = client.list_all_jobs().await.map_err(|e| e.to_string())?;
+        match jobs.iter().find(|j| j.id == job) {
+            None if dest.exists() => Ok(()),
+            found => {
+                Err(format!("job {:?}, file there: {}", found.map(|j| j.state), dest.exists()))
+            }
+        }
+    })
+    .await;
+    assert!(std::fs::read(&dest).unwrap() == data);
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&dest).unwrap().uid(), user.uid);
 }

@@ -7,7 +7,7 @@ mod plan;
 mod view;
 
 use std::io::IsTerminal as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -29,6 +29,9 @@ const WATCH_FLAGS: u32 = notify::JOB_TRANSFERRED | notify::JOB_ERROR | notify::J
 /// While attached, a failed attempt is retried after BITS' shortest delay (spec: 5 s floor), not
 /// after the 10 minutes a background job waits.
 const ATTACHED_RETRY_DELAY_SECS: u32 = 5;
+/// bitsd runs no notify program for the jobs of uids below this (system accounts, root among
+/// them; spec §7.3 and bits-manager's `notify_cmd::FIRST_USER_UID`).
+const FIRST_USER_UID: u32 = 1000;
 /// Between attempts to reach a daemon that went away.
 const RECONNECT_EVERY: Duration = Duration::from_millis(200);
 
@@ -264,24 +267,17 @@ impl Attached<'_> {
         Ok(())
     }
 
-    /// Resumes the job and lets go of it. Over the Unix socket the job's notify command is
-    /// `bitsctl complete JOB`, so the daemon puts the files in place when the job is transferred
-    /// (it runs it as the job's owner); where it cannot (over TCP, for root, or a daemon that
-    /// refuses notify commands), the user is told to complete it.
+    /// Resumes the job and lets go of it. Over the Unix socket the job's notify program completes
+    /// it ([`completion_cmd`]), so the daemon puts the files in place when the job is transferred,
+    /// running it as the job's owner; where it cannot (over TCP, for system accounts, whose jobs
+    /// run no notify program, or a daemon that refuses it), the user is told to complete it.
     async fn detach(&mut self) -> Result<()> {
         let job = self.job;
-        // bitsd runs no notify command for root's jobs (spec §7.3), so root is told instead.
-        let root = nix::unistd::geteuid().is_root();
+        let user = nix::unistd::geteuid().as_raw() >= FIRST_USER_UID;
         let completes_itself = match (self.cli.tcp, std::env::current_exe()) {
-            (None, Ok(exe)) if !root => {
-                let exe = exe.to_string_lossy().into_owned();
-                let args = [
-                    "--socket".to_string(),
-                    self.cli.socket.to_string_lossy().into_owned(),
-                    "complete".to_string(),
-                    job.to_string(),
-                ];
-                self.client.set_notify_cmd_line(job, Some(&exe), &args).await.is_ok()
+            (None, Ok(exe)) if user => {
+                let (program, args) = completion_cmd(&exe, &self.cli.socket);
+                self.client.set_notify_cmd_line(job, Some(program), &args).await.is_ok()
             }
             _ => false,
         };
@@ -437,5 +433,52 @@ impl Attached<'_> {
             [one] => format!("{size} in {took} ({rate}) -> {}\n", one.dest.display()),
             many => format!("{} files, {size} in {took} ({rate})\n", many.len()),
         });
+    }
+}
+
+/// The notify program of a detached job: `bitsctl --socket SOCKET complete $BITS_JOB_ID` once the
+/// job is TRANSFERRED, through `sh` only to look at the state first. In ERROR it exits 0, so
+/// that the daemon does not run it again after every retry delay; the job waits for the user.
+/// The paths travel as positional parameters, never inside the script, so no quoting is needed.
+fn completion_cmd(exe: &Path, socket: &Path) -> (&'static str, Vec<String>) {
+    let script = r#"[ "$BITS_JOB_STATE" = TRANSFERRED ] || exit 0; exec "$1" --socket "$2" complete "$BITS_JOB_ID""#;
+    let args = vec![
+        "-c".to_string(),
+        script.to_string(),
+        "bitsctl-complete".to_string(),
+        exe.to_string_lossy().into_owned(),
+        socket.to_string_lossy().into_owned(),
+    ];
+    ("/bin/sh", args)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The script runs `EXE --socket SOCKET complete JOB` in TRANSFERRED only, with paths that
+    /// would break a quoted script (spaces, quotes, `$`).
+    #[test]
+    fn the_completion_program_completes_only_a_transferred_job() {
+        let (program, args) =
+            completion_cmd(Path::new("/bin/echo"), Path::new("/run/it's $HOME/bitsd.sock"));
+        let run = |state: &str| {
+            let out = std::process::Command::new(program)
+                .args(&args)
+                .env_clear()
+                .env("BITS_JOB_ID", "0b3e4a9e-8d4f-4a32-9c55-1f0d6d2c8e11")
+                .env("BITS_JOB_STATE", state)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{state}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(
+            run("TRANSFERRED"),
+            "--socket /run/it's $HOME/bitsd.sock complete 0b3e4a9e-8d4f-4a32-9c55-1f0d6d2c8e11\n"
+        );
+        assert_eq!(run("ERROR"), "");
     }
 }
