@@ -202,8 +202,15 @@ impl Attached<'_> {
             }
             return Err(e);
         }
-        let info = self.client.get_job(self.job).await?;
-        let code = self.client.complete(self.job).await.map_err(|e| match e {
+        let (bytes, code) = match self.finish().await {
+            // The daemon went away between TRANSFERRED and Complete: wait for it once more.
+            Err(ClientError::Bits(e)) if e.code == Code::E_FAIL => {
+                drop(self.reattach().await?);
+                self.finish().await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
             ClientError::Bits(e) => {
                 BitsError::new(e.code, format!("Complete of job {}: {}", self.job, e.message))
                     .into()
@@ -218,8 +225,15 @@ impl Attached<'_> {
             )
             .into());
         }
-        self.report(plan, info.progress.bytes_transferred, started.elapsed(), code);
+        self.report(plan, bytes, started.elapsed(), code);
         Ok(())
+    }
+
+    /// The bytes of the transferred job, then Complete.
+    async fn finish(&self) -> Result<(u64, Code), ClientError> {
+        let info = self.client.get_job(self.job).await?;
+        let code = self.client.complete(self.job).await?;
+        Ok((info.progress.bytes_transferred, code))
     }
 
     /// Watches the job (subscribed before Resume, so that nothing it does is missed), resumes
