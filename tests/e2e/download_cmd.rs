@@ -300,7 +300,8 @@ async fn detach_leaves_the_job_running_in_the_daemon() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_restart_mid_download_is_waited_out() {
     let server = TestServer::start().await;
-    let data = random_bytes(7, 3 << 20);
+    // 8 s at the throttled rate: still running when the daemon is killed 5 s into it.
+    let data = random_bytes(7, 4 << 20);
     server.add_file("r.bin", data.clone());
     server.set_throttle(Some(512 << 10));
     let mut daemon = TestDaemon::start().await;
@@ -309,8 +310,8 @@ async fn a_daemon_restart_mid_download_is_waited_out() {
     {
         let client = daemon.client().await;
         transferring_job(&client).await;
-        // Long enough for a timed progress line (every 3 s) with a rate.
-        tokio::time::sleep(Duration::from_millis(3500)).await;
+        // Long enough for a timed progress line (every 3 s, checked each second) with a rate.
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
     daemon.kill_9().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -322,7 +323,7 @@ async fn a_daemon_restart_mid_download_is_waited_out() {
     assert!(done.stderr.contains("lost bitsd; waiting for it to come back"), "{done}");
     assert!(
         done.stderr.lines().any(|l| l.starts_with("TRANSFERRING ")
-            && l.contains(" / 3.0 MiB (")
+            && l.contains(" / 4.0 MiB (")
             && l.contains("/s")),
         "no progress line with a rate: {done}"
     );
