@@ -2,6 +2,7 @@
 //! file, logging, the store, the job manager, the gRPC server on a Unix socket (and on loopback TCP
 //! when configured), and a clean shutdown on SIGTERM/SIGINT.
 
+mod authority;
 mod awake;
 mod config;
 mod grpc;

@@ -38,6 +38,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
+use crate::authority::AuthorityFix;
 use crate::awake::KeepAwake;
 use crate::grpc::{Access, BitsService};
 use crate::quota::{Quota, Slot};
@@ -161,7 +162,7 @@ impl Accepter {
 }
 
 impl Accepter {
-    async fn next_unix(&self, listener: &UnixListener) -> Conn<UnixStream> {
+    async fn next_unix(&self, listener: &UnixListener) -> Conn<AuthorityFix<UnixStream>> {
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -178,7 +179,7 @@ impl Accepter {
                 }
             };
             let peer = Peer::new(Some(cred), None);
-            if let Some(conn) = self.admit(cred.uid(), stream, peer) {
+            if let Some(conn) = self.admit(cred.uid(), AuthorityFix::new(stream), peer) {
                 return conn;
             }
         }
