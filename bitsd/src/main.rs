@@ -6,6 +6,7 @@ mod authority;
 mod awake;
 mod config;
 mod grpc;
+mod health;
 mod metrics;
 mod notify;
 mod quota;
@@ -368,6 +369,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         Duration::from_micros(args.keep_awake_us.unwrap_or(config.keep_awake_us)),
         manager.clone(),
     );
+    let (health, health_service) = health::health();
     // TCP first: if its port is taken, nothing is left behind (no socket file).
     let tcp = match &config.tcp {
         Some(tcp) => {
@@ -381,6 +383,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
                     watches.clone(),
                     control.connections.clone(),
                 ),
+                health: health_service.clone(),
                 awake: awake.clone(),
                 check: tcp::BearerCheck::new(&tcp.token, tcp.uid),
                 control: control.clone(),
@@ -413,7 +416,14 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         watches.clone(),
         control.connections.clone(),
     );
-    let unix = UnixServing { listener, service, awake, control, manager: manager.clone() };
+    let unix = UnixServing {
+        listener,
+        service,
+        health: health_service,
+        awake,
+        control,
+        manager: manager.clone(),
+    };
     // One stop for both servers. A dropped sender (the daemon failing) stops them too.
     let (stop_serving, stopped) = tokio::sync::watch::channel(false);
     if let Some((listener, source)) = metrics {
@@ -438,6 +448,8 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         .context("cannot start the gRPC thread")?;
     let status = notify::ready(&manager);
     shutdown_signal().await;
+    // Probes see it first; Health's Watch streams end with it.
+    health.not_serving();
     status.stopping().await;
     // Open WatchJob streams end at the signal: a graceful server shutdown waits for them.
     manager.close_subscriptions();
@@ -469,6 +481,7 @@ const GRPC_STOP_DEADLINE: Duration = Duration::from_secs(2);
 struct UnixServing {
     listener: std::os::unix::net::UnixListener,
     service: grpc::BitsService,
+    health: health::HealthService,
     awake: awake::KeepAwake,
     control: server::Control,
     manager: bits_manager::Manager,
@@ -481,7 +494,7 @@ fn serve_on_own_runtime(
     tcp: Option<tcp::TcpServing>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let UnixServing { listener, service, awake, control, manager } = unix;
+    let UnixServing { listener, service, health, awake, control, manager } = unix;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -493,8 +506,15 @@ fn serve_on_own_runtime(
         let until_stop = |mut seen: tokio::sync::watch::Receiver<bool>| async move {
             let _ = seen.wait_for(|stopped| *stopped).await;
         };
-        let unix =
-            server::serve(listener, service, awake, control, manager, until_stop(stop.clone()));
+        let unix = server::serve(
+            listener,
+            service,
+            health,
+            awake,
+            control,
+            manager,
+            until_stop(stop.clone()),
+        );
         let Some(tcp) = tcp else { return unix.await };
         // Joined, not raced: a failing TCP server must not take the Unix socket down with it.
         let (unix, tcp) = tokio::join!(unix, tcp::serve(tcp, until_stop(stop)));

@@ -41,6 +41,7 @@ use tonic::transport::server::Connected;
 use crate::authority::AuthorityFix;
 use crate::awake::KeepAwake;
 use crate::grpc::{Access, BitsService};
+use crate::health::HealthService;
 use crate::quota::{Quota, Slot};
 use crate::throttle::Throttle;
 
@@ -98,11 +99,12 @@ pub struct Control {
     pub idle_timeout: Duration,
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` resolves, with the caps and timeouts of
-/// `control`.
+/// Serves the gRPC API, Health and reflection on `listener` until `shutdown` resolves, with the
+/// caps and timeouts of `control`.
 pub async fn serve(
     listener: UnixListener,
     service: BitsService,
+    health: HealthService,
     awake: KeepAwake,
     control: Control,
     manager: Manager,
@@ -113,11 +115,15 @@ pub async fn serve(
         let conn = accepter.next_unix(&listener).await;
         Some((Ok::<_, io::Error>(conn), (listener, accepter)))
     });
+    let (reflection_v1, reflection_v1alpha) = crate::health::reflection()?;
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .layer(awake)
         .layer(Tracking)
         .add_service(bits_proto::v1::bits_server::BitsServer::new(service))
+        .add_service(health.server())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("gRPC server failed")

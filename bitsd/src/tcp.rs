@@ -17,10 +17,12 @@ use bits_manager::Manager;
 use bits_proto::status::to_status;
 use bits_proto::token::{AUTHORIZATION, Token};
 use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
 use crate::awake::KeepAwake;
 use crate::grpc::{BitsService, TcpCaller};
+use crate::health::HealthService;
 use crate::server::{self, Control};
 use crate::throttle::Throttle;
 
@@ -28,6 +30,7 @@ use crate::throttle::Throttle;
 pub struct TcpServing {
     pub listener: std::net::TcpListener,
     pub service: BitsService,
+    pub health: HealthService,
     pub check: BearerCheck,
     pub awake: KeepAwake,
     /// The socket's caps (shared totals) and timeouts.
@@ -56,19 +59,24 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves the gRPC API on `tcp` until `shutdown` resolves; every call passes [`BearerCheck`].
+/// Serves the gRPC API, Health and reflection on `tcp` until `shutdown` resolves; every call to
+/// any of them passes [`BearerCheck`].
 pub async fn serve(tcp: TcpServing, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::from_std(tcp.listener).context("cannot use the TCP listener")?;
     let incoming = server::tcp_incoming(listener, tcp.control, tcp.manager, tcp.uid);
+    let (reflection_v1, reflection_v1alpha) = crate::health::reflection()?;
     tonic::transport::Server::builder()
         .max_concurrent_streams(server::MAX_STREAMS_PER_CONNECTION)
         .layer(tcp.awake)
         .layer(server::Tracking)
-        .add_service(bits_proto::v1::bits_server::BitsServer::with_interceptor(
-            tcp.service,
-            tcp.check,
+        .add_service(InterceptedService::new(
+            bits_proto::v1::bits_server::BitsServer::new(tcp.service),
+            tcp.check.clone(),
         ))
+        .add_service(InterceptedService::new(tcp.health.server(), tcp.check.clone()))
+        .add_service(InterceptedService::new(reflection_v1, tcp.check.clone()))
+        .add_service(InterceptedService::new(reflection_v1alpha, tcp.check))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("gRPC server on TCP failed")

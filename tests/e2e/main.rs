@@ -34,6 +34,9 @@ mod notify_cmd;
 mod ownership;
 // GetProgress and GetFilledFileRanges before, during and after a throttled download.
 mod progress;
+// The real Python grpcio (default options): the docs' example, every :authority, Health and
+// reflection on the socket and over TCP.
+mod python;
 // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice.
 mod restart;
 // Hostile servers: every fault of the fault-injecting server and the state + error it leads to.
