@@ -5,8 +5,11 @@
 # 2. installs nginx if it is missing (the end-to-end tests start their own nginx on a random
 #    loopback port with their own config; the system nginx service is never used);
 #    likewise systemd-analyze (the unit files in dist/systemd are checked with `verify`);
+#    and a Python venv in target/pyenv with grpcio (the Python client tests, tests/e2e/python.rs,
+#    run it: BITS_TEST_PYTHON);
 # 3. builds the `bitsd` and `bitsctl` binaries (the end-to-end tests run them from target/debug);
-# 4. runs every test in the workspace. The closing "test result:" lines are what CI counts.
+# 4. runs every test in the workspace. The closing "test result:" lines are what CI counts; one
+#    line after them sums them up (`N passed, N failed`). The exit status is the tests'.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -88,6 +91,45 @@ install_systemd_analyze() {
     fi
 }
 
+# The Python client tests' packages, pinned; the venv is remade only when this line changes.
+PYTHON_PACKAGES="grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1"
+PYENV=target/pyenv
+
+# A venv in $PYENV with $PYTHON_PACKAGES. Debian's python3 has neither pip nor (without
+# python3-venv) ensurepip, and PEP 668 refuses pip installs into the system Python: hence a venv,
+# and python3-venv from apt-get when the venv cannot be made.
+install_python_env() {
+    local sudo
+    if [ -x "$PYENV/bin/python3" ] && [ "$(cat "$PYENV/.packages" 2>/dev/null)" = "$PYTHON_PACKAGES" ]; then
+        return 0
+    fi
+    rm -rf "$PYENV"
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv "$PYENV" >/dev/null 2>&1; then
+        rm -rf "$PYENV"
+        need_apt "python3 with venv" "python3-venv"
+        "${sudo[@]}" apt-get update -q
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3 python3-venv
+        python3 -m venv "$PYENV"
+    fi
+    # shellcheck disable=SC2086 # one word per package
+    if ! "$PYENV/bin/python3" -m pip install -q --disable-pip-version-check $PYTHON_PACKAGES; then
+        echo "error: pip could not install $PYTHON_PACKAGES into $PYENV; the Python client tests need them" >&2
+        exit 1
+    fi
+    echo "$PYTHON_PACKAGES" >"$PYENV/.packages"
+}
+
+# `N passed, N failed`, summed over the "test result:" lines in the file $1.
+total_line() {
+    awk '/^test result:/ {
+            for (i = 1; i < NF; i++) {
+                if ($(i + 1) ~ /^passed;?$/) passed += $i
+                if ($(i + 1) ~ /^failed;?$/) failed += $i
+            }
+         }
+         END { printf "%d passed, %d failed\n", passed, failed }' "$1"
+}
+
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
@@ -108,8 +150,18 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     install_systemd_analyze
 fi
 
+step "Python client packages in $PYENV (needed by tests/e2e/python.rs)"
+install_python_env
+"$PYENV/bin/python3" --version
+export BITS_TEST_PYTHON="$PWD/$PYENV/bin/python3"
+
 step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
 step "cargo test --workspace"
-cargo test --workspace
+output=target/test-output.log
+status=0
+cargo test --workspace 2>&1 | tee "$output" || status=$?
+step "total"
+total_line "$output"
+exit "$status"
