@@ -7,6 +7,7 @@ mod awake;
 mod config;
 mod grpc;
 mod health;
+mod lock;
 mod metrics;
 mod notify;
 mod quota;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -335,9 +336,7 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     let euid = rustix::process::geteuid().as_raw();
     let socket = match args.socket.clone().or_else(|| config.socket.clone()) {
         Some(path) => path,
-        None => {
-            bits_core::defaults::socket_path(euid, std::env::var("XDG_RUNTIME_DIR").ok().as_deref())
-        }
+        None => default_socket(euid)?,
     };
     let data_dir = match args.data_dir.clone().or_else(|| config.data_dir.clone()) {
         Some(dir) => dir,
@@ -349,6 +348,9 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
         .context("cannot choose a data directory: set --data-dir, XDG_DATA_HOME or HOME")?,
     };
 
+    // Before the store: a second daemon is told at once who has the directory (the store would
+    // wait for its lock in silence).
+    let _lock = lock::lock(&data_dir)?;
     let store = bits_store::SledStore::open(&data_dir)
         .with_context(|| format!("cannot open the job store in {}", data_dir.display()))?;
     let manager = bits_manager::Manager::start(Arc::new(store), manager_config(&args, &config))
@@ -472,6 +474,24 @@ async fn run(args: Args, config: config::Config) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(&socket);
     served
+}
+
+/// The socket when neither flag nor file names one: the same path clients look at. Without
+/// `XDG_RUNTIME_DIR` that is in `/run/user/UID`, which only a login session creates; a daemon
+/// started outside one is told so, rather than failing to create it (or picking a place no
+/// client would look).
+fn default_socket(euid: u32) -> anyhow::Result<PathBuf> {
+    let runtime = std::env::var("XDG_RUNTIME_DIR").ok();
+    if let Some(dir) = bits_core::defaults::unset_runtime_dir(euid, runtime.as_deref())
+        && !dir.is_dir()
+    {
+        bail!(
+            "XDG_RUNTIME_DIR is unset and {} does not exist (no login session): start bitsd with \
+             --socket PATH, and give bitsctl the same with --socket PATH or BITSD_SOCKET=PATH",
+            dir.display()
+        );
+    }
+    Ok(bits_core::defaults::socket_path(euid, runtime.as_deref()))
 }
 
 /// How long a shutdown waits for open gRPC connections to finish before going on without them.

@@ -37,6 +37,8 @@ mod progress;
 // The real Python grpcio (default options): the docs' example, every :authority, Health and
 // reflection on the socket and over TCP.
 mod python;
+// Start-up refusals: a data directory in use, no XDG_RUNTIME_DIR and no session.
+mod startup;
 // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice.
 mod restart;
 // Hostile servers: every fault of the fault-injecting server and the state + error it leads to.

@@ -10,6 +10,12 @@ pub const SYSTEM_DATA_DIR: &str = "/var/lib/bitsd";
 
 /// `$XDG_RUNTIME_DIR/bitsd/bitsd.sock` for a user (falling back to `/run/user/UID`), or
 /// [`SYSTEM_SOCKET`] for root.
+///
+/// With `XDG_RUNTIME_DIR` unset (cron, `su`, `sudo -u`, ssh without pam_systemd) both bitsd and
+/// its clients use `/run/user/UID`, the directory logind makes for every session of the user:
+/// a client there still finds the daemon that the user's systemd unit runs. Where no session
+/// made it, bitsd says so and asks for `--socket` (see [`unset_runtime_dir`]) rather than pick a
+/// place its clients would not look.
 pub fn socket_path(euid: u32, xdg_runtime_dir: Option<&str>) -> PathBuf {
     if euid == 0 {
         return PathBuf::from(SYSTEM_SOCKET);
@@ -19,6 +25,16 @@ pub fn socket_path(euid: u32, xdg_runtime_dir: Option<&str>) -> PathBuf {
         _ => PathBuf::from(format!("/run/user/{euid}")),
     };
     runtime.join("bitsd").join("bitsd.sock")
+}
+
+/// The runtime directory a user's default socket falls back to, when `XDG_RUNTIME_DIR` is
+/// unset or empty; `None` when it is set, or for root (whose socket is [`SYSTEM_SOCKET`]).
+pub fn unset_runtime_dir(euid: u32, xdg_runtime_dir: Option<&str>) -> Option<PathBuf> {
+    match xdg_runtime_dir {
+        _ if euid == 0 => None,
+        Some(dir) if !dir.is_empty() => None,
+        _ => Some(PathBuf::from(format!("/run/user/{euid}"))),
+    }
 }
 
 /// The socket a client of `euid` talks to by default: its own user daemon's when that socket
@@ -73,5 +89,19 @@ mod tests {
         assert_eq!(data_dir(5, Some("/x"), Some("/h")), Some(PathBuf::from("/x/bitsd")));
         assert_eq!(data_dir(5, None, Some("/h")), Some(PathBuf::from("/h/.local/share/bitsd")));
         assert_eq!(data_dir(5, None, None), None);
+    }
+
+    #[test]
+    fn daemon_and_clients_agree_when_xdg_runtime_dir_is_unset() {
+        for unset in [None, Some("")] {
+            let daemon = socket_path(1000, unset);
+            assert_eq!(daemon, PathBuf::from("/run/user/1000/bitsd/bitsd.sock"));
+            // The daemon is up (its socket exists) or not: a client looks where it serves.
+            assert_eq!(client_socket_path(1000, unset, |p| p == daemon), daemon);
+            assert_eq!(client_socket_path(1000, unset, |_| false), daemon);
+            assert_eq!(unset_runtime_dir(1000, unset), Some(PathBuf::from("/run/user/1000")));
+        }
+        assert_eq!(unset_runtime_dir(1000, Some("/run/user/1000")), None);
+        assert_eq!(unset_runtime_dir(0, None), None, "root uses the system socket");
     }
 }
