@@ -456,9 +456,11 @@ mod tests {
         f
     }
 
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
     /// What h2 would see: the output's frames, with the header blocks decoded by a fresh
     /// decoder that saw only the output (as h2's does).
-    fn h2_view(bytes: &[u8]) -> Vec<(u8, u32, Vec<(Vec<u8>, Vec<u8>)>)> {
+    fn h2_view(bytes: &[u8]) -> Vec<(u8, u32, Fields)> {
         assert_eq!(&bytes[..PREFACE.len()], PREFACE);
         let mut rest = &bytes[PREFACE.len()..];
         let mut decoder = loona_hpack::Decoder::new();
