@@ -5,13 +5,19 @@
 //! Unix socket. The h2 server under tonic parses it as a URI authority and resets the stream
 //! (PROTOCOL_ERROR) when that fails, before hyper or tonic see the request, with no option to
 //! relax it (hyperium/h2#487 has been open since 2020). An authority means nothing on a local
-//! socket, so [`AuthorityFix`] sits between the socket and h2 and rewrites it: it follows the
-//! HTTP/2 frames the client sends, decodes each header block with its own HPACK decoder (which
-//! tracks the client's dynamic table), and passes the block's bytes on untouched unless h2 would
-//! refuse its `:authority`. Then, and for every later block on that connection, it re-encodes
-//! the block with `:authority: localhost`, each field a literal that is not indexed: h2's
-//! decoder table no longer matches the client's from that point, and literals never refer to it.
-//! Frames other than HEADERS and CONTINUATION pass through as they are.
+//! socket, so [`AuthorityFix`] sits between the socket and h2 and rewrites it.
+//!
+//! It follows the HTTP/2 frames the client sends and decodes the connection's first header
+//! block with its own HPACK decoder. A client sends the same authority on every call of a
+//! channel, so the first block decides for the connection:
+//! - an authority h2 accepts (or none): everything passes untouched from then on, at the cost of
+//!   nothing but a pointer check per read (bitsctl and every tonic client are such clients);
+//! - one h2 would refuse: this block and every later one is decoded (the decoder tracks the
+//!   client's dynamic table) and re-encoded with `:authority: localhost`, each field a literal
+//!   that is not indexed, since h2's decoder table no longer matches the client's and literals
+//!   never refer to it.
+//!
+//! Frames other than HEADERS and CONTINUATION always pass as they are.
 
 use std::io;
 use std::pin::Pin;
@@ -81,6 +87,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
             if this.eof || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
+            if this.rewriter.passes_all() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             let mut chunk = [0u8; 8192];
             let mut read = ReadBuf::new(&mut chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
@@ -127,7 +136,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
 enum State {
     /// Within the connection preface, this many bytes of it seen.
     Preface(usize),
-    /// Not HTTP/2 (no preface): everything passes untouched, for h2 to refuse.
+    /// Everything passes untouched: not HTTP/2 (no preface; h2 refuses it), or the first header
+    /// block's authority was one h2 takes.
     Raw,
     /// Collecting a frame header.
     FrameHeader,
@@ -156,8 +166,8 @@ struct Rewriter {
     pending: Vec<u8>,
     block: Option<Block>,
     decoder: loona_hpack::Decoder<'static>,
-    /// Once one block was re-encoded, h2's HPACK table no longer matches the client's, so
-    /// every later block is re-encoded too.
+    /// The first block's authority was refused: every block is re-encoded (h2's HPACK table
+    /// no longer matches the client's after the first).
     rewriting: bool,
 }
 
@@ -172,6 +182,11 @@ impl Rewriter {
             decoder,
             rewriting: false,
         }
+    }
+
+    /// Whether every byte from now on passes untouched.
+    fn passes_all(&self) -> bool {
+        matches!(self.state, State::Raw)
     }
 
     /// Takes the next bytes from the client and appends what h2 is to see to `out`. An error
@@ -332,9 +347,11 @@ impl Rewriter {
             fields.iter().any(|(name, value)| name == b":authority" && !acceptable(value));
         match result {
             Ok(()) if decoded <= MAX_DECODED && (self.rewriting || refused_authority) => {}
-            // h2 decodes the same bytes (and refuses what it must): its table stays in step.
+            // The first block, and h2 takes it as it is (or refuses it for its own reasons,
+            // which end the connection anyway): so will it take the connection's later ones.
             _ if !self.rewriting => {
                 out.extend_from_slice(&block.raw);
+                self.state = State::Raw;
                 return Ok(());
             }
             Ok(()) => return Err(refused(format!("a header list over {MAX_DECODED} bytes"))),
@@ -514,50 +531,71 @@ mod tests {
     }
 
     #[test]
-    fn a_good_authority_passes_byte_for_byte_and_a_bad_one_becomes_localhost_from_then_on() {
+    fn a_first_authority_h2_takes_lets_the_whole_connection_pass_untouched() {
         let mut encoder = loona_hpack::Encoder::new();
         let mut input = PREFACE.to_vec();
         input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-        let first = client_block(&mut encoder, b"localhost");
+        input.extend(frame(HEADERS, END_HEADERS, 1, &client_block(&mut encoder, b"localhost")));
+        input.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\0"));
+        // A client that changes its authority mid-connection is left to h2 (no known one does).
+        let later = client_block(&mut encoder, b"/run/bitsd/bitsd.sock");
+        input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &later));
+        for step in [1, 7, 4096] {
+            assert_eq!(rewrite(&input, step).unwrap(), input, "in pieces of {step}");
+        }
+        let mut rewriter = Rewriter::new();
+        let mut out = Vec::new();
+        rewriter.feed(&input[..PREFACE.len() + 9], &mut out).unwrap();
+        assert!(!rewriter.passes_all());
+        rewriter.feed(&input[PREFACE.len() + 9..], &mut out).unwrap();
+        assert!(rewriter.passes_all(), "after the first block, reads bypass the rewriter");
+    }
+
+    #[test]
+    fn a_refused_first_authority_is_replaced_in_every_block_of_the_connection() {
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        // As gRPC's C core does: the socket's path, indexed by the client (and by h2) ...
+        let mut first = vec![0x83, 0x86];
+        for (index, value) in [(4, &b"/bits.v1.Bits/ListJobs"[..]), (1, b"/run/bitsd/bitsd.sock")] {
+            first.push(0x40 | index);
+            encode_string(value, &mut first);
+        }
+        first.push(0x40 | 31);
+        encode_string(b"application/grpc", &mut first);
+        first.push(0x40);
+        encode_string(b"te", &mut first);
+        encode_string(b"trailers", &mut first);
         input.extend(frame(HEADERS, END_HEADERS, 1, &first));
         input.extend(frame(0x0, END_STREAM, 1, b"\0\0\0\0\0"));
-        let good_part = input.clone();
-        // A path: refused by h2, and indexed by the client, which then refers to the entry.
-        // As gRPC's C core does: its path is indexed by the client (and by h2) ...
-        let mut second = vec![0x83, 0x86];
-        for (index, value) in [(4, &b"/bits.v1.Bits/ListJobs"[..]), (1, b"/run/bitsd/bitsd.sock")] {
-            second.push(0x40 | index);
-            encode_string(value, &mut second);
-        }
-        second.push(0x40 | 31);
-        encode_string(b"application/grpc", &mut second);
-        second.push(0x40);
-        encode_string(b"te", &mut second);
-        encode_string(b"trailers", &mut second);
-        input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &second));
-        // ... and named by its index next time (te 62, content-type 63, authority 64, path 65).
-        let third = [0x83, 0x86, 0x80 | 65, 0x80 | 64, 0x80 | 63, 0x80 | 62];
-        // Cut in two by a CONTINUATION, padded and with priority fields.
+        // ... and named by its index next time (te 62, content-type 63, authority 64, path 65),
+        // cut in two by a CONTINUATION, padded and with priority fields.
+        let second = [0x83, 0x86, 0x80 | 65, 0x80 | 64, 0x80 | 63, 0x80 | 62];
         let mut padded = vec![3];
         padded.extend_from_slice(&[0, 0, 0, 0, 15]);
-        padded.extend_from_slice(&third[..4]);
+        padded.extend_from_slice(&second[..4]);
         padded.extend_from_slice(&[0, 0, 0]);
-        input.extend(frame(HEADERS, PADDED | PRIORITY, 5, &padded));
-        input.extend(frame(CONTINUATION, END_HEADERS, 5, &third[4..]));
+        input.extend(frame(HEADERS, PADDED | PRIORITY, 3, &padded));
+        input.extend(frame(CONTINUATION, END_HEADERS | END_STREAM, 3, &second[4..]));
+        // An authority h2 takes, indexed (moving the others one up), still re-encoded.
+        let mut third = vec![0x83, 0x86, 0x41];
+        encode_string(b"localhost", &mut third);
+        third.extend_from_slice(&[0x80 | 66, 0x80 | 64, 0x80 | 63]);
+        input.extend(frame(HEADERS, END_HEADERS | END_STREAM, 5, &third));
         for step in [1, 7, 4096] {
             let out = rewrite(&input, step).unwrap();
-            assert_eq!(&out[..good_part.len()], &good_part[..], "untouched until needed");
             let frames = h2_view(&out);
             let headers: Vec<_> = frames.iter().filter(|(kind, ..)| *kind == HEADERS).collect();
-            assert_eq!(headers.len(), 3);
-            assert_eq!(authority_of(&headers[0].2), b"localhost");
-            for (_, stream, fields) in &headers[1..] {
+            assert_eq!(headers.iter().map(|h| h.1).collect::<Vec<_>>(), [1, 3, 5]);
+            for (_, stream, fields) in headers {
                 assert_eq!(authority_of(fields), b"localhost", "stream {stream}");
-                assert_eq!(fields[2], (b":path".to_vec(), b"/bits.v1.Bits/ListJobs".to_vec()));
-                assert_eq!(fields[5], (b"te".to_vec(), b"trailers".to_vec()));
+                let path = fields.iter().find(|(n, _)| n == b":path").unwrap();
+                assert_eq!(path.1, b"/bits.v1.Bits/ListJobs");
+                assert!(fields.contains(&(b"te".to_vec(), b"trailers".to_vec())));
                 assert_eq!(fields.len(), 6);
             }
-            assert_eq!(headers[2].1, 5);
+            let data = frames.iter().find(|(kind, ..)| *kind == 0x0).unwrap();
+            assert_eq!(data.2[0].1, b"\0\0\0\0\0");
         }
     }
 
