@@ -118,6 +118,11 @@ fn reply<T>(result: Result<T, BitsError>) -> Result<Response<T>, Status> {
     result.map(Response::new).map_err(|e| to_status(&e))
 }
 
+/// The reply of a call that answers with a BITS success code.
+fn status(result: Result<Code, BitsError>) -> Result<Response<v1::StatusReply>, Status> {
+    reply(result.map(convert::status_reply))
+}
+
 /// AddFile and AddFileWithRanges: one file, with its expected digest if given.
 async fn add_one(
     manager: &Manager,
@@ -224,7 +229,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.resume(caller, id).await.map(convert::status_reply))
+        status(self.manager.resume(caller, id).await)
     }
 
     async fn suspend(
@@ -232,7 +237,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.suspend(caller, id).await.map(convert::status_reply))
+        status(self.manager.suspend(caller, id).await)
     }
 
     async fn cancel(
@@ -240,7 +245,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.cancel(caller, id).await.map(convert::status_reply))
+        status(self.manager.cancel(caller, id).await)
     }
 
     async fn complete(
@@ -248,7 +253,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.complete(caller, id).await.map(convert::status_reply))
+        status(self.manager.complete(caller, id).await)
     }
 
     async fn get_progress(
@@ -273,12 +278,7 @@ impl v1::bits_server::Bits for BitsService {
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
         let ranges = convert::ranges_from_wire(&req.ranges);
-        reply(
-            self.manager
-                .request_file_ranges(caller, id, req.file_index, &ranges)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.request_file_ranges(caller, id, req.file_index, &ranges).await)
     }
 
     async fn get_filled_file_ranges(
@@ -298,13 +298,8 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetPriorityRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            async {
-                let priority = convert::priority_from_wire(req.priority)?;
-                self.manager.set_priority(caller, id, priority).await.map(convert::status_reply)
-            }
-            .await,
-        )
+        let priority = convert::priority_from_wire(req.priority).map_err(|e| to_status(&e))?;
+        status(self.manager.set_priority(caller, id, priority).await)
     }
 
     async fn set_custom_headers(
@@ -312,12 +307,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetCustomHeadersRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .set_custom_headers(caller, id, req.headers)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.set_custom_headers(caller, id, req.headers).await)
     }
 
     async fn set_display_name(
@@ -325,7 +315,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetStringRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(self.manager.set_display_name(caller, id, req.value).await.map(convert::status_reply))
+        status(self.manager.set_display_name(caller, id, req.value).await)
     }
 
     async fn set_description(
@@ -333,7 +323,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetStringRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(self.manager.set_description(caller, id, req.value).await.map(convert::status_reply))
+        status(self.manager.set_description(caller, id, req.value).await)
     }
 
     async fn set_minimum_retry_delay(
@@ -341,12 +331,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetSecondsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .set_minimum_retry_delay(caller, id, req.seconds)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.set_minimum_retry_delay(caller, id, req.seconds).await)
     }
 
     async fn set_no_progress_timeout(
@@ -354,12 +339,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetSecondsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .set_no_progress_timeout(caller, id, req.seconds)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.set_no_progress_timeout(caller, id, req.seconds).await)
     }
 
     async fn set_maximum_download_time(
@@ -367,12 +347,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetSecondsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .set_maximum_download_time(caller, id, req.seconds)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.set_maximum_download_time(caller, id, req.seconds).await)
     }
 
     async fn set_notify_flags(
@@ -380,7 +355,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetFlagsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(self.manager.set_notify_flags(caller, id, req.flags).await.map(convert::status_reply))
+        status(self.manager.set_notify_flags(caller, id, req.flags).await)
     }
 
     async fn set_security_flags(
@@ -388,9 +363,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetFlagsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager.set_security_flags(caller, id, req.flags).await.map(convert::status_reply),
-        )
+        status(self.manager.set_security_flags(caller, id, req.flags).await)
     }
 
     async fn set_property(
@@ -409,12 +382,7 @@ impl v1::bits_server::Bits for BitsService {
                 )));
             }
         };
-        reply(
-            self.manager
-                .set_property(caller, id, req.property_id, value)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.set_property(caller, id, req.property_id, value).await)
     }
 
     async fn add_file_set(
@@ -445,12 +413,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetRemoteNameRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .set_remote_name(caller, id, req.file_index, &req.remote_url)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.set_remote_name(caller, id, req.file_index, &req.remote_url).await)
     }
 
     async fn replace_remote_prefix(
@@ -458,11 +421,8 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::ReplaceRemotePrefixRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .replace_remote_prefix(caller, id, &req.old_prefix, &req.new_prefix)
-                .await
-                .map(convert::status_reply),
+        status(
+            self.manager.replace_remote_prefix(caller, id, &req.old_prefix, &req.new_prefix).await,
         )
     }
 
@@ -471,12 +431,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::UpdateDownloadPositionRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .update_download_position(caller, id, req.file_index, req.offset)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.update_download_position(caller, id, req.file_index, req.offset).await)
     }
 
     type WatchJobStream = crate::watch::WatchJobStream;
@@ -494,11 +449,10 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetExtensionsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
+        status(
             self.manager
                 .set_extensions(caller, id, req.connections_per_file, req.files_at_once)
-                .await
-                .map(convert::status_reply),
+                .await,
         )
     }
 
@@ -507,12 +461,7 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::SetNotifyCmdLineRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .set_notify_cmd_line(caller, id, req.program, req.arguments)
-                .await
-                .map(convert::status_reply),
-        )
+        status(self.manager.set_notify_cmd_line(caller, id, req.program, req.arguments).await)
     }
 
     async fn get_stats(
@@ -529,6 +478,6 @@ impl v1::bits_server::Bits for BitsService {
         request: Request<v1::JobRef>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.take_ownership(caller, id).await.map(convert::status_reply))
+        status(self.manager.take_ownership(caller, id).await)
     }
 }
