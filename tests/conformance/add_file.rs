@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use bits_core::job::MAX_FILES_PER_JOB;
 use bits_core::{Code, JobState, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::server::TestServer;
 
 use crate::common::{await_file_bytes, await_state, expect_bits_code};
 

@@ -102,7 +102,7 @@ where
 }
 
 /// A fault server's request log, one line per request (for failure messages).
-pub fn fault_log(log: &[bits_tests::faults::Logged]) -> String {
+pub fn fault_log(log: &[bits_testkit::faults::Logged]) -> String {
     let t0 = log.first().map(|r| r.at);
     log.iter()
         .map(|r| {

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use bits_client::{Client, FileInfo};
 use bits_core::{Code, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::faults::{Fault, FaultFile, FaultServer, Logged};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::faults::{Fault, FaultFile, FaultServer, Logged};
 use http::Method;
 
 use crate::common::{await_file_bytes, await_state_within, expect_bits_code, fault_log};

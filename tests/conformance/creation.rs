@@ -7,8 +7,8 @@
 
 use bits_core::job::{MAX_JOBS_PER_MACHINE, MAX_JOBS_PER_USER};
 use bits_core::{Code, JobId, JobState, Priority};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::server::TestServer;
 
 use crate::common::{await_state, expect_bits_code, is_listed};
 

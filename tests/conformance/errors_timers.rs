@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use bits_client::{Client, JobInfo};
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::faults::{Fault, FaultServer, Logged};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::faults::{Fault, FaultServer, Logged};
-use bits_tests::server::TestServer;
 use http::Method;
 
 use crate::common::{await_job, expect_bits_code, fault_log};

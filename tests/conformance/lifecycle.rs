@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use bits_client::Client;
 use bits_core::{Code, JobId, JobState, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 

@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime};
 use bits_client::{Client, EventInfo, EventStream, JobEventInfo, PropertyValue};
 use bits_core::job::{notify, property};
 use bits_core::{ByteRange, Code, JobId, JobState, Priority, RangeSet};
+use bits_testkit::data::random_bytes;
+use bits_testkit::faults::{Fault, FaultServer};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::faults::{Fault, FaultServer};
-use bits_tests::server::TestServer;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 /// Short timers: a retry after 1 s, small sync windows so progress is recorded often.

@@ -12,9 +12,9 @@ use std::time::Duration;
 use bits_client::{Client, ClientError, JobInfo, PropertyValue};
 use bits_core::job::property;
 use bits_core::{ByteRange, Code, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::{LoggedRequest, TestServer};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::{LoggedRequest, TestServer};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 

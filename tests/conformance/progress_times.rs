@@ -10,9 +10,9 @@ use std::time::{Duration, SystemTime};
 
 use bits_client::Client;
 use bits_core::{ByteRange, Code, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::TestServer;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 use crate::on_demand::{assert_no_byte_twice, served_spans, wait_state};

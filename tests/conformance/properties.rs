@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use bits_client::{Client, PropertyValue};
 use bits_core::{Code, JobId, JobState, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::faults::{Fault, FaultServer, Logged};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::faults::{Fault, FaultServer, Logged};
 use http::Method;
 use hyper::body::Body as _;
 

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use bits_client::Client;
 use bits_core::job::MAX_RANGES_PER_FILE;
 use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, LENGTH_TO_EOF, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::faults::{Fault, FaultServer};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::faults::{Fault, FaultServer};
-use bits_tests::server::TestServer;
 
 use crate::common::{await_state, byte_range, expect_bits_code};
 

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use bits_client::Client;
 use bits_core::job::security;
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::faults::{Fault, FaultServer};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::faults::{Fault, FaultServer};
 
 use crate::common::{await_job, await_state_within, fault_log};
 

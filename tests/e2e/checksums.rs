@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime};
 
 use bits_client::NewFile;
 use bits_core::{Code, ErrorContext, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::{ServedFile, TestServer};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::{ServedFile, TestServer};
 
 use crate::support::{expect_code, wait_state};
 

@@ -7,9 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bits_core::{JobId, JobState, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
-use bits_tests::data::random_bytes;
-use bits_tests::server::TestServer;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::support::{job_id_in, parse_json, wait_state};

@@ -2,9 +2,9 @@
 //! is fetched again instead of wedging the job, and Cancel removes every temp file.
 
 use bits_core::{Code, JobState, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::server::TestServer;
 
 use crate::support::{expect_code, wait_state};
 

@@ -10,9 +10,9 @@ use bits_client::ClientError;
 use bits_core::JobState;
 use bits_core::job::notify;
 use bits_core::{Code, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::server::TestServer;
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
 

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 
 use bits_client::Client;
 use bits_core::{ByteRange, Code, JobId, JobState, LENGTH_TO_EOF, Layout, Priority, RangeSet};
+use bits_testkit::data::{Generator, random_bytes, sha256_file, sha256_hex};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{Generator, random_bytes, sha256_file, sha256_hex};
-use bits_tests::server::TestServer;
 use http::Method;
 
 const KIB: u64 = 1 << 10;

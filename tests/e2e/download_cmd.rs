@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use bits_client::Client;
 use bits_core::{JobId, JobState};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
-use bits_tests::data::{random_bytes, sha256_hex};
 use bits_tests::require_root;
-use bits_tests::server::TestServer;
 use bits_tests::users::{User, bitsctl_as, dir_owned_by, ensure_user, open_daemon_dir};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

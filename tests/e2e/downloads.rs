@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use bits_core::{ByteRange, Code, JobState, LENGTH_TO_EOF, Priority};
+use bits_testkit::data::{random_bytes, sha256_file, write_random_file};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_file, write_random_file};
 use bits_tests::nginx::Nginx;
 
 use crate::support::{range, wait_state};

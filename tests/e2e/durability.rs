@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use bits_client::Client;
 use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
 use bits_tests::mounts::TmpfsMount;
-use bits_tests::server::TestServer;
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
@@ -192,7 +192,7 @@ async fn restart_gated(t: &mut Stalled) -> Vec<ByteRange> {
 
 /// Opens the gate, lets the job finish and checks the result; returns the GETs served after
 /// `mark`.
-async fn finish(t: &Stalled, mark: usize) -> Vec<bits_tests::server::LoggedRequest> {
+async fn finish(t: &Stalled, mark: usize) -> Vec<bits_testkit::server::LoggedRequest> {
     t.server.set_throttle(Some(16 << 20));
     t.server.release();
     wait_state(&t.client, t.job, JobState::Transferred).await;

@@ -3,9 +3,9 @@
 //! names (states, codes) with `null` for an unknown size.
 
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
+use bits_testkit::data::random_bytes;
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
-use bits_tests::data::random_bytes;
-use bits_tests::server::TestServer;
 
 use crate::support::{expect_code, job_id_in, json_values, parse_json, range, wait_state};
 

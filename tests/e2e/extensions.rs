@@ -8,9 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bits_client::Client;
 use bits_core::{JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 

@@ -1,5 +1,5 @@
 //! Hostile servers (issue 4 item 3): every fault of the fault-injecting server
-//! (`bits_tests::faults`) against the real daemon, and the state plus error it reaches.
+//! (`bits_testkit::faults`) against the real daemon, and the state plus error it reaches.
 //!
 //! Unless noted the fault hits one request (then the server behaves), the file is 1 MiB, the
 //! retry delay 2 s. "then completes" means: after the retry delay the server sees a new
@@ -41,9 +41,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bits_client::{Client, JobInfo};
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::faults::{Fault, FaultFile, FaultServer, HTML_PAGE, Logged, gzip_stored};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::faults::{Fault, FaultFile, FaultServer, HTML_PAGE, Logged, gzip_stored};
 use bits_tests::wait::wait_for;
 use http::Method;
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 use bits_client::Client;
 use bits_core::job::notify;
 use bits_core::{Code, JobId, JobState, Priority};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 use bits_tests::require_root;
-use bits_tests::server::TestServer;
 use bits_tests::users::{User, dir_owned_by, ensure_user, open_daemon_dir};
 use bits_tests::wait::{TIMEOUT, wait_for};
 

@@ -11,9 +11,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
 use bits_tests::require_root;
-use bits_tests::server::TestServer;
 use bits_tests::users::{User, bitsctl_as, dir_owned_by, ensure_user, open_daemon_dir, sh_as};
 
 struct Scene {

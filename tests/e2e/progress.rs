@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use bits_core::{ByteRange, Code, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::TestServer;
 use bits_tests::wait::{POLL, TIMEOUT};
 
 use crate::support::{assert_normalised, covers, range, total};

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::{TestDaemon, own_target_dir};
-use bits_tests::server::TestServer;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -111,7 +111,7 @@ async fn the_python_example_of_the_docs_downloads_with_default_options() {
     let stubs = stubs(&python);
     let script = stubs.path().join("download.py");
     std::fs::write(&script, doc_example()).unwrap();
-    let data = bits_tests::data::random_bytes(14, 300_000);
+    let data = bits_testkit::data::random_bytes(14, 300_000);
     let server = TestServer::start().await;
     server.add_file("f.bin", data.clone());
     let daemon = TestDaemon::start().await;

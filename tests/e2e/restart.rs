@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use bits_client::{Client, FileInfo};
 use bits_core::{ByteRange, Code, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::TestServer;
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bits_core::{Code, JobState, Priority, Stats};
+use bits_testkit::data::random_bytes;
+use bits_testkit::faults::{Fault, FaultServer};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::random_bytes;
-use bits_tests::faults::{Fault, FaultServer};
-use bits_tests::server::TestServer;
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
 use http::Method;

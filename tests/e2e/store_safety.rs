@@ -11,10 +11,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bits_core::{ByteRange, Code, JobId, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::{TestDaemon, binary_in, own_target_dir};
-use bits_tests::data::{random_bytes, sha256_hex};
 use bits_tests::mounts::TmpfsMount;
-use bits_tests::server::TestServer;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 use crate::progress::FAST_SYNC;

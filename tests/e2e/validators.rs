@@ -5,9 +5,9 @@
 use std::time::{Duration, SystemTime};
 
 use bits_core::{Code, JobState, Priority};
+use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::server::{ServedFile, TestServer};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::data::{random_bytes, sha256_hex};
-use bits_tests::server::{ServedFile, TestServer};
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 use crate::progress::FAST_SYNC;

@@ -1,17 +1,14 @@
 //! Test support for the bitsd end-to-end tests: the real daemon in a temp dir ([`daemon`]), a
-//! private nginx ([`nginx`]), an instrumented in-process HTTP server ([`server`]) and reproducible
-//! test content ([`data`]), and polling with a deadline ([`wait`]).
+//! private nginx ([`nginx`]) and polling with a deadline ([`wait`]). The in-process HTTP servers
+//! and test content are in `bits-testkit`, shared with the library crates' tests.
 
 // This is test support code: a failed setup step should stop the test with its message, which is
 // what unwrap/expect do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod daemon;
-pub mod data;
-pub mod faults;
 pub mod mounts;
 pub mod nginx;
-pub mod server;
 pub mod users;
 pub mod wait;
 

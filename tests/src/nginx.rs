@@ -171,12 +171,12 @@ http {{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::tests::raw_request;
+    use bits_testkit::raw::raw_request;
 
     #[tokio::test]
     async fn nginx_serves_ranges_with_the_file_mtime() {
         let root = tempfile::tempdir().unwrap();
-        let data = crate::data::random_bytes(9, 5000);
+        let data = bits_testkit::data::random_bytes(9, 5000);
         let path = root.path().join("f.bin");
         std::fs::write(&path, &data).unwrap();
         let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);

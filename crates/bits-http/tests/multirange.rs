@@ -18,6 +18,7 @@ use bits_http::{
     FetchError, FetchErrorKind, HttpClient, HttpConfig, MAX_SPANS_PER_REQUEST, MultiRangeBody,
     RemoteInfo, RequestOptions,
 };
+use bits_testkit::range::{self, RangeAnswer};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -172,16 +173,14 @@ fn chunked(bytes: Bytes, chunk: usize, then_fail: bool, then_stall: bool) -> Bod
     ChanBody(rx).boxed()
 }
 
+/// The asked spans as inclusive `(first, last)` pairs; anything else is a bug in the client.
 fn parse_ranges(value: &str, size: u64) -> Vec<(u64, u64)> {
-    value
-        .strip_prefix("bytes=")
-        .unwrap()
-        .split(',')
-        .map(|r| {
-            let (a, b) = r.trim().split_once('-').unwrap();
-            (a.parse().unwrap(), b.parse::<u64>().unwrap().min(size - 1))
-        })
-        .collect()
+    match range::parse(value, size) {
+        RangeAnswer::Spans(spans) => {
+            spans.into_iter().map(|(start, end)| (start, end - 1)).collect()
+        }
+        other => panic!("the client sent {value:?}: {other:?}"),
+    }
 }
 
 fn part(out: &mut Vec<u8>, data: &[u8], first: u64, last: u64, total: u64, eol: &str) {

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bits_http::{HttpClient, HttpConfig};
+use bits_testkit::range::{self, RangeAnswer};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::combinators::BoxBody;
@@ -305,18 +306,17 @@ async fn file(req: Request<Incoming>, st: &State) -> Response<Body> {
     {
         return whole();
     }
-    let Some((a, b)) = range.strip_prefix("bytes=").and_then(|r| r.split_once('-')) else {
-        return status(400);
+    let (first, last) = match range::parse_single(range, size) {
+        RangeAnswer::Ignore => return status(400),
+        RangeAnswer::Unsatisfiable => {
+            return Response::builder()
+                .status(416)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .body(empty())
+                .unwrap();
+        }
+        RangeAnswer::Spans(spans) => (spans[0].0, spans[0].1 - 1),
     };
-    let first: u64 = a.parse().unwrap();
-    let last: u64 = if b.is_empty() { size - 1 } else { b.parse::<u64>().unwrap().min(size - 1) };
-    if first >= size || first > last {
-        return Response::builder()
-            .status(416)
-            .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-            .body(empty())
-            .unwrap();
-    }
     let slice = st.data.slice(first as usize..=last as usize);
     let len = slice.len();
     let content_range = match mode {

@@ -28,6 +28,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
+use crate::range::{self, RangeAnswer};
+
 /// Largest body frame handed to hyper; small enough that the throttle is smooth and the log of
 /// served bytes is precise.
 const CHUNK: usize = 16 * 1024;
@@ -285,13 +287,14 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<ServedB
             // A stale If-Range means "send me the whole new file" (RFC 9110 §13.1.5).
             let validator_ok =
                 if_range.as_deref().is_none_or(|v| v == file.etag || v == last_modified);
-            match range.as_deref().filter(|_| validator_ok).map(|r| parse_range(r, size)) {
+            match range.as_deref().filter(|_| validator_ok).map(|r| range::parse_single(r, size)) {
                 None | Some(RangeAnswer::Ignore) => (StatusCode::OK, 0, size, Some(file)),
                 Some(RangeAnswer::Unsatisfiable) => {
                     builder = builder.header(header::CONTENT_RANGE, format!("bytes */{size}"));
                     (StatusCode::RANGE_NOT_SATISFIABLE, 0, 0, Some(file))
                 }
-                Some(RangeAnswer::Span(start, end)) => {
+                Some(RangeAnswer::Spans(spans)) => {
+                    let (start, end) = spans[0];
                     builder = builder
                         .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
                     (StatusCode::PARTIAL_CONTENT, start, end - start, Some(file))
@@ -336,48 +339,6 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<ServedB
 
 fn header_text(headers: &HeaderMap<HeaderValue>, name: header::HeaderName) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RangeAnswer {
-    /// Answer 200 with the whole file (not a single bytes range we serve).
-    Ignore,
-    Unsatisfiable,
-    /// `[start, end)`.
-    Span(u64, u64),
-}
-
-/// Parses a single `bytes=` range (RFC 9110 §14.1.2); multi-range requests are answered with the
-/// whole file, which the RFC allows.
-fn parse_range(value: &str, size: u64) -> RangeAnswer {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeAnswer::Ignore };
-    if spec.contains(',') {
-        return RangeAnswer::Ignore;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else { return RangeAnswer::Ignore };
-    let (first, last) = (first.trim(), last.trim());
-    if first.is_empty() {
-        // Suffix range: the last N bytes.
-        return match last.parse::<u64>() {
-            Ok(0) => RangeAnswer::Unsatisfiable,
-            Ok(n) if size > 0 => RangeAnswer::Span(size.saturating_sub(n), size),
-            Ok(_) => RangeAnswer::Unsatisfiable,
-            Err(_) => RangeAnswer::Ignore,
-        };
-    }
-    let Ok(start) = first.parse::<u64>() else { return RangeAnswer::Ignore };
-    let end = if last.is_empty() {
-        size
-    } else {
-        match last.parse::<u64>() {
-            Ok(last) if last >= start => last.saturating_add(1).min(size),
-            _ => return RangeAnswer::Ignore,
-        }
-    };
-    if start >= size {
-        return RangeAnswer::Unsatisfiable;
-    }
-    RangeAnswer::Span(start, end)
 }
 
 /// A response body that streams `data` in throttled chunks and records how much of it hyper
@@ -433,38 +394,10 @@ impl Body for ServedBody {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::raw::{header, raw_request};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// One raw HTTP/1.1 request on a fresh connection (`Connection: close`): head and body.
-    pub(crate) async fn raw_request(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (String, Vec<u8>) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut request =
-            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8(response[..split].to_vec()).unwrap();
-        (head, response[split + 4..].to_vec())
-    }
-
-    fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-        head.lines().find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
 
     #[tokio::test]
     async fn serves_ranges_heads_and_logs_spans() {
@@ -578,18 +511,5 @@ pub(crate) mod tests {
         // At least what the client read (less the response head), at most that plus what sat in
         // socket buffers when it left; certainly not the whole 4 MiB.
         assert!(served + 512 >= got as u64 && served < 2 << 20, "served {served}, read {got}");
-    }
-
-    #[test]
-    fn range_parsing() {
-        use RangeAnswer::*;
-        assert_eq!(parse_range("bytes=0-99", 1000), Span(0, 100));
-        assert_eq!(parse_range("bytes=900-", 1000), Span(900, 1000));
-        assert_eq!(parse_range("bytes=900-5000", 1000), Span(900, 1000));
-        assert_eq!(parse_range("bytes=-10", 1000), Span(990, 1000));
-        assert_eq!(parse_range("bytes=1000-", 1000), Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ignore);
-        assert_eq!(parse_range("bytes=5-1", 1000), Ignore);
-        assert_eq!(parse_range("items=0-1", 1000), Ignore);
     }
 }

@@ -33,6 +33,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
+use crate::range::{self, RangeAnswer};
+
 /// Largest body frame handed to hyper.
 const CHUNK: usize = 16 * 1024;
 
@@ -404,37 +406,6 @@ fn header_text(headers: &HeaderMap<HeaderValue>, name: header::HeaderName) -> Op
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-/// The requested single span `[start, end)`, `Err(())` when unsatisfiable, `Ok(None)` when
-/// there is no (usable) range: the whole file.
-fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else { return Ok(None) };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else { return Ok(None) };
-    let (first, last) = (first.trim(), last.trim());
-    if first.is_empty() {
-        return match last.parse::<u64>() {
-            Ok(n) if n > 0 && size > 0 => Ok(Some((size.saturating_sub(n), size))),
-            Ok(_) => Err(()),
-            Err(_) => Ok(None),
-        };
-    }
-    let Ok(start) = first.parse::<u64>() else { return Ok(None) };
-    let end = if last.is_empty() {
-        size
-    } else {
-        match last.parse::<u64>() {
-            Ok(last) if last >= start => last.saturating_add(1).min(size),
-            _ => return Ok(None),
-        }
-    };
-    if start >= size {
-        return Err(());
-    }
-    Ok(Some((start, end)))
-}
-
 /// The correct answer to `method path` for `file`, plus the span it chose.
 fn correct(
     file: &FaultFile,
@@ -456,7 +427,7 @@ fn correct(
     // A stale If-Range means "send me the whole new file" (RFC 9110 §13.1.5).
     let validator_ok = if_range
         .is_none_or(|v| file.etag.as_deref() == Some(v) || last_modified.as_deref() == Some(v));
-    let answer = range.filter(|_| validator_ok).map(|r| parse_range(r, size));
+    let answer = range.filter(|_| validator_ok).map(|r| range::parse_single(r, size));
     let whole = |headers| Plan {
         status: 200,
         headers,
@@ -467,8 +438,8 @@ fn correct(
         ending: Ending::Complete,
     };
     match answer {
-        None | Some(Ok(None)) => (whole(headers), None),
-        Some(Err(())) => {
+        None | Some(RangeAnswer::Ignore) => (whole(headers), None),
+        Some(RangeAnswer::Unsatisfiable) => {
             headers.push((header::CONTENT_RANGE, format!("bytes */{size}")));
             let plan = Plan {
                 status: 416,
@@ -481,7 +452,8 @@ fn correct(
             };
             (plan, None)
         }
-        Some(Ok(Some((start, end)))) => {
+        Some(RangeAnswer::Spans(spans)) => {
+            let (start, end) = spans[0];
             headers.push((header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1)));
             let data = file.data.slice(start as usize..end as usize);
             let plan = Plan {
