@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bits_core::{
-    BitsError, ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState, JobType,
+    BitsError, ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState,
     LENGTH_TO_EOF, Priority, Progress, RangeSet, Validator,
 };
 use bits_proto::convert::{
@@ -71,31 +71,8 @@ impl Bits for Fake {
         let req = req.into_inner();
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let job = Job {
-            id: JobId::new_random(),
-            display_name: req.display_name,
-            description: String::new(),
-            job_type: JobType::Download,
             priority: priority_from_wire(req.priority).map_err(|e| to_status(&e))?,
-            state: JobState::Suspended,
-            owner_uid: 1000,
-            minimum_retry_delay_secs: 600,
-            no_progress_timeout_secs: 1_209_600,
-            creation_time: now,
-            modification_time: now,
-            transfer_completion_time: None,
-            error: None,
-            error_count: 0,
-            custom_headers: None,
-            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-            notify_flags: bits_core::job::notify::DEFAULT,
-            security_flags: 0,
-            on_demand: false,
-            minimum_notification_interval_ms:
-                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-            connections_per_file: 1,
-            files_at_once: 1,
-            notify_cmd_line: None,
-            files: vec![],
+            ..Job::new(JobId::new_random(), req.display_name, 1000, now)
         };
         let id = job.id.to_string();
         self.0.lock().unwrap().job = Some(job);

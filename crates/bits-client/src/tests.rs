@@ -3,9 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use bits_core::{
-    ErrorContext, Job, JobFile, JobState, JobType, LENGTH_TO_EOF, RangeSet, Validator,
-};
+use bits_core::{ErrorContext, Job, JobFile, JobState, LENGTH_TO_EOF, RangeSet, Validator};
 use bits_proto::convert::{files_to_wire, job_error_to_wire, job_to_wire, status_reply};
 use bits_proto::status::to_status;
 use bits_proto::v1::bits_server::{Bits, BitsServer};
@@ -17,29 +15,10 @@ use super::*;
 fn sample_job(id: JobId) -> Job {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     Job {
-        id,
-        display_name: "fake".into(),
-        description: String::new(),
-        job_type: JobType::Download,
         priority: Priority::Low,
         state: JobState::Error,
-        owner_uid: 1000,
-        minimum_retry_delay_secs: 600,
-        no_progress_timeout_secs: 1_209_600,
-        creation_time: now,
-        modification_time: now,
-        transfer_completion_time: None,
         error: Some(sample_error()),
         error_count: 1,
-        custom_headers: None,
-        maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-        notify_flags: bits_core::job::notify::DEFAULT,
-        security_flags: 0,
-        on_demand: false,
-        minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-        connections_per_file: 1,
-        files_at_once: 1,
-        notify_cmd_line: None,
         files: vec![JobFile {
             remote_url: "http://h/f".into(),
             local_path: "/tmp/f".into(),
@@ -57,6 +36,7 @@ fn sample_job(id: JobId) -> Job {
             expected_sha256: None,
             actual_sha256: None,
         }],
+        ..Job::new(id, "fake".into(), 1000, now)
     }
 }
 

@@ -417,6 +417,38 @@ pub struct FileProgress {
 }
 
 impl Job {
+    /// A download job as CreateJob makes it: SUSPENDED, no files, every setting at its BITS
+    /// default (spec §1.6). Callers set what differs with `Job { field, ..Job::new(…) }`, so a
+    /// new setting gets its default in this one place instead of in every literal.
+    pub fn new(id: JobId, display_name: String, owner_uid: u32, now: SystemTime) -> Job {
+        Job {
+            id,
+            display_name,
+            description: String::new(),
+            job_type: JobType::Download,
+            priority: Priority::Normal,
+            state: JobState::Suspended,
+            owner_uid,
+            minimum_retry_delay_secs: DEFAULT_MINIMUM_RETRY_DELAY_SECS,
+            no_progress_timeout_secs: DEFAULT_NO_PROGRESS_TIMEOUT_SECS,
+            creation_time: now,
+            modification_time: now,
+            transfer_completion_time: None,
+            error: None,
+            error_count: 0,
+            custom_headers: None,
+            maximum_download_time_secs: DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
+            notify_flags: notify::DEFAULT,
+            security_flags: 0,
+            on_demand: false,
+            minimum_notification_interval_ms: DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
+            connections_per_file: 1,
+            files_at_once: 1,
+            notify_cmd_line: None,
+            files: Vec::new(),
+        }
+    }
+
     pub fn progress(&self) -> Progress {
         self.progress_hiding(|_| None)
     }
@@ -525,33 +557,7 @@ mod tests {
     }
 
     fn job_with(files: Vec<JobFile>) -> Job {
-        let now = SystemTime::now();
-        Job {
-            id: JobId::new_random(),
-            display_name: "j".into(),
-            description: String::new(),
-            job_type: JobType::Download,
-            priority: Priority::Normal,
-            state: JobState::Suspended,
-            owner_uid: 0,
-            minimum_retry_delay_secs: 600,
-            no_progress_timeout_secs: 1_209_600,
-            creation_time: now,
-            modification_time: now,
-            transfer_completion_time: None,
-            error: None,
-            error_count: 0,
-            custom_headers: None,
-            maximum_download_time_secs: DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-            notify_flags: notify::DEFAULT,
-            security_flags: 0,
-            on_demand: false,
-            minimum_notification_interval_ms: DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-            connections_per_file: 1,
-            files_at_once: 1,
-            notify_cmd_line: None,
-            files,
-        }
+        Job { files, ..Job::new(JobId::new_random(), "j".into(), 0, SystemTime::now()) }
     }
 
     #[test]

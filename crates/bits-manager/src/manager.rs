@@ -609,31 +609,12 @@ impl Manager {
         self.check_job_limits(caller)?;
         let now = SystemTime::now();
         let job = Job {
-            id: JobId::new_random(),
-            display_name: display_name.to_string(),
             description: description.to_string(),
             job_type,
             priority,
-            state: JobState::Suspended,
-            owner_uid: caller.uid,
             minimum_retry_delay_secs: self.config().default_retry_delay_secs,
             no_progress_timeout_secs: self.config().default_no_progress_timeout_secs,
-            creation_time: now,
-            modification_time: now,
-            transfer_completion_time: None,
-            error: None,
-            error_count: 0,
-            custom_headers: None,
-            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-            notify_flags: bits_core::job::notify::DEFAULT,
-            security_flags: 0,
-            on_demand: false,
-            minimum_notification_interval_ms:
-                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-            connections_per_file: 1,
-            files_at_once: 1,
-            notify_cmd_line: None,
-            files: Vec::new(),
+            ..Job::new(JobId::new_random(), display_name.to_string(), caller.uid, now)
         };
         let id = job.id;
         {

@@ -105,37 +105,15 @@ fn is_temp_name(name: &str) -> bool {
 mod tests {
     use std::time::SystemTime;
 
-    use bits_core::{ByteRange, JobFile, JobId, JobState, JobType, Priority, RangeSet, Validator};
+    use bits_core::{ByteRange, JobFile, JobId, JobState, RangeSet, Validator};
 
     use super::*;
 
     fn job_with(dir: &Path, ranges: Vec<ByteRange>, filled: RangeSet) -> Job {
         let now = SystemTime::now();
         Job {
-            id: JobId::new_random(),
-            display_name: "j".into(),
-            description: String::new(),
-            job_type: JobType::Download,
-            priority: Priority::Normal,
             state: JobState::Queued,
-            owner_uid: 0,
-            minimum_retry_delay_secs: 600,
             no_progress_timeout_secs: 1,
-            creation_time: now,
-            modification_time: now,
-            transfer_completion_time: None,
-            error: None,
-            error_count: 0,
-            custom_headers: None,
-            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-            notify_flags: bits_core::job::notify::DEFAULT,
-            security_flags: 0,
-            on_demand: false,
-            minimum_notification_interval_ms:
-                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-            connections_per_file: 1,
-            files_at_once: 1,
-            notify_cmd_line: None,
             files: vec![JobFile {
                 remote_url: "http://h/f".into(),
                 local_path: dir.join("f.bin"),
@@ -153,6 +131,7 @@ mod tests {
                 expected_sha256: None,
                 actual_sha256: None,
             }],
+            ..Job::new(JobId::new_random(), "j".into(), 0, now)
         }
     }
 

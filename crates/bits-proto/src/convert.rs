@@ -710,18 +710,10 @@ mod tests {
             actual_sha256: None,
         };
         Job {
-            id: JobId::new_random(),
-            display_name: "job".into(),
             description: "desc".into(),
-            job_type: JobType::Download,
             priority: Priority::High,
             state: JobState::TransientError,
-            owner_uid: 1000,
-            minimum_retry_delay_secs: 600,
-            no_progress_timeout_secs: 1_209_600,
-            creation_time: t0,
             modification_time: t0 + Duration::from_secs(5),
-            transfer_completion_time: None,
             error: Some(JobError {
                 context: ErrorContext::RemoteFile,
                 code: Code::Http(404),
@@ -729,15 +721,6 @@ mod tests {
                 file_index: Some(1),
             }),
             error_count: 3,
-            custom_headers: None,
-            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-            notify_flags: bits_core::job::notify::DEFAULT,
-            security_flags: 0,
-            on_demand: false,
-            minimum_notification_interval_ms:
-                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-            connections_per_file: 1,
-            files_at_once: 1,
             notify_cmd_line: Some(bits_core::NotifyCmdLine {
                 program: "/bin/echo".into(),
                 arguments: vec!["a b".into(), "c".into()],
@@ -746,6 +729,7 @@ mod tests {
                 file(Some(100), vec![]),
                 file(None, vec![ByteRange::new(5, 10), ByteRange::new(50, LENGTH_TO_EOF)]),
             ],
+            ..Job::new(JobId::new_random(), "job".into(), 1000, t0)
         }
     }
 

@@ -121,39 +121,13 @@ impl JobCountGuard {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use bits_core::{Job, JobId, JobState, JobType, Priority};
+    use bits_core::{Job, JobId};
 
     use crate::{SledStore, Store, StoreError};
 
     fn job(n: u64) -> Job {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(n);
-        Job {
-            id: JobId::new_random(),
-            display_name: format!("j{n}"),
-            description: String::new(),
-            job_type: JobType::Download,
-            priority: Priority::Normal,
-            state: JobState::Suspended,
-            owner_uid: 0,
-            minimum_retry_delay_secs: 600,
-            no_progress_timeout_secs: 1,
-            creation_time: t,
-            modification_time: t,
-            transfer_completion_time: None,
-            error: None,
-            error_count: 0,
-            custom_headers: None,
-            maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-            notify_flags: bits_core::job::notify::DEFAULT,
-            security_flags: 0,
-            on_demand: false,
-            minimum_notification_interval_ms:
-                bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-            connections_per_file: 1,
-            files_at_once: 1,
-            notify_cmd_line: None,
-            files: vec![],
-        }
+        Job { no_progress_timeout_secs: 1, ..Job::new(JobId::new_random(), format!("j{n}"), 0, t) }
     }
 
     fn count(dir: &std::path::Path) -> u64 {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bits_core::{
-    ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState, JobType, LENGTH_TO_EOF,
+    ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState, LENGTH_TO_EOF,
     Priority, RangeSet, Validator,
 };
 use tempfile::TempDir;
@@ -45,18 +45,12 @@ fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
 fn job(created_secs: u64, files: Vec<JobFile>) -> Job {
     let created = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000 + created_secs, 123_456_789);
     Job {
-        id: JobId::new_random(),
-        display_name: format!("job {created_secs} ünïcode"),
         description: "a description".into(),
-        job_type: JobType::Download,
         priority: Priority::High,
         state: JobState::TransientError,
-        owner_uid: 1000,
         minimum_retry_delay_secs: 60,
         no_progress_timeout_secs: 3600,
-        creation_time: created,
         modification_time: created + Duration::from_millis(5),
-        transfer_completion_time: None,
         error: Some(JobError {
             context: ErrorContext::RemoteFile,
             code: Code::Http(503),
@@ -65,15 +59,8 @@ fn job(created_secs: u64, files: Vec<JobFile>) -> Job {
         }),
         error_count: 3,
         custom_headers: Some("X-Test: 1\r\n".into()),
-        maximum_download_time_secs: bits_core::job::DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS,
-        notify_flags: bits_core::job::notify::DEFAULT,
-        security_flags: 0,
-        on_demand: false,
-        minimum_notification_interval_ms: bits_core::job::DEFAULT_MINIMUM_NOTIFICATION_INTERVAL_MS,
-        connections_per_file: 1,
-        files_at_once: 1,
-        notify_cmd_line: None,
         files,
+        ..Job::new(JobId::new_random(), format!("job {created_secs} ünïcode"), 1000, created)
     }
 }
 
