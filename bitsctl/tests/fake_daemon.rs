@@ -15,11 +15,8 @@ use bits_proto::convert::{
     priority_from_wire, ranges_from_wire, status_reply,
 };
 use bits_proto::status::to_status;
-use bits_proto::v1::{
-    self,
-    bits_server::{Bits, BitsServer},
-};
-use tokio_stream::wrappers::UnixListenerStream;
+use bits_proto::v1;
+use bits_testkit::grpc::{EventStream, FakeBits, serve_unix};
 use tonic::{Request, Response, Status};
 
 #[derive(Default)]
@@ -63,7 +60,7 @@ impl Fake {
 }
 
 #[tonic::async_trait]
-impl Bits for Fake {
+impl FakeBits for Fake {
     async fn create_job(
         &self,
         req: Request<v1::CreateJobRequest>,
@@ -139,9 +136,6 @@ impl Bits for Fake {
             Response::new(status_reply(Code::S_OK))
         })
     }
-    async fn suspend(&self, _: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("suspend"))
-    }
     async fn cancel(&self, req: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
         self.with_job(&req.into_inner().job_id, |s| {
             s.cancelled = true;
@@ -160,18 +154,6 @@ impl Bits for Fake {
             Response::new(status_reply(code))
         })
     }
-    async fn get_progress(&self, _: Request<v1::JobRef>) -> Result<Response<v1::Progress>, Status> {
-        Err(Status::unimplemented("get_progress"))
-    }
-    async fn get_error(&self, _: Request<v1::JobRef>) -> Result<Response<v1::JobError>, Status> {
-        Err(Status::unimplemented("get_error"))
-    }
-    async fn request_file_ranges(
-        &self,
-        _: Request<v1::RequestFileRangesRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("request_file_ranges"))
-    }
     async fn get_filled_file_ranges(
         &self,
         req: Request<v1::FileRef>,
@@ -186,34 +168,8 @@ impl Bits for Fake {
             })
         })
     }
-    async fn set_priority(
-        &self,
-        _: Request<v1::SetPriorityRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_priority"))
-    }
-
-    async fn set_custom_headers(
-        &self,
-        _: Request<v1::SetCustomHeadersRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_custom_headers"))
-    }
 
     // Not used by these tests.
-    async fn set_display_name(
-        &self,
-        _: Request<v1::SetStringRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_display_name"))
-    }
-
-    async fn set_description(
-        &self,
-        _: Request<v1::SetStringRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_description"))
-    }
 
     async fn set_minimum_retry_delay(
         &self,
@@ -237,99 +193,12 @@ impl Bits for Fake {
         })
     }
 
-    async fn set_maximum_download_time(
-        &self,
-        _: Request<v1::SetSecondsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_maximum_download_time"))
-    }
-
-    async fn set_notify_flags(
-        &self,
-        _: Request<v1::SetFlagsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_notify_flags"))
-    }
-
-    async fn set_security_flags(
-        &self,
-        _: Request<v1::SetFlagsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_security_flags"))
-    }
-
-    async fn set_property(
-        &self,
-        _: Request<v1::SetPropertyRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_property"))
-    }
-
-    async fn add_file_set(
-        &self,
-        _: Request<v1::AddFileSetRequest>,
-    ) -> Result<Response<v1::AddFileSetReply>, Status> {
-        Err(Status::unimplemented("add_file_set"))
-    }
-
-    async fn set_remote_name(
-        &self,
-        _: Request<v1::SetRemoteNameRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_remote_name"))
-    }
-
-    async fn replace_remote_prefix(
-        &self,
-        _: Request<v1::ReplaceRemotePrefixRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("replace_remote_prefix"))
-    }
-
-    async fn update_download_position(
-        &self,
-        _: Request<v1::UpdateDownloadPositionRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("update_download_position"))
-    }
-
-    type WatchJobStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
-
-    async fn set_extensions(
-        &self,
-        _: Request<v1::SetExtensionsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_extensions"))
-    }
-
-    async fn take_ownership(
-        &self,
-        _: Request<v1::JobRef>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("take_ownership"))
-    }
-
-    async fn set_notify_cmd_line(
-        &self,
-        _: Request<v1::SetNotifyCmdLineRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_notify_cmd_line"))
-    }
-
-    async fn get_stats(
-        &self,
-        _: Request<v1::GetStatsRequest>,
-    ) -> Result<Response<v1::GetStatsReply>, Status> {
-        Err(Status::unimplemented("get_stats"))
-    }
-
     /// Plays the whole download at once: one JobModification with half the bytes, then the
     /// end state's event (JobTransferred or JobError).
     async fn watch_job(
         &self,
         req: Request<v1::WatchJobRequest>,
-    ) -> Result<Response<Self::WatchJobStream>, Status> {
+    ) -> Result<Response<EventStream>, Status> {
         let end =
             self.with_job(&req.into_inner().job_id, |s| (s.job.as_ref().unwrap().id, s.end_state))?;
         let (job, end) = end;
@@ -395,13 +264,8 @@ struct Daemon {
 async fn daemon() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("bitsd.sock");
-    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
     let fake = Fake::default();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(BitsServer::new(fake.clone()))
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
+    serve_unix(fake.clone(), &sock);
     Daemon { fake, sock, _dir: dir }
 }
 

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use bits_core::{ErrorContext, Job, JobFile, JobState, LENGTH_TO_EOF, RangeSet, Validator};
 use bits_proto::convert::{files_to_wire, job_error_to_wire, job_to_wire, status_reply};
 use bits_proto::status::to_status;
-use bits_proto::v1::bits_server::{Bits, BitsServer};
-use tokio_stream::wrappers::UnixListenerStream;
+use bits_proto::v1::bits_server::BitsServer;
+use bits_testkit::grpc::{FakeBits, FakeDaemon, serve_unix};
 use tonic::{Request, Response, Status};
 
 use super::*;
@@ -82,7 +82,7 @@ fn known(job_id: &str) -> Result<JobId, Status> {
 struct Fake;
 
 #[tonic::async_trait]
-impl Bits for Fake {
+impl FakeBits for Fake {
     async fn create_job(
         &self,
         req: Request<v1::CreateJobRequest>,
@@ -198,126 +198,12 @@ impl Bits for Fake {
     }
 
     // Not used by these tests.
-    async fn set_display_name(
-        &self,
-        _: Request<v1::SetStringRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_display_name"))
-    }
-
-    async fn set_description(
-        &self,
-        _: Request<v1::SetStringRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_description"))
-    }
-
-    async fn set_minimum_retry_delay(
-        &self,
-        _: Request<v1::SetSecondsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_minimum_retry_delay"))
-    }
-
-    async fn set_no_progress_timeout(
-        &self,
-        _: Request<v1::SetSecondsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_no_progress_timeout"))
-    }
-
-    async fn set_maximum_download_time(
-        &self,
-        _: Request<v1::SetSecondsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_maximum_download_time"))
-    }
-
-    async fn set_notify_flags(
-        &self,
-        _: Request<v1::SetFlagsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_notify_flags"))
-    }
-
-    async fn set_security_flags(
-        &self,
-        _: Request<v1::SetFlagsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_security_flags"))
-    }
-
-    async fn set_property(
-        &self,
-        _: Request<v1::SetPropertyRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_property"))
-    }
-
-    async fn add_file_set(
-        &self,
-        _: Request<v1::AddFileSetRequest>,
-    ) -> Result<Response<v1::AddFileSetReply>, Status> {
-        Err(Status::unimplemented("add_file_set"))
-    }
-
-    async fn set_remote_name(
-        &self,
-        _: Request<v1::SetRemoteNameRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_remote_name"))
-    }
-
-    async fn replace_remote_prefix(
-        &self,
-        _: Request<v1::ReplaceRemotePrefixRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("replace_remote_prefix"))
-    }
-
-    async fn update_download_position(
-        &self,
-        _: Request<v1::UpdateDownloadPositionRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("update_download_position"))
-    }
-
-    type WatchJobStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::JobEvent, Status>> + Send>>;
-
-    async fn set_extensions(
-        &self,
-        _: Request<v1::SetExtensionsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_extensions"))
-    }
-
-    async fn take_ownership(
-        &self,
-        _: Request<v1::JobRef>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("take_ownership"))
-    }
-
-    async fn set_notify_cmd_line(
-        &self,
-        _: Request<v1::SetNotifyCmdLineRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        Err(Status::unimplemented("set_notify_cmd_line"))
-    }
 
     async fn get_stats(
         &self,
         _: Request<v1::GetStatsRequest>,
     ) -> Result<Response<v1::GetStatsReply>, Status> {
         Ok(Response::new(convert::stats_to_wire(&sample_stats())))
-    }
-
-    async fn watch_job(
-        &self,
-        _: Request<v1::WatchJobRequest>,
-    ) -> Result<Response<Self::WatchJobStream>, Status> {
-        Err(Status::unimplemented("watch_job"))
     }
 }
 
@@ -327,12 +213,7 @@ fn job_one() -> JobId {
 
 async fn serve(dir: &tempfile::TempDir) -> PathBuf {
     let sock = dir.path().join("bitsd.sock");
-    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(BitsServer::new(Fake))
-            .serve_with_incoming(UnixListenerStream::new(listener)),
-    );
+    serve_unix(Fake, &sock);
     sock
 }
 
@@ -409,7 +290,7 @@ async fn serve_tcp() -> std::net::SocketAddr {
     };
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(BitsServer::with_interceptor(Fake, check))
+            .add_service(BitsServer::with_interceptor(FakeDaemon(Fake), check))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     addr

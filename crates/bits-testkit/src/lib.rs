@@ -1,7 +1,7 @@
 //! Test support shared by every test binary of the workspace: one in-process HTTP file server
 //! with the knobs the download tests watch ([`server`]), the same server's hostile twin
 //! ([`faults`]), the one `Range` parser both use ([`range`]), reproducible test content
-//! ([`data`]) and a raw HTTP/1.1 request for checking a server byte for byte ([`raw`]).
+//! ([`data`]), a fake gRPC daemon with default stubs (`grpc`, feature "grpc") and a raw HTTP/1.1 request for checking a server byte for byte ([`raw`]).
 
 // This is test support code: a failed setup step should stop the test with its message, which is
 // what unwrap/expect do.
@@ -9,6 +9,8 @@
 
 pub mod data;
 pub mod faults;
+#[cfg(feature = "grpc")]
+pub mod grpc;
 pub mod range;
 pub mod raw;
 pub mod server;
