@@ -10,7 +10,7 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 
-use crate::common::{await_file_bytes, await_state, expect_bits_code};
+use bits_tests::helpers::{expect_code, wait_file_bytes, wait_state};
 
 /// An http URL of exactly `len` characters whose path segments stay within MAX_PATH (260).
 fn url_of_len(len: usize) -> String {
@@ -34,7 +34,7 @@ async fn resume_without_files_is_empty_and_stays_suspended() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let job = client.create_job("empty", Priority::Normal).await.unwrap();
-    let err = expect_bits_code(client.resume(job).await, Code::BG_E_EMPTY);
+    let err = expect_code(client.resume(job).await, Code::BG_E_EMPTY);
     assert_eq!(err.code.hresult(), 0x8020_0003);
     assert_eq!(client.get_job(job).await.unwrap().state, JobState::Suspended);
 }
@@ -45,7 +45,7 @@ async fn add_file_with_a_relative_local_path_is_invalid_arg() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let job = client.create_job("relative", Priority::Normal).await.unwrap();
-    expect_bits_code(
+    expect_code(
         client.add_file(job, "http://example.com/x.bin", Path::new("relative/x.bin")).await,
         Code::E_INVALIDARG,
     );
@@ -59,7 +59,7 @@ async fn add_file_with_an_ftp_url_is_invalid_arg() {
     let client = daemon.client().await;
     let job = client.create_job("ftp", Priority::Normal).await.unwrap();
     let dest = daemon.out_dir().join("x");
-    expect_bits_code(client.add_file(job, "ftp://h/x", &dest).await, Code::E_INVALIDARG);
+    expect_code(client.add_file(job, "ftp://h/x", &dest).await, Code::E_INVALIDARG);
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
 }
 
@@ -80,7 +80,7 @@ async fn add_file_refuses_a_2201_character_url() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let job = client.create_job("too long url", Priority::Normal).await.unwrap();
-    expect_bits_code(
+    expect_code(
         client.add_file(job, &url_of_len(2201), &daemon.out_dir().join("x")).await,
         Code::E_INVALIDARG,
     );
@@ -97,7 +97,7 @@ async fn add_file_under_a_regular_file_is_path_not_found() {
     let job = client.create_job("not a dir", Priority::Normal).await.unwrap();
     let file = daemon.out_dir().join("plain-file");
     std::fs::write(&file, b"not a directory").unwrap();
-    let err = expect_bits_code(
+    let err = expect_code(
         client.add_file(job, "http://example.com/x", &file.join("x.bin")).await,
         Code::ERROR_PATH_NOT_FOUND,
     );
@@ -112,7 +112,7 @@ async fn add_file_into_a_missing_directory_is_path_not_found() {
     let client = daemon.client().await;
     let job = client.create_job("no dir", Priority::Normal).await.unwrap();
     let dest = daemon.out_dir().join("does-not-exist").join("x.bin");
-    let err = expect_bits_code(
+    let err = expect_code(
         client.add_file(job, "http://example.com/x", &dest).await,
         Code::ERROR_PATH_NOT_FOUND,
     );
@@ -130,15 +130,15 @@ async fn add_file_refuses_names_the_kernel_cannot_take() {
     let job = client.create_job("names", Priority::Normal).await.unwrap();
     let out = daemon.out_dir();
     let url = "http://example.com/x";
-    let err = expect_bits_code(
+    let err = expect_code(
         client.add_file(job, url, &out.join("n".repeat(300))).await,
         Code::E_INVALIDARG,
     );
     assert!(err.message.contains("300 bytes") && err.message.contains("NAME_MAX"), "{err}");
-    expect_bits_code(client.add_file(job, url, &out.join("a\0b")).await, Code::E_INVALIDARG);
+    expect_code(client.add_file(job, url, &out.join("a\0b")).await, Code::E_INVALIDARG);
     let (a, nul) = (out.join("a"), out.join("b\0"));
     let set: [(&str, &Path); 2] = [(url, &a), (url, &nul)];
-    expect_bits_code(client.add_file_set(job, &set).await, Code::E_INVALIDARG);
+    expect_code(client.add_file_set(job, &set).await, Code::E_INVALIDARG);
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
     client.add_file(job, url, &out.join("n".repeat(255))).await.unwrap();
 }
@@ -160,7 +160,7 @@ async fn non_admin_201st_file_is_too_many_files_in_job() {
     let job = client.create_job("many files", Priority::Normal).await.unwrap();
     assert_eq!(MAX_FILES_PER_JOB, 200);
     add_files(&client, job, &daemon.out_dir(), 200).await;
-    let err = expect_bits_code(
+    let err = expect_code(
         client.add_file(job, "http://example.com/last", &daemon.out_dir().join("last")).await,
         Code::BG_E_TOO_MANY_FILES_IN_JOB,
     );
@@ -192,7 +192,7 @@ async fn add_file_set_with_an_invalid_second_file_adds_nothing() {
         ("http://example.com/b", Path::new("relative/b")),
         ("http://example.com/c", &c),
     ];
-    expect_bits_code(client.add_file_set(job, &set).await, Code::E_INVALIDARG);
+    expect_code(client.add_file_set(job, &set).await, Code::E_INVALIDARG);
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 1, "FilesTotal unchanged");
     assert_eq!(client.list_files(job).await.unwrap().len(), 1);
 }
@@ -207,7 +207,7 @@ async fn add_file_set_with_a_missing_directory_in_the_second_file_adds_nothing()
     let (a, b, c) = (out.join("a"), out.join("missing").join("b"), out.join("c"));
     let set: [(&str, &Path); 3] =
         [("http://example.com/a", &a), ("http://example.com/b", &b), ("http://example.com/c", &c)];
-    expect_bits_code(client.add_file_set(job, &set).await, Code::ERROR_PATH_NOT_FOUND);
+    expect_code(client.add_file_set(job, &set).await, Code::ERROR_PATH_NOT_FOUND);
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 0, "FilesTotal unchanged");
 }
 
@@ -219,7 +219,7 @@ async fn add_file_after_cancel_is_invalid_state() {
     let job = client.create_job("cancelled", Priority::Normal).await.unwrap();
     client.add_file(job, "http://example.com/a", &daemon.out_dir().join("a")).await.unwrap();
     assert_eq!(client.cancel(job).await.unwrap(), Code::S_OK);
-    let err = expect_bits_code(
+    let err = expect_code(
         client.add_file(job, "http://example.com/b", &daemon.out_dir().join("b")).await,
         Code::BG_E_INVALID_STATE,
     );
@@ -234,7 +234,7 @@ async fn add_file_after_complete_is_invalid_state() {
     let job = client.create_job("completed", Priority::Normal).await.unwrap();
     client.add_file(job, "http://example.com/a", &daemon.out_dir().join("a")).await.unwrap();
     client.complete(job).await.unwrap();
-    expect_bits_code(
+    expect_code(
         client.add_file(job, "http://example.com/b", &daemon.out_dir().join("b")).await,
         Code::BG_E_INVALID_STATE,
     );
@@ -263,8 +263,8 @@ async fn add_file_while_transferring_is_fetched_after_the_current_files() {
         client.add_file(job, &server.url(name), &out.join(name)).await.unwrap();
     }
     client.resume(job).await.unwrap();
-    await_state(&client, job, JobState::Transferring).await;
-    await_file_bytes(&client, job, 0, 1).await;
+    wait_state(&client, job, JobState::Transferring).await;
+    wait_file_bytes(&client, job, 0, 1).await;
     let (name, _) = &files[2];
     assert_eq!(client.add_file(job, &server.url(name), &out.join(name)).await.unwrap(), 2);
     assert!(
@@ -272,7 +272,7 @@ async fn add_file_while_transferring_is_fetched_after_the_current_files() {
         "file 3 was added while file 1 was still transferring"
     );
 
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
     let mut order: Vec<String> = server.log().into_iter().map(|r| r.path).collect();
     order.dedup();
     assert_eq!(order, ["/a.bin", "/b.bin", "/c.bin"], "files are fetched in insertion order");

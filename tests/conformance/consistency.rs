@@ -18,7 +18,7 @@ use bits_testkit::faults::{Fault, FaultFile, FaultServer, Logged};
 use bits_tests::daemon::TestDaemon;
 use http::Method;
 
-use crate::common::{await_file_bytes, await_state_within, expect_bits_code, fault_log};
+use bits_tests::helpers::{expect_code, fault_log, wait_file_bytes, wait_state_within};
 
 const SIZE: usize = 1 << 20;
 const SMALL: usize = 256 * 1024;
@@ -92,11 +92,11 @@ async fn changed_file_restarts(seed: u64, v2: FaultFile) {
     let v2_size = v2.data.len() as u64;
     server.put_file("f2.bin", v2);
 
-    let info = await_state_within(&client, job, JobState::Transferred, WAIT).await;
+    let info = wait_state_within(&client, job, JobState::Transferred, WAIT).await;
     let log = server.log();
     let requests = fault_log(&log);
     assert_eq!(info.error, None, "{info:?}");
-    expect_bits_code(client.get_error(job).await, Code::BG_E_ERROR_INFORMATION_UNAVAILABLE);
+    expect_code(client.get_error(job).await, Code::BG_E_ERROR_INFORMATION_UNAVAILABLE);
     let first = gets_of(&log, "/f2.bin")[0];
     assert!(first.sent > 0, "{requests}");
     // The next GET of file 2 asks for it from byte 0 (its bytes of the old version dropped).
@@ -152,7 +152,7 @@ async fn switch_to_mirror(
     let dest = daemon.out_dir().join("f.bin");
     client.add_file(job, &origin_server.url("f.bin"), &dest).await.unwrap();
     client.resume(job).await.unwrap();
-    await_file_bytes(&client, job, 0, CUT).await;
+    wait_file_bytes(&client, job, 0, CUT).await;
     client.suspend(job).await.unwrap();
     let checkpoint = client.get_progress(job).await.unwrap().files[0].bytes_transferred;
     assert_eq!(checkpoint, CUT, "seed {seed}");
@@ -163,7 +163,7 @@ async fn switch_to_mirror(
     assert!(mirror_server.log().is_empty(), "SetRemoteName fetched before Resume");
     let origin_seen = origin_server.log().len();
     client.resume(job).await.unwrap();
-    await_state_within(&client, job, JobState::Transferred, WAIT).await;
+    wait_state_within(&client, job, JobState::Transferred, WAIT).await;
     assert_eq!(
         origin_server.log().len(),
         origin_seen,
@@ -211,7 +211,7 @@ async fn idle_job() -> (TestDaemon, Client, JobId) {
 #[tokio::test]
 async fn set_remote_name_refuses_a_non_url() {
     let (_daemon, client, job) = idle_job().await;
-    expect_bits_code(client.set_remote_name(job, 0, "not a url").await, Code::E_INVALIDARG);
+    expect_code(client.set_remote_name(job, 0, "not a url").await, Code::E_INVALIDARG);
     assert_eq!(files(&client, job).await[0].remote_url, NOWHERE);
 }
 
@@ -237,10 +237,7 @@ async fn set_remote_name_refuses_a_url_over_2200_characters() {
     let longest = url_of_length(2200);
     assert_eq!(client.set_remote_name(job, 0, &longest).await.unwrap(), Code::S_OK);
     assert_eq!(files(&client, job).await[0].remote_url, longest);
-    expect_bits_code(
-        client.set_remote_name(job, 0, &url_of_length(2201)).await,
-        Code::E_INVALIDARG,
-    );
+    expect_code(client.set_remote_name(job, 0, &url_of_length(2201)).await, Code::E_INVALIDARG);
     assert_eq!(files(&client, job).await[0].remote_url, longest);
 }
 
@@ -249,7 +246,7 @@ async fn set_remote_name_refuses_a_url_over_2200_characters() {
 async fn set_remote_name_on_a_cancelled_job_is_invalid_state() {
     let (_daemon, client, job) = idle_job().await;
     client.cancel(job).await.unwrap();
-    expect_bits_code(
+    expect_code(
         client.set_remote_name(job, 0, "http://host.example/other").await,
         Code::BG_E_INVALID_STATE,
     );
@@ -286,8 +283,8 @@ async fn replace_remote_prefix_without_a_match_is_s_false() {
 #[tokio::test]
 async fn replace_remote_prefix_refuses_an_empty_prefix() {
     let (_daemon, client, job, urls) = two_file_job().await;
-    expect_bits_code(client.replace_remote_prefix(job, "", "http://x").await, Code::E_INVALIDARG);
-    expect_bits_code(
+    expect_code(client.replace_remote_prefix(job, "", "http://x").await, Code::E_INVALIDARG);
+    expect_code(
         client.replace_remote_prefix(job, "http://host.example/", "").await,
         Code::E_INVALIDARG,
     );
@@ -332,7 +329,7 @@ async fn replace_remote_prefix_rewrites_matching_files_and_keeps_finished_ones()
         dests.push(dest);
     }
     client.resume(job).await.unwrap();
-    await_file_bytes(&client, job, 1, CUT).await;
+    wait_file_bytes(&client, job, 1, CUT).await;
     client.suspend(job).await.unwrap();
     let progress = client.get_progress(job).await.unwrap();
     let first = &progress.files[0];
@@ -352,7 +349,7 @@ async fn replace_remote_prefix_rewrites_matching_files_and_keeps_finished_ones()
         vec![new.url("a/f1.bin"), new.url("a/f2.bin"), old.url("other/f3.bin")]
     );
     client.resume(job).await.unwrap();
-    await_state_within(&client, job, JobState::Transferred, WAIT).await;
+    wait_state_within(&client, job, JobState::Transferred, WAIT).await;
     let new_log = new.log();
     assert!(
         new_log.iter().all(|r| r.path != "/a/f1.bin"),

@@ -10,7 +10,7 @@ use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 
-use crate::common::{await_state, expect_bits_code, is_listed};
+use bits_tests::helpers::{expect_code, is_listed, wait_state};
 
 /// Daemon arguments that make the (root) test client a non-admin.
 const NON_ADMIN: [&str; 2] = ["--admin-uid", "4242"];
@@ -30,10 +30,7 @@ async fn create_job_accepts_a_256_character_display_name() {
 async fn create_job_refuses_a_257_character_display_name() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    expect_bits_code(
-        client.create_job(&"n".repeat(257), Priority::Normal).await,
-        Code::E_INVALIDARG,
-    );
+    expect_code(client.create_job(&"n".repeat(257), Priority::Normal).await, Code::E_INVALIDARG);
     assert!(client.list_jobs().await.unwrap().is_empty(), "no job was created");
 }
 
@@ -42,7 +39,7 @@ async fn create_job_refuses_a_257_character_display_name() {
 async fn create_job_refuses_an_absent_display_name() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    expect_bits_code(client.create_job("", Priority::Normal).await, Code::E_INVALIDARG);
+    expect_code(client.create_job("", Priority::Normal).await, Code::E_INVALIDARG);
     assert!(client.list_jobs().await.unwrap().is_empty(), "no job was created");
 }
 
@@ -60,7 +57,7 @@ async fn new_job_starts_suspended_with_bits_defaults() {
     assert_eq!(info.maximum_download_time_secs, 7_776_000);
     assert_eq!(info.error_count, 0);
     assert_eq!(info.error, None);
-    expect_bits_code(client.get_error(job).await, Code::BG_E_ERROR_INFORMATION_UNAVAILABLE);
+    expect_code(client.get_error(job).await, Code::BG_E_ERROR_INFORMATION_UNAVAILABLE);
     let progress = client.get_progress(job).await.unwrap();
     assert_eq!(progress.bytes_total, Some(0), "BytesTotal of a job without files is 0 (P)");
     assert_eq!(progress.bytes_transferred, 0);
@@ -85,7 +82,7 @@ async fn non_admin_61st_job_is_too_many_jobs_per_user() {
     let client = daemon.client().await;
     assert_eq!(MAX_JOBS_PER_USER, 60);
     create_jobs(&client, 60).await;
-    let err = expect_bits_code(
+    let err = expect_code(
         client.create_job("one too many", Priority::Normal).await,
         Code::BG_E_TOO_MANY_JOBS_PER_USER,
     );
@@ -111,7 +108,7 @@ async fn non_admin_create_job_with_300_queued_is_too_many_jobs_per_machine() {
     let client = daemon.client().await;
     assert_eq!(MAX_JOBS_PER_MACHINE, 300);
     create_jobs(&client, 300).await;
-    let err = expect_bits_code(
+    let err = expect_code(
         client.create_job("machine full", Priority::Normal).await,
         Code::BG_E_TOO_MANY_JOBS_PER_MACHINE,
     );
@@ -134,7 +131,7 @@ async fn cancelled_job_no_longer_counts_toward_the_user_limit() {
     let daemon = TestDaemon::start_with(&NON_ADMIN).await;
     let client = daemon.client().await;
     let jobs = create_jobs(&client, 60).await;
-    expect_bits_code(
+    expect_code(
         client.create_job("full", Priority::Normal).await,
         Code::BG_E_TOO_MANY_JOBS_PER_USER,
     );
@@ -148,7 +145,7 @@ async fn completed_job_no_longer_counts_toward_the_user_limit() {
     let daemon = TestDaemon::start_with(&["--admin-uid", "4242", "--max-jobs-per-user", "3"]).await;
     let client = daemon.client().await;
     let jobs = create_jobs(&client, 3).await;
-    expect_bits_code(
+    expect_code(
         client.create_job("full", Priority::Normal).await,
         Code::BG_E_TOO_MANY_JOBS_PER_USER,
     );
@@ -162,7 +159,7 @@ async fn get_job_of_an_unknown_id_is_not_found() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     client.create_job("some other job", Priority::Normal).await.unwrap();
-    let err = expect_bits_code(client.get_job(JobId::new_random()).await, Code::BG_E_NOT_FOUND);
+    let err = expect_code(client.get_job(JobId::new_random()).await, Code::BG_E_NOT_FOUND);
     assert_eq!(err.code.hresult(), 0x8020_0001);
 }
 
@@ -181,7 +178,7 @@ async fn enum_jobs_lists_own_jobs_but_never_final_ones() {
         .await
         .unwrap();
     client.resume(acknowledged).await.unwrap();
-    await_state(&client, acknowledged, JobState::Transferred).await;
+    wait_state(&client, acknowledged, JobState::Transferred).await;
     let listed: Vec<JobId> = client.list_jobs().await.unwrap().iter().map(|j| j.id).collect();
     assert_eq!(listed.len(), 3, "{listed:?}");
     for job in [kept, cancelled, acknowledged] {

@@ -23,7 +23,7 @@ use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 use http::Method;
 
-use crate::common::{await_job, expect_bits_code, fault_log};
+use bits_tests::helpers::{expect_code, fault_log, wait_job};
 
 const FILE: &str = "f.bin";
 const SIZE: usize = 1 << 20;
@@ -83,7 +83,7 @@ impl Case {
     /// Waits for `want`, failing at once on another resting state.
     async fn wait_state(&self, want: JobState) -> JobInfo {
         let what = format!("the job to reach {}\n{}", want.name(), self.requests());
-        await_job(&self.client, self.job, &what, WAIT, |info| {
+        wait_job(&self.client, self.job, &what, WAIT, |info| {
             let resting = matches!(info.state, JobState::Error | JobState::Transferred);
             assert!(
                 info.state == want || !resting,
@@ -224,7 +224,7 @@ async fn dropped_connections_count_errors_and_resume_keeps_the_count() {
         .await;
     // The retry fails again: 2.
     let what = "a second failed attempt";
-    let info = await_job(&c.client, c.job, what, WAIT, |i| {
+    let info = wait_job(&c.client, c.job, what, WAIT, |i| {
         assert!(i.error_count >= 1, "the error count went down: {i:?}");
         i.state == JobState::TransientError && i.error_count >= 2
     })
@@ -233,7 +233,7 @@ async fn dropped_connections_count_errors_and_resume_keeps_the_count() {
     // Resume from TRANSIENT_ERROR: the count stays, and the third failure makes it 3.
     c.resume().await;
     assert!(c.info().await.error_count >= 2, "Resume lowered the error count");
-    let info = await_job(&c.client, c.job, "a third failed attempt", WAIT, |i| {
+    let info = wait_job(&c.client, c.job, "a third failed attempt", WAIT, |i| {
         assert!(i.error_count >= 2, "the error count went down after Resume: {i:?}");
         i.error_count >= 3
     })
@@ -256,7 +256,7 @@ async fn connection_refused_is_transient_and_counted() {
     let url = format!("http://127.0.0.1:{port}/{FILE}");
     client.add_file(job, &url, &daemon.out_dir().join(FILE)).await.unwrap();
     client.resume(job).await.unwrap();
-    let info = await_job(&client, job, "TRANSIENT_ERROR", WAIT, |i| {
+    let info = wait_job(&client, job, "TRANSIENT_ERROR", WAIT, |i| {
         assert_ne!(i.state, JobState::Error, "connection refused was fatal: {i:?}");
         i.state == JobState::TransientError
     })
@@ -268,7 +268,7 @@ async fn connection_refused_is_transient_and_counted() {
         (Code::ERROR_WINHTTP_CANNOT_CONNECT, ErrorContext::GeneralTransport)
     );
     // The retry is refused too, and counted.
-    await_job(&client, job, "a second refused attempt", WAIT, |i| i.error_count >= 2).await;
+    wait_job(&client, job, "a second refused attempt", WAIT, |i| i.error_count >= 2).await;
 }
 
 // Case 48: SetMinimumRetryDelay(1) succeeds and is stored as the 5 s floor.
@@ -359,7 +359,7 @@ async fn progress_resets_the_no_progress_timer() {
 
 /// ERROR with BG_E_MAXDOWNLOAD_TIMEOUT, `budget` (± scheduling) after `since`.
 async fn ends_by_max_time(client: &Client, job: JobId, since: Instant, budget: Duration) {
-    let info = await_job(client, job, "ERROR (maximum download time)", WAIT, |i| {
+    let info = wait_job(client, job, "ERROR (maximum download time)", WAIT, |i| {
         assert_ne!(i.state, JobState::Transferred, "the trickle finished: {i:?}");
         i.state == JobState::Error
     })
@@ -466,7 +466,7 @@ async fn error_is_cleared_once_transferring_after_resume() {
     c.resume().await;
     let info = c.wait_state(JobState::Transferring).await;
     assert_eq!(info.error, None, "{info:?}");
-    expect_bits_code(c.client.get_error(c.job).await, Code::BG_E_ERROR_INFORMATION_UNAVAILABLE);
+    expect_code(c.client.get_error(c.job).await, Code::BG_E_ERROR_INFORMATION_UNAVAILABLE);
     assert_eq!(info.error_count, 1);
 }
 

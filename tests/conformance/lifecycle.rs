@@ -19,7 +19,7 @@ use bits_tests::daemon::TestDaemon;
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
-use crate::common::{await_file_bytes, await_state, expect_bits_code, is_listed};
+use bits_tests::helpers::{expect_code, is_listed, wait_file_bytes, wait_state};
 
 /// Frequent syncs, so progress (the checkpoint) moves while a throttled transfer runs.
 const FAST_SYNC: [&str; 4] = ["--sync-bytes", "65536", "--sync-interval-ms", "50"];
@@ -45,15 +45,15 @@ async fn job_with_files(client: &Client, server: &TestServer, files: &[(&str, &P
 
 /// Every change to a final job is BG_E_INVALID_STATE, and the job is not listed.
 async fn assert_final(client: &Client, job: JobId, dir: &Path) {
-    expect_bits_code(client.cancel(job).await, Code::BG_E_INVALID_STATE);
-    expect_bits_code(client.complete(job).await, Code::BG_E_INVALID_STATE);
-    expect_bits_code(client.resume(job).await, Code::BG_E_INVALID_STATE);
-    expect_bits_code(client.suspend(job).await, Code::BG_E_INVALID_STATE);
-    expect_bits_code(
+    expect_code(client.cancel(job).await, Code::BG_E_INVALID_STATE);
+    expect_code(client.complete(job).await, Code::BG_E_INVALID_STATE);
+    expect_code(client.resume(job).await, Code::BG_E_INVALID_STATE);
+    expect_code(client.suspend(job).await, Code::BG_E_INVALID_STATE);
+    expect_code(
         client.add_file(job, "http://example.com/late", &dir.join("late")).await,
         Code::BG_E_INVALID_STATE,
     );
-    expect_bits_code(client.set_priority(job, Priority::High).await, Code::BG_E_INVALID_STATE);
+    expect_code(client.set_priority(job, Priority::High).await, Code::BG_E_INVALID_STATE);
     assert!(!is_listed(client, job).await, "a final job is not in EnumJobs");
 }
 
@@ -90,8 +90,8 @@ async fn resume_while_transferring_keeps_the_running_transfer() {
     let dest = daemon.out_dir().join("t.bin");
     let job = job_with_files(&client, &server, &[("t.bin", &dest)]).await;
     client.resume(job).await.unwrap();
-    await_state(&client, job, JobState::Transferring).await;
-    await_file_bytes(&client, job, 0, 1).await;
+    wait_state(&client, job, JobState::Transferring).await;
+    wait_file_bytes(&client, job, 0, 1).await;
     let mark = server.log_len();
 
     assert_eq!(client.resume(job).await.unwrap(), Code::S_OK);
@@ -102,7 +102,7 @@ async fn resume_while_transferring_keeps_the_running_transfer() {
     assert_eq!(info.state, JobState::Transferring);
     assert!(server.log_since(mark).is_empty(), "Resume restarted: {:?}", server.log_since(mark));
 
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
     let log = server.log();
     let from_zero = gets(&log).into_iter().filter(|r| range_start(r) == Some(0)).count();
     assert_eq!(from_zero, 1, "the file was requested from 0 more than once: {log:?}");
@@ -123,7 +123,7 @@ async fn resume_after_suspend_continues_from_the_checkpoint() {
     let dest = daemon.out_dir().join("k.bin");
     let job = job_with_files(&client, &server, &[("k.bin", &dest)]).await;
     client.resume(job).await.unwrap();
-    await_file_bytes(&client, job, 0, 100_000).await;
+    wait_file_bytes(&client, job, 0, 100_000).await;
     assert_eq!(client.suspend(job).await.unwrap(), Code::S_OK);
     assert_eq!(client.get_job(job).await.unwrap().state, JobState::Suspended);
     // The stopped worker records what it had synced; then the checkpoint stays put.
@@ -137,7 +137,7 @@ async fn resume_after_suspend_continues_from_the_checkpoint() {
     server.set_throttle(None);
     let mark = server.log_len();
     client.resume(job).await.unwrap();
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
     let log = server.log_since(mark);
     let first = *gets(&log).first().expect("a GET after Resume");
     assert_eq!(range_start(first), Some(k), "the resumed GET starts at the checkpoint: {log:?}");
@@ -157,14 +157,14 @@ async fn cancel_deletes_the_temp_file_and_makes_the_job_final() {
     let dest = daemon.out_dir().join("c.bin");
     let job = job_with_files(&client, &server, &[("c.bin", &dest)]).await;
     client.resume(job).await.unwrap();
-    await_file_bytes(&client, job, 0, 1).await;
+    wait_file_bytes(&client, job, 0, 1).await;
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
     assert!(temp.exists(), "the temp file exists before Cancel");
 
     assert_eq!(client.cancel(job).await.unwrap(), Code::S_OK);
     assert!(!temp.exists(), "Cancel deletes the temp file");
     assert!(!dest.exists(), "nothing at the destination");
-    expect_bits_code(client.get_job(job).await, Code::BG_E_NOT_FOUND);
+    expect_code(client.get_job(job).await, Code::BG_E_NOT_FOUND);
     assert_final(&client, job, &daemon.out_dir()).await;
 }
 
@@ -181,7 +181,7 @@ async fn complete_in_transferred_moves_the_file_into_place() {
     let dest = daemon.out_dir().join("d.bin");
     let job = job_with_files(&client, &server, &[("d.bin", &dest)]).await;
     client.resume(job).await.unwrap();
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
 
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
@@ -191,7 +191,7 @@ async fn complete_in_transferred_moves_the_file_into_place() {
     assert_eq!(mtime, last_modified, "mtime is the server's Last-Modified");
     assert!(!temp.exists(), "the temp file is gone");
     assert!(!is_listed(&client, job).await, "an ACKNOWLEDGED job is not listed");
-    expect_bits_code(client.complete(job).await, Code::BG_E_INVALID_STATE);
+    expect_code(client.complete(job).await, Code::BG_E_INVALID_STATE);
 }
 
 // Case 39: Complete while file 2 of 3 is transferring (file 1 done): BG_S_PARTIAL_COMPLETE, only
@@ -211,7 +211,7 @@ async fn complete_mid_transfer_keeps_only_whole_files() {
     let files = [("1.bin", &*dests[0]), ("2.bin", &*dests[1]), ("3.bin", &*dests[2])];
     let job = job_with_files(&client, &server, &files).await;
     client.resume(job).await.unwrap();
-    await_file_bytes(&client, job, 1, 1).await;
+    wait_file_bytes(&client, job, 1, 1).await;
     let listed = client.list_files(job).await.unwrap();
     assert!(listed[0].progress.completed || listed[0].progress.bytes_transferred == 50_000);
     assert!(listed[1].progress.bytes_transferred < 2_000_000, "file 2 is mid-transfer");
@@ -254,7 +254,7 @@ async fn failed_rename_leaves_the_job_transferred_and_complete_can_be_retried() 
     let dest = daemon.out_dir().join("x.bin");
     let job = job_with_files(&client, &server, &[("x.bin", &dest)]).await;
     client.resume(job).await.unwrap();
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
     std::fs::create_dir(&dest).unwrap();
 
     let result = client.complete(job).await;
@@ -283,7 +283,7 @@ async fn transferred_file_is_only_in_the_temp_file_before_complete() {
     let dest = daemon.out_dir().join("v.bin");
     let job = job_with_files(&client, &server, &[("v.bin", &dest)]).await;
     client.resume(job).await.unwrap();
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
 
     assert!(!dest.exists(), "the local name does not exist before Complete");
     let file = client.list_files(job).await.unwrap().remove(0);
@@ -304,7 +304,7 @@ async fn resume_from_error_requeues_immediately_and_retries() {
     let dest = daemon.out_dir().join("late.bin");
     let job = job_with_files(&client, &server, &[("late.bin", &dest)]).await;
     client.resume(job).await.unwrap();
-    let info = await_state(&client, job, JobState::Error).await;
+    let info = wait_state(&client, job, JobState::Error).await;
     assert_eq!(info.error.map(|e| e.code), Some(Code::Http(404)));
     assert_eq!(info.minimum_retry_delay_secs, 600);
 
@@ -321,7 +321,7 @@ async fn resume_from_error_requeues_immediately_and_retries() {
     })
     .await;
     server.release();
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
     assert!(!server.log_since(mark).is_empty());
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
     assert_eq!(std::fs::read(&dest).unwrap(), data);

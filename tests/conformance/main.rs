@@ -30,4 +30,3 @@ mod notifications;
 // Cases 94–98: progress, times, persistence.
 mod progress_times;
 // Shared helpers for this suite.
-mod common;

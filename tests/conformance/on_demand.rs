@@ -4,79 +4,20 @@
 //! bitsd does not support DYNAMIC_CONTENT (SetProperty → `E_NOTIMPL`), so the job that is not
 //! eligible for random access in cases 81 and 86 is one whose file was added with static ranges,
 //! which bitsd refuses the same way (`BG_E_RANDOM_ACCESS_NOT_SUPPORTED`).
-//!
-//! The helpers at the top are shared with `progress_times.rs`.
 
 use std::time::Duration;
 
-use bits_client::{Client, ClientError, JobInfo, PropertyValue};
+use bits_client::{Client, PropertyValue};
 use bits_core::job::property;
 use bits_core::{ByteRange, Code, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::server::{LoggedRequest, TestServer};
+use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::helpers::{assert_no_byte_twice, expect_code, range, served_spans, wait_state};
 use bits_tests::wait::{TIMEOUT, wait_for};
-use http::Method;
 
 /// Size of the served file in cases 82–85 (spec §10: N = 1000).
 const N: u64 = 1000;
-
-pub(crate) fn range(offset: u64, length: u64) -> ByteRange {
-    ByteRange::new(offset, length)
-}
-
-/// Asserts that `result` failed with `code`.
-pub(crate) fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) {
-    match result {
-        Err(ClientError::Bits(e)) => assert_eq!(e.code, code, "wrong code in {e}"),
-        other => panic!("expected {}, got {other:?}", code.name()),
-    }
-}
-
-/// Polls GetJob until the job is in `want`; fails at once if it lands in ERROR, TRANSFERRED or a
-/// final state that is not `want`.
-pub(crate) async fn wait_state(client: &Client, job: JobId, want: JobState) -> JobInfo {
-    wait_for(&format!("job {job} to reach {}", want.name()), TIMEOUT, || async {
-        let info = client.get_job(job).await.map_err(|e| format!("GetJob failed: {e}"))?;
-        if info.state == want {
-            return Ok(info);
-        }
-        let stuck =
-            matches!(info.state, JobState::Error | JobState::Transferred) || info.state.is_final();
-        assert!(
-            !stuck,
-            "job {job} is {} while waiting for {}; error: {:?}",
-            info.state.name(),
-            want.name(),
-            info.error
-        );
-        Err(format!("state {} (error {:?})", info.state.name(), info.error))
-    })
-    .await
-}
-
-/// The remote spans `[start, end)` that GETs for `/NAME` actually delivered, in arrival order.
-pub(crate) fn served_spans(log: &[LoggedRequest], name: &str) -> Vec<(u64, u64)> {
-    let path = format!("/{name}");
-    log.iter()
-        .filter(|r| r.method == Method::GET && r.path == path && r.served > 0)
-        .map(|r| r.served_span())
-        .collect()
-}
-
-/// The server never sent any byte of `/NAME` twice: the served spans are pairwise disjoint.
-pub(crate) fn assert_no_byte_twice(log: &[LoggedRequest], name: &str) {
-    let mut spans = served_spans(log, name);
-    spans.sort_unstable();
-    for pair in spans.windows(2) {
-        assert!(
-            pair[0].1 <= pair[1].0,
-            "bytes [{}, {}) of /{name} were served twice; served spans {spans:?}; log {log:#?}",
-            pair[1].0,
-            pair[0].1.min(pair[1].1)
-        );
-    }
-}
 
 /// A server with `/NAME` (N pseudo-random bytes), a daemon and a FOREGROUND job holding that file
 /// as its only, whole-file, file.

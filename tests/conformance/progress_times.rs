@@ -15,7 +15,7 @@ use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
-use crate::on_demand::{assert_no_byte_twice, served_spans, wait_state};
+use bits_tests::helpers::{assert_no_byte_twice, served_spans, wait_state};
 
 /// Daemon settings that record filled ranges at fine grain, so progress is seen as it happens.
 const FAST_SYNC: [&str; 4] = ["--sync-bytes", "65536", "--sync-interval-ms", "100"];

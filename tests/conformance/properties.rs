@@ -26,7 +26,7 @@ use bits_tests::daemon::TestDaemon;
 use http::Method;
 use hyper::body::Body as _;
 
-use crate::common::{await_state_within, expect_bits_code, fault_log};
+use bits_tests::helpers::{expect_code, fault_log, wait_state_within};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -95,7 +95,7 @@ async fn set_priority_out_of_range_is_invalid_arg() {
 async fn set_notify_flags_with_an_unknown_bit_is_not_implemented() {
     let (_daemon, client, job) = new_job().await;
     let before = client.get_job(job).await.unwrap().notify_flags;
-    expect_bits_code(client.set_notify_flags(job, 0x40).await, Code::E_NOTIMPL);
+    expect_code(client.set_notify_flags(job, 0x40).await, Code::E_NOTIMPL);
     assert_eq!(client.get_job(job).await.unwrap().notify_flags, before);
     // The four documented bits are accepted.
     assert_eq!(client.set_notify_flags(job, 0x0F).await.unwrap(), Code::S_OK);
@@ -108,7 +108,7 @@ async fn set_description_over_1024_characters_is_string_too_long() {
     let (_daemon, client, job) = new_job().await;
     let longest = "d".repeat(1024);
     assert_eq!(client.set_description(job, Some(&longest)).await.unwrap(), Code::S_OK);
-    expect_bits_code(
+    expect_code(
         client.set_description(job, Some(&"d".repeat(1025))).await,
         Code::BG_E_STRING_TOO_LONG,
     );
@@ -120,7 +120,7 @@ async fn set_description_over_1024_characters_is_string_too_long() {
 async fn set_description_null_is_invalid_arg() {
     let (_daemon, client, job) = new_job().await;
     client.set_description(job, Some("kept")).await.unwrap();
-    expect_bits_code(client.set_description(job, None).await, Code::E_INVALIDARG);
+    expect_code(client.set_description(job, None).await, Code::E_INVALIDARG);
     assert_eq!(client.get_job(job).await.unwrap().description, "kept");
 }
 
@@ -135,7 +135,7 @@ async fn set_notify_cmd_line_with_4001_characters_of_parameters_is_string_too_lo
         Code::S_OK
     );
     let too_long = vec!["p".repeat(2000), "q".repeat(2000)];
-    expect_bits_code(
+    expect_code(
         client.set_notify_cmd_line(job, Some("/bin/true"), &too_long).await,
         Code::BG_E_STRING_TOO_LONG,
     );
@@ -154,7 +154,7 @@ async fn take_ownership_needs_an_admin_and_clears_headers_and_command_line() {
     let job = client.create_job("owned", Priority::Normal).await.unwrap();
     client.set_custom_headers(job, Some("X-Key: secret")).await.unwrap();
     client.set_notify_cmd_line(job, Some("/bin/true"), &[]).await.unwrap();
-    expect_bits_code(client.take_ownership(job).await, Code::E_ACCESSDENIED);
+    expect_code(client.take_ownership(job).await, Code::E_ACCESSDENIED);
     let info = client.get_job(job).await.unwrap();
     assert!(info.has_custom_headers && !info.notify_cmd_line.is_empty(), "{info:?}");
 
@@ -182,7 +182,7 @@ async fn custom_headers_limit_is_16384_characters_with_terminator() {
     let (_daemon, client, job) = new_job().await;
     let longest = headers_of_length(16_383);
     assert_eq!(client.set_custom_headers(job, Some(&longest)).await.unwrap(), Code::S_OK);
-    expect_bits_code(
+    expect_code(
         client.set_custom_headers(job, Some(&headers_of_length(16_384))).await,
         Code::BG_E_STRING_TOO_LONG,
     );
@@ -215,7 +215,7 @@ fn carries_headers(r: &Logged) -> bool {
 async fn custom_headers_are_sent_on_every_request() {
     let (server, _daemon, client, job) = job_with_headers(731).await;
     client.resume(job).await.unwrap();
-    await_state_within(&client, job, JobState::Transferred, WAIT).await;
+    wait_state_within(&client, job, JobState::Transferred, WAIT).await;
     let log = server.log();
     let count = |m: Method| log.iter().filter(|r| r.method == m).count();
     assert!(count(Method::HEAD) >= 1 && count(Method::GET) >= 2, "{}", fault_log(&log));
@@ -227,10 +227,10 @@ async fn custom_headers_are_sent_on_every_request() {
 async fn custom_headers_null_removes_them() {
     let (server, _daemon, client, job) = job_with_headers(732).await;
     client.resume(job).await.unwrap();
-    await_state_within(&client, job, JobState::TransientError, WAIT).await;
+    wait_state_within(&client, job, JobState::TransientError, WAIT).await;
     assert_eq!(client.set_custom_headers(job, None).await.unwrap(), Code::S_OK);
     let removed_at = server.log().len();
-    await_state_within(&client, job, JobState::Transferred, WAIT).await;
+    wait_state_within(&client, job, JobState::Transferred, WAIT).await;
     let log = server.log();
     assert!(log[..removed_at].iter().all(carries_headers), "{}", fault_log(&log));
     let after = &log[removed_at..];
@@ -246,7 +246,7 @@ async fn custom_headers_null_removes_them() {
 #[tokio::test]
 async fn set_property_with_an_unknown_id_is_unknown_property_id() {
     let (_daemon, client, job) = new_job().await;
-    expect_bits_code(
+    expect_code(
         client.set_property(job, 6, PropertyValue::Dword(1)).await,
         Code::BG_E_UNKNOWN_PROPERTY_ID,
     );

@@ -13,7 +13,7 @@ use bits_testkit::faults::{Fault, FaultServer};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 
-use crate::common::{await_state, byte_range, expect_bits_code};
+use bits_tests::helpers::{expect_code, range, wait_state};
 
 const URL: &str = "http://example.com/r.bin";
 
@@ -37,7 +37,7 @@ async fn add_ranges(ranges: &[ByteRange]) -> (Result<u32, bits_client::ClientErr
 /// Asserts that AddFileWithRanges of `ranges` fails with `code` and adds nothing.
 async fn assert_refused(ranges: &[ByteRange], code: Code) {
     let (result, files) = add_ranges(ranges).await;
-    expect_bits_code(result, code);
+    expect_code(result, code);
     assert_eq!(files, 0, "a refused AddFileWithRanges adds no file");
 }
 
@@ -57,58 +57,58 @@ async fn add_file_with_zero_ranges_is_invalid_arg() {
 // Case 19: a range whose offset is BG_LENGTH_TO_EOF is BG_E_INVALID_RANGE.
 #[tokio::test]
 async fn range_offset_of_length_to_eof_is_invalid_range() {
-    assert_refused(&[byte_range(LENGTH_TO_EOF, 10)], Code::BG_E_INVALID_RANGE).await;
+    assert_refused(&[range(LENGTH_TO_EOF, 10)], Code::BG_E_INVALID_RANGE).await;
 }
 
 // Case 20: (100,5) then (100,0) overlap under the stable sort: BG_E_OVERLAPPING_RANGES.
 #[tokio::test]
 async fn same_offset_longer_range_first_is_overlapping() {
-    let ranges = [byte_range(100, 5), byte_range(100, 0)];
+    let ranges = [range(100, 5), range(100, 0)];
     assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
 }
 
 // Case 21: (100,0) then (100,5) pass (API-doc rule; the bitsadmin page disagrees).
 #[tokio::test]
 async fn same_offset_empty_range_first_is_accepted() {
-    assert_accepted(&[byte_range(100, 0), byte_range(100, 5)]).await;
+    assert_accepted(&[range(100, 0), range(100, 5)]).await;
 }
 
 // Case 22: (0,100) and (50,10) overlap: BG_E_OVERLAPPING_RANGES.
 #[tokio::test]
 async fn overlapping_ranges_are_refused() {
-    let ranges = [byte_range(0, 100), byte_range(50, 10)];
+    let ranges = [range(0, 100), range(50, 10)];
     assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
 }
 
 // Case 23: touching ranges (0,100) and (100,10) are accepted.
 #[tokio::test]
 async fn touching_ranges_are_accepted() {
-    assert_accepted(&[byte_range(0, 100), byte_range(100, 10)]).await;
+    assert_accepted(&[range(0, 100), range(100, 10)]).await;
 }
 
 // Case 24: a duplicated range overlaps itself: BG_E_OVERLAPPING_RANGES.
 #[tokio::test]
 async fn duplicate_ranges_are_overlapping() {
-    let ranges = [byte_range(0, 10), byte_range(0, 10)];
+    let ranges = [range(0, 10), range(0, 10)];
     assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
 }
 
 // Case 25: a to-EOF range followed (in offset order) by another range overlaps it.
 #[tokio::test]
 async fn to_eof_range_before_another_is_overlapping() {
-    let ranges = [byte_range(10, LENGTH_TO_EOF), byte_range(20, 5)];
+    let ranges = [range(10, LENGTH_TO_EOF), range(20, 5)];
     assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
 }
 
 // Case 25: the same in the other caller order (the sort puts the to-EOF range first).
 #[tokio::test]
 async fn to_eof_range_given_after_a_later_range_is_overlapping() {
-    let ranges = [byte_range(20, 5), byte_range(10, LENGTH_TO_EOF)];
+    let ranges = [range(20, 5), range(10, LENGTH_TO_EOF)];
     assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
 }
 
 fn disjoint_ranges(n: u64) -> Vec<ByteRange> {
-    (0..n).map(|i| byte_range(i * 10, 5)).collect()
+    (0..n).map(|i| range(i * 10, 5)).collect()
 }
 
 // Case 26: a non-admin may give 500 disjoint ranges for a file.
@@ -124,7 +124,7 @@ async fn non_admin_500_ranges_are_accepted() {
 #[tokio::test]
 async fn non_admin_501_ranges_are_too_many_ranges_in_file() {
     let (_daemon, client, job, dest) = setup(&["--admin-uid", "4242"]).await;
-    let err = expect_bits_code(
+    let err = expect_code(
         client.add_file_with_ranges(job, URL, &dest, &disjoint_ranges(501)).await,
         Code::BG_E_TOO_MANY_RANGES_IN_FILE,
     );
@@ -145,8 +145,8 @@ async fn admin_501_ranges_are_accepted() {
 async fn add_file_with_ranges_on_a_cancelled_job_is_invalid_state() {
     let (_daemon, client, job, dest) = setup(&[]).await;
     assert_eq!(client.cancel(job).await.unwrap(), Code::S_OK);
-    expect_bits_code(
-        client.add_file_with_ranges(job, URL, &dest, &[byte_range(0, 10)]).await,
+    expect_code(
+        client.add_file_with_ranges(job, URL, &dest, &[range(0, 10)]).await,
         Code::BG_E_INVALID_STATE,
     );
 }
@@ -162,7 +162,7 @@ async fn download_ranges(ranges: &[ByteRange], spans: &[(usize, usize)], bytes_t
     client.add_file_with_ranges(job, &server.url("r.bin"), &dest, ranges).await.unwrap();
     assert_eq!(client.list_files(job).await.unwrap()[0].ranges, ranges, "caller order");
     client.resume(job).await.unwrap();
-    await_state(&client, job, JobState::Transferred).await;
+    wait_state(&client, job, JobState::Transferred).await;
 
     let file = client.list_files(job).await.unwrap().remove(0);
     assert_eq!(file.ranges, ranges, "GetFileRanges returns the ranges in caller order");
@@ -178,7 +178,7 @@ async fn download_ranges(ranges: &[ByteRange], spans: &[(usize, usize)], bytes_t
 // r[100..200) ‖ r[900..1000) ‖ r[400..500), BytesTotal 300, ranges kept in caller order.
 #[tokio::test]
 async fn ranged_download_concatenates_ranges_in_caller_order() {
-    let ranges = [byte_range(100, 100), byte_range(900, 100), byte_range(400, 100)];
+    let ranges = [range(100, 100), range(900, 100), range(400, 100)];
     download_ranges(&ranges, &[(100, 200), (900, 1000), (400, 500)], 300).await;
 }
 
@@ -186,7 +186,7 @@ async fn ranged_download_concatenates_ranges_in_caller_order() {
 // bytes is 17 + 889 + 7 = 913 bytes, r[24..41) ‖ r[111..1000) ‖ r[83..90).
 #[tokio::test]
 async fn to_eof_range_resolves_against_the_remote_size() {
-    let ranges = [byte_range(24, 17), byte_range(111, LENGTH_TO_EOF), byte_range(83, 7)];
+    let ranges = [range(24, 17), range(111, LENGTH_TO_EOF), range(83, 7)];
     download_ranges(&ranges, &[(24, 41), (111, 1000), (83, 90)], 913).await;
 }
 
@@ -197,12 +197,9 @@ async fn range_past_the_remote_end_puts_the_job_in_error_invalid_range() {
     let server = TestServer::start().await;
     server.add_file("r.bin", random_bytes(30, 1000));
     let (_daemon, client, job, dest) = setup(&[]).await;
-    client
-        .add_file_with_ranges(job, &server.url("r.bin"), &dest, &[byte_range(990, 20)])
-        .await
-        .unwrap();
+    client.add_file_with_ranges(job, &server.url("r.bin"), &dest, &[range(990, 20)]).await.unwrap();
     client.resume(job).await.unwrap();
-    let info = await_state(&client, job, JobState::Error).await;
+    let info = wait_state(&client, job, JobState::Error).await;
     let error = info.error.expect("an ERROR job has an error object");
     assert_eq!(error.code, Code::BG_E_INVALID_RANGE, "{error:?}");
     assert_eq!(error.context, ErrorContext::RemoteFile, "{error:?}");
@@ -218,10 +215,10 @@ async fn server_ignoring_range_for_a_ranged_file_is_insufficient_range_support()
     server.add_file("r.bin", random_bytes(31, 1000));
     server.always("r.bin", Some(http::Method::GET), Fault::IgnoreRange);
     let (_daemon, client, job, dest) = setup(&[]).await;
-    let ranges = [byte_range(100, 100), byte_range(500, 50)];
+    let ranges = [range(100, 100), range(500, 50)];
     client.add_file_with_ranges(job, &server.url("r.bin"), &dest, &ranges).await.unwrap();
     client.resume(job).await.unwrap();
-    let info = await_state(&client, job, JobState::Error).await;
+    let info = wait_state(&client, job, JobState::Error).await;
     let error = info.error.expect("an ERROR job has an error object");
     assert_eq!(error.code, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, "{error:?}");
     assert_eq!(error.code.hresult(), 0x8020_0013);

@@ -18,7 +18,7 @@ use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::faults::{Fault, FaultServer};
 use bits_tests::daemon::TestDaemon;
 
-use crate::common::{await_job, await_state_within, fault_log};
+use bits_tests::helpers::{fault_log, wait_job, wait_state_within};
 
 const SIZE: usize = 256 * 1024;
 const WAIT: Duration = Duration::from_secs(20);
@@ -56,7 +56,7 @@ impl Redirected {
     /// Resumes and waits for TRANSFERRED.
     async fn downloads(&self) {
         self.client.resume(self.job).await.unwrap();
-        await_state_within(&self.client, self.job, JobState::Transferred, WAIT).await;
+        wait_state_within(&self.client, self.job, JobState::Transferred, WAIT).await;
     }
 
     /// Completes and checks the file.
@@ -102,7 +102,7 @@ async fn disallow_fails_on_a_redirect_and_reports_the_target() {
     let r = redirected(68, security::REDIRECT_POLICY_DISALLOW).await;
     assert_eq!(security::REDIRECT_POLICY_DISALLOW, 0x200);
     r.client.resume(r.job).await.unwrap();
-    let info = await_job(&r.client, r.job, "ERROR (redirect disallowed)", WAIT, |i| {
+    let info = wait_job(&r.client, r.job, "ERROR (redirect disallowed)", WAIT, |i| {
         assert_ne!(i.state, JobState::Transferred, "the redirect was followed");
         i.state == JobState::Error
     })
@@ -200,7 +200,7 @@ async fn self_signed_https_without_ignore_flags_is_an_error() {
     let url = format!("https://{}/f.bin", tls.addr);
     client.add_file(job, &url, &daemon.out_dir().join("f.bin")).await.unwrap();
     client.resume(job).await.unwrap();
-    let info = await_job(&client, job, "ERROR (untrusted certificate)", WAIT, |i| {
+    let info = wait_job(&client, job, "ERROR (untrusted certificate)", WAIT, |i| {
         assert_ne!(i.state, JobState::Transferred);
         i.state == JobState::Error
     })

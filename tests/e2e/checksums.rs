@@ -10,7 +10,7 @@ use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::{ServedFile, TestServer};
 use bits_tests::daemon::TestDaemon;
 
-use crate::support::{expect_code, wait_state};
+use bits_tests::helpers::{expect_code, wait_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_digest_completes_a_wrong_one_fails_until_the_file_is_fetched_again() {

@@ -12,7 +12,7 @@ use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::{job_id_in, parse_json, wait_state};
+use bits_tests::helpers::{job_id_in, parse_json, wait_state};
 
 /// A refused command: exit `code`, one line on stderr containing `want`.
 fn refused(out: &CtlOutput, code: i32, want: &str) {

@@ -6,7 +6,7 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 
-use crate::support::{expect_code, wait_state};
+use bits_tests::helpers::{expect_code, wait_state};
 
 #[tokio::test]
 async fn complete_keeps_whole_files_and_reports_partial_completion() {

@@ -16,7 +16,7 @@ use bits_tests::daemon::TestDaemon;
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
 
-use crate::support::wait_state;
+use bits_tests::helpers::wait_state;
 
 /// CPU time (user + system) the process has used, from /proc/PID/stat.
 fn cpu_time(pid: u32) -> Duration {

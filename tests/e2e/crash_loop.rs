@@ -75,7 +75,7 @@ const SMALL_LOSS_PER_CRASH: u64 = 2 * FILES_AT_ONCE as u64 * SMALL_SIZE;
 /// here) is the span being synced at risk too. Before that change a span was recorded only at the
 /// *next* checkpoint, and up to 2 windows were at risk all the time. Never raise this beyond 2.
 const WINDOWS_PER_WORKER_PER_CRASH: u64 = 1;
-/// The server hands hyper 16 KiB frames (`tests/src/server.rs`: `CHUNK`) and counts a frame as
+/// The server hands hyper 16 KiB frames (`bits-testkit/src/server.rs`: `CHUNK`) and counts a frame as
 /// served when hyper takes it.
 const SERVER_CHUNK: u64 = 16 * KIB;
 /// Bytes the server counts as served that never reach the daemon's pipeline, per worker per crash:

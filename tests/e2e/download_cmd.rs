@@ -18,7 +18,7 @@ use bits_tests::wait::{TIMEOUT, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-use crate::support::{job_id_in, parse_json};
+use bits_tests::helpers::{job_id_in, parse_json};
 
 /// A bare HTTP/1.1 server that ignores `Range` (always `200` with the whole body, no
 /// `Accept-Ranges`, no validators) and keeps every request head it was sent.
@@ -283,7 +283,7 @@ async fn detach_leaves_the_job_running_in_the_daemon() {
     assert_eq!((info.files_at_once, info.connections_per_file), (2, 2), "extensions not passed");
     // Detached, the job keeps BITS' background retry policy.
     assert_eq!(info.minimum_retry_delay_secs, 600);
-    crate::support::wait_state(&client, job, JobState::Transferred).await;
+    bits_tests::helpers::wait_state(&client, job, JobState::Transferred).await;
     if info.notify_cmd_line.is_empty() {
         assert!(out.stderr.contains(&format!("bitsctl complete {job}")), "{out}");
         daemon.bitsctl(&["complete", &job.to_string()]).await.success();

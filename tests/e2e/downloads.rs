@@ -9,7 +9,7 @@ use bits_testkit::data::{random_bytes, sha256_file, write_random_file};
 use bits_tests::daemon::TestDaemon;
 use bits_tests::nginx::Nginx;
 
-use crate::support::{range, wait_state};
+use bits_tests::helpers::{range, wait_state};
 
 /// 2019-05-06T07:08:09Z: the source files' mtime, hence nginx's Last-Modified.
 const SOURCE_MTIME: u64 = 1_557_126_489;

@@ -18,7 +18,7 @@ use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
 use crate::progress::FAST_SYNC;
-use crate::support::{assert_normalised, overlap, range, span, total, wait_state};
+use bits_tests::helpers::{assert_normalised, overlap, range, span, total, wait_state};
 
 /// Panics unless every filled range of `temp` holds exactly the source bytes.
 fn assert_filled_bytes_match(temp: &Path, filled: &[ByteRange], remote: &[u8]) {

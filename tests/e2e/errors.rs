@@ -7,7 +7,7 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
 
-use crate::support::{expect_code, job_id_in, json_values, parse_json, range, wait_state};
+use bits_tests::helpers::{expect_code, job_id_in, json_values, parse_json, range, wait_state};
 
 /// A failed bitsctl command: non-zero exit, and exactly one non-empty line on stderr naming `code`.
 fn assert_one_line_error(out: &CtlOutput, code: &str) {

@@ -15,7 +15,7 @@ use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
 use crate::progress::FAST_SYNC;
-use crate::support::{total, wait_state};
+use bits_tests::helpers::{total, wait_state};
 
 const SIZE: usize = 8 << 20;
 

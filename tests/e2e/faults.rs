@@ -47,7 +47,7 @@ use bits_tests::daemon::TestDaemon;
 use bits_tests::wait::wait_for;
 use http::Method;
 
-use crate::support::wait_state_within;
+use bits_tests::helpers::wait_state_within;
 
 const FILE: &str = "f.bin";
 const SIZE: usize = 1 << 20;

@@ -51,6 +51,5 @@ mod store_safety;
 // systemd: sd_notify readiness, status, watchdog and stopping; the unit files verify.
 mod systemd;
 // Helpers shared by the tests: waiting for states, range-set checks, JSON lookups.
-mod support;
 // A remote file that changes mid-download restarts from zero.
 mod validators;

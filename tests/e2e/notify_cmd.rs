@@ -18,7 +18,7 @@ use bits_tests::require_root;
 use bits_tests::users::{User, dir_owned_by, ensure_user, open_daemon_dir};
 use bits_tests::wait::{TIMEOUT, wait_for};
 
-use crate::support::{expect_code, wait_state};
+use bits_tests::helpers::{expect_code, wait_state};
 
 /// Runs `calls` on a thread of its own whose uid, gid and groups are `user`'s, with a client
 /// connected from that thread: the daemon sees `user` as the caller.

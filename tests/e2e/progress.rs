@@ -9,7 +9,7 @@ use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 use bits_tests::wait::{POLL, TIMEOUT};
 
-use crate::support::{assert_normalised, covers, range, total};
+use bits_tests::helpers::{assert_normalised, covers, range, total};
 
 /// Daemon settings that persist filled ranges often, so progress is visible at fine grain.
 pub const FAST_SYNC: [&str; 4] = ["--sync-bytes", "262144", "--sync-interval-ms", "100"];

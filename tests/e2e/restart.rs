@@ -14,7 +14,7 @@ use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
 use crate::progress::FAST_SYNC;
-use crate::support::{assert_normalised, covers, overlap, range, span, total, wait_state};
+use bits_tests::helpers::{assert_normalised, covers, overlap, range, span, total, wait_state};
 
 const SIZE: u64 = 8 << 20;
 

@@ -16,7 +16,7 @@ use bits_tests::wait::wait_for;
 use http::Method;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::support::{parse_json, wait_state_within};
+use bits_tests::helpers::{parse_json, wait_state_within};
 
 const SIZE: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(20);

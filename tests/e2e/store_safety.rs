@@ -18,7 +18,7 @@ use bits_tests::mounts::TmpfsMount;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 use crate::progress::FAST_SYNC;
-use crate::support::{assert_normalised, covers, range, span, total, wait_state};
+use bits_tests::helpers::{assert_normalised, covers, range, span, total, wait_state};
 
 /// How long a refused start may take: sled's lock wait (up to 5 s) plus start-up.
 const REFUSE_WITHIN: Duration = Duration::from_secs(15);

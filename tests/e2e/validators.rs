@@ -11,7 +11,7 @@ use bits_tests::daemon::TestDaemon;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 use crate::progress::FAST_SYNC;
-use crate::support::{total, wait_state};
+use bits_tests::helpers::{total, wait_state};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_remote_file_restarts_from_zero() {

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod daemon;
+pub mod helpers;
 pub mod mounts;
 pub mod nginx;
 pub mod users;

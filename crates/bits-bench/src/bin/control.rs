@@ -35,8 +35,8 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bits_bench::measure;
 use bits_client::Client;
 use bits_core::{JobId, JobState, Priority};
+use bits_testkit::data::write_random_file;
 use bits_tests::daemon::own_target_dir;
-use bits_tests::data::write_random_file;
 use bits_tests::nginx::Nginx;
 
 // ---- options --------------------------------------------------------------------------------

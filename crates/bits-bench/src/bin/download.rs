@@ -60,8 +60,8 @@ use bits_bench::table::Table;
 use bits_client::{Client, EventInfo};
 use bits_core::job::notify;
 use bits_core::{ByteRange, Code, JobId, Priority};
+use bits_testkit::data::{Generator, sha256_file, sha256_hex, write_random_file};
 use bits_tests::daemon::{TestDaemon, own_target_dir};
-use bits_tests::data::{Generator, sha256_file, sha256_hex, write_random_file};
 use bits_tests::nginx::{Nginx, nginx_binary};
 
 const MANY_FILES: usize = 1000;

@@ -1,11 +1,16 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers of the e2e and conformance binaries: one name each for the waits, the error checks
+//! and the range arithmetic the tests share.
 
 use std::time::Duration;
 
 use bits_client::{Client, ClientError, JobInfo};
 use bits_core::{BitsError, ByteRange, Code, JobId, JobState};
-use bits_tests::wait::{TIMEOUT, wait_for};
+use bits_testkit::server::LoggedRequest;
+use http::Method;
 
+use crate::wait::{TIMEOUT, wait_for};
+
+/// A static range `(offset, length)` (`bits_core::LENGTH_TO_EOF` for "to the end").
 pub fn range(offset: u64, length: u64) -> ByteRange {
     ByteRange::new(offset, length)
 }
@@ -50,11 +55,15 @@ pub fn bits_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> BitsErr
     }
 }
 
-/// Asserts that `result` failed with `code` and returns the error.
+/// Asserts that `result` failed with the BITS `code` and returns the error.
 pub fn expect_code<T: std::fmt::Debug>(result: Result<T, ClientError>, code: Code) -> BitsError {
-    let err = bits_error(result);
-    assert_eq!(err.code, code, "wrong code in {err}");
-    err
+    match result {
+        Err(ClientError::Bits(e)) => {
+            assert_eq!(e.code, code, "wrong code in {e}");
+            e
+        }
+        other => panic!("expected {} ({:#010x}), got {other:?}", code.name(), code.hresult()),
+    }
 }
 
 /// `[start, end)` of a counted range.
@@ -132,4 +141,90 @@ pub fn job_id_in(stdout: &str) -> JobId {
         .split_whitespace()
         .find_map(JobId::parse)
         .unwrap_or_else(|| panic!("no job id in bitsctl output: {stdout:?}"))
+}
+
+/// Polls the job's progress until file `index` has at least `bytes` bytes recorded.
+pub async fn wait_file_bytes(client: &Client, job: JobId, index: usize, bytes: u64) -> u64 {
+    wait_for(&format!("file {index} of job {job} to hold {bytes} bytes"), TIMEOUT, || async {
+        let progress = client.get_progress(job).await.map_err(|e| format!("GetProgress: {e}"))?;
+        let done = progress.files.get(index).map_or(0, |f| f.bytes_transferred);
+        if done >= bytes { Ok(done) } else { Err(format!("{done} bytes")) }
+    })
+    .await
+}
+
+/// Whether the job is listed by ListJobs (EnumJobs).
+pub async fn is_listed(client: &Client, job: JobId) -> bool {
+    client.list_jobs().await.unwrap().iter().any(|j| j.id == job)
+}
+
+/// Polls GetJob until `done` holds for the job, and returns it; `what` names the wait.
+pub async fn wait_job<F>(
+    client: &Client,
+    job: JobId,
+    what: &str,
+    timeout: Duration,
+    done: F,
+) -> JobInfo
+where
+    F: Fn(&JobInfo) -> bool,
+{
+    wait_for(what, timeout, || async {
+        let info = client.get_job(job).await.map_err(|e| format!("GetJob failed: {e}"))?;
+        if done(&info) {
+            return Ok(info);
+        }
+        Err(format!(
+            "state {} error_count {} error {:?}",
+            info.state.name(),
+            info.error_count,
+            info.error
+        ))
+    })
+    .await
+}
+
+/// A fault server's request log, one line per request (for failure messages).
+pub fn fault_log(log: &[bits_testkit::faults::Logged]) -> String {
+    let t0 = log.first().map(|r| r.at);
+    log.iter()
+        .map(|r| {
+            format!(
+                "#{} +{:?} {} {} range={:?} auth={:?} cookie={:?} -> {} sent={} fault={:?}\n",
+                r.seq,
+                t0.map(|t| r.at.duration_since(t)).unwrap_or_default(),
+                r.method,
+                r.path,
+                r.range,
+                r.authorization,
+                r.cookie,
+                r.status,
+                r.sent,
+                r.fault
+            )
+        })
+        .collect()
+}
+
+/// The remote spans `[start, end)` that GETs for `/NAME` actually delivered, in arrival order.
+pub fn served_spans(log: &[LoggedRequest], name: &str) -> Vec<(u64, u64)> {
+    let path = format!("/{name}");
+    log.iter()
+        .filter(|r| r.method == Method::GET && r.path == path && r.served > 0)
+        .map(|r| r.served_span())
+        .collect()
+}
+
+/// The server never sent any byte of `/NAME` twice: the served spans are pairwise disjoint.
+pub fn assert_no_byte_twice(log: &[LoggedRequest], name: &str) {
+    let mut spans = served_spans(log, name);
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "bytes [{}, {}) of /{name} were served twice; served spans {spans:?}; log {log:#?}",
+            pair[1].0,
+            pair[0].1.min(pair[1].1)
+        );
+    }
 }
