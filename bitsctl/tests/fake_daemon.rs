@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bits_core::{
     BitsError, ByteRange, Code, ErrorContext, Job, JobError, JobFile, JobId, JobState,
-    LENGTH_TO_EOF, Priority, Progress, RangeSet, Validator,
+    LENGTH_TO_EOF, Priority, Progress,
 };
 use bits_proto::convert::{
     EventInfo, JobEventInfo, files_to_wire, job_event_to_wire, job_to_wire, parse_job_id,
@@ -236,21 +236,8 @@ fn add(
 ) -> Response<v1::AddFileReply> {
     let job = s.job.as_mut().unwrap();
     job.files.push(JobFile {
-        remote_url: url,
-        local_path: PathBuf::from(&path),
         ranges,
-        remote_size: None,
-        validator: Validator::default(),
-        filled: RangeSet::new(),
-        requested: RangeSet::new(),
-        temp_path: PathBuf::from(format!("{path}.part")),
-        completed: false,
-        download_position: None,
-        dir_ino: None,
-        temp_id: None,
-        mode: None,
-        expected_sha256: None,
-        actual_sha256: None,
+        ..JobFile::new(url, PathBuf::from(&path), PathBuf::from(format!("{path}.part")))
     });
     Response::new(v1::AddFileReply { file_index: job.files.len() as u32 - 1 })
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use bits_core::{ErrorContext, Job, JobFile, JobState, LENGTH_TO_EOF, RangeSet, Validator};
+use bits_core::{ErrorContext, Job, JobFile, JobState, LENGTH_TO_EOF, RangeSet};
 use bits_proto::convert::{files_to_wire, job_error_to_wire, job_to_wire, status_reply};
 use bits_proto::status::to_status;
 use bits_proto::v1::bits_server::BitsServer;
@@ -20,21 +20,9 @@ fn sample_job(id: JobId) -> Job {
         error: Some(sample_error()),
         error_count: 1,
         files: vec![JobFile {
-            remote_url: "http://h/f".into(),
-            local_path: "/tmp/f".into(),
             ranges: vec![ByteRange::new(10, LENGTH_TO_EOF)],
-            remote_size: None,
-            validator: Validator::default(),
             filled: RangeSet::from_span(10, 20),
-            requested: RangeSet::new(),
-            temp_path: "/tmp/.f.part".into(),
-            completed: false,
-            download_position: None,
-            dir_ino: None,
-            temp_id: None,
-            mode: None,
-            expected_sha256: None,
-            actual_sha256: None,
+            ..JobFile::new("http://h/f".into(), "/tmp/f".into(), "/tmp/.f.part".into())
         }],
         ..Job::new(id, "fake".into(), 1000, now)
     }

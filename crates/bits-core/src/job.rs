@@ -160,6 +160,28 @@ pub struct JobFile {
 }
 
 impl JobFile {
+    /// A whole file just added to a job: nothing known about the remote yet, nothing filled.
+    /// Callers set what differs with `JobFile { field, ..JobFile::new(…) }`.
+    pub fn new(remote_url: String, local_path: PathBuf, temp_path: PathBuf) -> JobFile {
+        JobFile {
+            remote_url,
+            local_path,
+            ranges: Vec::new(),
+            remote_size: None,
+            validator: Validator::default(),
+            filled: RangeSet::new(),
+            requested: RangeSet::new(),
+            temp_path,
+            completed: false,
+            download_position: None,
+            dir_ino: None,
+            temp_id: None,
+            mode: None,
+            expected_sha256: None,
+            actual_sha256: None,
+        }
+    }
+
     /// The mapping from remote to local offsets, once the size is known.
     pub fn layout(&self) -> Option<Layout> {
         self.remote_size.and_then(|size| Layout::new(&self.ranges, size).ok())
@@ -503,21 +525,9 @@ mod tests {
 
     fn file(ranges: Vec<ByteRange>, size: Option<u64>) -> JobFile {
         JobFile {
-            remote_url: "http://h/f".into(),
-            local_path: "/tmp/f".into(),
             ranges,
             remote_size: size,
-            validator: Validator::default(),
-            filled: RangeSet::new(),
-            requested: RangeSet::new(),
-            temp_path: "/tmp/.f.part".into(),
-            completed: false,
-            download_position: None,
-            dir_ino: None,
-            temp_id: None,
-            mode: None,
-            expected_sha256: None,
-            actual_sha256: None,
+            ..JobFile::new("http://h/f".into(), "/tmp/f".into(), "/tmp/.f.part".into())
         }
     }
 

@@ -105,7 +105,7 @@ fn is_temp_name(name: &str) -> bool {
 mod tests {
     use std::time::SystemTime;
 
-    use bits_core::{ByteRange, JobFile, JobId, JobState, RangeSet, Validator};
+    use bits_core::{ByteRange, JobFile, JobId, JobState, RangeSet};
 
     use super::*;
 
@@ -115,21 +115,14 @@ mod tests {
             state: JobState::Queued,
             no_progress_timeout_secs: 1,
             files: vec![JobFile {
-                remote_url: "http://h/f".into(),
-                local_path: dir.join("f.bin"),
                 ranges,
                 remote_size: Some(1000),
-                validator: Validator::default(),
                 filled,
-                requested: RangeSet::new(),
-                temp_path: dir.join(".f.bin.bitsd-x-0.part"),
-                completed: false,
-                download_position: None,
-                dir_ino: None,
-                temp_id: None,
-                mode: None,
-                expected_sha256: None,
-                actual_sha256: None,
+                ..JobFile::new(
+                    "http://h/f".into(),
+                    dir.join("f.bin"),
+                    dir.join(".f.bin.bitsd-x-0.part"),
+                )
             }],
             ..Job::new(JobId::new_random(), "j".into(), 0, now)
         }

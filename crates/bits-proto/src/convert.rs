@@ -693,21 +693,12 @@ mod tests {
     fn sample_job() -> Job {
         let t0 = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         let file = |size: Option<u64>, ranges: Vec<ByteRange>| JobFile {
-            remote_url: "http://h/f".into(),
-            local_path: "/tmp/f".into(),
             ranges,
             remote_size: size,
             validator: Validator { etag: Some("\"abc\"".into()), last_modified: None },
             filled: RangeSet::from_span(0, 10),
-            requested: RangeSet::new(),
-            temp_path: "/tmp/.f.part".into(),
-            completed: false,
-            download_position: None,
-            dir_ino: None,
-            temp_id: None,
-            mode: None,
             expected_sha256: Some("ab".repeat(32)),
-            actual_sha256: None,
+            ..JobFile::new("http://h/f".into(), "/tmp/f".into(), "/tmp/.f.part".into())
         };
         Job {
             description: "desc".into(),

@@ -21,8 +21,6 @@ fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
     let mut requested = RangeSet::new();
     requested.insert(40, 50);
     JobFile {
-        remote_url: format!("https://example.com/file{n}?q=1"),
-        local_path: PathBuf::from(format!("/home/u/file{n}")),
         ranges,
         remote_size: Some(1000 + u64::from(n)),
         validator: Validator {
@@ -31,14 +29,12 @@ fn file(n: u32, ranges: Vec<ByteRange>) -> JobFile {
         },
         filled,
         requested,
-        temp_path: PathBuf::from(format!("/home/u/.file{n}.bitsd-x-{n}.part")),
         completed: n == 0,
-        download_position: None,
-        dir_ino: None,
-        temp_id: None,
-        mode: None,
-        expected_sha256: None,
-        actual_sha256: None,
+        ..JobFile::new(
+            format!("https://example.com/file{n}?q=1"),
+            PathBuf::from(format!("/home/u/file{n}")),
+            PathBuf::from(format!("/home/u/.file{n}.bitsd-x-{n}.part")),
+        )
     }
 }
 
