@@ -7,10 +7,8 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bits_core::{Code, ErrorContext, Span};
@@ -18,17 +16,18 @@ use bits_http::{
     FetchError, FetchErrorKind, HttpClient, HttpConfig, MAX_SPANS_PER_REQUEST, MultiRangeBody,
     RemoteInfo, RequestOptions,
 };
+use bits_testkit::body::ChannelBody;
+use bits_testkit::data::random_bytes;
 use bits_testkit::range::{self, RangeAnswer};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 const SIZE: usize = 200_000;
 const ETAG: &str = "\"mr1\"";
@@ -94,16 +93,7 @@ impl Server {
 }
 
 fn data() -> Bytes {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..SIZE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    random_bytes(2, SIZE).into()
 }
 
 async fn start(mode: Mode) -> Server {
@@ -138,23 +128,10 @@ async fn start(mode: Mode) -> Server {
 
 type Body = BoxBody<Bytes, io::Error>;
 
-struct ChanBody(mpsc::Receiver<Result<Bytes, io::Error>>);
-
-impl hyper::body::Body for ChanBody {
-    type Data = Bytes;
-    type Error = io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
-    }
-}
-
 /// `bytes` in chunks of `chunk`, then (when `then_fail`) a broken connection or (`then_stall`)
 /// silence.
 fn chunked(bytes: Bytes, chunk: usize, then_fail: bool, then_stall: bool) -> Body {
-    let (tx, rx) = mpsc::channel(8);
+    let (tx, body) = ChannelBody::new(8);
     tokio::spawn(async move {
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -170,7 +147,7 @@ fn chunked(bytes: Bytes, chunk: usize, then_fail: bool, then_stall: bool) -> Bod
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
     });
-    ChanBody(rx).boxed()
+    body.boxed()
 }
 
 /// The asked spans as inclusive `(first, last)` pairs; anything else is a bug in the client.

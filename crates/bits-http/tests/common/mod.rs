@@ -5,25 +5,24 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bits_http::{HttpClient, HttpConfig};
+use bits_testkit::body::ChannelBody;
+use bits_testkit::data::random_bytes;
 use bits_testkit::range::{self, RangeAnswer};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 pub const SIZE: usize = 100_000;
 pub const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
@@ -99,16 +98,7 @@ impl TestServer {
 }
 
 pub fn data() -> Bytes {
-    let mut x: u32 = 0x1234_5678;
-    (0..SIZE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 24) as u8
-        })
-        .collect::<Vec<u8>>()
-        .into()
+    random_bytes(1, SIZE).into()
 }
 
 fn new_state(mode: Mode) -> Arc<State> {
@@ -179,24 +169,9 @@ fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-/// A body fed from a channel, of unknown length (so HTTP/1.1 uses chunked framing unless the
-/// handler sets Content-Length).
-struct ChanBody(mpsc::Receiver<Result<Bytes, io::Error>>);
-
-impl hyper::body::Body for ChanBody {
-    type Data = Bytes;
-    type Error = io::Error;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
-    }
-}
-
 /// A body that sends `first`, then either fails (`cut`) or goes silent for a long time.
 fn partial_body(first: Bytes, cut: bool) -> Body {
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, body) = ChannelBody::new(4);
     tokio::spawn(async move {
         let _ = tx.send(Ok(first)).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -206,15 +181,15 @@ fn partial_body(first: Bytes, cut: bool) -> Body {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
     });
-    ChanBody(rx).boxed()
+    body.boxed()
 }
 
 fn unknown_length(bytes: Bytes) -> Body {
-    let (tx, rx) = mpsc::channel(1);
+    let (tx, body) = ChannelBody::new(1);
     tokio::spawn(async move {
         let _ = tx.send(Ok(bytes)).await;
     });
-    ChanBody(rx).boxed()
+    body.boxed()
 }
 
 fn redirect(status: u16, location: &str) -> Response<Body> {
