@@ -42,7 +42,9 @@ use std::time::{Duration, Instant, SystemTime};
 use bits_client::{Client, JobInfo};
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::faults::{Fault, FaultFile, FaultServer, HTML_PAGE, Logged, gzip_stored};
+use bits_testkit::faults::{
+    Fault, FaultFile, FaultServer, HTML_PAGE, Logged, fault_log, gzip_stored,
+};
 use bits_tests::daemon::TestDaemon;
 use bits_tests::wait::wait_for;
 use http::Method;
@@ -121,7 +123,7 @@ impl Case {
 
     /// The server's request log, one line per request, for failure messages.
     fn requests(&self) -> String {
-        show(&self.server.log())
+        fault_log(&self.server.log())
     }
 
     async fn info(&self) -> JobInfo {
@@ -230,28 +232,6 @@ impl Case {
             .find(|r| r.seq > failed.seq && r.method == Method::GET)
             .unwrap_or_else(|| panic!("no GET after #{}:\n{}", failed.seq, self.requests()))
     }
-}
-
-fn show(log: &[Logged]) -> String {
-    let t0 = log.first().map(|r| r.at);
-    log.iter()
-        .map(|r| {
-            format!(
-                "#{} +{:?} {} {} range={:?} if-range={:?} auth={:?} cookie={:?} -> {} sent={} fault={:?}\n",
-                r.seq,
-                t0.map(|t| r.at.duration_since(t)).unwrap_or_default(),
-                r.method,
-                r.path,
-                r.range,
-                r.if_range,
-                r.authorization,
-                r.cookie,
-                r.status,
-                r.sent,
-                r.fault
-            )
-        })
-        .collect()
 }
 
 /// A new version of the file: other bytes, other ETag and Last-Modified.
@@ -527,7 +507,7 @@ async fn fault_redirect_to_another_origin_drops_credentials() {
     c.completes().await;
     let first = c.server.log();
     let second = other.log();
-    let both = format!("origin 1:\n{}origin 2:\n{}", show(&first), show(&second));
+    let both = format!("origin 1:\n{}origin 2:\n{}", fault_log(&first), fault_log(&second));
     assert!(!first.is_empty() && !second.is_empty(), "{both}");
     assert!(
         first.iter().all(|r| r.authorization.as_deref() == Some("Basic eDp5")

@@ -184,27 +184,7 @@ where
     .await
 }
 
-/// A fault server's request log, one line per request (for failure messages).
-pub fn fault_log(log: &[bits_testkit::faults::Logged]) -> String {
-    let t0 = log.first().map(|r| r.at);
-    log.iter()
-        .map(|r| {
-            format!(
-                "#{} +{:?} {} {} range={:?} auth={:?} cookie={:?} -> {} sent={} fault={:?}\n",
-                r.seq,
-                t0.map(|t| r.at.duration_since(t)).unwrap_or_default(),
-                r.method,
-                r.path,
-                r.range,
-                r.authorization,
-                r.cookie,
-                r.status,
-                r.sent,
-                r.fault
-            )
-        })
-        .collect()
-}
+pub use bits_testkit::faults::fault_log;
 
 /// The remote spans `[start, end)` that GETs for `/NAME` actually delivered, in arrival order.
 pub fn served_spans(log: &[LoggedRequest], name: &str) -> Vec<(u64, u64)> {

@@ -323,30 +323,23 @@ impl AsyncWrite for FaultIo {
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    // Connection tasks live in the set, so aborting this task aborts them all.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+    crate::accept::accept_each(listener, move |stream| {
+        let state = state.clone();
+        async move {
+            let ctl = Arc::new(ConnCtl::default());
+            let io = FaultIo { stream, ctl: ctl.clone() };
+            let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                connections.spawn(async move {
-                    let ctl = Arc::new(ConnCtl::default());
-                    let io = FaultIo { stream, ctl: ctl.clone() };
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        let ctl = ctl.clone();
-                        async move { Ok::<_, Infallible>(respond(&state, &ctl, req).await) }
-                    });
-                    // Errors here are the faults themselves, or clients going away.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(io), service)
-                        .await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                let ctl = ctl.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &ctl, req).await) }
+            });
+            // Errors here are the faults themselves, or clients going away.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), service)
+                .await;
         }
-    }
+    })
+    .await
 }
 
 /// How a body ends once its bytes (up to the limit) are out.
@@ -740,4 +733,27 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// A fault server's request log, one line per request, for failure messages.
+pub fn fault_log(log: &[Logged]) -> String {
+    let t0 = log.first().map(|r| r.at);
+    log.iter()
+        .map(|r| {
+            format!(
+                "#{} +{:?} {} {} range={:?} if-range={:?} auth={:?} cookie={:?} -> {} sent={} fault={:?}\n",
+                r.seq,
+                t0.map(|t| r.at.duration_since(t)).unwrap_or_default(),
+                r.method,
+                r.path,
+                r.range,
+                r.if_range,
+                r.authorization,
+                r.cookie,
+                r.status,
+                r.sent,
+                r.fault
+            )
+        })
+        .collect()
 }

@@ -7,6 +7,7 @@
 // what unwrap/expect do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod accept;
 pub mod body;
 pub mod data;
 pub mod faults;

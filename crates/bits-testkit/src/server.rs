@@ -232,27 +232,20 @@ impl Drop for TestServer {
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    // Connection tasks live in the set, so aborting this task aborts them all.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+    crate::accept::accept_each(listener, move |stream| {
+        let state = state.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(respond(&state, req).await) }
-                    });
-                    // Errors here are clients going away mid-body, which tests do on purpose.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                async move { Ok::<_, Infallible>(respond(&state, req).await) }
+            });
+            // Errors here are clients going away mid-body, which tests do on purpose.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         }
-    }
+    })
+    .await
 }
 
 async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<ServedBody> {
