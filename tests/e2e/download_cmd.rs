@@ -18,7 +18,7 @@ use bits_tests::wait::{TIMEOUT, wait_for};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
-use bits_tests::helpers::{job_id_in, parse_json};
+use bits_tests::helpers::{entries, job_id_in, parse_json};
 
 /// A bare HTTP/1.1 server that ignores `Range` (always `200` with the whole body, no
 /// `Accept-Ranges`, no validators) and keeps every request head it was sent.
@@ -88,16 +88,6 @@ impl Drop for NoRangeServer {
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Names in a directory, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// The caller's jobs that are still live (not completed or cancelled).

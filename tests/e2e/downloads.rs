@@ -9,7 +9,7 @@ use bits_testkit::data::{random_bytes, sha256_file, write_random_file};
 use bits_tests::daemon::TestDaemon;
 use bits_tests::nginx::Nginx;
 
-use bits_tests::helpers::{range, wait_state};
+use bits_tests::helpers::{entries, range, wait_state};
 
 /// 2019-05-06T07:08:09Z: the source files' mtime, hence nginx's Last-Modified.
 const SOURCE_MTIME: u64 = 1_557_126_489;
@@ -17,16 +17,6 @@ const SOURCE_MTIME: u64 = 1_557_126_489;
 fn set_mtime(path: &Path, secs: u64) {
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
     std::fs::File::options().write(true).open(path).unwrap().set_modified(time).unwrap();
-}
-
-/// Names of the entries of a directory, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Serves `data` as `/NAME` from a fresh nginx root.

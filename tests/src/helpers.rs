@@ -1,6 +1,7 @@
 //! Helpers of the e2e and conformance binaries: one name each for the waits, the error checks
 //! and the range arithmetic the tests share.
 
+use std::path::Path;
 use std::time::Duration;
 
 use bits_client::{Client, ClientError, JobInfo};
@@ -207,4 +208,14 @@ pub fn assert_no_byte_twice(log: &[LoggedRequest], name: &str) {
             pair[0].1.min(pair[1].1)
         );
     }
+}
+
+/// Names of the entries of a directory, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
