@@ -42,9 +42,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bits_client::{Client, JobInfo};
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::faults::{
-    Fault, FaultFile, FaultServer, HTML_PAGE, Logged, fault_log, gzip_stored,
-};
+use bits_testkit::faults::{Fault, FaultFile, FaultServer, HTML_PAGE, Logged, fault_log};
 use bits_tests::daemon::TestDaemon;
 use bits_tests::wait::wait_for;
 use http::Method;
@@ -648,105 +646,4 @@ async fn fault_last_modified_change_restarts() {
     c.completes_with(&new.data).await;
     let get = c.next_get(&c.faulted("ResetAfter"));
     assert_eq!(get.range_start(), Some(0), "old bytes were kept\n{}", c.requests());
-}
-
-// ---------------------------------------------------------------------------------------------
-// The fault server itself.
-
-mod server {
-    use std::io;
-    use std::net::SocketAddr;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    use super::*;
-
-    /// One raw request on a fresh connection: the head, the body, and how reading ended.
-    async fn raw(
-        addr: SocketAddr,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> (String, Vec<u8>, io::Result<()>) {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        let end = stream.read_to_end(&mut response).await.map(|_| ());
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
-        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-        (head, response[split..].to_vec(), end)
-    }
-
-    #[test]
-    fn fault_server_gzip_is_valid_framing() {
-        let gz = gzip_stored(b"123456789");
-        assert_eq!(&gz[..3], &[0x1f, 0x8b, 8]);
-        assert_eq!(gz.len(), 10 + 5 + 9 + 8);
-        // CRC-32 of "123456789" is the standard check value.
-        assert_eq!(&gz[gz.len() - 8..gz.len() - 4], &0xCBF4_3926u32.to_le_bytes());
-    }
-
-    #[tokio::test]
-    async fn fault_server_applies_faults_in_order() {
-        let server = FaultServer::start().await;
-        let data = random_bytes(7, 200_000);
-        server.add_file("f.bin", data.clone());
-        server.push_fault("f.bin", GET, Fault::ResetAfter(50_000));
-        server.push_fault("f.bin", GET, Fault::ShortBody(20_000));
-        server.push_fault("f.bin", None, Fault::Status(503));
-
-        // A HEAD skips the GET rules and takes the any-method one.
-        let (head, _, _) = raw(server.addr(), "HEAD", "/f.bin", &[]).await;
-        assert!(head.starts_with("http/1.1 503"), "{head}");
-        let (head, body, end) = raw(server.addr(), "GET", "/f.bin", &[]).await;
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        assert!(body.len() <= 50_000 && body == data[..body.len()], "{}", body.len());
-        assert_eq!(end.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset));
-        let (head, body, end) = raw(server.addr(), "GET", "/f.bin", &[]).await;
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        assert_eq!(body.len(), 20_000);
-        assert!(end.is_ok(), "a short body ends with a clean close: {end:?}");
-        let (head, body, _) =
-            raw(server.addr(), "GET", "/f.bin", &[("Range", "bytes=10-"), ("Cookie", "c=1")]).await;
-        assert!(head.starts_with("http/1.1 206"), "{head}");
-        assert_eq!(body, &data[10..]);
-
-        let log = server.log();
-        let faults: Vec<_> = log.iter().map(|r| r.fault.as_deref().unwrap_or("-")).collect();
-        assert_eq!(faults, ["Status(503)", "ResetAfter(50000)", "ShortBody(20000)", "-"]);
-        assert_eq!(log[1].sent, 50_000);
-        assert_eq!(log[2].sent, 20_000);
-        assert_eq!((log[3].range_start(), log[3].cookie.as_deref()), (Some(10), Some("c=1")));
-        assert_eq!(server.pending_faults("f.bin"), 0);
-    }
-
-    #[tokio::test]
-    async fn fault_server_broken_answers() {
-        let server = FaultServer::start().await;
-        let data = random_bytes(8, 1000);
-        server.add_file("f.bin", data.clone());
-        server.push_fault("f.bin", None, Fault::WrongContentRange);
-        server.push_fault("f.bin", None, Fault::GzipBody);
-        server.push_fault("f.bin", None, Fault::HtmlPage { chunked: false });
-        server.push_fault("f.bin", None, Fault::StatusRetryAfter(429, 3));
-        let range = [("Range", "bytes=100-")];
-        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
-        assert!(head.contains("content-range: bytes 100-998/1000"), "{head}");
-        assert_eq!(body, &data[100..999]);
-        let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
-        assert!(head.contains("content-encoding: gzip"), "{head}");
-        assert!(head.contains("transfer-encoding: chunked"), "{head}");
-        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
-        assert!(head.starts_with("http/1.1 200") && head.contains("text/html"), "{head}");
-        assert!(!head.contains("etag"), "{head}");
-        assert_eq!(body, HTML_PAGE.as_bytes());
-        let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
-        assert!(head.starts_with("http/1.1 429") && head.contains("retry-after: 3"), "{head}");
-    }
 }

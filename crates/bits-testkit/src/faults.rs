@@ -757,3 +757,89 @@ pub fn fault_log(log: &[Logged]) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::random_bytes;
+
+    const GET: Option<Method> = Some(Method::GET);
+
+    /// A raw exchange with the head lowercased, for matching header names and values.
+    async fn raw(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (String, Vec<u8>, io::Result<()>) {
+        let (head, body, end) = crate::raw::raw_exchange(addr, method, path, headers).await;
+        (head.to_ascii_lowercase(), body, end)
+    }
+
+    #[test]
+    fn fault_server_gzip_is_valid_framing() {
+        let gz = gzip_stored(b"123456789");
+        assert_eq!(&gz[..3], &[0x1f, 0x8b, 8]);
+        assert_eq!(gz.len(), 10 + 5 + 9 + 8);
+        // CRC-32 of "123456789" is the standard check value.
+        assert_eq!(&gz[gz.len() - 8..gz.len() - 4], &0xCBF4_3926u32.to_le_bytes());
+    }
+
+    #[tokio::test]
+    async fn fault_server_applies_faults_in_order() {
+        let server = FaultServer::start().await;
+        let data = random_bytes(7, 200_000);
+        server.add_file("f.bin", data.clone());
+        server.push_fault("f.bin", GET, Fault::ResetAfter(50_000));
+        server.push_fault("f.bin", GET, Fault::ShortBody(20_000));
+        server.push_fault("f.bin", None, Fault::Status(503));
+
+        // A HEAD skips the GET rules and takes the any-method one.
+        let (head, _, _) = raw(server.addr(), "HEAD", "/f.bin", &[]).await;
+        assert!(head.starts_with("http/1.1 503"), "{head}");
+        let (head, body, end) = raw(server.addr(), "GET", "/f.bin", &[]).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(body.len() <= 50_000 && body == data[..body.len()], "{}", body.len());
+        assert_eq!(end.map_err(|e| e.kind()), Err(io::ErrorKind::ConnectionReset));
+        let (head, body, end) = raw(server.addr(), "GET", "/f.bin", &[]).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body.len(), 20_000);
+        assert!(end.is_ok(), "a short body ends with a clean close: {end:?}");
+        let (head, body, _) =
+            raw(server.addr(), "GET", "/f.bin", &[("Range", "bytes=10-"), ("Cookie", "c=1")]).await;
+        assert!(head.starts_with("http/1.1 206"), "{head}");
+        assert_eq!(body, &data[10..]);
+
+        let log = server.log();
+        let faults: Vec<_> = log.iter().map(|r| r.fault.as_deref().unwrap_or("-")).collect();
+        assert_eq!(faults, ["Status(503)", "ResetAfter(50000)", "ShortBody(20000)", "-"]);
+        assert_eq!(log[1].sent, 50_000);
+        assert_eq!(log[2].sent, 20_000);
+        assert_eq!((log[3].range_start(), log[3].cookie.as_deref()), (Some(10), Some("c=1")));
+        assert_eq!(server.pending_faults("f.bin"), 0);
+    }
+
+    #[tokio::test]
+    async fn fault_server_broken_answers() {
+        let server = FaultServer::start().await;
+        let data = random_bytes(8, 1000);
+        server.add_file("f.bin", data.clone());
+        server.push_fault("f.bin", None, Fault::WrongContentRange);
+        server.push_fault("f.bin", None, Fault::GzipBody);
+        server.push_fault("f.bin", None, Fault::HtmlPage { chunked: false });
+        server.push_fault("f.bin", None, Fault::StatusRetryAfter(429, 3));
+        let range = [("Range", "bytes=100-")];
+        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.contains("content-range: bytes 100-998/1000"), "{head}");
+        assert_eq!(body, &data[100..999]);
+        let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.starts_with("http/1.1 200") && head.contains("text/html"), "{head}");
+        assert!(!head.contains("etag"), "{head}");
+        assert_eq!(body, HTML_PAGE.as_bytes());
+        let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
+        assert!(head.starts_with("http/1.1 429") && head.contains("retry-after: 3"), "{head}");
+    }
+}
