@@ -8,12 +8,20 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bits_core::{Code, ErrorContext, Span};
-use bits_http::{FetchError, FetchErrorKind, RemoteInfo};
-use common::{LAST_MODIFIED, Mode, SIZE, client, client_with, read_all, start};
+use bits_http::{FetchError, FetchErrorKind, HttpClient, RemoteInfo};
+use common::{LAST_MODIFIED, Mode, SIZE, TestServer, client, client_with, read_all, start};
 use http::{Method, header};
 
 fn assert_err(err: &FetchError, kind: FetchErrorKind, code: Code, transient: bool) {
     assert_eq!((err.kind, err.code, err.transient), (kind, code, transient), "{err}");
+}
+
+/// A server in `mode`, the test client, and what it learned probing `/file`.
+async fn probed(mode: Mode) -> (TestServer, HttpClient, RemoteInfo) {
+    let server = start(mode).await;
+    let http = client();
+    let info = http.probe(&server.url("/file")).await.unwrap();
+    (server, http, info)
 }
 
 async fn probe_ok(url: &str) -> RemoteInfo {
@@ -38,9 +46,7 @@ async fn probe_learns_size_and_validators() {
 
 #[tokio::test]
 async fn whole_file_via_206() {
-    let server = start(Mode::Normal).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::Normal).await;
     let mut body = http.get_range(&info, Span::new(0, info.size)).await.unwrap();
     assert_eq!(body.span(), Span::new(0, SIZE as u64));
     assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
@@ -98,9 +104,7 @@ async fn fetch_whole_checks_the_206_like_any_range() {
 
 #[tokio::test]
 async fn middle_span_via_206_streams_in_chunks() {
-    let server = start(Mode::Normal).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::Normal).await;
     let span = Span::new(1234, 56789);
     let mut body = http.get_range(&info, span).await.unwrap();
     let got = read_all(&mut body).await.unwrap();
@@ -114,9 +118,7 @@ async fn middle_span_via_206_streams_in_chunks() {
 
 #[tokio::test]
 async fn connections_are_reused_across_clones() {
-    let server = start(Mode::Normal).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::Normal).await;
     for i in 0..3u64 {
         let clone = http.clone();
         let mut body = clone.get_range(&info, Span::new(i * 100, i * 100 + 50)).await.unwrap();
@@ -127,18 +129,14 @@ async fn connections_are_reused_across_clones() {
 
 #[tokio::test]
 async fn whole_file_via_200_when_range_is_ignored() {
-    let server = start(Mode::IgnoreRange).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::IgnoreRange).await;
     let mut body = http.get_range(&info, Span::new(0, info.size)).await.unwrap();
     assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
 }
 
 #[tokio::test]
 async fn partial_span_with_range_ignored_is_insufficient_range_support() {
-    let server = start(Mode::IgnoreRange).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (_server, http, info) = probed(Mode::IgnoreRange).await;
     let err = http.get_range(&info, Span::new(10, 20)).await.unwrap_err();
     assert_err(
         &err,
@@ -151,9 +149,7 @@ async fn partial_span_with_range_ignored_is_insufficient_range_support() {
 
 #[tokio::test]
 async fn wrong_content_range_is_invalid_response() {
-    let server = start(Mode::WrongContentRange).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (_server, http, info) = probed(Mode::WrongContentRange).await;
     let err = http.get_range(&info, Span::new(10, 20)).await.unwrap_err();
     assert_err(
         &err,
@@ -165,9 +161,7 @@ async fn wrong_content_range_is_invalid_response() {
 
 #[tokio::test]
 async fn short_body_then_close_is_a_connection_error() {
-    let server = start(Mode::ShortBody).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::ShortBody).await;
     let mut body = http.get_range(&info, Span::new(0, 1000)).await.unwrap();
     let mut got = Vec::new();
     let err = loop {
@@ -214,9 +208,7 @@ async fn stalled_headers_time_out() {
 
 #[tokio::test]
 async fn http_statuses_are_classified() {
-    let server = start(Mode::Normal).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::Normal).await;
     let span = Span::new(0, 10);
     for (code, transient) in
         [(404, false), (403, false), (500, true), (501, false), (429, true), (408, true)]
@@ -241,9 +233,7 @@ async fn http_statuses_are_classified() {
 
 #[tokio::test]
 async fn range_past_the_end_is_invalid_range() {
-    let server = start(Mode::Normal).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::Normal).await;
     // The file shrank behind our back: the server answers 416.
     let stale = RemoteInfo { size: 2 * SIZE as u64, validator: Default::default(), ..info.clone() };
     let err =
@@ -326,9 +316,7 @@ async fn bad_redirects_fail() {
 
 #[tokio::test]
 async fn changed_etag_restarts_the_file() {
-    let server = start(Mode::Normal).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (server, http, info) = probed(Mode::Normal).await;
     server.state.set_etag("\"v2\"");
     for span in [Span::new(10, 20), Span::new(0, SIZE as u64)] {
         let err = http.get_range(&info, span).await.unwrap_err();
@@ -345,9 +333,7 @@ async fn changed_etag_restarts_the_file() {
 
 #[tokio::test]
 async fn compressed_bodies_are_refused() {
-    let server = start(Mode::Gzip).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (_server, http, info) = probed(Mode::Gzip).await;
     let err = http.get_range(&info, Span::new(0, 100)).await.unwrap_err();
     assert_err(
         &err,
@@ -359,9 +345,7 @@ async fn compressed_bodies_are_refused() {
 
 #[tokio::test]
 async fn body_longer_than_the_span_is_invalid() {
-    let server = start(Mode::LongBody).await;
-    let http = client();
-    let info = http.probe(&server.url("/file")).await.unwrap();
+    let (_server, http, info) = probed(Mode::LongBody).await;
     let mut body = http.get_range(&info, Span::new(0, 100)).await.unwrap();
     let err = read_all(&mut body).await.unwrap_err();
     assert_err(
