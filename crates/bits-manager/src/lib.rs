@@ -15,6 +15,7 @@ mod flusher;
 mod manager;
 mod notify_cmd;
 mod ownership;
+mod policy;
 mod reconcile;
 mod requested;
 mod scheduler;

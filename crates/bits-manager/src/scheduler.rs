@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{Manager, Run, set_state};
+use crate::policy::Verdict;
 
 pub(crate) async fn run(manager: Manager) {
     loop {
@@ -55,12 +56,13 @@ fn schedule_once(manager: &Manager) -> Pass {
         if entry.job.state != JobState::TransientError || entry.run.is_some() {
             continue;
         }
-        match entry.retry_at {
-            Some(at) if at <= now => {
-                // No progress for the whole no-progress timeout while waiting: give up (spec A8).
-                let timeout = Duration::from_secs(u64::from(entry.job.no_progress_timeout_secs));
-                let expired =
-                    entry.stalled_since.is_some_and(|since| now.duration_since(since) >= timeout);
+        let timing = crate::policy::Timing::of(&entry.job);
+        let verdict = crate::policy::waiting(timing, entry.retry_at, entry.stalled_since, now);
+        match verdict {
+            Some(Verdict::Wait(at)) => next_retry = Some(next_retry.map_or(at, |n| n.min(at))),
+            // No progress for the whole no-progress timeout while waiting: give up (spec A8).
+            Some(verdict) => {
+                let expired = verdict == Verdict::Fail;
                 let event = if expired { Event::FatalFailure } else { Event::RetryDue };
                 if let Ok(next) = transition(entry.job.state, event) {
                     if expired {
@@ -75,7 +77,6 @@ fn schedule_once(manager: &Manager) -> Pass {
                     }
                 }
             }
-            Some(at) => next_retry = Some(next_retry.map_or(at, |n| n.min(at))),
             None => {}
         }
     }

@@ -211,8 +211,7 @@ async fn verify_digests(
 }
 
 /// Applies a failed attempt: TRANSIENT_ERROR with a retry time, or ERROR when the failure is
-/// fatal or retrying cannot help (spec §5.3: no-progress timeout 0, retry delay longer than the
-/// timeout, or no progress since the first transient error for longer than the timeout).
+/// fatal or retrying cannot help ([`crate::policy::after_failure`]).
 fn fail(
     manager: &Manager,
     entry: &mut Entry,
@@ -221,14 +220,14 @@ fn fail(
     retry_after: Option<Duration>,
 ) {
     let now = Instant::now();
-    let job = &entry.job;
-    // The 5 s floor applies where a job's delay is set; the operator's default may be lower.
-    let delay = Duration::from_secs(u64::from(job.minimum_retry_delay_secs.max(1)));
-    // Never sooner than the server asked (429/503 Retry-After).
-    let delay = retry_after.map_or(delay, |asked| asked.max(delay));
-    let timeout = Duration::from_secs(u64::from(job.no_progress_timeout_secs));
-    let stalled_for = entry.stalled_since.map_or(Duration::ZERO, |since| now.duration_since(since));
-    let fatal = !transient || timeout.is_zero() || delay > timeout || stalled_for >= timeout;
+    let timing = crate::policy::Timing::of(&entry.job);
+    let verdict =
+        crate::policy::after_failure(timing, entry.stalled_since, transient, retry_after, now);
+    let retry_at = match verdict {
+        crate::policy::Verdict::Wait(at) => Some(at),
+        _ => None,
+    };
+    let fatal = retry_at.is_none();
     let event = if fatal { Event::FatalFailure } else { Event::TransientFailure };
     let Ok(next) = transition(entry.job.state, event) else { return };
     tracing::warn!(job = %entry.job.id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
@@ -242,7 +241,7 @@ fn fail(
         entry.retry_at = None;
         entry.stalled_since = None;
     } else {
-        entry.retry_at = Some(now + delay);
+        entry.retry_at = retry_at;
         entry.stalled_since.get_or_insert(now);
     }
 }
