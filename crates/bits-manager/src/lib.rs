@@ -32,3 +32,6 @@ pub use files::NewFile;
 pub use manager::{Caller, Manager, ManagerConfig, ManagerError, Summary};
 pub use setters::PropertyValue;
 pub use stats::FLUSH_BUCKETS_MICROS;
+/// Public only so that its doc test can show, from outside the crate, that it cannot be forged.
+#[doc(hidden)]
+pub use writer::Synced;

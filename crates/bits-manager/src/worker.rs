@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::run_as;
 use crate::manager::{Entry, Manager, disk_error, remote_mtime, run_blocking, set_state};
-use crate::writer::Pipeline;
+use crate::writer::{Pipeline, Synced, Unsynced};
 
 /// How often one file may be found changed on the server before it counts as a transient error.
 const MAX_RESTARTS: u32 = 3;
@@ -607,7 +607,7 @@ async fn stream_file(
         let mut pending = Unsynced::new();
         loop {
             let batch = if multi_range {
-                small_pieces(manager, id, index, &layout, &pending.spans)?
+                small_pieces(manager, id, index, &layout, pending.spans())?
             } else {
                 Vec::new()
             };
@@ -628,7 +628,7 @@ async fn stream_file(
                 if fetched.is_err() {
                     // What arrived before a stop or a failure is valid data of the probed
                     // version: keep it.
-                    pending.sync_and_record(manager, id, index, &part, &layout).await?;
+                    sync_and_record(manager, id, index, &mut pending, &part, &layout).await?;
                 }
                 match fetched {
                     Err(Halt::Failed { error, .. })
@@ -642,7 +642,7 @@ async fn stream_file(
                 continue;
             }
             // Single pieces are picked from the recorded set: record what is pending first.
-            pending.sync_and_record(manager, id, index, &part, &layout).await?;
+            sync_and_record(manager, id, index, &mut pending, &part, &layout).await?;
             let Some(piece) = next_piece(manager, id, index, &layout)? else { return Ok(()) };
             // The opened GET serves the first piece when it is what is missing (the whole file,
             // unless a RequestFileRanges came in meanwhile; then the GET is dropped).
@@ -743,26 +743,13 @@ async fn small_file(
     let manager = manager.clone();
     let tail = async move {
         let written = run_as(owner.clone(), move || {
-            // Written whole from its first byte: always a new file (an earlier attempt's is
-            // replaced, see `PartFile::create`).
-            let write = || {
-                let part = PartFile::create(&temp, dir_ino, mode, owner.uid)?;
-                part.write_at(0, &data)?;
-                match mtime {
-                    Some(mtime) => part.sync_with_times(mtime)?,
-                    None => part.sync()?,
-                }
-                // Truncated between the write and the sync: its bytes are not all on disk.
-                part.check_len(size)?;
-                Ok(part.id())
-            };
-            Ok(write())
+            Ok(crate::writer::write_new(&temp, dir_ino, mode, owner.uid, &data, mtime))
         })
         .await;
         let failed = match written {
-            Ok(Ok(made)) => {
+            Ok(Ok((made, synced))) => {
                 note_temp(&manager, id, index, made)?;
-                return record_filled(&manager, id, index, Span::new(0, size)).await;
+                return record_filled(&manager, id, index, synced).await;
             }
             Ok(Err(e)) => disk_halt(e, index),
             Err(e) => local_halt(e, index),
@@ -804,54 +791,20 @@ fn small_pieces(
         .collect())
 }
 
-/// Bytes received for a file and not yet synced (so not yet recorded), with when the last sync
-/// was: the multi-range path's write window, carried across requests.
-struct Unsynced {
-    batch: Vec<(u64, bytes::Bytes)>,
-    spans: RangeSet,
-    bytes: u64,
-    since: Instant,
-}
-
-impl Unsynced {
-    fn new() -> Unsynced {
-        Unsynced { batch: Vec::new(), spans: RangeSet::new(), bytes: 0, since: Instant::now() }
-    }
-
-    fn push(&mut self, offset: u64, bytes: bytes::Bytes) {
-        let n = bytes.len() as u64;
-        self.spans.insert(offset, offset + n);
-        self.bytes += n;
-        self.batch.push((offset, bytes));
-    }
-
-    /// Writes, syncs and records everything pending (the durability rule: recorded only after
-    /// the sync), and starts a new window.
-    async fn sync_and_record(
-        &mut self,
-        manager: &Manager,
-        id: JobId,
-        index: u32,
-        part: &Arc<PartFile>,
-        layout: &Arc<Layout>,
-    ) -> Result<(), Halt> {
-        if !self.batch.is_empty() {
-            let (writes, part, layout) =
-                (std::mem::take(&mut self.batch), part.clone(), layout.clone());
-            run_blocking(move || {
-                Ok(crate::writer::write_batch(&part, &layout, &writes)
-                    .and_then(|()| part.sync())
-                    .and_then(|()| part.check_len(layout.local_len())))
-            })
-            .await
-            .map_err(|e| local_halt(e, index))?
-            .map_err(|e| disk_halt(e, index))?;
-            let done = std::mem::take(&mut self.spans);
-            record_filled_spans(manager, id, index, &done).await?;
-        }
-        self.bytes = 0;
-        self.since = Instant::now();
-        Ok(())
+/// Writes, syncs and records everything `pending` holds (the durability rule: recorded only
+/// after the sync), and starts a new window.
+async fn sync_and_record(
+    manager: &Manager,
+    id: JobId,
+    index: u32,
+    pending: &mut Unsynced,
+    part: &Arc<PartFile>,
+    layout: &Arc<Layout>,
+) -> Result<(), Halt> {
+    match pending.sync(part, layout).await {
+        Ok(Some(synced)) => record_filled(manager, id, index, synced).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(disk_halt(e, index)),
     }
 }
 
@@ -884,10 +837,8 @@ async fn fetch_pieces(
         match chunk {
             Ok(Some((offset, bytes))) => {
                 pending.push(offset, bytes);
-                if pending.bytes >= config.sync_bytes
-                    || pending.since.elapsed() >= config.sync_interval
-                {
-                    pending.sync_and_record(manager, id, index, part, layout).await?;
+                if pending.full(config.sync_bytes, config.sync_interval) {
+                    sync_and_record(manager, id, index, pending, part, layout).await?;
                 }
             }
             Ok(None) => return Ok(()),
@@ -1080,7 +1031,7 @@ async fn fetch_piece(
             _ = repick.notified() => break Ok(PieceEnd::Repick),
             // Record a span as soon as its sync is done, so a crash loses at most one window.
             synced = pipe.sync_done(), if pipe.syncing() => match synced {
-                Ok(span) => if let Err(h) = record_filled(manager, id, index, span).await { break Err(h) },
+                Ok(synced) => if let Err(h) = record_filled(manager, id, index, synced).await { break Err(h) },
                 Err(e) => break Err(disk_halt(e, index)),
             },
             _ = tokio::time::sleep_until(deadline), if due => {
@@ -1112,7 +1063,7 @@ async fn fetch_piece(
     // Drain: a final checkpoint, then wait for that sync and record it.
     checkpoint(manager, id, index, &mut pipe, pos).await?;
     match pipe.wait_sync().await {
-        Ok(Some(span)) => record_filled(manager, id, index, span).await?,
+        Ok(Some(synced)) => record_filled(manager, id, index, synced).await?,
         Ok(None) => {}
         Err(e) => return Err(disk_halt(e, index)),
     }
@@ -1128,26 +1079,23 @@ async fn checkpoint(
     upto: u64,
 ) -> Result<(), Halt> {
     match pipe.checkpoint(upto).await {
-        Ok(Some(span)) => record_filled(manager, id, index, span).await,
+        Ok(Some(synced)) => record_filled(manager, id, index, synced).await,
         Ok(None) => Ok(()),
         Err(e) => Err(disk_halt(e, index)),
     }
 }
 
-/// The span is synced: it joins the filled set, in memory and in the store (flushed). The store
-/// write happens under the table lock so that store writes land in the same order as the
-/// in-memory changes (a concurrent RequestFileRanges is never overwritten by an older copy).
-async fn record_filled(manager: &Manager, id: JobId, index: u32, span: Span) -> Result<(), Halt> {
-    record_filled_spans(manager, id, index, &RangeSet::from_span(span.start, span.end)).await
-}
-
-/// [`record_filled`] for several synced spans at once, with one store flush.
-async fn record_filled_spans(
+/// The spans are synced (the [`Synced`] proves it): they join the filled set, in memory and in
+/// the store (flushed). The store write happens under the table lock so that store writes land in
+/// the same order as the in-memory changes (a concurrent RequestFileRanges is never overwritten by
+/// an older copy).
+async fn record_filled(
     manager: &Manager,
     id: JobId,
     index: u32,
-    spans: &RangeSet,
+    synced: Synced,
 ) -> Result<(), Halt> {
+    let spans = synced.spans();
     if spans.is_empty() {
         return Ok(());
     }

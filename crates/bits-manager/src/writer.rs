@@ -1,5 +1,12 @@
-//! The write path of one ranged GET: received chunks are written at their local offsets on the
-//! blocking pool, synced, and only then recorded as filled — the durability rule in one place.
+//! Every write → sync path of a transfer, and the proof it hands back: a [`Synced`] set of spans,
+//! which only this file can make (after a sync that returned), and which is the only thing the
+//! worker's `record_filled` accepts. So "a range is recorded as filled only after its bytes were
+//! synced" is checked by the compiler. Three paths lead here: the [`Pipeline`] of one ranged
+//! GET, the multi-range path's [`Unsynced`] window, and a small file written whole
+//! ([`write_new`]).
+//!
+//! The pipeline: received chunks are written at their local offsets on the blocking pool, synced,
+//! and only then handed back as synced.
 //!
 //! Writes are batched (about 1 MiB per blocking call) and run while the next chunks arrive; a sync
 //! runs while the network keeps flowing, and its range is recorded when it returns. At most one
@@ -15,12 +22,38 @@
 //! the kernel already dropped pages whose writeback failed), so the only safe answer is to stop
 //! and let the next attempt start from the last recorded checkpoint.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
-use bits_core::{Layout, Span};
+use bits_core::{Layout, RangeSet, Span, TempId};
 use bits_disk::{DiskError, PartFile};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
+
+/// Remote spans of one file whose bytes were written and synced, and whose temp file still had
+/// its full length after the sync: proof that recording them as filled is safe. Its field is
+/// private and it has no public constructor, so nothing outside this file can make one:
+///
+/// ```compile_fail,E0451
+/// let forged = bits_manager::Synced { spans: bits_core::RangeSet::from_span(0, 10) };
+/// ```
+#[must_use = "synced spans are recorded as filled, or the progress is lost"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Synced {
+    spans: RangeSet,
+}
+
+impl Synced {
+    fn span(span: Span) -> Synced {
+        Synced { spans: RangeSet::from_span(span.start, span.end) }
+    }
+
+    /// The remote spans made durable.
+    pub(crate) fn spans(&self) -> &RangeSet {
+        &self.spans
+    }
+}
 
 /// Bytes gathered before one positional write is issued, for a file with one connection; with
 /// several, each gathers a share (down to [`MIN_WRITE_BATCH`]) so memory stays bounded.
@@ -126,7 +159,7 @@ impl Pipeline {
 
     /// Starts making everything up to remote offset `upto` durable. Returns the span of an earlier
     /// sync that has now completed, which the caller records as filled.
-    pub(crate) async fn checkpoint(&mut self, upto: u64) -> Result<Option<Span>, DiskError> {
+    pub(crate) async fn checkpoint(&mut self, upto: u64) -> Result<Option<Synced>, DiskError> {
         self.check()?;
         self.wait_write().await?;
         let done = self.wait_sync().await?;
@@ -160,25 +193,106 @@ impl Pipeline {
     /// Completes when the sync in flight does, with its now durable span. Cancel-safe: if the
     /// future is dropped first, the sync stays in flight and is reported later. Never completes
     /// when no sync is in flight.
-    pub(crate) async fn sync_done(&mut self) -> Result<Span, DiskError> {
+    pub(crate) async fn sync_done(&mut self) -> Result<Synced, DiskError> {
         let Some((task, span)) = self.sync.as_mut() else { return std::future::pending().await };
         let synced = task.await.unwrap_or_else(|e| Err(join_error(e)));
         let span = *span;
         self.sync = None;
-        self.poison_on(synced).map(|()| span)
+        self.poison_on(synced).map(|()| Synced::span(span))
     }
 
     /// Waits for the sync in flight; returns its span once durable.
-    pub(crate) async fn wait_sync(&mut self) -> Result<Option<Span>, DiskError> {
+    pub(crate) async fn wait_sync(&mut self) -> Result<Option<Synced>, DiskError> {
         self.check()?;
         match self.sync.take() {
             Some((task, span)) => {
                 let synced = task.await.unwrap_or_else(|e| Err(join_error(e)));
-                self.poison_on(synced).map(|()| Some(span))
+                self.poison_on(synced).map(|()| Some(Synced::span(span)))
             }
             None => Ok(None),
         }
     }
+}
+
+/// Bytes received for a file and not yet synced (so not yet recorded), with when the last sync
+/// was: the multi-range path's write window, carried across requests.
+pub(crate) struct Unsynced {
+    batch: Vec<(u64, Bytes)>,
+    spans: RangeSet,
+    bytes: u64,
+    since: Instant,
+}
+
+impl Unsynced {
+    pub(crate) fn new() -> Unsynced {
+        Unsynced { batch: Vec::new(), spans: RangeSet::new(), bytes: 0, since: Instant::now() }
+    }
+
+    pub(crate) fn push(&mut self, offset: u64, bytes: Bytes) {
+        let n = bytes.len() as u64;
+        self.spans.insert(offset, offset + n);
+        self.bytes += n;
+        self.batch.push((offset, bytes));
+    }
+
+    /// The remote spans received and not yet synced.
+    pub(crate) fn spans(&self) -> &RangeSet {
+        &self.spans
+    }
+
+    /// Whether the window is full: `bytes` received, or `interval` passed since the last sync.
+    pub(crate) fn full(&self, bytes: u64, interval: std::time::Duration) -> bool {
+        self.bytes >= bytes || self.since.elapsed() >= interval
+    }
+
+    /// Writes and syncs everything pending on the blocking pool, starts a new window, and
+    /// returns what it made durable (`None` when nothing was pending).
+    pub(crate) async fn sync(
+        &mut self,
+        part: &Arc<PartFile>,
+        layout: &Arc<Layout>,
+    ) -> Result<Option<Synced>, DiskError> {
+        let mut done = None;
+        if !self.batch.is_empty() {
+            let (writes, part, layout) =
+                (std::mem::take(&mut self.batch), part.clone(), layout.clone());
+            tokio::task::spawn_blocking(move || {
+                write_batch(&part, &layout, &writes)
+                    .and_then(|()| part.sync())
+                    .and_then(|()| part.check_len(layout.local_len()))
+            })
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)))?;
+            done = Some(Synced { spans: std::mem::take(&mut self.spans) });
+        }
+        self.bytes = 0;
+        self.since = Instant::now();
+        Ok(done)
+    }
+}
+
+/// A small file written whole, as one blocking call (run it as the job's owner): a new temp file
+/// at `path` (an earlier attempt's is replaced, see `PartFile::create`) holding `data` from byte
+/// 0, synced — with the times Complete gives the file when `mtime` is known (see
+/// `sync_with_times`) — and checked to still hold all of it after the sync.
+pub(crate) fn write_new(
+    path: &Path,
+    dir_ino: Option<u64>,
+    mode: u32,
+    owner: u32,
+    data: &[u8],
+    mtime: Option<SystemTime>,
+) -> Result<(TempId, Synced), DiskError> {
+    let part = PartFile::create(path, dir_ino, mode, owner)?;
+    part.write_at(0, data)?;
+    match mtime {
+        Some(mtime) => part.sync_with_times(mtime)?,
+        None => part.sync()?,
+    }
+    // Truncated between the write and the sync: its bytes are not all on disk.
+    let size = data.len() as u64;
+    part.check_len(size)?;
+    Ok((part.id(), Synced::span(Span::new(0, size))))
 }
 
 /// Writes each chunk at its local offset, splitting where consecutive remote bytes belong to
@@ -186,11 +300,7 @@ impl Pipeline {
 ///
 /// The file's length is checked first as well as after: our own writes past a cut would extend
 /// a truncated file to its full length again and hide the cut from the check after them.
-pub(crate) fn write_batch(
-    part: &PartFile,
-    layout: &Layout,
-    batch: &[(u64, Bytes)],
-) -> Result<(), DiskError> {
+fn write_batch(part: &PartFile, layout: &Layout, batch: &[(u64, Bytes)]) -> Result<(), DiskError> {
     if !batch.is_empty() {
         part.check_len(layout.local_len())?;
     }
@@ -230,6 +340,15 @@ fn join_error(e: tokio::task::JoinError) -> DiskError {
 mod tests {
     use super::*;
 
+    /// The one span a pipeline hands back as synced.
+    fn span(synced: Option<Synced>) -> Option<Span> {
+        synced.map(|s| {
+            let spans: Vec<Span> = s.spans().iter().collect();
+            assert_eq!(spans.len(), 1, "{spans:?}");
+            spans[0]
+        })
+    }
+
     fn pipeline(dir: &std::path::Path, layout: Layout) -> (Pipeline, Arc<PartFile>) {
         let part = Arc::new(
             PartFile::create(&dir.join("f.part"), None, 0o644, rustix::process::geteuid().as_raw())
@@ -244,10 +363,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut pipe, _) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
         pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
-        assert_eq!(pipe.checkpoint(40).await.unwrap(), None, "the first sync is only started");
+        assert_eq!(
+            span(pipe.checkpoint(40).await.unwrap()),
+            None,
+            "the first sync is only started"
+        );
         pipe.push(40, Bytes::from(vec![2u8; 60])).await.unwrap();
-        assert_eq!(pipe.checkpoint(100).await.unwrap(), Some(Span::new(0, 40)));
-        assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(40, 100)));
+        assert_eq!(span(pipe.checkpoint(100).await.unwrap()), Some(Span::new(0, 40)));
+        assert_eq!(span(pipe.wait_sync().await.unwrap()), Some(Span::new(40, 100)));
         let data = std::fs::read(dir.path().join("f.part")).unwrap();
         assert_eq!(&data[..40], &[1u8; 40][..]);
         assert_eq!(&data[40..], &[2u8; 60][..]);
@@ -271,11 +394,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut pipe, _) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
         pipe.push(0, Bytes::from(vec![1u8; 10])).await.unwrap();
-        assert_eq!(pipe.checkpoint(10).await.unwrap(), None);
+        assert_eq!(span(pipe.checkpoint(10).await.unwrap()), None);
         // Remote offset 500 is outside the layout: the write of this batch fails. The earlier
         // sync finished before that write started, so its span is durable and reported.
         pipe.push(500, Bytes::from(vec![2u8; 10])).await.unwrap();
-        assert_eq!(pipe.checkpoint(20).await.unwrap(), Some(Span::new(0, 10)));
+        assert_eq!(span(pipe.checkpoint(20).await.unwrap()), Some(Span::new(0, 10)));
         // The failed batch's span never is, and nothing is accepted after it.
         assert!(pipe.wait_sync().await.is_err());
         assert!(pipe.is_poisoned());
@@ -292,8 +415,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (mut pipe, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
             pipe.push(0, Bytes::from(vec![1u8; 40])).await.unwrap();
-            assert_eq!(pipe.checkpoint(40).await.unwrap(), None);
-            assert_eq!(pipe.wait_sync().await.unwrap(), Some(Span::new(0, 40)));
+            assert_eq!(span(pipe.checkpoint(40).await.unwrap()), None);
+            assert_eq!(span(pipe.wait_sync().await.unwrap()), Some(Span::new(0, 40)));
             let cut = std::fs::OpenOptions::new().write(true).open(part.path()).unwrap();
             cut.set_len(10).unwrap();
             pipe.push(40, Bytes::from(vec![2u8; written])).await.unwrap();
