@@ -257,11 +257,11 @@ impl FileTransfer {
     pub(super) async fn exchange<T>(
         &self,
         stop: &CancellationToken,
-        exchange: impl Future<Output = Result<T, FetchError>>,
+        call: impl Future<Output = Result<T, FetchError>>,
     ) -> Result<T, Halt> {
         tokio::select! {
             _ = stop.cancelled() => Err(Halt::Stopped),
-            got = exchange => got.map_err(|e| self.redirect_aware_halt(e)),
+            got = call => got.map_err(|e| self.redirect_aware_halt(e)),
         }
     }
 
