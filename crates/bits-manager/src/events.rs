@@ -24,13 +24,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bits_core::job::notify;
 use bits_core::{
     BitsError, Code, ErrorContext, Job, JobError, JobId, JobState, Progress, RangeSet, Span,
 };
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{Caller, Entry, Manager, lookup};

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bits_core::job::{DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS};
 use bits_core::{
@@ -20,6 +20,8 @@ use bits_core::{
 };
 use bits_store::Store;
 use tokio::sync::Notify;
+// tokio's clock, so `tokio::time::pause` drives retry, stall and deadline times in tests.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use bits_disk::Identity;

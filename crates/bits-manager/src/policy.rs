@@ -2,7 +2,10 @@
 //! worker (after a failed attempt) and the scheduler (when a retry falls due) decide the
 //! no-progress timeout the same way, and the rule is testable without a clock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so a paused test clock drives retries and stalls.
+use tokio::time::Instant;
 
 use bits_core::Job;
 

@@ -6,10 +6,11 @@
 //! retry time, so it costs nothing while the queue is idle.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bits_core::{Event, JobId, JobState, Priority, transition};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::manager::{Manager, Run, set_state};

@@ -3,7 +3,9 @@
 //! through a [`JobLedger`]. A job or file that left the table reads as [`Halt::Stopped`].
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use bits_core::job::security;
 use bits_core::{

@@ -21,7 +21,7 @@ mod transfer;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bits_core::{Code, ErrorContext, JobError, JobId};
 use tokio::sync::Notify;

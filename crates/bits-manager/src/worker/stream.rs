@@ -5,7 +5,7 @@
 //! recorded, so a stop or failure at any point leaves recorded only what is on disk.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bits_core::{Code, Layout, RangeSet, Span};
 use bits_disk::PartFile;
@@ -203,7 +203,7 @@ impl<'a> Stream<'a> {
         let mut last_checkpoint = Instant::now();
 
         let end: Result<PieceEnd, Halt> = loop {
-            let deadline = tokio::time::Instant::from_std(last_checkpoint + config.sync_interval);
+            let deadline = last_checkpoint + config.sync_interval;
             let due = pos > checkpointed;
             tokio::select! {
                 biased;
