@@ -1,0 +1,393 @@
+//! The job timers in virtual time: the retry delay, the no-progress timeout and the maximum
+//! download time, through the manager's API over an in-memory store and an in-process HTTP server
+//! (spec §5.2, §5.3, §10 cases 46–52). The runtime's clock is paused, so the spec's own values
+//! (5 s retry delay, 30 s no-progress timeout, 10 s maximum download time) cost no wall time.
+//!
+//! Paused time and real work: a paused clock that tokio advanced by itself would leap to the
+//! next timer whenever the runtime idles, also while a store flush runs on the flusher's own
+//! thread. So the clock moves only in explicit steps (`tick`), each after a moment of wall time
+//! for such work; every time measured here is good to one step. The HTTP timeouts are longer
+//! than any case, so no step reaches them.
+//! The wall-clock counterparts that prove the binary's wiring stay in tests/conformance
+//! (errors_timers.rs: the retry delay after a 503, and a trickle stopped by the maximum download
+//! time).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed call is a failed test
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bits_core::{Code, ErrorContext, JobId, JobState, JobType, Priority};
+use bits_manager::{Caller, Manager, ManagerConfig};
+use bits_store::MemStore;
+use bits_tests::data::random_bytes;
+use bits_tests::faults::{Fault, FaultServer};
+use bits_tests::server::TestServer;
+use http::Method;
+use tokio::time::Instant;
+
+const FILE: &str = "f.bin";
+const SIZE: usize = 1 << 20;
+/// Where connection faults cut a body.
+const CUT: u64 = 128 * 1024;
+/// The per-job retry delay of these cases: the spec's floor.
+const DELAY: Duration = Duration::from_secs(5);
+/// How far the clock moves at a time: the precision of every time measured here.
+const STEP: Duration = Duration::from_millis(100);
+/// Longer than any case may take in virtual time: reaching it means the job hung.
+const HANG: Duration = Duration::from_secs(600);
+const GET: Option<Method> = Some(Method::GET);
+
+/// The test's own uid, so the job's file work may write the test's temp directory.
+fn me() -> Caller {
+    Caller::user(rustix::process::geteuid().as_raw())
+}
+
+fn config() -> ManagerConfig {
+    let mut config = ManagerConfig {
+        sync_bytes: 64 * 1024,
+        sync_interval: Duration::from_millis(50),
+        ..ManagerConfig::default()
+    };
+    config.http.connect_timeout = HANG;
+    config.http.idle_timeout = HANG;
+    config
+}
+
+/// A manager with one FOREGROUND job for `url` (not resumed), its retry delay at `DELAY`.
+struct Case {
+    manager: Manager,
+    job: JobId,
+    _dir: tempfile::TempDir,
+    dest: PathBuf,
+}
+
+async fn case(url: &str) -> Case {
+    let manager = Manager::start(Arc::new(MemStore::new()), config()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join(FILE);
+    let job = manager
+        .create_job(me(), "timers", "", JobType::Download, Priority::Foreground)
+        .await
+        .unwrap();
+    manager.add_file(me(), job, url, &dest, None).await.unwrap();
+    manager.set_minimum_retry_delay(me(), job, DELAY.as_secs() as u32).await.unwrap();
+    Case { manager, job, _dir: dir, dest }
+}
+
+async fn fault_case(seed: u64) -> (FaultServer, Case) {
+    let server = FaultServer::start().await;
+    server.add_file(FILE, random_bytes(seed, SIZE));
+    let c = case(&server.url(FILE)).await;
+    (server, c)
+}
+
+/// What the test saw: each change of state or error count with the virtual time it was seen,
+/// and when the job first had bytes.
+#[derive(Default, Debug)]
+struct Seen {
+    states: Vec<(JobState, Instant)>,
+    first_bytes: Option<Instant>,
+    /// The state and error count last seen.
+    last: Option<(JobState, u32)>,
+}
+
+impl Seen {
+    fn state_names(&self) -> Vec<&'static str> {
+        self.states.iter().map(|(s, _)| s.name()).collect()
+    }
+
+    fn saw(&self, state: JobState) -> bool {
+        self.states.iter().any(|(s, _)| *s == state)
+    }
+
+    /// The state change after the `n`th (0-based) entry into `state`, and when it was seen.
+    fn after(&self, state: JobState, n: usize) -> (JobState, Instant) {
+        let i = self
+            .states
+            .iter()
+            .enumerate()
+            .filter(|(_, (s, _))| *s == state)
+            .nth(n)
+            .unwrap_or_else(|| panic!("{} #{n} not seen: {:?}", state.name(), self.state_names()))
+            .0;
+        *self.states.get(i + 1).unwrap_or_else(|| panic!("nothing after: {self:?}"))
+    }
+
+    /// When the job entered `state` for the `n`th time (0-based).
+    fn entered(&self, state: JobState, n: usize) -> Instant {
+        self.states
+            .iter()
+            .filter(|(s, _)| *s == state)
+            .nth(n)
+            .unwrap_or_else(|| panic!("{} #{n} not seen: {:?}", state.name(), self.state_names()))
+            .1
+    }
+}
+
+impl Case {
+    async fn resume(&self) -> Instant {
+        assert_eq!(self.manager.resume(me(), self.job).await.unwrap(), Code::S_OK);
+        Instant::now()
+    }
+
+    fn info(&self) -> bits_core::Job {
+        self.manager.get_job(me(), self.job).unwrap()
+    }
+
+    /// Drives the clock until the job's state satisfies `done`, noting every state change (and
+    /// the first bytes) at the virtual time of the step it was seen in.
+    async fn follow(
+        &self,
+        seen: &mut Seen,
+        done: impl Fn(&bits_core::Job) -> bool,
+    ) -> bits_core::Job {
+        let started = Instant::now();
+        loop {
+            let job = self.info();
+            // A new error is a new entry even in the same state: a retry can fail again within
+            // one step.
+            if seen.last != Some((job.state, job.error_count)) {
+                seen.last = Some((job.state, job.error_count));
+                seen.states.push((job.state, Instant::now()));
+            }
+            if seen.first_bytes.is_none()
+                && self.manager.get_progress(me(), self.job).unwrap().bytes_transferred > 0
+            {
+                seen.first_bytes = Some(Instant::now());
+            }
+            if done(&job) {
+                return job;
+            }
+            assert!(
+                started.elapsed() < HANG,
+                "the job hung; states {:?}: {job:?}",
+                seen.state_names()
+            );
+            tick().await;
+        }
+    }
+
+    async fn until(&self, seen: &mut Seen, want: JobState) -> bits_core::Job {
+        self.follow(seen, |j| j.state == want).await
+    }
+
+    /// The job's error (GetJob and GetError agree) is `code` with `context` on file 0.
+    fn check_error(&self, job: &bits_core::Job, code: Code, context: ErrorContext) {
+        let error = job.error.as_ref().unwrap_or_else(|| panic!("no error in {job:?}"));
+        assert_eq!((error.code, error.context, error.file_index), (code, context, Some(0)));
+        let got = self.manager.get_error(me(), self.job).unwrap();
+        assert_eq!((got.code, got.context, got.file_index), (code, context, Some(0)));
+    }
+
+    /// Still ERROR with `code` three retry delays later, with no new request.
+    async fn stays_in_error(&self, server: &FaultServer, code: Code) {
+        let requests = server.log().len();
+        run_for(DELAY * 3).await;
+        let later = self.info();
+        assert_eq!(later.state, JobState::Error, "left ERROR: {later:?}");
+        assert_eq!(later.error.map(|e| e.code), Some(code));
+        assert_eq!(server.log().len(), requests, "a fatal error was retried");
+    }
+}
+
+/// One step of the paused clock. Before it, a millisecond of wall time on the blocking pool (tokio
+/// never auto-advances while a blocking task runs) lets work outside the runtime finish: store
+/// flushes run on the flusher's own thread, and an idle runtime waiting for one would otherwise
+/// leap straight to the next timer (the scheduler's hour-long idle sleep).
+async fn tick() {
+    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1))).await.unwrap();
+    tokio::time::advance(STEP).await;
+}
+
+async fn run_for(span: Duration) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        tick().await;
+    }
+}
+
+fn gets(server: &FaultServer) -> usize {
+    server.log().iter().filter(|r| r.method == Method::GET).count()
+}
+
+// Case 46: a 503 is TRANSIENT_ERROR, and the retry comes after the job's retry delay, not
+// before (nor much after: the scheduler wakes at the retry time).
+#[tokio::test(start_paused = true)]
+async fn a_503_is_retried_after_the_retry_delay_and_the_job_finishes() {
+    let (server, c) = fault_case(46).await;
+    server.push_fault(FILE, GET, Fault::Status(503));
+    let mut seen = Seen::default();
+    c.resume().await;
+    let info = c.until(&mut seen, JobState::TransientError).await;
+    c.check_error(&info, Code::Http(503), ErrorContext::RemoteFile);
+    assert_eq!(info.error_count, 1);
+    let info = c.until(&mut seen, JobState::Transferred).await;
+    assert_eq!(info.error_count, 1);
+    let failed = seen.entered(JobState::TransientError, 0);
+    let (_, retried) = seen.after(JobState::TransientError, 0);
+    let waited = retried.duration_since(failed);
+    assert!(
+        waited + STEP >= DELAY && waited <= DELAY + Duration::from_secs(1),
+        "retried {waited:?} after the failure, the delay is {DELAY:?}: {seen:?}"
+    );
+    assert_eq!(gets(&server), 2, "{:?}", server.log());
+    assert_eq!(c.manager.complete(me(), c.job).await.unwrap(), Code::S_OK);
+    assert_eq!(std::fs::read(&c.dest).unwrap(), random_bytes(46, SIZE));
+}
+
+/// A job that can only fail with 503 reaches ERROR straight away (never TRANSIENT_ERROR) and
+/// is not retried.
+async fn fails_without_retry(server: &FaultServer, c: &Case) {
+    server.always(FILE, GET, Fault::Status(503));
+    let mut seen = Seen::default();
+    c.resume().await;
+    let info = c.until(&mut seen, JobState::Error).await;
+    assert!(!seen.saw(JobState::TransientError), "went through TRANSIENT_ERROR: {seen:?}");
+    c.check_error(&info, Code::Http(503), ErrorContext::RemoteFile);
+    assert_eq!(info.error_count, 1);
+    c.stays_in_error(server, Code::Http(503)).await;
+    assert_eq!(gets(server), 1, "retried: {:?}", server.log());
+}
+
+// Case 49: with SetNoProgressTimeout(0) the first transient failure (503) is ERROR at once.
+#[tokio::test(start_paused = true)]
+async fn no_progress_timeout_zero_makes_a_transient_failure_fatal() {
+    let (server, c) = fault_case(49).await;
+    assert_eq!(c.manager.set_no_progress_timeout(me(), c.job, 0).await.unwrap(), Code::S_OK);
+    assert_eq!(c.info().no_progress_timeout_secs, 0);
+    fails_without_retry(&server, &c).await;
+}
+
+// Case 50: a retry delay (120 s) longer than the no-progress timeout (60 s) means no retry at
+// all: the first transient failure is ERROR.
+#[tokio::test(start_paused = true)]
+async fn retry_delay_longer_than_no_progress_timeout_fails_without_retry() {
+    let (server, c) = fault_case(50).await;
+    c.manager.set_minimum_retry_delay(me(), c.job, 120).await.unwrap();
+    c.manager.set_no_progress_timeout(me(), c.job, 60).await.unwrap();
+    let info = c.info();
+    assert_eq!((info.minimum_retry_delay_secs, info.no_progress_timeout_secs), (120, 60));
+    fails_without_retry(&server, &c).await;
+}
+
+// Case 51, at the spec's values: no-progress timeout 30 s, retry delay 5 s; every attempt
+// fails, but the third (≈10 s after the first failure) delivers bytes first, so ERROR must not
+// come before that progress + 30 s (a timer that is not reset gives up ≈30 s after the first
+// failure), and it still comes in the end.
+#[tokio::test(start_paused = true)]
+async fn progress_resets_the_no_progress_timer() {
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let (server, c) = fault_case(51).await;
+    c.manager.set_no_progress_timeout(me(), c.job, TIMEOUT.as_secs() as u32).await.unwrap();
+    server.push_fault(FILE, GET, Fault::Status(503));
+    server.push_fault(FILE, GET, Fault::Status(503));
+    server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+    server.always(FILE, GET, Fault::Status(503));
+    let mut seen = Seen::default();
+    c.resume().await;
+    let info = c.until(&mut seen, JobState::Error).await;
+    let error_at = seen.entered(JobState::Error, 0);
+    let first_failure = seen.entered(JobState::TransientError, 0);
+    let progress = seen.first_bytes.unwrap_or_else(|| panic!("no progress: {seen:?}"));
+    assert!(
+        progress.duration_since(first_failure) + STEP >= DELAY * 2,
+        "the bytes came {:?} after the first failure, before the third attempt",
+        progress.duration_since(first_failure)
+    );
+    assert!(
+        error_at >= progress + TIMEOUT,
+        "ERROR {:?} after the first failure, only {:?} after the progress",
+        error_at.duration_since(first_failure),
+        error_at.duration_since(progress)
+    );
+    // Given up at the first retry due once the timeout has passed without progress.
+    assert!(error_at <= progress + TIMEOUT + DELAY * 2, "{seen:?}");
+    assert!(c.manager.get_progress(me(), c.job).unwrap().bytes_transferred > 0, "bytes lost");
+    assert_eq!(info.error.as_ref().map(|e| e.code), Some(Code::Http(503)));
+    assert!(info.error_count >= 5, "{info:?}");
+    assert!(seen.saw(JobState::TransientError));
+    assert!(gets(&server) >= 5, "{:?}", server.log());
+}
+
+/// A TestServer trickling a 1 MiB file at 16 KiB/s (progress every second, 64 s for the whole
+/// file), and a job for it with a maximum download time of `budget`.
+async fn trickle(seed: u64, budget: Duration) -> (TestServer, Case) {
+    let server = TestServer::start().await;
+    server.add_file(FILE, random_bytes(seed, SIZE));
+    server.set_throttle(Some(16 * 1024));
+    let c = case(&server.url(FILE)).await;
+    c.manager.set_maximum_download_time(me(), c.job, budget.as_secs() as u32).await.unwrap();
+    assert_eq!(u64::from(c.info().maximum_download_time_secs), budget.as_secs());
+    (server, c)
+}
+
+/// Resumes and waits for ERROR BG_E_MAXDOWNLOAD_TIMEOUT, which must come one `budget` (and at
+/// most a second more) after the Resume.
+async fn ends_by_max_time(c: &Case, budget: Duration) {
+    let mut seen = Seen::default();
+    let resumed = c.resume().await;
+    let info = c.until(&mut seen, JobState::Error).await;
+    assert!(!seen.saw(JobState::Transferred), "the trickle finished: {seen:?}");
+    let took = seen.entered(JobState::Error, 0).duration_since(resumed);
+    assert!(
+        took >= budget && took <= budget + Duration::from_secs(1),
+        "ERROR after {took:?} with a budget of {budget:?}"
+    );
+    assert_eq!(info.error.as_ref().map(|e| e.code), Some(Code::BG_E_MAXDOWNLOAD_TIMEOUT));
+    assert_eq!(c.manager.get_error(me(), c.job).unwrap().code, Code::BG_E_MAXDOWNLOAD_TIMEOUT);
+}
+
+// Case 52, at the spec's value (10 s): a trickling transfer ends in ERROR
+// BG_E_MAXDOWNLOAD_TIMEOUT, keeps its bytes, and is not retried.
+#[tokio::test(start_paused = true)]
+async fn maximum_download_time_stops_a_trickling_transfer() {
+    let budget = Duration::from_secs(10);
+    let (server, c) = trickle(521, budget).await;
+    ends_by_max_time(&c, budget).await;
+    let kept = c.manager.get_progress(me(), c.job).unwrap().bytes_transferred;
+    assert!(kept > 0, "the trickle made no progress");
+    let requests = server.log_len();
+    run_for(DELAY * 3).await;
+    assert_eq!(c.info().state, JobState::Error, "the fatal error was retried");
+    assert_eq!(server.log_len(), requests);
+}
+
+// Case 52: Resume resets the budget: after the ERROR, a Resume gets a whole new budget.
+#[tokio::test(start_paused = true)]
+async fn resume_resets_the_maximum_download_time() {
+    let budget = Duration::from_secs(10);
+    let (_server, c) = trickle(522, budget).await;
+    ends_by_max_time(&c, budget).await;
+    ends_by_max_time(&c, budget).await;
+    assert_eq!(c.info().error_count, 2);
+}
+
+// Case 52: time in TRANSIENT_ERROR and QUEUED does not count: two 503s (5 s retry delay each),
+// then a stalled transfer; ERROR comes a whole budget (10 s) after the stalled attempt began,
+// not 10 s after the Resume (which would be during the second wait).
+#[tokio::test(start_paused = true)]
+async fn maximum_download_time_ignores_time_between_attempts() {
+    let budget = Duration::from_secs(10);
+    let (server, c) = fault_case(523).await;
+    c.manager.set_maximum_download_time(me(), c.job, budget.as_secs() as u32).await.unwrap();
+    server.push_fault(FILE, GET, Fault::Status(503));
+    server.push_fault(FILE, GET, Fault::Status(503));
+    server.push_fault(FILE, GET, Fault::StallBody { after: CUT, stall: HANG });
+    let mut seen = Seen::default();
+    let resumed = c.resume().await;
+    let info = c.until(&mut seen, JobState::Error).await;
+    assert_eq!(info.error.as_ref().map(|e| e.code), Some(Code::BG_E_MAXDOWNLOAD_TIMEOUT));
+    assert_eq!(gets(&server), 3, "{:?}", server.log());
+    let error_at = seen.entered(JobState::Error, 0);
+    // The third attempt began when the job left its second TRANSIENT_ERROR.
+    let (_, stalled_at) = seen.after(JobState::TransientError, 1);
+    let active = error_at.duration_since(stalled_at);
+    assert!(
+        active + STEP * 2 >= budget && active <= budget + Duration::from_secs(1),
+        "ERROR {active:?} into the last attempt, {:?} after the Resume: {seen:?}",
+        error_at.duration_since(resumed)
+    );
+    assert!(error_at.duration_since(resumed) >= budget + DELAY * 2, "{seen:?}");
+}
