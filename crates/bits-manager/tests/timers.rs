@@ -391,3 +391,66 @@ async fn maximum_download_time_ignores_time_between_attempts() {
     );
     assert!(error_at.duration_since(resumed) >= budget + DELAY * 2, "{seen:?}");
 }
+
+// Spec §7.1 FILE_RANGES_TRANSFERRED on an on-demand job: the events cover exactly the requested
+// bytes, once each, and are at least MINIMUM_NOTIFICATION_INTERVAL_MS apart (here 2 s, with ≈150
+// KB trickling at 20 KB/s: several events, each holding what arrived within its interval).
+#[tokio::test(start_paused = true)]
+async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_interval() {
+    use bits_core::job::{notify, property};
+    use bits_core::{ByteRange, RangeSet};
+    use bits_manager::{EventKind, PropertyValue};
+    use futures::FutureExt;
+
+    let server = TestServer::start().await;
+    server.add_file(FILE, random_bytes(71, 400_000));
+    let c = case(&server.url(FILE)).await;
+    let (m, job) = (&c.manager, c.job);
+    let interval = Duration::from_secs(2);
+    m.set_property(me(), job, property::ON_DEMAND_MODE, PropertyValue::Enable(true)).await.unwrap();
+    let ms = PropertyValue::Dword(interval.as_millis() as u32);
+    m.set_property(me(), job, property::MINIMUM_NOTIFICATION_INTERVAL_MS, ms).await.unwrap();
+    let requested = [ByteRange::new(1000, 60_000), ByteRange::new(200_000, 90_000)];
+    m.request_file_ranges(me(), job, 0, &requested).await.unwrap();
+    server.set_throttle(Some(20_000));
+    let flags = notify::FILE_RANGES_TRANSFERRED | notify::JOB_MODIFICATION;
+    let (_, mut sub) = m.subscribe(me(), job, Some(flags)).unwrap();
+    c.resume().await;
+    // Each event stamped with the step it arrived in; until SUSPENDED (the requested ranges are
+    // in) and two intervals more, for anything still pending.
+    let mut ranges: Vec<(Instant, RangeSet)> = Vec::new();
+    let mut suspended: Option<Instant> = None;
+    let started = Instant::now();
+    while suspended.is_none_or(|at| at.elapsed() < interval * 2) {
+        assert!(started.elapsed() < HANG, "never SUSPENDED: {:?}", c.info());
+        while let Some(Some(event)) = sub.recv().now_or_never() {
+            match event.kind {
+                EventKind::FileRangesTransferred { index: 0, ranges: set } => {
+                    ranges.push((Instant::now(), set))
+                }
+                EventKind::JobModification { state: JobState::Suspended, .. } => {
+                    suspended.get_or_insert_with(Instant::now);
+                }
+                _ => {}
+            }
+        }
+        tick().await;
+    }
+    assert!(ranges.len() >= 3, "expected the bytes over several events: {ranges:?}");
+    let mut union = RangeSet::new();
+    let mut total = 0;
+    for (_, set) in &ranges {
+        total += set.total_len();
+        union.insert_set(set);
+    }
+    let mut want = RangeSet::new();
+    for r in requested {
+        want.insert(r.offset, r.offset + r.length);
+    }
+    assert_eq!(union, want, "events: {ranges:?}");
+    assert_eq!(total, want.total_len(), "a byte reported twice: {ranges:?}");
+    for pair in ranges.windows(2) {
+        let gap = pair[1].0.duration_since(pair[0].0);
+        assert!(gap + STEP >= interval, "events {gap:?} apart: {ranges:?}");
+    }
+}
