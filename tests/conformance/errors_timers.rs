@@ -135,7 +135,6 @@ impl Case {
             self.requests()
         );
     }
-
 }
 
 // Case 44: a 404 is fatal: ERROR, and GetError names REMOTE_FILE, BG_E_HTTP_ERROR_404

@@ -7,6 +7,10 @@
 //! server's. "stays" means: still ERROR one retry delay later with no new request, GetError
 //! gives the code, error_count ≥ 1. Contexts: GT = GENERAL_TRANSPORT, RF = REMOTE_FILE.
 //!
+//! Faults that only time something (Retry-After of a 429 and of a 503 to the HEAD, a 503 to
+//! every request until the no-progress timeout) are tested in virtual time through the manager:
+//! crates/bits-manager/tests/timers.rs.
+//!
 //! | fault (request it hits)                         | expected state + error                                 |
 //! |-------------------------------------------------|--------------------------------------------------------|
 //! | reset (RST) after 256 KiB of the GET body       | TRANSIENT_ERROR ERROR_WINHTTP_CONNECTION_ERROR (GT); retry resumes at the bytes kept; completes |
@@ -21,9 +25,6 @@
 //! | 503 to the GET                                  | TRANSIENT_ERROR BG_E_HTTP_ERROR_503 (RF); completes    |
 //! | 404 to the GET                                  | ERROR BG_E_HTTP_ERROR_404 (RF), stays                  |
 //! | 403 to the GET                                  | ERROR BG_E_HTTP_ERROR_403 (RF), stays                  |
-//! | 429 + Retry-After: 3, retry delay 1 s           | TRANSIENT_ERROR BG_E_HTTP_ERROR_429 (RF); next request ≥ 3 s later; completes |
-//! | 503 + Retry-After: 3 to the HEAD, delay 1 s     | TRANSIENT_ERROR BG_E_HTTP_ERROR_503 (RF); next request ≥ 3 s later; completes |
-//! | 503 to every request, no-progress timeout 3 s   | ERROR BG_E_HTTP_ERROR_503 (RF) 3–6 s after the first failure, error_count > 1 |
 //! | redirect to itself (loop)                       | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
 //! | 12 redirects in a row (> 10)                    | ERROR ERROR_WINHTTP_REDIRECT_FAILED (RF), stays        |
 //! | redirect to another origin, custom headers set  | no error; origin 1 saw Authorization + Cookie, origin 2 neither; completes; the GETs sent straight to origin 2 carry neither |
@@ -37,7 +38,7 @@
 //! | Last-Modified changes (no ETag, same size) after 256 KiB | as above: restart from 0, nothing mixed       |
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bits_client::{Client, JobInfo};
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
@@ -419,49 +420,6 @@ async fn fault_404_on_get_is_fatal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_403_on_get_is_fatal() {
     fatal_status(112, GET, 403).await;
-}
-
-async fn retry_after_is_honoured(seed: u64, method: Option<Method>, status: u16, secs: u64) {
-    let c = case(seed, Opts { retry_delay_secs: 1, ..DEFAULT }).await;
-    c.server.push_fault(FILE, method, Fault::StatusRetryAfter(status, secs));
-    c.start().await;
-    c.transient(Code::Http(status), ErrorContext::RemoteFile).await;
-    c.completes().await;
-    // Never sooner than the server asked, although the job's own delay is 1 s.
-    c.retry_after(&c.faulted("StatusRetryAfter"), Duration::from_secs(secs));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_429_retry_after_is_honoured() {
-    retry_after_is_honoured(113, GET, 429, 3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_503_retry_after_is_honoured() {
-    retry_after_is_honoured(114, HEAD, 503, 3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_503_forever_hits_the_no_progress_timeout() {
-    let c = case(115, Opts { retry_delay_secs: 1, no_progress_secs: Some(3), ..DEFAULT }).await;
-    c.server.always(FILE, None, Fault::Status(503));
-    c.start().await;
-    let info = c.wait_error().await;
-    let reached = Instant::now();
-    c.check_error(&info, Code::Http(503), ErrorContext::RemoteFile).await;
-    let log = c.server.log();
-    let first = log.first().unwrap().at;
-    let took = reached.duration_since(first);
-    assert!(
-        took >= Duration::from_secs(3) && took <= Duration::from_secs(6),
-        "ERROR {took:?} after the first failure\n{}",
-        c.requests()
-    );
-    assert!(info.error_count > 1, "error_count {}", info.error_count);
-    assert!(log.len() > 1, "never retried\n{}", c.requests());
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(c.info().await.state, JobState::Error);
-    assert_eq!(c.server.log().len(), log.len(), "retried after ERROR\n{}", c.requests());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,10 +3,10 @@
 //! (spec §5.2, §5.3, §10 cases 46–52). The runtime's clock is paused, so the spec's own values
 //! (5 s retry delay, 30 s no-progress timeout, 10 s maximum download time) cost no wall time.
 //!
-//! Paused time and real work: a paused clock that tokio advanced by itself would leap to the
-//! next timer whenever the runtime idles, also while a store flush runs on the flusher's own
-//! thread. So the clock moves only in explicit steps (`tick`), each after a moment of wall time
-//! for such work; every time measured here is good to one step. The HTTP timeouts are longer
+//! Paused time and real work: tokio advances a paused clock to the next timer whenever the
+//! runtime idles, also while a store flush runs on the flusher's own thread; a steady beat
+//! (`keep_the_clock_beating`) bounds each such leap. The test looks at the job every `STEP`, so
+//! every time measured here is good to one step. The HTTP timeouts are longer
 //! than any case, so no step reaches them.
 //! The wall-clock counterparts that prove the binary's wiring stay in tests/conformance
 //! (errors_timers.rs: the retry delay after a 503, and a trickle stopped by the maximum download
@@ -35,6 +35,8 @@ const CUT: u64 = 128 * 1024;
 const DELAY: Duration = Duration::from_secs(5);
 /// How far the clock moves at a time: the precision of every time measured here.
 const STEP: Duration = Duration::from_millis(100);
+/// How far the clock may move per millisecond of wall time.
+const BEAT: Duration = Duration::from_millis(25);
 /// Longer than any case may take in virtual time: reaching it means the job hung.
 const HANG: Duration = Duration::from_secs(600);
 const GET: Option<Method> = Some(Method::GET);
@@ -64,6 +66,7 @@ struct Case {
 }
 
 async fn case(url: &str) -> Case {
+    keep_the_clock_beating();
     let manager = Manager::start(Arc::new(MemStore::new()), config()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join(FILE);
@@ -192,13 +195,26 @@ impl Case {
     }
 }
 
-/// One step of the paused clock. Before it, a millisecond of wall time on the blocking pool (tokio
-/// never auto-advances while a blocking task runs) lets work outside the runtime finish: store
-/// flushes run on the flusher's own thread, and an idle runtime waiting for one would otherwise
-/// leap straight to the next timer (the scheduler's hour-long idle sleep).
+/// Keeps the paused clock from leaping. tokio moves a paused clock to the next timer whenever the
+/// runtime idles with no blocking task (a write, a sync) in flight, also while a call waits for
+/// the store's flusher thread; with nothing sooner pending that leap would reach the scheduler's
+/// hour-long idle sleep or pass a retry delay before the test has looked. This beat is always
+/// the next timer but one, and costs a millisecond of wall time per `BEAT` (on the blocking pool,
+/// which holds the clock meanwhile), so work outside the runtime ages jobs by little.
+fn keep_the_clock_beating() {
+    drop(tokio::spawn(async {
+        loop {
+            tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1)))
+                .await
+                .unwrap();
+            tokio::time::sleep(BEAT).await;
+        }
+    }));
+}
+
+/// One step of the test's look at the job.
 async fn tick() {
-    tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(1))).await.unwrap();
-    tokio::time::advance(STEP).await;
+    tokio::time::sleep(STEP).await;
 }
 
 async fn run_for(span: Duration) {
@@ -235,6 +251,63 @@ async fn a_503_is_retried_after_the_retry_delay_and_the_job_finishes() {
     assert_eq!(gets(&server), 2, "{:?}", server.log());
     assert_eq!(c.manager.complete(me(), c.job).await.unwrap(), Code::S_OK);
     assert_eq!(std::fs::read(&c.dest).unwrap(), random_bytes(46, SIZE));
+}
+
+/// A `status` with `Retry-After: 30` to the first `method` request: TRANSIENT_ERROR with that
+/// status (REMOTE_FILE), the retry no sooner than the server asked although the job's own delay
+/// is 5 s, and the job completes.
+async fn retry_after_is_honoured(seed: u64, method: Method, status: u16) {
+    const ASKED: Duration = Duration::from_secs(30);
+    let (server, c) = fault_case(seed).await;
+    server.push_fault(FILE, Some(method), Fault::StatusRetryAfter(status, ASKED.as_secs()));
+    let mut seen = Seen::default();
+    c.resume().await;
+    let info = c.until(&mut seen, JobState::TransientError).await;
+    c.check_error(&info, Code::Http(status), ErrorContext::RemoteFile);
+    c.until(&mut seen, JobState::Transferred).await;
+    let waited = seen
+        .after(JobState::TransientError, 0)
+        .1
+        .duration_since(seen.entered(JobState::TransientError, 0));
+    assert!(
+        waited + STEP >= ASKED && waited <= ASKED + Duration::from_secs(1),
+        "retried {waited:?} after the failure; the server asked for {ASKED:?}: {seen:?}"
+    );
+    assert_eq!(c.manager.complete(me(), c.job).await.unwrap(), Code::S_OK);
+    assert_eq!(std::fs::read(&c.dest).unwrap(), random_bytes(seed, SIZE));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_of_a_429_is_honoured() {
+    retry_after_is_honoured(113, Method::GET, 429).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_of_a_503_to_the_head_is_honoured() {
+    retry_after_is_honoured(114, Method::HEAD, 503).await;
+}
+
+// 503 to every request, no-progress timeout 30 s, retry delay 5 s: retried until the timeout,
+// then ERROR with the 503 (REMOTE_FILE) 30–36 s after the first failure, and no request after.
+#[tokio::test(start_paused = true)]
+async fn a_503_forever_ends_in_error_at_the_no_progress_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let (server, c) = fault_case(115).await;
+    c.manager.set_no_progress_timeout(me(), c.job, TIMEOUT.as_secs() as u32).await.unwrap();
+    server.always(FILE, None, Fault::Status(503));
+    let mut seen = Seen::default();
+    c.resume().await;
+    let info = c.until(&mut seen, JobState::Error).await;
+    c.check_error(&info, Code::Http(503), ErrorContext::RemoteFile);
+    let took =
+        seen.entered(JobState::Error, 0).duration_since(seen.entered(JobState::TransientError, 0));
+    assert!(
+        took + STEP >= TIMEOUT && took <= TIMEOUT + DELAY + Duration::from_secs(1),
+        "ERROR {took:?} after the first failure: {seen:?}"
+    );
+    assert!(info.error_count > 1, "error_count {}", info.error_count);
+    assert!(server.log().len() > 1, "never retried");
+    c.stays_in_error(&server, Code::Http(503)).await;
 }
 
 /// A job that can only fail with 503 reaches ERROR straight away (never TRANSIENT_ERROR) and
