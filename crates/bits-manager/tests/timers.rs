@@ -21,9 +21,9 @@ use std::time::Duration;
 use bits_core::{Code, ErrorContext, JobId, JobState, JobType, Priority};
 use bits_manager::{Caller, Manager, ManagerConfig};
 use bits_store::MemStore;
-use bits_tests::data::random_bytes;
-use bits_tests::faults::{Fault, FaultServer};
-use bits_tests::server::TestServer;
+use bits_testkit::data::random_bytes;
+use bits_testkit::faults::{Fault, FaultServer};
+use bits_testkit::server::TestServer;
 use http::Method;
 use tokio::time::Instant;
 
