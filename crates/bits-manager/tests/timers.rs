@@ -1,16 +1,18 @@
-//! The job timers in virtual time: the retry delay, the no-progress timeout and the maximum
-//! download time, through the manager's API over an in-memory store and an in-process HTTP server
-//! (spec §5.2, §5.3, §10 cases 46–52). The runtime's clock is paused, so the spec's own values
-//! (5 s retry delay, 30 s no-progress timeout, 10 s maximum download time) cost no wall time.
+//! The job timers in virtual time: the retry delay (and a server's Retry-After), the no-progress
+//! timeout, the maximum download time and the minimum notification interval, through the
+//! manager's API over an in-memory store and the bits-testkit HTTP servers (spec §5.2, §5.3,
+//! §7.1, §10 cases 46–52). The runtime's clock is paused, so the spec's own values (5 s retry
+//! delay, 30 s no-progress timeout, 10 s maximum download time) cost no wall time.
 //!
 //! Paused time and real work: tokio advances a paused clock to the next timer whenever the
 //! runtime idles, also while a store flush runs on the flusher's own thread; a steady beat
 //! (`keep_the_clock_beating`) bounds each such leap. The test looks at the job every `STEP`, so
-//! every time measured here is good to one step. The HTTP timeouts are longer
-//! than any case, so no step reaches them.
-//! The wall-clock counterparts that prove the binary's wiring stay in tests/conformance
-//! (errors_timers.rs: the retry delay after a 503, and a trickle stopped by the maximum download
-//! time).
+//! every time measured here is good to one step. The HTTP timeouts are longer than any case, so
+//! no step reaches them.
+//!
+//! The wall-clock counterparts that prove the binary's wiring stay in tests/conformance:
+//! errors_timers.rs (the retry after a 503, a trickle stopped by the maximum download time) and
+//! notifications.rs (FILE_RANGES_TRANSFERRED over gRPC, 300 ms apart).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed call is a failed test
 
