@@ -11,8 +11,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::client::map_hyper_error;
 use crate::error::FetchError;
+use crate::transport_error::map_hyper_error;
 
 /// A validated response body holding exactly the bytes of [`RangeBody::span`].
 #[derive(Debug)]

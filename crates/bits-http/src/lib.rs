@@ -35,6 +35,7 @@ mod multirange;
 mod probe;
 mod range;
 mod redirect;
+mod transport_error;
 
 pub use body::RangeBody;
 pub use classify::classify_status;

@@ -19,13 +19,13 @@ use tracing::debug;
 use url::Url;
 
 use crate::body::RangeBody;
-use crate::client::map_hyper_error;
 use crate::content_range::ContentRange;
 use crate::error::{FetchError, FetchErrorKind};
 use crate::headers;
 use crate::multipart::{self, Event, MultipartError, MultipartParser};
 use crate::probe::RemoteInfo;
 use crate::range;
+use crate::transport_error::map_hyper_error;
 
 /// Most spans the caller should put in one [`HttpClient::get_ranges_opts`] request (more are
 /// refused with `InvalidRange`); keeps the `Range` header well under common server limits
