@@ -54,13 +54,22 @@ impl AccessPolicy {
     }
 }
 
+/// Runs blocking file or store work on tokio's blocking pool.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BitsError> + Send + 'static,
+) -> Result<T, BitsError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(BitsError::new(Code::E_FAIL, format!("blocking task failed: {e}"))))
+}
+
 /// Runs blocking file work for a job on tokio's blocking pool, with the file-system credentials of
 /// `owner` (see `bits_disk::Identity::run`: a no-op unless the daemon runs as root).
 pub(crate) async fn run_as<T: Send + 'static>(
     owner: Identity,
     work: impl FnOnce() -> Result<T, BitsError> + Send + 'static,
 ) -> Result<T, BitsError> {
-    crate::manager::run_blocking(move || as_owner(&owner, work)).await
+    run_blocking(move || as_owner(&owner, work)).await
 }
 
 /// Runs `work` on this (blocking) thread with the file-system credentials of `owner`.

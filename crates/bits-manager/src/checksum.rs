@@ -7,7 +7,7 @@ use bits_core::{BitsError, Code, JobFile};
 use bits_disk::PartFile;
 use sha2::{Digest, Sha256};
 
-use crate::manager::disk_error;
+use crate::errors::disk_error;
 
 /// Bytes read per call while hashing.
 const CHUNK: usize = 1 << 20;

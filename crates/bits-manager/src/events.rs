@@ -22,19 +22,17 @@
 //! in that state now) instead of an error. A [`Subscription`] ends when its job reaches a final
 //! state or when the daemon shuts down ([`Manager::close_subscriptions`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bits_core::job::notify;
 use bits_core::{
-    BitsError, Code, ErrorContext, Job, JobError, JobId, JobState, Progress, RangeSet, Span,
+    Code, ErrorContext, Job, JobError, JobId, JobState, NotifyCmdLine, Progress, RangeSet, Span,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use crate::manager::{Caller, Entry, Manager, lookup};
 
 /// Events the bus holds for slow subscribers before they lag.
 const CAPACITY: usize = 1024;
@@ -69,7 +67,7 @@ impl EventKind {
     }
 
     /// A JobModification into CANCELLED or ACKNOWLEDGED: the last event of a job.
-    fn is_final(&self) -> bool {
+    pub(crate) fn is_final(&self) -> bool {
         matches!(self, EventKind::JobModification { state, .. } if state.is_final())
     }
 }
@@ -83,7 +81,7 @@ pub struct JobEvent {
 }
 
 impl JobEvent {
-    fn now(job: JobId, kind: EventKind) -> JobEvent {
+    pub(crate) fn now(job: JobId, kind: EventKind) -> JobEvent {
         JobEvent { job, time: SystemTime::now(), kind }
     }
 }
@@ -96,6 +94,40 @@ pub fn wants(flags: u32, kind: &EventKind) -> bool {
 /// Whether flags `flags` let events of flag `flag` through.
 fn lets_through(flags: u32, flag: u32) -> bool {
     flags & notify::DISABLE == 0 && flags & flag != 0
+}
+
+/// A job as the bus sees it: what clients may see of it (no span whose store flush is still
+/// in flight). The table's entries are one; the bus needs nothing else of them.
+pub(crate) trait JobView {
+    fn job(&self) -> &Job;
+    fn progress(&self) -> Progress;
+    /// Whether clients may see file `index` as transferred.
+    fn file_transferred(&self, index: u32) -> bool;
+}
+
+/// A job whose notify program is due: which job, in which state, with which command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Due {
+    pub(crate) id: JobId,
+    pub(crate) state: JobState,
+    pub(crate) cmd: NotifyCmdLine,
+}
+
+impl Due {
+    /// The program `job` owes now, if any: it is TRANSFERRED or ERROR, has a command line, and
+    /// its notify flags let that state's notification through.
+    pub(crate) fn of(job: &Job) -> Option<Due> {
+        let flag = match job.state {
+            JobState::Transferred => notify::JOB_TRANSFERRED,
+            JobState::Error => notify::JOB_ERROR,
+            _ => return None,
+        };
+        let cmd = job.notify_cmd_line.as_ref()?;
+        if job.notify_flags & notify::DISABLE != 0 || job.notify_flags & flag == 0 {
+            return None;
+        }
+        Some(Due { id: job.id, state: job.state, cmd: cmd.clone() })
+    }
 }
 
 /// The manager's event bus. Cheap to clone.
@@ -117,7 +149,7 @@ struct BusInner {
     watchers: Mutex<HashMap<JobId, Watchers>>,
     /// Where a job whose notify command line is due goes (`notify_cmd.rs`); unset on a bus
     /// built alone, in tests.
-    commands: OnceLock<tokio::sync::mpsc::UnboundedSender<crate::notify_cmd::Due>>,
+    commands: OnceLock<tokio::sync::mpsc::UnboundedSender<Due>>,
 }
 
 #[derive(Default)]
@@ -176,9 +208,9 @@ impl EventBus {
     /// A JobModification of `job` in `state`. Its progress covers every file of the job, and it
     /// goes out on every recorded range, so it is only computed when someone is subscribed
     /// (a late subscriber gets a fresh snapshot, not old events).
-    fn modification(&self, job: &Entry, state: JobState) {
-        if self.may_want_modifications(&job.job) {
-            self.emit(job.job.id, EventKind::JobModification { state, progress: job.progress() });
+    fn modification(&self, job: &impl JobView, state: JobState) {
+        if self.may_want_modifications(job.job()) {
+            self.emit(job.job().id, EventKind::JobModification { state, progress: job.progress() });
         }
     }
 
@@ -195,7 +227,7 @@ impl EventBus {
     }
 
     /// Counts a subscription of `job` with `flags` in (`delta` 1) or out (`delta` -1).
-    fn watch(&self, job: JobId, flags: Option<u32>, delta: isize) {
+    pub(crate) fn watch(&self, job: JobId, flags: Option<u32>, delta: isize) {
         let own = match flags {
             None => false,
             Some(f) if lets_through(f, notify::JOB_MODIFICATION) => true,
@@ -211,17 +243,14 @@ impl EventBus {
     }
 
     /// From now on, jobs whose notify command line is due are sent to `commands`.
-    pub(crate) fn send_commands_to(
-        &self,
-        commands: tokio::sync::mpsc::UnboundedSender<crate::notify_cmd::Due>,
-    ) {
+    pub(crate) fn send_commands_to(&self, commands: tokio::sync::mpsc::UnboundedSender<Due>) {
         let _ = self.inner.commands.set(commands);
     }
 
     /// Hands the job to the notify-program runner if it is TRANSFERRED or ERROR, has a command
     /// line and its notify flags let that state's notification through.
     pub(crate) fn command_due(&self, job: &Job) {
-        if let Some(due) = crate::notify_cmd::Due::of(job)
+        if let Some(due) = Due::of(job)
             && let Some(commands) = self.inner.commands.get()
         {
             let _ = commands.send(due);
@@ -229,8 +258,8 @@ impl EventBus {
     }
 
     /// The job's state just changed to `job.state`.
-    pub(crate) fn state_changed(&self, entry: &Entry) {
-        let (job, job_entry) = (&entry.job, entry);
+    pub(crate) fn state_changed(&self, entry: &impl JobView) {
+        let (job, job_entry) = (entry.job(), entry);
         self.command_due(job);
         match job.state {
             JobState::Transferred => {
@@ -263,16 +292,16 @@ impl EventBus {
     }
 
     /// A property changed or files were added.
-    pub(crate) fn modified(&self, entry: &Entry) {
+    pub(crate) fn modified(&self, entry: &impl JobView) {
         let _notes = self.notes();
-        self.modification(entry, entry.job.state);
+        self.modification(entry, entry.job().state);
     }
 
     /// `span` of file `index` was just recorded as filled. Call it after the span joined
     /// `filled` and before it left `requested`: the requested part is what FileRangesTransferred
     /// reports.
-    pub(crate) fn recorded(&self, job_entry: &Entry, index: u32, span: Span) {
-        let job = &job_entry.job;
+    pub(crate) fn recorded(&self, job_entry: &impl JobView, index: u32, span: Span) {
+        let job = job_entry.job();
         let Some(file) = job.files.get(index as usize) else { return };
         let mut notes = self.notes();
         let first_record = !notes.contains_key(&job.id);
@@ -369,8 +398,18 @@ impl EventBus {
         }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.inner.tx.subscribe()
+    }
+
+    /// Cancelled once the daemon shuts down: every subscription ends.
+    pub(crate) fn closed(&self) -> &CancellationToken {
+        &self.inner.closed
+    }
+
+    /// Ends every subscription.
+    pub(crate) fn close(&self) {
+        self.inner.closed.cancel();
     }
 }
 
@@ -386,154 +425,6 @@ fn set_announced(notes: &mut Notes, index: u32, value: bool) {
     notes.announced[i] = value;
 }
 
-/// The events of one job for one watcher, filtered by notify flags.
-pub struct Subscription {
-    job: JobId,
-    /// The watcher's own flags; `None`: the job's current notify flags.
-    flags: Option<u32>,
-    /// The job's flags when last seen (used once the job has left the table).
-    last_flags: u32,
-    rx: broadcast::Receiver<JobEvent>,
-    manager: Manager,
-    /// Events decided locally (after a lag) and not yet returned.
-    queued: VecDeque<JobEvent>,
-    done: bool,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.manager.inner.events.watch(self.job, self.flags, -1);
-    }
-}
-
-impl Subscription {
-    /// The next event, or `None` once the job reached a final state (that JobModification is
-    /// returned first when wanted) or the daemon is shutting down.
-    pub async fn recv(&mut self) -> Option<JobEvent> {
-        loop {
-            if let Some(event) = self.queued.pop_front() {
-                return Some(event);
-            }
-            if self.done {
-                return None;
-            }
-            let bus = &self.manager.inner.events.inner;
-            let received = tokio::select! {
-                _ = bus.closed.cancelled() => { self.done = true; continue }
-                _ = self.manager.inner.shutdown.cancelled() => { self.done = true; continue }
-                received = self.rx.recv() => received,
-            };
-            match received {
-                Ok(event) if event.job == self.job => {
-                    let last = event.kind.is_final();
-                    let flags = self.flags();
-                    if last {
-                        self.done = true;
-                    }
-                    if wants(flags, &event.kind) {
-                        return Some(event);
-                    }
-                }
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::debug!(job = %self.job, missed, "watcher lagged; sending a snapshot");
-                    self.catch_up();
-                }
-                Err(broadcast::error::RecvError::Closed) => self.done = true,
-            }
-        }
-    }
-
-    /// The flags in force now: the watcher's own, else the job's.
-    fn flags(&mut self) -> u32 {
-        if let Some(flags) = self.flags {
-            return flags;
-        }
-        let table = self.manager.table();
-        if let Some(entry) = table.jobs.get(&self.job) {
-            self.last_flags = entry.job.notify_flags;
-        }
-        self.last_flags
-    }
-
-    /// After missed events: a snapshot of the job, and JobTransferred/JobError again if the job
-    /// is in that state (they must not be lost). A job that is gone ended meanwhile.
-    fn catch_up(&mut self) {
-        let flags = self.flags();
-        let snapshot = {
-            let table = self.manager.table();
-            table.jobs.get(&self.job).map(|e| e.visible().into_owned())
-        };
-        let Some(job) = snapshot else {
-            self.done = true;
-            return;
-        };
-        let mut events = vec![JobEvent::now(
-            job.id,
-            EventKind::JobModification { state: job.state, progress: job.progress() },
-        )];
-        events.extend(replay_of(&job));
-        self.queued.extend(events.into_iter().filter(|e| wants(flags, &e.kind)));
-    }
-}
-
-/// What a watcher arriving now must still get (spec §7.2, at-least-once).
-fn replay_of(job: &Job) -> Option<JobEvent> {
-    match (job.state, &job.error) {
-        (JobState::Transferred, _) => Some(JobEvent::now(job.id, EventKind::JobTransferred)),
-        (JobState::Error, Some(error)) => {
-            Some(JobEvent::now(job.id, EventKind::JobError(error.clone())))
-        }
-        _ => None,
-    }
-}
-
-impl Manager {
-    pub(crate) fn events(&self) -> &EventBus {
-        &self.inner.events
-    }
-
-    /// Watches job `id` (WatchJob). `flags` overrides the job's notify flags for this watcher;
-    /// unknown bits are E_NOTIMPL. Returns the events owed already (JobTransferred if the job is
-    /// TRANSFERRED now, JobError if it is in ERROR; spec §7.2) and the live subscription.
-    pub fn subscribe(
-        &self,
-        caller: Caller,
-        id: JobId,
-        flags: Option<u32>,
-    ) -> Result<(Vec<JobEvent>, Subscription), BitsError> {
-        if let Some(flags) = flags.filter(|f| f & !notify::ALL != 0) {
-            return Err(BitsError::new(
-                Code::E_NOTIMPL,
-                format!("notify flags 0x{flags:X} include unknown bits"),
-            ));
-        }
-        // Under the table lock, like every hook call: no event falls between replay and live.
-        let table = self.table();
-        let job = &lookup(&table, caller, id)?.job;
-        let effective = flags.unwrap_or(job.notify_flags);
-        let replay: Vec<JobEvent> =
-            replay_of(job).into_iter().filter(|e| wants(effective, &e.kind)).collect();
-        self.events().watch(id, flags, 1);
-        let subscription = Subscription {
-            job: id,
-            flags,
-            last_flags: job.notify_flags,
-            rx: self.events().subscribe(),
-            manager: self.clone(),
-            queued: VecDeque::new(),
-            done: false,
-        };
-        Ok((replay, subscription))
-    }
-
-    /// Ends every subscription (the daemon is shutting down; a graceful server shutdown waits
-    /// for open streams).
-    pub fn close_subscriptions(&self) {
-        self.events().inner.closed.cancel();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -541,8 +432,10 @@ mod tests {
     use bits_core::Priority;
 
     use super::*;
-    use crate::manager::set_state;
+    use crate::table::set_state;
     use crate::testing::{caller, job_with_files, manager, with_entry};
+    use crate::types::Caller;
+    use crate::watch::Subscription;
 
     const ALL: u32 = notify::ALL & !notify::DISABLE;
 

@@ -2,7 +2,7 @@
 //! checked before any is added), changing where they come from (SetRemoteName,
 //! ReplaceRemotePrefix) and steering on-demand downloads (UpdateDownloadPosition).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -12,11 +12,12 @@ use bits_core::{
     validate_static_ranges,
 };
 
-use crate::access::as_owner;
-use crate::manager::{
-    Caller, Entry, Manager, Table, disk_error, lookup_mut, lookup_mut_check, run_blocking,
-    store_error,
-};
+use crate::access::{as_owner, run_blocking};
+use crate::errors::disk_error;
+use crate::handle::Manager;
+use crate::paths::PathIndex;
+use crate::table::{Entry, Table, lookup_mut, lookup_mut_check};
+use crate::types::Caller;
 use crate::validate;
 
 /// One file to add.
@@ -134,12 +135,7 @@ impl Manager {
             let records = new_records(files, &dir_inos, id, first, mode);
             let mut new_paths = PathIndex::default();
             new_paths.insert_all(&hashes);
-            let store = self.inner.store.clone();
-            let records = run_blocking(move || {
-                store.put_new_files(id, first, &records).map_err(store_error)?;
-                Ok(records)
-            })
-            .await?;
+            let records = self.commit().put_new_files(id, first, records).await?;
             let mut table = self.table();
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = records.len();
@@ -170,12 +166,12 @@ impl Manager {
             entry.paths.insert_all(&hashes);
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
-            if let Err(e) = self.inner.store.add_files(&entry.job, first) {
+            if let Err(e) = self.commit().add_files(&entry.job, first) {
                 // The job stays as clients last saw it; a retry writes the same indexes again.
                 entry.job.files.truncate(first as usize);
                 entry.paths.remove_all(&hashes);
                 entry.job.modification_time = modified;
-                return Err(store_error(e));
+                return Err(e);
             }
             entry.adding_from = Some(first);
             entry.events.modified(entry);
@@ -185,7 +181,7 @@ impl Manager {
             self.take_back_files(id, first, count, modified, &hashes);
             return Err(e);
         }
-        if let Some(entry) = self.table().jobs.get_mut(&id) {
+        if let Some(entry) = self.table().get_mut(&id) {
             entry.adding_from = None;
             if let Some(run) = &entry.run {
                 run.repick.notify_one();
@@ -267,7 +263,7 @@ impl Manager {
         hashes: &[u64],
     ) {
         let mut table = self.table();
-        let Some(entry) = table.jobs.get_mut(&id) else { return };
+        let Some(entry) = table.get_mut(&id) else { return };
         entry.adding_from = None;
         if entry.job.files.len() != first as usize + count {
             return;
@@ -293,7 +289,7 @@ impl Manager {
     ) -> Result<Code, BitsError> {
         self.modify_files(caller, id, |job| {
             validate::remote_url(url)?;
-            let file = crate::manager::file_mut(job, index)?;
+            let file = crate::table::file_mut(job, index)?;
             file.remote_url = url.to_string();
             Ok(())
         })
@@ -348,7 +344,7 @@ impl Manager {
         offset: u64,
     ) -> Result<Code, BitsError> {
         self.modify_files(caller, id, |job| {
-            let file = crate::manager::file_mut(job, index)?;
+            let file = crate::table::file_mut(job, index)?;
             if !file.ranges.is_empty() {
                 return Err(BitsError::new(
                     Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
@@ -365,56 +361,6 @@ impl Manager {
             Ok(())
         })
         .await
-    }
-}
-
-/// Hashes of a job's local paths, counted, so AddFile finds a path already in the job without
-/// scanning a job of many files under the table lock. A hash it holds is only a hint: the paths
-/// themselves are compared then.
-#[derive(Debug, Default)]
-pub(crate) struct PathIndex(HashMap<u64, u32>);
-
-impl PathIndex {
-    pub(crate) fn of(files: &[JobFile]) -> PathIndex {
-        let mut index = PathIndex::default();
-        let hashes: Vec<u64> = files.iter().map(|f| PathIndex::hash(&f.local_path)).collect();
-        index.insert_all(&hashes);
-        index
-    }
-
-    /// The hash of a path, keyed per process.
-    pub(crate) fn hash(path: &Path) -> u64 {
-        static KEYS: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
-        std::hash::BuildHasher::hash_one(KEYS.get_or_init(Default::default), path)
-    }
-
-    fn holds(&self, hash: u64) -> bool {
-        self.0.contains_key(&hash)
-    }
-
-    fn insert_all(&mut self, hashes: &[u64]) {
-        self.0.reserve(hashes.len());
-        hashes.iter().for_each(|h| *self.0.entry(*h).or_default() += 1);
-    }
-
-    /// Adds `other`'s paths; into an empty index (a fresh job's) without a copy.
-    fn join(&mut self, other: PathIndex) {
-        if self.0.is_empty() {
-            *self = other;
-        } else {
-            other.0.into_iter().for_each(|(h, n)| *self.0.entry(h).or_default() += n);
-        }
-    }
-
-    fn remove_all(&mut self, hashes: &[u64]) {
-        for hash in hashes {
-            if let Some(count) = self.0.get_mut(hash) {
-                *count -= 1;
-                if *count == 0 {
-                    self.0.remove(hash);
-                }
-            }
-        }
     }
 }
 

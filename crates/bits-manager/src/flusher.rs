@@ -18,7 +18,7 @@ use bits_core::{BitsError, Code};
 use bits_store::{Store, StoreError};
 use tokio::sync::oneshot;
 
-use crate::manager::store_error;
+use crate::errors::store_error;
 use crate::stats::FlushTimes;
 
 /// Store work for the flusher thread, answering on its own channel.

@@ -9,29 +9,41 @@
 
 mod access;
 mod checksum;
+mod commit;
+mod errors;
 mod events;
 mod files;
+mod finish;
 mod flusher;
+mod handle;
 mod manager;
 mod notify_cmd;
+mod on_demand;
 mod ownership;
+mod paths;
 mod policy;
 mod reconcile;
 mod requested;
 mod scheduler;
 mod setters;
 mod stats;
+mod status;
+mod table;
 #[cfg(test)]
 mod testing;
+mod types;
 mod validate;
+mod watch;
 mod worker;
 mod writer;
 
-pub use events::{EventKind, JobEvent, Subscription};
+pub use events::{EventKind, JobEvent};
 pub use files::NewFile;
-pub use manager::{Caller, Manager, ManagerConfig, ManagerError, Summary};
+pub use handle::Manager;
 pub use setters::PropertyValue;
 pub use stats::FLUSH_BUCKETS_MICROS;
+pub use types::{Caller, ManagerConfig, ManagerError, Summary};
+pub use watch::Subscription;
 /// Public only so that its doc test can show, from outside the crate, that it cannot be forged.
 #[doc(hidden)]
 pub use writer::Synced;

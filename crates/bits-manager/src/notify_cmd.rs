@@ -22,12 +22,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bits_core::job::notify;
-use bits_core::{Job, JobId, JobState, NotifyCmdLine};
+use bits_core::{JobId, JobState, NotifyCmdLine};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::manager::Manager;
+use crate::events::Due;
+use crate::handle::Manager;
 
 /// Uids below this are system ("service") accounts, root among them: their jobs never run a
 /// notify program (spec §8's proposal: system uids are those below 1000).
@@ -46,40 +46,15 @@ const PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// its pipes open).
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
-/// A job whose notify program is due: which job, in which state, with which command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Due {
-    id: JobId,
-    state: JobState,
-    cmd: NotifyCmdLine,
-}
-
-impl Due {
-    /// The program `job` owes now, if any: it is TRANSFERRED or ERROR, has a command line, and
-    /// its notify flags let that state's notification through.
-    pub(crate) fn of(job: &Job) -> Option<Due> {
-        let flag = match job.state {
-            JobState::Transferred => notify::JOB_TRANSFERRED,
-            JobState::Error => notify::JOB_ERROR,
-            _ => return None,
-        };
-        let cmd = job.notify_cmd_line.as_ref()?;
-        if job.notify_flags & notify::DISABLE != 0 || job.notify_flags & flag == 0 {
-            return None;
-        }
-        Some(Due { id: job.id, state: job.state, cmd: cmd.clone() })
-    }
-}
-
 /// Starts the runner on the current runtime; the manager's event bus hands it due jobs. Jobs
 /// already TRANSFERRED or in ERROR when the daemon starts owe their program again: whether it ran
 /// before a crash or a restart is not recorded, so it runs at least once, as a late WatchJob
 /// subscriber gets JobTransferred / JobError replayed.
 pub(crate) fn start(manager: &Manager) {
     let (tx, rx) = mpsc::unbounded_channel();
-    manager.inner.events.send_commands_to(tx.clone());
-    for entry in manager.table().jobs.values() {
-        manager.inner.events.command_due(&entry.job);
+    manager.events().send_commands_to(tx.clone());
+    for entry in manager.table().values() {
+        manager.events().command_due(&entry.job);
     }
     let runner = Runner {
         manager: manager.clone(),
@@ -101,7 +76,7 @@ struct Runner {
 
 impl Runner {
     async fn run(self, mut due: mpsc::UnboundedReceiver<Due>) {
-        let shutdown = self.manager.inner.shutdown.clone();
+        let shutdown = self.manager.stopping().clone();
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -115,7 +90,7 @@ impl Runner {
     /// The job's owner, if the job still owes `due` and its owner may run programs.
     fn owner_if_due(&self, due: &Due) -> Option<u32> {
         let table = self.manager.table();
-        let job = &table.jobs.get(&due.id)?.job;
+        let job = &table.get(&due.id)?.job;
         if Due::of(job).as_ref() != Some(due) {
             return None;
         }
@@ -147,7 +122,7 @@ impl Runner {
         if self.owner_if_due(&due) != Some(uid) {
             return;
         }
-        let user = match crate::manager::run_blocking(move || {
+        let user = match crate::access::run_blocking(move || {
             Ok(nix::unistd::User::from_uid(uid.into()))
         })
         .await
@@ -176,10 +151,10 @@ impl Runner {
         tracing::warn!(job = %due.id, uid, outcome = ?report.outcome, "notify program failed; it runs again after the job's retry delay");
         let delay = {
             let table = self.manager.table();
-            let Some(entry) = table.jobs.get(&due.id) else { return };
+            let Some(entry) = table.get(&due.id) else { return };
             Duration::from_secs(u64::from(entry.job.minimum_retry_delay_secs.max(1)))
         };
-        let shutdown = self.manager.inner.shutdown.clone();
+        let shutdown = self.manager.stopping().clone();
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(delay) => { let _ = self.retries.send(due); }

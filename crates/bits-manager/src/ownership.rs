@@ -7,7 +7,9 @@ use bits_core::{BitsError, Code, Job, JobId};
 use bits_disk::DiskError;
 
 use crate::access::run_as;
-use crate::manager::{Caller, Manager, lookup_mut_check};
+use crate::handle::Manager;
+use crate::table::lookup_mut_check;
+use crate::types::Caller;
 
 impl Manager {
     /// Every user's jobs, oldest first (EnumJobs with BG_JOB_ENUM_ALL_USERS): administrators

@@ -13,8 +13,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::manager::{Manager, Run, set_state};
+use crate::handle::Manager;
 use crate::policy::Verdict;
+use crate::table::{Run, set_state};
 
 pub(crate) async fn run(manager: Manager) {
     loop {
@@ -27,8 +28,8 @@ pub(crate) async fn run(manager: Manager) {
         let sleep = next_retry
             .map_or(Duration::from_secs(3600), |at| at.saturating_duration_since(Instant::now()));
         tokio::select! {
-            _ = manager.inner.shutdown.cancelled() => return,
-            _ = manager.inner.wake.notified() => {}
+            _ = manager.stopping().cancelled() => return,
+            _ = manager.wake().notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }
@@ -49,11 +50,11 @@ fn schedule_once(manager: &Manager) -> Pass {
     let mut table = manager.table();
     // Checked under the lock: shutdown collects the workers to wait for under it too, so a
     // worker is either among them or never started.
-    if manager.inner.shutdown.is_cancelled() {
+    if manager.stopping().is_cancelled() {
         return Pass { next_retry: None, wrote };
     }
     let mut next_retry: Option<Instant> = None;
-    for entry in table.jobs.values_mut() {
+    for entry in table.values_mut() {
         if entry.job.state != JobState::TransientError || entry.run.is_some() {
             continue;
         }
@@ -83,9 +84,8 @@ fn schedule_once(manager: &Manager) -> Pass {
     }
 
     let background_busy =
-        table.jobs.values().any(|e| e.run.is_some() && e.job.priority != Priority::Foreground);
+        table.values().any(|e| e.run.is_some() && e.job.priority != Priority::Foreground);
     let mut queued: Vec<(Priority, u64, JobId)> = table
-        .jobs
         .values()
         .filter(|e| e.job.state == JobState::Queued && e.run.is_none() && !e.finishing)
         .map(|e| (e.job.priority, e.seq, e.job.id))
@@ -102,7 +102,7 @@ fn schedule_once(manager: &Manager) -> Pass {
         }
     }
     for id in to_start {
-        let Some(entry) = table.jobs.get_mut(&id) else { continue };
+        let Some(entry) = table.get_mut(&id) else { continue };
         let Ok(next) = transition(entry.job.state, Event::Start) else { continue };
         set_state(entry, next);
         wrote = true;
@@ -135,13 +135,13 @@ struct Busy(Manager);
 
 impl Busy {
     fn enter(manager: &Manager) -> Busy {
-        manager.inner.workers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        manager.workers().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Busy(manager.clone())
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.inner.workers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.workers().fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -11,7 +11,9 @@ use bits_core::job::{
 };
 use bits_core::{BitsError, Code, Event, Job, JobId, NotifyCmdLine, Priority, transition};
 
-use crate::manager::{Caller, Manager, lookup_mut};
+use crate::handle::Manager;
+use crate::table::lookup_mut;
+use crate::types::Caller;
 
 /// A value for SetProperty, as the BITS_JOB_PROPERTY_VALUE union carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +89,7 @@ impl Manager {
             self.take_back(id, &before, &after);
             return Err(e);
         }
-        self.inner.wake.notify_one();
+        self.wake().notify_one();
         Ok(Code::S_OK)
     }
 
@@ -97,7 +99,7 @@ impl Manager {
     /// moment ago, and if it stays failed its next open recovers the old values anyway.
     fn take_back(&self, id: JobId, before: &Snapshot, after: &Snapshot) {
         let mut table = self.table();
-        let Some(entry) = table.jobs.get_mut(&id) else { return };
+        let Some(entry) = table.get_mut(&id) else { return };
         before.restore_unchanged(after, &mut entry.job);
         let stored = after
             .persist_changed_files(self, &entry.job)
@@ -349,7 +351,7 @@ impl Manager {
                 Ok(())
             })
             .await?;
-        if let Some(entry) = self.table().jobs.get(&id) {
+        if let Some(entry) = self.table().get(&id) {
             entry.events.command_due(&entry.job);
         }
         Ok(code)
@@ -555,7 +557,7 @@ mod tests {
     use std::sync::atomic::Ordering::SeqCst;
 
     use super::*;
-    use crate::manager::ManagerConfig;
+    use crate::types::ManagerConfig;
     use bits_store::Store;
 
     use crate::testing::{Watched, caller, job_with_files};

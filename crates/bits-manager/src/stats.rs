@@ -12,8 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bits_core::{Code, FlushStats, JobState, Stats};
 
-use crate::manager::Manager;
-
 /// Upper bounds of the flush-latency buckets, in µs: from a page-cache flush (tens of µs) to a
 /// disk that stalls for seconds.
 pub const FLUSH_BUCKETS_MICROS: [u64; 12] =
@@ -25,7 +23,7 @@ pub(crate) struct Counters {
     start_time: SystemTime,
     bytes_recorded: AtomicU64,
     transient: Mutex<HashMap<Code, u64>>,
-    pub(crate) flushes: Arc<FlushTimes>,
+    flushes: Arc<FlushTimes>,
 }
 
 impl Counters {
@@ -96,45 +94,37 @@ impl FlushTimes {
     }
 }
 
-impl Manager {
-    /// The daemon's numbers now; `own_jobs` counts the jobs of `uid`. One pass over the job
-    /// table under its lock. The manager does not see control connections and watch streams:
+impl Counters {
+    /// The flush-latency record, for the flusher thread to fill.
+    pub(crate) fn flush_times(&self) -> Arc<FlushTimes> {
+        Arc::clone(&self.flushes)
+    }
+
+    /// The daemon's numbers now, given the jobs by state (all, and the asker's own) and the
+    /// HTTP connections open. The manager does not see control connections and watch streams:
     /// those two are 0, for the server to fill in.
-    pub fn stats(&self, uid: u32) -> Stats {
-        let counters = &self.inner.stats;
-        let mut all = [0u64; JobState::ALL.len()];
-        let mut own = [0u64; JobState::ALL.len()];
-        {
-            let table = self.table();
-            for entry in table.jobs.values() {
-                let Some(i) = JobState::ALL.iter().position(|&s| s == entry.job.state) else {
-                    continue;
-                };
-                all[i] += 1;
-                if entry.job.owner_uid == uid {
-                    own[i] += 1;
-                }
-            }
-        }
-        let by_state = |counts: [u64; JobState::ALL.len()]| {
-            JobState::ALL.iter().zip(counts).filter(|(_, n)| *n > 0).map(|(&s, n)| (s, n)).collect()
-        };
+    pub(crate) fn stats(
+        &self,
+        jobs: Vec<(JobState, u64)>,
+        own_jobs: Vec<(JobState, u64)>,
+        http_connections: u64,
+    ) -> Stats {
         let mut transient: Vec<(Code, u64)> = {
-            let counts = counters.transient.lock().unwrap_or_else(PoisonError::into_inner);
+            let counts = self.transient.lock().unwrap_or_else(PoisonError::into_inner);
             counts.iter().map(|(&code, &n)| (code, n)).collect()
         };
         transient.sort_by_key(|&(code, _)| code.hresult());
         Stats {
-            start_time: counters.start_time,
-            uptime: counters.started.elapsed(),
-            jobs: by_state(all),
-            own_jobs: by_state(own),
-            bytes_transferred: counters.bytes_recorded.load(Ordering::Relaxed),
+            start_time: self.start_time,
+            uptime: self.started.elapsed(),
+            jobs,
+            own_jobs,
+            bytes_transferred: self.bytes_recorded.load(Ordering::Relaxed),
             control_connections: 0,
             watch_streams: 0,
-            http_connections: self.inner.http.open_connections() as u64,
+            http_connections,
             transient_errors: transient,
-            flushes: counters.flushes.snapshot(),
+            flushes: self.flushes.snapshot(),
         }
     }
 }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use bits_core::{Job, JobFile, JobId, JobType, Priority};
 use bits_store::{MemStore, Store, StoreError};
 
-use crate::manager::{Caller, Entry, Manager, ManagerConfig};
+use crate::handle::Manager;
+use crate::table::Entry;
+use crate::types::{Caller, ManagerConfig};
 
 pub(crate) async fn manager() -> Manager {
     Manager::start(Arc::new(MemStore::new()), ManagerConfig::default()).unwrap()
@@ -36,7 +38,7 @@ pub(crate) async fn job_with_files(manager: &Manager, dir: &Path, n: usize) -> J
 /// Changes the job in the table, as a worker would, under the lock.
 pub(crate) fn with_entry(manager: &Manager, id: JobId, change: impl FnOnce(&mut Entry)) {
     let mut table = manager.table();
-    change(table.jobs.get_mut(&id).unwrap());
+    change(table.get_mut(&id).unwrap());
 }
 
 /// A store that records which thread flushed it, and fails its flushes when told to.

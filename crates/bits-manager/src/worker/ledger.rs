@@ -16,10 +16,13 @@ use bits_http::{HttpClient, RemoteInfo, RequestOptions};
 use super::halt::{Halt, store_halt};
 use super::pick::{self, NextFile, Shape};
 use crate::ManagerConfig;
-use crate::manager::{Entry, Manager, set_state};
+use crate::handle::Manager;
+use crate::table::{Entry, set_state};
 use crate::writer::Synced;
 
-pub(super) use crate::manager::{disk_error, remote_mtime, run_blocking};
+pub(super) use crate::access::run_blocking;
+pub(super) use crate::errors::disk_error;
+pub(super) use crate::finish::remote_mtime;
 
 /// When [`JobLedger::connected`] writes the file's record to the store.
 #[derive(PartialEq)]
@@ -48,7 +51,7 @@ impl JobLedger {
     }
 
     pub(super) fn http(&self) -> &HttpClient {
-        &self.manager.inner.http
+        self.manager.http()
     }
 
     pub(super) fn config(&self) -> &ManagerConfig {
@@ -58,7 +61,7 @@ impl JobLedger {
     /// What is left of the job's maximum download time (`None`: the job is gone).
     pub(super) fn budget(&self) -> Option<Duration> {
         let table = self.manager.table();
-        let entry = table.jobs.get(&self.id)?;
+        let entry = table.get(&self.id)?;
         let max = Duration::from_secs(u64::from(entry.job.maximum_download_time_secs));
         Some(max.saturating_sub(entry.active_time))
     }
@@ -66,14 +69,14 @@ impl JobLedger {
     /// A copy of one file's record.
     pub(super) fn file(&self, index: u32) -> Result<JobFile, Halt> {
         let table = self.manager.table();
-        let job = table.jobs.get(&self.id).map(|e| &e.job).ok_or(Halt::Stopped)?;
+        let job = table.get(&self.id).map(|e| &e.job).ok_or(Halt::Stopped)?;
         job.files.get(index as usize).cloned().ok_or(Halt::Stopped)
     }
 
     /// Everything opening a file needs from the job, under one lock.
     pub(super) fn opening(&self, index: u32) -> Result<(JobFile, RequestOptions, Shape), Halt> {
         let table = self.manager.table();
-        let job = table.jobs.get(&self.id).map(|e| &e.job).ok_or(Halt::Stopped)?;
+        let job = table.get(&self.id).map(|e| &e.job).ok_or(Halt::Stopped)?;
         let file = job.files.get(index as usize).cloned().ok_or(Halt::Stopped)?;
         Ok((file, super::transfer::request_options(job), Shape::of(job)))
     }
@@ -86,7 +89,7 @@ impl JobLedger {
     /// The job's connections per file.
     pub(super) fn connections(&self) -> usize {
         let table = self.manager.table();
-        table.jobs.get(&self.id).map_or(1, |e| e.job.connections_per_file.max(1) as usize)
+        table.get(&self.id).map_or(1, |e| e.job.connections_per_file.max(1) as usize)
     }
 
     /// The next file to start when fewer than the job's files-at-once are `running`: from index
@@ -99,7 +102,7 @@ impl JobLedger {
         from: u32,
     ) -> Result<Option<u32>, Halt> {
         let table = self.manager.table();
-        let entry = table.jobs.get(&self.id).ok_or(Halt::Stopped)?;
+        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
         // Slots first: no pick without a free slot.
         if running >= entry.job.files_at_once.max(1) as usize {
             return Ok(None);
@@ -113,14 +116,14 @@ impl JobLedger {
     /// How the worker ends once it has no file left to start ([`pick::outcome`]).
     pub(super) fn outcome(&self) -> Result<(), Halt> {
         let table = self.manager.table();
-        let entry = table.jobs.get(&self.id).ok_or(Halt::Stopped)?;
+        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
         pick::outcome(&entry.job)
     }
 
     /// Files whose bytes are all recorded and whose expected digest was not checked yet.
     pub(super) fn due_for_verification(&self) -> Result<Vec<(u32, JobFile)>, Halt> {
         let table = self.manager.table();
-        let entry = table.jobs.get(&self.id).ok_or(Halt::Stopped)?;
+        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
         Ok((0u32..)
             .zip(&entry.job.files)
             .filter(|(_, f)| f.needs_verification())
@@ -155,7 +158,7 @@ impl JobLedger {
     ) -> Result<Option<Span>, Halt> {
         // The claims are locked inside the table's lock, as two connections claim at once.
         let table = self.manager.table();
-        let entry = table.jobs.get(&self.id).ok_or(Halt::Stopped)?;
+        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
         let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
         let mut claimed = claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let missing = layout.wanted().subtract(&file.filled).subtract(&claimed);
@@ -174,7 +177,7 @@ impl JobLedger {
         choose: impl FnOnce(&RangeSet, &JobFile, bool) -> T,
     ) -> Result<T, Halt> {
         let table = self.manager.table();
-        let entry = table.jobs.get(&self.id).ok_or(Halt::Stopped)?;
+        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
         let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
         let missing = layout.wanted().subtract(&file.filled).subtract(pending);
         Ok(choose(&missing, file, entry.job.on_demand))
@@ -193,7 +196,7 @@ impl JobLedger {
         let (manager, id) = (&self.manager, self.id);
         let trimmed = {
             let mut table = manager.table();
-            let entry = table.jobs.get_mut(&id).ok_or(Halt::Stopped)?;
+            let entry = table.get_mut(&id).ok_or(Halt::Stopped)?;
             let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
             file.remote_size = Some(remote.size);
             file.validator = remote.validator.clone();
@@ -244,7 +247,7 @@ impl JobLedger {
     /// byte of it is recorded, so a record with bytes always names its file).
     pub(super) fn note_temp(&self, index: u32, made: TempId) -> Result<(), Halt> {
         let mut table = self.manager.table();
-        let entry = table.jobs.get_mut(&self.id).ok_or(Halt::Stopped)?;
+        let entry = table.get_mut(&self.id).ok_or(Halt::Stopped)?;
         let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
         file.temp_id = Some(made);
         Ok(())
@@ -254,8 +257,7 @@ impl JobLedger {
     /// it durable. A failure is only logged: the caller is already failing for another reason.
     pub(super) fn store_file_record(&self, index: u32, change: impl FnOnce(&mut JobFile)) {
         let mut table = self.manager.table();
-        let Some(file) =
-            table.jobs.get_mut(&self.id).and_then(|e| e.job.files.get_mut(index as usize))
+        let Some(file) = table.get_mut(&self.id).and_then(|e| e.job.files.get_mut(index as usize))
         else {
             return;
         };
@@ -277,7 +279,7 @@ impl JobLedger {
         }
         {
             let mut table = manager.table();
-            let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };
+            let Some(entry) = table.get_mut(&id) else { return Ok(()) };
             entry.stalled_since = None;
             entry.job.modification_time = SystemTime::now();
             if entry.job.files.get(index as usize).is_none() {
@@ -291,10 +293,10 @@ impl JobLedger {
             manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
         }
         self.flush(index).await?;
-        manager.inner.stats.recorded(spans.total_len());
+        manager.counters().recorded(spans.total_len());
         // Durable: now clients may see the spans, and their events go out.
         let mut table = manager.table();
-        let Some(entry) = table.jobs.get_mut(&id) else { return Ok(()) };
+        let Some(entry) = table.get_mut(&id) else { return Ok(()) };
         if let Some(pending) = entry.unflushed.get_mut(&index) {
             *pending = pending.subtract(spans);
             if pending.is_empty() {
@@ -320,7 +322,7 @@ impl JobLedger {
     pub(super) async fn forget_progress(&self, index: u32) -> Result<(), Halt> {
         {
             let mut table = self.manager.table();
-            let entry = table.jobs.get_mut(&self.id).ok_or(Halt::Stopped)?;
+            let entry = table.get_mut(&self.id).ok_or(Halt::Stopped)?;
             let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
             file.reset_progress();
             self.manager.persist_file(self.id, index, file).map_err(|e| store_halt(e, index))?;
@@ -339,7 +341,7 @@ impl JobLedger {
         let (manager, id) = (&self.manager, self.id);
         {
             let mut table = manager.table();
-            let Some(entry) = table.jobs.get_mut(&id) else { return };
+            let Some(entry) = table.get_mut(&id) else { return };
             entry.run = None;
             entry.active_time += started.elapsed();
             if !entry.finishing {
@@ -394,7 +396,7 @@ impl JobLedger {
         if let Err(e) = manager.flush().await {
             tracing::error!(job = %id, error = %e, "cannot flush the store");
         }
-        manager.inner.wake.notify_one();
+        manager.wake().notify_one();
     }
 }
 
@@ -420,7 +422,7 @@ fn fail(
     let Ok(next) = transition(entry.job.state, event) else { return };
     tracing::warn!(job = %entry.job.id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
     if !fatal {
-        manager.inner.stats.transient_error(error.code);
+        manager.counters().transient_error(error.code);
     }
     entry.job.error_count = entry.job.error_count.saturating_add(1);
     entry.job.error = Some(error);

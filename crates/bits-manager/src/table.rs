@@ -1,0 +1,305 @@
+//! The job table: every job with what only the running daemon knows about it, the one place a
+//! job's state changes ([`set_state`]), and the owner and tombstone checks every BITS operation
+//! starts with.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bits_core::{BitsError, Code, Job, JobFile, JobId, JobState, Progress, RangeSet};
+use tokio::sync::Notify;
+// tokio's clock, so `tokio::time::pause` drives retry, stall and deadline times in tests.
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{EventBus, JobView};
+use crate::paths::PathIndex;
+use crate::types::Caller;
+
+/// How many finished jobs are remembered so that calls on them say BG_E_INVALID_STATE.
+const MAX_TOMBSTONES: usize = 4096;
+
+#[derive(Default)]
+pub(crate) struct Table {
+    jobs: HashMap<JobId, Entry>,
+    /// Final jobs by id, oldest first, with their owner and final state.
+    tombstones: Vec<(JobId, u32, JobState)>,
+    /// Insertion counter giving FIFO order among jobs of equal priority.
+    next_seq: u64,
+}
+
+impl Table {
+    pub(crate) fn get(&self, id: &JobId) -> Option<&Entry> {
+        self.jobs.get(id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<&mut Entry> {
+        self.jobs.get_mut(id)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Entry> {
+        self.jobs.values()
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.jobs.values_mut()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Adds a job behind every job already in the table (FIFO among equal priorities).
+    pub(crate) fn insert(&mut self, job: Job, events: EventBus, retry_at: Option<Instant>) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let paths = PathIndex::of(&job.files);
+        let entry = Entry {
+            job,
+            seq,
+            run: None,
+            retry_at,
+            stalled_since: None,
+            finishing: false,
+            events,
+            active_time: Duration::ZERO,
+            unflushed: HashMap::new(),
+            adding: Arc::default(),
+            paths,
+            adding_from: None,
+        };
+        self.jobs.insert(entry.job.id, entry);
+    }
+
+    /// Takes a finished job out of the table, leaving a tombstone so that later changes of it
+    /// answer BG_E_INVALID_STATE.
+    pub(crate) fn retire(&mut self, id: JobId, final_state: JobState) -> Option<Entry> {
+        let entry = self.jobs.remove(&id)?;
+        self.tombstones.push((id, entry.job.owner_uid, final_state));
+        if self.tombstones.len() > MAX_TOMBSTONES {
+            self.tombstones.remove(0);
+        }
+        Some(entry)
+    }
+}
+
+/// A job plus what only the running daemon knows about it.
+pub(crate) struct Entry {
+    pub(crate) job: Job,
+    pub(crate) seq: u64,
+    pub(crate) run: Option<Run>,
+    /// When a TRANSIENT_ERROR job is due for its retry.
+    pub(crate) retry_at: Option<Instant>,
+    /// Start of the current stretch without progress, set at the first transient error.
+    pub(crate) stalled_since: Option<Instant>,
+    /// Complete or Cancel is in progress: other changes are refused.
+    pub(crate) finishing: bool,
+    /// Time spent CONNECTING or TRANSFERRING since the last Resume, counted against the job's
+    /// maximum download time (spec §5.3). Not persisted: a restart grants a fresh budget.
+    pub(crate) active_time: Duration,
+    /// Per file, filled spans recorded in the table (so every store write of the file includes
+    /// them) whose store flush has not returned yet; a file with none has no entry. Clients are not shown them: a crash in that
+    /// window would take them back, and what GetFilledFileRanges reported must never shrink.
+    pub(crate) unflushed: HashMap<u32, RangeSet>,
+    /// Where this job's notifications go: a handle on the manager's bus, so that
+    /// [`set_state`] can announce every state change.
+    pub(crate) events: EventBus,
+    /// Held by an AddFile from its first look at the job to its store write: a large one writes
+    /// its file records outside the table lock, and no other add may take the same indexes.
+    pub(crate) adding: Arc<tokio::sync::Mutex<()>>,
+    /// The job's local paths, for AddFile's duplicate check.
+    pub(crate) paths: PathIndex,
+    /// Files from this index on were just added and their flush has not returned: workers leave
+    /// them alone, since a failed flush takes them back (and the next AddFile reuses the indexes).
+    pub(crate) adding_from: Option<u32>,
+}
+
+impl Entry {
+    /// File `index`'s filled set as clients may see it (see [`Entry::visible`]); borrowed unless
+    /// a flush of that file is in flight.
+    pub(crate) fn visible_filled(&self, index: u32) -> Option<Cow<'_, RangeSet>> {
+        let file = self.job.files.get(index as usize)?;
+        Some(match self.unflushed.get(&index) {
+            Some(pending) => Cow::Owned(file.filled.subtract(pending)),
+            None => Cow::Borrowed(&file.filled),
+        })
+    }
+
+    /// Whether clients may see file `index` as transferred (its last bytes' flush has returned).
+    pub(crate) fn file_transferred(&self, index: u32) -> bool {
+        self.visible_filled(index)
+            .is_some_and(|filled| self.job.files[index as usize].is_transferred_of(&filled))
+    }
+
+    /// The job's progress as clients may see it (see [`Entry::visible`]), without a clone.
+    pub(crate) fn progress(&self) -> Progress {
+        if self.unflushed.is_empty() {
+            return self.job.progress();
+        }
+        self.job.progress_hiding(|index| self.unflushed.get(&index))
+    }
+
+    /// The job as clients may see it: without the spans in [`Entry::unflushed`], so progress,
+    /// filled ranges and job snapshots all say the same thing and none ever shrinks. Borrowed
+    /// unless a flush is in flight.
+    pub(crate) fn visible(&self) -> Cow<'_, Job> {
+        if self.unflushed.is_empty() {
+            return Cow::Borrowed(&self.job);
+        }
+        let mut job = self.job.clone();
+        for (&index, spans) in &self.unflushed {
+            if let Some(file) = job.files.get_mut(index as usize) {
+                file.filled = file.filled.subtract(spans);
+            }
+        }
+        Cow::Owned(job)
+    }
+}
+
+impl JobView for Entry {
+    fn job(&self) -> &Job {
+        &self.job
+    }
+
+    fn progress(&self) -> Progress {
+        Entry::progress(self)
+    }
+
+    fn file_transferred(&self, index: u32) -> bool {
+        Entry::file_transferred(self, index)
+    }
+}
+
+/// A running worker.
+pub(crate) struct Run {
+    pub(crate) stop: CancellationToken,
+    /// Tells the worker to choose its next piece again (new on-demand ranges, new files).
+    pub(crate) repick: Arc<Notify>,
+    /// Cancelled when the worker's task has ended (returned, panicked or been dropped), so
+    /// everyone who must wait for it can: shutdown and a Cancel or Complete arriving meanwhile
+    /// both wait, rather than whoever came second finding nothing to wait on and deleting temp
+    /// files a blocking write of the worker's is still using.
+    pub(crate) ended: CancellationToken,
+}
+
+impl Run {
+    /// Stops the worker; the returned token is cancelled once it has ended.
+    pub(crate) fn halt(&self) -> CancellationToken {
+        self.stop.cancel();
+        self.ended.clone()
+    }
+}
+
+/// What Resume and Suspend change besides the state, kept to undo a change the store refused.
+pub(crate) struct SavedState {
+    state: JobState,
+    retry_at: Option<Instant>,
+    stalled_since: Option<Instant>,
+    active_time: Duration,
+    transfer_completion_time: Option<SystemTime>,
+}
+
+impl SavedState {
+    pub(crate) fn of(entry: &Entry) -> SavedState {
+        SavedState {
+            state: entry.job.state,
+            retry_at: entry.retry_at,
+            stalled_since: entry.stalled_since,
+            active_time: entry.active_time,
+            transfer_completion_time: entry.job.transfer_completion_time,
+        }
+    }
+
+    /// Puts the job back as it was. A job that was transferring goes back to QUEUED: its worker
+    /// was stopped, and the scheduler starts a new one. A job put back where no worker may run
+    /// has its worker (if the scheduler started one meanwhile) stopped.
+    pub(crate) fn restore(self, entry: &mut Entry) {
+        let state = if self.state.is_active() { JobState::Queued } else { self.state };
+        if !state.is_active()
+            && let Some(run) = &entry.run
+        {
+            run.stop.cancel();
+        }
+        if entry.job.state != state {
+            set_state(entry, state);
+        }
+        entry.retry_at = self.retry_at;
+        entry.stalled_since = self.stalled_since;
+        entry.active_time = self.active_time;
+        entry.job.transfer_completion_time = self.transfer_completion_time;
+    }
+}
+
+/// The one place a job's state changes; it also announces the change (JobModification, or
+/// JobTransferred / JobError for TRANSFERRED / ERROR, spec §7.1), so set the job's error first.
+pub(crate) fn set_state(entry: &mut Entry, state: JobState) {
+    entry.job.state = state;
+    entry.job.modification_time = SystemTime::now();
+    entry.events.state_changed(entry);
+}
+
+pub(crate) fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
+    match table.jobs.get(&id) {
+        Some(entry) => {
+            check_owner(caller, &entry.job)?;
+            Ok(entry)
+        }
+        None => Err(BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}"))),
+    }
+}
+
+/// Lookup for a change: a job that has just been completed or cancelled answers
+/// BG_E_INVALID_STATE rather than BG_E_NOT_FOUND (spec §1.1 tombstones).
+pub(crate) fn lookup_mut_check(
+    table: &Table,
+    caller: Caller,
+    id: JobId,
+) -> Result<&Entry, BitsError> {
+    if let Some((_, owner, state)) = table.tombstones.iter().find(|(t, _, _)| *t == id)
+        && (*owner == caller.uid || caller.is_admin())
+    {
+        return Err(BitsError::new(
+            Code::BG_E_INVALID_STATE,
+            format!("job {id} is {} and can no longer change", state.name()),
+        ));
+    }
+    let entry = lookup(table, caller, id)?;
+    if entry.finishing {
+        return Err(BitsError::new(
+            Code::BG_E_INVALID_STATE,
+            format!("job {id} is being completed or cancelled"),
+        ));
+    }
+    Ok(entry)
+}
+
+pub(crate) fn lookup_mut(
+    table: &mut Table,
+    caller: Caller,
+    id: JobId,
+) -> Result<&mut Entry, BitsError> {
+    lookup_mut_check(table, caller, id)?;
+    table
+        .jobs
+        .get_mut(&id)
+        .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))
+}
+
+fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
+    if job.owner_uid == caller.uid || caller.is_admin() {
+        Ok(())
+    } else {
+        Err(BitsError::new(Code::E_ACCESSDENIED, format!("job {} belongs to another user", job.id)))
+    }
+}
+
+pub(crate) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {
+    let n = job.files.len();
+    job.files.get_mut(index as usize).ok_or_else(|| {
+        BitsError::new(
+            Code::E_INVALIDARG,
+            format!("file index {index} is out of range; the job has {n} files"),
+        )
+    })
+}
