@@ -111,7 +111,7 @@ impl Manager {
                 let found = match found {
                     Ok(found) => found,
                     Err(e) => {
-                        failure = Some((k, *index, Some(e)));
+                        failure = Some(Stopped { at: k, index: *index, error: Some(e) });
                         break;
                     }
                 };
@@ -120,7 +120,7 @@ impl Manager {
                         already.push(&file.local_path);
                         continue;
                     }
-                    failure = Some((k, *index, None));
+                    failure = Some(Stopped { at: k, index: *index, error: None });
                     break;
                 };
                 let mtime = remote_mtime(&file.validator);
@@ -132,7 +132,7 @@ impl Manager {
             let (renamed, error) = bits_disk::rename_all_into_place(&plan);
             if let Some(e) = error {
                 let k = positions[renamed];
-                failure = Some((k, batch[k].0, Some(disk_error(e))));
+                failure = Some(Stopped { at: k, index: batch[k].0, error: Some(disk_error(e)) });
             }
             let done = plan[..renamed].iter().map(|m| m.dest).chain(already);
             bits_disk::sync_parent_dirs(done).map_err(disk_error)?;
@@ -148,7 +148,7 @@ impl Manager {
             }
         };
         // Files from the failed one on were not renamed: they are not completed after all.
-        let (k, index, error) = failure;
+        let Stopped { at: k, index, error } = failure;
         let not_renamed: Vec<u32> =
             whole[k..].iter().filter(|(_, f)| !f.completed).map(|(i, _)| *i).collect();
         self.set_completed_many(id, &not_renamed, false).await?;
@@ -294,6 +294,17 @@ impl Manager {
         self.wake().notify_one();
         Ok(())
     }
+}
+
+/// Where Complete's renames stopped: the first file not moved into place.
+struct Stopped {
+    /// Its position among the whole files (every file after it was not moved either).
+    at: usize,
+    /// Its index in the job.
+    index: u32,
+    /// Why; `None` when its temp file is gone or shorter than its bytes (they must be fetched
+    /// again).
+    error: Option<BitsError>,
 }
 
 /// A whole file's temp file as Complete finds it (reached without following a link): its
