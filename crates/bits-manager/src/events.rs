@@ -108,12 +108,24 @@ pub(crate) trait JobView {
 /// A job whose notify program is due: which job, in which state, with which command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Due {
-    pub(crate) id: JobId,
-    pub(crate) state: JobState,
-    pub(crate) cmd: NotifyCmdLine,
+    id: JobId,
+    state: JobState,
+    cmd: NotifyCmdLine,
 }
 
 impl Due {
+    pub(crate) fn id(&self) -> JobId {
+        self.id
+    }
+
+    pub(crate) fn state(&self) -> JobState {
+        self.state
+    }
+
+    pub(crate) fn cmd(&self) -> &NotifyCmdLine {
+        &self.cmd
+    }
+
     /// The program `job` owes now, if any: it is TRANSFERRED or ERROR, has a command line, and
     /// its notify flags let that state's notification through.
     pub(crate) fn of(job: &Job) -> Option<Due> {

@@ -90,7 +90,7 @@ impl Runner {
     /// The job's owner, if the job still owes `due` and its owner may run programs.
     fn owner_if_due(&self, due: &Due) -> Option<u32> {
         let table = self.manager.table();
-        let job = &table.get(&due.id)?.job;
+        let job = &table.get(&due.id())?.job;
         if Due::of(job).as_ref() != Some(due) {
             return None;
         }
@@ -108,12 +108,12 @@ impl Runner {
     async fn run_one(self, due: Due) {
         let Some(uid) = self.owner_if_due(&due) else { return };
         if uid < FIRST_USER_UID {
-            tracing::info!(job = %due.id, uid, "notify program not run: the job belongs to a system account");
+            tracing::info!(job = %due.id(), uid, "notify program not run: the job belongs to a system account");
             return;
         }
         let daemon = rustix::process::geteuid().as_raw();
         if daemon != 0 && daemon != uid {
-            tracing::warn!(job = %due.id, uid, "notify program not run: this daemon cannot act as the job's owner");
+            tracing::warn!(job = %due.id(), uid, "notify program not run: this daemon cannot act as the job's owner");
             return;
         }
         let Ok(_mine) = self.user_slots(uid).acquire_owned().await else { return };
@@ -129,29 +129,29 @@ impl Runner {
         {
             Ok(Ok(Some(user))) => user,
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
-                tracing::warn!(job = %due.id, uid, "notify program not run: the job's owner has no user database entry");
+                tracing::warn!(job = %due.id(), uid, "notify program not run: the job's owner has no user database entry");
                 return;
             }
         };
         let launch = Launch {
-            job: due.id,
+            job: due.id(),
             uid,
             gid: user.gid.as_raw(),
             switch: daemon == 0,
             home: user.dir.to_string_lossy().into_owned(),
             name: user.name,
-            state: due.state,
-            cmd: due.cmd.clone(),
+            state: due.state(),
+            cmd: due.cmd().clone(),
         };
         let report = run_program(&launch, self.manager.config().notify_cmd_timeout).await;
         if report.outcome.succeeded() {
-            tracing::info!(job = %due.id, uid, "notify program succeeded");
+            tracing::info!(job = %due.id(), uid, "notify program succeeded");
             return;
         }
-        tracing::warn!(job = %due.id, uid, outcome = ?report.outcome, "notify program failed; it runs again after the job's retry delay");
+        tracing::warn!(job = %due.id(), uid, outcome = ?report.outcome, "notify program failed; it runs again after the job's retry delay");
         let delay = {
             let table = self.manager.table();
-            let Some(entry) = table.get(&due.id) else { return };
+            let Some(entry) = table.get(&due.id()) else { return };
             Duration::from_secs(u64::from(entry.job.minimum_retry_delay_secs.max(1)))
         };
         let shutdown = self.manager.stopping().clone();
