@@ -184,7 +184,7 @@ impl Manager {
         if let Some(entry) = self.table().get_mut(&id) {
             entry.adding_from = None;
             if let Some(run) = &entry.run {
-                run.repick.notify_one();
+                run.repick();
             }
         }
         let indexes: Vec<u32> = (first..first + count as u32).collect();

@@ -203,7 +203,7 @@ impl Manager {
             let next = transition(entry.job.state, Event::Suspend)?;
             if let Some(run) = &entry.run {
                 // The worker syncs and records what it wrote, then exits; it reports no state.
-                run.stop.cancel();
+                run.stop();
             }
             if next == entry.job.state {
                 None
@@ -547,7 +547,7 @@ mod tests {
         let (stop, ended) = (CancellationToken::new(), CancellationToken::new());
         crate::testing::with_entry(&m, id, |entry| {
             let repick = Arc::new(Notify::new());
-            entry.run = Some(Run { stop: stop.clone(), repick, ended: ended.clone() });
+            entry.run = Some(Run::new(stop.clone(), repick, ended.clone()));
         });
 
         let shutdown = tokio::spawn({
@@ -586,7 +586,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let ended = loop {
             if let Some(run) = &m.table().get(&id).unwrap().run {
-                break run.ended.clone();
+                break run.ended();
             }
             assert!(std::time::Instant::now() < deadline, "the worker never started");
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -103,7 +103,7 @@ impl Manager {
         entry.job.modification_time = SystemTime::now();
         self.persist_job_fields(&entry.job)?;
         if let Some(run) = &entry.run {
-            run.repick.notify_one();
+            run.repick();
         }
         Ok(())
     }

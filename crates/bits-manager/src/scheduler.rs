@@ -123,7 +123,7 @@ fn schedule_once(manager: &Manager) -> Pass {
             let _busy = busy;
             run.await
         }));
-        entry.run = Some(Run { stop, repick, ended });
+        entry.run = Some(Run::new(stop, repick, ended));
         tracing::info!(job = %id, priority = entry.job.priority.name(), "job started");
     }
     Pass { next_retry, wrote }

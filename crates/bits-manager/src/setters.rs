@@ -80,7 +80,7 @@ impl Manager {
             }
             entry.events.modified(entry);
             if let Some(run) = &entry.run {
-                run.repick.notify_one();
+                run.repick();
             }
             let after = Snapshot::of(&entry.job, scope);
             (before, after)
@@ -109,7 +109,7 @@ impl Manager {
         }
         entry.events.modified(entry);
         if let Some(run) = &entry.run {
-            run.repick.notify_one();
+            run.repick();
         }
     }
 

@@ -173,17 +173,43 @@ impl JobView for Entry {
 
 /// A running worker.
 pub(crate) struct Run {
-    pub(crate) stop: CancellationToken,
+    stop: CancellationToken,
     /// Tells the worker to choose its next piece again (new on-demand ranges, new files).
-    pub(crate) repick: Arc<Notify>,
+    repick: Arc<Notify>,
     /// Cancelled when the worker's task has ended (returned, panicked or been dropped), so
     /// everyone who must wait for it can: shutdown and a Cancel or Complete arriving meanwhile
     /// both wait, rather than whoever came second finding nothing to wait on and deleting temp
     /// files a blocking write of the worker's is still using.
-    pub(crate) ended: CancellationToken,
+    ended: CancellationToken,
 }
 
 impl Run {
+    /// The worker the scheduler just spawned, with the tokens it watches and cancels.
+    pub(crate) fn new(
+        stop: CancellationToken,
+        repick: Arc<Notify>,
+        ended: CancellationToken,
+    ) -> Run {
+        Run { stop, repick, ended }
+    }
+
+    /// Tells the worker to stop (it syncs and records what it wrote, then exits); see
+    /// [`Run::halt`] to wait for that.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Tells the worker to choose its next piece again.
+    pub(crate) fn repick(&self) {
+        self.repick.notify_one();
+    }
+
+    /// Cancelled once the worker's task has ended.
+    #[cfg(test)]
+    pub(crate) fn ended(&self) -> CancellationToken {
+        self.ended.clone()
+    }
+
     /// Stops the worker; the returned token is cancelled once it has ended.
     pub(crate) fn halt(&self) -> CancellationToken {
         self.stop.cancel();
