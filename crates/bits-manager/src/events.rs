@@ -19,8 +19,8 @@
 //!
 //! Delivery: a [`tokio::sync::broadcast`] channel shared by all jobs. A subscriber that falls
 //! behind gets a fresh JobModification snapshot (and JobTransferred/JobError again if the job is
-//! in that state now) instead of an error. A [`Subscription`] ends when its job reaches a final
-//! state or when the daemon shuts down ([`Manager::close_subscriptions`]).
+//! in that state now) instead of an error. A [`Subscription`](crate::Subscription) ends when its job reaches a final
+//! state or when the daemon shuts down ([`Manager::close_subscriptions`](crate::Manager::close_subscriptions)).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

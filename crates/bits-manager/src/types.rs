@@ -5,7 +5,7 @@ use std::time::Duration;
 use bits_core::job::{DEFAULT_MINIMUM_RETRY_DELAY_SECS, DEFAULT_NO_PROGRESS_TIMEOUT_SECS};
 
 /// Who is calling: the uid from the socket's peer credentials, and whether that uid is an
-/// administrator (see [`Manager::caller`]).
+/// administrator (see [`Manager::caller`](crate::Manager::caller)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
@@ -39,7 +39,7 @@ impl Caller {
     }
 }
 
-/// Counts of jobs by state class (see [`Manager::summary`]).
+/// Counts of jobs by state class (see [`Manager::summary`](crate::Manager::summary)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Every job in the queue (final jobs leave it).
