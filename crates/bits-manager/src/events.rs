@@ -604,7 +604,7 @@ mod tests {
                 file.remote_size = Some(100);
                 for (start, end) in [(0, 60), (60, 100)] {
                     e.job.files[index as usize].filled.insert(start, end);
-                    e.events.recorded(e, index, Span::new(start, end));
+                    e.events().recorded(e, index, Span::new(start, end));
                 }
             });
         }
@@ -640,14 +640,14 @@ mod tests {
                 file.filled.insert(0, 100);
             }
             // File 1 is whole in the table, its flush still in flight.
-            e.unflushed.entry(1).or_default().insert(40, 100);
-            e.events.recorded(e, 0, Span::new(0, 100));
+            e.unflushed(1, &RangeSet::from_span(40, 100));
+            e.events().recorded(e, 0, Span::new(0, 100));
         });
         assert_eq!(next(&mut sub).await.unwrap().kind, EventKind::FileTransferred { index: 0 });
         quiet(&mut sub).await;
         with_entry(&manager, id, |e| {
-            e.unflushed.clear();
-            e.events.recorded(e, 1, Span::new(40, 100));
+            e.clear_unflushed();
+            e.events().recorded(e, 1, Span::new(40, 100));
         });
         assert_eq!(next(&mut sub).await.unwrap().kind, EventKind::FileTransferred { index: 1 });
     }
@@ -697,7 +697,7 @@ mod tests {
         let record = |start: u64, end: u64| {
             with_entry(&manager, id, |e| {
                 e.job.files[0].filled.insert(start, end);
-                e.events.recorded(e, 0, Span::new(start, end));
+                e.events().recorded(e, 0, Span::new(start, end));
                 e.job.files[0].requested.remove(start, end);
             });
         };
@@ -736,7 +736,7 @@ mod tests {
         for (start, end) in [(0, 10), (10, 100)] {
             with_entry(&manager, id, |e| {
                 e.job.files[0].filled.insert(start, end);
-                e.events.recorded(e, 0, Span::new(start, end));
+                e.events().recorded(e, 0, Span::new(start, end));
                 e.job.files[0].requested.remove(start, end);
             });
         }

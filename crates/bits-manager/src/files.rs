@@ -122,7 +122,7 @@ impl Manager {
             .collect();
 
         // One add at a time per job (see `Entry::adding`).
-        let adding = lookup_mut_check(&self.table(), caller, id)?.adding.clone();
+        let adding = lookup_mut_check(&self.table(), caller, id)?.adding();
         let _adding = adding.lock_owned().await;
         let hashes: Vec<u64> = files.iter().map(|f| PathIndex::hash(&f.local_path)).collect();
         let ranges: usize = files.iter().map(|f| f.ranges.as_ref().map_or(0, Vec::len)).sum();
@@ -145,17 +145,17 @@ impl Manager {
             } else {
                 entry.job.files.extend(records);
             }
-            entry.paths.join(new_paths);
+            entry.paths_mut().join(new_paths);
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.persist_job_fields(&entry.job) {
                 entry.job.files.truncate(first as usize);
-                entry.paths.remove_all(&hashes);
+                entry.paths_mut().remove_all(&hashes);
                 entry.job.modification_time = modified;
                 return Err(e);
             }
-            entry.adding_from = Some(first);
-            entry.events.modified(entry);
+            entry.set_adding_from(Some(first));
+            entry.events().modified(entry);
             (first, modified, count)
         } else {
             let mut table = self.table();
@@ -163,18 +163,18 @@ impl Manager {
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = files.len();
             entry.job.files.extend(new_records(files, &dir_inos, id, first, mode));
-            entry.paths.insert_all(&hashes);
+            entry.paths_mut().insert_all(&hashes);
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.commit().add_files(&entry.job, first) {
                 // The job stays as clients last saw it; a retry writes the same indexes again.
                 entry.job.files.truncate(first as usize);
-                entry.paths.remove_all(&hashes);
+                entry.paths_mut().remove_all(&hashes);
                 entry.job.modification_time = modified;
                 return Err(e);
             }
-            entry.adding_from = Some(first);
-            entry.events.modified(entry);
+            entry.set_adding_from(Some(first));
+            entry.events().modified(entry);
             (first, modified, count)
         };
         if let Err(e) = self.flush().await {
@@ -182,8 +182,8 @@ impl Manager {
             return Err(e);
         }
         if let Some(entry) = self.table().get_mut(&id) {
-            entry.adding_from = None;
-            if let Some(run) = &entry.run {
+            entry.set_adding_from(None);
+            if let Some(run) = entry.run() {
                 run.repick();
             }
         }
@@ -220,7 +220,7 @@ impl Manager {
         // By the job's index of path hashes, so a job of many files is not scanned per add;
         // only a hash it holds is checked against the paths themselves.
         for (file, hash) in files.iter().zip(hashes) {
-            if entry.paths.holds(*hash)
+            if entry.paths().holds(*hash)
                 && entry.job.files.iter().any(|f| f.local_path == file.local_path)
             {
                 return Err(duplicate_path(&file.local_path));
@@ -264,17 +264,17 @@ impl Manager {
     ) {
         let mut table = self.table();
         let Some(entry) = table.get_mut(&id) else { return };
-        entry.adding_from = None;
+        entry.set_adding_from(None);
         if entry.job.files.len() != first as usize + count {
             return;
         }
         entry.job.files.truncate(first as usize);
-        entry.paths.remove_all(hashes);
+        entry.paths_mut().remove_all(hashes);
         entry.job.modification_time = modified;
         if let Err(e) = self.persist_job_fields(&entry.job) {
             tracing::warn!(job = %id, error = %e, "storing a job whose added files were taken back failed");
         }
-        entry.events.modified(entry);
+        entry.events().modified(entry);
     }
 
     /// SetRemoteName: the new URL is used from the file's next attempt on (after Suspend and

@@ -209,8 +209,8 @@ impl Manager {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             transition(entry.job.state, event)?;
-            entry.finishing = true;
-            entry.run.as_ref().map(Run::halt)
+            entry.set_finishing(true);
+            entry.run().map(Run::halt)
         };
         if let Some(ended) = worker {
             ended.cancelled().await;
@@ -223,7 +223,7 @@ impl Manager {
         {
             let mut table = self.table();
             if let Some(entry) = table.get_mut(&id) {
-                entry.finishing = false;
+                entry.set_finishing(false);
                 if entry.job.all_verified() && entry.job.state != JobState::Transferred {
                     set_state(entry, JobState::Transferred);
                 } else if entry.job.state.is_active() {
@@ -288,7 +288,7 @@ impl Manager {
         {
             let mut table = self.table();
             if let Some(entry) = table.retire(id, final_state) {
-                entry.events.finished(id, final_state, entry.job.progress());
+                entry.events().finished(id, final_state, entry.job.progress());
             }
         }
         self.wake().notify_one();

@@ -8,7 +8,7 @@
 //! scheduler starts, never by a request.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bits_core::{
     BitsError, Code, Event, Job, JobError, JobId, JobState, JobType, Priority, Progress, RangeSet,
@@ -64,7 +64,7 @@ impl Manager {
         self.wake().notify_one();
         let workers: Vec<CancellationToken> = {
             let table = self.table();
-            table.values().filter_map(|e| e.run.as_ref()).map(Run::halt).collect()
+            table.values().filter_map(|e| e.run()).map(Run::halt).collect()
         };
         for ended in workers {
             ended.cancelled().await;
@@ -160,7 +160,7 @@ impl Manager {
     pub(crate) fn jobs_where(&self, keep: impl Fn(&Job) -> bool) -> Vec<Job> {
         let table = self.table();
         let mut entries: Vec<&Entry> = table.values().filter(|e| keep(&e.job)).collect();
-        entries.sort_by_key(|e| e.seq);
+        entries.sort_by_key(|e| e.seq());
         entries.into_iter().map(|e| e.visible().into_owned()).collect()
     }
 
@@ -183,11 +183,9 @@ impl Manager {
                         entry.job.transfer_completion_time = Some(SystemTime::now());
                     }
                     set_state(entry, next);
-                    entry.retry_at = None;
                     // Resume starts a fresh attempt: the no-progress timer and the download-time
                     // budget restart with it.
-                    entry.stalled_since = None;
-                    entry.active_time = Duration::ZERO;
+                    entry.restart_attempt();
                 })?
             }
         };
@@ -201,7 +199,7 @@ impl Manager {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             let next = transition(entry.job.state, Event::Suspend)?;
-            if let Some(run) = &entry.run {
+            if let Some(run) = entry.run() {
                 // The worker syncs and records what it wrote, then exits; it reports no state.
                 run.stop();
             }
@@ -210,7 +208,7 @@ impl Manager {
             } else {
                 self.stored_state_change(entry, |entry| {
                     set_state(entry, next);
-                    entry.retry_at = None;
+                    entry.set_retry_at(None);
                 })?
             }
         };
@@ -296,6 +294,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
     use std::path::Path;
+    use std::time::Duration;
 
     use tokio::sync::Notify;
 
@@ -514,7 +513,7 @@ mod tests {
             let entry = table.get_mut(&id).unwrap();
             entry.job.files[0].remote_size = Some(100);
             entry.job.files[0].filled.insert(0, 60);
-            entry.unflushed.entry(0).or_default().insert(40, 60);
+            entry.unflushed(0, &RangeSet::from_span(40, 60));
         }
         let seen = |m: &Manager| {
             let progress = m.get_progress(me, id).unwrap();
@@ -530,7 +529,7 @@ mod tests {
             )
         };
         assert_eq!(seen(&m), (40, 40, 40, 40, 40));
-        m.table().get_mut(&id).unwrap().unflushed.clear();
+        m.table().get_mut(&id).unwrap().clear_unflushed();
         assert_eq!(seen(&m), (60, 60, 60, 60, 60));
     }
 
@@ -547,7 +546,7 @@ mod tests {
         let (stop, ended) = (CancellationToken::new(), CancellationToken::new());
         crate::testing::with_entry(&m, id, |entry| {
             let repick = Arc::new(Notify::new());
-            entry.run = Some(Run::new(stop.clone(), repick, ended.clone()));
+            entry.set_run(Some(Run::new(stop.clone(), repick, ended.clone())));
         });
 
         let shutdown = tokio::spawn({
@@ -564,7 +563,7 @@ mod tests {
         assert!(!shutdown.is_finished(), "shutdown returned while the worker was running");
         assert!(temp.exists(), "the temp file was deleted while the worker was running");
 
-        crate::testing::with_entry(&m, id, |entry| entry.run = None);
+        crate::testing::with_entry(&m, id, |entry| entry.set_run(None));
         ended.cancel();
         assert_eq!(cancel.await.unwrap().unwrap(), Code::S_OK);
         shutdown.await.unwrap();
@@ -585,7 +584,7 @@ mod tests {
         m.resume(caller(), id).await.unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let ended = loop {
-            if let Some(run) = &m.table().get(&id).unwrap().run {
+            if let Some(run) = m.table().get(&id).unwrap().run() {
                 break run.ended();
             }
             assert!(std::time::Instant::now() < deadline, "the worker never started");
@@ -596,7 +595,7 @@ mod tests {
         m.suspend(caller(), id).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), ended.cancelled()).await.unwrap();
         assert!(
-            m.table().get(&id).unwrap().run.is_none(),
+            m.table().get(&id).unwrap().run().is_none(),
             "woken while the worker was still registered"
         );
         drop(silent);

@@ -102,7 +102,7 @@ impl Manager {
     fn requested_changed(&self, entry: &mut Entry) -> Result<(), BitsError> {
         entry.job.modification_time = SystemTime::now();
         self.persist_job_fields(&entry.job)?;
-        if let Some(run) = &entry.run {
+        if let Some(run) = entry.run() {
             run.repick();
         }
         Ok(())

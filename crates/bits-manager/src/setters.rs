@@ -78,8 +78,8 @@ impl Manager {
                 }
                 return Err(e);
             }
-            entry.events.modified(entry);
-            if let Some(run) = &entry.run {
+            entry.events().modified(entry);
+            if let Some(run) = entry.run() {
                 run.repick();
             }
             let after = Snapshot::of(&entry.job, scope);
@@ -107,8 +107,8 @@ impl Manager {
         if let Err(e) = stored {
             tracing::warn!(job = %id, error = %e, "storing the settings a failed change took back failed");
         }
-        entry.events.modified(entry);
-        if let Some(run) = &entry.run {
+        entry.events().modified(entry);
+        if let Some(run) = entry.run() {
             run.repick();
         }
     }
@@ -352,7 +352,7 @@ impl Manager {
             })
             .await?;
         if let Some(entry) = self.table().get(&id) {
-            entry.events.command_due(&entry.job);
+            entry.events().command_due(&entry.job);
         }
         Ok(code)
     }

@@ -87,35 +87,146 @@ impl Table {
 /// A job plus what only the running daemon knows about it.
 pub(crate) struct Entry {
     pub(crate) job: Job,
-    pub(crate) seq: u64,
-    pub(crate) run: Option<Run>,
+    seq: u64,
+    run: Option<Run>,
     /// When a TRANSIENT_ERROR job is due for its retry.
-    pub(crate) retry_at: Option<Instant>,
+    retry_at: Option<Instant>,
     /// Start of the current stretch without progress, set at the first transient error.
-    pub(crate) stalled_since: Option<Instant>,
+    stalled_since: Option<Instant>,
     /// Complete or Cancel is in progress: other changes are refused.
-    pub(crate) finishing: bool,
+    finishing: bool,
     /// Time spent CONNECTING or TRANSFERRING since the last Resume, counted against the job's
     /// maximum download time (spec §5.3). Not persisted: a restart grants a fresh budget.
-    pub(crate) active_time: Duration,
+    active_time: Duration,
     /// Per file, filled spans recorded in the table (so every store write of the file includes
     /// them) whose store flush has not returned yet; a file with none has no entry. Clients are not shown them: a crash in that
     /// window would take them back, and what GetFilledFileRanges reported must never shrink.
-    pub(crate) unflushed: HashMap<u32, RangeSet>,
+    unflushed: HashMap<u32, RangeSet>,
     /// Where this job's notifications go: a handle on the manager's bus, so that
     /// [`set_state`] can announce every state change.
-    pub(crate) events: EventBus,
+    events: EventBus,
     /// Held by an AddFile from its first look at the job to its store write: a large one writes
     /// its file records outside the table lock, and no other add may take the same indexes.
-    pub(crate) adding: Arc<tokio::sync::Mutex<()>>,
+    adding: Arc<tokio::sync::Mutex<()>>,
     /// The job's local paths, for AddFile's duplicate check.
-    pub(crate) paths: PathIndex,
+    paths: PathIndex,
     /// Files from this index on were just added and their flush has not returned: workers leave
     /// them alone, since a failed flush takes them back (and the next AddFile reuses the indexes).
-    pub(crate) adding_from: Option<u32>,
+    adding_from: Option<u32>,
 }
 
 impl Entry {
+    /// Its place in the queue: FIFO among jobs of equal priority.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The worker running the job, if one is.
+    pub(crate) fn run(&self) -> Option<&Run> {
+        self.run.as_ref()
+    }
+
+    /// Registers the worker just spawned for the job, or (`None`) that it ended.
+    pub(crate) fn set_run(&mut self, run: Option<Run>) {
+        self.run = run;
+    }
+
+    pub(crate) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    pub(crate) fn set_retry_at(&mut self, at: Option<Instant>) {
+        self.retry_at = at;
+    }
+
+    pub(crate) fn stalled_since(&self) -> Option<Instant> {
+        self.stalled_since
+    }
+
+    pub(crate) fn set_stalled_since(&mut self, since: Option<Instant>) {
+        self.stalled_since = since;
+    }
+
+    /// Starts the stretch without progress at `now`, unless one is running already.
+    pub(crate) fn stalled_from(&mut self, now: Instant) {
+        self.stalled_since.get_or_insert(now);
+    }
+
+    /// Complete or Cancel is in progress.
+    pub(crate) fn finishing(&self) -> bool {
+        self.finishing
+    }
+
+    pub(crate) fn set_finishing(&mut self, finishing: bool) {
+        self.finishing = finishing;
+    }
+
+    /// Time spent CONNECTING or TRANSFERRING since the last Resume.
+    pub(crate) fn active_time(&self) -> Duration {
+        self.active_time
+    }
+
+    pub(crate) fn add_active_time(&mut self, spent: Duration) {
+        self.active_time += spent;
+    }
+
+    /// Resume starts a fresh attempt: no retry pending, and the no-progress timer and the
+    /// download-time budget restart.
+    pub(crate) fn restart_attempt(&mut self) {
+        self.retry_at = None;
+        self.stalled_since = None;
+        self.active_time = Duration::ZERO;
+    }
+
+    /// Spans of file `index` just recorded in the table whose store flush has not returned:
+    /// hidden from clients until [`Entry::flushed`].
+    pub(crate) fn unflushed(&mut self, index: u32, spans: &RangeSet) {
+        self.unflushed.entry(index).or_default().insert_set(spans);
+    }
+
+    /// The flush covering these spans of file `index` returned: clients may see them.
+    pub(crate) fn flushed(&mut self, index: u32, spans: &RangeSet) {
+        if let Some(pending) = self.unflushed.get_mut(&index) {
+            *pending = pending.subtract(spans);
+            if pending.is_empty() {
+                // Empty sets are removed: most of the time the map is empty, and reads are free.
+                self.unflushed.remove(&index);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn clear_unflushed(&mut self) {
+        self.unflushed.clear();
+    }
+
+    /// Where this job's notifications go.
+    pub(crate) fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// Held by an AddFile from its first look at the job to its store write.
+    pub(crate) fn adding(&self) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.adding)
+    }
+
+    pub(crate) fn paths(&self) -> &PathIndex {
+        &self.paths
+    }
+
+    pub(crate) fn paths_mut(&mut self) -> &mut PathIndex {
+        &mut self.paths
+    }
+
+    /// Files from this index on were just added and their flush has not returned.
+    pub(crate) fn adding_from(&self) -> Option<u32> {
+        self.adding_from
+    }
+
+    pub(crate) fn set_adding_from(&mut self, first: Option<u32>) {
+        self.adding_from = first;
+    }
+
     /// File `index`'s filled set as clients may see it (see [`Entry::visible`]); borrowed unless
     /// a flush of that file is in flight.
     pub(crate) fn visible_filled(&self, index: u32) -> Option<Cow<'_, RangeSet>> {

@@ -63,7 +63,7 @@ impl JobLedger {
         let table = self.manager.table();
         let entry = table.get(&self.id)?;
         let max = Duration::from_secs(u64::from(entry.job.maximum_download_time_secs));
-        Some(max.saturating_sub(entry.active_time))
+        Some(max.saturating_sub(entry.active_time()))
     }
 
     /// A copy of one file's record.
@@ -107,7 +107,7 @@ impl JobLedger {
         if running >= entry.job.files_at_once.max(1) as usize {
             return Ok(None);
         }
-        match pick::next_file(&entry.job, active, from).before(entry.adding_from) {
+        match pick::next_file(&entry.job, active, from).before(entry.adding_from()) {
             NextFile::File(index) => Ok(Some(index)),
             NextFile::Done | NextFile::Idle => Ok(None),
         }
@@ -280,7 +280,7 @@ impl JobLedger {
         {
             let mut table = manager.table();
             let Some(entry) = table.get_mut(&id) else { return Ok(()) };
-            entry.stalled_since = None;
+            entry.set_stalled_since(None);
             entry.job.modification_time = SystemTime::now();
             if entry.job.files.get(index as usize).is_none() {
                 return Ok(());
@@ -288,7 +288,7 @@ impl JobLedger {
             // Into the table now, so that every store write of this file (ours and concurrent
             // ones) carries the spans; hidden from clients until the flush returns.
             entry.job.files[index as usize].filled.insert_set(spans);
-            entry.unflushed.entry(index).or_default().insert_set(spans);
+            entry.unflushed(index, spans);
             let file = &entry.job.files[index as usize];
             manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
         }
@@ -297,20 +297,14 @@ impl JobLedger {
         // Durable: now clients may see the spans, and their events go out.
         let mut table = manager.table();
         let Some(entry) = table.get_mut(&id) else { return Ok(()) };
-        if let Some(pending) = entry.unflushed.get_mut(&index) {
-            *pending = pending.subtract(spans);
-            if pending.is_empty() {
-                // Empty sets are removed: most of the time the map is empty, and reads are free.
-                entry.unflushed.remove(&index);
-            }
-        }
+        entry.flushed(index, spans);
         if entry.job.files.get(index as usize).is_none() {
             return Ok(());
         }
         for span in spans.iter() {
             // Unless the file restarted from zero meanwhile (then these bytes are gone again).
             if entry.job.files[index as usize].filled.contains_span(span.start, span.end) {
-                entry.events.recorded(entry, index, span);
+                entry.events().recorded(entry, index, span);
                 entry.job.files[index as usize].requested.remove(span.start, span.end);
             }
         }
@@ -342,9 +336,9 @@ impl JobLedger {
         {
             let mut table = manager.table();
             let Some(entry) = table.get_mut(&id) else { return };
-            entry.run = None;
-            entry.active_time += started.elapsed();
-            if !entry.finishing {
+            entry.set_run(None);
+            entry.add_active_time(started.elapsed());
+            if !entry.finishing() {
                 match outcome {
                     // A file added after the last check is still missing (or, added meanwhile,
                     // unverified): back to the queue.
@@ -360,7 +354,7 @@ impl JobLedger {
                             entry.job.transfer_completion_time = Some(SystemTime::now());
                             set_state(entry, next);
                             entry.job.error = None;
-                            entry.stalled_since = None;
+                            entry.set_stalled_since(None);
                             tracing::info!(job = %id, "job transferred");
                         }
                     }
@@ -412,7 +406,7 @@ fn fail(
     let now = Instant::now();
     let timing = crate::policy::Timing::of(&entry.job);
     let verdict =
-        crate::policy::after_failure(timing, entry.stalled_since, transient, retry_after, now);
+        crate::policy::after_failure(timing, entry.stalled_since(), transient, retry_after, now);
     let retry_at = match verdict {
         crate::policy::Verdict::Wait(at) => Some(at),
         _ => None,
@@ -428,10 +422,10 @@ fn fail(
     entry.job.error = Some(error);
     set_state(entry, next);
     if fatal {
-        entry.retry_at = None;
-        entry.stalled_since = None;
+        entry.set_retry_at(None);
+        entry.set_stalled_since(None);
     } else {
-        entry.retry_at = retry_at;
-        entry.stalled_since.get_or_insert(now);
+        entry.set_retry_at(retry_at);
+        entry.stalled_from(now);
     }
 }
