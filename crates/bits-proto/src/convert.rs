@@ -808,17 +808,7 @@ mod tests {
         for p in [Priority::Foreground, Priority::High, Priority::Normal, Priority::Low] {
             assert_eq!(priority_from_wire(priority_to_wire(p) as i32).unwrap(), p);
         }
-        for s in [
-            JobState::Queued,
-            JobState::Connecting,
-            JobState::Transferring,
-            JobState::Suspended,
-            JobState::Error,
-            JobState::TransientError,
-            JobState::Transferred,
-            JobState::Acknowledged,
-            JobState::Cancelled,
-        ] {
+        for s in JobState::ALL {
             assert_eq!(state_from_wire(state_to_wire(s) as i32).unwrap(), s);
         }
     }
