@@ -1,14 +1,15 @@
 //! Hostile servers in virtual time: the faults of tests/e2e/faults.rs whose outcome does not
-//! depend on the binary (a status, a cut body, a broken Content-Range), through the manager's API
-//! over an in-memory store and bits-testkit's fault server, with the clock paused so the retry
-//! delays and the "stays in ERROR" waits cost no wall time. The assertions are those of the
+//! depend on the binary (a status, a cut body, a broken Content-Range, a 200 to a partial range,
+//! redirect loops), through the manager's API over an in-memory store and bits-testkit's fault
+//! server, with the clock paused so the retry delays and the "stays in ERROR" waits cost no wall
+//! time. The assertions are those of the
 //! wall-clock originals: the state and error (code, context, file 0, GetError agreeing), the bytes
 //! kept, the range the retry asks for, no bytes of a refused answer on disk, no request after a
 //! fatal error, and a byte-identical file at the end. The retry's delay is measured on the job's
 //! states (the server's log stamps wall time, which a paused clock does not move).
 //!
-//! The wall-clock proofs of wiring stay in tests/e2e/faults.rs (the stalls, the redirects, the
-//! gzip answers, the HTML pages and the replaced files).
+//! The wall-clock proofs of wiring stay in tests/e2e/faults.rs (the stalls, the cross-origin
+//! redirect, the gzip answers, the HTML pages and the replaced files).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failed call is a failed test
 
@@ -228,4 +229,47 @@ async fn fault_404_on_get_is_fatal() {
 #[tokio::test(start_paused = true)]
 async fn fault_403_on_get_is_fatal() {
     fatal_status(112, GET, 403).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_full_200_to_a_partial_range_is_fatal() {
+    let mut f = fc(106).await;
+    // The first GET breaks after CUT bytes, so the retry asks for a partial range; that one is
+    // answered with the whole file.
+    f.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+    f.server.push_fault(FILE, GET, Fault::IgnoreRange);
+    f.c.resume().await;
+    let info = f.fatal(Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, ErrorContext::RemoteFile).await;
+    let ignored = f.faulted("IgnoreRange");
+    assert!(ignored.range_start().is_some_and(|s| s > 0), "{}", f.requests());
+    assert!(info.error_count >= 2, "the reset and the 200 both count: {info:?}");
+    // The partial bytes kept are still good: a Resume (the server behaves now) finishes the file.
+    f.c.resume().await;
+    f.completes().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_redirect_loop_is_fatal() {
+    let mut f = fc(116).await;
+    f.server.always(FILE, None, Fault::RedirectLoop);
+    f.c.resume().await;
+    f.fatal(Code::ERROR_WINHTTP_REDIRECT_FAILED, ErrorContext::RemoteFile).await;
+    assert_eq!(f.server.log().len(), 1, "a loop is seen at the first repeat\n{}", f.requests());
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_more_than_ten_redirects_is_fatal() {
+    let mut f = fc(117).await;
+    f.server.always(FILE, None, Fault::RedirectTo("/hop0".to_string()));
+    for i in 0..12 {
+        f.server.always(&format!("hop{i}"), None, Fault::RedirectTo(format!("/hop{}", i + 1)));
+    }
+    f.c.resume().await;
+    f.fatal(Code::ERROR_WINHTTP_REDIRECT_FAILED, ErrorContext::RemoteFile).await;
+    assert_eq!(
+        f.server.log().len(),
+        11,
+        "10 redirects followed, the 11th refused\n{}",
+        f.requests()
+    );
 }
