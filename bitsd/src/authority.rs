@@ -637,16 +637,39 @@ mod tests {
         assert!(e.to_string().contains("a header block over"), "{e}");
     }
 
+    #[test]
+    fn once_rewriting_a_block_that_expands_past_the_bound_closes_the_connection() {
+        let mut input = PREFACE.to_vec();
+        let first = client_block(&mut loona_hpack::Encoder::new(), b"");
+        input.extend(frame(HEADERS, END_HEADERS, 1, &first));
+        // One 4000-byte entry into the table, then named by its index (62) twenty times more:
+        // 4 KiB sent, over 80 KiB decoded.
+        let mut second = vec![0x40];
+        encode_string(b"x-big", &mut second);
+        encode_string(&[b'x'; 4000], &mut second);
+        second.extend_from_slice(&[0x80 | 62; 20]);
+        input.extend(frame(HEADERS, END_HEADERS, 3, &second));
+        let e = rewrite(&input, 4096).unwrap_err();
+        assert!(e.to_string().contains("a header list over"), "{e}");
+    }
+
     proptest::proptest! {
-        /// Whatever a client sends, the rewriter returns (an error at worst) and never panics.
+        /// Whatever a client sends, the rewriter returns (an error at worst) and never panics,
+        /// whether the hostile blocks come first (and the connection turns raw) or after a
+        /// refused authority (and each is decoded and re-encoded).
         #[test]
         fn hostile_bytes_never_panic(
+            rewriting in proptest::bool::ANY,
             blocks in proptest::collection::vec(proptest::collection::vec(0u8.., 0..64), 1..8),
         ) {
             let mut input = PREFACE.to_vec();
+            if rewriting {
+                let first = client_block(&mut loona_hpack::Encoder::new(), b"");
+                input.extend(frame(HEADERS, END_HEADERS, 1, &first));
+            }
             for (i, block) in blocks.iter().enumerate() {
                 let flags = if i % 2 == 0 { END_HEADERS } else { PADDED | END_HEADERS };
-                input.extend(frame(HEADERS, flags, 1 + 2 * i as u32, block));
+                input.extend(frame(HEADERS, flags, 3 + 2 * i as u32, block));
             }
             let _ = rewrite(&input, 5);
         }
