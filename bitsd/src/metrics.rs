@@ -392,12 +392,38 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(read_to_close(&mut third).await, "");
         assert!(started.elapsed() < Duration::from_millis(1500), "closed at once, not timed out");
-        // …until the head timeout closes them, and scrapes get through again.
+        // …until the head timeout closes them (well before the connection deadline), and
+        // scrapes get through again.
         for stream in &mut silent {
             read_to_close(stream).await;
         }
+        assert!(started.elapsed() < Duration::from_secs(4), "the head timeout, not the deadline");
         assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(get(addr, "/other").await.starts_with("HTTP/1.1 404 Not Found\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_in_is_cut_off_at_the_head_timeout() {
+        use tokio::io::AsyncWriteExt as _;
+        let bounds = Bounds {
+            connections: 2,
+            head: Duration::from_secs(1),
+            connection: Duration::from_secs(5),
+        };
+        let addr = endpoint(bounds).await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        // A header byte every 200 ms, never ending the head; writes fail once it is closed.
+        while started.elapsed() < Duration::from_secs(4) {
+            if stream.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let answer = read_to_close(&mut stream).await;
+        assert!(!answer.contains("200 OK"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(4), "the head timeout, not the deadline");
     }
 
     #[test]
