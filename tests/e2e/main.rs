@@ -50,6 +50,10 @@ mod stats;
 mod store_safety;
 // systemd: sd_notify readiness, status, watchdog and stopping; the unit files verify.
 mod systemd;
-// Helpers shared by the tests: waiting for states, range-set checks, JSON lookups.
 // A remote file that changes mid-download restarts from zero.
 mod validators;
+
+/// A loopback port nobody listens on right now (the daemon binds it a moment later).
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}

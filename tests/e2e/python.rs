@@ -16,6 +16,8 @@ use bits_testkit::server::TestServer;
 use bits_tests::daemon::{TestDaemon, own_target_dir};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+use crate::free_port;
+
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// How long one Python run may take (interpreter start-up and imports included).
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(60);
@@ -200,11 +202,6 @@ async fn a_health_watch_sees_not_serving_at_sigterm_and_ends() {
     assert!(child.wait().await.unwrap().success());
     let log = daemon.log();
     assert!(!log.contains("did not close within"), "the watch held the shutdown up:\n{log}");
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
 /// A daemon serving TCP on a free loopback port with `token`, as an unprivileged uid.

@@ -18,13 +18,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use bits_tests::helpers::{parse_json, wait_state_within};
 
+use crate::free_port;
+
 const SIZE: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A loopback port nobody listens on right now (the daemon binds it a moment later).
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
 
 /// One HTTP/1.1 request to the metrics endpoint; the status code, the headers (lowercase names)
 /// and the body.
