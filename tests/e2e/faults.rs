@@ -169,15 +169,6 @@ impl Case {
         self.completes_with(&self.data).await;
     }
 
-    /// The first request the fault labelled `label` hit.
-    fn faulted(&self, label: &str) -> Logged {
-        self.server
-            .log()
-            .into_iter()
-            .find(|r| r.fault.as_deref().is_some_and(|f| f.starts_with(label)))
-            .unwrap_or_else(|| panic!("no request hit {label}:\n{}", self.requests()))
-    }
-
     /// The first request after `failed`, checked to come at least `min` after it.
     fn retry_after(&self, failed: &Logged, min: Duration) -> Logged {
         let next =
@@ -221,7 +212,7 @@ async fn resumes_after(c: &Case, label: &str, info: &JobInfo) {
     let kept = info.progress.bytes_transferred;
     assert!(kept > 0 && kept <= CUT, "kept {kept} bytes of a body cut at {CUT}\n{}", c.requests());
     c.completes().await;
-    let failed = c.faulted(label);
+    let failed = c.server.faulted(label);
     c.retry_after(&failed, DELAY);
     let get = c.next_get(&failed);
     assert_eq!(
@@ -240,7 +231,7 @@ async fn fault_stall_before_headers_times_out_and_retries() {
     let info = c.transient(Code::ERROR_WINHTTP_TIMEOUT, ErrorContext::GeneralTransport).await;
     assert_eq!(info.progress.bytes_transferred, 0);
     c.completes().await;
-    c.retry_after(&c.faulted("StallHeaders"), DELAY);
+    c.retry_after(&c.server.faulted("StallHeaders"), DELAY);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,7 +275,7 @@ async fn refused_and_never_written(c: &Case, label: &str) {
         }
     }
     c.completes().await;
-    let failed = c.faulted(label);
+    let failed = c.server.faulted(label);
     c.retry_after(&failed, DELAY);
     let get = c.next_get(&failed);
     assert_eq!(get.range_start(), Some(0), "the retry does not start over\n{}", c.requests());
@@ -355,7 +346,7 @@ async fn restarts_after_the_page(c: &Case) {
     assert_eq!((info.error_count, &info.error), (0, &None), "{info:?}\n{}", c.requests());
     c.completes().await;
     let log = c.server.log();
-    let html = c.faulted("HtmlPage");
+    let html = c.server.faulted("HtmlPage");
     let after: Vec<_> = log.iter().filter(|r| r.seq > html.seq).collect();
     assert!(
         after.first().is_some_and(|r| r.method == Method::HEAD)
@@ -402,7 +393,7 @@ async fn fault_file_replaced_between_head_and_get_restarts() {
     c.server.push_fault(FILE, GET, Fault::Replace(new.clone()));
     c.start().await;
     c.completes_with(&new.data).await;
-    let replaced = c.faulted("Replace");
+    let replaced = c.server.faulted("Replace");
     assert_eq!(
         replaced.status,
         200,
@@ -426,7 +417,7 @@ async fn fault_file_resized_after_partial_download_restarts() {
     let new = version2(225, SIZE + 12_345);
     c.server.put_file(FILE, new.clone());
     c.completes_with(&new.data).await;
-    let get = c.next_get(&c.faulted("ResetAfter"));
+    let get = c.next_get(&c.server.faulted("ResetAfter"));
     assert_eq!(get.range_start(), Some(0), "old bytes were kept\n{}", c.requests());
 }
 
@@ -444,6 +435,6 @@ async fn fault_last_modified_change_restarts() {
     let new = FaultFile { etag: None, ..version2(226, SIZE) };
     c.server.put_file(FILE, new.clone());
     c.completes_with(&new.data).await;
-    let get = c.next_get(&c.faulted("ResetAfter"));
+    let get = c.next_get(&c.server.faulted("ResetAfter"));
     assert_eq!(get.range_start(), Some(0), "old bytes were kept\n{}", c.requests());
 }

@@ -85,15 +85,6 @@ impl Fc {
         assert!(waited + STEP >= DELAY, "retried {waited:?} after the failure: {:?}", self.seen);
     }
 
-    /// The first request the fault labelled `label` hit.
-    fn faulted(&self, label: &str) -> Logged {
-        self.server
-            .log()
-            .into_iter()
-            .find(|r| r.fault.as_deref().is_some_and(|f| f.starts_with(label)))
-            .unwrap_or_else(|| panic!("no request hit {label}:\n{}", self.requests()))
-    }
-
     /// The first GET after `failed`.
     fn next_get(&self, failed: &Logged) -> Logged {
         self.server
@@ -114,7 +105,7 @@ impl Fc {
         );
         self.completes().await;
         self.retried_after_the_delay();
-        let get = self.next_get(&self.faulted(label));
+        let get = self.next_get(&self.server.faulted(label));
         assert_eq!(
             get.range_start(),
             Some(kept),
@@ -172,7 +163,7 @@ async fn fault_wrong_content_range_is_transient_and_writes_nothing() {
     }
     f.completes().await;
     f.retried_after_the_delay();
-    let get = f.next_get(&f.faulted("WrongContentRange"));
+    let get = f.next_get(&f.server.faulted("WrongContentRange"));
     assert_eq!(get.range_start(), Some(0), "the retry does not start over\n{}", f.requests());
 }
 
@@ -193,7 +184,7 @@ async fn transient_status(seed: u64, method: Option<Method>, status: u16) {
     f.transient(Code::Http(status), ErrorContext::RemoteFile).await;
     assert_eq!(f.kept(), 0);
     f.completes().await;
-    f.faulted("Status");
+    f.server.faulted("Status");
     f.retried_after_the_delay();
 }
 
@@ -240,7 +231,7 @@ async fn fault_full_200_to_a_partial_range_is_fatal() {
     f.server.push_fault(FILE, GET, Fault::IgnoreRange);
     f.c.resume().await;
     let info = f.fatal(Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, ErrorContext::RemoteFile).await;
-    let ignored = f.faulted("IgnoreRange");
+    let ignored = f.server.faulted("IgnoreRange");
     assert!(ignored.range_start().is_some_and(|s| s > 0), "{}", f.requests());
     assert!(info.error_count >= 2, "the reset and the 200 both count: {info:?}");
     // The partial bytes kept are still good: a Resume (the server behaves now) finishes the file.

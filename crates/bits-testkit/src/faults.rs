@@ -251,6 +251,14 @@ impl FaultServer {
     pub fn log(&self) -> Vec<Logged> {
         self.state.log.lock().unwrap().iter().map(|e| e.snapshot()).collect()
     }
+
+    /// The first request the fault labelled `label` (a prefix of [`Logged::fault`]) hit; panics
+    /// with the whole log when none did.
+    pub fn faulted(&self, label: &str) -> Logged {
+        let log = self.log();
+        let hit = log.iter().find(|r| r.fault.as_deref().is_some_and(|f| f.starts_with(label)));
+        hit.cloned().unwrap_or_else(|| panic!("no request hit {label}:\n{}", fault_log(&log)))
+    }
 }
 
 impl Drop for FaultServer {
