@@ -116,8 +116,8 @@ impl Runner {
             tracing::warn!(job = %due.id(), uid, "notify program not run: this daemon cannot act as the job's owner");
             return;
         }
-        let Ok(_mine) = self.user_slots(uid).acquire_owned().await else { return };
-        let Ok(_any) = self.all.clone().acquire_owned().await else { return };
+        let Ok(mine) = self.user_slots(uid).acquire_owned().await else { return };
+        let Ok(any) = self.all.clone().acquire_owned().await else { return };
         // Waiting for a slot may have taken a while: the job may have moved on.
         if self.owner_if_due(&due) != Some(uid) {
             return;
@@ -144,6 +144,9 @@ impl Runner {
             cmd: due.cmd().clone(),
         };
         let report = run_program(&launch, self.manager.config().notify_cmd_timeout).await;
+        // The slots are for running, not for waiting out the retry delay: a failing program
+        // must not keep other owners' programs (or its owner's other jobs') from running.
+        drop((mine, any));
         if report.outcome.succeeded() {
             tracing::info!(job = %due.id(), uid, "notify program succeeded");
             return;
