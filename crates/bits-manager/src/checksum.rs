@@ -6,6 +6,7 @@
 use bits_core::{BitsError, Code, JobFile};
 use bits_disk::PartFile;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use crate::errors::disk_error;
 
@@ -15,8 +16,14 @@ const CHUNK: usize = 1 << 20;
 /// The SHA-256 (lowercase hex) of the first `len` bytes of `file`'s temp file, read on this
 /// (blocking) thread with its current file-system identity: the job's owner's. A temp file
 /// that is gone is `ERROR_PATH_NOT_FOUND`; one shorter than `len` hashes what it holds (and
-/// so fails the comparison).
-pub(crate) fn hash_temp(file: &JobFile, owner: u32) -> Result<String, BitsError> {
+/// so fails the comparison). Once `stop` is cancelled it gives up between chunks (`E_FAIL`,
+/// which nobody sees): the caller no longer waits for it, and a Suspend/Resume loop must not
+/// pile up reads of a large file on the blocking pool.
+pub(crate) fn hash_temp(
+    file: &JobFile,
+    owner: u32,
+    stop: &CancellationToken,
+) -> Result<String, BitsError> {
     let len = file.bytes_total().unwrap_or(0);
     let part = PartFile::reopen_to_read(&file.temp_path, file.dir_ino, file.temp_id, owner)
         .map_err(disk_error)?
@@ -30,6 +37,9 @@ pub(crate) fn hash_temp(file: &JobFile, owner: u32) -> Result<String, BitsError>
     let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
     let mut offset = 0u64;
     while offset < len {
+        if stop.is_cancelled() {
+            return Err(BitsError::new(Code::E_FAIL, "hashing stopped: the job was halted"));
+        }
         let want = (len - offset).min(buf.len() as u64) as usize;
         let n = part.read_at(offset, &mut buf[..want]).map_err(disk_error)?;
         if n == 0 {
@@ -90,14 +100,21 @@ mod tests {
         };
         // sha256("abc")
         let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
-        assert_eq!(hash_temp(&file, me).unwrap(), abc);
+        let go = CancellationToken::new();
+        assert_eq!(hash_temp(&file, me, &go).unwrap(), abc);
         // Bytes past the file's length are not part of it.
         part.write_at(3, b"tail").unwrap();
-        assert_eq!(hash_temp(&file, me).unwrap(), abc);
+        assert_eq!(hash_temp(&file, me, &go).unwrap(), abc);
         // What is on disk, not what was downloaded: a changed byte changes the digest.
         part.write_at(0, b"x").unwrap();
-        assert_ne!(hash_temp(&file, me).unwrap(), abc);
+        assert_ne!(hash_temp(&file, me, &go).unwrap(), abc);
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        assert_eq!(
+            hash_temp(&file, me, &stopped).unwrap_err().message,
+            "hashing stopped: the job was halted"
+        );
         std::fs::remove_file(&temp).unwrap();
-        assert_eq!(hash_temp(&file, me).unwrap_err().code, Code::ERROR_PATH_NOT_FOUND);
+        assert_eq!(hash_temp(&file, me, &go).unwrap_err().code, Code::ERROR_PATH_NOT_FOUND);
     }
 }

@@ -94,9 +94,11 @@ async fn verify_digests(ledger: &JobLedger, stop: &CancellationToken) -> Result<
     }
     let owner = ledger.owner()?;
     for (index, file) in due {
-        let (uid, hashed) = (owner.uid, file.clone());
-        let hashing = run_as(owner.clone(), move || crate::checksum::hash_temp(&hashed, uid));
-        // A Suspend or Cancel does not wait for a large file's hash; the read is harmless.
+        let (uid, hashed, halted) = (owner.uid, file.clone(), stop.clone());
+        let hashing =
+            run_as(owner.clone(), move || crate::checksum::hash_temp(&hashed, uid, &halted));
+        // A Suspend or Cancel does not wait for a large file's hash; the read stops at its
+        // next chunk.
         let actual = tokio::select! {
             _ = stop.cancelled() => return Err(Halt::Stopped),
             actual = hashing => actual.map_err(|e| local_halt(e, index))?,
