@@ -20,6 +20,14 @@ use crate::table::{Entry, Table, lookup_mut, lookup_mut_check};
 use crate::types::Caller;
 use crate::validate;
 
+/// Takes back an add that did not reach the store: the files from `first` on, their paths,
+/// and the modification time they set.
+fn forget_added(entry: &mut Entry, first: u32, hashes: &[u64], modified: SystemTime) {
+    entry.job.files.truncate(first as usize);
+    entry.paths_mut().remove_all(hashes);
+    entry.job.modification_time = modified;
+}
+
 /// One file to add.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewFile {
@@ -149,9 +157,7 @@ impl Manager {
             let modified =
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.persist_job_fields(&entry.job) {
-                entry.job.files.truncate(first as usize);
-                entry.paths_mut().remove_all(&hashes);
-                entry.job.modification_time = modified;
+                forget_added(entry, first, &hashes, modified);
                 return Err(e);
             }
             entry.set_adding_from(Some(first));
@@ -168,9 +174,7 @@ impl Manager {
                 std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
             if let Err(e) = self.commit().add_files(&entry.job, first) {
                 // The job stays as clients last saw it; a retry writes the same indexes again.
-                entry.job.files.truncate(first as usize);
-                entry.paths_mut().remove_all(&hashes);
-                entry.job.modification_time = modified;
+                forget_added(entry, first, &hashes, modified);
                 return Err(e);
             }
             entry.set_adding_from(Some(first));
@@ -268,9 +272,7 @@ impl Manager {
         if entry.job.files.len() != first as usize + count {
             return;
         }
-        entry.job.files.truncate(first as usize);
-        entry.paths_mut().remove_all(hashes);
-        entry.job.modification_time = modified;
+        forget_added(entry, first, hashes, modified);
         if let Err(e) = self.persist_job_fields(&entry.job) {
             tracing::warn!(job = %id, error = %e, "storing a job whose added files were taken back failed");
         }
