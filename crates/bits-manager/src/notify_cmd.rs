@@ -52,15 +52,15 @@ const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 /// subscriber gets JobTransferred / JobError replayed.
 pub(crate) fn start(manager: &Manager) {
     let (tx, rx) = mpsc::unbounded_channel();
-    manager.events().send_commands_to(tx.clone());
+    manager.events().send_commands_to(tx);
     for entry in manager.table().values() {
         manager.events().command_due(&entry.job);
     }
     let runner = Runner {
         manager: manager.clone(),
-        retries: tx,
         all: Arc::new(Semaphore::new(MAX_RUNNING)),
         per_user: Arc::default(),
+        owed: Arc::default(),
     };
     tokio::spawn(runner.run(rx));
 }
@@ -68,10 +68,11 @@ pub(crate) fn start(manager: &Manager) {
 #[derive(Clone)]
 struct Runner {
     manager: Manager,
-    /// Failed runs are sent back here after the job's retry delay.
-    retries: mpsc::UnboundedSender<Due>,
     all: Arc<Semaphore>,
     per_user: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>>,
+    /// The due each job's task is delivering (waiting, running or waiting to retry): the same
+    /// due again (SetNotifyCmdLine repeated with the same line) starts no second task.
+    owed: Arc<Mutex<HashMap<JobId, Due>>>,
 }
 
 impl Runner {
@@ -83,7 +84,34 @@ impl Runner {
                 next = due.recv() => next,
             };
             let Some(next) = next else { return };
-            tokio::spawn(self.clone().run_one(next));
+            if self.owe(&next) {
+                tokio::spawn(self.clone().deliver(next));
+            }
+        }
+    }
+
+    fn owed(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Due>> {
+        self.owed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records `due` as owed; false if a task already delivers it.
+    fn owe(&self, due: &Due) -> bool {
+        self.owed().insert(due.id(), due.clone()).as_ref() != Some(due)
+    }
+
+    /// Runs `due`'s program until it succeeds or the job no longer owes it, waiting the job's
+    /// retry delay after each failure.
+    async fn deliver(self, due: Due) {
+        let shutdown = self.manager.stopping().clone();
+        while let Some(delay) = self.run_one(&due).await {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        let mut owed = self.owed();
+        if owed.get(&due.id()) == Some(&due) {
+            owed.remove(&due.id());
         }
     }
 
@@ -105,22 +133,23 @@ impl Runner {
             .clone()
     }
 
-    async fn run_one(self, due: Due) {
-        let Some(uid) = self.owner_if_due(&due) else { return };
+    /// One run of `due`'s program, if the job still owes it; the retry delay if it failed.
+    async fn run_one(&self, due: &Due) -> Option<Duration> {
+        let uid = self.owner_if_due(due)?;
         if uid < FIRST_USER_UID {
             tracing::info!(job = %due.id(), uid, "notify program not run: the job belongs to a system account");
-            return;
+            return None;
         }
         let daemon = rustix::process::geteuid().as_raw();
         if daemon != 0 && daemon != uid {
             tracing::warn!(job = %due.id(), uid, "notify program not run: this daemon cannot act as the job's owner");
-            return;
+            return None;
         }
-        let Ok(mine) = self.user_slots(uid).acquire_owned().await else { return };
-        let Ok(any) = self.all.clone().acquire_owned().await else { return };
+        let mine = self.user_slots(uid).acquire_owned().await.ok()?;
+        let any = self.all.clone().acquire_owned().await.ok()?;
         // Waiting for a slot may have taken a while: the job may have moved on.
-        if self.owner_if_due(&due) != Some(uid) {
-            return;
+        if self.owner_if_due(due) != Some(uid) {
+            return None;
         }
         let user = match crate::access::run_blocking(move || {
             Ok(nix::unistd::User::from_uid(uid.into()))
@@ -130,7 +159,7 @@ impl Runner {
             Ok(Ok(Some(user))) => user,
             Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
                 tracing::warn!(job = %due.id(), uid, "notify program not run: the job's owner has no user database entry");
-                return;
+                return None;
             }
         };
         let launch = Launch {
@@ -149,19 +178,12 @@ impl Runner {
         drop((mine, any));
         if report.outcome.succeeded() {
             tracing::info!(job = %due.id(), uid, "notify program succeeded");
-            return;
+            return None;
         }
         tracing::warn!(job = %due.id(), uid, outcome = ?report.outcome, "notify program failed; it runs again after the job's retry delay");
-        let delay = {
-            let table = self.manager.table();
-            let Some(entry) = table.get(&due.id()) else { return };
-            Duration::from_secs(u64::from(entry.job.minimum_retry_delay_secs.max(1)))
-        };
-        let shutdown = self.manager.stopping().clone();
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = tokio::time::sleep(delay) => { let _ = self.retries.send(due); }
-        }
+        let table = self.manager.table();
+        let entry = table.get(&due.id())?;
+        Some(Duration::from_secs(u64::from(entry.job.minimum_retry_delay_secs.max(1))))
     }
 }
 
@@ -370,6 +392,36 @@ mod tests {
         assert_eq!(report.outcome, Outcome::Exited(0));
         assert_eq!(report.lines_logged, MAX_LOGGED_LINES);
         assert!(report.bytes_dropped > 20_000_000 - MAX_LINE_BYTES as u64, "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn the_same_due_again_starts_no_second_task() {
+        let runner = Runner {
+            manager: crate::testing::manager().await,
+            all: Arc::new(Semaphore::new(MAX_RUNNING)),
+            per_user: Arc::default(),
+            owed: Arc::default(),
+        };
+        let mut job = bits_core::Job::new(
+            JobId::new_random(),
+            "j".into(),
+            1000,
+            std::time::SystemTime::now(),
+        );
+        job.state = JobState::Error;
+        job.notify_flags = bits_core::job::notify::JOB_ERROR;
+        job.notify_cmd_line =
+            Some(NotifyCmdLine { program: "/bin/true".into(), arguments: vec![] });
+        let due = Due::of(&job).unwrap();
+        assert!(runner.owe(&due));
+        assert!(!runner.owe(&due));
+        // Another line for the job is owed anew.
+        job.notify_cmd_line =
+            Some(NotifyCmdLine { program: "/bin/false".into(), arguments: vec![] });
+        assert!(runner.owe(&Due::of(&job).unwrap()));
+        // The first task ends: the second's record stays.
+        runner.clone().deliver(due).await;
+        assert!(!runner.owe(&Due::of(&job).unwrap()));
     }
 
     #[tokio::test]
