@@ -444,7 +444,6 @@ mod tests {
     use bits_core::Priority;
 
     use super::*;
-    use crate::table::set_state;
     use crate::testing::{caller, job_with_files, manager, with_entry};
     use crate::types::Caller;
     use crate::watch::Subscription;
@@ -540,7 +539,7 @@ mod tests {
         let manager = manager().await;
         let dir = tempfile::tempdir().unwrap();
         let id = job_with_files(&manager, dir.path(), 0).await;
-        with_entry(&manager, id, |e| set_state(e, JobState::Transferred));
+        with_entry(&manager, id, |e| e.set_state(JobState::Transferred));
         let (replay, _) = manager.subscribe(caller(), id, None).unwrap();
         assert_eq!(replay.len(), 1);
         assert_eq!(replay[0].kind, EventKind::JobTransferred);
@@ -557,8 +556,8 @@ mod tests {
             file_index: Some(0),
         };
         with_entry(&manager, id, |e| {
-            e.job.error = Some(error.clone());
-            set_state(e, JobState::Error);
+            e.job_mut().error = Some(error.clone());
+            e.set_state(JobState::Error);
         });
         let (replay, _) = manager.subscribe(caller(), id, None).unwrap();
         assert_eq!(
@@ -573,10 +572,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = job_with_files(&manager, dir.path(), 0).await;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
-        with_entry(&manager, id, |e| set_state(e, JobState::Queued));
-        with_entry(&manager, id, |e| set_state(e, JobState::TransientError));
-        with_entry(&manager, id, |e| set_state(e, JobState::Error));
-        with_entry(&manager, id, |e| set_state(e, JobState::Transferred));
+        with_entry(&manager, id, |e| e.set_state(JobState::Queued));
+        with_entry(&manager, id, |e| e.set_state(JobState::TransientError));
+        with_entry(&manager, id, |e| e.set_state(JobState::Error));
+        with_entry(&manager, id, |e| e.set_state(JobState::Transferred));
         let mut kinds = Vec::new();
         for _ in 0..4 {
             kinds.push(next(&mut sub).await.unwrap().kind);
@@ -600,15 +599,15 @@ mod tests {
         let (_, mut sub) = manager.subscribe(caller(), id, Some(flags)).unwrap();
         for index in 0..3u32 {
             with_entry(&manager, id, |e| {
-                let file = &mut e.job.files[index as usize];
+                let file = &mut e.job_mut().files[index as usize];
                 file.remote_size = Some(100);
                 for (start, end) in [(0, 60), (60, 100)] {
-                    e.job.files[index as usize].filled.insert(start, end);
+                    e.job_mut().files[index as usize].filled.insert(start, end);
                     e.events().recorded(e, index, Span::new(start, end));
                 }
             });
         }
-        with_entry(&manager, id, |e| set_state(e, JobState::Transferred));
+        with_entry(&manager, id, |e| e.set_state(JobState::Transferred));
         let mut kinds = Vec::new();
         for _ in 0..4 {
             kinds.push(next(&mut sub).await.unwrap().kind);
@@ -635,12 +634,12 @@ mod tests {
         let id = job_with_files(&manager, dir.path(), 2).await;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(notify::FILE_TRANSFERRED)).unwrap();
         with_entry(&manager, id, |e| {
-            for file in &mut e.job.files {
+            for file in &mut e.job_mut().files {
                 file.remote_size = Some(100);
                 file.filled.insert(0, 100);
             }
             // File 1 is whole in the table, its flush still in flight.
-            e.unflushed(1, &RangeSet::from_span(40, 100));
+            e.hide_unflushed(1, &RangeSet::from_span(40, 100));
             e.events().recorded(e, 0, Span::new(0, 100));
         });
         assert_eq!(next(&mut sub).await.unwrap().kind, EventKind::FileTransferred { index: 0 });
@@ -659,10 +658,10 @@ mod tests {
         let id = job_with_files(&manager, dir.path(), 2).await;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
         with_entry(&manager, id, |e| {
-            for file in &mut e.job.files {
+            for file in &mut e.job_mut().files {
                 file.remote_size = Some(0); // zero-length files: no byte is ever recorded
             }
-            set_state(e, JobState::Transferred);
+            e.set_state(JobState::Transferred);
         });
         let kinds: Vec<EventKind> =
             [next(&mut sub).await, next(&mut sub).await, next(&mut sub).await]
@@ -686,8 +685,8 @@ mod tests {
         let id = job_with_files(&manager, dir.path(), 1).await;
         let interval = Duration::from_millis(300);
         with_entry(&manager, id, |e| {
-            e.job.minimum_notification_interval_ms = interval.as_millis() as u32;
-            let file = &mut e.job.files[0];
+            e.job_mut().minimum_notification_interval_ms = interval.as_millis() as u32;
+            let file = &mut e.job_mut().files[0];
             file.remote_size = Some(1000);
             file.requested.insert(0, 100);
             file.requested.insert(500, 600);
@@ -696,9 +695,9 @@ mod tests {
             manager.subscribe(caller(), id, Some(notify::FILE_RANGES_TRANSFERRED)).unwrap();
         let record = |start: u64, end: u64| {
             with_entry(&manager, id, |e| {
-                e.job.files[0].filled.insert(start, end);
+                e.job_mut().files[0].filled.insert(start, end);
                 e.events().recorded(e, 0, Span::new(start, end));
-                e.job.files[0].requested.remove(start, end);
+                e.job_mut().files[0].requested.remove(start, end);
             });
         };
         record(0, 50); // first: sent at once
@@ -726,8 +725,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = job_with_files(&manager, dir.path(), 1).await;
         with_entry(&manager, id, |e| {
-            e.job.minimum_notification_interval_ms = 60_000;
-            let file = &mut e.job.files[0];
+            e.job_mut().minimum_notification_interval_ms = 60_000;
+            let file = &mut e.job_mut().files[0];
             file.remote_size = Some(100);
             file.requested.insert(0, 100);
         });
@@ -735,9 +734,9 @@ mod tests {
         let (_, mut sub) = manager.subscribe(caller(), id, Some(flags)).unwrap();
         for (start, end) in [(0, 10), (10, 100)] {
             with_entry(&manager, id, |e| {
-                e.job.files[0].filled.insert(start, end);
+                e.job_mut().files[0].filled.insert(start, end);
                 e.events().recorded(e, 0, Span::new(start, end));
-                e.job.files[0].requested.remove(start, end);
+                e.job_mut().files[0].requested.remove(start, end);
             });
         }
         let kinds: Vec<EventKind> =

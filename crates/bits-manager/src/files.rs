@@ -20,14 +20,6 @@ use crate::table::{Entry, Table, lookup_mut, lookup_mut_check};
 use crate::types::Caller;
 use crate::validate;
 
-/// Takes back an add that did not reach the store: the files from `first` on, their paths,
-/// and the modification time they set.
-fn forget_added(entry: &mut Entry, first: u32, hashes: &[u64], modified: SystemTime) {
-    entry.job.files.truncate(first as usize);
-    entry.paths_mut().remove_all(hashes);
-    entry.job.modification_time = modified;
-}
-
 /// One file to add.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewFile {
@@ -70,8 +62,8 @@ impl Manager {
         let (n_files, owner_uid) = {
             let table = self.table();
             let entry = lookup_mut_check(&table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
-            (entry.job.files.len(), entry.job.owner_uid)
+            transition(entry.job().state, Event::Modify)?;
+            (entry.job().files.len(), entry.job().owner_uid)
         };
         if files.is_empty() {
             return Err(BitsError::new(Code::E_INVALIDARG, "no files given"));
@@ -147,17 +139,10 @@ impl Manager {
             let mut table = self.table();
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = records.len();
-            // A fresh job (the usual large add) takes the vector as it is: no copy under the lock.
-            if entry.job.files.is_empty() {
-                entry.job.files = records;
-            } else {
-                entry.job.files.extend(records);
-            }
+            let modified = entry.append_files(records);
             entry.paths_mut().join(new_paths);
-            let modified =
-                std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
-            if let Err(e) = self.persist_job_fields(&entry.job) {
-                forget_added(entry, first, &hashes, modified);
+            if let Err(e) = self.persist_job_fields(entry.job()) {
+                entry.forget_files_from(first, &hashes, modified);
                 return Err(e);
             }
             entry.set_adding_from(Some(first));
@@ -168,13 +153,11 @@ impl Manager {
             let first = self.check_new_files(&table, caller, id, owner_uid, &files, &hashes)?;
             let entry = self.still_adding(&mut table, caller, id, owner_uid, first)?;
             let count = files.len();
-            entry.job.files.extend(new_records(files, &dir_inos, id, first, mode));
+            let modified = entry.append_files(new_records(files, &dir_inos, id, first, mode));
             entry.paths_mut().insert_all(&hashes);
-            let modified =
-                std::mem::replace(&mut entry.job.modification_time, std::time::SystemTime::now());
-            if let Err(e) = self.commit().add_files(&entry.job, first) {
+            if let Err(e) = self.commit().add_files(entry.job(), first) {
                 // The job stays as clients last saw it; a retry writes the same indexes again.
-                forget_added(entry, first, &hashes, modified);
+                entry.forget_files_from(first, &hashes, modified);
                 return Err(e);
             }
             entry.set_adding_from(Some(first));
@@ -209,15 +192,15 @@ impl Manager {
         hashes: &[u64],
     ) -> Result<u32, BitsError> {
         let entry = lookup_mut_check(table, caller, id)?;
-        transition(entry.job.state, Event::Modify)?;
-        if entry.job.owner_uid != owner_uid {
+        transition(entry.job().state, Event::Modify)?;
+        if entry.job().owner_uid != owner_uid {
             return Err(BitsError::new(
                 Code::E_ACCESSDENIED,
                 format!("job {id} changed owner while its files were being checked"),
             ));
         }
         // Again under the lock: concurrent adds each passed the first check.
-        let n_files = entry.job.files.len();
+        let n_files = entry.job().files.len();
         if !caller.is_admin() && n_files + files.len() > MAX_FILES_PER_JOB {
             return Err(too_many_files(n_files, files.len()));
         }
@@ -225,12 +208,12 @@ impl Manager {
         // only a hash it holds is checked against the paths themselves.
         for (file, hash) in files.iter().zip(hashes) {
             if entry.paths().holds(*hash)
-                && entry.job.files.iter().any(|f| f.local_path == file.local_path)
+                && entry.job().files.iter().any(|f| f.local_path == file.local_path)
             {
                 return Err(duplicate_path(&file.local_path));
             }
         }
-        Ok(entry.job.files.len() as u32)
+        Ok(entry.job().files.len() as u32)
     }
 
     /// The job, under the table lock, as AddFile found it: still changeable, same owner, and
@@ -244,8 +227,8 @@ impl Manager {
         first: u32,
     ) -> Result<&'t mut Entry, BitsError> {
         let entry = lookup_mut(table, caller, id)?;
-        transition(entry.job.state, Event::Modify)?;
-        if entry.job.owner_uid != owner_uid || entry.job.files.len() != first as usize {
+        transition(entry.job().state, Event::Modify)?;
+        if entry.job().owner_uid != owner_uid || entry.job().files.len() != first as usize {
             return Err(BitsError::new(
                 Code::E_ACCESSDENIED,
                 format!("job {id} changed while its files were being added"),
@@ -269,11 +252,11 @@ impl Manager {
         let mut table = self.table();
         let Some(entry) = table.get_mut(&id) else { return };
         entry.set_adding_from(None);
-        if entry.job.files.len() != first as usize + count {
+        if entry.job().files.len() != first as usize + count {
             return;
         }
-        forget_added(entry, first, hashes, modified);
-        if let Err(e) = self.persist_job_fields(&entry.job) {
+        entry.forget_files_from(first, hashes, modified);
+        if let Err(e) = self.persist_job_fields(entry.job()) {
             tracing::warn!(job = %id, error = %e, "storing a job whose added files were taken back failed");
         }
         entry.events().modified(entry);

@@ -10,7 +10,7 @@ use bits_disk::Identity;
 use crate::access::run_as;
 use crate::errors::disk_error;
 use crate::handle::Manager;
-use crate::table::{Run, file_mut, lookup_mut, set_state};
+use crate::table::{Run, lookup_mut};
 use crate::types::Caller;
 
 impl Manager {
@@ -208,7 +208,7 @@ impl Manager {
         let worker = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
-            transition(entry.job.state, event)?;
+            transition(entry.job().state, event)?;
             entry.set_finishing(true);
             entry.run().map(Run::halt)
         };
@@ -216,7 +216,7 @@ impl Manager {
             ended.cancelled().await;
         }
         let table = self.table();
-        Ok(table.get(&id).map(|e| e.job.files.clone()).unwrap_or_default())
+        Ok(table.get(&id).map(|e| e.job().files.clone()).unwrap_or_default())
     }
 
     async fn abort_finish(&self, id: JobId) {
@@ -224,12 +224,12 @@ impl Manager {
             let mut table = self.table();
             if let Some(entry) = table.get_mut(&id) {
                 entry.set_finishing(false);
-                if entry.job.all_verified() && entry.job.state != JobState::Transferred {
-                    set_state(entry, JobState::Transferred);
-                } else if entry.job.state.is_active() {
-                    set_state(entry, JobState::Suspended);
+                if entry.job().all_verified() && entry.job().state != JobState::Transferred {
+                    entry.set_state(JobState::Transferred);
+                } else if entry.job().state.is_active() {
+                    entry.set_state(JobState::Suspended);
                 }
-                if let Err(e) = self.persist_job_fields(&entry.job) {
+                if let Err(e) = self.persist_job_fields(entry.job()) {
                     tracing::error!(job = %id, error = %e, "cannot persist job");
                 }
             }
@@ -249,11 +249,9 @@ impl Manager {
         }
         {
             let mut table = self.table();
-            let entry = table
-                .get_mut(&id)
-                .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
+            let entry = table.entry_mut(id)?;
             for &index in indexes {
-                let file = file_mut(&mut entry.job, index)?;
+                let file = entry.file_mut_checked(index)?;
                 file.completed = completed;
                 self.persist_file(id, index, file)?;
             }
@@ -271,10 +269,8 @@ impl Manager {
     ) -> Result<(), BitsError> {
         {
             let mut table = self.table();
-            let entry = table
-                .get_mut(&id)
-                .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
-            let file = file_mut(&mut entry.job, index)?;
+            let entry = table.entry_mut(id)?;
+            let file = entry.file_mut_checked(index)?;
             change(file);
             self.persist_file(id, index, file)?;
         }
@@ -288,7 +284,7 @@ impl Manager {
         {
             let mut table = self.table();
             if let Some(entry) = table.retire(id, final_state) {
-                entry.events().finished(id, final_state, entry.job.progress());
+                entry.events().finished(id, final_state, entry.job().progress());
             }
         }
         self.wake().notify_one();

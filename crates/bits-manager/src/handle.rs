@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bits_core::{BitsError, Code, Job, JobFile, JobId};
+use bits_core::{BitsError, Job, JobFile, JobId};
 use bits_disk::Identity;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use crate::access::AccessPolicy;
 use crate::commit::Commit;
 use crate::events::EventBus;
 use crate::stats::Counters;
-use crate::table::Table;
+use crate::table::{Table, no_such_job};
 use crate::types::{Caller, ManagerConfig};
 
 /// A cheap-to-clone handle on the manager.
@@ -178,11 +178,8 @@ impl Manager {
 
     /// [`Manager::owner_identity`] of job `id`'s current owner.
     pub(crate) fn job_identity(&self, id: JobId) -> Result<Identity, BitsError> {
-        let uid = self
-            .table()
-            .get(&id)
-            .map(|e| e.job.owner_uid)
-            .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))?;
+        let uid =
+            self.table().get(&id).map(|e| e.job().owner_uid).ok_or_else(|| no_such_job(id))?;
         Ok(self.owner_identity(uid))
     }
 }

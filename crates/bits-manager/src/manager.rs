@@ -25,7 +25,7 @@ use crate::commit::{Commit, recover};
 use crate::errors::no_such_file;
 use crate::events::EventBus;
 use crate::handle::{Manager, Parts};
-use crate::table::{Entry, Run, SavedState, Table, lookup, lookup_mut, set_state};
+use crate::table::{Entry, Run, SavedState, Table, lookup, lookup_mut};
 use crate::types::{Caller, ManagerConfig, ManagerError};
 use crate::validate;
 
@@ -82,7 +82,7 @@ impl Manager {
         let table = self.table();
         let (per_user, per_machine) =
             (self.config().max_jobs_per_user, self.config().max_jobs_per_machine);
-        let owned = table.values().filter(|e| e.job.owner_uid == caller.uid).count();
+        let owned = table.values().filter(|e| e.job().owner_uid == caller.uid).count();
         if owned >= per_user {
             return Err(BitsError::new(
                 Code::BG_E_TOO_MANY_JOBS_PER_USER,
@@ -159,7 +159,7 @@ impl Manager {
     /// The jobs `keep` selects, oldest first.
     pub(crate) fn jobs_where(&self, keep: impl Fn(&Job) -> bool) -> Vec<Job> {
         let table = self.table();
-        let mut entries: Vec<&Entry> = table.values().filter(|e| keep(&e.job)).collect();
+        let mut entries: Vec<&Entry> = table.values().filter(|e| keep(e.job())).collect();
         entries.sort_by_key(|e| e.seq());
         entries.into_iter().map(|e| e.visible().into_owned()).collect()
     }
@@ -169,20 +169,21 @@ impl Manager {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
             let event = Event::Resume {
-                has_files: !entry.job.files.is_empty(),
+                has_files: !entry.job().files.is_empty(),
                 // A file with an expected digest counts once its bytes hashed to it.
-                all_transferred: entry.job.all_verified(),
+                all_transferred: entry.job().all_verified(),
             };
-            let next = transition(entry.job.state, event)?;
-            if next == entry.job.state {
+            let next = transition(entry.job().state, event)?;
+            if next == entry.job().state {
                 None
             } else {
                 self.stored_state_change(entry, |entry| {
-                    if next == JobState::Transferred && entry.job.transfer_completion_time.is_none()
+                    if next == JobState::Transferred
+                        && entry.job().transfer_completion_time.is_none()
                     {
-                        entry.job.transfer_completion_time = Some(SystemTime::now());
+                        entry.stamp_transferred();
                     }
-                    set_state(entry, next);
+                    entry.set_state(next);
                     // Resume starts a fresh attempt: the no-progress timer and the download-time
                     // budget restart with it.
                     entry.restart_attempt();
@@ -198,16 +199,16 @@ impl Manager {
         let undo = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
-            let next = transition(entry.job.state, Event::Suspend)?;
+            let next = transition(entry.job().state, Event::Suspend)?;
             if let Some(run) = entry.run() {
                 // The worker syncs and records what it wrote, then exits; it reports no state.
                 run.stop();
             }
-            if next == entry.job.state {
+            if next == entry.job().state {
                 None
             } else {
                 self.stored_state_change(entry, |entry| {
-                    set_state(entry, next);
+                    entry.set_state(next);
                     entry.set_retry_at(None);
                 })?
             }
@@ -226,11 +227,11 @@ impl Manager {
     ) -> Result<Option<(SavedState, JobState)>, BitsError> {
         let saved = SavedState::of(entry);
         change(entry);
-        if let Err(e) = self.persist_job_fields(&entry.job) {
+        if let Err(e) = self.persist_job_fields(entry.job()) {
             saved.restore(entry);
             return Err(e);
         }
-        Ok(Some((saved, entry.job.state)))
+        Ok(Some((saved, entry.job().state)))
     }
 
     /// Flushes a state change, or takes it back when the flush fails: what a client was told
@@ -245,10 +246,10 @@ impl Manager {
         if let Some((saved, after)) = undo {
             let mut table = self.table();
             if let Some(entry) = table.get_mut(&id)
-                && entry.job.state == after
+                && entry.job().state == after
             {
                 saved.restore(entry);
-                if let Err(e) = self.persist_job_fields(&entry.job) {
+                if let Err(e) = self.persist_job_fields(entry.job()) {
                     tracing::warn!(job = %id, error = %e, "storing a state taken back failed");
                 }
             }
@@ -264,7 +265,7 @@ impl Manager {
     /// The error object, which exists only in ERROR and TRANSIENT_ERROR.
     pub fn get_error(&self, caller: Caller, id: JobId) -> Result<JobError, BitsError> {
         let table = self.table();
-        let job = &lookup(&table, caller, id)?.job;
+        let job = lookup(&table, caller, id)?.job();
         match (&job.error, job.state) {
             (Some(error), JobState::Error | JobState::TransientError) => Ok(error.clone()),
             _ => Err(BitsError::new(
@@ -283,7 +284,7 @@ impl Manager {
     ) -> Result<RangeSet, BitsError> {
         let table = self.table();
         let entry = lookup(&table, caller, id)?;
-        let job = &entry.job;
+        let job = entry.job();
         let filled = entry.visible_filled(index).ok_or_else(|| no_such_file(job, index))?;
         Ok(filled.into_owned())
     }
@@ -511,9 +512,9 @@ mod tests {
         {
             let mut table = m.table();
             let entry = table.get_mut(&id).unwrap();
-            entry.job.files[0].remote_size = Some(100);
-            entry.job.files[0].filled.insert(0, 60);
-            entry.unflushed(0, &RangeSet::from_span(40, 60));
+            entry.job_mut().files[0].remote_size = Some(100);
+            entry.job_mut().files[0].filled.insert(0, 60);
+            entry.hide_unflushed(0, &RangeSet::from_span(40, 60));
         }
         let seen = |m: &Manager| {
             let progress = m.get_progress(me, id).unwrap();

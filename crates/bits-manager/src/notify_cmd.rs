@@ -54,7 +54,7 @@ pub(crate) fn start(manager: &Manager) {
     let (tx, rx) = mpsc::unbounded_channel();
     manager.events().send_commands_to(tx);
     for entry in manager.table().values() {
-        manager.events().command_due(&entry.job);
+        manager.events().command_due(entry.job());
     }
     let runner = Runner {
         manager: manager.clone(),
@@ -118,7 +118,7 @@ impl Runner {
     /// The job's owner, if the job still owes `due` and its owner may run programs.
     fn owner_if_due(&self, due: &Due) -> Option<u32> {
         let table = self.manager.table();
-        let job = &table.get(&due.id())?.job;
+        let job = table.get(&due.id())?.job();
         if Due::of(job).as_ref() != Some(due) {
             return None;
         }
@@ -183,7 +183,7 @@ impl Runner {
         tracing::warn!(job = %due.id(), uid, outcome = ?report.outcome, "notify program failed; it runs again after the job's retry delay");
         let table = self.manager.table();
         let entry = table.get(&due.id())?;
-        Some(Duration::from_secs(u64::from(entry.job.minimum_retry_delay_secs.max(1))))
+        Some(Duration::from_secs(u64::from(entry.job().minimum_retry_delay_secs.max(1))))
     }
 }
 

@@ -1,13 +1,11 @@
 //! RequestFileRanges (spec §3.F): on-demand ranges join a whole-file download's pending set,
 //! which the worker fetches ahead of the rest of the file.
 
-use std::time::SystemTime;
-
 use bits_core::{BitsError, ByteRange, Code, Event, JobFile, JobId, RangeSet, transition};
 
 use crate::handle::Manager;
 use crate::requested::{Requested, check_pending};
-use crate::table::{Entry, Table, file_mut, lookup_mut};
+use crate::table::{Entry, Table, lookup_mut};
 use crate::types::Caller;
 
 /// Up to this many ranges a RequestFileRanges sorts them on the gRPC thread (well under a
@@ -32,7 +30,7 @@ impl Manager {
         let size = {
             let mut table = self.table();
             let entry = on_demand_entry(&mut table, caller, id, index)?;
-            file_mut(&mut entry.job, index)?.remote_size
+            entry.file_mut_checked(index)?.remote_size
         };
         let requested = if ranges.len() <= SORT_INLINE_MAX {
             Requested::parse(ranges, caller.is_admin())?
@@ -55,7 +53,7 @@ impl Manager {
             let copy = {
                 let mut table = self.table();
                 let entry = on_demand_entry(&mut table, caller, id, index)?;
-                let file = file_mut(&mut entry.job, index)?;
+                let file = entry.file_mut_checked(index)?;
                 if under_lock {
                     let pending = pending_after(file, index, &requested, &wanted, size, caller)?;
                     let before = std::mem::replace(&mut file.requested, pending);
@@ -72,7 +70,7 @@ impl Manager {
             let after = updated.requested.clone();
             let mut table = self.table();
             let entry = on_demand_entry(&mut table, caller, id, index)?;
-            let file = file_mut(&mut entry.job, index)?;
+            let file = entry.file_mut_checked(index)?;
             if *file != copy {
                 continue;
             }
@@ -84,7 +82,7 @@ impl Manager {
         if let Err(e) = self.flush().await {
             // Not durable, so not shown: the pending ranges go back to what they were.
             let mut table = self.table();
-            if let Some(file) = table.get_mut(&id).and_then(|e| e.job.files.get_mut(index as usize))
+            if let Some(file) = table.get_mut(&id).and_then(|e| e.file_mut(index))
                 && file.requested == after
             {
                 file.requested = before;
@@ -100,8 +98,8 @@ impl Manager {
 
     /// The rest of RequestFileRanges under the table lock, once the file's record is written.
     fn requested_changed(&self, entry: &mut Entry) -> Result<(), BitsError> {
-        entry.job.modification_time = SystemTime::now();
-        self.persist_job_fields(&entry.job)?;
+        entry.touch();
+        self.persist_job_fields(entry.job())?;
         if let Some(run) = entry.run() {
             run.repick();
         }
@@ -145,8 +143,8 @@ fn on_demand_entry(
     index: u32,
 ) -> Result<&mut Entry, BitsError> {
     let entry = lookup_mut(table, caller, id)?;
-    transition(entry.job.state, Event::Modify)?;
-    if !file_mut(&mut entry.job, index)?.ranges.is_empty() {
+    transition(entry.job().state, Event::Modify)?;
+    if !entry.file_mut_checked(index)?.ranges.is_empty() {
         return Err(BitsError::new(
             Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
             format!(

@@ -42,7 +42,7 @@ impl Manager {
                     format!("TakeOwnership is for administrators; uid {} is not one", caller.uid),
                 ));
             }
-            let unfinished = entry.job.files.iter().filter(|f| !f.completed);
+            let unfinished = entry.job().files.iter().filter(|f| !f.completed);
             unfinished.map(|f| (f.temp_path.clone(), f.dir_ino)).collect()
         };
         run_as(self.owner_identity(caller.uid), move || {

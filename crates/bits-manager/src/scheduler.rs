@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handle::Manager;
 use crate::policy::Verdict;
-use crate::table::{Run, set_state};
+use crate::table::Run;
 
 pub(crate) async fn run(manager: Manager) {
     loop {
@@ -55,10 +55,10 @@ fn schedule_once(manager: &Manager) -> Pass {
     }
     let mut next_retry: Option<Instant> = None;
     for entry in table.values_mut() {
-        if entry.job.state != JobState::TransientError || entry.run().is_some() {
+        if entry.job().state != JobState::TransientError || entry.run().is_some() {
             continue;
         }
-        let timing = crate::policy::Timing::of(&entry.job);
+        let timing = crate::policy::Timing::of(entry.job());
         let verdict = crate::policy::waiting(timing, entry.retry_at(), entry.stalled_since(), now);
         match verdict {
             Some(Verdict::Wait(at)) => next_retry = Some(next_retry.map_or(at, |n| n.min(at))),
@@ -66,16 +66,16 @@ fn schedule_once(manager: &Manager) -> Pass {
             Some(verdict) => {
                 let expired = verdict == Verdict::Fail;
                 let event = if expired { Event::FatalFailure } else { Event::RetryDue };
-                if let Ok(next) = transition(entry.job.state, event) {
+                if let Ok(next) = transition(entry.job().state, event) {
                     if expired {
                         entry.set_stalled_since(None);
-                        tracing::warn!(job = %entry.job.id, "no progress within the no-progress timeout; job in ERROR");
+                        tracing::warn!(job = %entry.job().id, "no progress within the no-progress timeout; job in ERROR");
                     }
-                    set_state(entry, next);
+                    entry.set_state(next);
                     entry.set_retry_at(None);
                     wrote = true;
-                    if let Err(e) = manager.persist_job_fields(&entry.job) {
-                        tracing::error!(job = %entry.job.id, error = %e, "cannot persist retry");
+                    if let Err(e) = manager.persist_job_fields(entry.job()) {
+                        tracing::error!(job = %entry.job().id, error = %e, "cannot persist retry");
                     }
                 }
             }
@@ -84,11 +84,11 @@ fn schedule_once(manager: &Manager) -> Pass {
     }
 
     let background_busy =
-        table.values().any(|e| e.run().is_some() && e.job.priority != Priority::Foreground);
+        table.values().any(|e| e.run().is_some() && e.job().priority != Priority::Foreground);
     let mut queued: Vec<(Priority, u64, JobId)> = table
         .values()
-        .filter(|e| e.job.state == JobState::Queued && e.run().is_none() && !e.finishing())
-        .map(|e| (e.job.priority, e.seq(), e.job.id))
+        .filter(|e| e.job().state == JobState::Queued && e.run().is_none() && !e.finishing())
+        .map(|e| (e.job().priority, e.seq(), e.job().id))
         .collect();
     queued.sort();
     let mut start_background = !background_busy;
@@ -103,10 +103,10 @@ fn schedule_once(manager: &Manager) -> Pass {
     }
     for id in to_start {
         let Some(entry) = table.get_mut(&id) else { continue };
-        let Ok(next) = transition(entry.job.state, Event::Start) else { continue };
-        set_state(entry, next);
+        let Ok(next) = transition(entry.job().state, Event::Start) else { continue };
+        entry.set_state(next);
         wrote = true;
-        if let Err(e) = manager.persist_job_fields(&entry.job) {
+        if let Err(e) = manager.persist_job_fields(entry.job()) {
             tracing::error!(job = %id, error = %e, "cannot persist job start");
         }
         let stop = CancellationToken::new();
@@ -124,7 +124,7 @@ fn schedule_once(manager: &Manager) -> Pass {
             run.await
         }));
         entry.set_run(Some(Run::new(stop, repick, ended)));
-        tracing::info!(job = %id, priority = entry.job.priority.name(), "job started");
+        tracing::info!(job = %id, priority = entry.job().priority.name(), "job started");
     }
     Pass { next_retry, wrote }
 }

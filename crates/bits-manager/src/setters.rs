@@ -60,20 +60,20 @@ impl Manager {
         let (before, after) = {
             let mut table = self.table();
             let entry = lookup_mut(&mut table, caller, id)?;
-            transition(entry.job.state, Event::Modify)?;
-            let before = Snapshot::of(&entry.job, scope);
-            let changed = change(&mut entry.job).and_then(|()| {
-                entry.job.modification_time = SystemTime::now();
-                before.persist_changed_files(self, &entry.job)?;
+            transition(entry.job().state, Event::Modify)?;
+            let before = Snapshot::of(entry.job(), scope);
+            let changed = change(entry.job_mut()).and_then(|()| {
+                entry.touch();
+                before.persist_changed_files(self, entry.job())?;
                 // The fields (and the files that changed): a whole-job write would rewrite every
                 // file record (and drop those an AddFile wrote ahead of its count).
-                self.persist_job_fields(&entry.job)
+                self.persist_job_fields(entry.job())
             });
             if let Err(e) = changed {
                 // Files the change stored before it failed are stored back as they were.
-                let attempted = Snapshot::of(&entry.job, scope);
-                before.restore(&mut entry.job);
-                if let Err(e) = attempted.persist_changed_files(self, &entry.job) {
+                let attempted = Snapshot::of(entry.job(), scope);
+                before.restore(entry.job_mut());
+                if let Err(e) = attempted.persist_changed_files(self, entry.job()) {
                     tracing::warn!(job = %id, error = %e, "storing files a refused change took back failed");
                 }
                 return Err(e);
@@ -82,7 +82,7 @@ impl Manager {
             if let Some(run) = entry.run() {
                 run.repick();
             }
-            let after = Snapshot::of(&entry.job, scope);
+            let after = Snapshot::of(entry.job(), scope);
             (before, after)
         };
         if let Err(e) = self.flush().await {
@@ -100,10 +100,10 @@ impl Manager {
     fn take_back(&self, id: JobId, before: &Snapshot, after: &Snapshot) {
         let mut table = self.table();
         let Some(entry) = table.get_mut(&id) else { return };
-        before.restore_unchanged(after, &mut entry.job);
+        before.restore_unchanged(after, entry.job_mut());
         let stored = after
-            .persist_changed_files(self, &entry.job)
-            .and_then(|()| self.persist_job_fields(&entry.job));
+            .persist_changed_files(self, entry.job())
+            .and_then(|()| self.persist_job_fields(entry.job()));
         if let Err(e) = stored {
             tracing::warn!(job = %id, error = %e, "storing the settings a failed change took back failed");
         }
@@ -352,7 +352,7 @@ impl Manager {
             })
             .await?;
         if let Some(entry) = self.table().get(&id) {
-            entry.events().command_due(&entry.job);
+            entry.events().command_due(entry.job());
         }
         Ok(code)
     }

@@ -19,7 +19,7 @@ impl Manager {
         let table = self.table();
         let mut summary = Summary { jobs: table.len(), ..Summary::default() };
         for entry in table.values() {
-            match entry.job.state {
+            match entry.job().state {
                 JobState::Transferring | JobState::Connecting => summary.transferring += 1,
                 JobState::Queued => summary.queued += 1,
                 JobState::TransientError | JobState::Error => summary.in_error += 1,
@@ -37,11 +37,11 @@ impl Manager {
         {
             let table = self.table();
             for entry in table.values() {
-                let Some(i) = JobState::ALL.iter().position(|&s| s == entry.job.state) else {
+                let Some(i) = JobState::ALL.iter().position(|&s| s == entry.job().state) else {
                     continue;
                 };
                 all[i] += 1;
-                if entry.job.owner_uid == uid {
+                if entry.job().owner_uid == uid {
                     own[i] += 1;
                 }
             }

@@ -1,13 +1,13 @@
 //! The job table: every job with what only the running daemon knows about it, the one place a
-//! job's state changes ([`set_state`]), and the owner and tombstone checks every BITS operation
-//! starts with.
+//! job's state changes ([`Entry::set_state`]), and the owner and tombstone checks every BITS
+//! operation starts with.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bits_core::{BitsError, Code, Job, JobFile, JobId, JobState, Progress, RangeSet};
+use bits_core::{BitsError, Code, Job, JobError, JobFile, JobId, JobState, Progress, RangeSet};
 use tokio::sync::Notify;
 // tokio's clock, so `tokio::time::pause` drives retry, stall and deadline times in tests.
 use tokio::time::Instant;
@@ -36,6 +36,12 @@ impl Table {
 
     pub(crate) fn get_mut(&mut self, id: &JobId) -> Option<&mut Entry> {
         self.jobs.get_mut(id)
+    }
+
+    /// Job `id`'s entry for the daemon's own bookkeeping (no owner or state check), or
+    /// BG_E_NOT_FOUND naming it.
+    pub(crate) fn entry_mut(&mut self, id: JobId) -> Result<&mut Entry, BitsError> {
+        self.jobs.get_mut(&id).ok_or_else(|| no_such_job(id))
     }
 
     pub(crate) fn values(&self) -> impl Iterator<Item = &Entry> {
@@ -86,7 +92,9 @@ impl Table {
 
 /// A job plus what only the running daemon knows about it.
 pub(crate) struct Entry {
-    pub(crate) job: Job,
+    /// Private so that every state change goes through [`Entry::set_state`] (which announces
+    /// it) and every filled span through [`Entry::fill`] (which hides it until flushed).
+    job: Job,
     seq: u64,
     run: Option<Run>,
     /// When a TRANSIENT_ERROR job is due for its retry.
@@ -116,7 +124,87 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// Its place in the queue: FIFO among jobs of equal priority.
+    /// The job as the daemon holds it, spans whose flush is in flight included (clients see
+    /// [`Entry::visible`]).
+    pub(crate) fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The job to change wholesale: the setters' generic change and its undo (`setters.rs`),
+    /// which touch any of a dozen settings through one path. A state change goes through
+    /// [`Entry::set_state`], a filled span through [`Entry::fill`].
+    pub(crate) fn job_mut(&mut self) -> &mut Job {
+        &mut self.job
+    }
+
+    /// File `index`'s record, if the job has that file.
+    pub(crate) fn file(&self, index: u32) -> Option<&JobFile> {
+        self.job.files.get(index as usize)
+    }
+
+    /// File `index`'s record to change, if the job has that file.
+    pub(crate) fn file_mut(&mut self, index: u32) -> Option<&mut JobFile> {
+        self.job.files.get_mut(index as usize)
+    }
+
+    /// File `index` named by a caller: E_INVALIDARG naming the index and the count if the job
+    /// has no such file.
+    pub(crate) fn file_mut_checked(&mut self, index: u32) -> Result<&mut JobFile, BitsError> {
+        file_mut(&mut self.job, index)
+    }
+
+    /// The one place a job's state changes; it also announces the change (JobModification, or
+    /// JobTransferred / JobError for TRANSFERRED / ERROR, spec §7.1), so set the job's error
+    /// first.
+    pub(crate) fn set_state(&mut self, state: JobState) {
+        self.job.state = state;
+        self.job.modification_time = SystemTime::now();
+        self.events.state_changed(self);
+    }
+
+    /// Stamps the job's modification time with now; returns the time it replaced, for an undo.
+    pub(crate) fn touch(&mut self) -> SystemTime {
+        std::mem::replace(&mut self.job.modification_time, SystemTime::now())
+    }
+
+    /// Stamps the transfer completion time with now (before the state change to TRANSFERRED,
+    /// so its modification time is not earlier).
+    pub(crate) fn stamp_transferred(&mut self) {
+        self.job.transfer_completion_time = Some(SystemTime::now());
+    }
+
+    /// A failed attempt: the error object the job shows, one more error counted.
+    pub(crate) fn record_error(&mut self, error: JobError) {
+        self.job.error_count = self.job.error_count.saturating_add(1);
+        self.job.error = Some(error);
+    }
+
+    /// Drops the error object; says whether there was one.
+    pub(crate) fn clear_error(&mut self) -> bool {
+        self.job.error.take().is_some()
+    }
+
+    /// New file records at the end of the job (their indexes were checked under the same lock);
+    /// stamps the modification time and returns the one it replaced, for
+    /// [`Entry::forget_files_from`].
+    pub(crate) fn append_files(&mut self, records: Vec<JobFile>) -> SystemTime {
+        // A fresh job (the usual large add) takes the vector as it is: no copy under the lock.
+        if self.job.files.is_empty() {
+            self.job.files = records;
+        } else {
+            self.job.files.extend(records);
+        }
+        self.touch()
+    }
+
+    /// Takes back an add that did not reach the store: the files from `first` on, their paths,
+    /// and the modification time they set.
+    pub(crate) fn forget_files_from(&mut self, first: u32, hashes: &[u64], modified: SystemTime) {
+        self.job.files.truncate(first as usize);
+        self.paths.remove_all(hashes);
+        self.job.modification_time = modified;
+    }
+
     pub(crate) fn seq(&self) -> u64 {
         self.seq
     }
@@ -178,13 +266,20 @@ impl Entry {
         self.active_time = Duration::ZERO;
     }
 
-    /// Spans of file `index` just recorded in the table whose store flush has not returned:
-    /// hidden from clients until [`Entry::flushed`].
-    pub(crate) fn unflushed(&mut self, index: u32, spans: &RangeSet) {
+    /// Synced spans of file `index` join its filled set now, so that every store write of the
+    /// file (the caller's and concurrent ones) carries them, but stay hidden from clients until
+    /// [`Entry::flushed`]. Returns the file's record for the caller's store write (`None`: the
+    /// file is gone).
+    pub(crate) fn fill(&mut self, index: u32, spans: &RangeSet) -> Option<&JobFile> {
+        self.touch();
+        let file = self.job.files.get_mut(index as usize)?;
+        file.filled.insert_set(spans);
         self.unflushed.entry(index).or_default().insert_set(spans);
+        Some(file)
     }
 
-    /// The flush covering these spans of file `index` returned: clients may see them.
+    /// The flush covering these spans of file `index` returned: clients may see them, each span
+    /// still filled is announced and leaves the file's on-demand requests.
     pub(crate) fn flushed(&mut self, index: u32, spans: &RangeSet) {
         if let Some(pending) = self.unflushed.get_mut(&index) {
             *pending = pending.subtract(spans);
@@ -193,6 +288,22 @@ impl Entry {
                 self.unflushed.remove(&index);
             }
         }
+        if self.file(index).is_none() {
+            return;
+        }
+        for span in spans.iter() {
+            // Unless the file restarted from zero meanwhile (then these bytes are gone again).
+            if self.job.files[index as usize].filled.contains_span(span.start, span.end) {
+                self.events.recorded(self, index, span);
+                self.job.files[index as usize].requested.remove(span.start, span.end);
+            }
+        }
+    }
+
+    /// Hides spans of file `index` as if their flush were in flight.
+    #[cfg(test)]
+    pub(crate) fn hide_unflushed(&mut self, index: u32, spans: &RangeSet) {
+        self.unflushed.entry(index).or_default().insert_set(spans);
     }
 
     #[cfg(test)]
@@ -359,7 +470,7 @@ impl SavedState {
             run.stop.cancel();
         }
         if entry.job.state != state {
-            set_state(entry, state);
+            entry.set_state(state);
         }
         entry.retry_at = self.retry_at;
         entry.stalled_since = self.stalled_since;
@@ -368,22 +479,19 @@ impl SavedState {
     }
 }
 
-/// The one place a job's state changes; it also announces the change (JobModification, or
-/// JobTransferred / JobError for TRANSFERRED / ERROR, spec §7.1), so set the job's error first.
-pub(crate) fn set_state(entry: &mut Entry, state: JobState) {
-    entry.job.state = state;
-    entry.job.modification_time = SystemTime::now();
-    entry.events.state_changed(entry);
-}
-
 pub(crate) fn lookup(table: &Table, caller: Caller, id: JobId) -> Result<&Entry, BitsError> {
     match table.jobs.get(&id) {
         Some(entry) => {
             check_owner(caller, &entry.job)?;
             Ok(entry)
         }
-        None => Err(BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}"))),
+        None => Err(no_such_job(id)),
     }
+}
+
+/// BG_E_NOT_FOUND naming the job.
+pub(crate) fn no_such_job(id: JobId) -> BitsError {
+    BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}"))
 }
 
 /// Lookup for a change: a job that has just been completed or cancelled answers
@@ -417,10 +525,7 @@ pub(crate) fn lookup_mut(
     id: JobId,
 ) -> Result<&mut Entry, BitsError> {
     lookup_mut_check(table, caller, id)?;
-    table
-        .jobs
-        .get_mut(&id)
-        .ok_or_else(|| BitsError::new(Code::BG_E_NOT_FOUND, format!("no job {id}")))
+    table.entry_mut(id)
 }
 
 fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
@@ -431,6 +536,8 @@ fn check_owner(caller: Caller, job: &Job) -> Result<(), BitsError> {
     }
 }
 
+/// File `index` of a job a setter changes: E_INVALIDARG naming the index and the count if the
+/// job has no such file.
 pub(crate) fn file_mut(job: &mut Job, index: u32) -> Result<&mut JobFile, BitsError> {
     let n = job.files.len();
     job.files.get_mut(index as usize).ok_or_else(|| {

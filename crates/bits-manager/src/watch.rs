@@ -77,7 +77,7 @@ impl Subscription {
         }
         let table = self.manager.table();
         if let Some(entry) = table.get(&self.job) {
-            self.last_flags = entry.job.notify_flags;
+            self.last_flags = entry.job().notify_flags;
         }
         self.last_flags
     }
@@ -132,7 +132,7 @@ impl Manager {
         }
         // Under the table lock, like every hook call: no event falls between replay and live.
         let table = self.table();
-        let job = &lookup(&table, caller, id)?.job;
+        let job = &lookup(&table, caller, id)?.job();
         let effective = flags.unwrap_or(job.notify_flags);
         let replay: Vec<JobEvent> =
             replay_of(job).into_iter().filter(|e| wants(effective, &e.kind)).collect();

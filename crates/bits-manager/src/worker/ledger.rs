@@ -3,7 +3,7 @@
 //! through a [`JobLedger`]. A job or file that left the table reads as [`Halt::Stopped`].
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -17,7 +17,7 @@ use super::halt::{Halt, store_halt};
 use super::pick::{self, NextFile, Shape};
 use crate::ManagerConfig;
 use crate::handle::Manager;
-use crate::table::{Entry, set_state};
+use crate::table::Entry;
 use crate::writer::Synced;
 
 pub(super) use crate::access::run_blocking;
@@ -62,21 +62,21 @@ impl JobLedger {
     pub(super) fn budget(&self) -> Option<Duration> {
         let table = self.manager.table();
         let entry = table.get(&self.id)?;
-        let max = Duration::from_secs(u64::from(entry.job.maximum_download_time_secs));
+        let max = Duration::from_secs(u64::from(entry.job().maximum_download_time_secs));
         Some(max.saturating_sub(entry.active_time()))
     }
 
     /// A copy of one file's record.
     pub(super) fn file(&self, index: u32) -> Result<JobFile, Halt> {
         let table = self.manager.table();
-        let job = table.get(&self.id).map(|e| &e.job).ok_or(Halt::Stopped)?;
-        job.files.get(index as usize).cloned().ok_or(Halt::Stopped)
+        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
+        entry.file(index).cloned().ok_or(Halt::Stopped)
     }
 
     /// Everything opening a file needs from the job, under one lock.
     pub(super) fn opening(&self, index: u32) -> Result<(JobFile, RequestOptions, Shape), Halt> {
         let table = self.manager.table();
-        let job = table.get(&self.id).map(|e| &e.job).ok_or(Halt::Stopped)?;
+        let job = table.get(&self.id).map(Entry::job).ok_or(Halt::Stopped)?;
         let file = job.files.get(index as usize).cloned().ok_or(Halt::Stopped)?;
         Ok((file, super::transfer::request_options(job), Shape::of(job)))
     }
@@ -89,7 +89,7 @@ impl JobLedger {
     /// The job's connections per file.
     pub(super) fn connections(&self) -> usize {
         let table = self.manager.table();
-        table.get(&self.id).map_or(1, |e| e.job.connections_per_file.max(1) as usize)
+        table.get(&self.id).map_or(1, |e| e.job().connections_per_file.max(1) as usize)
     }
 
     /// The next file to start when fewer than the job's files-at-once are `running`: from index
@@ -104,10 +104,10 @@ impl JobLedger {
         let table = self.manager.table();
         let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
         // Slots first: no pick without a free slot.
-        if running >= entry.job.files_at_once.max(1) as usize {
+        if running >= entry.job().files_at_once.max(1) as usize {
             return Ok(None);
         }
-        match pick::next_file(&entry.job, active, from).before(entry.adding_from()) {
+        match pick::next_file(entry.job(), active, from).before(entry.adding_from()) {
             NextFile::File(index) => Ok(Some(index)),
             NextFile::Done | NextFile::Idle => Ok(None),
         }
@@ -117,7 +117,7 @@ impl JobLedger {
     pub(super) fn outcome(&self) -> Result<(), Halt> {
         let table = self.manager.table();
         let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        pick::outcome(&entry.job)
+        pick::outcome(entry.job())
     }
 
     /// Files whose bytes are all recorded and whose expected digest was not checked yet.
@@ -125,7 +125,7 @@ impl JobLedger {
         let table = self.manager.table();
         let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
         Ok((0u32..)
-            .zip(&entry.job.files)
+            .zip(&entry.job().files)
             .filter(|(_, f)| f.needs_verification())
             .map(|(i, f)| (i, f.clone()))
             .collect())
@@ -159,10 +159,10 @@ impl JobLedger {
         // The claims are locked inside the table's lock, as two connections claim at once.
         let table = self.manager.table();
         let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
+        let file = entry.file(index).ok_or(Halt::Stopped)?;
         let mut claimed = claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let missing = layout.wanted().subtract(&file.filled).subtract(&claimed);
-        let piece = pick::segment(&missing, file, entry.job.on_demand, size);
+        let piece = pick::segment(&missing, file, entry.job().on_demand, size);
         if let Some(piece) = piece {
             claimed.insert(piece.start, piece.end);
         }
@@ -178,9 +178,9 @@ impl JobLedger {
     ) -> Result<T, Halt> {
         let table = self.manager.table();
         let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        let file = entry.job.files.get(index as usize).ok_or(Halt::Stopped)?;
+        let file = entry.file(index).ok_or(Halt::Stopped)?;
         let missing = layout.wanted().subtract(&file.filled).subtract(pending);
-        Ok(choose(&missing, file, entry.job.on_demand))
+        Ok(choose(&missing, file, entry.job().on_demand))
     }
 
     /// Records what the server said about the file (in the table, and in the store now or, with
@@ -197,14 +197,14 @@ impl JobLedger {
         let trimmed = {
             let mut table = manager.table();
             let entry = table.get_mut(&id).ok_or(Halt::Stopped)?;
-            let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
+            // ALLOW_REPORT: the remote name becomes where the redirects led (spec §6.2).
+            let report_redirect = remote.redirected
+                && entry.job().security_flags & security::REDIRECT_POLICY_MASK
+                    == security::REDIRECT_POLICY_ALLOW_REPORT;
+            let file = entry.file_mut(index).ok_or(Halt::Stopped)?;
             file.remote_size = Some(remote.size);
             file.validator = remote.validator.clone();
-            // ALLOW_REPORT: the remote name becomes where the redirects led (spec §6.2).
-            if remote.redirected
-                && entry.job.security_flags & security::REDIRECT_POLICY_MASK
-                    == security::REDIRECT_POLICY_ALLOW_REPORT
-            {
+            if report_redirect {
                 file.remote_url = remote.final_url.clone();
             }
             let trimmed = file.trim_filled_to(Some(temp_len));
@@ -214,21 +214,21 @@ impl JobLedger {
             // On-demand requests made before the size was known are clipped to the file now.
             file.requested = file.requested.intersect_span(0, remote.size);
             let mut fields_changed = false;
-            if let Ok(next) = transition(entry.job.state, Event::Connected) {
-                if next != entry.job.state {
-                    set_state(entry, next);
+            if let Ok(next) = transition(entry.job().state, Event::Connected) {
+                if next != entry.job().state {
+                    entry.set_state(next);
                     fields_changed = true;
                 }
                 // The error object lasts until the job is transferring again (spec §3.H).
-                fields_changed |= entry.job.error.take().is_some();
+                fields_changed |= entry.clear_error();
             }
             // The job's own fields when they changed (in a job of many files, only its first
             // connection changes them), and this file unless its caller writes it next.
             if fields_changed {
-                manager.persist_job_fields(&entry.job).map_err(|e| store_halt(e, index))?;
+                manager.persist_job_fields(entry.job()).map_err(|e| store_halt(e, index))?;
             }
             if persist == Persist::Now {
-                let file = &entry.job.files[index as usize];
+                let file = &entry.job().files[index as usize];
                 manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
             }
             trimmed
@@ -248,7 +248,7 @@ impl JobLedger {
     pub(super) fn note_temp(&self, index: u32, made: TempId) -> Result<(), Halt> {
         let mut table = self.manager.table();
         let entry = table.get_mut(&self.id).ok_or(Halt::Stopped)?;
-        let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
+        let file = entry.file_mut(index).ok_or(Halt::Stopped)?;
         file.temp_id = Some(made);
         Ok(())
     }
@@ -257,10 +257,7 @@ impl JobLedger {
     /// it durable. A failure is only logged: the caller is already failing for another reason.
     pub(super) fn store_file_record(&self, index: u32, change: impl FnOnce(&mut JobFile)) {
         let mut table = self.manager.table();
-        let Some(file) = table.get_mut(&self.id).and_then(|e| e.job.files.get_mut(index as usize))
-        else {
-            return;
-        };
+        let Some(file) = table.get_mut(&self.id).and_then(|e| e.file_mut(index)) else { return };
         change(file);
         if let Err(e) = self.manager.persist_file(self.id, index, file) {
             tracing::error!(job = %self.id, index, error = %e, "cannot store a file's record");
@@ -281,15 +278,7 @@ impl JobLedger {
             let mut table = manager.table();
             let Some(entry) = table.get_mut(&id) else { return Ok(()) };
             entry.set_stalled_since(None);
-            entry.job.modification_time = SystemTime::now();
-            if entry.job.files.get(index as usize).is_none() {
-                return Ok(());
-            }
-            // Into the table now, so that every store write of this file (ours and concurrent
-            // ones) carries the spans; hidden from clients until the flush returns.
-            entry.job.files[index as usize].filled.insert_set(spans);
-            entry.unflushed(index, spans);
-            let file = &entry.job.files[index as usize];
+            let Some(file) = entry.fill(index, spans) else { return Ok(()) };
             manager.persist_file(id, index, file).map_err(|e| store_halt(e, index))?;
         }
         self.flush(index).await?;
@@ -298,16 +287,6 @@ impl JobLedger {
         let mut table = manager.table();
         let Some(entry) = table.get_mut(&id) else { return Ok(()) };
         entry.flushed(index, spans);
-        if entry.job.files.get(index as usize).is_none() {
-            return Ok(());
-        }
-        for span in spans.iter() {
-            // Unless the file restarted from zero meanwhile (then these bytes are gone again).
-            if entry.job.files[index as usize].filled.contains_span(span.start, span.end) {
-                entry.events().recorded(entry, index, span);
-                entry.job.files[index as usize].requested.remove(span.start, span.end);
-            }
-        }
         Ok(())
     }
 
@@ -317,7 +296,7 @@ impl JobLedger {
         {
             let mut table = self.manager.table();
             let entry = table.get_mut(&self.id).ok_or(Halt::Stopped)?;
-            let file = entry.job.files.get_mut(index as usize).ok_or(Halt::Stopped)?;
+            let file = entry.file_mut(index).ok_or(Halt::Stopped)?;
             file.reset_progress();
             self.manager.persist_file(self.id, index, file).map_err(|e| store_halt(e, index))?;
         }
@@ -342,18 +321,16 @@ impl JobLedger {
                 match outcome {
                     // A file added after the last check is still missing (or, added meanwhile,
                     // unverified): back to the queue.
-                    Ok(()) if !entry.job.all_verified() => {
-                        if let Ok(next) = transition(entry.job.state, Event::Requeue) {
-                            set_state(entry, next);
+                    Ok(()) if !entry.job().all_verified() => {
+                        if let Ok(next) = transition(entry.job().state, Event::Requeue) {
+                            entry.set_state(next);
                         }
                     }
                     Ok(()) => {
-                        if let Ok(next) = transition(entry.job.state, Event::AllTransferred) {
-                            // Stamped first, so the state change's ModificationTime is not
-                            // earlier.
-                            entry.job.transfer_completion_time = Some(SystemTime::now());
-                            set_state(entry, next);
-                            entry.job.error = None;
+                        if let Ok(next) = transition(entry.job().state, Event::AllTransferred) {
+                            entry.stamp_transferred();
+                            entry.set_state(next);
+                            entry.clear_error();
                             entry.set_stalled_since(None);
                             tracing::info!(job = %id, "job transferred");
                         }
@@ -373,8 +350,8 @@ impl JobLedger {
                     }
                     // Spec A6b: the requested ranges are in; an incomplete file waits, SUSPENDED.
                     Err(Halt::OnDemandIdle) => {
-                        if let Ok(next) = transition(entry.job.state, Event::Suspend) {
-                            set_state(entry, next);
+                        if let Ok(next) = transition(entry.job().state, Event::Suspend) {
+                            entry.set_state(next);
                             tracing::info!(job = %id, "on-demand ranges transferred; job suspended");
                         }
                     }
@@ -382,7 +359,7 @@ impl JobLedger {
                         fail(manager, entry, error, transient, retry_after);
                     }
                 }
-                if let Err(e) = manager.persist_job_fields(&entry.job) {
+                if let Err(e) = manager.persist_job_fields(entry.job()) {
                     tracing::error!(job = %id, error = %e, "cannot persist job");
                 }
             }
@@ -404,7 +381,7 @@ fn fail(
     retry_after: Option<Duration>,
 ) {
     let now = Instant::now();
-    let timing = crate::policy::Timing::of(&entry.job);
+    let timing = crate::policy::Timing::of(entry.job());
     let verdict =
         crate::policy::after_failure(timing, entry.stalled_since(), transient, retry_after, now);
     let retry_at = match verdict {
@@ -413,14 +390,13 @@ fn fail(
     };
     let fatal = retry_at.is_none();
     let event = if fatal { Event::FatalFailure } else { Event::TransientFailure };
-    let Ok(next) = transition(entry.job.state, event) else { return };
-    tracing::warn!(job = %entry.job.id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
+    let Ok(next) = transition(entry.job().state, event) else { return };
+    tracing::warn!(job = %entry.job().id, code = %error.code, error = %error.description, state = next.name(), "transfer failed");
     if !fatal {
         manager.counters().transient_error(error.code);
     }
-    entry.job.error_count = entry.job.error_count.saturating_add(1);
-    entry.job.error = Some(error);
-    set_state(entry, next);
+    entry.record_error(error);
+    entry.set_state(next);
     if fatal {
         entry.set_retry_at(None);
         entry.set_stalled_since(None);

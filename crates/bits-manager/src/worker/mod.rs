@@ -232,7 +232,7 @@ mod tests {
             sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
         let temps: Vec<_> = {
             let mut table = m.table();
-            let job = &mut table.get_mut(&id).unwrap().job;
+            let job = table.get_mut(&id).unwrap().job_mut();
             let expected = [digest.clone(), "0".repeat(64), digest.clone()];
             job.files
                 .iter_mut()
