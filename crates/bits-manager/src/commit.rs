@@ -242,14 +242,12 @@ mod tests {
     /// failure may have lost it (the store drops what its failed engine held).
     #[tokio::test]
     async fn a_change_a_failed_flush_covered_is_not_acknowledged_later() {
-        use std::sync::atomic::Ordering::SeqCst;
-
         let store = Arc::new(Watched::default());
         let m = Arc::new(Commit::start(store.clone(), Arc::default()).unwrap());
         let a = m.ticket();
-        store.fail.store(true, SeqCst);
+        store.fail_flushes(true);
         assert!(m.flush().await.is_err(), "another caller's flush covers A's ticket and fails");
-        store.fail.store(false, SeqCst);
+        store.fail_flushes(false);
         let error = m.flush_through(a).await.unwrap_err();
         assert!(error.message.contains("disk on fire"), "{error:?}");
         m.flush().await.unwrap();

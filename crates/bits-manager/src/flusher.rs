@@ -85,11 +85,11 @@ mod tests {
         for result in futures::future::join_all(flushes).await {
             result.unwrap();
         }
-        store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        store.fail_flushes(true);
         let error = flusher.flush().await.unwrap_err();
         assert_eq!(error.code, Code::BG_E_DATABASE_CORRUPT);
         assert!(error.message.contains("disk on fire"), "{}", error.message);
-        let threads = store.threads.lock().unwrap().clone();
+        let threads = store.flush_threads();
         assert_eq!(threads.len(), 9);
         // Each flush was timed, the failed one too.
         let timed = times.snapshot();

@@ -27,17 +27,6 @@ pub struct Manager {
     inner: Arc<Inner>,
 }
 
-/// What a manager is made of, handed to [`Manager::assemble`] once at start.
-pub(crate) struct Parts {
-    pub(crate) table: Table,
-    pub(crate) commit: Commit,
-    pub(crate) http: bits_http::HttpClient,
-    pub(crate) config: ManagerConfig,
-    pub(crate) events: EventBus,
-    pub(crate) access: AccessPolicy,
-    pub(crate) stats: Counters,
-}
-
 struct Inner {
     table: Mutex<Table>,
     /// The store and its group commit: every store write goes through it.
@@ -62,8 +51,16 @@ struct Inner {
 }
 
 impl Manager {
-    pub(crate) fn assemble(parts: Parts) -> Manager {
-        let Parts { table, commit, http, config, events, access, stats } = parts;
+    /// What a manager is made of, put together once at start (`manager.rs: Manager::start`).
+    pub(crate) fn assemble(
+        table: Table,
+        commit: Commit,
+        http: bits_http::HttpClient,
+        config: ManagerConfig,
+        events: EventBus,
+        access: AccessPolicy,
+        stats: Counters,
+    ) -> Manager {
         Manager {
             inner: Arc::new(Inner {
                 table: Mutex::new(table),

@@ -24,7 +24,7 @@ use crate::access::AccessPolicy;
 use crate::commit::{Commit, recover};
 use crate::errors::no_such_file;
 use crate::events::EventBus;
-use crate::handle::{Manager, Parts};
+use crate::handle::Manager;
 use crate::table::{Entry, Run, SavedState, Table, lookup, lookup_mut};
 use crate::types::{Caller, ManagerConfig, ManagerError};
 use crate::validate;
@@ -51,8 +51,7 @@ impl Manager {
         tracing::info!(jobs = table.len(), "job table loaded");
         let stats = crate::stats::Counters::new();
         let commit = Commit::start(store, stats.flush_times())?;
-        let manager =
-            Manager::assemble(Parts { table, commit, http, config, events, access, stats });
+        let manager = Manager::assemble(table, commit, http, config, events, access, stats);
         crate::notify_cmd::start(&manager);
         tokio::spawn(crate::scheduler::run(manager.clone()));
         Ok(manager)
@@ -300,7 +299,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::testing::{Watched, caller, job_with_files, manager};
+    use crate::testing::{Watched, caller, job_with_files, manager, watched_manager};
     use bits_core::{JobType, Priority};
 
     /// Waits (up to 10 s) until `store` has seen more than `count` flushes, then a little more,
@@ -336,7 +335,7 @@ mod tests {
         let at_start = store.flushes();
         let id = create(&m, "t").await.unwrap();
         assert_eq!(store.flushes(), at_start, "CreateJob waited for a flush");
-        assert_eq!(store.inner.load_all().unwrap()[0].id, id, "CreateJob did not write the job");
+        assert_eq!(store.load_all().unwrap()[0].id, id, "CreateJob did not write the job");
         m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
         assert_eq!(store.flushes(), at_start + 1, "AddFile did not flush");
 
@@ -371,20 +370,17 @@ mod tests {
     /// index.
     #[tokio::test]
     async fn add_file_leaves_the_job_unchanged_when_the_store_refuses() {
-        use std::sync::atomic::Ordering::SeqCst;
-
-        let store = Arc::new(Watched::default());
-        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let (store, m) = watched_manager();
         let id = job_with_files(&m, Path::new("/unused"), 0).await;
         let dir = tempfile::tempdir().unwrap();
         let before = m.get_job(caller(), id).unwrap();
-        store.fail_adds.store(true, SeqCst);
+        store.fail_adds(true);
         let error = m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await;
         let error = error.unwrap_err();
         assert_eq!(error.code, Code::BG_E_DATABASE_CORRUPT, "{error:?}");
         assert!(error.message.contains("disk full"), "{}", error.message);
         assert_eq!(m.get_job(caller(), id).unwrap(), before, "the job changed");
-        store.fail_adds.store(false, SeqCst);
+        store.fail_adds(false);
         let added =
             m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await.unwrap();
         assert_eq!(added, 0);
@@ -395,10 +391,7 @@ mod tests {
     /// to be written before it. Once the store works again the same adds succeed.
     #[tokio::test]
     async fn an_add_whose_flush_fails_is_taken_back() {
-        use std::sync::atomic::Ordering::SeqCst;
-
-        let store = Arc::new(Watched::default());
-        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let (store, m) = watched_manager();
         let id = job_with_files(&m, Path::new("/unused"), 0).await;
         let dir = tempfile::tempdir().unwrap();
         let before = m.get_job(caller(), id).unwrap();
@@ -414,7 +407,7 @@ mod tests {
                 })
                 .collect()
         };
-        store.fail.store(true, SeqCst);
+        store.fail_flushes(true);
         let error = m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await;
         assert!(error.unwrap_err().message.contains("disk on fire"));
         assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed add is visible");
@@ -423,7 +416,7 @@ mod tests {
         assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed set is visible");
         assert!(store.load_all().unwrap()[0].files.is_empty(), "the store kept an added file");
 
-        store.fail.store(false, SeqCst);
+        store.fail_flushes(false);
         assert_eq!(m.add_files(admin, id, many(300)).await.unwrap(), (0..300).collect::<Vec<_>>());
         let added = m.add_file(admin, id, "http://h/f", &dir.path().join("f"), None).await;
         assert_eq!(added.unwrap(), 300);
@@ -475,28 +468,25 @@ mod tests {
     /// was (a restart would bring the stored state back anyway).
     #[tokio::test]
     async fn resume_and_suspend_whose_flush_fails_are_taken_back() {
-        use std::sync::atomic::Ordering::SeqCst;
-
-        let store = Arc::new(Watched::default());
-        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let (store, m) = watched_manager();
         let dir = tempfile::tempdir().unwrap();
         let id = job_with_files(&m, dir.path(), 1).await;
-        store.fail.store(true, SeqCst);
+        store.fail_flushes(true);
         let error = m.resume(caller(), id).await.unwrap_err();
         assert!(error.message.contains("disk on fire"), "{error:?}");
         assert_eq!(m.get_job(caller(), id).unwrap().state, JobState::Suspended);
         assert_eq!(store.load_all().unwrap()[0].state, JobState::Suspended);
 
-        store.fail.store(false, SeqCst);
+        store.fail_flushes(false);
         m.resume(caller(), id).await.unwrap();
         let resumed = m.get_job(caller(), id).unwrap().state;
         assert_ne!(resumed, JobState::Suspended);
-        store.fail.store(true, SeqCst);
+        store.fail_flushes(true);
         m.suspend(caller(), id).await.unwrap_err();
         let state = m.get_job(caller(), id).unwrap().state;
         assert_ne!(state, JobState::Suspended, "the failed Suspend shows");
         assert_ne!(store.load_all().unwrap()[0].state, JobState::Suspended);
-        store.fail.store(false, SeqCst);
+        store.fail_flushes(false);
         m.suspend(caller(), id).await.unwrap();
         assert_eq!(m.get_job(caller(), id).unwrap().state, JobState::Suspended);
     }

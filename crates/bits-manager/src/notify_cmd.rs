@@ -189,22 +189,22 @@ impl Runner {
 
 /// One run of a notify program.
 #[derive(Clone, Debug)]
-pub(crate) struct Launch {
-    pub(crate) job: JobId,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
+struct Launch {
+    job: JobId,
+    uid: u32,
+    gid: u32,
     /// Whether to switch to `uid`/`gid` (a root daemon); else the child runs as the daemon,
     /// which is then the owner.
-    pub(crate) switch: bool,
-    pub(crate) home: String,
-    pub(crate) name: String,
-    pub(crate) state: JobState,
-    pub(crate) cmd: NotifyCmdLine,
+    switch: bool,
+    home: String,
+    name: String,
+    state: JobState,
+    cmd: NotifyCmdLine,
 }
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+enum Outcome {
     Exited(i32),
     /// Killed by a signal it did not get from us.
     Signalled,
@@ -222,14 +222,14 @@ impl Outcome {
 
 /// What a run did, and how much of its output reached the log.
 #[derive(Debug)]
-pub(crate) struct Report {
-    pub(crate) outcome: Outcome,
-    pub(crate) lines_logged: usize,
-    pub(crate) bytes_dropped: u64,
+struct Report {
+    outcome: Outcome,
+    lines_logged: usize,
+    bytes_dropped: u64,
 }
 
 /// Runs `launch` to completion or until `limit`, logging its output (bounded).
-pub(crate) async fn run_program(launch: &Launch, limit: Duration) -> Report {
+async fn run_program(launch: &Launch, limit: Duration) -> Report {
     let mut command = tokio::process::Command::new(&launch.cmd.program);
     command
         .args(&launch.cmd.arguments)

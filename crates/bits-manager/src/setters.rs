@@ -553,25 +553,20 @@ fn check_length(what: &str, text: &str, max: usize) -> Result<(), BitsError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
-    use std::sync::Arc;
-    use std::sync::atomic::Ordering::SeqCst;
-
     use super::*;
-    use crate::types::ManagerConfig;
     use bits_store::Store;
 
-    use crate::testing::{Watched, caller, job_with_files};
+    use crate::testing::{caller, job_with_files, watched_manager};
 
     /// A setter whose flush fails answers with the error and leaves the job as it was, in the
     /// table and in the store; once the store works again the same call succeeds.
     #[tokio::test]
     async fn a_setter_whose_flush_fails_changes_nothing() {
-        let store = Arc::new(Watched::default());
-        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let (store, m) = watched_manager();
         let id = job_with_files(&m, std::path::Path::new("/unused"), 0).await;
         let before = m.get_job(caller(), id).unwrap();
 
-        store.fail.store(true, SeqCst);
+        store.fail_flushes(true);
         let error = m.set_display_name(caller(), id, Some("new".into())).await.unwrap_err();
         assert_eq!(error.code, Code::BG_E_DATABASE_CORRUPT, "{error:?}");
         assert_eq!(m.get_job(caller(), id).unwrap(), before, "the failed change is visible");
@@ -586,7 +581,7 @@ mod tests {
         assert_eq!(stored[0].display_name, before.display_name, "the store kept the change");
         assert_eq!(stored[0].priority, before.priority, "the store kept the change");
 
-        store.fail.store(false, SeqCst);
+        store.fail_flushes(false);
         m.set_display_name(caller(), id, Some("new".into())).await.unwrap();
         assert_eq!(m.get_job(caller(), id).unwrap().display_name, "new");
         assert_eq!(store.load_all().unwrap()[0].display_name, "new");
@@ -596,8 +591,7 @@ mod tests {
     /// and is taken back from both when its flush fails; so is TakeOwnership's new owner.
     #[tokio::test]
     async fn file_sources_and_owner_are_stored_and_taken_back() {
-        let store = Arc::new(Watched::default());
-        let m = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+        let (store, m) = watched_manager();
         let dir = tempfile::tempdir().unwrap();
         let id = job_with_files(&m, dir.path(), 2).await;
         m.set_remote_name(caller(), id, 1, "http://h/new").await.unwrap();
@@ -613,13 +607,13 @@ mod tests {
         assert_eq!(stored[0].files[1].remote_url, "http://g/new");
 
         let before = m.get_job(caller(), id).unwrap();
-        store.fail.store(true, SeqCst);
+        store.fail_flushes(true);
         m.replace_remote_prefix(caller(), id, "http://g/", "http://k/").await.unwrap_err();
         m.set_remote_name(caller(), id, 0, "http://k/x").await.unwrap_err();
         let admin = Caller { uid: 4242, admin: true, pid: None };
         m.take_ownership(admin, id).await.unwrap_err();
         assert_eq!(m.get_job(caller(), id).unwrap(), before, "a failed change shows");
-        store.fail.store(false, SeqCst);
+        store.fail_flushes(false);
         assert_eq!(store.load_all().unwrap()[0].files, before.files, "the store kept a change");
         assert_eq!(store.load_all().unwrap()[0].owner_uid, before.owner_uid);
     }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
 use bits_core::{Job, JobFile, JobId, JobType, Priority};
@@ -41,20 +42,52 @@ pub(crate) fn with_entry(manager: &Manager, id: JobId, change: impl FnOnce(&mut 
     change(table.get_mut(&id).unwrap());
 }
 
+/// A manager on a [`Watched`] store, with the default configuration.
+pub(crate) fn watched_manager() -> (Arc<Watched>, Manager) {
+    let store = Arc::new(Watched::default());
+    let manager = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
+    (store, manager)
+}
+
 /// A store that records which thread flushed it, and fails its flushes when told to.
 #[derive(Default)]
 pub(crate) struct Watched {
-    pub(crate) inner: MemStore,
+    inner: MemStore,
     /// One entry per flush: the flushing thread's name.
-    pub(crate) threads: Mutex<Vec<Option<String>>>,
-    pub(crate) fail: std::sync::atomic::AtomicBool,
-    /// Makes `add_files` fail, writing nothing.
-    pub(crate) fail_adds: std::sync::atomic::AtomicBool,
+    threads: Mutex<Vec<Option<String>>>,
+    fail: AtomicBool,
+    /// Makes `add_files` and `put_new_files` fail, writing nothing.
+    fail_adds: AtomicBool,
 }
 
 impl Watched {
     pub(crate) fn flushes(&self) -> usize {
         self.threads.lock().unwrap().len()
+    }
+
+    /// The name of the thread each flush so far ran on, in order.
+    pub(crate) fn flush_threads(&self) -> Vec<Option<String>> {
+        self.threads.lock().unwrap().clone()
+    }
+
+    /// Makes every flush from now on fail (`true`) or work again.
+    pub(crate) fn fail_flushes(&self, fail: bool) {
+        self.fail.store(fail, SeqCst);
+    }
+
+    /// Makes every write of new file records from now on fail (`true`) or work again.
+    pub(crate) fn fail_adds(&self, fail: bool) {
+        self.fail_adds.store(fail, SeqCst);
+    }
+
+    fn refuse_adds(&self) -> Result<(), StoreError> {
+        if self.fail_adds.load(SeqCst) {
+            return Err(StoreError::Io {
+                op: "add files to a job",
+                cause: std::io::Error::other("disk full"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -72,21 +105,11 @@ impl Store for Watched {
         self.inner.put_file(job, index, file)
     }
     fn add_files(&self, job: &Job, from: u32) -> Result<(), StoreError> {
-        if self.fail_adds.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Io {
-                op: "add files to a job",
-                cause: std::io::Error::other("disk full"),
-            });
-        }
+        self.refuse_adds()?;
         self.inner.add_files(job, from)
     }
     fn put_new_files(&self, job: JobId, from: u32, files: &[JobFile]) -> Result<(), StoreError> {
-        if self.fail_adds.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::Io {
-                op: "add files to a job",
-                cause: std::io::Error::other("disk full"),
-            });
-        }
+        self.refuse_adds()?;
         self.inner.put_new_files(job, from, files)
     }
     fn delete_job(&self, job: JobId) -> Result<(), StoreError> {
@@ -95,7 +118,7 @@ impl Store for Watched {
     fn flush(&self) -> Result<(), StoreError> {
         let name = std::thread::current().name().map(String::from);
         self.threads.lock().unwrap().push(name);
-        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.fail.load(SeqCst) {
             return Err(StoreError::Io {
                 op: "flush",
                 cause: std::io::Error::other("disk on fire"),
