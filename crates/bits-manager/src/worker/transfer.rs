@@ -92,33 +92,18 @@ impl FileTransfer {
     pub(super) async fn run(&self) -> Result<Fetched, Halt> {
         let (mut changes, mut losses) = (0, 0);
         loop {
-            let (count, context, code, what) = match self.once().await {
-                Err(Halt::Changed) => {
-                    changes += 1;
-                    (
-                        changes,
-                        ErrorContext::RemoteFile,
-                        Code::BG_E_REMOTE_FILE_CHANGED,
-                        "the remote file changed",
-                    )
-                }
-                Err(Halt::Lost) => {
-                    losses += 1;
-                    (
-                        losses,
-                        ErrorContext::LocalFile,
-                        Code::E_FAIL,
-                        "the temp file was truncated under the download",
-                    )
-                }
+            let (count, why) = match self.once().await {
+                Err(Halt::Changed) => (inc(&mut changes), &Restart::CHANGED),
+                Err(Halt::Lost) => (inc(&mut losses), &Restart::LOST),
                 other => return other,
             };
+            let what = why.what;
             tracing::warn!(job = %self.ledger.id(), index = self.index, "{what}; restarting the file from zero");
             reset_file(&self.ledger, self.index).await?;
             if count > MAX_RESTARTS {
                 let message = format!("{what} {count} times during the transfer");
                 return Err(Halt::Failed {
-                    error: job_error(context, code, message, self.index),
+                    error: job_error(why.context, why.code, message, self.index),
                     transient: true,
                     retry_after: None,
                 });
@@ -323,4 +308,31 @@ fn open_temp(file: &JobFile, owner: u32) -> Result<PartFile, bits_disk::DiskErro
         return Ok(part);
     }
     PartFile::create(&file.temp_path, file.dir_ino, file.mode.unwrap_or(DEFAULT_MODE), owner)
+}
+
+/// Why a file restarts from zero within its transfer, as its error says once it happened more
+/// than [`MAX_RESTARTS`] times.
+struct Restart {
+    context: ErrorContext,
+    code: Code,
+    what: &'static str,
+}
+
+impl Restart {
+    const CHANGED: Restart = Restart {
+        context: ErrorContext::RemoteFile,
+        code: Code::BG_E_REMOTE_FILE_CHANGED,
+        what: "the remote file changed",
+    };
+    const LOST: Restart = Restart {
+        context: ErrorContext::LocalFile,
+        code: Code::E_FAIL,
+        what: "the temp file was truncated under the download",
+    };
+}
+
+/// Counts one more and returns the new count.
+fn inc(count: &mut u32) -> u32 {
+    *count += 1;
+    *count
 }
