@@ -444,7 +444,7 @@ mod tests {
     use bits_core::Priority;
 
     use super::*;
-    use crate::testing::{caller, job_with_files, manager, with_entry};
+    use crate::testing::{caller, job_with_files, manager_with_job, record, with_entry};
     use crate::types::Caller;
     use crate::watch::Subscription;
 
@@ -452,6 +452,15 @@ mod tests {
 
     async fn next(sub: &mut Subscription) -> Option<JobEvent> {
         tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.expect("no event within 5 s")
+    }
+
+    /// The kinds of the next `n` events.
+    async fn kinds(sub: &mut Subscription, n: usize) -> Vec<EventKind> {
+        let mut kinds = Vec::with_capacity(n);
+        for _ in 0..n {
+            kinds.push(next(sub).await.expect("the subscription ended").kind);
+        }
+        kinds
     }
 
     /// Nothing arrives within a short while.
@@ -463,9 +472,7 @@ mod tests {
 
     #[tokio::test]
     async fn setters_and_new_files_send_job_modification_when_asked_for() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (manager, dir, id) = manager_with_job(0).await;
         let (replay, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
         assert!(replay.is_empty());
         let (_, mut default_flags) = manager.subscribe(caller(), id, None).unwrap();
@@ -497,9 +504,7 @@ mod tests {
     /// follows subscriptions coming and going and the job's own flags changing.
     #[tokio::test]
     async fn job_modification_reaches_whoever_wants_it_as_subscriptions_change() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (manager, _dir, id) = manager_with_job(0).await;
         let bus = manager.events();
         let (_, transferred_only) =
             manager.subscribe(caller(), id, Some(notify::JOB_TRANSFERRED)).unwrap();
@@ -536,9 +541,7 @@ mod tests {
 
     #[tokio::test]
     async fn late_subscribers_get_job_transferred_or_job_error_replayed() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (manager, _dir, id) = manager_with_job(0).await;
         with_entry(&manager, id, |e| e.set_state(JobState::Transferred));
         let (replay, _) = manager.subscribe(caller(), id, None).unwrap();
         assert_eq!(replay.len(), 1);
@@ -568,18 +571,13 @@ mod tests {
 
     #[tokio::test]
     async fn transitions_into_transferred_or_error_send_no_job_modification() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (manager, _dir, id) = manager_with_job(0).await;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
         with_entry(&manager, id, |e| e.set_state(JobState::Queued));
         with_entry(&manager, id, |e| e.set_state(JobState::TransientError));
         with_entry(&manager, id, |e| e.set_state(JobState::Error));
         with_entry(&manager, id, |e| e.set_state(JobState::Transferred));
-        let mut kinds = Vec::new();
-        for _ in 0..4 {
-            kinds.push(next(&mut sub).await.unwrap().kind);
-        }
+        let kinds = kinds(&mut sub, 4).await;
         assert!(matches!(kinds[0], EventKind::JobModification { state: JobState::Queued, .. }));
         assert!(matches!(
             kinds[1],
@@ -592,28 +590,17 @@ mod tests {
 
     #[tokio::test]
     async fn files_are_announced_in_order_before_job_transferred() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 3).await;
+        let (manager, _dir, id) = manager_with_job(3).await;
         let flags = notify::FILE_TRANSFERRED | notify::JOB_TRANSFERRED;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(flags)).unwrap();
         for index in 0..3u32 {
-            with_entry(&manager, id, |e| {
-                let file = &mut e.job_mut().files[index as usize];
-                file.remote_size = Some(100);
-                for (start, end) in [(0, 60), (60, 100)] {
-                    e.job_mut().files[index as usize].filled.insert(start, end);
-                    e.events().recorded(e, index, Span::new(start, end));
-                }
-            });
+            with_entry(&manager, id, |e| e.file_mut(index).unwrap().remote_size = Some(100));
+            record(&manager, id, index, 0, 60);
+            record(&manager, id, index, 60, 100);
         }
         with_entry(&manager, id, |e| e.set_state(JobState::Transferred));
-        let mut kinds = Vec::new();
-        for _ in 0..4 {
-            kinds.push(next(&mut sub).await.unwrap().kind);
-        }
         assert_eq!(
-            kinds,
+            kinds(&mut sub, 4).await,
             [
                 EventKind::FileTransferred { index: 0 },
                 EventKind::FileTransferred { index: 1 },
@@ -629,9 +616,7 @@ mod tests {
     /// (which would swallow its FileTransferred when its own flush returns).
     #[tokio::test]
     async fn a_file_awaiting_its_flush_is_announced_after_it_not_before() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 2).await;
+        let (manager, _dir, id) = manager_with_job(2).await;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(notify::FILE_TRANSFERRED)).unwrap();
         with_entry(&manager, id, |e| {
             for file in &mut e.job_mut().files {
@@ -653,9 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_complete_job_never_recorded_still_announces_its_files() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 2).await;
+        let (manager, _dir, id) = manager_with_job(2).await;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
         with_entry(&manager, id, |e| {
             for file in &mut e.job_mut().files {
@@ -663,13 +646,8 @@ mod tests {
             }
             e.set_state(JobState::Transferred);
         });
-        let kinds: Vec<EventKind> =
-            [next(&mut sub).await, next(&mut sub).await, next(&mut sub).await]
-                .into_iter()
-                .map(|e| e.unwrap().kind)
-                .collect();
         assert_eq!(
-            kinds,
+            kinds(&mut sub, 3).await,
             [
                 EventKind::FileTransferred { index: 0 },
                 EventKind::FileTransferred { index: 1 },
@@ -680,9 +658,7 @@ mod tests {
 
     #[tokio::test]
     async fn on_demand_ranges_are_coalesced_within_the_interval() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 1).await;
+        let (manager, _dir, id) = manager_with_job(1).await;
         let interval = Duration::from_millis(300);
         with_entry(&manager, id, |e| {
             e.job_mut().minimum_notification_interval_ms = interval.as_millis() as u32;
@@ -693,13 +669,7 @@ mod tests {
         });
         let (_, mut sub) =
             manager.subscribe(caller(), id, Some(notify::FILE_RANGES_TRANSFERRED)).unwrap();
-        let record = |start: u64, end: u64| {
-            with_entry(&manager, id, |e| {
-                e.job_mut().files[0].filled.insert(start, end);
-                e.events().recorded(e, 0, Span::new(start, end));
-                e.job_mut().files[0].requested.remove(start, end);
-            });
-        };
+        let record = |start, end| record(&manager, id, 0, start, end);
         record(0, 50); // first: sent at once
         record(50, 100); // within the interval: held
         record(100, 500); // not requested: never reported
@@ -721,9 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_completed_file_flushes_its_pending_ranges_first() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 1).await;
+        let (manager, _dir, id) = manager_with_job(1).await;
         with_entry(&manager, id, |e| {
             e.job_mut().minimum_notification_interval_ms = 60_000;
             let file = &mut e.job_mut().files[0];
@@ -732,20 +700,10 @@ mod tests {
         });
         let flags = notify::FILE_RANGES_TRANSFERRED | notify::FILE_TRANSFERRED;
         let (_, mut sub) = manager.subscribe(caller(), id, Some(flags)).unwrap();
-        for (start, end) in [(0, 10), (10, 100)] {
-            with_entry(&manager, id, |e| {
-                e.job_mut().files[0].filled.insert(start, end);
-                e.events().recorded(e, 0, Span::new(start, end));
-                e.job_mut().files[0].requested.remove(start, end);
-            });
-        }
-        let kinds: Vec<EventKind> =
-            [next(&mut sub).await, next(&mut sub).await, next(&mut sub).await]
-                .into_iter()
-                .map(|e| e.unwrap().kind)
-                .collect();
+        record(&manager, id, 0, 0, 10);
+        record(&manager, id, 0, 10, 100);
         assert_eq!(
-            kinds,
+            kinds(&mut sub, 3).await,
             [
                 EventKind::FileRangesTransferred { index: 0, ranges: RangeSet::from_span(0, 10) },
                 EventKind::FileRangesTransferred { index: 0, ranges: RangeSet::from_span(10, 100) },
@@ -756,9 +714,7 @@ mod tests {
 
     #[tokio::test]
     async fn subscriptions_end_with_the_job_or_the_daemon() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 1).await;
+        let (manager, dir, id) = manager_with_job(1).await;
         let (_, mut modifications) = manager.subscribe(caller(), id, Some(ALL)).unwrap();
         let (_, mut quiet_one) = manager.subscribe(caller(), id, None).unwrap();
         manager.cancel(caller(), id).await.unwrap();
@@ -780,9 +736,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_flags_and_other_users_are_refused() {
-        let manager = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&manager, dir.path(), 0).await;
+        let (manager, _dir, id) = manager_with_job(0).await;
         let err = manager.subscribe(caller(), id, Some(0x40)).err().unwrap();
         assert_eq!(err.code, Code::E_NOTIMPL);
         let err = manager.subscribe(Caller::user(1001), id, None).err().unwrap();

@@ -16,6 +16,7 @@ use crate::access::{as_owner, run_blocking};
 use crate::errors::disk_error;
 use crate::handle::Manager;
 use crate::paths::PathIndex;
+use crate::setters::Scope;
 use crate::table::{Entry, Table, lookup_mut, lookup_mut_check};
 use crate::types::Caller;
 use crate::validate;
@@ -272,7 +273,7 @@ impl Manager {
         index: u32,
         url: &str,
     ) -> Result<Code, BitsError> {
-        self.modify_files(caller, id, |job| {
+        self.modify(caller, id, Scope::Files, |job| {
             validate::remote_url(url)?;
             let file = crate::table::file_mut(job, index)?;
             file.remote_url = url.to_string();
@@ -297,7 +298,7 @@ impl Manager {
             ));
         }
         let mut matched = false;
-        self.modify_files(caller, id, |job| {
+        self.modify(caller, id, Scope::Files, |job| {
             let rewrites: Vec<(usize, String)> = job
                 .files
                 .iter()
@@ -328,7 +329,7 @@ impl Manager {
         index: u32,
         offset: u64,
     ) -> Result<Code, BitsError> {
-        self.modify_files(caller, id, |job| {
+        self.modify(caller, id, Scope::Files, |job| {
             let file = crate::table::file_mut(job, index)?;
             if !file.ranges.is_empty() {
                 return Err(BitsError::new(

@@ -299,7 +299,7 @@ mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::testing::{Watched, caller, job_with_files, manager, watched_manager};
+    use crate::testing::{Watched, caller, job_with_files, manager, manager_with_job, watched_job};
     use bits_core::{JobType, Priority};
 
     /// Waits (up to 10 s) until `store` has seen more than `count` flushes, then a little more,
@@ -370,9 +370,7 @@ mod tests {
     /// index.
     #[tokio::test]
     async fn add_file_leaves_the_job_unchanged_when_the_store_refuses() {
-        let (store, m) = watched_manager();
-        let id = job_with_files(&m, Path::new("/unused"), 0).await;
-        let dir = tempfile::tempdir().unwrap();
+        let (store, m, dir, id) = watched_job(0).await;
         let before = m.get_job(caller(), id).unwrap();
         store.fail_adds(true);
         let error = m.add_file(caller(), id, "http://h/f", &dir.path().join("f"), None).await;
@@ -391,9 +389,7 @@ mod tests {
     /// to be written before it. Once the store works again the same adds succeed.
     #[tokio::test]
     async fn an_add_whose_flush_fails_is_taken_back() {
-        let (store, m) = watched_manager();
-        let id = job_with_files(&m, Path::new("/unused"), 0).await;
-        let dir = tempfile::tempdir().unwrap();
+        let (store, m, dir, id) = watched_job(0).await;
         let before = m.get_job(caller(), id).unwrap();
         // Past the 200-file limit: an administrator's set.
         let admin = Caller { admin: true, ..caller() };
@@ -468,9 +464,7 @@ mod tests {
     /// was (a restart would bring the stored state back anyway).
     #[tokio::test]
     async fn resume_and_suspend_whose_flush_fails_are_taken_back() {
-        let (store, m) = watched_manager();
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&m, dir.path(), 1).await;
+        let (store, m, _dir, id) = watched_job(1).await;
         store.fail_flushes(true);
         let error = m.resume(caller(), id).await.unwrap_err();
         assert!(error.message.contains("disk on fire"), "{error:?}");
@@ -528,9 +522,7 @@ mod tests {
     /// interleave: the temp file stays until the worker has ended, and only then is deleted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cancel_during_shutdown_waits_for_the_worker_before_deleting_its_temp_file() {
-        let m = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&m, dir.path(), 1).await;
+        let (m, _dir, id) = manager_with_job(1).await;
         let temp = m.get_job(caller(), id).unwrap().files[0].temp_path.clone();
         std::fs::write(&temp, b"being written").unwrap();
         // A worker that is still running (in a blocking write, say) until the test ends it.

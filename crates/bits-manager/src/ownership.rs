@@ -8,6 +8,7 @@ use bits_disk::DiskError;
 
 use crate::access::run_as;
 use crate::handle::Manager;
+use crate::setters::Scope;
 use crate::table::lookup_mut_check;
 use crate::types::Caller;
 
@@ -51,7 +52,7 @@ impl Manager {
         .await?;
         let mut previous = caller.uid;
         let code = self
-            .modify(caller, id, |job| {
+            .modify(caller, id, Scope::Job, |job| {
                 previous = std::mem::replace(&mut job.owner_uid, caller.uid);
                 job.custom_headers = None;
                 // Spec §7.3, case 93: the previous owner's program would run as the new owner.

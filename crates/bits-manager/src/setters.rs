@@ -14,6 +14,7 @@ use bits_core::{BitsError, Code, Event, Job, JobId, NotifyCmdLine, Priority, tra
 use crate::handle::Manager;
 use crate::table::lookup_mut;
 use crate::types::Caller;
+use crate::validate;
 
 /// A value for SetProperty, as the BITS_JOB_PROPERTY_VALUE union carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,34 +24,39 @@ pub enum PropertyValue {
     Uint64(u64),
 }
 
+/// Declares setters that each set one job field to a checked value: `field: name(arg: Type) =
+/// value;` becomes `pub async fn name(&self, caller, id, arg) -> Result<Code, BitsError>`, which
+/// sets `field` to `value` (a `Result`) through [`Manager::modify`]. The value is computed
+/// inside the change, after the lookup and the state check (spec §3's order of errors).
+macro_rules! simple_setters {
+    ($($(#[$doc:meta])* $field:ident: $name:ident($arg:ident: $ty:ty) = $value:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(
+                &self,
+                caller: Caller,
+                id: JobId,
+                $arg: $ty,
+            ) -> Result<Code, BitsError> {
+                self.modify(caller, id, Scope::Job, |job| {
+                    let value: Result<_, BitsError> = $value;
+                    job.$field = value?;
+                    Ok(())
+                })
+                .await
+            }
+        )*
+    };
+}
+
 impl Manager {
     /// Checks the caller and the state, applies `change` (which may refuse with an error), then
-    /// persists and flushes. Every setter goes through here.
+    /// persists and flushes. Every setter goes through here; see [`Scope`] for what is stored.
     ///
     /// A change that is refused, or that the store does not make durable, is taken back: a
     /// failed call changes nothing a client can see (the job as GetJob shows it, and after a
     /// restart, agree).
     pub(crate) async fn modify(
-        &self,
-        caller: Caller,
-        id: JobId,
-        change: impl FnOnce(&mut Job) -> Result<(), BitsError>,
-    ) -> Result<Code, BitsError> {
-        self.modify_in(caller, id, Scope::Job, change).await
-    }
-
-    /// [`Manager::modify`] for a change of files' sources (remote names, download positions):
-    /// the files it changed are stored too, and taken back with the rest.
-    pub(crate) async fn modify_files(
-        &self,
-        caller: Caller,
-        id: JobId,
-        change: impl FnOnce(&mut Job) -> Result<(), BitsError>,
-    ) -> Result<Code, BitsError> {
-        self.modify_in(caller, id, Scope::Files, change).await
-    }
-
-    async fn modify_in(
         &self,
         caller: Caller,
         id: JobId,
@@ -113,174 +119,30 @@ impl Manager {
         }
     }
 
-    pub async fn set_priority(
-        &self,
-        caller: Caller,
-        id: JobId,
-        priority: Priority,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            job.priority = priority;
-            Ok(())
-        })
-        .await
-    }
-
-    /// SetDisplayName: `None` is NULL (E_INVALIDARG); more than 256 characters is
-    /// BG_E_STRING_TOO_LONG ([PROPOSAL] in the spec).
-    pub async fn set_display_name(
-        &self,
-        caller: Caller,
-        id: JobId,
-        name: Option<String>,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            let name = name.ok_or_else(|| {
-                BitsError::new(Code::E_INVALIDARG, "the display name may not be NULL")
-            })?;
-            check_length("display name", &name, MAX_DISPLAY_NAME_CHARS)?;
-            job.display_name = name;
-            Ok(())
-        })
-        .await
-    }
-
-    pub async fn set_description(
-        &self,
-        caller: Caller,
-        id: JobId,
-        text: Option<String>,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            let text = text.ok_or_else(|| {
-                BitsError::new(Code::E_INVALIDARG, "the description may not be NULL")
-            })?;
-            check_length("description", &text, MAX_DESCRIPTION_CHARS)?;
-            job.description = text;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Values below 5 s are stored as 5 s (spec §3.E).
-    pub async fn set_minimum_retry_delay(
-        &self,
-        caller: Caller,
-        id: JobId,
-        secs: u32,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            job.minimum_retry_delay_secs = secs.max(MINIMUM_RETRY_DELAY_FLOOR_SECS);
-            Ok(())
-        })
-        .await
-    }
-
-    /// 0 makes every error fatal.
-    pub async fn set_no_progress_timeout(
-        &self,
-        caller: Caller,
-        id: JobId,
-        secs: u32,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            job.no_progress_timeout_secs = secs;
-            Ok(())
-        })
-        .await
-    }
-
-    /// 0 restores the default of 90 days.
-    pub async fn set_maximum_download_time(
-        &self,
-        caller: Caller,
-        id: JobId,
-        secs: u32,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            job.maximum_download_time_secs =
-                if secs == 0 { DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS } else { secs };
-            Ok(())
-        })
-        .await
-    }
-
-    /// Unknown bits are E_NOTIMPL.
-    pub async fn set_notify_flags(
-        &self,
-        caller: Caller,
-        id: JobId,
-        flags: u32,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            if flags & !notify::ALL != 0 {
-                return Err(BitsError::new(
-                    Code::E_NOTIMPL,
-                    format!("notify flags 0x{flags:X} include unknown bits"),
-                ));
-            }
-            job.notify_flags = flags;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Redirect policy and ALLOW_HTTPS_TO_HTTP are supported; the TLS flags are not (yet), and
-    /// asking for them is E_NOTIMPL rather than silently ignored.
-    pub async fn set_security_flags(
-        &self,
-        caller: Caller,
-        id: JobId,
-        flags: u32,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            let supported = security::REDIRECT_POLICY_MASK | security::ALLOW_HTTPS_TO_HTTP;
-            let policy = flags & security::REDIRECT_POLICY_MASK;
-            let known_policy = matches!(
-                policy,
-                security::REDIRECT_POLICY_ALLOW_SILENT
-                    | security::REDIRECT_POLICY_ALLOW_REPORT
-                    | security::REDIRECT_POLICY_DISALLOW
-            );
-            if flags & !supported != 0 || !known_policy {
-                return Err(BitsError::new(
-                    Code::E_NOTIMPL,
-                    format!("security flags 0x{flags:X} are not supported (only the redirect policy and 0x800)"),
-                ));
-            }
-            job.security_flags = flags;
-            Ok(())
-        })
-        .await
-    }
-
-    /// SetCustomHeaders: `Name: value` lines sent with every request of the job; `None` clears.
-    /// At most 16,383 characters (16,384 with the BITS terminator).
-    pub async fn set_custom_headers(
-        &self,
-        caller: Caller,
-        id: JobId,
-        headers: Option<String>,
-    ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
-            if let Some(text) = &headers {
-                let n = text.chars().count();
-                if n >= MAX_CUSTOM_HEADERS_CHARS {
-                    return Err(BitsError::new(
-                        Code::BG_E_STRING_TOO_LONG,
-                        format!(
-                            "custom headers are {n} characters, at most {} are allowed",
-                            MAX_CUSTOM_HEADERS_CHARS - 1
-                        ),
-                    ));
-                }
-                bits_http::parse_custom_headers(text)
-                    .map_err(|e| BitsError::new(Code::E_INVALIDARG, e))?;
-            }
-            job.custom_headers = headers.filter(|h| !h.trim().is_empty());
-            Ok(())
-        })
-        .await
+    simple_setters! {
+        priority: set_priority(priority: Priority) = Ok(priority);
+        /// SetDisplayName: `None` is NULL (E_INVALIDARG); more than 256 characters is
+        /// BG_E_STRING_TOO_LONG ([PROPOSAL] in the spec).
+        display_name: set_display_name(name: Option<String>) =
+            required_text("display name", name, MAX_DISPLAY_NAME_CHARS);
+        description: set_description(text: Option<String>) =
+            required_text("description", text, MAX_DESCRIPTION_CHARS);
+        /// Values below 5 s are stored as 5 s (spec §3.E).
+        minimum_retry_delay_secs: set_minimum_retry_delay(secs: u32) =
+            Ok(secs.max(MINIMUM_RETRY_DELAY_FLOOR_SECS));
+        /// 0 makes every error fatal.
+        no_progress_timeout_secs: set_no_progress_timeout(secs: u32) = Ok(secs);
+        /// 0 restores the default of 90 days.
+        maximum_download_time_secs: set_maximum_download_time(secs: u32) =
+            Ok(if secs == 0 { DEFAULT_MAXIMUM_DOWNLOAD_TIME_SECS } else { secs });
+        /// Unknown bits are E_NOTIMPL.
+        notify_flags: set_notify_flags(flags: u32) = notify_flags(flags);
+        /// Redirect policy and ALLOW_HTTPS_TO_HTTP are supported; the TLS flags are not (yet),
+        /// and asking for them is E_NOTIMPL rather than silently ignored.
+        security_flags: set_security_flags(flags: u32) = security_flags(flags);
+        /// SetCustomHeaders: `Name: value` lines sent with every request of the job; `None`
+        /// clears. At most 16,383 characters (16,384 with the BITS terminator).
+        custom_headers: set_custom_headers(headers: Option<String>) = custom_headers(headers);
     }
 
     /// Job5 SetProperty for the properties bitsd implements: MINIMUM_NOTIFICATION_INTERVAL_MS
@@ -293,7 +155,7 @@ impl Manager {
         property_id: u32,
         value: PropertyValue,
     ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
+        self.modify(caller, id, Scope::Job, |job| {
             let wrong_type = || {
                 BitsError::new(
                     Code::E_INVALIDARG,
@@ -332,8 +194,6 @@ impl Manager {
         .await
     }
 
-    /// The bitsd extensions (spec: opt-in per job, named as extensions): connections per file
-    /// (1..=32) and files at once (1..=64). `None` leaves a value as it is.
     /// SetNotifyCmdLine (spec §7.3): `program` (an absolute path, no PATH search) and its
     /// arguments run as the job's owner when the job reaches TRANSFERRED or ERROR. No program
     /// and no arguments removes it. Set on a job already TRANSFERRED or in ERROR, it runs now
@@ -346,7 +206,7 @@ impl Manager {
         arguments: Vec<String>,
     ) -> Result<Code, BitsError> {
         let code = self
-            .modify(caller, id, |job| {
+            .modify(caller, id, Scope::Job, |job| {
                 job.notify_cmd_line = notify_cmd_line(program, arguments)?;
                 Ok(())
             })
@@ -357,6 +217,8 @@ impl Manager {
         Ok(code)
     }
 
+    /// The bitsd extensions (spec: opt-in per job, named as extensions): connections per file
+    /// (1..=32) and files at once (1..=64). `None` leaves a value as it is.
     pub async fn set_extensions(
         &self,
         caller: Caller,
@@ -364,7 +226,7 @@ impl Manager {
         connections_per_file: Option<u32>,
         files_at_once: Option<u32>,
     ) -> Result<Code, BitsError> {
-        self.modify(caller, id, |job| {
+        self.modify(caller, id, Scope::Job, |job| {
             let check = |what: &str, value: u32, max: u32| {
                 if (1..=max).contains(&value) {
                     Ok(value)
@@ -436,10 +298,13 @@ settings! {
     modification_time: SystemTime,
 }
 
-/// What a change may touch: the job's own settings, or its files' sources too.
+/// What a change may touch, so what [`Manager::modify`] stores and takes back.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Scope {
+pub(crate) enum Scope {
+    /// The job's own settings.
     Job,
+    /// Its files' sources too (remote names, download positions): the files it changed are
+    /// stored, and taken back with the rest.
     Files,
 }
 
@@ -509,7 +374,12 @@ fn notify_cmd_line(
             format!("{} notify arguments were given without a program", arguments.len()),
         ));
     };
-    check_length("the notify program", &program, MAX_NOTIFY_PROGRAM_CHARS)?;
+    validate::at_most_chars(
+        "the notify program",
+        &program,
+        MAX_NOTIFY_PROGRAM_CHARS,
+        Code::BG_E_STRING_TOO_LONG,
+    )?;
     let n = NotifyCmdLine::arguments_chars(&arguments);
     if n > MAX_NOTIFY_ARGUMENTS_CHARS {
         return Err(BitsError::new(
@@ -538,15 +408,61 @@ fn notify_cmd_line(
     Ok(Some(NotifyCmdLine { program, arguments }))
 }
 
-fn check_length(what: &str, text: &str, max: usize) -> Result<(), BitsError> {
-    let n = text.chars().count();
-    if n > max {
+/// A text a setter requires: `None` is NULL (E_INVALIDARG), more than `max` characters
+/// BG_E_STRING_TOO_LONG.
+fn required_text(what: &str, text: Option<String>, max: usize) -> Result<String, BitsError> {
+    let text = text
+        .ok_or_else(|| BitsError::new(Code::E_INVALIDARG, format!("the {what} may not be NULL")))?;
+    validate::at_most_chars(what, &text, max, Code::BG_E_STRING_TOO_LONG)?;
+    Ok(text)
+}
+
+fn notify_flags(flags: u32) -> Result<u32, BitsError> {
+    if flags & !notify::ALL != 0 {
         return Err(BitsError::new(
-            Code::BG_E_STRING_TOO_LONG,
-            format!("{what} is {n} characters, at most {max} are allowed"),
+            Code::E_NOTIMPL,
+            format!("notify flags 0x{flags:X} include unknown bits"),
         ));
     }
-    Ok(())
+    Ok(flags)
+}
+
+fn security_flags(flags: u32) -> Result<u32, BitsError> {
+    let supported = security::REDIRECT_POLICY_MASK | security::ALLOW_HTTPS_TO_HTTP;
+    let policy = flags & security::REDIRECT_POLICY_MASK;
+    let known_policy = matches!(
+        policy,
+        security::REDIRECT_POLICY_ALLOW_SILENT
+            | security::REDIRECT_POLICY_ALLOW_REPORT
+            | security::REDIRECT_POLICY_DISALLOW
+    );
+    if flags & !supported != 0 || !known_policy {
+        return Err(BitsError::new(
+            Code::E_NOTIMPL,
+            format!(
+                "security flags 0x{flags:X} are not supported (only the redirect policy and 0x800)"
+            ),
+        ));
+    }
+    Ok(flags)
+}
+
+/// Custom headers as stored: checked (length, syntax), blank text clearing them.
+fn custom_headers(headers: Option<String>) -> Result<Option<String>, BitsError> {
+    if let Some(text) = &headers {
+        let n = text.chars().count();
+        if n >= MAX_CUSTOM_HEADERS_CHARS {
+            return Err(BitsError::new(
+                Code::BG_E_STRING_TOO_LONG,
+                format!(
+                    "custom headers are {n} characters, at most {} are allowed",
+                    MAX_CUSTOM_HEADERS_CHARS - 1
+                ),
+            ));
+        }
+        bits_http::parse_custom_headers(text).map_err(|e| BitsError::new(Code::E_INVALIDARG, e))?;
+    }
+    Ok(headers.filter(|h| !h.trim().is_empty()))
 }
 
 #[cfg(test)]
@@ -556,14 +472,13 @@ mod tests {
     use super::*;
     use bits_store::Store;
 
-    use crate::testing::{caller, job_with_files, watched_manager};
+    use crate::testing::{caller, job_with_files, watched_job};
 
     /// A setter whose flush fails answers with the error and leaves the job as it was, in the
     /// table and in the store; once the store works again the same call succeeds.
     #[tokio::test]
     async fn a_setter_whose_flush_fails_changes_nothing() {
-        let (store, m) = watched_manager();
-        let id = job_with_files(&m, std::path::Path::new("/unused"), 0).await;
+        let (store, m, _dir, id) = watched_job(0).await;
         let before = m.get_job(caller(), id).unwrap();
 
         store.fail_flushes(true);
@@ -591,9 +506,7 @@ mod tests {
     /// and is taken back from both when its flush fails; so is TakeOwnership's new owner.
     #[tokio::test]
     async fn file_sources_and_owner_are_stored_and_taken_back() {
-        let (store, m) = watched_manager();
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&m, dir.path(), 2).await;
+        let (store, m, _dir, id) = watched_job(2).await;
         m.set_remote_name(caller(), id, 1, "http://h/new").await.unwrap();
         m.update_download_position(caller(), id, 0, 7).await.unwrap();
         assert_eq!(store.load_all().unwrap()[0].files[1].remote_url, "http://h/new");

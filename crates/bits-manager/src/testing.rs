@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use bits_core::{Job, JobFile, JobId, JobType, Priority};
+use bits_core::{Job, JobFile, JobId, JobType, Priority, RangeSet};
 use bits_store::{MemStore, Store, StoreError};
 
 use crate::handle::Manager;
@@ -36,17 +36,39 @@ pub(crate) async fn job_with_files(manager: &Manager, dir: &Path, n: usize) -> J
     id
 }
 
+/// A manager with one new job of the caller's with `n` files, whose destinations are in the
+/// returned directory.
+pub(crate) async fn manager_with_job(n: usize) -> (Manager, tempfile::TempDir, JobId) {
+    let manager = manager().await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = job_with_files(&manager, dir.path(), n).await;
+    (manager, dir, id)
+}
+
 /// Changes the job in the table, as a worker would, under the lock.
 pub(crate) fn with_entry(manager: &Manager, id: JobId, change: impl FnOnce(&mut Entry)) {
     let mut table = manager.table();
     change(table.get_mut(&id).unwrap());
 }
 
-/// A manager on a [`Watched`] store, with the default configuration.
-pub(crate) fn watched_manager() -> (Arc<Watched>, Manager) {
+/// A manager on a [`Watched`] store (default configuration) with one new job of the caller's
+/// with `n` files, whose destinations are in the returned directory.
+pub(crate) async fn watched_job(n: usize) -> (Arc<Watched>, Manager, tempfile::TempDir, JobId) {
     let store = Arc::new(Watched::default());
     let manager = Manager::start(store.clone(), ManagerConfig::default()).unwrap();
-    (store, manager)
+    let dir = tempfile::tempdir().unwrap();
+    let id = job_with_files(&manager, dir.path(), n).await;
+    (store, manager, dir, id)
+}
+
+/// Records `[start, end)` of file `index` as a worker does once its flush returned: filled,
+/// announced, and no longer requested.
+pub(crate) fn record(manager: &Manager, id: JobId, index: u32, start: u64, end: u64) {
+    let spans = RangeSet::from_span(start, end);
+    with_entry(manager, id, |e| {
+        e.fill(index, &spans).expect("no such file");
+        e.flushed(index, &spans);
+    });
 }
 
 /// A store that records which thread flushed it, and fails its flushes when told to.

@@ -6,41 +6,34 @@ use std::path::Path;
 use bits_core::job::{MAX_DESCRIPTION_CHARS, MAX_DISPLAY_NAME_CHARS, MAX_URL_CHARS};
 use bits_core::{BitsError, Code, JobId};
 
-pub fn display_name(name: &str) -> Result<(), BitsError> {
-    if name.is_empty() {
-        return Err(BitsError::new(Code::E_INVALIDARG, "a display name is required"));
-    }
-    let n = name.chars().count();
-    if n > MAX_DISPLAY_NAME_CHARS {
+/// At most `max` characters; else `code` (each operation has its own) naming what, the length
+/// and the limit.
+pub fn at_most_chars(what: &str, text: &str, max: usize, code: Code) -> Result<(), BitsError> {
+    let n = text.chars().count();
+    if n > max {
         return Err(BitsError::new(
-            Code::E_INVALIDARG,
-            format!("display name is {n} characters, at most {MAX_DISPLAY_NAME_CHARS} are allowed"),
+            code,
+            format!("{what} is {n} characters, at most {max} are allowed"),
         ));
     }
     Ok(())
 }
 
-pub fn description(text: &str) -> Result<(), BitsError> {
-    let n = text.chars().count();
-    if n > MAX_DESCRIPTION_CHARS {
-        return Err(BitsError::new(
-            Code::BG_E_STRING_TOO_LONG,
-            format!("description is {n} characters, at most {MAX_DESCRIPTION_CHARS} are allowed"),
-        ));
+pub fn display_name(name: &str) -> Result<(), BitsError> {
+    if name.is_empty() {
+        return Err(BitsError::new(Code::E_INVALIDARG, "a display name is required"));
     }
-    Ok(())
+    at_most_chars("display name", name, MAX_DISPLAY_NAME_CHARS, Code::E_INVALIDARG)
+}
+
+pub fn description(text: &str) -> Result<(), BitsError> {
+    at_most_chars("description", text, MAX_DESCRIPTION_CHARS, Code::BG_E_STRING_TOO_LONG)
 }
 
 /// An absolute http(s) URL of at most 2,200 characters. BITS uses the URL as given (no escape
 /// processing), so only its syntax is checked here.
 pub fn remote_url(url: &str) -> Result<(), BitsError> {
-    let n = url.chars().count();
-    if n > MAX_URL_CHARS {
-        return Err(BitsError::new(
-            Code::E_INVALIDARG,
-            format!("remote URL is {n} characters, at most {MAX_URL_CHARS} are allowed"),
-        ));
-    }
+    at_most_chars("remote URL", url, MAX_URL_CHARS, Code::E_INVALIDARG)?;
     let parsed = url::Url::parse(url).map_err(|e| {
         BitsError::new(Code::E_INVALIDARG, format!("remote URL {url:?} is not a valid URL: {e}"))
     })?;

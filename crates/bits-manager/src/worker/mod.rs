@@ -214,7 +214,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed call is a failed test
 
     use super::*;
-    use crate::testing::{job_with_files, manager};
+    use crate::testing::manager_with_job;
     use bits_disk::PartFile;
 
     /// A file whose bytes are all recorded is hashed from its temp file on disk: a match is
@@ -223,9 +223,7 @@ mod tests {
     #[tokio::test]
     async fn digests_are_checked_from_the_disk_once_a_file_is_whole() {
         use sha2::Digest;
-        let m = manager().await;
-        let dir = tempfile::tempdir().unwrap();
-        let id = job_with_files(&m, dir.path(), 3).await;
+        let (m, _dir, id) = manager_with_job(3).await;
         let me = rustix::process::geteuid().as_raw();
         let data = b"what the server sent";
         let digest: String =
