@@ -58,6 +58,18 @@ impl JobLedger {
         self.manager.config()
     }
 
+    /// `look` at the job's entry under the table lock; a job that left the table is a stop.
+    fn read<T>(&self, look: impl FnOnce(&Entry) -> Result<T, Halt>) -> Result<T, Halt> {
+        let table = self.manager.table();
+        look(table.get(&self.id).ok_or(Halt::Stopped)?)
+    }
+
+    /// `change` the job's entry under the table lock; a job that left the table is a stop.
+    fn write<T>(&self, change: impl FnOnce(&mut Entry) -> Result<T, Halt>) -> Result<T, Halt> {
+        let mut table = self.manager.table();
+        change(table.get_mut(&self.id).ok_or(Halt::Stopped)?)
+    }
+
     /// What is left of the job's maximum download time (`None`: the job is gone).
     pub(super) fn budget(&self) -> Option<Duration> {
         let table = self.manager.table();
@@ -68,17 +80,16 @@ impl JobLedger {
 
     /// A copy of one file's record.
     pub(super) fn file(&self, index: u32) -> Result<JobFile, Halt> {
-        let table = self.manager.table();
-        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        entry.file(index).cloned().ok_or(Halt::Stopped)
+        self.read(|entry| entry.file(index).cloned().ok_or(Halt::Stopped))
     }
 
     /// Everything opening a file needs from the job, under one lock.
     pub(super) fn opening(&self, index: u32) -> Result<(JobFile, RequestOptions, Shape), Halt> {
-        let table = self.manager.table();
-        let job = table.get(&self.id).map(Entry::job).ok_or(Halt::Stopped)?;
-        let file = job.files.get(index as usize).cloned().ok_or(Halt::Stopped)?;
-        Ok((file, super::transfer::request_options(job), Shape::of(job)))
+        self.read(|entry| {
+            let file = entry.file(index).cloned().ok_or(Halt::Stopped)?;
+            let job = entry.job();
+            Ok((file, super::transfer::request_options(job), Shape::of(job)))
+        })
     }
 
     /// The identity the job's file work runs as (spec §9: its owner's).
@@ -101,34 +112,32 @@ impl JobLedger {
         active: &HashSet<u32>,
         from: u32,
     ) -> Result<Option<u32>, Halt> {
-        let table = self.manager.table();
-        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        // Slots first: no pick without a free slot.
-        if running >= entry.job().files_at_once.max(1) as usize {
-            return Ok(None);
-        }
-        match pick::next_file(entry.job(), active, from).before(entry.adding_from()) {
-            NextFile::File(index) => Ok(Some(index)),
-            NextFile::Done | NextFile::Idle => Ok(None),
-        }
+        self.read(|entry| {
+            // Slots first: no pick without a free slot.
+            if running >= entry.job().files_at_once.max(1) as usize {
+                return Ok(None);
+            }
+            match pick::next_file(entry.job(), active, from).before(entry.adding_from()) {
+                NextFile::File(index) => Ok(Some(index)),
+                NextFile::Done | NextFile::Idle => Ok(None),
+            }
+        })
     }
 
     /// How the worker ends once it has no file left to start ([`pick::outcome`]).
     pub(super) fn outcome(&self) -> Result<(), Halt> {
-        let table = self.manager.table();
-        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        pick::outcome(entry.job())
+        self.read(|entry| pick::outcome(entry.job()))
     }
 
     /// Files whose bytes are all recorded and whose expected digest was not checked yet.
     pub(super) fn due_for_verification(&self) -> Result<Vec<(u32, JobFile)>, Halt> {
-        let table = self.manager.table();
-        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        Ok((0u32..)
-            .zip(&entry.job().files)
-            .filter(|(_, f)| f.needs_verification())
-            .map(|(i, f)| (i, f.clone()))
-            .collect())
+        self.read(|entry| {
+            Ok((0u32..)
+                .zip(&entry.job().files)
+                .filter(|(_, f)| f.needs_verification())
+                .map(|(i, f)| (i, f.clone()))
+                .collect())
+        })
     }
 
     /// The file's next piece ([`pick::piece`]) of what `layout` wants and is not filled.
@@ -157,16 +166,16 @@ impl JobLedger {
         size: u64,
     ) -> Result<Option<Span>, Halt> {
         // The claims are locked inside the table's lock, as two connections claim at once.
-        let table = self.manager.table();
-        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        let file = entry.file(index).ok_or(Halt::Stopped)?;
-        let mut claimed = claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let missing = layout.wanted().subtract(&file.filled).subtract(&claimed);
-        let piece = pick::segment(&missing, file, entry.job().on_demand, size);
-        if let Some(piece) = piece {
-            claimed.insert(piece.start, piece.end);
-        }
-        Ok(piece)
+        self.read(|entry| {
+            let file = entry.file(index).ok_or(Halt::Stopped)?;
+            let mut claimed = claims.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let missing = layout.wanted().subtract(&file.filled).subtract(&claimed);
+            let piece = pick::segment(&missing, file, entry.job().on_demand, size);
+            if let Some(piece) = piece {
+                claimed.insert(piece.start, piece.end);
+            }
+            Ok(piece)
+        })
     }
 
     fn with_missing<T>(
@@ -176,11 +185,11 @@ impl JobLedger {
         pending: &RangeSet,
         choose: impl FnOnce(&RangeSet, &JobFile, bool) -> T,
     ) -> Result<T, Halt> {
-        let table = self.manager.table();
-        let entry = table.get(&self.id).ok_or(Halt::Stopped)?;
-        let file = entry.file(index).ok_or(Halt::Stopped)?;
-        let missing = layout.wanted().subtract(&file.filled).subtract(pending);
-        Ok(choose(&missing, file, entry.job().on_demand))
+        self.read(|entry| {
+            let file = entry.file(index).ok_or(Halt::Stopped)?;
+            let missing = layout.wanted().subtract(&file.filled).subtract(pending);
+            Ok(choose(&missing, file, entry.job().on_demand))
+        })
     }
 
     /// Records what the server said about the file (in the table, and in the store now or, with
@@ -246,11 +255,10 @@ impl JobLedger {
     /// Keeps which temp file the job created; the file's next store write carries it (before any
     /// byte of it is recorded, so a record with bytes always names its file).
     pub(super) fn note_temp(&self, index: u32, made: TempId) -> Result<(), Halt> {
-        let mut table = self.manager.table();
-        let entry = table.get_mut(&self.id).ok_or(Halt::Stopped)?;
-        let file = entry.file_mut(index).ok_or(Halt::Stopped)?;
-        file.temp_id = Some(made);
-        Ok(())
+        self.write(|entry| {
+            entry.file_mut(index).ok_or(Halt::Stopped)?.temp_id = Some(made);
+            Ok(())
+        })
     }
 
     /// Applies `change` to a file in the table and writes its record; the caller's flush makes
@@ -293,13 +301,11 @@ impl JobLedger {
     /// Forgets a file's progress, in the table and (flushed) in the store; its temp file was
     /// emptied first.
     pub(super) async fn forget_progress(&self, index: u32) -> Result<(), Halt> {
-        {
-            let mut table = self.manager.table();
-            let entry = table.get_mut(&self.id).ok_or(Halt::Stopped)?;
+        self.write(|entry| {
             let file = entry.file_mut(index).ok_or(Halt::Stopped)?;
             file.reset_progress();
-            self.manager.persist_file(self.id, index, file).map_err(|e| store_halt(e, index))?;
-        }
+            self.manager.persist_file(self.id, index, file).map_err(|e| store_halt(e, index))
+        })?;
         self.flush(index).await
     }
 
