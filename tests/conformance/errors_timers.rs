@@ -13,18 +13,19 @@
 //! E_NOTIMPL in bitsd). The JobError notification parts of 44 and 46 belong to the notification
 //! cases (87–93).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bits_client::{Client, JobInfo};
+use bits_client::Client;
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
-use bits_testkit::data::{random_bytes, sha256_hex};
+use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer, Logged};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, JobOf, foreground, started_job};
+use bits_tests::hostile::WAIT;
 use http::Method;
 
-use bits_tests::helpers::{expect_code, fault_log, wait_job};
+use bits_tests::helpers::{expect_code, wait_job};
 
 const FILE: &str = "f.bin";
 const SIZE: usize = 1 << 20;
@@ -32,8 +33,6 @@ const SIZE: usize = 1 << 20;
 const CUT: u64 = 128 * 1024;
 /// The daemon's retry delay in these cases.
 const DELAY: Duration = Duration::from_secs(1);
-/// The longest any single wait may take.
-const WAIT: Duration = Duration::from_secs(20);
 /// Daemon flags of every case here.
 const FAST: [&str; 6] =
     ["--retry-delay-secs", "1", "--sync-bytes", "65536", "--sync-interval-ms", "50"];
@@ -43,98 +42,26 @@ const HEAD: Option<Method> = Some(Method::HEAD);
 
 /// A fault server with one 1 MiB file, a daemon, and a job of `priority` holding that file (not
 /// resumed yet).
-struct Case {
-    server: FaultServer,
-    _daemon: TestDaemon,
-    client: Client,
-    job: JobId,
-    dest: PathBuf,
-    data: Vec<u8>,
-}
+type Case = Download<FaultServer>;
 
 async fn case(seed: u64, priority: Priority) -> Case {
-    let server = FaultServer::start().await;
-    let data = random_bytes(seed, SIZE);
-    server.add_file(FILE, data.clone());
-    let daemon = TestDaemon::start_with(&FAST).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join(FILE);
-    let job = client.create_job("errors", priority).await.unwrap();
-    client.add_file(job, &server.url(FILE), &dest).await.unwrap();
-    Case { server, _daemon: daemon, client, job, dest, data }
+    let of = JobOf { display: "errors", priority, name: FILE };
+    Download::added(FaultServer::start().await, random_bytes(seed, SIZE), &FAST, of).await
 }
 
-impl Case {
-    async fn resume(&self) {
-        assert_eq!(self.client.resume(self.job).await.unwrap(), Code::S_OK);
-    }
+/// The GETs the server saw.
+fn gets(c: &Case) -> Vec<Logged> {
+    c.server.log().into_iter().filter(|r| r.method == Method::GET).collect()
+}
 
-    async fn info(&self) -> JobInfo {
-        self.client.get_job(self.job).await.unwrap()
-    }
-
-    fn requests(&self) -> String {
-        fault_log(&self.server.log())
-    }
-
-    fn gets(&self) -> Vec<Logged> {
-        self.server.log().into_iter().filter(|r| r.method == Method::GET).collect()
-    }
-
-    /// Waits for `want`, failing at once on another resting state.
-    async fn wait_state(&self, want: JobState) -> JobInfo {
-        let what = format!("the job to reach {}\n{}", want.name(), self.requests());
-        wait_job(&self.client, self.job, &what, WAIT, |info| {
-            let resting = matches!(info.state, JobState::Error | JobState::Transferred);
-            assert!(
-                info.state == want || !resting,
-                "the job is {} (error {:?}) instead of {}\n{}",
-                info.state.name(),
-                info.error,
-                want.name(),
-                self.requests()
-            );
-            info.state == want
-        })
-        .await
-    }
-
-    /// The job's error (GetJob and GetError agree) is `code` with `context` on file 0.
-    async fn check_error(&self, info: &JobInfo, code: Code, context: ErrorContext) {
-        let error = info.error.as_ref().unwrap_or_else(|| panic!("no error in {info:?}"));
-        assert_eq!(
-            (error.code, error.context, error.file_index),
-            (code, context, Some(0)),
-            "unexpected error {error:?}\n{}",
-            self.requests()
-        );
-        let got = self.client.get_error(self.job).await.unwrap();
-        assert_eq!((got.code, got.context, got.file_index), (code, context, Some(0)));
-        assert_eq!(got.code.hresult(), code.hresult());
-    }
-
-    /// Still ERROR with `code` after more than one retry delay, with no new request.
-    async fn stays_in_error(&self, code: Code) {
-        let seen = self.server.log().len();
-        tokio::time::sleep(DELAY + Duration::from_millis(300)).await;
-        let later = self.info().await;
-        assert_eq!(later.state, JobState::Error, "left ERROR: {later:?}\n{}", self.requests());
-        assert_eq!(later.error.map(|e| e.code), Some(code));
-        assert_eq!(self.server.log().len(), seen, "a fatal error was retried\n{}", self.requests());
-    }
-
-    /// Waits for TRANSFERRED, completes and compares the file with the server's.
-    async fn completes(&self) {
-        self.wait_state(JobState::Transferred).await;
-        assert_eq!(self.client.complete(self.job).await.unwrap(), Code::S_OK);
-        let got = std::fs::read(&self.dest).unwrap();
-        assert!(
-            got.len() == self.data.len() && sha256_hex(&got) == sha256_hex(&self.data),
-            "the file differs from the server's ({} bytes)\n{}",
-            got.len(),
-            self.requests()
-        );
-    }
+/// Still ERROR with `code` after more than one retry delay, with no new request.
+async fn stays_in_error(c: &Case, code: Code) {
+    let seen = c.server.log().len();
+    tokio::time::sleep(DELAY + Duration::from_millis(300)).await;
+    let later = c.client.get_job(c.job).await.unwrap();
+    assert_eq!(later.state, JobState::Error, "left ERROR: {later:?}\n{}", c.requests());
+    assert_eq!(later.error.map(|e| e.code), Some(code));
+    assert_eq!(c.server.log().len(), seen, "a fatal error was retried\n{}", c.requests());
 }
 
 // Case 44: a 404 is fatal: ERROR, and GetError names REMOTE_FILE, BG_E_HTTP_ERROR_404
@@ -148,7 +75,7 @@ async fn http_404_puts_the_job_in_error_with_a_remote_file_error() {
     assert_eq!(Code::Http(404).hresult(), 0x8019_0194);
     c.check_error(&info, Code::Http(404), ErrorContext::RemoteFile).await;
     assert_eq!(info.error_count, 1);
-    c.stays_in_error(Code::Http(404)).await;
+    stays_in_error(&c, Code::Http(404)).await;
 }
 
 // Case 45: a 403 is fatal: ERROR with BG_E_HTTP_ERROR_403 (0x80190193).
@@ -160,7 +87,7 @@ async fn http_403_puts_the_job_in_error() {
     let info = c.wait_state(JobState::Error).await;
     assert_eq!(Code::Http(403).hresult(), 0x8019_0193);
     c.check_error(&info, Code::Http(403), ErrorContext::RemoteFile).await;
-    c.stays_in_error(Code::Http(403)).await;
+    stays_in_error(&c, Code::Http(403)).await;
 }
 
 // Case 46 (P): a 503 is transient: TRANSIENT_ERROR with BG_E_HTTP_ERROR_503 (0x801901F7),
@@ -208,7 +135,10 @@ async fn dropped_connections_count_errors_and_resume_keeps_the_count() {
     assert_eq!(info.error_count, 2);
     // Resume from TRANSIENT_ERROR: the count stays, and the third failure makes it 3.
     c.resume().await;
-    assert!(c.info().await.error_count >= 2, "Resume lowered the error count");
+    assert!(
+        c.client.get_job(c.job).await.unwrap().error_count >= 2,
+        "Resume lowered the error count"
+    );
     let info = wait_job(&c.client, c.job, "a third failed attempt", WAIT, |i| {
         assert!(i.error_count >= 2, "the error count went down after Resume: {i:?}");
         i.error_count >= 3
@@ -228,10 +158,9 @@ async fn connection_refused_is_transient_and_counted() {
     let client = daemon.client().await;
     // A port nobody listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let job = client.create_job("refused", Priority::Foreground).await.unwrap();
     let url = format!("http://127.0.0.1:{port}/{FILE}");
-    client.add_file(job, &url, &daemon.out_dir().join(FILE)).await.unwrap();
-    client.resume(job).await.unwrap();
+    let files = [(url, daemon.out_dir().join(FILE))];
+    let job = started_job(&client, "refused", Priority::Foreground, &files).await;
     let info = wait_job(&client, job, "TRANSIENT_ERROR", WAIT, |i| {
         assert_ne!(i.state, JobState::Error, "connection refused was fatal: {i:?}");
         i.state == JobState::TransientError
@@ -275,18 +204,15 @@ async fn ends_by_max_time(client: &Client, job: JobId, since: Instant, budget: D
 
 /// A TestServer trickling a 1 MiB file at 16 KiB/s (one 16 KiB chunk a second: progress, but
 /// 64 s for the file), and a FOREGROUND job for it with a maximum download time of `budget`.
-async fn trickle(seed: u64, budget: Duration) -> (TestServer, TestDaemon, Client, JobId) {
+async fn trickle(seed: u64, budget: Duration) -> Download {
     let server = TestServer::start().await;
-    server.add_file(FILE, random_bytes(seed, SIZE));
     server.set_throttle(Some(16 * 1024));
-    let daemon = TestDaemon::start_with(&FAST).await;
-    let client = daemon.client().await;
-    let job = client.create_job("trickle", Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url(FILE), &daemon.out_dir().join(FILE)).await.unwrap();
-    client.set_maximum_download_time(job, budget.as_secs() as u32).await.unwrap();
-    let stored = client.get_job(job).await.unwrap().maximum_download_time_secs;
+    let d =
+        Download::added(server, random_bytes(seed, SIZE), &FAST, foreground("trickle", FILE)).await;
+    d.client.set_maximum_download_time(d.job, budget.as_secs() as u32).await.unwrap();
+    let stored = d.client.get_job(d.job).await.unwrap().maximum_download_time_secs;
     assert_eq!(u64::from(stored), budget.as_secs());
-    (server, daemon, client, job)
+    d
 }
 
 // Case 52: SetMaximumDownloadTime with a trickling server → ERROR BG_E_MAXDOWNLOAD_TIMEOUT after
@@ -294,10 +220,11 @@ async fn trickle(seed: u64, budget: Duration) -> (TestServer, TestDaemon, Client
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maximum_download_time_stops_a_trickling_transfer() {
     let budget = Duration::from_secs(2);
-    let (_server, _daemon, client, job) = trickle(521, budget).await;
+    let trickling = trickle(521, budget).await;
+    let (client, job) = (&trickling.client, trickling.job);
     let resumed = Instant::now();
     client.resume(job).await.unwrap();
-    ends_by_max_time(&client, job, resumed, budget).await;
+    ends_by_max_time(client, job, resumed, budget).await;
     let info = client.get_job(job).await.unwrap();
     assert!(info.progress.bytes_transferred > 0, "the trickle made no progress: {info:?}");
     // Fatal: no retry after the retry delay.
@@ -337,7 +264,7 @@ async fn head_without_content_length_is_missing_file_size() {
     let progress = c.client.get_progress(c.job).await.unwrap();
     assert_eq!(progress.bytes_total, None, "job BytesTotal is not BG_SIZE_UNKNOWN: {progress:?}");
     assert_eq!(progress.files[0].bytes_total, None, "{progress:?}");
-    c.stays_in_error(Code::BG_E_MISSING_FILE_SIZE).await;
+    stays_in_error(&c, Code::BG_E_MISSING_FILE_SIZE).await;
     assert_eq!(c.server.log().len(), 1, "nothing followed the failed probe\n{}", c.requests());
     assert_eq!(progress.bytes_transferred, 0, "no byte of a sizeless answer is kept");
     assert!(!c.dest.exists());
@@ -350,7 +277,7 @@ async fn foreground_job_falls_back_to_one_full_get_when_range_is_ignored() {
     c.server.always(FILE, GET, Fault::IgnoreRange);
     c.resume().await;
     c.completes().await;
-    let gets = c.gets();
+    let gets = gets(&c);
     assert_eq!(gets.len(), 1, "{}", c.requests());
     assert_eq!((gets[0].status, gets[0].sent), (200, SIZE as u64));
 }
@@ -363,6 +290,6 @@ async fn background_job_fails_when_the_server_ignores_range() {
     c.resume().await;
     let info = c.wait_state(JobState::Error).await;
     c.check_error(&info, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, ErrorContext::RemoteFile).await;
-    c.stays_in_error(Code::BG_E_INSUFFICIENT_RANGE_SUPPORT).await;
+    stays_in_error(&c, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT).await;
     assert!(!c.dest.exists());
 }

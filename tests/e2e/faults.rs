@@ -41,17 +41,14 @@
 //! | file replaced with another size after 256 KiB   | TRANSIENT_ERROR (the reset), then the probe sees the new size: restart from 0; completes with the new version |
 //! | Last-Modified changes (no ETag, same size) after 256 KiB | as above: restart from 0, nothing mixed       |
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use bits_client::{Client, JobInfo};
-use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
-use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::faults::{Fault, FaultFile, FaultServer, HTML_PAGE, Logged, fault_log};
-use bits_tests::daemon::TestDaemon;
+use bits_client::JobInfo;
+use bits_core::{Code, ErrorContext, JobState};
+use bits_testkit::data::random_bytes;
+use bits_testkit::faults::{Fault, FaultFile, FaultServer, fault_log};
+use bits_tests::fixture::{Download, foreground};
 use http::Method;
-
-use bits_tests::helpers::wait_state_within;
 
 const FILE: &str = "f.bin";
 const SIZE: usize = 1 << 20;
@@ -59,8 +56,6 @@ const SIZE: usize = 1 << 20;
 const CUT: u64 = 256 * 1024;
 /// The retry delay of most tests.
 const DELAY: Duration = Duration::from_secs(2);
-/// How long any one wait in these tests may take.
-const WAIT: Duration = Duration::from_secs(20);
 /// Longer than any stall the daemon should sit through.
 const LONG: Duration = Duration::from_secs(30);
 
@@ -79,19 +74,9 @@ const IMPATIENT: Opts =
     Opts { retry_delay_secs: 2, no_progress_secs: None, idle_timeout_ms: Some(700) };
 
 /// One fault server with one file, one daemon, one foreground job with that file (not resumed).
-struct Case {
-    server: FaultServer,
-    _daemon: TestDaemon,
-    client: Client,
-    job: JobId,
-    dest: PathBuf,
-    data: Vec<u8>,
-}
+type Case = Download<FaultServer>;
 
 async fn case(seed: u64, opts: Opts) -> Case {
-    let server = FaultServer::start().await;
-    let data = random_bytes(seed, SIZE);
-    server.add_file(FILE, data.clone());
     let retry = opts.retry_delay_secs.to_string();
     let mut args: Vec<String> = vec![
         "--sync-bytes".into(),
@@ -109,89 +94,8 @@ async fn case(seed: u64, opts: Opts) -> Case {
         args.extend(["--connect-timeout-ms".into(), "500".into()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let daemon = TestDaemon::start_with(&args).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join(FILE);
-    let job = client.create_job("hostile", Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url(FILE), &dest).await.unwrap();
-    Case { server, _daemon: daemon, client, job, dest, data }
-}
-
-impl Case {
-    async fn start(&self) {
-        self.client.resume(self.job).await.unwrap();
-    }
-
-    /// The server's request log, one line per request, for failure messages.
-    fn requests(&self) -> String {
-        fault_log(&self.server.log())
-    }
-
-    /// Waits for TRANSIENT_ERROR and checks its error (code, context, file 0) and GetError.
-    async fn transient(&self, code: Code, context: ErrorContext) -> JobInfo {
-        let info = wait_state_within(&self.client, self.job, JobState::TransientError, WAIT).await;
-        self.check_error(&info, code, context).await;
-        info
-    }
-
-    async fn check_error(&self, info: &JobInfo, code: Code, context: ErrorContext) {
-        let error = info.error.as_ref().unwrap_or_else(|| panic!("no error in {info:?}"));
-        assert_eq!(
-            (error.code, error.context, error.file_index),
-            (code, context, Some(0)),
-            "unexpected error {error:?}\n{}",
-            self.requests()
-        );
-        assert!(info.error_count >= 1, "error_count {}", info.error_count);
-        let got = self.client.get_error(self.job).await.unwrap();
-        assert_eq!((got.code, got.context, got.file_index), (code, context, Some(0)));
-    }
-
-    /// Waits for TRANSFERRED, completes, and compares the file with `expected`.
-    async fn completes_with(&self, expected: &[u8]) {
-        wait_state_within(&self.client, self.job, JobState::Transferred, WAIT).await;
-        assert_eq!(self.client.complete(self.job).await.unwrap(), Code::S_OK);
-        let got = std::fs::read(&self.dest).unwrap();
-        if got.len() == expected.len() && sha256_hex(&got) == sha256_hex(expected) {
-            return;
-        }
-        let first_diff = got.iter().zip(expected).position(|(a, b)| a != b);
-        let html = got.windows(15).any(|w| w == &HTML_PAGE.as_bytes()[..15]);
-        panic!(
-            "the file differs from the server's: {} bytes vs {}, first difference at {first_diff:?}, HTML inside: {html}\n{}",
-            got.len(),
-            expected.len(),
-            self.requests()
-        );
-    }
-
-    async fn completes(&self) {
-        self.completes_with(&self.data).await;
-    }
-
-    /// The first request after `failed`, checked to come at least `min` after it.
-    fn retry_after(&self, failed: &Logged, min: Duration) -> Logged {
-        let next =
-            self.server.log().into_iter().find(|r| r.seq > failed.seq).unwrap_or_else(|| {
-                panic!("no request after #{}:\n{}", failed.seq, self.requests())
-            });
-        let gap = next.at.duration_since(failed.at);
-        assert!(
-            gap >= min,
-            "retried {gap:?} after the failure, expected ≥ {min:?}\n{}",
-            self.requests()
-        );
-        next
-    }
-
-    /// The first GET after `failed`.
-    fn next_get(&self, failed: &Logged) -> Logged {
-        self.server
-            .log()
-            .into_iter()
-            .find(|r| r.seq > failed.seq && r.method == Method::GET)
-            .unwrap_or_else(|| panic!("no GET after #{}:\n{}", failed.seq, self.requests()))
-    }
+    let data = random_bytes(seed, SIZE);
+    Download::added(FaultServer::start().await, data, &args, foreground("hostile", FILE)).await
 }
 
 /// A new version of the file: other bytes, other ETag and Last-Modified.
@@ -227,7 +131,7 @@ async fn resumes_after(c: &Case, label: &str, info: &JobInfo) {
 async fn fault_stall_before_headers_times_out_and_retries() {
     let c = case(102, IMPATIENT).await;
     c.server.push_fault(FILE, GET, Fault::StallHeaders(LONG));
-    c.start().await;
+    c.resume().await;
     let info = c.transient(Code::ERROR_WINHTTP_TIMEOUT, ErrorContext::GeneralTransport).await;
     assert_eq!(info.progress.bytes_transferred, 0);
     c.completes().await;
@@ -238,7 +142,7 @@ async fn fault_stall_before_headers_times_out_and_retries() {
 async fn fault_stall_mid_body_times_out_and_resumes() {
     let c = case(103, IMPATIENT).await;
     c.server.push_fault(FILE, GET, Fault::StallBody { after: CUT, stall: LONG });
-    c.start().await;
+    c.resume().await;
     let info = c.transient(Code::ERROR_WINHTTP_TIMEOUT, ErrorContext::GeneralTransport).await;
     resumes_after(&c, "StallBody", &info).await;
 }
@@ -292,7 +196,7 @@ async fn fault_redirect_to_another_origin_drops_credentials() {
     c.server.always(FILE, None, Fault::RedirectTo(other.url(FILE)));
     let headers = "Authorization: Basic eDp5\r\nCookie: a=b\r\n";
     assert_eq!(c.client.set_custom_headers(c.job, Some(headers)).await.unwrap(), Code::S_OK);
-    c.start().await;
+    c.resume().await;
     c.completes().await;
     let first = c.server.log();
     let second = other.log();
@@ -316,7 +220,7 @@ async fn fault_redirect_to_another_origin_drops_credentials() {
 async fn fault_gzip_label_on_a_range_is_never_written() {
     let c = case(119, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::GzipLabel);
-    c.start().await;
+    c.resume().await;
     refused_and_never_written(&c, "GzipLabel").await;
 }
 
@@ -324,7 +228,7 @@ async fn fault_gzip_label_on_a_range_is_never_written() {
 async fn fault_gzip_body_on_a_range_is_never_written() {
     let c = case(120, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::GzipBody);
-    c.start().await;
+    c.resume().await;
     refused_and_never_written(&c, "GzipBody").await;
 }
 
@@ -335,14 +239,14 @@ async fn fault_gzip_body_on_a_range_is_never_written() {
 async fn fault_html_200_error_page_restarts_the_file() {
     let c = case(121, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: false });
-    c.start().await;
+    c.resume().await;
     restarts_after_the_page(&c).await;
 }
 
 /// The job reaches TRANSFERRED without any error, the page was followed by a new probe and a
 /// GET from byte 0, and the completed file is the server's (no HTML byte in it).
 async fn restarts_after_the_page(c: &Case) {
-    let info = wait_state_within(&c.client, c.job, JobState::Transferred, WAIT).await;
+    let info = c.wait_state(JobState::Transferred).await;
     assert_eq!((info.error_count, &info.error), (0, &None), "{info:?}\n{}", c.requests());
     c.completes().await;
     let log = c.server.log();
@@ -364,7 +268,7 @@ async fn restarts_after_the_page(c: &Case) {
 async fn fault_html_200_every_time_becomes_transient() {
     let c = case(122, DEFAULT).await;
     c.server.always(FILE, GET, Fault::HtmlPage { chunked: false });
-    c.start().await;
+    c.resume().await;
     let info = c.transient(Code::BG_E_REMOTE_FILE_CHANGED, ErrorContext::RemoteFile).await;
     assert_eq!(info.progress.bytes_transferred, 0);
     let pages = c.server.log().iter().filter(|r| r.fault.is_some()).count();
@@ -379,7 +283,7 @@ async fn fault_html_200_every_time_becomes_transient() {
 async fn fault_chunked_html_200_is_never_written() {
     let c = case(123, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: true });
-    c.start().await;
+    c.resume().await;
     restarts_after_the_page(&c).await;
 }
 
@@ -391,7 +295,7 @@ async fn fault_file_replaced_between_head_and_get_restarts() {
     let c = case(124, DEFAULT).await;
     let new = version2(224, SIZE);
     c.server.push_fault(FILE, GET, Fault::Replace(new.clone()));
-    c.start().await;
+    c.resume().await;
     c.completes_with(&new.data).await;
     let replaced = c.server.faulted("Replace");
     assert_eq!(
@@ -410,7 +314,7 @@ async fn fault_file_replaced_between_head_and_get_restarts() {
 async fn fault_file_resized_after_partial_download_restarts() {
     let c = case(125, DEFAULT).await;
     c.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
-    c.start().await;
+    c.resume().await;
     let info =
         c.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
     assert!(info.progress.bytes_transferred > 0);
@@ -428,7 +332,7 @@ async fn fault_last_modified_change_restarts() {
     let old = FaultFile { etag: None, ..FaultFile::new(c.data.clone()) };
     c.server.put_file(FILE, old);
     c.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
-    c.start().await;
+    c.resume().await;
     let info =
         c.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
     assert!(info.progress.bytes_transferred > 0);

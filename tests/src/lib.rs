@@ -1,5 +1,6 @@
 //! Test support for the bitsd end-to-end tests: the real daemon in a temp dir ([`daemon`]), a
-//! private nginx ([`nginx`]) and polling with a deadline ([`wait`]). The in-process HTTP servers
+//! private nginx ([`nginx`]), the usual server + daemon + job setup ([`fixture`]), the checks on a
+//! download from the fault server ([`hostile`]) and polling with a deadline ([`wait`]). The in-process HTTP servers
 //! and test content are in `bits-testkit`, shared with the library crates' tests.
 
 // This is test support code: a failed setup step should stop the test with its message, which is
@@ -7,7 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod daemon;
+pub mod fixture;
 pub mod helpers;
+pub mod hostile;
 pub mod mounts;
 pub mod nginx;
 pub mod users;
