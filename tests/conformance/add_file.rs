@@ -10,7 +10,9 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 
-use bits_tests::helpers::{expect_code, wait_file_bytes, wait_state};
+use bits_tests::helpers::{
+    assert_resume_of_an_empty_job_is_bg_e_empty, expect_code, wait_file_bytes, wait_state,
+};
 
 /// An http URL of exactly `len` characters whose path segments stay within MAX_PATH (260).
 fn url_of_len(len: usize) -> String {
@@ -32,11 +34,7 @@ fn url_of_len(len: usize) -> String {
 #[tokio::test]
 async fn resume_without_files_is_empty_and_stays_suspended() {
     let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("empty", Priority::Normal).await.unwrap();
-    let err = expect_code(client.resume(job).await, Code::BG_E_EMPTY);
-    assert_eq!(err.code.hresult(), 0x8020_0003);
-    assert_eq!(client.get_job(job).await.unwrap().state, JobState::Suspended);
+    assert_resume_of_an_empty_job_is_bg_e_empty(&daemon.client().await).await;
 }
 
 // Case 9: a relative local name is E_INVALIDARG.

@@ -9,6 +9,7 @@ use bits_core::job::{MAX_JOBS_PER_MACHINE, MAX_JOBS_PER_USER};
 use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::new_job;
 
 use bits_tests::helpers::{expect_code, is_listed, wait_state};
 
@@ -172,11 +173,8 @@ async fn enum_jobs_lists_own_jobs_but_never_final_ones() {
     let client = daemon.client().await;
     let kept = client.create_job("kept", Priority::Normal).await.unwrap();
     let cancelled = client.create_job("cancelled", Priority::Normal).await.unwrap();
-    let acknowledged = client.create_job("acknowledged", Priority::Foreground).await.unwrap();
-    client
-        .add_file(acknowledged, &server.url("f.bin"), &daemon.out_dir().join("f.bin"))
-        .await
-        .unwrap();
+    let files = [(server.url("f.bin"), daemon.out_dir().join("f.bin"))];
+    let acknowledged = new_job(&client, "acknowledged", Priority::Foreground, &files).await;
     client.resume(acknowledged).await.unwrap();
     wait_state(&client, acknowledged, JobState::Transferred).await;
     let listed: Vec<JobId> = client.list_jobs().await.unwrap().iter().map(|j| j.id).collect();

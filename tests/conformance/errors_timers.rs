@@ -21,7 +21,7 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer, Logged};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::{Download, JobOf, foreground, started_job};
+use bits_tests::fixture::{Download, JobOf, foreground, new_job};
 use bits_tests::hostile::WAIT;
 use http::Method;
 
@@ -160,7 +160,8 @@ async fn connection_refused_is_transient_and_counted() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}/{FILE}");
     let files = [(url, daemon.out_dir().join(FILE))];
-    let job = started_job(&client, "refused", Priority::Foreground, &files).await;
+    let job = new_job(&client, "refused", Priority::Foreground, &files).await;
+    client.resume(job).await.unwrap();
     let info = wait_job(&client, job, "TRANSIENT_ERROR", WAIT, |i| {
         assert_ne!(i.state, JobState::Error, "connection refused was fatal: {i:?}");
         i.state == JobState::TransientError

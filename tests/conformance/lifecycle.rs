@@ -16,6 +16,7 @@ use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, JobOf, foreground, new_job, throttled};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
@@ -34,13 +35,9 @@ fn gets(log: &[LoggedRequest]) -> Vec<&LoggedRequest> {
     log.iter().filter(|r| r.method == Method::GET).collect()
 }
 
-/// A foreground job with one file per `(name, dest)`.
-async fn job_with_files(client: &Client, server: &TestServer, files: &[(&str, &Path)]) -> JobId {
-    let job = client.create_job("lifecycle", Priority::Foreground).await.unwrap();
-    for (name, dest) in files {
-        client.add_file(job, &server.url(name), dest).await.unwrap();
-    }
-    job
+/// The job of these cases: FOREGROUND, for the server's `/name`, saved as `name`.
+fn lifecycle(name: &str) -> JobOf<'_> {
+    foreground("lifecycle", name)
 }
 
 /// Every change to a final job is BG_E_INVALID_STATE, and the job is not listed.
@@ -62,13 +59,10 @@ async fn assert_final(client: &Client, job: JobId, dir: &Path) {
 #[tokio::test]
 async fn suspend_twice_succeeds_and_leaves_the_job_suspended() {
     let server = TestServer::start().await;
-    server.add_file("s.bin", random_bytes(34, 10_000));
     server.hold();
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("s.bin");
-    let job = job_with_files(&client, &server, &[("s.bin", &dest)]).await;
-    client.resume(job).await.unwrap();
+    let data = random_bytes(34, 10_000);
+    let d = Download::started(server, data, &[], lifecycle("s.bin")).await;
+    let (client, job) = (&d.client, d.job);
     let state = client.get_job(job).await.unwrap().state;
     assert!(matches!(state, JobState::Queued | JobState::Connecting), "{}", state.name());
     assert_eq!(client.suspend(job).await.unwrap(), Code::S_OK);
@@ -81,17 +75,11 @@ async fn suspend_twice_succeeds_and_leaves_the_job_suspended() {
 // and the server sees no new request (no range from 0).
 #[tokio::test]
 async fn resume_while_transferring_keeps_the_running_transfer() {
-    let server = TestServer::start().await;
     let data = random_bytes(35, 600_000);
-    server.add_file("t.bin", data.clone());
-    server.set_throttle(Some(400_000));
-    let daemon = TestDaemon::start_with(&FAST_SYNC).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("t.bin");
-    let job = job_with_files(&client, &server, &[("t.bin", &dest)]).await;
-    client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferring).await;
-    wait_file_bytes(&client, job, 0, 1).await;
+    let d = Download::started(throttled(400_000).await, data, &FAST_SYNC, lifecycle("t.bin")).await;
+    let (server, client, job, dest, data) = (&d.server, &d.client, d.job, &d.dest, &d.data);
+    wait_state(client, job, JobState::Transferring).await;
+    wait_file_bytes(client, job, 0, 1).await;
     let mark = server.log_len();
 
     assert_eq!(client.resume(job).await.unwrap(), Code::S_OK);
@@ -102,28 +90,22 @@ async fn resume_while_transferring_keeps_the_running_transfer() {
     assert_eq!(info.state, JobState::Transferring);
     assert!(server.log_since(mark).is_empty(), "Resume restarted: {:?}", server.log_since(mark));
 
-    wait_state(&client, job, JobState::Transferred).await;
+    wait_state(client, job, JobState::Transferred).await;
     let log = server.log();
     let from_zero = gets(&log).into_iter().filter(|r| range_start(r) == Some(0)).count();
     assert_eq!(from_zero, 1, "the file was requested from 0 more than once: {log:?}");
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
-    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(&std::fs::read(dest).unwrap(), data);
 }
 
 // Case 36: Suspend mid-transfer at checkpoint k, then Resume: the next GET starts at k, and
 // the completed file is identical to the source.
 #[tokio::test]
 async fn resume_after_suspend_continues_from_the_checkpoint() {
-    let server = TestServer::start().await;
     let data = random_bytes(36, 800_000);
-    server.add_file("k.bin", data.clone());
-    server.set_throttle(Some(400_000));
-    let daemon = TestDaemon::start_with(&FAST_SYNC).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("k.bin");
-    let job = job_with_files(&client, &server, &[("k.bin", &dest)]).await;
-    client.resume(job).await.unwrap();
-    wait_file_bytes(&client, job, 0, 100_000).await;
+    let d = Download::started(throttled(400_000).await, data, &FAST_SYNC, lifecycle("k.bin")).await;
+    let (server, client, job, dest, data) = (&d.server, &d.client, d.job, &d.dest, &d.data);
+    wait_file_bytes(client, job, 0, 100_000).await;
     assert_eq!(client.suspend(job).await.unwrap(), Code::S_OK);
     assert_eq!(client.get_job(job).await.unwrap().state, JobState::Suspended);
     // The stopped worker records what it had synced; then the checkpoint stays put.
@@ -137,27 +119,22 @@ async fn resume_after_suspend_continues_from_the_checkpoint() {
     server.set_throttle(None);
     let mark = server.log_len();
     client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
+    wait_state(client, job, JobState::Transferred).await;
     let log = server.log_since(mark);
     let first = *gets(&log).first().expect("a GET after Resume");
     assert_eq!(range_start(first), Some(k), "the resumed GET starts at the checkpoint: {log:?}");
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
-    assert_eq!(std::fs::read(&dest).unwrap(), data, "content identical to the source");
+    assert_eq!(&std::fs::read(dest).unwrap(), data, "content identical to the source");
 }
 
 // Case 37: Cancel mid-transfer: S_OK, temp file deleted, nothing at the destination, every
 // later Cancel/Complete/Resume/Suspend/AddFile/SetPriority is BG_E_INVALID_STATE, not listed.
 #[tokio::test]
 async fn cancel_deletes_the_temp_file_and_makes_the_job_final() {
-    let server = TestServer::start().await;
-    server.add_file("c.bin", random_bytes(37, 1_000_000));
-    server.set_throttle(Some(300_000));
-    let daemon = TestDaemon::start_with(&FAST_SYNC).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("c.bin");
-    let job = job_with_files(&client, &server, &[("c.bin", &dest)]).await;
-    client.resume(job).await.unwrap();
-    wait_file_bytes(&client, job, 0, 1).await;
+    let data = random_bytes(37, 1_000_000);
+    let d = Download::started(throttled(300_000).await, data, &FAST_SYNC, lifecycle("c.bin")).await;
+    let (client, job, dest) = (&d.client, d.job, &d.dest);
+    wait_file_bytes(client, job, 0, 1).await;
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
     assert!(temp.exists(), "the temp file exists before Cancel");
 
@@ -165,7 +142,7 @@ async fn cancel_deletes_the_temp_file_and_makes_the_job_final() {
     assert!(!temp.exists(), "Cancel deletes the temp file");
     assert!(!dest.exists(), "nothing at the destination");
     expect_code(client.get_job(job).await, Code::BG_E_NOT_FOUND);
-    assert_final(&client, job, &daemon.out_dir()).await;
+    assert_final(client, job, &d.daemon.out_dir()).await;
 }
 
 // Case 38: Complete in TRANSFERRED: S_OK, the local file is byte-identical with mtime equal to
@@ -173,24 +150,18 @@ async fn cancel_deletes_the_temp_file_and_makes_the_job_final() {
 // Complete is BG_E_INVALID_STATE.
 #[tokio::test]
 async fn complete_in_transferred_moves_the_file_into_place() {
-    let server = TestServer::start().await;
     let data = random_bytes(38, 300_000);
-    server.add_file("d.bin", data.clone());
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("d.bin");
-    let job = job_with_files(&client, &server, &[("d.bin", &dest)]).await;
-    client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
+    let d = Download::transferred(TestServer::start().await, data, &[], lifecycle("d.bin")).await;
+    let (client, job, dest, data) = (&d.client, d.job, &d.dest, &d.data);
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
 
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
-    assert_eq!(std::fs::read(&dest).unwrap(), data, "byte-identical");
-    let mtime = std::fs::metadata(&dest).unwrap().modified().unwrap();
+    assert_eq!(&std::fs::read(dest).unwrap(), data, "byte-identical");
+    let mtime = std::fs::metadata(dest).unwrap().modified().unwrap();
     let last_modified = SystemTime::UNIX_EPOCH + Duration::from_secs(DEFAULT_LAST_MODIFIED);
     assert_eq!(mtime, last_modified, "mtime is the server's Last-Modified");
     assert!(!temp.exists(), "the temp file is gone");
-    assert!(!is_listed(&client, job).await, "an ACKNOWLEDGED job is not listed");
+    assert!(!is_listed(client, job).await, "an ACKNOWLEDGED job is not listed");
     expect_code(client.complete(job).await, Code::BG_E_INVALID_STATE);
 }
 
@@ -208,8 +179,9 @@ async fn complete_mid_transfer_keeps_only_whole_files() {
     let client = daemon.client().await;
     let out = daemon.out_dir();
     let dests = [out.join("1.bin"), out.join("2.bin"), out.join("3.bin")];
-    let files = [("1.bin", &*dests[0]), ("2.bin", &*dests[1]), ("3.bin", &*dests[2])];
-    let job = job_with_files(&client, &server, &files).await;
+    let urls = ["1.bin", "2.bin", "3.bin"].map(|name| server.url(name));
+    let files: Vec<_> = urls.iter().zip(&dests).collect();
+    let job = new_job(&client, "lifecycle", Priority::Foreground, &files).await;
     client.resume(job).await.unwrap();
     wait_file_bytes(&client, job, 1, 1).await;
     let listed = client.list_files(job).await.unwrap();
@@ -232,9 +204,10 @@ async fn complete_mid_transfer_keeps_only_whole_files() {
 async fn complete_of_an_untransferred_suspended_job_is_partial_complete() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    let job = client.create_job("nothing yet", Priority::Normal).await.unwrap();
     let dest = daemon.out_dir().join("n.bin");
-    client.add_file(job, "http://example.com/n.bin", &dest).await.unwrap();
+    let job =
+        new_job(&client, "nothing yet", Priority::Normal, &[("http://example.com/n.bin", &dest)])
+            .await;
     assert_eq!(client.complete(job).await.unwrap(), Code::BG_S_PARTIAL_COMPLETE);
     assert!(!dest.exists(), "no local file");
     assert_eq!(std::fs::read_dir(daemon.out_dir()).unwrap().count(), 0, "nothing left behind");
@@ -246,44 +219,33 @@ async fn complete_of_an_untransferred_suspended_job_is_partial_complete() {
 // cause is removed, Complete again is S_OK.
 #[tokio::test]
 async fn failed_rename_leaves_the_job_transferred_and_complete_can_be_retried() {
-    let server = TestServer::start().await;
     let data = random_bytes(41, 100_000);
-    server.add_file("x.bin", data.clone());
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("x.bin");
-    let job = job_with_files(&client, &server, &[("x.bin", &dest)]).await;
-    client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
-    std::fs::create_dir(&dest).unwrap();
+    let d = Download::transferred(TestServer::start().await, data, &[], lifecycle("x.bin")).await;
+    let (client, job, dest, data) = (&d.client, d.job, &d.dest, &d.data);
+    std::fs::create_dir(dest).unwrap();
 
     let result = client.complete(job).await;
     assert!(result.is_err(), "Complete onto a directory must fail, got {result:?}");
     let info = client.get_job(job).await.unwrap();
     assert_eq!(info.state, JobState::Transferred, "the job stays TRANSFERRED");
-    assert!(is_listed(&client, job).await, "the job is still enumerable");
+    assert!(is_listed(client, job).await, "the job is still enumerable");
     let file = client.list_files(job).await.unwrap().remove(0);
     assert!(!file.progress.completed, "Completed is FALSE for the file that was not renamed");
     assert!(file.temp_path.exists(), "the temp file is kept for the next Complete");
 
-    std::fs::remove_dir(&dest).unwrap();
+    std::fs::remove_dir(dest).unwrap();
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
-    assert_eq!(std::fs::read(&dest).unwrap(), data);
-    assert!(!is_listed(&client, job).await);
+    assert_eq!(&std::fs::read(dest).unwrap(), data);
+    assert!(!is_listed(client, job).await);
 }
 
 // Case 42: in TRANSFERRED nothing is at the local name; the temp file exists in the same
 // directory and its size equals BytesTransferred.
 #[tokio::test]
 async fn transferred_file_is_only_in_the_temp_file_before_complete() {
-    let server = TestServer::start().await;
-    server.add_file("v.bin", random_bytes(42, 123_456));
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("v.bin");
-    let job = job_with_files(&client, &server, &[("v.bin", &dest)]).await;
-    client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
+    let data = random_bytes(42, 123_456);
+    let d = Download::transferred(TestServer::start().await, data, &[], lifecycle("v.bin")).await;
+    let (client, job, dest) = (&d.client, d.job, &d.dest);
 
     assert!(!dest.exists(), "the local name does not exist before Complete");
     let file = client.list_files(job).await.unwrap().remove(0);
@@ -302,7 +264,9 @@ async fn resume_from_error_requeues_immediately_and_retries() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let dest = daemon.out_dir().join("late.bin");
-    let job = job_with_files(&client, &server, &[("late.bin", &dest)]).await;
+    let job =
+        new_job(&client, "lifecycle", Priority::Foreground, &[(server.url("late.bin"), &dest)])
+            .await;
     client.resume(job).await.unwrap();
     let info = wait_state(&client, job, JobState::Error).await;
     assert_eq!(info.error.map(|e| e.code), Some(Code::Http(404)));

@@ -5,8 +5,10 @@ use bits_core::{Code, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, foreground, new_job, throttled};
 
-use bits_tests::helpers::{expect_code, wait_state};
+use crate::progress::FAST_SYNC;
+use bits_tests::helpers::{expect_code, wait_filled, wait_state};
 
 #[tokio::test]
 async fn complete_keeps_whole_files_and_reports_partial_completion() {
@@ -15,11 +17,10 @@ async fn complete_keeps_whole_files_and_reports_partial_completion() {
     server.add_file("good.bin", good.clone());
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    let job = client.create_job("partial", Priority::Foreground).await.unwrap();
     let good_dest = daemon.out_dir().join("good.bin");
     let missing_dest = daemon.out_dir().join("missing.bin");
-    client.add_file(job, &server.url("good.bin"), &good_dest).await.unwrap();
-    client.add_file(job, &server.url("missing.bin"), &missing_dest).await.unwrap();
+    let files = [(server.url("good.bin"), &good_dest), (server.url("missing.bin"), &missing_dest)];
+    let job = new_job(&client, "partial", Priority::Foreground, &files).await;
     client.resume(job).await.unwrap();
     let info = wait_state(&client, job, JobState::Error).await;
     let error = info.error.expect("an ERROR job has an error object");
@@ -39,16 +40,10 @@ async fn complete_keeps_whole_files_and_reports_partial_completion() {
 
 #[tokio::test]
 async fn complete_after_the_temp_file_vanished_refetches_instead_of_wedging() {
-    let server = TestServer::start().await;
     let data = random_bytes(22, 200_000);
-    server.add_file("v.bin", data.clone());
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("vanished", Priority::Foreground).await.unwrap();
-    let dest = daemon.out_dir().join("v.bin");
-    client.add_file(job, &server.url("v.bin"), &dest).await.unwrap();
-    client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
+    let of = foreground("vanished", "v.bin");
+    let d = Download::transferred(TestServer::start().await, data, &[], of).await;
+    let (server, client, job, dest, data) = (&d.server, &d.client, d.job, &d.dest, &d.data);
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
     std::fs::remove_file(&temp).unwrap();
 
@@ -61,28 +56,23 @@ async fn complete_after_the_temp_file_vanished_refetches_instead_of_wedging() {
 
     let served_before = server.bytes_served();
     client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
+    wait_state(client, job, JobState::Transferred).await;
     assert_eq!(
         server.bytes_served() - served_before,
         data.len() as u64,
         "the file is fetched once more"
     );
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
-    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    assert_eq!(&std::fs::read(dest).unwrap(), data);
 }
 
 #[tokio::test]
 async fn cancel_mid_transfer_deletes_the_temp_file() {
-    let server = TestServer::start().await;
-    server.add_file("c.bin", random_bytes(23, 4 << 20));
-    server.set_throttle(Some(1 << 20));
-    let daemon = TestDaemon::start_with(&crate::progress::FAST_SYNC).await;
-    let client = daemon.client().await;
-    let job = client.create_job("cancel", Priority::Foreground).await.unwrap();
-    let dest = daemon.out_dir().join("c.bin");
-    client.add_file(job, &server.url("c.bin"), &dest).await.unwrap();
-    client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferring).await;
+    let data = random_bytes(23, 4 << 20);
+    let of = foreground("cancel", "c.bin");
+    let d = Download::started(throttled(1 << 20).await, data, &FAST_SYNC, of).await;
+    let (client, job, dest) = (&d.client, d.job, &d.dest);
+    wait_state(client, job, JobState::Transferring).await;
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
     bits_tests::wait::wait_for("the temp file to exist", bits_tests::wait::TIMEOUT, || async {
         if temp.exists() { Ok(()) } else { Err("missing".to_string()) }
@@ -99,29 +89,18 @@ async fn cancel_mid_transfer_deletes_the_temp_file() {
 /// shrink and fetches what was lost, and Complete never moves a short file into place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temp_file_truncated_mid_download_is_fetched_again_not_completed_with_zeros() {
-    let server = TestServer::start().await;
     let data = random_bytes(24, 3 << 20);
-    server.add_file("t.bin", data.clone());
-    server.set_throttle(Some(2 << 20));
-    let daemon = TestDaemon::start_with(&crate::progress::FAST_SYNC).await;
-    let client = daemon.client().await;
-    let job = client.create_job("truncated", Priority::Foreground).await.unwrap();
-    let dest = daemon.out_dir().join("t.bin");
-    client.add_file(job, &server.url("t.bin"), &dest).await.unwrap();
-    client.resume(job).await.unwrap();
+    let of = foreground("truncated", "t.bin");
+    let d = Download::started(throttled(2 << 20).await, data, &FAST_SYNC, of).await;
+    let (client, job, dest, data) = (&d.client, d.job, &d.dest, &d.data);
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
-    bits_tests::wait::wait_for("1 MiB recorded", bits_tests::wait::TIMEOUT, || async {
-        let filled = client.get_filled_file_ranges(job, 0).await.map_err(|e| e.to_string())?;
-        let have: u64 = filled.iter().map(|r| r.length).sum();
-        if have >= 1 << 20 { Ok(()) } else { Err(format!("{have} bytes")) }
-    })
-    .await;
+    wait_filled(client, job, 0, 1 << 20).await;
     std::fs::OpenOptions::new().write(true).open(&temp).unwrap().set_len(100_000).unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
+    wait_state(client, job, JobState::Transferred).await;
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
-    let got = std::fs::read(&dest).unwrap();
+    let got = std::fs::read(dest).unwrap();
     assert_eq!(got.len(), data.len());
-    let first_bad = got.iter().zip(&data).position(|(a, b)| a != b);
+    let first_bad = got.iter().zip(data).position(|(a, b)| a != b);
     assert_eq!(first_bad, None, "the completed file differs from the server's");
-    assert!(daemon.log_tail(400).contains("truncated under the download"), "the loss is logged");
+    assert!(d.daemon.log_tail(400).contains("truncated under the download"), "the loss is logged");
 }

@@ -13,12 +13,15 @@ use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, foreground, new_job, throttled};
 use bits_tests::mounts::TmpfsMount;
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
 use crate::progress::FAST_SYNC;
-use bits_tests::helpers::{assert_normalised, overlap, range, span, total, wait_state};
+use bits_tests::helpers::{
+    assert_normalised, overlap, range, span, total, wait_filled, wait_state,
+};
 
 /// Panics unless every filled range of `temp` holds exactly the source bytes.
 fn assert_filled_bytes_match(temp: &Path, filled: &[ByteRange], remote: &[u8]) {
@@ -138,23 +141,12 @@ struct Stalled {
 
 async fn stalled_download(seed: u64, min_filled: u64) -> Stalled {
     let remote = random_bytes(seed, SIZE as usize);
-    let server = TestServer::start().await;
-    server.add_file("r.bin", remote.clone());
-    server.set_throttle(Some(1 << 20));
-    let daemon = TestDaemon::start_with(&FAST_SYNC).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("r.bin");
-    let job = client.create_job("reconcile", Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url("r.bin"), &dest).await.unwrap();
+    let of = foreground("reconcile", "r.bin");
+    let Download { server, daemon, client, job, dest, data: remote } =
+        Download::added(throttled(1 << 20).await, remote, &FAST_SYNC, of).await;
     let temp = client.list_files(job).await.unwrap()[0].temp_path.clone();
     client.resume(job).await.unwrap();
-    wait_for("enough bytes filled", TIMEOUT, || async {
-        let filled = client.get_filled_file_ranges(job, 0).await.map_err(|e| e.to_string())?;
-        let state = client.get_job(job).await.map_err(|e| e.to_string())?.state;
-        assert!(state != JobState::Error && state != JobState::Transferred, "job is {state:?}");
-        if total(&filled) >= min_filled { Ok(()) } else { Err(format!("{state:?} {filled:?}")) }
-    })
-    .await;
+    wait_filled(&client, job, 0, min_filled).await;
     // Starve the stream (the next 16 KiB chunk would take hours) and wait until the filled set
     // stops moving: then it is what the store holds when the daemon is killed.
     server.set_throttle(Some(1));
@@ -286,11 +278,8 @@ async fn orphan_temp_file_is_logged_and_left_alone_on_start() {
     server.add_file("real.bin", random_bytes(52, 10_000));
     let mut daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    let job = client.create_job("owner of the directory", Priority::Normal).await.unwrap();
-    client
-        .add_file(job, &server.url("real.bin"), &daemon.out_dir().join("real.bin"))
-        .await
-        .unwrap();
+    let files = [(server.url("real.bin"), daemon.out_dir().join("real.bin"))];
+    let job = new_job(&client, "owner of the directory", Priority::Normal, &files).await;
 
     let orphan = daemon.out_dir().join(format!(".x.bin.bitsd-{}-0.part", JobId::new_random()));
     let content = random_bytes(53, 70_000);

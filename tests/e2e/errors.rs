@@ -6,8 +6,12 @@ use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::fixture::new_job;
 
-use bits_tests::helpers::{expect_code, job_id_in, json_values, parse_json, range, wait_state};
+use bits_tests::helpers::{
+    assert_resume_of_an_empty_job_is_bg_e_empty, expect_code, job_id_in, json_values, parse_json,
+    range, wait_state,
+};
 
 /// A failed bitsctl command: non-zero exit, and exactly one non-empty line on stderr naming `code`.
 fn assert_one_line_error(out: &CtlOutput, code: &str) {
@@ -20,11 +24,7 @@ fn assert_one_line_error(out: &CtlOutput, code: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_of_an_empty_job_is_bg_e_empty() {
     let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("empty", Priority::Normal).await.unwrap();
-    let err = expect_code(client.resume(job).await, Code::BG_E_EMPTY);
-    assert_eq!(err.code.hresult(), 0x8020_0003);
-    assert_eq!(client.get_job(job).await.unwrap().state, JobState::Suspended);
+    assert_resume_of_an_empty_job_is_bg_e_empty(&daemon.client().await).await;
 
     let created = daemon.bitsctl(&["create", "--name", "empty-cli"]).await.success();
     let job = job_id_in(&created.stdout);
@@ -85,9 +85,10 @@ async fn unknown_job_is_bg_e_not_found() {
 async fn resume_after_cancel_is_bg_e_invalid_state() {
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    let job = client.create_job("cancelled", Priority::Normal).await.unwrap();
     let dest = daemon.out_dir().join("c.bin");
-    client.add_file(job, "http://127.0.0.1:9/c.bin", &dest).await.unwrap();
+    let job =
+        new_job(&client, "cancelled", Priority::Normal, &[("http://127.0.0.1:9/c.bin", &dest)])
+            .await;
     assert_eq!(client.cancel(job).await.unwrap(), Code::S_OK);
     expect_code(client.resume(job).await, Code::BG_E_INVALID_STATE);
     expect_code(
@@ -102,11 +103,8 @@ async fn http_404_puts_the_job_in_error_with_bg_e_http_error_404() {
     let server = TestServer::start().await;
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    let job = client.create_job("missing", Priority::Normal).await.unwrap();
-    client
-        .add_file(job, &server.url("missing.bin"), &daemon.out_dir().join("m.bin"))
-        .await
-        .unwrap();
+    let files = [(server.url("missing.bin"), daemon.out_dir().join("m.bin"))];
+    let job = new_job(&client, "missing", Priority::Normal, &files).await;
     client.resume(job).await.unwrap();
     let info = wait_state(&client, job, JobState::Error).await;
     assert_eq!(info.error.as_ref().map(|e| e.code), Some(Code::Http(404)));

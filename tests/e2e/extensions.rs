@@ -15,7 +15,7 @@ use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
 use crate::progress::FAST_SYNC;
-use bits_tests::helpers::{total, wait_state};
+use bits_tests::helpers::{total, wait_filled, wait_state};
 
 const SIZE: usize = 8 << 20;
 
@@ -174,11 +174,7 @@ async fn segmented_download_survives_sigkill_without_refetching() {
     let dest = daemon.out_dir().join("k.bin");
     client.add_file(job, &server.url("k.bin"), &dest).await.unwrap();
     client.resume(job).await.unwrap();
-    wait_for("1 MiB filled by several connections", TIMEOUT, || async {
-        let filled = client.get_filled_file_ranges(job, 0).await.map_err(|e| e.to_string())?;
-        if total(&filled) >= 1 << 20 { Ok(()) } else { Err(format!("{filled:?}")) }
-    })
-    .await;
+    wait_filled(&client, job, 0, 1 << 20).await;
     daemon.kill_9().await;
     server.hold();
     let mark = server.log_len();

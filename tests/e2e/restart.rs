@@ -5,16 +5,19 @@
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use bits_client::{Client, FileInfo};
-use bits_core::{ByteRange, Code, JobId, JobState, Priority};
+use bits_client::FileInfo;
+use bits_core::{ByteRange, Code, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, foreground, new_job, throttled};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
 use crate::progress::FAST_SYNC;
-use bits_tests::helpers::{assert_normalised, covers, overlap, range, span, total, wait_state};
+use bits_tests::helpers::{
+    assert_normalised, covers, overlap, range, span, total, wait_filled, wait_state,
+};
 
 const SIZE: u64 = 8 << 20;
 
@@ -30,35 +33,16 @@ fn static_fields(file: &FileInfo) -> impl PartialEq + std::fmt::Debug {
 }
 
 /// A throttled 8 MiB download in progress.
-struct InFlight {
-    server: TestServer,
-    daemon: TestDaemon,
-    client: Client,
-    job: JobId,
-    remote: Vec<u8>,
-    dest: std::path::PathBuf,
-}
+type InFlight = Download;
 
 /// Starts a throttled 8 MiB download and waits until at least 1 MiB is durably filled.
 async fn download_in_flight(seed: u64) -> InFlight {
     let remote = random_bytes(seed, SIZE as usize);
-    let server = TestServer::start().await;
-    server.add_file("k.bin", remote.clone());
-    server.set_throttle(Some(1 << 20)); // 8 MiB at 1 MiB/s
-    let daemon = TestDaemon::start_with(&FAST_SYNC).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("k.bin");
-    let job = client.create_job("restart", Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url("k.bin"), &dest).await.unwrap();
-    client.resume(job).await.unwrap();
-    wait_for("1 MiB filled", TIMEOUT, || async {
-        let filled = client.get_filled_file_ranges(job, 0).await.map_err(|e| e.to_string())?;
-        let state = client.get_job(job).await.map_err(|e| e.to_string())?.state;
-        assert!(state != JobState::Error && state != JobState::Transferred, "job is {state:?}");
-        if total(&filled) >= 1 << 20 { Ok(()) } else { Err(format!("{state:?} {filled:?}")) }
-    })
-    .await;
-    InFlight { server, daemon, client, job, remote, dest }
+    let of = foreground("restart", "k.bin");
+    // 8 MiB at 1 MiB/s
+    let t = Download::started(throttled(1 << 20).await, remote, &FAST_SYNC, of).await;
+    wait_filled(&t.client, t.job, 0, 1 << 20).await;
+    t
 }
 
 /// After a restart with the server gate held: checks what survived and returns the filled set F0.
@@ -67,7 +51,7 @@ async fn check_survivors(
     files_before: &[FileInfo],
     filled_before: &[ByteRange],
 ) -> Vec<ByteRange> {
-    let (server, client, job, remote) = (&t.server, &t.client, t.job, &t.remote);
+    let (server, client, job, remote) = (&t.server, &t.client, t.job, &t.data);
     let jobs = client.list_jobs().await.unwrap();
     assert!(jobs.iter().any(|j| j.id == job), "job {job} is gone after the restart");
     let info = client.get_job(job).await.unwrap();
@@ -117,7 +101,7 @@ async fn check_survivors(
 /// Finishes the download after the gate opens and checks that exactly the missing bytes were
 /// fetched after `mark`.
 async fn finish_without_refetch(t: &InFlight, mark: usize, f0: &[ByteRange], etag: Option<&str>) {
-    let (server, client, job, remote) = (&t.server, &t.client, t.job, &t.remote);
+    let (server, client, job, remote) = (&t.server, &t.client, t.job, &t.data);
     server.set_throttle(Some(8 << 20));
     server.release();
     wait_state(client, job, JobState::Transferred).await;
@@ -196,8 +180,8 @@ async fn suspended_job_survives_a_clean_restart() {
     server.add_file("s.bin", random_bytes(22, 5000));
     let mut daemon = TestDaemon::start().await;
     let client = daemon.client().await;
-    let job = client.create_job("survivor", Priority::Low).await.unwrap();
-    client.add_file(job, &server.url("s.bin"), &daemon.out_dir().join("a.bin")).await.unwrap();
+    let files = [(server.url("s.bin"), daemon.out_dir().join("a.bin"))];
+    let job = new_job(&client, "survivor", Priority::Low, &files).await;
     client
         .add_file_with_ranges(
             job,

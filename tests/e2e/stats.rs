@@ -11,6 +11,7 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::new_job;
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
 use http::Method;
@@ -142,11 +143,8 @@ async fn bitsctl_stats_shows_everyones_counts_and_the_callers_own() {
     let daemon = TestDaemon::start().await;
     open_daemon_dir(&daemon);
     let client = daemon.client().await;
-    let job = client.create_job("root's", Priority::Foreground).await.unwrap();
-    client
-        .add_file(job, &server.url("slow.bin"), &daemon.out_dir().join("slow.bin"))
-        .await
-        .unwrap();
+    let files = [(server.url("slow.bin"), daemon.out_dir().join("slow.bin"))];
+    let job = new_job(&client, "root's", Priority::Foreground, &files).await;
     client.resume(job).await.unwrap();
     wait_for("a byte of the slow download", WAIT, || async {
         let stats = client.get_stats().await.unwrap();

@@ -38,6 +38,14 @@ impl Origin for FaultServer {
     }
 }
 
+/// An in-process file server that sends at most `bytes_per_sec`: a download that is still running
+/// when the test looks.
+pub async fn throttled(bytes_per_sec: u64) -> TestServer {
+    let server = TestServer::start().await;
+    server.set_throttle(Some(bytes_per_sec));
+    server
+}
+
 /// A job `display` of `priority` holding one file per `(url, local path)`, in that order.
 pub async fn new_job<U, P>(
     client: &Client,
@@ -53,22 +61,6 @@ where
     for (url, local) in files {
         client.add_file(job, url.as_ref(), local.as_ref()).await.unwrap();
     }
-    job
-}
-
-/// [`new_job`], then Resume.
-pub async fn started_job<U, P>(
-    client: &Client,
-    display: &str,
-    priority: Priority,
-    files: &[(U, P)],
-) -> JobId
-where
-    U: AsRef<str>,
-    P: AsRef<Path>,
-{
-    let job = new_job(client, display, priority, files).await;
-    client.resume(job).await.unwrap();
     job
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bits_client::{Client, ClientError, JobInfo};
-use bits_core::{BitsError, ByteRange, Code, JobId, JobState};
+use bits_core::{BitsError, ByteRange, Code, JobId, JobState, Priority};
 use bits_testkit::server::LoggedRequest;
 use http::Method;
 
@@ -152,6 +152,27 @@ pub async fn wait_file_bytes(client: &Client, job: JobId, index: usize, bytes: u
         if done >= bytes { Ok(done) } else { Err(format!("{done} bytes")) }
     })
     .await
+}
+
+/// Polls GetFilledFileRanges until file `index` has at least `bytes` bytes recorded, and returns
+/// the ranges. The download is expected to be running: the wait fails at once if the job ends in
+/// ERROR or TRANSFERRED first.
+pub async fn wait_filled(client: &Client, job: JobId, index: u32, bytes: u64) -> Vec<ByteRange> {
+    wait_for(&format!("{bytes} bytes of file {index} of job {job} filled"), TIMEOUT, || async {
+        let filled = client.get_filled_file_ranges(job, index).await.map_err(|e| e.to_string())?;
+        let state = client.get_job(job).await.map_err(|e| e.to_string())?.state;
+        assert!(state != JobState::Error && state != JobState::Transferred, "job is {state:?}");
+        if total(&filled) >= bytes { Ok(filled) } else { Err(format!("{state:?} {filled:?}")) }
+    })
+    .await
+}
+
+/// Resume of a job without files is BG_E_EMPTY (0x80200003), and the job stays SUSPENDED.
+pub async fn assert_resume_of_an_empty_job_is_bg_e_empty(client: &Client) {
+    let job = client.create_job("empty", Priority::Normal).await.unwrap();
+    let err = expect_code(client.resume(job).await, Code::BG_E_EMPTY);
+    assert_eq!(err.code.hresult(), 0x8020_0003);
+    assert_eq!(client.get_job(job).await.unwrap().state, JobState::Suspended);
 }
 
 /// Whether the job is listed by ListJobs (EnumJobs).
