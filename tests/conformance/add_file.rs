@@ -9,6 +9,7 @@ use bits_core::{Code, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 
 use bits_tests::helpers::{
     assert_resume_of_an_empty_job_is_bg_e_empty, expect_code, wait_file_bytes, wait_state,
@@ -40,9 +41,7 @@ async fn resume_without_files_is_empty_and_stays_suspended() {
 // Case 9: a relative local name is E_INVALIDARG.
 #[tokio::test]
 async fn add_file_with_a_relative_local_path_is_invalid_arg() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("relative", Priority::Normal).await.unwrap();
+    let (_daemon, client, job) = fresh_job(&[], "relative").await;
     expect_code(
         client.add_file(job, "http://example.com/x.bin", Path::new("relative/x.bin")).await,
         Code::E_INVALIDARG,
@@ -53,9 +52,7 @@ async fn add_file_with_a_relative_local_path_is_invalid_arg() {
 // Case 10: an unsupported protocol (ftp) is E_INVALIDARG.
 #[tokio::test]
 async fn add_file_with_an_ftp_url_is_invalid_arg() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("ftp", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "ftp").await;
     let dest = daemon.out_dir().join("x");
     expect_code(client.add_file(job, "ftp://h/x", &dest).await, Code::E_INVALIDARG);
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
@@ -64,9 +61,7 @@ async fn add_file_with_an_ftp_url_is_invalid_arg() {
 // Case 11: a remote URL of exactly 2,200 characters is accepted.
 #[tokio::test]
 async fn add_file_accepts_a_2200_character_url() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("long url", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "long url").await;
     let url = url_of_len(2200);
     client.add_file(job, &url, &daemon.out_dir().join("x")).await.unwrap();
     assert_eq!(client.list_files(job).await.unwrap()[0].remote_url, url);
@@ -75,9 +70,7 @@ async fn add_file_accepts_a_2200_character_url() {
 // Case 11: a remote URL of 2,201 characters is E_INVALIDARG.
 #[tokio::test]
 async fn add_file_refuses_a_2201_character_url() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("too long url", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "too long url").await;
     expect_code(
         client.add_file(job, &url_of_len(2201), &daemon.out_dir().join("x")).await,
         Code::E_INVALIDARG,
@@ -90,9 +83,7 @@ async fn add_file_refuses_a_2201_character_url() {
 // permission needs a non-root caller, see the module list in the report.)
 #[tokio::test]
 async fn add_file_under_a_regular_file_is_path_not_found() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("not a dir", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "not a dir").await;
     let file = daemon.out_dir().join("plain-file");
     std::fs::write(&file, b"not a directory").unwrap();
     let err = expect_code(
@@ -106,9 +97,7 @@ async fn add_file_under_a_regular_file_is_path_not_found() {
 // Case 13 (P): a destination in a directory that does not exist is ERROR_PATH_NOT_FOUND.
 #[tokio::test]
 async fn add_file_into_a_missing_directory_is_path_not_found() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("no dir", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "no dir").await;
     let dest = daemon.out_dir().join("does-not-exist").join("x.bin");
     let err = expect_code(
         client.add_file(job, "http://example.com/x", &dest).await,
@@ -123,9 +112,7 @@ async fn add_file_into_a_missing_directory_is_path_not_found() {
 // AddFile and in AddFileSet. A name of exactly 255 bytes is accepted.
 #[tokio::test]
 async fn add_file_refuses_names_the_kernel_cannot_take() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("names", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "names").await;
     let out = daemon.out_dir();
     let url = "http://example.com/x";
     let err = expect_code(
@@ -153,9 +140,7 @@ async fn add_files(client: &bits_client::Client, job: bits_core::JobId, dir: &Pa
 // Case 14: a non-admin may add 200 files; the 201st is BG_E_TOO_MANY_FILES_IN_JOB.
 #[tokio::test]
 async fn non_admin_201st_file_is_too_many_files_in_job() {
-    let daemon = TestDaemon::start_with(&["--admin-uid", "4242"]).await;
-    let client = daemon.client().await;
-    let job = client.create_job("many files", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&["--admin-uid", "4242"], "many files").await;
     assert_eq!(MAX_FILES_PER_JOB, 200);
     add_files(&client, job, &daemon.out_dir(), 200).await;
     let err = expect_code(
@@ -169,9 +154,7 @@ async fn non_admin_201st_file_is_too_many_files_in_job() {
 // Case 14: an admin is exempt from the files-per-job limit.
 #[tokio::test]
 async fn admin_201st_file_is_added() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("many files", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "many files").await;
     add_files(&client, job, &daemon.out_dir(), 201).await;
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 201);
 }
@@ -179,9 +162,7 @@ async fn admin_201st_file_is_added() {
 // Case 15 (P): AddFileSet of three files whose second is invalid adds none of them.
 #[tokio::test]
 async fn add_file_set_with_an_invalid_second_file_adds_nothing() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("set", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "set").await;
     let out = daemon.out_dir();
     client.add_file(job, "http://example.com/first", &out.join("first")).await.unwrap();
     let (a, c) = (out.join("a"), out.join("c"));
@@ -198,9 +179,7 @@ async fn add_file_set_with_an_invalid_second_file_adds_nothing() {
 // Case 15 (P): the same when the second file fails the destination-directory check.
 #[tokio::test]
 async fn add_file_set_with_a_missing_directory_in_the_second_file_adds_nothing() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("set", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "set").await;
     let out = daemon.out_dir();
     let (a, b, c) = (out.join("a"), out.join("missing").join("b"), out.join("c"));
     let set: [(&str, &Path); 3] =
@@ -212,9 +191,7 @@ async fn add_file_set_with_a_missing_directory_in_the_second_file_adds_nothing()
 // Case 16: AddFile after Cancel is BG_E_INVALID_STATE.
 #[tokio::test]
 async fn add_file_after_cancel_is_invalid_state() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("cancelled", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "cancelled").await;
     client.add_file(job, "http://example.com/a", &daemon.out_dir().join("a")).await.unwrap();
     assert_eq!(client.cancel(job).await.unwrap(), Code::S_OK);
     let err = expect_code(
@@ -227,9 +204,7 @@ async fn add_file_after_cancel_is_invalid_state() {
 // Case 16: AddFile after Complete is BG_E_INVALID_STATE.
 #[tokio::test]
 async fn add_file_after_complete_is_invalid_state() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("completed", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "completed").await;
     client.add_file(job, "http://example.com/a", &daemon.out_dir().join("a")).await.unwrap();
     client.complete(job).await.unwrap();
     expect_code(

@@ -16,6 +16,7 @@ use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::faults::{Fault, FaultFile, FaultServer, Logged};
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 use http::Method;
 
 use bits_tests::helpers::{expect_code, fault_log, wait_file_bytes, wait_state_within};
@@ -200,9 +201,7 @@ async fn mirror_with_another_last_modified_restarts_at_zero() {
 
 /// A daemon and a job with one (never fetched) file at [`NOWHERE`].
 async fn idle_job() -> (TestDaemon, Client, JobId) {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("names", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "names").await;
     client.add_file(job, NOWHERE, &daemon.out_dir().join("f.bin")).await.unwrap();
     (daemon, client, job)
 }
@@ -253,9 +252,7 @@ async fn set_remote_name_on_a_cancelled_job_is_invalid_state() {
 }
 
 async fn two_file_job() -> (TestDaemon, Client, JobId, Vec<String>) {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("prefix", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "prefix").await;
     let urls = vec![
         "http://host.example/a/f1.bin".to_string(),
         "http://host.example/a/f2.bin".to_string(),

@@ -9,6 +9,7 @@ use bits_core::job::{MAX_JOBS_PER_MACHINE, MAX_JOBS_PER_USER};
 use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 use bits_tests::fixture::new_job;
 
 use bits_tests::helpers::{expect_code, is_listed, wait_state};
@@ -47,9 +48,7 @@ async fn create_job_refuses_an_absent_display_name() {
 // Case 2: a new job is SUSPENDED with the BITS defaults, no errors and empty progress.
 #[tokio::test]
 async fn new_job_starts_suspended_with_bits_defaults() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("defaults", Priority::Normal).await.unwrap();
+    let (_daemon, client, job) = fresh_job(&[], "defaults").await;
     let info = client.get_job(job).await.unwrap();
     assert_eq!(info.state, JobState::Suspended);
     assert_eq!(info.priority, Priority::Normal);
@@ -169,9 +168,7 @@ async fn get_job_of_an_unknown_id_is_not_found() {
 async fn enum_jobs_lists_own_jobs_but_never_final_ones() {
     let server = TestServer::start().await;
     server.add_file("f.bin", vec![7u8; 1000]);
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let kept = client.create_job("kept", Priority::Normal).await.unwrap();
+    let (daemon, client, kept) = fresh_job(&[], "kept").await;
     let cancelled = client.create_job("cancelled", Priority::Normal).await.unwrap();
     let files = [(server.url("f.bin"), daemon.out_dir().join("f.bin"))];
     let acknowledged = new_job(&client, "acknowledged", Priority::Foreground, &files).await;

@@ -21,7 +21,7 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer, Logged};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::{Download, JobOf, foreground, new_job};
+use bits_tests::fixture::{Download, JobOf, foreground, fresh_job, new_job};
 use bits_tests::hostile::WAIT;
 use http::Method;
 
@@ -180,9 +180,7 @@ async fn connection_refused_is_transient_and_counted() {
 // Case 48: SetMinimumRetryDelay(1) succeeds and is stored as the 5 s floor.
 #[tokio::test]
 async fn minimum_retry_delay_below_five_seconds_is_stored_as_five() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("delay", Priority::Normal).await.unwrap();
+    let (_daemon, client, job) = fresh_job(&[], "delay").await;
     assert_eq!(client.set_minimum_retry_delay(job, 1).await.unwrap(), Code::S_OK);
     assert_eq!(client.get_job(job).await.unwrap().minimum_retry_delay_secs, 5);
 }

@@ -10,11 +10,12 @@ use std::time::{Duration, SystemTime};
 
 use bits_client::{Client, EventInfo, EventStream, JobEventInfo, PropertyValue};
 use bits_core::job::{notify, property};
-use bits_core::{ByteRange, Code, JobId, JobState, Priority, RangeSet};
+use bits_core::{ByteRange, Code, JobId, JobState, Priority, RangeSet, Span};
 use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 /// Short timers: a retry after 1 s, small sync windows so progress is recorded often.
@@ -240,16 +241,10 @@ async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_int
         })
         .collect();
     assert!(ranges.len() >= 2, "expected the bytes over several events: {ranges:?}");
-    let mut union = RangeSet::new();
-    let mut total = 0;
-    for (_, set) in &ranges {
-        total += set.total_len();
-        union.insert_set(set);
-    }
-    let mut want = RangeSet::new();
-    for r in requested {
-        want.insert(r.offset, r.offset + r.length);
-    }
+    let union = ranges.iter().fold(RangeSet::new(), |union, (_, set)| union.union(set));
+    let total: u64 = ranges.iter().map(|(_, set)| set.total_len()).sum();
+    let want =
+        RangeSet::from_spans(requested.iter().map(|r| Span::new(r.offset, r.offset + r.length)));
     assert_eq!(union, want, "events: {ranges:?}");
     assert_eq!(total, want.total_len(), "a byte reported twice: {ranges:?}");
     for pair in ranges.windows(2) {
@@ -302,9 +297,7 @@ async fn bitsctl_watch_json_prints_one_object_a_line_and_exits_on_completion() {
 /// does not hold up its shutdown.
 #[tokio::test]
 async fn an_open_watch_ends_at_shutdown_without_delaying_it() {
-    let mut daemon = TestDaemon::start_with(DAEMON_ARGS).await;
-    let client = daemon.client().await;
-    let job = client.create_job("notifications", Priority::Normal).await.unwrap();
+    let (mut daemon, client, job) = fresh_job(DAEMON_ARGS, "notifications").await;
     let mut events = client.watch_job(job, None).await.unwrap();
     let status = daemon.terminate_within(Duration::from_secs(5)).await;
     assert!(status.success(), "{status}");

@@ -23,6 +23,7 @@ use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer, Logged};
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 use http::Method;
 use hyper::body::Body as _;
 
@@ -31,9 +32,7 @@ use bits_tests::helpers::{expect_code, fault_log, wait_state_within};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn new_job() -> (TestDaemon, Client, JobId) {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("properties", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "properties").await;
     (daemon, client, job)
 }
 
@@ -149,9 +148,7 @@ async fn set_notify_cmd_line_with_4001_characters_of_parameters_is_string_too_lo
 #[tokio::test]
 async fn take_ownership_needs_an_admin_and_clears_headers_and_command_line() {
     // Only uid 4242 is an administrator: this test's caller (root) is not.
-    let daemon = TestDaemon::start_with(&["--admin-uid", "4242"]).await;
-    let client = daemon.client().await;
-    let job = client.create_job("owned", Priority::Normal).await.unwrap();
+    let (_daemon, client, job) = fresh_job(&["--admin-uid", "4242"], "owned").await;
     client.set_custom_headers(job, Some("X-Key: secret")).await.unwrap();
     client.set_notify_cmd_line(job, Some("/bin/true"), &[]).await.unwrap();
     expect_code(client.take_ownership(job).await, Code::E_ACCESSDENIED);

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 
 use bits_client::Client;
 use bits_core::job::MAX_RANGES_PER_FILE;
-use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, LENGTH_TO_EOF, Priority};
+use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, LENGTH_TO_EOF};
 use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 
 use bits_tests::helpers::{expect_code, range, wait_state};
 
@@ -19,9 +20,7 @@ const URL: &str = "http://example.com/r.bin";
 
 /// A daemon, a client, a fresh job and a destination path for it.
 async fn setup(args: &[&str]) -> (TestDaemon, Client, JobId, PathBuf) {
-    let daemon = TestDaemon::start_with(args).await;
-    let client = daemon.client().await;
-    let job = client.create_job("ranges", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(args, "ranges").await;
     let dest = daemon.out_dir().join("r.bin");
     (daemon, client, job, dest)
 }
@@ -48,63 +47,43 @@ async fn assert_accepted(ranges: &[ByteRange]) {
     assert_eq!(client.list_files(job).await.unwrap()[0].ranges, ranges);
 }
 
-// Case 18: zero ranges is E_INVALIDARG.
-#[tokio::test]
-async fn add_file_with_zero_ranges_is_invalid_arg() {
-    assert_refused(&[], Code::E_INVALIDARG).await;
+/// The validation table: one test per row, named after what it checks.
+macro_rules! validation_cases {
+    ($($name:ident: $check:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $check.await;
+            }
+        )*
+    };
 }
 
-// Case 19: a range whose offset is BG_LENGTH_TO_EOF is BG_E_INVALID_RANGE.
-#[tokio::test]
-async fn range_offset_of_length_to_eof_is_invalid_range() {
-    assert_refused(&[range(LENGTH_TO_EOF, 10)], Code::BG_E_INVALID_RANGE).await;
-}
+const OVERLAPPING: Code = Code::BG_E_OVERLAPPING_RANGES;
 
-// Case 20: (100,5) then (100,0) overlap under the stable sort: BG_E_OVERLAPPING_RANGES.
-#[tokio::test]
-async fn same_offset_longer_range_first_is_overlapping() {
-    let ranges = [range(100, 5), range(100, 0)];
-    assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
-}
-
-// Case 21: (100,0) then (100,5) pass (API-doc rule; the bitsadmin page disagrees).
-#[tokio::test]
-async fn same_offset_empty_range_first_is_accepted() {
-    assert_accepted(&[range(100, 0), range(100, 5)]).await;
-}
-
-// Case 22: (0,100) and (50,10) overlap: BG_E_OVERLAPPING_RANGES.
-#[tokio::test]
-async fn overlapping_ranges_are_refused() {
-    let ranges = [range(0, 100), range(50, 10)];
-    assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
-}
-
-// Case 23: touching ranges (0,100) and (100,10) are accepted.
-#[tokio::test]
-async fn touching_ranges_are_accepted() {
-    assert_accepted(&[range(0, 100), range(100, 10)]).await;
-}
-
-// Case 24: a duplicated range overlaps itself: BG_E_OVERLAPPING_RANGES.
-#[tokio::test]
-async fn duplicate_ranges_are_overlapping() {
-    let ranges = [range(0, 10), range(0, 10)];
-    assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
-}
-
-// Case 25: a to-EOF range followed (in offset order) by another range overlaps it.
-#[tokio::test]
-async fn to_eof_range_before_another_is_overlapping() {
-    let ranges = [range(10, LENGTH_TO_EOF), range(20, 5)];
-    assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
-}
-
-// Case 25: the same in the other caller order (the sort puts the to-EOF range first).
-#[tokio::test]
-async fn to_eof_range_given_after_a_later_range_is_overlapping() {
-    let ranges = [range(20, 5), range(10, LENGTH_TO_EOF)];
-    assert_refused(&ranges, Code::BG_E_OVERLAPPING_RANGES).await;
+validation_cases! {
+    // Case 18: zero ranges is E_INVALIDARG.
+    add_file_with_zero_ranges_is_invalid_arg: assert_refused(&[], Code::E_INVALIDARG);
+    // Case 19: a range whose offset is BG_LENGTH_TO_EOF is BG_E_INVALID_RANGE.
+    range_offset_of_length_to_eof_is_invalid_range:
+        assert_refused(&[range(LENGTH_TO_EOF, 10)], Code::BG_E_INVALID_RANGE);
+    // Case 20: (100,5) then (100,0) overlap under the stable sort: BG_E_OVERLAPPING_RANGES.
+    same_offset_longer_range_first_is_overlapping:
+        assert_refused(&[range(100, 5), range(100, 0)], OVERLAPPING);
+    // Case 21: (100,0) then (100,5) pass (API-doc rule; the bitsadmin page disagrees).
+    same_offset_empty_range_first_is_accepted: assert_accepted(&[range(100, 0), range(100, 5)]);
+    // Case 22: (0,100) and (50,10) overlap: BG_E_OVERLAPPING_RANGES.
+    overlapping_ranges_are_refused: assert_refused(&[range(0, 100), range(50, 10)], OVERLAPPING);
+    // Case 23: touching ranges (0,100) and (100,10) are accepted.
+    touching_ranges_are_accepted: assert_accepted(&[range(0, 100), range(100, 10)]);
+    // Case 24: a duplicated range overlaps itself: BG_E_OVERLAPPING_RANGES.
+    duplicate_ranges_are_overlapping: assert_refused(&[range(0, 10), range(0, 10)], OVERLAPPING);
+    // Case 25: a to-EOF range followed (in offset order) by another range overlaps it.
+    to_eof_range_before_another_is_overlapping:
+        assert_refused(&[range(10, LENGTH_TO_EOF), range(20, 5)], OVERLAPPING);
+    // Case 25: the same in the other caller order (the sort puts the to-EOF range first).
+    to_eof_range_given_after_a_later_range_is_overlapping:
+        assert_refused(&[range(20, 5), range(10, LENGTH_TO_EOF)], OVERLAPPING);
 }
 
 fn disjoint_ranges(n: u64) -> Vec<ByteRange> {

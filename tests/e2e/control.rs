@@ -13,6 +13,7 @@ use bits_core::{Code, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
 
@@ -212,9 +213,7 @@ async fn one_user_over_their_connection_share_leaves_room_for_others() {
 /// 13: 20,000 streams took 203 MB); a stream that ends gives its place back.
 #[tokio::test]
 async fn watch_streams_over_the_cap_are_refused_naming_it() {
-    let daemon = TestDaemon::start_with(&["--max-watches", "2"]).await;
-    let client = daemon.client().await;
-    let job = client.create_job("watched", Priority::Normal).await.unwrap();
+    let (_daemon, client, job) = fresh_job(&["--max-watches", "2"], "watched").await;
     let first = client.watch_job(job, None).await.unwrap();
     let _second = client.watch_job(job, None).await.unwrap();
     let refused = client.watch_job(job, None).await.err().expect("a third watch was accepted");

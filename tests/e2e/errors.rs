@@ -6,6 +6,7 @@ use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::fixture::fresh_job;
 use bits_tests::fixture::new_job;
 
 use bits_tests::helpers::{
@@ -34,9 +35,7 @@ async fn resume_of_an_empty_job_is_bg_e_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapping_ranges_are_bg_e_overlapping_ranges() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("overlap", Priority::Normal).await.unwrap();
+    let (daemon, client, job) = fresh_job(&[], "overlap").await;
     let dest = daemon.out_dir().join("o.bin");
     let err = expect_code(
         client

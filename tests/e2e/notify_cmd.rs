@@ -14,6 +14,7 @@ use bits_core::job::notify;
 use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::fresh_job;
 use bits_tests::require_root;
 use bits_tests::users::{User, dir_owned_by, ensure_user, open_daemon_dir};
 use bits_tests::wait::{TIMEOUT, wait_for};
@@ -171,9 +172,7 @@ async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_is_shown_persisted_dropped_by_take_ownership_and_checked() {
-    let mut daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("cmd", Priority::Normal).await.unwrap();
+    let (mut daemon, client, job) = fresh_job(&[], "cmd").await;
     let args = vec!["two words".to_string(), "x".to_string()];
     client.set_notify_cmd_line(job, Some("/usr/bin/logger"), &args).await.unwrap();
     let shown = ["/usr/bin/logger", "two words", "x"];

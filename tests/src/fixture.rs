@@ -46,6 +46,15 @@ pub async fn throttled(bytes_per_sec: u64) -> TestServer {
     server
 }
 
+/// A fresh daemon (started with `daemon_args`), its client and a new job `display` of NORMAL
+/// priority: the start of the tests of calls on one job.
+pub async fn fresh_job(daemon_args: &[&str], display: &str) -> (TestDaemon, Client, JobId) {
+    let daemon = TestDaemon::start_with(daemon_args).await;
+    let client = daemon.client().await;
+    let job = client.create_job(display, Priority::Normal).await.unwrap();
+    (daemon, client, job)
+}
+
 /// A job `display` of `priority` holding one file per `(url, local path)`, in that order.
 pub async fn new_job<U, P>(
     client: &Client,

@@ -197,29 +197,25 @@ async fn fatal_status(seed: u64, method: Option<Method>, status: u16) {
     assert!(!f.c.dest.exists());
 }
 
-#[tokio::test(start_paused = true)]
-async fn fault_500_on_head_is_transient() {
-    transient_status(108, HEAD, 500).await;
+/// One test per status fault: its name, then `transient_status` or `fatal_status` with a seed,
+/// the request the status answers and the status.
+macro_rules! status_cases {
+    ($($name:ident: $check:ident($seed:expr, $method:expr, $status:expr);)*) => {
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $name() {
+                $check($seed, $method, $status).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test(start_paused = true)]
-async fn fault_502_on_get_is_transient() {
-    transient_status(109, GET, 502).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn fault_503_on_get_is_transient() {
-    transient_status(110, GET, 503).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn fault_404_on_get_is_fatal() {
-    fatal_status(111, GET, 404).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn fault_403_on_get_is_fatal() {
-    fatal_status(112, GET, 403).await;
+status_cases! {
+    fault_500_on_head_is_transient: transient_status(108, HEAD, 500);
+    fault_502_on_get_is_transient: transient_status(109, GET, 502);
+    fault_503_on_get_is_transient: transient_status(110, GET, 503);
+    fault_404_on_get_is_fatal: fatal_status(111, GET, 404);
+    fault_403_on_get_is_fatal: fatal_status(112, GET, 403);
 }
 
 #[tokio::test(start_paused = true)]

@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)] // a benchmark
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -60,6 +61,19 @@ async fn measure<F: std::future::Future<Output = ()>>(m: &Manager, what: &str, r
     );
 }
 
+/// `n` files of an AddFileSet from an unreachable host, saved as `{prefix}{i}`.
+fn file_set(n: usize, prefix: &Path) -> Vec<NewFile> {
+    let prefix = prefix.to_str().unwrap();
+    (0..n)
+        .map(|i| NewFile {
+            remote_url: format!("http://127.0.0.1:9/f{i}"),
+            local_path: PathBuf::from(format!("{prefix}{i}")),
+            ranges: None,
+            sha256: None,
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: prints numbers, run it in release mode"]
 async fn largest_requests_hold_the_table_lock_briefly() {
@@ -91,14 +105,7 @@ async fn largest_requests_hold_the_table_lock_briefly() {
     })
     .await;
     let id = new_job(&m).await;
-    let files: Vec<NewFile> = (0..200)
-        .map(|i| NewFile {
-            remote_url: format!("http://127.0.0.1:9/f{i}"),
-            local_path: dir.path().join(format!("user-f{i}")),
-            ranges: None,
-            sha256: None,
-        })
-        .collect();
+    let files = file_set(200, &dir.path().join("user-f"));
     measure(&m, "user: AddFileSet 200 files", async {
         m.add_files(user(), id, files).await.unwrap();
     })
@@ -127,14 +134,7 @@ async fn largest_requests_hold_the_table_lock_briefly() {
 
     // A FileSpec of a short URL and path is about 45 bytes: ~90,000 fit in 4 MB.
     let id = new_job(&m).await;
-    let files: Vec<NewFile> = (0..90_000)
-        .map(|i| NewFile {
-            remote_url: format!("http://127.0.0.1:9/f{i}"),
-            local_path: dir.path().join(format!("f{i}")),
-            ranges: None,
-            sha256: None,
-        })
-        .collect();
+    let files = file_set(90_000, &dir.path().join("f"));
     measure(&m, "AddFileSet 90k files", async {
         m.add_files(admin(), id, files).await.unwrap();
     })

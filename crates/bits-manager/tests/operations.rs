@@ -25,6 +25,15 @@ async fn new_job(m: &Manager) -> JobId {
     m.create_job(me(), "test", "", JobType::Download, Priority::Normal).await.unwrap()
 }
 
+/// A manager on a MemStore with one job holding one file from an unreachable host, saved as `f`
+/// in `dir`.
+async fn one_file_job(dir: &Path) -> (Manager, JobId) {
+    let m = start(Arc::new(MemStore::new()));
+    let id = new_job(&m).await;
+    m.add_file(me(), id, "http://127.0.0.1:9/f", &dir.join("f"), None).await.unwrap();
+    (m, id)
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, bits_core::BitsError>) -> Code {
     r.unwrap_err().code
 }
@@ -177,10 +186,8 @@ async fn add_file_validates_in_the_spec_order() {
 
 #[tokio::test]
 async fn final_jobs_refuse_changes_and_leave_the_list() {
-    let m = start(Arc::new(MemStore::new()));
     let dir = tempfile::tempdir().unwrap();
-    let id = new_job(&m).await;
-    m.add_file(me(), id, "http://127.0.0.1:9/f", &dir.path().join("f"), None).await.unwrap();
+    let (m, id) = one_file_job(dir.path()).await;
     assert_eq!(m.cancel(me(), id).await.unwrap(), Code::S_OK);
     assert!(m.list_jobs(me()).is_empty());
     assert_eq!(code(m.get_job(me(), id)), Code::BG_E_NOT_FOUND);
@@ -213,10 +220,8 @@ async fn complete_with_nothing_transferred_is_partial_and_cleans_up() {
 
 #[tokio::test]
 async fn cancel_deletes_temp_files() {
-    let m = start(Arc::new(MemStore::new()));
     let dir = tempfile::tempdir().unwrap();
-    let id = new_job(&m).await;
-    m.add_file(me(), id, "http://127.0.0.1:9/f", &dir.path().join("f"), None).await.unwrap();
+    let (m, id) = one_file_job(dir.path()).await;
     let temp = m.get_job(me(), id).unwrap().files[0].temp_path.clone();
     assert_eq!(temp.parent(), Some(dir.path()), "the temp file lives next to the destination");
     std::fs::write(&temp, b"partial").unwrap();

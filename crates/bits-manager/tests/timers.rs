@@ -79,13 +79,21 @@ async fn retry_after_of_a_503_to_the_head_is_honoured() {
     retry_after_is_honoured(114, Method::HEAD, 503).await;
 }
 
+/// The no-progress timeout of the cases that wait it out: the spec's 30 s.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A fault case whose job gives up after [`TIMEOUT`] without progress.
+async fn no_progress_case(seed: u64) -> (FaultServer, Case) {
+    let (server, c) = fault_case(seed).await;
+    c.manager.set_no_progress_timeout(me(), c.job, TIMEOUT.as_secs() as u32).await.unwrap();
+    (server, c)
+}
+
 // 503 to every request, no-progress timeout 30 s, retry delay 5 s: retried until the timeout,
 // then ERROR with the 503 (REMOTE_FILE) 30–36 s after the first failure, and no request after.
 #[tokio::test(start_paused = true)]
 async fn a_503_forever_ends_in_error_at_the_no_progress_timeout() {
-    const TIMEOUT: Duration = Duration::from_secs(30);
-    let (server, c) = fault_case(115).await;
-    c.manager.set_no_progress_timeout(me(), c.job, TIMEOUT.as_secs() as u32).await.unwrap();
+    let (server, c) = no_progress_case(115).await;
     server.always(FILE, None, Fault::Status(503));
     let mut seen = Seen::default();
     c.resume().await;
@@ -143,9 +151,7 @@ async fn retry_delay_longer_than_no_progress_timeout_fails_without_retry() {
 // failure), and it still comes in the end.
 #[tokio::test(start_paused = true)]
 async fn progress_resets_the_no_progress_timer() {
-    const TIMEOUT: Duration = Duration::from_secs(30);
-    let (server, c) = fault_case(51).await;
-    c.manager.set_no_progress_timeout(me(), c.job, TIMEOUT.as_secs() as u32).await.unwrap();
+    let (server, c) = no_progress_case(51).await;
     server.push_fault(FILE, GET, Fault::Status(503));
     server.push_fault(FILE, GET, Fault::Status(503));
     server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
@@ -263,7 +269,7 @@ async fn maximum_download_time_ignores_time_between_attempts() {
 #[tokio::test(start_paused = true)]
 async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_interval() {
     use bits_core::job::{notify, property};
-    use bits_core::{ByteRange, RangeSet};
+    use bits_core::{ByteRange, RangeSet, Span};
     use bits_manager::{EventKind, PropertyValue};
     use futures::FutureExt;
 
@@ -302,16 +308,10 @@ async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_int
         tick().await;
     }
     assert!(ranges.len() >= 3, "expected the bytes over several events: {ranges:?}");
-    let mut union = RangeSet::new();
-    let mut total = 0;
-    for (_, set) in &ranges {
-        total += set.total_len();
-        union.insert_set(set);
-    }
-    let mut want = RangeSet::new();
-    for r in requested {
-        want.insert(r.offset, r.offset + r.length);
-    }
+    let union = ranges.iter().fold(RangeSet::new(), |union, (_, set)| union.union(set));
+    let total: u64 = ranges.iter().map(|(_, set)| set.total_len()).sum();
+    let want =
+        RangeSet::from_spans(requested.iter().map(|r| Span::new(r.offset, r.offset + r.length)));
     assert_eq!(union, want, "events: {ranges:?}");
     assert_eq!(total, want.total_len(), "a byte reported twice: {ranges:?}");
     for pair in ranges.windows(2) {
