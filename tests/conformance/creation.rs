@@ -5,12 +5,12 @@
 //! The test client runs as root, which is an admin by default; `--admin-uid 4242` makes the
 //! daemon treat it as an ordinary user for the limit cases.
 
+use bits_client::Client;
 use bits_core::job::{MAX_JOBS_PER_MACHINE, MAX_JOBS_PER_USER};
 use bits_core::{Code, JobId, JobState, Priority};
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::fresh_job;
 use bits_tests::fixture::new_job;
+use bits_tests::fixture::{fresh_job, serving};
 
 use bits_tests::helpers::{expect_code, is_listed, wait_state};
 
@@ -66,7 +66,7 @@ async fn new_job_starts_suspended_with_bits_defaults() {
 }
 
 /// Creates `n` jobs, asserting each succeeds.
-async fn create_jobs(client: &bits_client::Client, n: usize) -> Vec<JobId> {
+async fn create_jobs(client: &Client, n: usize) -> Vec<JobId> {
     let mut jobs = Vec::with_capacity(n);
     for i in 0..n {
         let job = client.create_job(&format!("job {i}"), Priority::Normal).await;
@@ -75,18 +75,20 @@ async fn create_jobs(client: &bits_client::Client, n: usize) -> Vec<JobId> {
     jobs
 }
 
+/// Creates `limit` jobs, then one more, which must fail with `code` (`hresult`).
+async fn next_job_is_over_the_limit(client: &Client, limit: usize, code: Code, hresult: u32) {
+    create_jobs(client, limit).await;
+    let err = expect_code(client.create_job("one too many", Priority::Normal).await, code);
+    assert_eq!(err.code.hresult(), hresult);
+}
+
 // Case 3: a non-admin may create 60 jobs; the 61st is BG_E_TOO_MANY_JOBS_PER_USER.
 #[tokio::test]
 async fn non_admin_61st_job_is_too_many_jobs_per_user() {
     let daemon = TestDaemon::start_with(&NON_ADMIN).await;
     let client = daemon.client().await;
     assert_eq!(MAX_JOBS_PER_USER, 60);
-    create_jobs(&client, 60).await;
-    let err = expect_code(
-        client.create_job("one too many", Priority::Normal).await,
-        Code::BG_E_TOO_MANY_JOBS_PER_USER,
-    );
-    assert_eq!(err.code.hresult(), 0x8020_0049);
+    next_job_is_over_the_limit(&client, 60, Code::BG_E_TOO_MANY_JOBS_PER_USER, 0x8020_0049).await;
     assert_eq!(client.list_jobs().await.unwrap().len(), 60);
 }
 
@@ -107,12 +109,8 @@ async fn non_admin_create_job_with_300_queued_is_too_many_jobs_per_machine() {
         TestDaemon::start_with(&["--admin-uid", "4242", "--max-jobs-per-user", "1000"]).await;
     let client = daemon.client().await;
     assert_eq!(MAX_JOBS_PER_MACHINE, 300);
-    create_jobs(&client, 300).await;
-    let err = expect_code(
-        client.create_job("machine full", Priority::Normal).await,
-        Code::BG_E_TOO_MANY_JOBS_PER_MACHINE,
-    );
-    assert_eq!(err.code.hresult(), 0x8020_0050);
+    let code = Code::BG_E_TOO_MANY_JOBS_PER_MACHINE;
+    next_job_is_over_the_limit(&client, 300, code, 0x8020_0050).await;
 }
 
 // Case 4: an admin is exempt from the per-machine limit.
@@ -166,8 +164,7 @@ async fn get_job_of_an_unknown_id_is_not_found() {
 // Case 7: EnumJobs lists the caller's jobs and never ACKNOWLEDGED or CANCELLED ones.
 #[tokio::test]
 async fn enum_jobs_lists_own_jobs_but_never_final_ones() {
-    let server = TestServer::start().await;
-    server.add_file("f.bin", vec![7u8; 1000]);
+    let server = serving("f.bin", vec![7u8; 1000]).await;
     let (daemon, client, kept) = fresh_job(&[], "kept").await;
     let cancelled = client.create_job("cancelled", Priority::Normal).await.unwrap();
     let files = [(server.url("f.bin"), daemon.out_dir().join("f.bin"))];

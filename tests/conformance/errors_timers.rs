@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use bits_client::Client;
+use bits_client::{Client, JobInfo};
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer, Logged};
@@ -64,30 +64,31 @@ async fn stays_in_error(c: &Case, code: Code) {
     assert_eq!(c.server.log().len(), seen, "a fatal error was retried\n{}", c.requests());
 }
 
+/// `status` to every `method` request is fatal: ERROR with BG_E_HTTP_ERROR_<status> (`hresult`) on
+/// the remote file, and it stays. Returns the job as it entered ERROR.
+async fn fatal_status(seed: u64, method: Option<Method>, status: u16, hresult: u32) -> JobInfo {
+    let c = case(seed, Priority::Foreground).await;
+    c.server.always(FILE, method, Fault::Status(status));
+    c.resume().await;
+    let info = c.wait_state(JobState::Error).await;
+    assert_eq!(Code::Http(status).hresult(), hresult);
+    c.check_error(&info, Code::Http(status), ErrorContext::RemoteFile).await;
+    stays_in_error(&c, Code::Http(status)).await;
+    info
+}
+
 // Case 44: a 404 is fatal: ERROR, and GetError names REMOTE_FILE, BG_E_HTTP_ERROR_404
 // (0x80190194) and the file. (The JobError notification is checked with cases 87–93.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_404_puts_the_job_in_error_with_a_remote_file_error() {
-    let c = case(44, Priority::Foreground).await;
-    c.server.always(FILE, None, Fault::Status(404));
-    c.resume().await;
-    let info = c.wait_state(JobState::Error).await;
-    assert_eq!(Code::Http(404).hresult(), 0x8019_0194);
-    c.check_error(&info, Code::Http(404), ErrorContext::RemoteFile).await;
+    let info = fatal_status(44, None, 404, 0x8019_0194).await;
     assert_eq!(info.error_count, 1);
-    stays_in_error(&c, Code::Http(404)).await;
 }
 
 // Case 45: a 403 is fatal: ERROR with BG_E_HTTP_ERROR_403 (0x80190193).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_403_puts_the_job_in_error() {
-    let c = case(45, Priority::Foreground).await;
-    c.server.always(FILE, GET, Fault::Status(403));
-    c.resume().await;
-    let info = c.wait_state(JobState::Error).await;
-    assert_eq!(Code::Http(403).hresult(), 0x8019_0193);
-    c.check_error(&info, Code::Http(403), ErrorContext::RemoteFile).await;
-    stays_in_error(&c, Code::Http(403)).await;
+    fatal_status(45, GET, 403, 0x8019_0193).await;
 }
 
 // Case 46 (P): a 503 is transient: TRANSIENT_ERROR with BG_E_HTTP_ERROR_503 (0x801901F7),

@@ -16,7 +16,7 @@ use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::{Download, JobOf, foreground, new_job, throttled};
+use bits_tests::fixture::{Download, JobOf, foreground, fresh_job, new_job, throttled};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
@@ -202,12 +202,9 @@ async fn complete_mid_transfer_keeps_only_whole_files() {
 // no local file appears and the job is final.
 #[tokio::test]
 async fn complete_of_an_untransferred_suspended_job_is_partial_complete() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
+    let (daemon, client, job) = fresh_job(&[], "nothing yet").await;
     let dest = daemon.out_dir().join("n.bin");
-    let job =
-        new_job(&client, "nothing yet", Priority::Normal, &[("http://example.com/n.bin", &dest)])
-            .await;
+    client.add_file(job, "http://example.com/n.bin", &dest).await.unwrap();
     assert_eq!(client.complete(job).await.unwrap(), Code::BG_S_PARTIAL_COMPLETE);
     assert!(!dest.exists(), "no local file");
     assert_eq!(std::fs::read_dir(daemon.out_dir()).unwrap().count(), 0, "nothing left behind");

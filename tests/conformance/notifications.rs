@@ -15,7 +15,7 @@ use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::fresh_job;
+use bits_tests::fixture::{Download, foreground, fresh_job};
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 /// Short timers: a retry after 1 s, small sync windows so progress is recorded often.
@@ -71,29 +71,20 @@ async fn wait_state(client: &Client, job: JobId, want: JobState) {
     .await
 }
 
-/// A job with one file of `len` bytes served by a [`TestServer`].
-async fn job_with_file(
-    daemon: &TestDaemon,
-    server: &TestServer,
-    client: &Client,
-    name: &str,
-    len: usize,
-) -> JobId {
-    server.add_file(name, random_bytes(len as u64, len));
-    let job = client.create_job("notifications", Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url(name), &daemon.out_dir().join(name)).await.unwrap();
-    job
+/// A daemon and a job with one file of `len` bytes served by a [`TestServer`] (not resumed).
+async fn job_with_file(name: &str, len: usize) -> Download {
+    let data = random_bytes(len as u64, len);
+    let of = foreground("notifications", name);
+    Download::added(TestServer::start().await, data, DAEMON_ARGS, of).await
 }
 
 /// Case 87.
 #[tokio::test]
 async fn subscribing_after_transferred_delivers_one_job_transferred() {
-    let daemon = TestDaemon::start_with(DAEMON_ARGS).await;
-    let server = TestServer::start().await;
-    let client = daemon.client().await;
-    let job = job_with_file(&daemon, &server, &client, "late.bin", 10_000).await;
+    let d = job_with_file("late.bin", 10_000).await;
+    let (client, job) = (&d.client, d.job);
     client.resume(job).await.unwrap();
-    wait_state(&client, job, JobState::Transferred).await;
+    wait_state(client, job, JobState::Transferred).await;
 
     let mut events = client.watch_job(job, Some(notify::JOB_TRANSFERRED)).await.unwrap();
     let first = next(&mut events).await.unwrap();
@@ -211,11 +202,8 @@ async fn three_files_are_announced_in_order_before_job_transferred() {
 /// the requested bytes and are at least MINIMUM_NOTIFICATION_INTERVAL_MS apart.
 #[tokio::test]
 async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_interval() {
-    let daemon = TestDaemon::start_with(DAEMON_ARGS).await;
-    let server = TestServer::start().await;
-    let client = daemon.client().await;
-    let len = 400_000;
-    let job = job_with_file(&daemon, &server, &client, "od.bin", len).await;
+    let d = job_with_file("od.bin", 400_000).await;
+    let (server, client, job) = (&d.server, &d.client, d.job);
     let interval = Duration::from_millis(300);
     client.set_property(job, property::ON_DEMAND_MODE, PropertyValue::Enable(true)).await.unwrap();
     let ms = PropertyValue::Dword(interval.as_millis() as u32);
@@ -258,10 +246,8 @@ async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_int
 /// completed.
 #[tokio::test]
 async fn bitsctl_watch_json_prints_one_object_a_line_and_exits_on_completion() {
-    let daemon = TestDaemon::start_with(DAEMON_ARGS).await;
-    let server = TestServer::start().await;
-    let client = daemon.client().await;
-    let job = job_with_file(&daemon, &server, &client, "w.bin", 30_000).await;
+    let d = job_with_file("w.bin", 30_000).await;
+    let (daemon, client, job) = (&d.daemon, &d.client, d.job);
     let id = job.to_string();
     let args = ["watch", id.as_str(), "--json", "--flags", "0x3B"];
     let watch = daemon.bitsctl(&args);
@@ -269,7 +255,7 @@ async fn bitsctl_watch_json_prints_one_object_a_line_and_exits_on_completion() {
         // Let the watcher register before anything happens (it would get the replay anyway).
         tokio::time::sleep(Duration::from_millis(500)).await;
         client.resume(job).await.unwrap();
-        wait_state(&client, job, JobState::Transferred).await;
+        wait_state(client, job, JobState::Transferred).await;
         client.complete(job).await.unwrap();
     };
     let (output, ()) = tokio::join!(watch, drive);

@@ -13,6 +13,7 @@ use bits_core::{ByteRange, Code, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, foreground, serving};
 use bits_tests::helpers::{assert_no_byte_twice, expect_code, range, served_spans, wait_state};
 use bits_tests::wait::{TIMEOUT, wait_for};
 
@@ -21,22 +22,12 @@ const N: u64 = 1000;
 
 /// A server with `/NAME` (N pseudo-random bytes), a daemon and a FOREGROUND job holding that file
 /// as its only, whole-file, file.
-struct Setup {
-    server: TestServer,
-    daemon: TestDaemon,
-    client: Client,
-    job: JobId,
-    remote: Vec<u8>,
-}
+type Setup = Download;
 
 async fn setup(name: &str, seed: u64, on_demand: bool) -> Setup {
     let remote = random_bytes(seed, N as usize);
-    let server = TestServer::start().await;
-    server.add_file(name, remote.clone());
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job(name, Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url(name), &daemon.out_dir().join(name)).await.unwrap();
+    let t = Download::added(TestServer::start().await, remote, &[], foreground(name, name)).await;
+    let (client, job) = (&t.client, t.job);
     if on_demand {
         let code = client
             .set_property(job, property::ON_DEMAND_MODE, PropertyValue::Enable(true))
@@ -45,7 +36,24 @@ async fn setup(name: &str, seed: u64, on_demand: bool) -> Setup {
         assert_eq!(code, Code::S_OK);
         assert!(client.get_job(job).await.unwrap().on_demand_mode);
     }
-    Setup { server, daemon, client, job, remote }
+    t
+}
+
+/// A server with `/NAME` (N pseudo-random bytes), a daemon and a FOREGROUND job `display` holding
+/// `ranges` of that file: a statically ranged file, which is not eligible for random access.
+async fn ranged(
+    name: &str,
+    seed: u64,
+    display: &str,
+    ranges: &[ByteRange],
+) -> (TestServer, TestDaemon, Client, JobId) {
+    let server = serving(name, random_bytes(seed, N as usize)).await;
+    let daemon = TestDaemon::start().await;
+    let client = daemon.client().await;
+    let job = client.create_job(display, Priority::Foreground).await.unwrap();
+    let dest = daemon.out_dir().join(name);
+    client.add_file_with_ranges(job, &server.url(name), &dest, ranges).await.unwrap();
+    (server, daemon, client, job)
 }
 
 /// Waits until the daemon has learned the size of file 0 (its HEAD went through).
@@ -62,25 +70,13 @@ async fn wait_size_known(client: &Client, job: JobId) -> u64 {
 // bitsd does not implement).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_file_ranges_on_ineligible_job_is_random_access_not_supported() {
-    let server = TestServer::start().await;
-    server.add_file("c81.bin", random_bytes(81, N as usize));
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("case 81", Priority::Foreground).await.unwrap();
+    let ranges = [range(0, 100), range(500, 100)];
+    let (server, _daemon, client, job) = ranged("c81.bin", 81, "case 81", &ranges).await;
     // DYNAMIC_CONTENT itself is not implemented by bitsd, so it cannot make a job ineligible.
     expect_code(
         client.set_property(job, property::DYNAMIC_CONTENT, PropertyValue::Enable(true)).await,
         Code::E_NOTIMPL,
     );
-    client
-        .add_file_with_ranges(
-            job,
-            &server.url("c81.bin"),
-            &daemon.out_dir().join("c81.bin"),
-            &[range(0, 100), range(500, 100)],
-        )
-        .await
-        .unwrap();
     expect_code(
         client.request_file_ranges(job, 0, &[range(0, 10)]).await,
         Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
@@ -170,7 +166,7 @@ async fn on_demand_request_for_the_rest_ends_transferred() {
     assert_no_byte_twice(&t.server.log(), "c84.bin");
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
     let local = std::fs::read(t.daemon.out_dir().join("c84.bin")).unwrap();
-    assert!(sha256_hex(&local) == sha256_hex(&t.remote), "content differs");
+    assert!(sha256_hex(&local) == sha256_hex(&t.data), "content differs");
 }
 
 // Case 85: filled ranges [(0,10),(20,10)], then a request for (10,10) → GetFilledFileRanges →
@@ -199,20 +195,8 @@ async fn filled_ranges_are_merged_and_sorted() {
 // BG_E_RANDOM_ACCESS_NOT_SUPPORTED (a statically ranged file, as in case 81).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_download_position_on_ineligible_job_is_random_access_not_supported() {
-    let server = TestServer::start().await;
-    server.add_file("c86.bin", random_bytes(86, N as usize));
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let job = client.create_job("case 86", Priority::Foreground).await.unwrap();
-    client
-        .add_file_with_ranges(
-            job,
-            &server.url("c86.bin"),
-            &daemon.out_dir().join("c86.bin"),
-            &[range(100, 200)],
-        )
-        .await
-        .unwrap();
+    let ranges = [range(100, 200)];
+    let (server, _daemon, client, job) = ranged("c86.bin", 86, "case 86", &ranges).await;
     expect_code(
         client.update_download_position(job, 0, 150).await,
         Code::BG_E_RANDOM_ACCESS_NOT_SUPPORTED,
@@ -241,5 +225,5 @@ async fn update_download_position_fetches_from_that_offset_first() {
     assert_eq!(client.get_filled_file_ranges(job, 0).await.unwrap(), [range(0, N)]);
     assert_eq!(client.complete(job).await.unwrap(), Code::S_OK);
     let local = std::fs::read(t.daemon.out_dir().join("c86b.bin")).unwrap();
-    assert!(sha256_hex(&local) == sha256_hex(&t.remote), "content differs");
+    assert!(sha256_hex(&local) == sha256_hex(&t.data), "content differs");
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime};
 use bits_client::Client;
 use bits_core::{ByteRange, Code, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, foreground, serving, throttled};
 use bits_tests::wait::{TIMEOUT, wait_for};
 
 use bits_tests::helpers::{assert_no_byte_twice, served_spans, wait_state};
@@ -44,8 +44,7 @@ async fn wait_job<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_bytes_total_unknown_before_first_contact_then_n() {
     const SIZE: u64 = 1000;
-    let server = TestServer::start().await;
-    server.add_file("c94.bin", random_bytes(94, SIZE as usize));
+    let server = serving("c94.bin", random_bytes(94, SIZE as usize)).await;
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let job = client.create_job("case 94", Priority::Foreground).await.unwrap();
@@ -78,8 +77,7 @@ async fn file_bytes_total_unknown_before_first_contact_then_n() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_bytes_total_unknown_while_a_host_is_unreachable() {
     const SIZE: u64 = 1000;
-    let server = TestServer::start().await;
-    server.add_file("c94a.bin", random_bytes(940, SIZE as usize));
+    let server = serving("c94a.bin", random_bytes(940, SIZE as usize)).await;
     // A port nobody listens on: connections are refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let unreachable = format!("http://{closed}/c94b.bin");
@@ -146,8 +144,7 @@ async fn modification_time_increases_after_set_priority_creation_time_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modification_time_increases_as_bytes_are_transferred() {
     const SIZE: u64 = 1 << 20;
-    let server = TestServer::start().await;
-    server.add_file("c95.bin", random_bytes(95, SIZE as usize));
+    let server = serving("c95.bin", random_bytes(95, SIZE as usize)).await;
     server.set_throttle(Some(256 << 10)); // 1 MiB at 256 KiB/s: four seconds
     let daemon = TestDaemon::start_with(&FAST_SYNC).await;
     let client = daemon.client().await;
@@ -183,8 +180,7 @@ async fn modification_time_increases_as_bytes_are_transferred() {
 // entered TRANSFERRED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_completion_time_set_when_transferred_is_entered() {
-    let server = TestServer::start().await;
-    server.add_file("c95c.bin", random_bytes(951, 5000));
+    let server = serving("c95c.bin", random_bytes(951, 5000)).await;
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let job = client.create_job("case 95c", Priority::Foreground).await.unwrap();
@@ -215,15 +211,9 @@ async fn transfer_completion_time_set_when_transferred_is_entered() {
 async fn sigkill_mid_transfer_resumes_from_persisted_checkpoint() {
     const SIZE: u64 = 2 << 20;
     let remote = random_bytes(96, SIZE as usize);
-    let server = TestServer::start().await;
-    server.add_file("c96.bin", remote.clone());
-    server.set_throttle(Some(1 << 20));
-    let mut daemon = TestDaemon::start_with(&FAST_SYNC).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("c96.bin");
-    let job = client.create_job("case 96", Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url("c96.bin"), &dest).await.unwrap();
-    client.resume(job).await.unwrap();
+    let of = foreground("case 96", "c96.bin");
+    let Download { server, mut daemon, client, job, dest, data: remote } =
+        Download::started(throttled(1 << 20).await, remote, &FAST_SYNC, of).await;
     wait_job(&client, job, "256 KiB transferred", |info| {
         (info.progress.bytes_transferred >= 256 << 10).then_some(())
     })

@@ -10,9 +10,8 @@ use bits_core::job::MAX_RANGES_PER_FILE;
 use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, LENGTH_TO_EOF};
 use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer};
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::fresh_job;
+use bits_tests::fixture::{fresh_job, serving};
 
 use bits_tests::helpers::{expect_code, range, wait_state};
 
@@ -135,8 +134,7 @@ async fn add_file_with_ranges_on_a_cancelled_job_is_invalid_state() {
 /// concatenated in caller order.
 async fn download_ranges(ranges: &[ByteRange], spans: &[(usize, usize)], bytes_total: u64) {
     let remote = random_bytes(28, 1000);
-    let server = TestServer::start().await;
-    server.add_file("r.bin", remote.clone());
+    let server = serving("r.bin", remote.clone()).await;
     let (_daemon, client, job, dest) = setup(&[]).await;
     client.add_file_with_ranges(job, &server.url("r.bin"), &dest, ranges).await.unwrap();
     assert_eq!(client.list_files(job).await.unwrap()[0].ranges, ranges, "caller order");
@@ -173,8 +171,7 @@ async fn to_eof_range_resolves_against_the_remote_size() {
 // and after Resume the job goes to ERROR with BG_E_INVALID_RANGE (context REMOTE_FILE: P).
 #[tokio::test]
 async fn range_past_the_remote_end_puts_the_job_in_error_invalid_range() {
-    let server = TestServer::start().await;
-    server.add_file("r.bin", random_bytes(30, 1000));
+    let server = serving("r.bin", random_bytes(30, 1000)).await;
     let (_daemon, client, job, dest) = setup(&[]).await;
     client.add_file_with_ranges(job, &server.url("r.bin"), &dest, &[range(990, 20)]).await.unwrap();
     client.resume(job).await.unwrap();

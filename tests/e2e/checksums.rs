@@ -2,13 +2,11 @@
 //! its bytes on disk hash to it; a mismatch is ERROR / REMOTE_FILE / BITSD_E_CHECKSUM_MISMATCH,
 //! leaves the destination alone, and Resume fetches the file again from zero.
 
-use std::time::{Duration, SystemTime};
-
 use bits_client::NewFile;
 use bits_core::{Code, ErrorContext, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::server::{ServedFile, TestServer};
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{new_version, serving};
 
 use bits_tests::helpers::{expect_code, wait_state};
 
@@ -16,8 +14,7 @@ use bits_tests::helpers::{expect_code, wait_state};
 async fn the_right_digest_completes_a_wrong_one_fails_until_the_file_is_fetched_again() {
     let wrong = random_bytes(70, 3 << 20);
     let right = random_bytes(71, 3 << 20);
-    let server = TestServer::start().await;
-    server.add_file("f.bin", wrong.clone());
+    let server = serving("f.bin", wrong.clone()).await;
     server.add_file("ok.bin", right.clone());
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
@@ -62,14 +59,7 @@ async fn the_right_digest_completes_a_wrong_one_fails_until_the_file_is_fetched_
     assert_eq!(temp.len(), 0, "the wrong bytes are still in the temp file");
 
     // The server now has the right file: Resume fetches it from byte 0 and completes.
-    server.put_file(
-        "f.bin",
-        ServedFile {
-            data: right.clone().into(),
-            etag: "\"fixed\"".into(),
-            last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        },
-    );
+    server.put_file("f.bin", new_version(&right, "\"fixed\""));
     let mark = server.log_len();
     client.resume(job).await.unwrap();
     wait_state(&client, job, JobState::Transferred).await;
@@ -89,8 +79,7 @@ async fn the_right_digest_completes_a_wrong_one_fails_until_the_file_is_fetched_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_digest_survives_a_restart_and_still_guards_the_file() {
     let data = random_bytes(72, 1 << 20);
-    let server = TestServer::start().await;
-    server.add_file("f.bin", data.clone());
+    let server = serving("f.bin", data.clone()).await;
     let mut daemon = TestDaemon::start().await;
     let dest = daemon.out_dir().join("f.bin");
     let wrong = "0".repeat(64);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bits_core::{JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::fixture::serving;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use bits_tests::helpers::{job_id_in, parse_json, wait_state};
@@ -149,8 +149,7 @@ async fn set_headers_reads_a_file_or_stdin_and_refuses_bad_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_set_remote_names_positions_and_errors() {
     let daemon = TestDaemon::start().await;
-    let server = TestServer::start().await;
-    server.add_file("a.bin", random_bytes(1, 10_000));
+    let server = serving("a.bin", random_bytes(1, 10_000)).await;
     let client = daemon.client().await;
     let job = create(&daemon, "set of files").await;
     let id = prefix(job);
@@ -273,8 +272,7 @@ async fn lines_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_json_and_watch_follow_a_short_download() {
     let daemon = TestDaemon::start().await;
-    let server = TestServer::start().await;
-    server.add_file("m.bin", random_bytes(2, 300_000));
+    let server = serving("m.bin", random_bytes(2, 300_000)).await;
     let client = daemon.client().await;
     let socket = daemon.socket();
     let mut monitor = tokio::process::Command::new(daemon.bitsctl_path())

@@ -11,9 +11,8 @@ use bits_core::JobState;
 use bits_core::job::notify;
 use bits_core::{Code, Priority};
 use bits_testkit::data::random_bytes;
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::fresh_job;
+use bits_tests::fixture::{fresh_job, serving};
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
 
@@ -236,8 +235,7 @@ async fn watch_streams_over_the_cap_are_refused_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_without_a_free_fd_is_a_transient_error() {
     bits_tests::require_root("lowering the daemon's fd limit");
-    let server = TestServer::start().await;
-    server.add_file("a.bin", random_bytes(1, 64 << 10));
+    let server = serving("a.bin", random_bytes(1, 64 << 10)).await;
     let daemon = TestDaemon::start_with(&["--retry-delay-secs", "1"]).await;
     let pid = daemon.pid();
     let client = daemon.client().await;

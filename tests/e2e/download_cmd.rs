@@ -12,6 +12,7 @@ use bits_core::{JobId, JobState};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::fixture::serving;
 use bits_tests::require_root;
 use bits_tests::users::{User, bitsctl_as, dir_owned_by, ensure_user, open_daemon_dir};
 use bits_tests::wait::{TIMEOUT, wait_for};
@@ -219,8 +220,7 @@ async fn several_files_a_list_and_a_header_file_from_a_server_without_ranges() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_sigterm_and_sighup_cancel_the_job() {
     use rustix::process::Signal;
-    let server = TestServer::start().await;
-    server.add_file("slow.bin", random_bytes(4, 4 << 20));
+    let server = serving("slow.bin", random_bytes(4, 4 << 20)).await;
     server.set_throttle(Some(256 << 10));
     let daemon = TestDaemon::start().await;
     let client = daemon.client().await;
@@ -324,8 +324,7 @@ async fn a_daemon_restart_mid_download_is_waited_out() {
 /// A daemon that does not come back within --reconnect-timeout: exit 3, naming the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_that_stays_away_is_exit_3_naming_the_job() {
-    let server = TestServer::start().await;
-    server.add_file("g.bin", random_bytes(8, 2 << 20));
+    let server = serving("g.bin", random_bytes(8, 2 << 20)).await;
     server.set_throttle(Some(256 << 10));
     let mut daemon = TestDaemon::start().await;
     let dest = daemon.out_dir().join("g.bin");
@@ -404,8 +403,7 @@ async fn bad_input_is_a_usage_error_and_creates_no_job() {
 /// --json: one object on stdout at the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_prints_one_result_object() {
-    let server = TestServer::start().await;
-    server.add_file("j.bin", random_bytes(9, 5000));
+    let server = serving("j.bin", random_bytes(9, 5000)).await;
     let daemon = TestDaemon::start().await;
     let dest = daemon.out_dir().join("j.bin");
     let out = daemon.bitsctl(&["download", &server.url("j.bin"), path(&dest), "--json"]).await;

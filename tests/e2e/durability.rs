@@ -13,7 +13,7 @@ use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::{Download, foreground, new_job, throttled};
+use bits_tests::fixture::{Download, foreground, new_job, serving, throttled};
 use bits_tests::mounts::TmpfsMount;
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
@@ -56,8 +56,7 @@ async fn full_disk_is_transient_with_the_temp_path_and_resume_completes_after_sp
     // when the test ends.
     let small = TmpfsMount::new_in(&std::env::temp_dir(), "8m");
     let remote = random_bytes(40, SIZE as usize);
-    let server = TestServer::start().await;
-    server.add_file("big.bin", remote.clone());
+    let server = serving("big.bin", remote.clone()).await;
     let mut args = vec!["--retry-delay-secs", "1"];
     args.extend(FAST_SYNC);
     let daemon = TestDaemon::start_with(&args).await;
@@ -274,8 +273,7 @@ async fn truncated_temp_file_keeps_exactly_the_ranges_below_its_length() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_temp_file_is_logged_and_left_alone_on_start() {
-    let server = TestServer::start().await;
-    server.add_file("real.bin", random_bytes(52, 10_000));
+    let server = serving("real.bin", random_bytes(52, 10_000)).await;
     let mut daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let files = [(server.url("real.bin"), daemon.out_dir().join("real.bin"))];

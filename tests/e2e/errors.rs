@@ -6,8 +6,7 @@ use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
-use bits_tests::fixture::fresh_job;
-use bits_tests::fixture::new_job;
+use bits_tests::fixture::{fresh_job, new_job, serving};
 
 use bits_tests::helpers::{
     assert_resume_of_an_empty_job_is_bg_e_empty, expect_code, job_id_in, json_values, parse_json,
@@ -82,12 +81,9 @@ async fn unknown_job_is_bg_e_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_cancel_is_bg_e_invalid_state() {
-    let daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
+    let (daemon, client, job) = fresh_job(&[], "cancelled").await;
     let dest = daemon.out_dir().join("c.bin");
-    let job =
-        new_job(&client, "cancelled", Priority::Normal, &[("http://127.0.0.1:9/c.bin", &dest)])
-            .await;
+    client.add_file(job, "http://127.0.0.1:9/c.bin", &dest).await.unwrap();
     assert_eq!(client.cancel(job).await.unwrap(), Code::S_OK);
     expect_code(client.resume(job).await, Code::BG_E_INVALID_STATE);
     expect_code(
@@ -136,8 +132,7 @@ async fn http_404_puts_the_job_in_error_with_bg_e_http_error_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_uses_bits_state_names_and_null_for_an_unknown_size() {
-    let server = TestServer::start().await;
-    server.add_file("n.bin", random_bytes(30, 1000));
+    let server = serving("n.bin", random_bytes(30, 1000)).await;
     let daemon = TestDaemon::start().await;
     let created = daemon.bitsctl(&["create", "--name", "json"]).await.success();
     let job = job_id_in(&created.stdout).to_string();

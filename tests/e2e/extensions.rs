@@ -11,6 +11,7 @@ use bits_core::{JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::{DEFAULT_LAST_MODIFIED, LoggedRequest, TestServer};
 use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::serving;
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
@@ -61,8 +62,7 @@ async fn job_with(client: &Client, connections: u32, files_at_once: u32) -> JobI
 #[tokio::test]
 async fn segmented_download_runs_several_connections_and_is_exact() {
     let data = random_bytes(51, SIZE);
-    let server = TestServer::start().await;
-    server.add_file("s.bin", data.clone());
+    let server = serving("s.bin", data.clone()).await;
     server.set_throttle(Some(8 << 20)); // about a second in all, shared by the connections
     let daemon = TestDaemon::start_with(&FAST_SYNC).await;
     let client = daemon.client().await;
@@ -130,8 +130,7 @@ async fn files_at_once_transfers_several_files_together() {
 #[tokio::test]
 async fn a_small_file_whose_write_fails_keeps_its_size_across_a_restart() {
     const SMALL: usize = 64 << 10;
-    let server = TestServer::start().await;
-    server.add_file("ok.bin", random_bytes(70, SMALL));
+    let server = serving("ok.bin", random_bytes(70, SMALL)).await;
     server.add_file("bad.bin", random_bytes(71, SMALL));
     let mut daemon = TestDaemon::start().await;
     let client = daemon.client().await;
@@ -165,8 +164,7 @@ async fn a_small_file_whose_write_fails_keeps_its_size_across_a_restart() {
 #[tokio::test]
 async fn segmented_download_survives_sigkill_without_refetching() {
     let data = random_bytes(52, SIZE);
-    let server = TestServer::start().await;
-    server.add_file("k.bin", data.clone());
+    let server = serving("k.bin", data.clone()).await;
     server.set_throttle(Some(2 << 20));
     let mut daemon = TestDaemon::start_with(&FAST_SYNC).await;
     let client = daemon.client().await;

@@ -150,12 +150,15 @@ async fn fault_stall_mid_body_times_out_and_resumes() {
 // ---------------------------------------------------------------------------------------------
 // Broken answers.
 
-/// A broken answer to the first GET (its fault labelled `label`) is refused and none of its
+/// A broken answer to the first GET (`fault`, labelled `label`) is refused and none of its
 /// bytes reach the disk: TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT) with no
 /// progress and no filled range, the temp file (if any) holds only zeros (the file is random
 /// data, so any byte written would show), the retry comes after the delay and asks from byte 0
 /// again, and the job completes.
-async fn refused_and_never_written(c: &Case, label: &str) {
+async fn refused_and_never_written(seed: u64, fault: Fault, label: &str) {
+    let c = case(seed, DEFAULT).await;
+    c.server.push_fault(FILE, GET, fault);
+    c.resume().await;
     let info = c
         .transient(Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, ErrorContext::GeneralTransport)
         .await;
@@ -218,18 +221,12 @@ async fn fault_redirect_to_another_origin_drops_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_gzip_label_on_a_range_is_never_written() {
-    let c = case(119, DEFAULT).await;
-    c.server.push_fault(FILE, GET, Fault::GzipLabel);
-    c.resume().await;
-    refused_and_never_written(&c, "GzipLabel").await;
+    refused_and_never_written(119, Fault::GzipLabel, "GzipLabel").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_gzip_body_on_a_range_is_never_written() {
-    let c = case(120, DEFAULT).await;
-    c.server.push_fault(FILE, GET, Fault::GzipBody);
-    c.resume().await;
-    refused_and_never_written(&c, "GzipBody").await;
+    refused_and_never_written(120, Fault::GzipBody, "GzipBody").await;
 }
 
 /// HEAD is fine, the GET gets a 200 text/html page of another length without validators: its

@@ -12,9 +12,8 @@ use std::time::Duration;
 use bits_client::Client;
 use bits_core::job::notify;
 use bits_core::{Code, JobId, JobState, Priority};
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::fresh_job;
+use bits_tests::fixture::{fresh_job, serving};
 use bits_tests::require_root;
 use bits_tests::users::{User, dir_owned_by, ensure_user, open_daemon_dir};
 use bits_tests::wait::{TIMEOUT, wait_for};
@@ -73,8 +72,7 @@ async fn the_program_runs_as_the_owner_on_transferred_and_on_error_as_its_flags_
     dir_owned_by(base.path(), &root, 0o755);
     let dir = base.path().join("alice");
     dir_owned_by(&dir, &alice, 0o700);
-    let server = TestServer::start().await;
-    server.add_file("f.bin", vec![5u8; 100_000]);
+    let server = serving("f.bin", vec![5u8; 100_000]).await;
     let (ok, missing) = (server.url("f.bin"), server.url("missing.bin"));
 
     let args = reporter(&dir, 0);

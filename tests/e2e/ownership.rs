@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::fixture::serving;
 use bits_tests::require_root;
 use bits_tests::users::{User, bitsctl_as, dir_owned_by, ensure_user, open_daemon_dir, sh_as};
 
@@ -72,8 +73,7 @@ fn refused(out: &CtlOutput, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_users_jobs_are_invisible_and_untouchable() {
     let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("f.bin", vec![7u8; 4096]);
+    let server = serving("f.bin", vec![7u8; 4096]).await;
     let job = s.job_with_file(&s.alice, &server.url("f.bin"), &s.dir_of(&s.alice).join("f")).await;
 
     // Bob: every per-job call is E_ACCESSDENIED, and the job is not in his list.
@@ -148,8 +148,7 @@ async fn an_admin_sees_every_job_and_takes_one_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taking_over_needs_access_to_the_temp_files() {
     let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("f.bin", vec![1u8; 100_000]);
+    let server = serving("f.bin", vec![1u8; 100_000]).await;
     let job =
         s.job_with_file(&s.alice, &server.url("f.bin"), &s.dir_of(&s.alice).join("f.bin")).await;
     s.ctl(&s.alice, &["resume", &job]).await.success();
@@ -214,12 +213,17 @@ fn victim(s: &Scene) -> PathBuf {
     path
 }
 
+/// The symlink cases' start: a scene, a server with `/f.bin` (50,000 bytes of `byte`) and a victim.
+async fn symlink_scene(byte: u8) -> (Scene, TestServer, PathBuf) {
+    let s = Scene::start(&[]).await;
+    let server = serving("f.bin", vec![byte; 50_000]).await;
+    let victim = victim(&s);
+    (s, server, victim)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_planted_at_the_destination_is_replaced_or_refused_never_followed() {
-    let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("f.bin", vec![42u8; 50_000]);
-    let victim = victim(&s);
+    let (s, server, victim) = symlink_scene(42).await;
     let root = root();
 
     // A sticky world-writable directory (/tmp-like): bob plants report.bin -> victim. Alice may
@@ -252,10 +256,7 @@ async fn a_symlink_planted_at_the_destination_is_replaced_or_refused_never_follo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_symlink_planted_at_the_temp_file_is_not_written_through() {
-    let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("f.bin", vec![9u8; 50_000]);
-    let victim = victim(&s);
+    let (s, server, victim) = symlink_scene(9).await;
     let shared = s.base.path().join("shared");
     dir_owned_by(&shared, &root(), 0o777);
     let dest = shared.join("data.bin");
@@ -353,8 +354,7 @@ async fn members_of_the_admin_group_are_administrators() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_over_job_never_follows_a_directory_swapped_for_a_link() {
     let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("keys", b"ssh-ed25519 AAAA alice@evil\n".to_vec());
+    let server = serving("keys", b"ssh-ed25519 AAAA alice@evil\n".to_vec()).await;
     let root = root();
     let root_only = s.base.path().join("root-only");
     dir_owned_by(&root_only, &root, 0o700);
@@ -409,8 +409,7 @@ async fn a_taken_over_job_never_follows_a_directory_swapped_for_a_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temp_file_planted_by_another_user_is_refused() {
     let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("secret", b"alice's private data".to_vec());
+    let server = serving("secret", b"alice's private data".to_vec()).await;
     let sticky = s.base.path().join("sticky");
     dir_owned_by(&sticky, &root(), 0o1777);
     let dest = sticky.join("report.bin");
@@ -433,8 +432,7 @@ async fn a_temp_file_planted_by_another_user_is_refused() {
 async fn downloads_follow_the_owners_umask() {
     use std::os::unix::fs::PermissionsExt;
     let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("f.bin", vec![5u8; 10_000]);
+    let server = serving("f.bin", vec![5u8; 10_000]).await;
     let bitsctl = bits_tests::daemon::binary_in(&bits_tests::daemon::own_target_dir(), "bitsctl");
     for (umask, want) in [("077", 0o600), ("027", 0o640), ("002", 0o664)] {
         let dest = s.dir_of(&s.alice).join(format!("u{umask}.bin"));
@@ -459,8 +457,7 @@ async fn downloads_follow_the_owners_umask() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_over_job_never_follows_a_directory_renamed_into_its_path() {
     let s = Scene::start(&[]).await;
-    let server = TestServer::start().await;
-    server.add_file("keys", b"ssh-ed25519 AAAA alice@evil\n".to_vec());
+    let server = serving("keys", b"ssh-ed25519 AAAA alice@evil\n".to_vec()).await;
     let root = root();
     let home = s.dir_of(&s.alice);
     let roots = home.join("roots");

@@ -3,10 +3,9 @@
 
 use std::time::Instant;
 
-use bits_core::{ByteRange, Code, JobState, Priority};
+use bits_core::{ByteRange, Code, JobState};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::server::TestServer;
-use bits_tests::daemon::TestDaemon;
+use bits_tests::fixture::{Download, foreground, throttled};
 use bits_tests::wait::{POLL, TIMEOUT};
 
 use bits_tests::helpers::{assert_normalised, covers, range, total};
@@ -18,15 +17,10 @@ pub const FAST_SYNC: [&str; 4] = ["--sync-bytes", "262144", "--sync-interval-ms"
 async fn progress_and_filled_ranges_during_and_after_download() {
     let size: u64 = 8 << 20;
     let remote = random_bytes(10, size as usize);
-    let server = TestServer::start().await;
-    server.add_file("p.bin", remote.clone());
-    server.set_throttle(Some(2 << 20)); // 8 MiB at 2 MiB/s: about 4 s
-    let daemon = TestDaemon::start_with(&FAST_SYNC).await;
-    let client = daemon.client().await;
-    let dest = daemon.out_dir().join("p.bin");
-
-    let job = client.create_job("progress", Priority::Foreground).await.unwrap();
-    client.add_file(job, &server.url("p.bin"), &dest).await.unwrap();
+    // 8 MiB at 2 MiB/s: about 4 s
+    let of = foreground("progress", "p.bin");
+    let Download { server, daemon: _daemon, client, job, dest, data: remote } =
+        Download::added(throttled(2 << 20).await, remote, &FAST_SYNC, of).await;
 
     // Before Resume: nothing is known and nothing moved.
     let before = client.get_progress(job).await.unwrap();

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::{TestDaemon, own_target_dir};
+use bits_tests::fixture::serving;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::free_port;
@@ -88,19 +88,30 @@ async fn run(mut command: tokio::process::Command) -> Output {
         .unwrap()
 }
 
-/// `probe.py TARGET ARGS...`, which must exit 0; its stdout.
-async fn probe(python: &Path, stubs: &Path, target: &str, args: &[&str]) -> String {
-    let mut command = command(python, stubs);
-    command.arg(format!("{REPO}/tests/e2e/python/probe.py")).arg(target).args(args);
+/// Runs `command`, which must exit 0, and returns its stdout. A failure names `what` and shows
+/// both outputs and `more` (what else explains it).
+async fn run_ok(
+    command: tokio::process::Command,
+    what: &str,
+    more: impl FnOnce() -> String,
+) -> String {
     let out = run(command).await;
     let stdout = text(&out.stdout);
     assert!(
         out.status.success(),
-        "probe.py {target} {args:?}: {}\n--- stdout ---\n{stdout}--- stderr ---\n{}",
+        "{what}{}\n--- stdout ---\n{stdout}--- stderr ---\n{}{}",
         out.status,
-        text(&out.stderr)
+        text(&out.stderr),
+        more()
     );
     stdout
+}
+
+/// `probe.py TARGET ARGS...`, which must exit 0; its stdout.
+async fn probe(python: &Path, stubs: &Path, target: &str, args: &[&str]) -> String {
+    let mut command = command(python, stubs);
+    command.arg(format!("{REPO}/tests/e2e/python/probe.py")).arg(target).args(args);
+    run_ok(command, &format!("probe.py {target} {args:?}: "), String::new).await
 }
 
 fn unix(daemon: &TestDaemon) -> String {
@@ -114,22 +125,13 @@ async fn the_python_example_of_the_docs_downloads_with_default_options() {
     let script = stubs.path().join("download.py");
     std::fs::write(&script, doc_example()).unwrap();
     let data = bits_testkit::data::random_bytes(14, 300_000);
-    let server = TestServer::start().await;
-    server.add_file("f.bin", data.clone());
+    let server = serving("f.bin", data.clone()).await;
     let daemon = TestDaemon::start().await;
     let dest = daemon.out_dir().join("f.bin");
 
     let mut command = command(&python, stubs.path());
     command.arg(&script).arg(server.url("f.bin")).arg(&dest).env("BITSD_SOCKET", daemon.socket());
-    let out = run(command).await;
-    let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n--- stdout ---\n{stdout}--- stderr ---\n{}--- bitsd ---\n{}",
-        out.status,
-        text(&out.stderr),
-        daemon.log_tail(30)
-    );
+    let stdout = run_ok(command, "", || format!("--- bitsd ---\n{}", daemon.log_tail(30))).await;
     assert!(stdout.contains("filled: [(0, 300000)]\n"), "{stdout}");
     assert!(stdout.contains(&format!("{}: done\n", dest.display())), "{stdout}");
     assert!(

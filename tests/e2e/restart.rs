@@ -8,9 +8,8 @@ use std::time::Duration;
 use bits_client::FileInfo;
 use bits_core::{ByteRange, Code, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::{Download, foreground, new_job, throttled};
+use bits_tests::fixture::{Download, foreground, new_job, serving, throttled};
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
 
@@ -176,8 +175,7 @@ async fn sigterm_mid_download_exits_cleanly_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suspended_job_survives_a_clean_restart() {
-    let server = TestServer::start().await;
-    server.add_file("s.bin", random_bytes(22, 5000));
+    let server = serving("s.bin", random_bytes(22, 5000)).await;
     let mut daemon = TestDaemon::start().await;
     let client = daemon.client().await;
     let files = [(server.url("s.bin"), daemon.out_dir().join("a.bin"))];

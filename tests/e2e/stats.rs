@@ -9,9 +9,8 @@ use std::time::Duration;
 use bits_core::{Code, JobState, Priority, Stats};
 use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer};
-use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::new_job;
+use bits_tests::fixture::{new_job, serving};
 use bits_tests::users::{bitsctl_as, ensure_user, open_daemon_dir};
 use bits_tests::wait::wait_for;
 use http::Method;
@@ -137,8 +136,7 @@ async fn get_stats_and_the_metrics_endpoint_move_with_a_download_and_a_transient
 #[tokio::test]
 async fn bitsctl_stats_shows_everyones_counts_and_the_callers_own() {
     bits_tests::require_root("switching users");
-    let server = TestServer::start().await;
-    server.add_file("slow.bin", random_bytes(15, SIZE));
+    let server = serving("slow.bin", random_bytes(15, SIZE)).await;
     server.set_throttle(Some(64 * 1024));
     let daemon = TestDaemon::start().await;
     open_daemon_dir(&daemon);

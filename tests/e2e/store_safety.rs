@@ -14,6 +14,7 @@ use bits_core::{ByteRange, Code, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::{TestDaemon, binary_in, own_target_dir};
+use bits_tests::fixture::serving;
 use bits_tests::mounts::TmpfsMount;
 use bits_tests::wait::{TIMEOUT, wait_for};
 
@@ -79,20 +80,26 @@ fn edit_store<T>(data_dir: &Path, edit: impl FnOnce(&sled::Db) -> T) -> T {
     result
 }
 
-/// A daemon with two suspended jobs in its store, stopped cleanly (SIGTERM, exit 0).
-async fn stopped_daemon_with_jobs() -> (TestDaemon, Vec<JobId>) {
-    let mut daemon = TestDaemon::start().await;
+/// Two suspended jobs, "first" and "second", each given `files` files from an unreachable host
+/// by one AddFile each (every one acknowledged).
+async fn two_jobs(daemon: &TestDaemon, files: usize) -> Vec<JobId> {
     let client = daemon.client().await;
     let mut jobs = Vec::new();
     for (i, name) in ["first", "second"].iter().enumerate() {
         let job = client.create_job(name, Priority::Normal).await.unwrap();
-        for f in 0..3 {
+        for f in 0..files {
             let dest = daemon.out_dir().join(format!("{name}-{f}.bin"));
             client.add_file(job, &format!("http://127.0.0.1:9/{i}/{f}"), &dest).await.unwrap();
         }
         jobs.push(job);
     }
-    drop(client);
+    jobs
+}
+
+/// A daemon with two suspended jobs in its store, stopped cleanly (SIGTERM, exit 0).
+async fn stopped_daemon_with_jobs() -> (TestDaemon, Vec<JobId>) {
+    let mut daemon = TestDaemon::start().await;
+    let jobs = two_jobs(&daemon, 3).await;
     let status = daemon.terminate_within(Duration::from_secs(5)).await;
     assert!(status.success(), "bitsd exited with {status} on SIGTERM");
     (daemon, jobs)
@@ -300,17 +307,7 @@ async fn truncated_store_log_stops_the_daemon() {
 /// Returns the jobs with their acknowledged file count.
 async fn killed_daemon_with_acknowledged_files() -> (TestDaemon, Vec<(JobId, usize)>) {
     let mut daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let mut jobs = Vec::new();
-    for (i, name) in ["first", "second"].iter().enumerate() {
-        let job = client.create_job(name, Priority::Normal).await.unwrap();
-        for f in 0..2 {
-            let dest = daemon.out_dir().join(format!("{name}-{f}.bin"));
-            client.add_file(job, &format!("http://127.0.0.1:9/{i}/{f}"), &dest).await.unwrap();
-        }
-        jobs.push((job, 2));
-    }
-    drop(client);
+    let jobs = two_jobs(&daemon, 2).await.into_iter().map(|job| (job, 2)).collect();
     daemon.kill_9().await;
     // A killed daemon leaves its socket; a refused start must not leave one of its own.
     std::fs::remove_file(daemon.socket()).unwrap();
@@ -486,8 +483,7 @@ async fn transfer_in_flight(
 ) -> (TestServer, TestDaemon, JobId, Vec<u8>) {
     const SIZE: usize = 8 << 20;
     let remote = random_bytes(seed, SIZE);
-    let server = TestServer::start().await;
-    server.add_file("t.bin", remote.clone());
+    let server = serving("t.bin", remote.clone()).await;
     server.set_throttle(Some(1 << 20));
     let daemon = TestDaemon::start_with(args).await;
     let client = daemon.client().await;

@@ -2,12 +2,9 @@
 //! Last-Modified), bytes fetched from the old version are discarded and the file restarts from
 //! zero, so the result is never a mix of two versions.
 
-use std::time::{Duration, SystemTime};
-
 use bits_core::{Code, JobState};
 use bits_testkit::data::{random_bytes, sha256_hex};
-use bits_testkit::server::ServedFile;
-use bits_tests::fixture::{Download, foreground, throttled};
+use bits_tests::fixture::{Download, foreground, new_version, throttled};
 
 use crate::progress::FAST_SYNC;
 use bits_tests::helpers::{wait_filled, wait_state};
@@ -27,14 +24,7 @@ async fn changed_remote_file_restarts_from_zero() {
     let old_etag = client.list_files(job).await.unwrap()[0].etag.clone();
     assert!(old_etag.is_some(), "the ETag was not recorded");
 
-    server.put_file(
-        "v.bin",
-        ServedFile {
-            data: new.clone().into(),
-            etag: "\"version-2\"".to_string(),
-            last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-        },
-    );
+    server.put_file("v.bin", new_version(&new, "\"version-2\""));
     server.set_throttle(None);
     let mark = server.log_len();
     client.resume(job).await.unwrap();

@@ -3,11 +3,12 @@
 //! it, so that a test reads as what it checks after the setup.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use bits_client::Client;
 use bits_core::{JobId, JobState, Priority};
 use bits_testkit::faults::FaultServer;
-use bits_testkit::server::TestServer;
+use bits_testkit::server::{ServedFile, TestServer};
 
 use crate::daemon::TestDaemon;
 use crate::helpers::wait_state;
@@ -35,6 +36,23 @@ impl Origin for FaultServer {
     }
     fn add_file(&self, path: &str, data: Vec<u8>) {
         FaultServer::add_file(self, path, data);
+    }
+}
+
+/// An in-process file server with `data` at `/name`.
+pub async fn serving(name: &str, data: Vec<u8>) -> TestServer {
+    let server = TestServer::start().await;
+    server.add_file(name, data);
+    server
+}
+
+/// A new version of a served file: `data` with the ETag `etag` and a Last-Modified other than the
+/// server's default, so that both validators tell it from the first version.
+pub fn new_version(data: &[u8], etag: &str) -> ServedFile {
+    ServedFile {
+        data: data.to_vec().into(),
+        etag: etag.to_string(),
+        last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
     }
 }
 

@@ -115,22 +115,14 @@ impl Fc {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn fault_reset_mid_body_is_transient_and_resumes() {
-    let mut f = fc(101).await;
-    f.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+/// The body of the first GET is cut by `fault` (labelled `label`) after CUT bytes: TRANSIENT_ERROR
+/// ERROR_WINHTTP_CONNECTION_ERROR (GT), and the retry resumes where the kept bytes end.
+async fn cut_and_resumed(seed: u64, fault: Fault, label: &str) {
+    let mut f = fc(seed).await;
+    f.server.push_fault(FILE, GET, fault);
     f.c.resume().await;
     f.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
-    f.resumes_after("ResetAfter").await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn fault_short_body_then_close_is_transient_and_resumes() {
-    let mut f = fc(104).await;
-    f.server.push_fault(FILE, GET, Fault::ShortBody(CUT));
-    f.c.resume().await;
-    f.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
-    f.resumes_after("ShortBody").await;
+    f.resumes_after(label).await;
 }
 
 /// A 206 with a wrong Content-Range is refused and none of its bytes reach the disk:
@@ -197,20 +189,23 @@ async fn fatal_status(seed: u64, method: Option<Method>, status: u16) {
     assert!(!f.c.dest.exists());
 }
 
-/// One test per status fault: its name, then `transient_status` or `fatal_status` with a seed,
-/// the request the status answers and the status.
-macro_rules! status_cases {
-    ($($name:ident: $check:ident($seed:expr, $method:expr, $status:expr);)*) => {
+/// The faults whose tests differ only in data: one row a test, its name and the check it runs.
+macro_rules! fault_cases {
+    ($($name:ident: $check:expr;)*) => {
         $(
             #[tokio::test(start_paused = true)]
             async fn $name() {
-                $check($seed, $method, $status).await;
+                $check.await;
             }
         )*
     };
 }
 
-status_cases! {
+fault_cases! {
+    fault_reset_mid_body_is_transient_and_resumes:
+        cut_and_resumed(101, Fault::ResetAfter(CUT), "ResetAfter");
+    fault_short_body_then_close_is_transient_and_resumes:
+        cut_and_resumed(104, Fault::ShortBody(CUT), "ShortBody");
     fault_500_on_head_is_transient: transient_status(108, HEAD, 500);
     fault_502_on_get_is_transient: transient_status(109, GET, 502);
     fault_503_on_get_is_transient: transient_status(110, GET, 503);

@@ -61,6 +61,20 @@ async fn measure<F: std::future::Future<Output = ()>>(m: &Manager, what: &str, r
     );
 }
 
+/// How long RequestFileRanges of `ranges` for file 0 of `id`, by `caller`, holds the lock.
+async fn request_ranges(
+    m: &Manager,
+    caller: Caller,
+    id: JobId,
+    ranges: Vec<ByteRange>,
+    label: &str,
+) {
+    measure(m, label, async {
+        m.request_file_ranges(caller, id, 0, &ranges).await.unwrap();
+    })
+    .await;
+}
+
 /// `n` files of an AddFileSet from an unreachable host, saved as `{prefix}{i}`.
 fn file_set(n: usize, prefix: &Path) -> Vec<NewFile> {
     let prefix = prefix.to_str().unwrap();
@@ -94,10 +108,7 @@ async fn largest_requests_hold_the_table_lock_briefly() {
     let id = new_job(&m).await;
     m.add_file(user(), id, url, &dir.path().join("user-on-demand"), None).await.unwrap();
     let ranges = descending(500, 0);
-    measure(&m, "user: RequestFileRanges 500 descending", async {
-        m.request_file_ranges(user(), id, 0, &ranges).await.unwrap();
-    })
-    .await;
+    request_ranges(&m, user(), id, ranges.clone(), "user: RequestFileRanges 500 descending").await;
     measure(&m, "user: AddFileWithRanges 500 ranges", async {
         m.add_file(user(), id, url, &dir.path().join("user-ranged"), Some(ranges.clone()))
             .await
@@ -114,16 +125,11 @@ async fn largest_requests_hold_the_table_lock_briefly() {
     // The worst case, for an admin: 400,000 descending ranges (3.2 MB on the wire).
     let id = new_job(&m).await;
     m.add_file(admin(), id, url, &dir.path().join("on-demand"), None).await.unwrap();
-    let ranges = descending(400_000, 0);
-    measure(&m, "RequestFileRanges 400k descending", async {
-        m.request_file_ranges(admin(), id, 0, &ranges).await.unwrap();
-    })
-    .await;
+    request_ranges(&m, admin(), id, descending(400_000, 0), "RequestFileRanges 400k descending")
+        .await;
     let interleaved = descending(400_000, 5);
-    measure(&m, "RequestFileRanges 400k descending onto 400k pending", async {
-        m.request_file_ranges(admin(), id, 0, &interleaved).await.unwrap();
-    })
-    .await;
+    let label = "RequestFileRanges 400k descending onto 400k pending";
+    request_ranges(&m, admin(), id, interleaved, label).await;
 
     let id = new_job(&m).await;
     let ranges = descending(400_000, 0);
