@@ -250,11 +250,25 @@ async fn jobs_by_prefix_reset_and_json_errors() {
 }
 
 /// Reads the child's stdout lines until one contains `want` (60 s at most), returning them all.
-async fn lines_until(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    seen: &mut Vec<String>,
-    want: &str,
-) {
+/// The lines a running bitsctl prints.
+type CtlLines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `bitsctl --socket SOCKET ARGS` with its stdout piped (killed when dropped), and its
+/// lines.
+fn spawn_bitsctl(daemon: &TestDaemon, args: &[&str]) -> (tokio::process::Child, CtlLines) {
+    let mut child = tokio::process::Command::new(daemon.bitsctl_path())
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+async fn lines_until(lines: &mut CtlLines, seen: &mut Vec<String>, want: &str) {
     let found = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             let hit = line.contains(want);
@@ -275,13 +289,8 @@ async fn monitor_json_and_watch_follow_a_short_download() {
     let server = serving("m.bin", random_bytes(2, 300_000)).await;
     let client = daemon.client().await;
     let socket = daemon.socket();
-    let mut monitor = tokio::process::Command::new(daemon.bitsctl_path())
-        .args(["--socket", socket.to_str().unwrap(), "--json", "monitor", "--interval", "0.2"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+    let (mut monitor, mut lines) =
+        spawn_bitsctl(&daemon, &["--json", "monitor", "--interval", "0.2"]);
     let mut seen = Vec::new();
 
     let job = create(&daemon, "monitored").await;
@@ -324,13 +333,7 @@ async fn monitor_json_and_watch_follow_a_short_download() {
 async fn monitor_into_a_pipe_prints_one_table_per_interval() {
     let daemon = TestDaemon::start().await;
     let job = create(&daemon, "tabled").await;
-    let mut monitor = tokio::process::Command::new(daemon.bitsctl_path())
-        .args(["--socket", daemon.socket().to_str().unwrap(), "monitor", "--interval", "0.1"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(monitor.stdout.take().unwrap()).lines();
+    let (mut monitor, mut lines) = spawn_bitsctl(&daemon, &["monitor", "--interval", "0.1"]);
     let mut seen = Vec::new();
     lines_until(&mut lines, &mut seen, "tabled").await;
     lines_until(&mut lines, &mut seen, "tabled").await;

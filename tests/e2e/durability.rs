@@ -13,7 +13,7 @@ use bits_core::{ByteRange, Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::fixture::{Download, foreground, new_job, serving, throttled};
+use bits_tests::fixture::{Download, JobOf, foreground, serving, throttled};
 use bits_tests::mounts::TmpfsMount;
 use bits_tests::wait::{TIMEOUT, wait_for};
 use http::Method;
@@ -273,11 +273,11 @@ async fn truncated_temp_file_keeps_exactly_the_ranges_below_its_length() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_temp_file_is_logged_and_left_alone_on_start() {
-    let server = serving("real.bin", random_bytes(52, 10_000)).await;
-    let mut daemon = TestDaemon::start().await;
-    let client = daemon.client().await;
-    let files = [(server.url("real.bin"), daemon.out_dir().join("real.bin"))];
-    let job = new_job(&client, "owner of the directory", Priority::Normal, &files).await;
+    let data = random_bytes(52, 10_000);
+    let of =
+        JobOf { display: "owner of the directory", priority: Priority::Normal, name: "real.bin" };
+    let Download { server, mut daemon, client: _client, job, .. } =
+        Download::added(TestServer::start().await, data, &[], of).await;
 
     let orphan = daemon.out_dir().join(format!(".x.bin.bitsd-{}-0.part", JobId::new_random()));
     let content = random_bytes(53, 70_000);

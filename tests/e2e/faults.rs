@@ -234,15 +234,16 @@ async fn fault_gzip_body_on_a_range_is_never_written() {
 /// restarts the file (probe again) at once, without an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_html_200_error_page_restarts_the_file() {
-    let c = case(121, DEFAULT).await;
-    c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: false });
-    c.resume().await;
-    restarts_after_the_page(&c).await;
+    restarts_after_the_page(121, false).await;
 }
 
-/// The job reaches TRANSFERRED without any error, the page was followed by a new probe and a
-/// GET from byte 0, and the completed file is the server's (no HTML byte in it).
-async fn restarts_after_the_page(c: &Case) {
+/// An HTML page (`chunked` or not) to the first GET: the job reaches TRANSFERRED without any
+/// error, the page was followed by a new probe and a GET from byte 0, and the completed file is
+/// the server's (no HTML byte in it).
+async fn restarts_after_the_page(seed: u64, chunked: bool) {
+    let c = case(seed, DEFAULT).await;
+    c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked });
+    c.resume().await;
     let info = c.wait_state(JobState::Transferred).await;
     assert_eq!((info.error_count, &info.error), (0, &None), "{info:?}\n{}", c.requests());
     c.completes().await;
@@ -278,10 +279,7 @@ async fn fault_html_200_every_time_becomes_transient() {
 /// version too, so the file restarts from zero at once and nothing of the page ends up in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_chunked_html_200_is_never_written() {
-    let c = case(123, DEFAULT).await;
-    c.server.push_fault(FILE, GET, Fault::HtmlPage { chunked: true });
-    c.resume().await;
-    restarts_after_the_page(&c).await;
+    restarts_after_the_page(123, true).await;
 }
 
 // ---------------------------------------------------------------------------------------------

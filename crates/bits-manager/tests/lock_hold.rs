@@ -75,6 +75,16 @@ async fn request_ranges(
     .await;
 }
 
+/// How long one AddFileSet of `files` into a new job, by `caller`, holds the lock; the job.
+async fn add_file_set(m: &Manager, caller: Caller, files: Vec<NewFile>, label: &str) -> JobId {
+    let id = new_job(m).await;
+    measure(m, label, async {
+        m.add_files(caller, id, files).await.unwrap();
+    })
+    .await;
+    id
+}
+
 /// `n` files of an AddFileSet from an unreachable host, saved as `{prefix}{i}`.
 fn file_set(n: usize, prefix: &Path) -> Vec<NewFile> {
     let prefix = prefix.to_str().unwrap();
@@ -115,11 +125,12 @@ async fn largest_requests_hold_the_table_lock_briefly() {
             .unwrap();
     })
     .await;
-    let id = new_job(&m).await;
-    let files = file_set(200, &dir.path().join("user-f"));
-    measure(&m, "user: AddFileSet 200 files", async {
-        m.add_files(user(), id, files).await.unwrap();
-    })
+    add_file_set(
+        &m,
+        user(),
+        file_set(200, &dir.path().join("user-f")),
+        "user: AddFileSet 200 files",
+    )
     .await;
 
     // The worst case, for an admin: 400,000 descending ranges (3.2 MB on the wire).
@@ -139,12 +150,9 @@ async fn largest_requests_hold_the_table_lock_briefly() {
     .await;
 
     // A FileSpec of a short URL and path is about 45 bytes: ~90,000 fit in 4 MB.
-    let id = new_job(&m).await;
-    let files = file_set(90_000, &dir.path().join("f"));
-    measure(&m, "AddFileSet 90k files", async {
-        m.add_files(admin(), id, files).await.unwrap();
-    })
-    .await;
+    let id =
+        add_file_set(&m, admin(), file_set(90_000, &dir.path().join("f")), "AddFileSet 90k files")
+            .await;
     measure(&m, "AddFile to that job", async {
         m.add_file(admin(), id, url, &dir.path().join("one-more"), None).await.unwrap();
     })
