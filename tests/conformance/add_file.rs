@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use bits_client::Client;
 use bits_core::job::MAX_FILES_PER_JOB;
-use bits_core::{Code, JobState, Priority};
+use bits_core::{Code, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
@@ -78,6 +79,20 @@ async fn add_file_refuses_a_2201_character_url() {
     assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
 }
 
+/// AddFile of `url` to `dest` fails with `code` (`hresult`), and the job still has `files` files.
+async fn add_is_refused(
+    client: &Client,
+    job: JobId,
+    (url, dest): (&str, &Path),
+    code: Code,
+    hresult: u32,
+    files: u32,
+) {
+    let err = expect_code(client.add_file(job, url, dest).await, code);
+    assert_eq!(err.code.hresult(), hresult);
+    assert_eq!(client.get_progress(job).await.unwrap().files_total, files);
+}
+
 // Case 12 (as root): a destination whose "directory" is a regular file cannot be written;
 // bitsd reports ERROR_PATH_NOT_FOUND. (E_ACCESSDENIED for a directory without write
 // permission needs a non-root caller, see the module list in the report.)
@@ -86,12 +101,8 @@ async fn add_file_under_a_regular_file_is_path_not_found() {
     let (daemon, client, job) = fresh_job(&[], "not a dir").await;
     let file = daemon.out_dir().join("plain-file");
     std::fs::write(&file, b"not a directory").unwrap();
-    let err = expect_code(
-        client.add_file(job, "http://example.com/x", &file.join("x.bin")).await,
-        Code::ERROR_PATH_NOT_FOUND,
-    );
-    assert_eq!(err.code.hresult(), 0x8007_0003);
-    assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
+    let file = ("http://example.com/x", &*file.join("x.bin"));
+    add_is_refused(&client, job, file, Code::ERROR_PATH_NOT_FOUND, 0x8007_0003, 0).await;
 }
 
 // Case 13 (P): a destination in a directory that does not exist is ERROR_PATH_NOT_FOUND.
@@ -99,12 +110,8 @@ async fn add_file_under_a_regular_file_is_path_not_found() {
 async fn add_file_into_a_missing_directory_is_path_not_found() {
     let (daemon, client, job) = fresh_job(&[], "no dir").await;
     let dest = daemon.out_dir().join("does-not-exist").join("x.bin");
-    let err = expect_code(
-        client.add_file(job, "http://example.com/x", &dest).await,
-        Code::ERROR_PATH_NOT_FOUND,
-    );
-    assert_eq!(err.code.hresult(), 0x8007_0003);
-    assert_eq!(client.get_progress(job).await.unwrap().files_total, 0);
+    let file = ("http://example.com/x", &*dest);
+    add_is_refused(&client, job, file, Code::ERROR_PATH_NOT_FOUND, 0x8007_0003, 0).await;
 }
 
 // Case 13 (P): a local path the kernel cannot take is E_INVALIDARG at AddFile (before anything
@@ -129,7 +136,7 @@ async fn add_file_refuses_names_the_kernel_cannot_take() {
 }
 
 /// Adds `n` files (one AddFile call each) named `f{i}` under `dir`.
-async fn add_files(client: &bits_client::Client, job: bits_core::JobId, dir: &Path, n: usize) {
+async fn add_files(client: &Client, job: JobId, dir: &Path, n: usize) {
     for i in 0..n {
         let dest: PathBuf = dir.join(format!("f{i}"));
         let added = client.add_file(job, &format!("http://example.com/f{i}"), &dest).await;
@@ -143,12 +150,8 @@ async fn non_admin_201st_file_is_too_many_files_in_job() {
     let (daemon, client, job) = fresh_job(&["--admin-uid", "4242"], "many files").await;
     assert_eq!(MAX_FILES_PER_JOB, 200);
     add_files(&client, job, &daemon.out_dir(), 200).await;
-    let err = expect_code(
-        client.add_file(job, "http://example.com/last", &daemon.out_dir().join("last")).await,
-        Code::BG_E_TOO_MANY_FILES_IN_JOB,
-    );
-    assert_eq!(err.code.hresult(), 0x8020_0051);
-    assert_eq!(client.get_progress(job).await.unwrap().files_total, 200);
+    let (dest, code) = (daemon.out_dir().join("last"), Code::BG_E_TOO_MANY_FILES_IN_JOB);
+    add_is_refused(&client, job, ("http://example.com/last", &dest), code, 0x8020_0051, 200).await;
 }
 
 // Case 14: an admin is exempt from the files-per-job limit.

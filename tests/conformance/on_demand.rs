@@ -113,13 +113,16 @@ async fn request_file_ranges_past_end_of_file_is_invalid_range() {
 }
 
 /// Cases 83/84 first half: ON_DEMAND_MODE, RequestFileRanges([(0,100),(50,100)]), Resume; returns
-/// once the job is SUSPENDED again.
-async fn fetch_first_150(t: &Setup) {
+/// once the job is SUSPENDED again, with bytes [0, 150) filled.
+async fn first_150_fetched(name: &str, seed: u64) -> Setup {
+    let t = setup(name, seed, true).await;
     let (client, job) = (&t.client, t.job);
     let code = client.request_file_ranges(job, 0, &[range(0, 100), range(50, 100)]).await;
     assert_eq!(code.unwrap(), Code::S_OK);
     client.resume(job).await.unwrap();
     wait_state(client, job, JobState::Suspended).await;
+    assert_eq!(client.get_filled_file_ranges(job, 0).await.unwrap(), [range(0, 150)]);
+    t
 }
 
 // Case 83: ON_DEMAND_MODE, RequestFileRanges([(0,100),(50,100)]), Resume → the overlapping requests
@@ -127,11 +130,8 @@ async fn fetch_first_150(t: &Setup) {
 // sent any byte twice. (FileRangesTransferred is checked with the notification cases.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_overlapping_requests_fill_once_then_suspend() {
-    let t = setup("c83.bin", 83, true).await;
+    let t = first_150_fetched("c83.bin", 83).await;
     let (client, job) = (&t.client, t.job);
-    fetch_first_150(&t).await;
-
-    assert_eq!(client.get_filled_file_ranges(job, 0).await.unwrap(), [range(0, 150)]);
     let info = client.get_job(job).await.unwrap();
     assert_eq!(info.state, JobState::Suspended, "file incomplete: SUSPENDED, not TRANSFERRED");
     assert_eq!(info.progress.files[0].bytes_total, Some(N));
@@ -149,10 +149,8 @@ async fn on_demand_overlapping_requests_fill_once_then_suspend() {
 // GetFilledFileRanges → [(0,1000)].
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_request_for_the_rest_ends_transferred() {
-    let t = setup("c84.bin", 84, true).await;
+    let t = first_150_fetched("c84.bin", 84).await;
     let (client, job) = (&t.client, t.job);
-    fetch_first_150(&t).await;
-    assert_eq!(client.get_filled_file_ranges(job, 0).await.unwrap(), [range(0, 150)]);
 
     let code = client.request_file_ranges(job, 0, &[range(150, 850)]).await;
     assert_eq!(code.unwrap(), Code::S_OK);

@@ -5,7 +5,7 @@
 use bits_core::{Code, ErrorContext, JobId, JobState, Priority};
 use bits_testkit::data::random_bytes;
 use bits_testkit::server::TestServer;
-use bits_tests::daemon::{CtlOutput, TestDaemon};
+use bits_tests::daemon::TestDaemon;
 use bits_tests::fixture::{fresh_job, new_job, serving};
 
 use bits_tests::helpers::{
@@ -13,8 +13,9 @@ use bits_tests::helpers::{
     range, wait_state,
 };
 
-/// A failed bitsctl command: non-zero exit, and exactly one non-empty line on stderr naming `code`.
-fn assert_one_line_error(out: &CtlOutput, code: &str) {
+/// `bitsctl ARGS` fails: non-zero exit, and exactly one non-empty line on stderr naming `code`.
+async fn assert_one_line_error(daemon: &TestDaemon, args: &[&str], code: &str) {
+    let out = daemon.bitsctl(args).await;
     assert!(!out.status.success(), "bitsctl should have failed: {out}");
     let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line: {out}");
@@ -28,8 +29,7 @@ async fn resume_of_an_empty_job_is_bg_e_empty() {
 
     let created = daemon.bitsctl(&["create", "--name", "empty-cli"]).await.success();
     let job = job_id_in(&created.stdout);
-    let out = daemon.bitsctl(&["resume", &job.to_string()]).await;
-    assert_one_line_error(&out, "BG_E_EMPTY");
+    assert_one_line_error(&daemon, &["resume", &job.to_string()], "BG_E_EMPTY").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,19 +53,10 @@ async fn overlapping_ranges_are_bg_e_overlapping_ranges() {
     );
     assert!(client.list_files(job).await.unwrap().is_empty(), "a rejected file was added");
 
-    let out = daemon
-        .bitsctl(&[
-            "add",
-            &job.to_string(),
-            "http://127.0.0.1:9/o.bin",
-            dest.to_str().unwrap(),
-            "--range",
-            "100:5",
-            "--range",
-            "100:0",
-        ])
-        .await;
-    assert_one_line_error(&out, "BG_E_OVERLAPPING_RANGES");
+    let (id, dest) = (job.to_string(), dest.to_str().unwrap());
+    let add =
+        ["add", &id, "http://127.0.0.1:9/o.bin", dest, "--range", "100:5", "--range", "100:0"];
+    assert_one_line_error(&daemon, &add, "BG_E_OVERLAPPING_RANGES").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,8 +66,7 @@ async fn unknown_job_is_bg_e_not_found() {
     let unknown = JobId::new_random();
     expect_code(client.get_job(unknown).await, Code::BG_E_NOT_FOUND);
     expect_code(client.resume(unknown).await, Code::BG_E_NOT_FOUND);
-    let out = daemon.bitsctl(&["info", &unknown.to_string()]).await;
-    assert_one_line_error(&out, "BG_E_NOT_FOUND");
+    assert_one_line_error(&daemon, &["info", &unknown.to_string()], "BG_E_NOT_FOUND").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
