@@ -105,13 +105,6 @@ impl BitsService {
         let id = convert::parse_job_id(job_id(&req)).map_err(|e| to_status(&e))?;
         Ok((caller, id, req))
     }
-
-    /// The caller and the job a [`v1::JobRef`] names.
-    fn job_ref(&self, request: &Request<v1::JobRef>) -> Result<(Caller, JobId), Status> {
-        let caller = self.caller(request)?;
-        let id = convert::parse_job_id(&request.get_ref().job_id).map_err(|e| to_status(&e))?;
-        Ok((caller, id))
-    }
 }
 
 fn reply<T>(result: Result<T, BitsError>) -> Result<Response<T>, Status> {
@@ -138,8 +131,173 @@ async fn add_one(
     }))
 }
 
-#[tonic::async_trait]
-impl v1::bits_server::Bits for BitsService {
+/// SetProperty's value; a request without one is refused like BITS refuses a NULL.
+fn property_value(value: Option<v1::set_property_request::Value>) -> Result<PropertyValue, Status> {
+    match value {
+        Some(v1::set_property_request::Value::Dword(v)) => Ok(PropertyValue::Dword(v)),
+        Some(v1::set_property_request::Value::Enable(v)) => Ok(PropertyValue::Enable(v)),
+        Some(v1::set_property_request::Value::Uint64(v)) => Ok(PropertyValue::Uint64(v)),
+        None => Err(to_status(&BitsError::new(Code::E_INVALIDARG, "SetProperty needs a value"))),
+    }
+}
+
+/// Writes the `Bits` impl. Most RPCs name a job, and for each of them the handler is the same
+/// path (authorise the caller, parse the job id, call the manager, map its error to a status):
+/// the `job` rows give only what differs, the call (with `manager`, `caller`, `id` and the request
+/// bound to the names the row picks). The RPCs that name no job follow as plain methods.
+macro_rules! bits_impl {
+    (
+        job {
+            $(
+                fn $name:ident($req:ty) -> $reply:ty =
+                    |$manager:ident, $caller:ident, $id:ident, $request:pat_param| $call:expr;
+            )*
+        }
+        $($other:tt)*
+    ) => {
+        #[tonic::async_trait]
+        impl v1::bits_server::Bits for BitsService {
+            $(
+                async fn $name(&self, request: Request<$req>) -> Result<Response<$reply>, Status> {
+                    let ($caller, $id, $request) =
+                        self.request_with_job(request, |r| &r.job_id)?;
+                    let $manager = &self.manager;
+                    $call
+                }
+            )*
+            $($other)*
+        }
+    };
+}
+
+bits_impl! {
+    job {
+        fn get_job(v1::JobRef) -> v1::Job = |manager, caller, id, _|
+            reply(manager.get_job(caller, id).map(|job| convert::job_to_wire(&job)));
+        fn add_file(v1::AddFileRequest) -> v1::AddFileReply = |manager, caller, id, req| {
+            let file = NewFile {
+                remote_url: req.remote_url,
+                local_path: req.local_path.into(),
+                ranges: None,
+                sha256: req.sha256,
+            };
+            add_one(manager, caller, id, file).await
+        };
+        fn add_file_with_ranges(v1::AddFileWithRangesRequest) -> v1::AddFileReply =
+            |manager, caller, id, req| {
+                let file = NewFile {
+                    ranges: Some(convert::ranges_from_wire(&req.ranges)),
+                    remote_url: req.remote_url,
+                    local_path: req.local_path.into(),
+                    sha256: req.sha256,
+                };
+                add_one(manager, caller, id, file).await
+            };
+        fn list_files(v1::JobRef) -> v1::ListFilesReply = |manager, caller, id, _| {
+            reply(manager.get_job(caller, id).map(|job| v1::ListFilesReply {
+                files: job
+                    .files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| convert::file_to_wire(i as u32, f))
+                    .collect(),
+            }))
+        };
+        fn resume(v1::JobRef) -> v1::StatusReply = |manager, caller, id, _|
+            status(manager.resume(caller, id).await);
+        fn suspend(v1::JobRef) -> v1::StatusReply = |manager, caller, id, _|
+            status(manager.suspend(caller, id).await);
+        fn cancel(v1::JobRef) -> v1::StatusReply = |manager, caller, id, _|
+            status(manager.cancel(caller, id).await);
+        fn complete(v1::JobRef) -> v1::StatusReply = |manager, caller, id, _|
+            status(manager.complete(caller, id).await);
+        fn take_ownership(v1::JobRef) -> v1::StatusReply = |manager, caller, id, _|
+            status(manager.take_ownership(caller, id).await);
+        fn get_progress(v1::JobRef) -> v1::Progress = |manager, caller, id, _|
+            reply(manager.get_progress(caller, id).map(|p| convert::progress_to_wire(&p)));
+        fn get_error(v1::JobRef) -> v1::JobError = |manager, caller, id, _|
+            reply(manager.get_error(caller, id).map(|e| convert::job_error_to_wire(&e)));
+        fn request_file_ranges(v1::RequestFileRangesRequest) -> v1::StatusReply =
+            |manager, caller, id, req| {
+                let ranges = convert::ranges_from_wire(&req.ranges);
+                status(manager.request_file_ranges(caller, id, req.file_index, &ranges).await)
+            };
+        fn get_filled_file_ranges(v1::FileRef) -> v1::FileRangesReply =
+            |manager, caller, id, req| {
+                let filled = manager.get_filled_file_ranges(caller, id, req.file_index);
+                reply(filled.map(|set| v1::FileRangesReply {
+                    ranges: convert::range_set_to_wire(&set),
+                }))
+            };
+        fn set_priority(v1::SetPriorityRequest) -> v1::StatusReply = |manager, caller, id, req| {
+            let priority = convert::priority_from_wire(req.priority).map_err(|e| to_status(&e))?;
+            status(manager.set_priority(caller, id, priority).await)
+        };
+        fn set_custom_headers(v1::SetCustomHeadersRequest) -> v1::StatusReply =
+            |manager, caller, id, req|
+                status(manager.set_custom_headers(caller, id, req.headers).await);
+        fn set_display_name(v1::SetStringRequest) -> v1::StatusReply = |manager, caller, id, req|
+            status(manager.set_display_name(caller, id, req.value).await);
+        fn set_description(v1::SetStringRequest) -> v1::StatusReply = |manager, caller, id, req|
+            status(manager.set_description(caller, id, req.value).await);
+        fn set_minimum_retry_delay(v1::SetSecondsRequest) -> v1::StatusReply =
+            |manager, caller, id, req|
+                status(manager.set_minimum_retry_delay(caller, id, req.seconds).await);
+        fn set_no_progress_timeout(v1::SetSecondsRequest) -> v1::StatusReply =
+            |manager, caller, id, req|
+                status(manager.set_no_progress_timeout(caller, id, req.seconds).await);
+        fn set_maximum_download_time(v1::SetSecondsRequest) -> v1::StatusReply =
+            |manager, caller, id, req|
+                status(manager.set_maximum_download_time(caller, id, req.seconds).await);
+        fn set_notify_flags(v1::SetFlagsRequest) -> v1::StatusReply = |manager, caller, id, req|
+            status(manager.set_notify_flags(caller, id, req.flags).await);
+        fn set_security_flags(v1::SetFlagsRequest) -> v1::StatusReply = |manager, caller, id, req|
+            status(manager.set_security_flags(caller, id, req.flags).await);
+        fn set_property(v1::SetPropertyRequest) -> v1::StatusReply = |manager, caller, id, req| {
+            let value = property_value(req.value)?;
+            status(manager.set_property(caller, id, req.property_id, value).await)
+        };
+        fn add_file_set(v1::AddFileSetRequest) -> v1::AddFileSetReply = |manager, caller, id, req| {
+            let files = req
+                .files
+                .into_iter()
+                .map(|f| NewFile {
+                    remote_url: f.remote_url,
+                    local_path: f.local_path.into(),
+                    ranges: None,
+                    sha256: f.sha256,
+                })
+                .collect();
+            reply(
+                manager
+                    .add_files(caller, id, files)
+                    .await
+                    .map(|file_indexes| v1::AddFileSetReply { file_indexes }),
+            )
+        };
+        fn set_remote_name(v1::SetRemoteNameRequest) -> v1::StatusReply =
+            |manager, caller, id, req|
+                status(manager.set_remote_name(caller, id, req.file_index, &req.remote_url).await);
+        fn replace_remote_prefix(v1::ReplaceRemotePrefixRequest) -> v1::StatusReply =
+            |manager, caller, id, req| {
+                let (old, new) = (&req.old_prefix, &req.new_prefix);
+                status(manager.replace_remote_prefix(caller, id, old, new).await)
+            };
+        fn update_download_position(v1::UpdateDownloadPositionRequest) -> v1::StatusReply =
+            |manager, caller, id, req| {
+                let offset = req.offset;
+                status(manager.update_download_position(caller, id, req.file_index, offset).await)
+            };
+        fn set_extensions(v1::SetExtensionsRequest) -> v1::StatusReply =
+            |manager, caller, id, req| {
+                let (connections, files) = (req.connections_per_file, req.files_at_once);
+                status(manager.set_extensions(caller, id, connections, files).await)
+            };
+        fn set_notify_cmd_line(v1::SetNotifyCmdLineRequest) -> v1::StatusReply =
+            |manager, caller, id, req|
+                status(manager.set_notify_cmd_line(caller, id, req.program, req.arguments).await);
+    }
+
     async fn create_job(
         &self,
         request: Request<v1::CreateJobRequest>,
@@ -160,11 +318,6 @@ impl v1::bits_server::Bits for BitsService {
         )
     }
 
-    async fn get_job(&self, request: Request<v1::JobRef>) -> Result<Response<v1::Job>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.get_job(caller, id).map(|job| convert::job_to_wire(&job)))
-    }
-
     async fn list_jobs(
         &self,
         request: Request<v1::ListJobsRequest>,
@@ -179,261 +332,6 @@ impl v1::bits_server::Bits for BitsService {
         Ok(Response::new(v1::ListJobsReply { jobs }))
     }
 
-    async fn add_file(
-        &self,
-        request: Request<v1::AddFileRequest>,
-    ) -> Result<Response<v1::AddFileReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        let file = NewFile {
-            remote_url: req.remote_url,
-            local_path: req.local_path.into(),
-            ranges: None,
-            sha256: req.sha256,
-        };
-        add_one(&self.manager, caller, id, file).await
-    }
-
-    async fn add_file_with_ranges(
-        &self,
-        request: Request<v1::AddFileWithRangesRequest>,
-    ) -> Result<Response<v1::AddFileReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        let file = NewFile {
-            ranges: Some(convert::ranges_from_wire(&req.ranges)),
-            remote_url: req.remote_url,
-            local_path: req.local_path.into(),
-            sha256: req.sha256,
-        };
-        add_one(&self.manager, caller, id, file).await
-    }
-
-    async fn list_files(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::ListFilesReply>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.get_job(caller, id).map(|job| {
-            v1::ListFilesReply {
-                files: job
-                    .files
-                    .iter()
-                    .enumerate()
-                    .map(|(i, f)| convert::file_to_wire(i as u32, f))
-                    .collect(),
-            }
-        }))
-    }
-
-    async fn resume(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        status(self.manager.resume(caller, id).await)
-    }
-
-    async fn suspend(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        status(self.manager.suspend(caller, id).await)
-    }
-
-    async fn cancel(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        status(self.manager.cancel(caller, id).await)
-    }
-
-    async fn complete(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        status(self.manager.complete(caller, id).await)
-    }
-
-    async fn get_progress(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::Progress>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.get_progress(caller, id).map(|p| convert::progress_to_wire(&p)))
-    }
-
-    async fn get_error(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::JobError>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        reply(self.manager.get_error(caller, id).map(|e| convert::job_error_to_wire(&e)))
-    }
-
-    async fn request_file_ranges(
-        &self,
-        request: Request<v1::RequestFileRangesRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        let ranges = convert::ranges_from_wire(&req.ranges);
-        status(self.manager.request_file_ranges(caller, id, req.file_index, &ranges).await)
-    }
-
-    async fn get_filled_file_ranges(
-        &self,
-        request: Request<v1::FileRef>,
-    ) -> Result<Response<v1::FileRangesReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        reply(
-            self.manager
-                .get_filled_file_ranges(caller, id, req.file_index)
-                .map(|set| v1::FileRangesReply { ranges: convert::range_set_to_wire(&set) }),
-        )
-    }
-
-    async fn set_priority(
-        &self,
-        request: Request<v1::SetPriorityRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        let priority = convert::priority_from_wire(req.priority).map_err(|e| to_status(&e))?;
-        status(self.manager.set_priority(caller, id, priority).await)
-    }
-
-    async fn set_custom_headers(
-        &self,
-        request: Request<v1::SetCustomHeadersRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_custom_headers(caller, id, req.headers).await)
-    }
-
-    async fn set_display_name(
-        &self,
-        request: Request<v1::SetStringRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_display_name(caller, id, req.value).await)
-    }
-
-    async fn set_description(
-        &self,
-        request: Request<v1::SetStringRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_description(caller, id, req.value).await)
-    }
-
-    async fn set_minimum_retry_delay(
-        &self,
-        request: Request<v1::SetSecondsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_minimum_retry_delay(caller, id, req.seconds).await)
-    }
-
-    async fn set_no_progress_timeout(
-        &self,
-        request: Request<v1::SetSecondsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_no_progress_timeout(caller, id, req.seconds).await)
-    }
-
-    async fn set_maximum_download_time(
-        &self,
-        request: Request<v1::SetSecondsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_maximum_download_time(caller, id, req.seconds).await)
-    }
-
-    async fn set_notify_flags(
-        &self,
-        request: Request<v1::SetFlagsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_notify_flags(caller, id, req.flags).await)
-    }
-
-    async fn set_security_flags(
-        &self,
-        request: Request<v1::SetFlagsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_security_flags(caller, id, req.flags).await)
-    }
-
-    async fn set_property(
-        &self,
-        request: Request<v1::SetPropertyRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        let value = match req.value {
-            Some(v1::set_property_request::Value::Dword(v)) => PropertyValue::Dword(v),
-            Some(v1::set_property_request::Value::Enable(v)) => PropertyValue::Enable(v),
-            Some(v1::set_property_request::Value::Uint64(v)) => PropertyValue::Uint64(v),
-            None => {
-                return Err(to_status(&BitsError::new(
-                    Code::E_INVALIDARG,
-                    "SetProperty needs a value",
-                )));
-            }
-        };
-        status(self.manager.set_property(caller, id, req.property_id, value).await)
-    }
-
-    async fn add_file_set(
-        &self,
-        request: Request<v1::AddFileSetRequest>,
-    ) -> Result<Response<v1::AddFileSetReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        let files = req
-            .files
-            .into_iter()
-            .map(|f| NewFile {
-                remote_url: f.remote_url,
-                local_path: f.local_path.into(),
-                ranges: None,
-                sha256: f.sha256,
-            })
-            .collect();
-        reply(
-            self.manager
-                .add_files(caller, id, files)
-                .await
-                .map(|file_indexes| v1::AddFileSetReply { file_indexes }),
-        )
-    }
-
-    async fn set_remote_name(
-        &self,
-        request: Request<v1::SetRemoteNameRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_remote_name(caller, id, req.file_index, &req.remote_url).await)
-    }
-
-    async fn replace_remote_prefix(
-        &self,
-        request: Request<v1::ReplaceRemotePrefixRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(
-            self.manager.replace_remote_prefix(caller, id, &req.old_prefix, &req.new_prefix).await,
-        )
-    }
-
-    async fn update_download_position(
-        &self,
-        request: Request<v1::UpdateDownloadPositionRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.update_download_position(caller, id, req.file_index, req.offset).await)
-    }
-
     type WatchJobStream = crate::watch::WatchJobStream;
 
     async fn watch_job(
@@ -444,26 +342,6 @@ impl v1::bits_server::Bits for BitsService {
         crate::watch::watch_job(&self.manager, &self.watches, caller, request.into_inner()).await
     }
 
-    async fn set_extensions(
-        &self,
-        request: Request<v1::SetExtensionsRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(
-            self.manager
-                .set_extensions(caller, id, req.connections_per_file, req.files_at_once)
-                .await,
-        )
-    }
-
-    async fn set_notify_cmd_line(
-        &self,
-        request: Request<v1::SetNotifyCmdLineRequest>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id, req) = self.request_with_job(request, |r| &r.job_id)?;
-        status(self.manager.set_notify_cmd_line(caller, id, req.program, req.arguments).await)
-    }
-
     async fn get_stats(
         &self,
         request: Request<v1::GetStatsRequest>,
@@ -471,13 +349,5 @@ impl v1::bits_server::Bits for BitsService {
         let caller = self.caller(&request)?;
         let stats = BitsService::stats(&self.manager, caller.uid, &self.watches, &self.connections);
         Ok(Response::new(convert::stats_to_wire(&stats)))
-    }
-
-    async fn take_ownership(
-        &self,
-        request: Request<v1::JobRef>,
-    ) -> Result<Response<v1::StatusReply>, Status> {
-        let (caller, id) = self.job_ref(&request)?;
-        status(self.manager.take_ownership(caller, id).await)
     }
 }
