@@ -60,58 +60,75 @@ impl RangeBody {
             return Ok(None);
         }
         let expected = self.span.len();
-        loop {
-            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
-                Err(_) => {
+        match next_data(&mut self.body, self.idle_timeout, &self.url).await {
+            Frame::Idle => {
+                self.finished = true;
+                Err(FetchError::timeout(format!(
+                    "no data from {} for {:?} after {} of {expected} bytes",
+                    self.url, self.idle_timeout, self.received
+                )))
+            }
+            Frame::End => {
+                self.finished = true;
+                if self.received != expected {
+                    return Err(FetchError::transport(
+                        bits_core::Code::ERROR_WINHTTP_CONNECTION_ERROR,
+                        format!(
+                            "body from {} ended after {} of {expected} bytes",
+                            self.url, self.received
+                        ),
+                    ));
+                }
+                debug!(url = %self.url, span = %self.span, "range body complete");
+                Ok(None)
+            }
+            Frame::Broken(mut err) => {
+                self.finished = true;
+                err.message =
+                    format!("{} (after {} of {expected} bytes)", err.message, self.received);
+                Err(err)
+            }
+            Frame::Data(data) => {
+                let len = data.len() as u64;
+                if len > expected - self.received {
                     self.finished = true;
-                    return Err(FetchError::timeout(format!(
-                        "no data from {} for {:?} after {} of {expected} bytes",
-                        self.url, self.idle_timeout, self.received
+                    return Err(FetchError::invalid_response(format!(
+                        "body from {} is longer than the {expected} bytes of span {}",
+                        self.url, self.span
                     )));
                 }
-                Ok(frame) => frame,
-            };
-            match frame {
-                None => {
-                    self.finished = true;
-                    if self.received != expected {
-                        return Err(FetchError::transport(
-                            bits_core::Code::ERROR_WINHTTP_CONNECTION_ERROR,
-                            format!(
-                                "body from {} ended after {} of {expected} bytes",
-                                self.url, self.received
-                            ),
-                        ));
-                    }
-                    debug!(url = %self.url, span = %self.span, "range body complete");
-                    return Ok(None);
-                }
-                Some(Err(err)) => {
-                    self.finished = true;
-                    let mut err = map_hyper_error(&err, &self.url);
-                    err.message =
-                        format!("{} (after {} of {expected} bytes)", err.message, self.received);
-                    return Err(err);
-                }
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers carry no file bytes
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    let len = data.len() as u64;
-                    if len > expected - self.received {
-                        self.finished = true;
-                        return Err(FetchError::invalid_response(format!(
-                            "body from {} is longer than the {expected} bytes of span {}",
-                            self.url, self.span
-                        )));
-                    }
-                    self.received += len;
-                    return Ok(Some(data));
-                }
+                self.received += len;
+                Ok(Some(data))
             }
+        }
+    }
+}
+
+/// What one wait for a response body's next bytes brought.
+pub(crate) enum Frame {
+    /// File bytes, never empty.
+    Data(Bytes),
+    /// The body ended.
+    End,
+    /// Nothing came for the idle timeout.
+    Idle,
+    /// The connection broke; the error is classified, its message names the URL.
+    Broken(FetchError),
+}
+
+/// The next bytes of `body`, each frame waited for at most `idle_timeout`. Trailers and empty
+/// frames carry no file bytes, so they are skipped (and each wait after them starts afresh): both
+/// body readers (one span, multipart) count only what can be written.
+pub(crate) async fn next_data(body: &mut Incoming, idle_timeout: Duration, url: &str) -> Frame {
+    loop {
+        match tokio::time::timeout(idle_timeout, body.frame()).await {
+            Err(_) => return Frame::Idle,
+            Ok(None) => return Frame::End,
+            Ok(Some(Err(err))) => return Frame::Broken(map_hyper_error(&err, url)),
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => return Frame::Data(data),
+                _ => {}
+            },
         }
     }
 }

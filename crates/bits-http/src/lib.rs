@@ -35,6 +35,8 @@ mod multirange;
 mod probe;
 mod range;
 mod redirect;
+#[cfg(test)]
+mod test_support;
 mod transport_error;
 
 pub use body::RangeBody;

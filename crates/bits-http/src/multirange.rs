@@ -13,19 +13,17 @@ use bits_core::{Code, Span};
 use bytes::Bytes;
 use http::response::Parts;
 use http::{Version, header};
-use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tracing::debug;
 use url::Url;
 
-use crate::body::RangeBody;
+use crate::body::{Frame, RangeBody, next_data};
 use crate::content_range::ContentRange;
 use crate::error::{FetchError, FetchErrorKind};
 use crate::headers;
 use crate::multipart::{self, Event, MultipartError, MultipartParser};
 use crate::probe::RemoteInfo;
 use crate::range;
-use crate::transport_error::map_hyper_error;
 
 /// Most spans the caller should put in one [`HttpClient::get_ranges_opts`] request (more are
 /// refused with `InvalidRange`); keeps the `Range` header well under common server limits
@@ -401,60 +399,42 @@ impl Multi {
     /// Reads the next data frame into `buf`; false at the end of the body once the close
     /// delimiter was seen.
     async fn read_frame(&mut self) -> Result<bool, FetchError> {
-        loop {
-            let frame = match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
-                Err(_) if self.closed => return Ok(false),
-                Err(_) => {
-                    return Err(FetchError::timeout(format!(
-                        "no data from {} for {:?} after {} of {} parts",
+        match next_data(&mut self.body, self.idle_timeout, &self.url).await {
+            Frame::Idle if self.closed => Ok(false),
+            Frame::Idle => Err(FetchError::timeout(format!(
+                "no data from {} for {:?} after {} of {} parts",
+                self.url,
+                self.idle_timeout,
+                self.parser.parts_seen(),
+                self.requested.len()
+            ))),
+            Frame::End => match self.parser.finish() {
+                Ok(()) if self.closed => Ok(false),
+                Ok(()) | Err(MultipartError::Truncated) => Err(FetchError::transport(
+                    Code::ERROR_WINHTTP_CONNECTION_ERROR,
+                    format!(
+                        "multi-range body from {} ended in part {} of {}",
                         self.url,
-                        self.idle_timeout,
                         self.parser.parts_seen(),
                         self.requested.len()
-                    )));
-                }
-                Ok(frame) => frame,
-            };
-            match frame {
-                None => {
-                    return match self.parser.finish() {
-                        Ok(()) if self.closed => Ok(false),
-                        Ok(()) | Err(MultipartError::Truncated) => Err(FetchError::transport(
-                            Code::ERROR_WINHTTP_CONNECTION_ERROR,
-                            format!(
-                                "multi-range body from {} ended in part {} of {}",
-                                self.url,
-                                self.parser.parts_seen(),
-                                self.requested.len()
-                            ),
-                        )),
-                        Err(err) => Err(self.multipart_error(err)),
-                    };
-                }
-                Some(Err(err)) => {
-                    if self.closed {
-                        return Ok(false);
-                    }
-                    let mut err = map_hyper_error(&err, &self.url);
-                    err.message = format!(
-                        "{} (in part {} of {})",
-                        err.message,
-                        self.parser.parts_seen(),
-                        self.requested.len()
-                    );
-                    return Err(err);
-                }
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers carry no file bytes
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    self.buf = data;
-                    self.pos = 0;
-                    return Ok(true);
-                }
+                    ),
+                )),
+                Err(err) => Err(self.multipart_error(err)),
+            },
+            Frame::Broken(_) if self.closed => Ok(false),
+            Frame::Broken(mut err) => {
+                err.message = format!(
+                    "{} (in part {} of {})",
+                    err.message,
+                    self.parser.parts_seen(),
+                    self.requested.len()
+                );
+                Err(err)
+            }
+            Frame::Data(data) => {
+                self.buf = data;
+                self.pos = 0;
+                Ok(true)
             }
         }
     }
@@ -524,29 +504,8 @@ impl Multi {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use bits_core::Validator;
-
     use super::*;
-
-    fn remote() -> RemoteInfo {
-        RemoteInfo {
-            final_url: "http://h/f".into(),
-            size: 100,
-            validator: Validator { etag: Some("\"v1\"".into()), last_modified: None },
-            accept_ranges: true,
-            last_modified: None,
-            same_origin: true,
-            redirected: false,
-        }
-    }
-
-    fn parts(status: u16, pairs: &[(&str, &str)]) -> Parts {
-        let mut b = http::Response::builder().status(status);
-        for (k, v) in pairs {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
+    use crate::test_support::{CHANGED, INVALID, parts, remote};
 
     fn head(
         status: u16,
@@ -565,10 +524,6 @@ mod tests {
     const MP: (&str, &str) = ("content-type", "multipart/byteranges; boundary=B");
     const MISMATCH: (FetchErrorKind, Code, bool) =
         (FetchErrorKind::InvalidResponse, Code::BG_E_INVALID_SERVER_RESPONSE, false);
-    const INVALID: (FetchErrorKind, Code, bool) =
-        (FetchErrorKind::InvalidResponse, Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, true);
-    const CHANGED: (FetchErrorKind, Code, bool) =
-        (FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
 
     #[test]
     fn range_header_lists_inclusive_ends() {

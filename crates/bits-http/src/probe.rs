@@ -185,14 +185,7 @@ mod tests {
 
     use super::*;
     use crate::FetchErrorKind;
-
-    fn parts(status: u16, pairs: &[(&str, &str)]) -> Parts {
-        let mut b = http::Response::builder().status(status);
-        for (k, v) in pairs {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
+    use crate::test_support::parts;
 
     fn url() -> Url {
         Url::parse("http://h/f").unwrap()

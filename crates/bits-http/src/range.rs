@@ -158,30 +158,11 @@ pub(crate) fn check_encoding(parts: &Parts, url: &Url) -> Result<(), FetchError>
 
 #[cfg(test)]
 mod tests {
-    use bits_core::{Code, Validator};
+    use bits_core::Code;
 
     use super::*;
     use crate::FetchErrorKind;
-
-    fn parts(status: u16, pairs: &[(&str, &str)]) -> Parts {
-        let mut b = http::Response::builder().status(status);
-        for (k, v) in pairs {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap().into_parts().0
-    }
-
-    fn remote() -> RemoteInfo {
-        RemoteInfo {
-            final_url: "http://h/f".into(),
-            size: 100,
-            validator: Validator { etag: Some("\"v1\"".into()), last_modified: None },
-            accept_ranges: true,
-            last_modified: None,
-            same_origin: true,
-            redirected: false,
-        }
-    }
+    use crate::test_support::{CHANGED, INVALID, parts, remote};
 
     fn kind(
         status: u16,
@@ -204,11 +185,6 @@ mod tests {
 
     const NO_RANGES: (FetchErrorKind, Code, bool) =
         (FetchErrorKind::RangeNotSupported, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, false);
-
-    const INVALID: (FetchErrorKind, Code, bool) =
-        (FetchErrorKind::InvalidResponse, Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE, true);
-    const CHANGED: (FetchErrorKind, Code, bool) =
-        (FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
 
     #[test]
     fn partial_content_must_match_exactly() {
