@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use bits_client::{Client, NewFile, Token, TokenFileError};
 use bits_core::{BitsError, Code, JobId};
+use serde::Serialize;
 
 use crate::args::{Cli, Command, JobArg, SetOp};
 use crate::list::UsageError;
@@ -43,6 +44,16 @@ pub fn absolute(dest: &Path) -> Result<PathBuf, BitsError> {
 }
 
 /// Prints a success code: nothing for S_OK, else its name (or `{code, hresult}` under --json).
+/// A command's answer on stdout: the JSON value under `--json`, else the text; only the one
+/// printed is built.
+fn print<T: Serialize>(json: bool, as_json: impl FnOnce() -> T, text: impl FnOnce() -> String) {
+    if json {
+        out(&render::to_json(&as_json()));
+    } else {
+        out(&text());
+    }
+}
+
 fn print_code(code: Code, json: bool) {
     if json {
         out(&render::to_json(&render::code_json(code)));
@@ -231,12 +242,11 @@ async fn add_set(client: &Client, job: JobId, list_path: &Path, json: bool) -> R
         .map(|(e, dest)| NewFile { url: &e.url, local_path: dest, sha256: e.sha256.as_deref() })
         .collect();
     let indexes = client.add_files(job, &files).await?;
-    if json {
-        out(&render::to_json(&serde_json::json!({ "file_indexes": indexes })));
-    } else {
-        let text: String = indexes.iter().map(|i| format!("{i}\n")).collect();
-        out(&text);
-    }
+    print(
+        json,
+        || serde_json::json!({ "file_indexes": indexes }),
+        || indexes.iter().map(|i| format!("{i}\n")).collect(),
+    );
     Ok(())
 }
 
@@ -261,22 +271,14 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Completions { .. } | Command::Man | Command::Download(_) => {}
         Command::Create { name, priority } => {
             let id = client.create_job(&name, priority.into()).await?;
-            if json {
-                out(&render::to_json(&serde_json::json!({ "job_id": id.to_string() })));
-            } else {
-                out(&format!("{id}\n"));
-            }
+            print(json, || serde_json::json!({ "job_id": id.to_string() }), || format!("{id}\n"));
         }
         Command::Add { job, url, dest, ranges, sha256 } => {
             let job = resolve(&client, &job).await?;
             let dest = absolute(&dest)?;
             let index =
                 client.add_file_checked(job, &url, &dest, &ranges, sha256.as_deref()).await?;
-            if json {
-                out(&render::to_json(&serde_json::json!({ "file_index": index })));
-            } else {
-                out(&format!("{index}\n"));
-            }
+            print(json, || serde_json::json!({ "file_index": index }), || format!("{index}\n"));
         }
         Command::AddSet { job, list } => {
             let job = resolve(&client, &job).await?;
@@ -301,47 +303,41 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::List { all_users } => {
             let jobs =
                 if all_users { client.list_all_jobs().await? } else { client.list_jobs().await? };
-            if json {
-                let list: Vec<_> = jobs.iter().map(|j| render::job_json(j, None)).collect();
-                out(&render::to_json(&list));
-            } else {
-                out(&render::jobs_table(&jobs, all_users));
-            }
+            print(
+                json,
+                || jobs.iter().map(|j| render::job_json(j, None)).collect::<Vec<_>>(),
+                || render::jobs_table(&jobs, all_users),
+            );
         }
         Command::Info { job } => {
             let job = resolve(&client, &job).await?;
             let info = client.get_job(job).await?;
             let files = client.list_files(job).await?;
-            if json {
-                out(&render::to_json(&render::job_json(&info, Some(&files))));
-            } else {
-                out(&render::job_info(&info, &files));
-            }
+            print(
+                json,
+                || render::job_json(&info, Some(&files)),
+                || render::job_info(&info, &files),
+            );
         }
         Command::Files { job } => {
             let files = client.list_files(resolve(&client, &job).await?).await?;
-            if json {
-                let list: Vec<_> = files.iter().map(render::file_json).collect();
-                out(&render::to_json(&list));
-            } else {
-                out(&render::files_table(&files));
-            }
+            print(
+                json,
+                || files.iter().map(render::file_json).collect::<Vec<_>>(),
+                || render::files_table(&files),
+            );
         }
         Command::Progress { job } => {
             let progress = client.get_progress(resolve(&client, &job).await?).await?;
-            if json {
-                out(&render::to_json(&render::full_progress_json(&progress)));
-            } else {
-                out(&render::progress_text(&progress));
-            }
+            print(
+                json,
+                || render::full_progress_json(&progress),
+                || render::progress_text(&progress),
+            );
         }
         Command::Error { job } => {
             let error = client.get_error(resolve(&client, &job).await?).await?;
-            if json {
-                out(&render::to_json(&render::error_json(&error)));
-            } else {
-                out(&render::error_text(&error));
-            }
+            print(json, || render::error_json(&error), || render::error_text(&error));
         }
         Command::Set { job, ops, .. } => {
             let job = resolve(&client, &job).await?;
@@ -373,13 +369,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Ranges { job, file_index } => {
             let job = resolve(&client, &job).await?;
             let ranges = client.get_filled_file_ranges(job, file_index).await?;
-            if json {
-                let list: Vec<_> = ranges.iter().map(render::range_json).collect();
-                out(&render::to_json(&list));
-            } else {
-                let text: String = ranges.iter().map(|r| format!("{}\n", r.display())).collect();
-                out(&text);
-            }
+            print(
+                json,
+                || ranges.iter().map(render::range_json).collect::<Vec<_>>(),
+                || ranges.iter().map(|r| format!("{}\n", r.display())).collect(),
+            );
         }
         Command::RequestRanges { job, file_index, ranges } => {
             let job = resolve(&client, &job).await?;
