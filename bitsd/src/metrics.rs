@@ -149,10 +149,18 @@ pub fn render(stats: &Stats) -> String {
     let mut out = String::with_capacity(4096);
     let mut text = Text(&mut out);
     let start = stats.start_time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    text.family("bitsd_start_time_seconds", "gauge", "When the daemon started (Unix time).");
-    text.sample("bitsd_start_time_seconds", &[], start.as_secs_f64());
-    text.family("bitsd_uptime_seconds", "gauge", "Seconds since the daemon started.");
-    text.sample("bitsd_uptime_seconds", &[], stats.uptime.as_secs_f64());
+    text.single(
+        "bitsd_start_time_seconds",
+        "gauge",
+        "When the daemon started (Unix time).",
+        start.as_secs_f64(),
+    );
+    text.single(
+        "bitsd_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        stats.uptime.as_secs_f64(),
+    );
     text.family("bitsd_jobs", "gauge", "Jobs in the queue, by state (every user's).");
     for state in JobState::ALL {
         let count = stats.jobs.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
@@ -161,26 +169,30 @@ pub fn render(stats: &Stats) -> String {
             text.sample("bitsd_jobs", &[("state", state.name())], count as f64);
         }
     }
-    text.family(
+    text.single(
         "bitsd_transferred_bytes_total",
         "counter",
         "Bytes downloaded, synced to disk and recorded as filled.",
+        stats.bytes_transferred as f64,
     );
-    text.sample("bitsd_transferred_bytes_total", &[], stats.bytes_transferred as f64);
-    text.family(
+    text.single(
         "bitsd_control_connections",
         "gauge",
         "gRPC connections open to the control socket and the TCP listener.",
+        stats.control_connections as f64,
     );
-    text.sample("bitsd_control_connections", &[], stats.control_connections as f64);
-    text.family("bitsd_watch_streams", "gauge", "WatchJob streams open.");
-    text.sample("bitsd_watch_streams", &[], stats.watch_streams as f64);
-    text.family(
+    text.single(
+        "bitsd_watch_streams",
+        "gauge",
+        "WatchJob streams open.",
+        stats.watch_streams as f64,
+    );
+    text.single(
         "bitsd_http_connections",
         "gauge",
         "Connections open to HTTP servers for transfers (in use or idle in the pool).",
+        stats.http_connections as f64,
     );
-    text.sample("bitsd_http_connections", &[], stats.http_connections as f64);
     text.family(
         "bitsd_transient_errors_total",
         "counter",
@@ -206,10 +218,18 @@ pub fn render(stats: &Stats) -> String {
     text.sample(&format!("{name}_bucket"), &[("le", "+Inf")], flushes.count as f64);
     text.sample(&format!("{name}_sum"), &[], flushes.total.as_secs_f64());
     text.sample(&format!("{name}_count"), &[], flushes.count as f64);
-    text.family("bitsd_store_flush_failures_total", "counter", "Store flushes that failed.");
-    text.sample("bitsd_store_flush_failures_total", &[], flushes.failed as f64);
-    text.family("bitsd_store_flush_max_seconds", "gauge", "The longest store flush since start.");
-    text.sample("bitsd_store_flush_max_seconds", &[], flushes.max.as_secs_f64());
+    text.single(
+        "bitsd_store_flush_failures_total",
+        "counter",
+        "Store flushes that failed.",
+        flushes.failed as f64,
+    );
+    text.single(
+        "bitsd_store_flush_max_seconds",
+        "gauge",
+        "The longest store flush since start.",
+        flushes.max.as_secs_f64(),
+    );
     out
 }
 
@@ -219,6 +239,12 @@ struct Text<'a>(&'a mut String);
 impl Text<'_> {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {}\n# TYPE {name} {kind}", escape_help(help));
+    }
+
+    /// A family of one sample without labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
