@@ -127,6 +127,24 @@ fn path_str<'a>(path: &'a Path, what: &str) -> Result<&'a str, ClientError> {
     })
 }
 
+/// Writes the methods that set one value of a job and answer the BITS success code. A row
+/// names the method (the RPC's own name), its argument, the request message, and the request's
+/// fields besides the job id.
+macro_rules! job_setters {
+    ($(
+        $(#[$attr:meta])*
+        fn $name:ident($arg:ident: $ty:ty) => $request:ident { $($fields:tt)* };
+    )*) => {
+        $(
+            $(#[$attr])*
+            pub async fn $name(&self, job: JobId, $arg: $ty) -> Result<Code, ClientError> {
+                let req = v1::$request { job_id: job.to_string(), $($fields)* };
+                status_code(self.inner.clone().$name(req).await?.into_inner())
+            }
+        )*
+    };
+}
+
 impl Client {
     /// Connects to the daemon listening on `socket`. The socket is connected eagerly, so a missing
     /// or dead daemon is reported here as [`ClientError::Connect`] naming the path.
@@ -224,18 +242,7 @@ impl Client {
         url: &str,
         local_path: &Path,
     ) -> Result<u32, ClientError> {
-        let reply = self
-            .inner
-            .clone()
-            .add_file(v1::AddFileRequest {
-                job_id: job.to_string(),
-                remote_url: url.to_string(),
-                local_path: path_str(local_path, "local path")?.to_string(),
-                sha256: None,
-            })
-            .await?
-            .into_inner();
-        Ok(reply.file_index)
+        self.add_file_checked(job, url, local_path, &[], None).await
     }
 
     /// AddFileWithRanges; returns the new file's index.
@@ -330,95 +337,33 @@ impl Client {
         Ok(convert::ranges_from_wire(&reply.ranges))
     }
 
-    pub async fn set_priority(&self, job: JobId, priority: Priority) -> Result<Code, ClientError> {
-        let reply = self
-            .inner
-            .clone()
-            .set_priority(v1::SetPriorityRequest {
-                job_id: job.to_string(),
-                priority: convert::priority_to_wire(priority) as i32,
-            })
-            .await?
-            .into_inner();
-        status_code(reply)
-    }
-
-    /// SetCustomHeaders: `Name: value` lines (CRLF-separated) sent with every request of the
-    /// job; `None` clears them.
-    pub async fn set_custom_headers(
-        &self,
-        job: JobId,
-        headers: Option<&str>,
-    ) -> Result<Code, ClientError> {
-        let reply = self
-            .inner
-            .clone()
-            .set_custom_headers(v1::SetCustomHeadersRequest {
-                job_id: job.to_string(),
-                headers: headers.map(str::to_string),
-            })
-            .await?
-            .into_inner();
-        status_code(reply)
+    job_setters! {
+        fn set_priority(priority: Priority) => SetPriorityRequest {
+            priority: convert::priority_to_wire(priority) as i32,
+        };
+        /// SetCustomHeaders: `Name: value` lines (CRLF-separated) sent with every request of the
+        /// job; `None` clears them.
+        fn set_custom_headers(headers: Option<&str>) => SetCustomHeadersRequest {
+            headers: headers.map(str::to_string),
+        };
     }
 
     // ---- Setters (spec §3.E) ----------------------------------------------------------------
 
-    /// SetDisplayName; `None` sends NULL (refused with E_INVALIDARG).
-    pub async fn set_display_name(
-        &self,
-        job: JobId,
-        name: Option<&str>,
-    ) -> Result<Code, ClientError> {
-        let req = v1::SetStringRequest { job_id: job.to_string(), value: name.map(str::to_string) };
-        status_code(self.inner.clone().set_display_name(req).await?.into_inner())
-    }
-
-    /// SetDescription; `None` sends NULL (refused with E_INVALIDARG).
-    pub async fn set_description(
-        &self,
-        job: JobId,
-        text: Option<&str>,
-    ) -> Result<Code, ClientError> {
-        let req = v1::SetStringRequest { job_id: job.to_string(), value: text.map(str::to_string) };
-        status_code(self.inner.clone().set_description(req).await?.into_inner())
-    }
-
-    pub async fn set_minimum_retry_delay(
-        &self,
-        job: JobId,
-        seconds: u32,
-    ) -> Result<Code, ClientError> {
-        let req = v1::SetSecondsRequest { job_id: job.to_string(), seconds };
-        status_code(self.inner.clone().set_minimum_retry_delay(req).await?.into_inner())
-    }
-
-    pub async fn set_no_progress_timeout(
-        &self,
-        job: JobId,
-        seconds: u32,
-    ) -> Result<Code, ClientError> {
-        let req = v1::SetSecondsRequest { job_id: job.to_string(), seconds };
-        status_code(self.inner.clone().set_no_progress_timeout(req).await?.into_inner())
-    }
-
-    pub async fn set_maximum_download_time(
-        &self,
-        job: JobId,
-        seconds: u32,
-    ) -> Result<Code, ClientError> {
-        let req = v1::SetSecondsRequest { job_id: job.to_string(), seconds };
-        status_code(self.inner.clone().set_maximum_download_time(req).await?.into_inner())
-    }
-
-    pub async fn set_notify_flags(&self, job: JobId, flags: u32) -> Result<Code, ClientError> {
-        let req = v1::SetFlagsRequest { job_id: job.to_string(), flags };
-        status_code(self.inner.clone().set_notify_flags(req).await?.into_inner())
-    }
-
-    pub async fn set_security_flags(&self, job: JobId, flags: u32) -> Result<Code, ClientError> {
-        let req = v1::SetFlagsRequest { job_id: job.to_string(), flags };
-        status_code(self.inner.clone().set_security_flags(req).await?.into_inner())
+    job_setters! {
+        /// SetDisplayName; `None` sends NULL (refused with E_INVALIDARG).
+        fn set_display_name(name: Option<&str>) => SetStringRequest {
+            value: name.map(str::to_string),
+        };
+        /// SetDescription; `None` sends NULL (refused with E_INVALIDARG).
+        fn set_description(text: Option<&str>) => SetStringRequest {
+            value: text.map(str::to_string),
+        };
+        fn set_minimum_retry_delay(seconds: u32) => SetSecondsRequest { seconds };
+        fn set_no_progress_timeout(seconds: u32) => SetSecondsRequest { seconds };
+        fn set_maximum_download_time(seconds: u32) => SetSecondsRequest { seconds };
+        fn set_notify_flags(flags: u32) => SetFlagsRequest { flags };
+        fn set_security_flags(flags: u32) => SetFlagsRequest { flags };
     }
 
     /// Job5 SetProperty with a BITS_JOB_PROPERTY_ID and its value.
