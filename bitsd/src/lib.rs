@@ -4,6 +4,59 @@
 //! the daemon in their own process ([`run`], with a shutdown of their choosing); the binary is
 //! `main.rs`, one call.
 
+/// `AsyncWrite` for a connection wrapper that changes only how its stream is read or counted:
+/// every write, flush and shutdown goes straight to the stream in `$field`.
+macro_rules! write_through {
+    ($wrapper:ident, $field:ident) => {
+        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<S> {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                tokio::io::AsyncWrite::poll_write(
+                    std::pin::Pin::new(&mut self.get_mut().$field),
+                    cx,
+                    buf,
+                )
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                let inner = std::pin::Pin::new(&mut self.get_mut().$field);
+                tokio::io::AsyncWrite::poll_write_vectored(inner, cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                tokio::io::AsyncWrite::is_write_vectored(&self.$field)
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                tokio::io::AsyncWrite::poll_flush(
+                    std::pin::Pin::new(&mut self.get_mut().$field),
+                    cx,
+                )
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                tokio::io::AsyncWrite::poll_shutdown(
+                    std::pin::Pin::new(&mut self.get_mut().$field),
+                    cx,
+                )
+            }
+        }
+    };
+}
+
 mod authority;
 mod awake;
 pub mod config;
