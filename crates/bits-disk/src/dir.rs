@@ -34,12 +34,7 @@ impl Dir {
     /// Opens the absolute directory `path` as the calling thread's file-system identity,
     /// refusing any symbolic link on the way ([`DiskError::Redirected`]).
     pub(crate) fn open(path: &Path) -> Result<Dir, DiskError> {
-        if !path.is_absolute() {
-            return Err(DiskError::InvalidPath {
-                path: path.to_path_buf(),
-                reason: "the directory must be an absolute path",
-            });
-        }
+        require_absolute(path)?;
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         let fd = match rustix::fs::openat2(rustix::fs::CWD, path, flags, Mode::empty(), resolve) {
@@ -214,18 +209,25 @@ pub(crate) fn split(file: &Path) -> Result<(&Path, &OsStr), DiskError> {
     }
 }
 
+/// A relative directory would be resolved against the daemon's own working directory, not the
+/// caller's: refused before anything is opened.
+fn require_absolute(dir: &Path) -> Result<(), DiskError> {
+    if dir.is_absolute() {
+        return Ok(());
+    }
+    Err(DiskError::InvalidPath {
+        path: dir.to_path_buf(),
+        reason: "the directory must be an absolute path",
+    })
+}
+
 /// AddFile's one resolution of a destination directory: `dir` with every symbolic link followed
 /// (as the calling thread's identity, so only links that identity can traverse), opened again by
 /// its resolved name with no link. Later operations use that name, follow no link at all
 /// ([`Dir::open`]) and check they reached this directory, by its inode number
 /// ([`Dir::of_pinned`]).
 pub(crate) fn resolve_dir(dir: &Path) -> Result<Dir, DiskError> {
-    if !dir.is_absolute() {
-        return Err(DiskError::InvalidPath {
-            path: dir.to_path_buf(),
-            reason: "the directory must be an absolute path",
-        });
-    }
+    require_absolute(dir)?;
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(rustix::fs::CWD, dir, flags, Mode::empty())
         .map_err(|e| dir_error(dir, e))?;
