@@ -242,7 +242,7 @@ impl Client {
         url: &str,
         local_path: &Path,
     ) -> Result<u32, ClientError> {
-        self.add_file_checked(job, url, local_path, &[], None).await
+        self.add_one(job, url, local_path, None, None).await
     }
 
     /// AddFileWithRanges; returns the new file's index.
@@ -253,19 +253,7 @@ impl Client {
         local_path: &Path,
         ranges: &[ByteRange],
     ) -> Result<u32, ClientError> {
-        let reply = self
-            .inner
-            .clone()
-            .add_file_with_ranges(v1::AddFileWithRangesRequest {
-                job_id: job.to_string(),
-                remote_url: url.to_string(),
-                local_path: path_str(local_path, "local path")?.to_string(),
-                ranges: convert::ranges_to_wire(ranges),
-                sha256: None,
-            })
-            .await?
-            .into_inner();
-        Ok(reply.file_index)
+        self.add_one(job, url, local_path, Some(ranges), None).await
     }
 
     pub async fn list_files(&self, job: JobId) -> Result<Vec<FileInfo>, ClientError> {
@@ -427,19 +415,36 @@ impl Client {
         ranges: &[ByteRange],
         sha256: Option<&str>,
     ) -> Result<u32, ClientError> {
+        let ranges = (!ranges.is_empty()).then_some(ranges);
+        self.add_one(job, url, local_path, ranges, sha256).await
+    }
+
+    /// AddFileWithRanges when `ranges` is given (even empty, which the daemon refuses), else
+    /// AddFile.
+    async fn add_one(
+        &self,
+        job: JobId,
+        url: &str,
+        local_path: &Path,
+        ranges: Option<&[ByteRange]>,
+        sha256: Option<&str>,
+    ) -> Result<u32, ClientError> {
         let job_id = job.to_string();
         let remote_url = url.to_string();
         let local_path = path_str(local_path, "local path")?.to_string();
         let sha256 = sha256.map(str::to_string);
         let mut inner = self.inner.clone();
-        let reply = if ranges.is_empty() {
-            let req = v1::AddFileRequest { job_id, remote_url, local_path, sha256 };
-            inner.add_file(req).await?
-        } else {
-            let ranges = convert::ranges_to_wire(ranges);
-            let req =
-                v1::AddFileWithRangesRequest { job_id, remote_url, local_path, ranges, sha256 };
-            inner.add_file_with_ranges(req).await?
+        let reply = match ranges {
+            None => {
+                let req = v1::AddFileRequest { job_id, remote_url, local_path, sha256 };
+                inner.add_file(req).await?
+            }
+            Some(ranges) => {
+                let ranges = convert::ranges_to_wire(ranges);
+                let req =
+                    v1::AddFileWithRangesRequest { job_id, remote_url, local_path, ranges, sha256 };
+                inner.add_file_with_ranges(req).await?
+            }
         };
         Ok(reply.into_inner().file_index)
     }
