@@ -15,4 +15,5 @@ pub mod faults;
 pub mod grpc;
 pub mod range;
 pub mod raw;
+pub mod serve;
 pub mod server;

@@ -1,5 +1,5 @@
-//! An in-process HTTP/1.1 server (hyper 1.x) for files held in memory, with the knobs the
-//! end-to-end tests need to watch a download happen:
+//! The server's face for the download tests, with the knobs they need to watch a download
+//! happen:
 //!
 //! - correct `HEAD`, single `Range` requests (`206` + `Content-Range`, `416` when unsatisfiable),
 //!   `If-Range` (a stale validator gets the whole file with `200`), `ETag` and `Last-Modified`;
@@ -10,32 +10,14 @@
 //! - a log of every request with the exact byte span it served, counted as the bytes hyper
 //!   actually took for writing to the socket, so a test can prove no byte was fetched twice.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, Sleep};
+use http::Method;
 
-use crate::range::{self, RangeAnswer};
-
-/// Largest body frame handed to hyper; small enough that the throttle is smooth and the log of
-/// served bytes is precise.
-const CHUNK: usize = 16 * 1024;
-
-/// Default `Last-Modified` of served files: 2021-01-01T00:00:00Z, a fixed time in the past.
-pub const DEFAULT_LAST_MODIFIED: u64 = 1_609_459_200;
+pub use crate::serve::DEFAULT_LAST_MODIFIED;
+use crate::serve::{FaultFile, Logged, Server};
 
 /// One file the server can serve.
 #[derive(Clone, Debug)]
@@ -74,149 +56,89 @@ impl LoggedRequest {
     }
 }
 
-struct LogEntry {
-    seq: usize,
-    method: Method,
-    path: String,
-    range: Option<String>,
-    if_range: Option<String>,
-    status: u16,
-    start: u64,
-    planned: u64,
-    served: AtomicU64,
-    finished: AtomicBool,
-}
-
-impl LogEntry {
-    fn snapshot(&self) -> LoggedRequest {
+impl From<Logged> for LoggedRequest {
+    fn from(r: Logged) -> LoggedRequest {
         LoggedRequest {
-            seq: self.seq,
-            method: self.method.clone(),
-            path: self.path.clone(),
-            range: self.range.clone(),
-            if_range: self.if_range.clone(),
-            status: self.status,
-            start: self.start,
-            planned: self.planned,
-            served: self.served.load(Ordering::SeqCst),
-            finished: self.finished.load(Ordering::SeqCst),
+            seq: r.seq,
+            method: r.method,
+            path: r.path,
+            range: r.range,
+            if_range: r.if_range,
+            status: r.status,
+            start: r.start,
+            planned: r.planned,
+            served: r.sent,
+            finished: r.finished,
         }
     }
-}
-
-/// A token bucket with no burst, shared by all responses: each chunk books the next free slot on
-/// the server's timeline, so N parallel connections share one rate.
-struct Throttle {
-    /// Bytes per second; 0 means unthrottled.
-    rate: AtomicU64,
-    next_free: Mutex<Instant>,
-}
-
-impl Throttle {
-    /// When a chunk of `len` bytes may be sent, or `None` if unthrottled.
-    fn reserve(&self, len: usize) -> Option<Instant> {
-        let rate = self.rate.load(Ordering::SeqCst);
-        if rate == 0 {
-            return None;
-        }
-        let cost = Duration::from_secs_f64(len as f64 / rate as f64);
-        let mut next = self.next_free.lock().unwrap();
-        let start = (*next).max(Instant::now());
-        *next = start + cost;
-        Some(start + cost)
-    }
-}
-
-struct State {
-    files: Mutex<HashMap<String, ServedFile>>,
-    throttle: Throttle,
-    /// `true` while the gate holds new responses.
-    gate: watch::Sender<bool>,
-    waiting_at_gate: AtomicUsize,
-    log: Mutex<Vec<Arc<LogEntry>>>,
 }
 
 /// The server; dropping it stops accepting and aborts every open connection.
-pub struct TestServer {
-    addr: SocketAddr,
-    state: Arc<State>,
-    accept: JoinHandle<()>,
-}
+pub struct TestServer(Server);
 
 impl TestServer {
     /// Binds 127.0.0.1 on a free port and starts serving on the current tokio runtime.
     pub async fn start() -> TestServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State {
-            files: Mutex::new(HashMap::new()),
-            throttle: Throttle { rate: AtomicU64::new(0), next_free: Mutex::new(Instant::now()) },
-            gate: watch::channel(false).0,
-            waiting_at_gate: AtomicUsize::new(0),
-            log: Mutex::new(Vec::new()),
-        });
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
-        TestServer { addr, state, accept }
+        TestServer(Server::start().await)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// `http://127.0.0.1:PORT/NAME`.
     pub fn url(&self, name: &str) -> String {
-        format!("http://{}/{}", self.addr, name.trim_start_matches('/'))
+        self.0.url(name)
     }
 
     /// Serves `data` at `/NAME` with a content-derived strong ETag and [`DEFAULT_LAST_MODIFIED`].
     pub fn add_file(&self, name: &str, data: impl Into<Bytes>) {
-        let data = data.into();
-        let etag = format!("\"{}\"", &crate::data::sha256_hex(&data)[..16]);
-        let last_modified = SystemTime::UNIX_EPOCH + Duration::from_secs(DEFAULT_LAST_MODIFIED);
-        self.put_file(name, ServedFile { data, etag, last_modified });
+        self.0.put_file(name, FaultFile::new(data));
     }
 
     /// Serves (or replaces) `/NAME` with full control over its validators.
     pub fn put_file(&self, name: &str, file: ServedFile) {
-        let path = format!("/{}", name.trim_start_matches('/'));
-        self.state.files.lock().unwrap().insert(path, file);
+        let ServedFile { data, etag, last_modified } = file;
+        self.0.put_file(
+            name,
+            FaultFile { data, etag: Some(etag), last_modified: Some(last_modified) },
+        );
     }
 
     /// Limits the whole server to `bytes_per_sec` (`None`: unlimited). Takes effect for the next
     /// chunk of every response, including those already streaming.
     pub fn set_throttle(&self, bytes_per_sec: Option<u64>) {
-        self.state.throttle.rate.store(bytes_per_sec.unwrap_or(0), Ordering::SeqCst);
-        *self.state.throttle.next_free.lock().unwrap() = Instant::now();
+        self.0.set_throttle(bytes_per_sec);
     }
 
     /// From now on every new request waits before being answered (bodies already streaming go on).
     pub fn hold(&self) {
-        self.state.gate.send_replace(true);
+        self.0.hold(true);
     }
 
     /// Lets held and future requests through.
     pub fn release(&self) {
-        self.state.gate.send_replace(false);
+        self.0.hold(false);
     }
 
     /// How many requests are waiting at the gate right now.
     pub fn waiting_at_gate(&self) -> usize {
-        self.state.waiting_at_gate.load(Ordering::SeqCst)
+        self.0.waiting_at_gate()
     }
 
     /// Every request answered so far, in order.
     pub fn log(&self) -> Vec<LoggedRequest> {
-        self.state.log.lock().unwrap().iter().map(|e| e.snapshot()).collect()
+        self.log_since(0)
     }
 
     /// Number of requests answered so far; pass it to [`TestServer::log_since`] later.
     pub fn log_len(&self) -> usize {
-        self.state.log.lock().unwrap().len()
+        self.0.log_len()
     }
 
     /// Requests answered after the first `mark` ones.
     pub fn log_since(&self, mark: usize) -> Vec<LoggedRequest> {
-        self.state.log.lock().unwrap().iter().skip(mark).map(|e| e.snapshot()).collect()
+        self.0.log_since(mark).into_iter().map(LoggedRequest::from).collect()
     }
 
     /// Body bytes served for `GET`s so far (all files).
@@ -225,172 +147,13 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
-    crate::accept::accept_each(listener, move |stream| {
-        let state = state.clone();
-        async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&state, req).await) }
-            });
-            // Errors here are clients going away mid-body, which tests do on purpose.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        }
-    })
-    .await
-}
-
-async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<ServedBody> {
-    let mut gate = state.gate.subscribe();
-    if *gate.borrow() {
-        state.waiting_at_gate.fetch_add(1, Ordering::SeqCst);
-        let _ = gate.wait_for(|held| !*held).await;
-        state.waiting_at_gate.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let range = header_text(req.headers(), header::RANGE);
-    let if_range = header_text(req.headers(), header::IF_RANGE);
-    let file = state.files.lock().unwrap().get(&path).cloned();
-
-    let mut builder = Response::builder();
-    let (status, start, len, file) = match file {
-        None => (StatusCode::NOT_FOUND, 0, 0, None),
-        Some(file) if method != Method::GET && method != Method::HEAD => {
-            builder = builder.header(header::ALLOW, "GET, HEAD");
-            (StatusCode::METHOD_NOT_ALLOWED, 0, 0, Some(file))
-        }
-        Some(file) => {
-            let size = file.data.len() as u64;
-            let last_modified = httpdate::fmt_http_date(file.last_modified);
-            builder = builder
-                .header(header::ACCEPT_RANGES, "bytes")
-                .header(header::ETAG, &file.etag)
-                .header(header::LAST_MODIFIED, &last_modified)
-                .header(header::CONTENT_TYPE, "application/octet-stream");
-            // A stale If-Range means "send me the whole new file" (RFC 9110 §13.1.5).
-            let validator_ok =
-                if_range.as_deref().is_none_or(|v| v == file.etag || v == last_modified);
-            match range.as_deref().filter(|_| validator_ok).map(|r| range::parse_single(r, size)) {
-                None | Some(RangeAnswer::Ignore) => (StatusCode::OK, 0, size, Some(file)),
-                Some(RangeAnswer::Unsatisfiable) => {
-                    builder = builder.header(header::CONTENT_RANGE, format!("bytes */{size}"));
-                    (StatusCode::RANGE_NOT_SATISFIABLE, 0, 0, Some(file))
-                }
-                Some(RangeAnswer::Spans(spans)) => {
-                    let (start, end) = spans[0];
-                    builder = builder
-                        .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{size}", end - 1));
-                    (StatusCode::PARTIAL_CONTENT, start, end - start, Some(file))
-                }
-            }
-        }
-    };
-
-    let entry = {
-        let mut log = state.log.lock().unwrap();
-        let entry = Arc::new(LogEntry {
-            seq: log.len(),
-            method: method.clone(),
-            path,
-            range,
-            if_range,
-            status: status.as_u16(),
-            start,
-            planned: len,
-            served: AtomicU64::new(0),
-            finished: AtomicBool::new(false),
-        });
-        log.push(entry.clone());
-        entry
-    };
-
-    let data = match (&file, method == Method::GET) {
-        (Some(file), true) => file.data.slice(start as usize..(start + len) as usize),
-        _ => Bytes::new(),
-    };
-    if data.is_empty() {
-        entry.finished.store(true, Ordering::SeqCst);
-    }
-    let body = ServedBody { state: state.clone(), data, pos: 0, sleep: None, entry };
-    builder
-        .status(status)
-        // Explicit, so HEAD carries the length a GET would have.
-        .header(header::CONTENT_LENGTH, len)
-        .body(body)
-        .unwrap()
-}
-
-fn header_text(headers: &HeaderMap<HeaderValue>, name: header::HeaderName) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
-}
-
-/// A response body that streams `data` in throttled chunks and records how much of it hyper
-/// took for writing. hyper stops polling once the announced length is out, so a chunk counts
-/// when it is handed over; what hyper buffers beyond the socket is bounded by one chunk, far less
-/// than what the kernel's socket buffers hold anyway when a client dies.
-pub struct ServedBody {
-    state: Arc<State>,
-    data: Bytes,
-    pos: usize,
-    sleep: Option<Pin<Box<Sleep>>>,
-    entry: Arc<LogEntry>,
-}
-
-impl Body for ServedBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
-        if this.pos >= this.data.len() {
-            return Poll::Ready(None);
-        }
-        let len = CHUNK.min(this.data.len() - this.pos);
-        if this.sleep.is_none()
-            && let Some(deadline) = this.state.throttle.reserve(len)
-        {
-            this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline)));
-        }
-        if let Some(sleep) = this.sleep.as_mut() {
-            ready!(sleep.as_mut().poll(cx));
-            this.sleep = None;
-        }
-        let chunk = this.data.slice(this.pos..this.pos + len);
-        this.pos += len;
-        this.entry.served.fetch_add(len as u64, Ordering::SeqCst);
-        if this.pos >= this.data.len() {
-            this.entry.finished.store(true, Ordering::SeqCst);
-        }
-        Poll::Ready(Some(Ok(Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact((self.data.len() - self.pos) as u64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::raw::{header, raw_request};
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::Instant;
 
     #[tokio::test]
     async fn serves_ranges_heads_and_logs_spans() {
