@@ -1,24 +1,28 @@
-//! The fetcher against an in-process HTTP/1.1 server that serves a file correctly or misbehaves in
+//! The fetcher against the bits-testkit server (HTTP/1.1) serving a file correctly or misbehaves in
 //! one specific way per test; each test asserts the exact kind, BITS code and transient flag.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bits_core::{Code, ErrorContext, Span};
 use bits_http::{FetchError, FetchErrorKind, HttpClient, RemoteInfo};
-use common::{LAST_MODIFIED, Mode, SIZE, TestServer, client, client_with, read_all, start};
+use common::{
+    DATA, Fault, FaultServer, HEAD, LAST_MODIFIED, SIZE, client, client_with, file, last, read_all,
+    set_fault, start, start_with,
+};
 use http::{Method, header};
 
 fn assert_err(err: &FetchError, kind: FetchErrorKind, code: Code, transient: bool) {
     assert_eq!((err.kind, err.code, err.transient), (kind, code, transient), "{err}");
 }
 
-/// A server in `mode`, the test client, and what it learned probing `/file`.
-async fn probed(mode: Mode) -> (TestServer, HttpClient, RemoteInfo) {
-    let server = start(mode).await;
+/// A server whose `/file` answers GETs with `fault`, the test client, and what it learned
+/// probing `/file`.
+async fn probed(fault: Option<Fault>) -> (FaultServer, HttpClient, RemoteInfo) {
+    let server = start().await;
+    set_fault(&server, fault);
     let http = client();
     let info = http.probe(&server.url("/file")).await.unwrap();
     (server, http, info)
@@ -30,7 +34,7 @@ async fn probe_ok(url: &str) -> RemoteInfo {
 
 #[tokio::test]
 async fn probe_learns_size_and_validators() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let info = probe_ok(&server.url("/file")).await;
     assert_eq!(info.final_url, server.url("/file"));
     assert_eq!(info.size, SIZE as u64);
@@ -38,7 +42,7 @@ async fn probe_learns_size_and_validators() {
     assert_eq!(info.validator.last_modified.as_deref(), Some(LAST_MODIFIED));
     assert_eq!(info.last_modified, httpdate::parse_http_date(LAST_MODIFIED).ok());
     assert!(info.accept_ranges);
-    let head = server.state.last();
+    let head = last(&server);
     assert_eq!(head.method, Method::HEAD);
     assert_eq!(head.headers[header::ACCEPT_ENCODING], "identity");
     assert!(head.headers[header::USER_AGENT].to_str().unwrap().starts_with("bitsd/"));
@@ -46,12 +50,12 @@ async fn probe_learns_size_and_validators() {
 
 #[tokio::test]
 async fn whole_file_via_206() {
-    let (server, http, info) = probed(Mode::Normal).await;
+    let (server, http, info) = probed(None).await;
     let mut body = http.get_range(&info, Span::new(0, info.size)).await.unwrap();
     assert_eq!(body.span(), Span::new(0, SIZE as u64));
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
     assert_eq!(body.next_chunk().await.unwrap(), None);
-    let get = server.state.last();
+    let get = last(&server);
     assert_eq!(get.method, Method::GET);
     assert_eq!(get.headers[header::RANGE], format!("bytes=0-{}", SIZE - 1));
     assert_eq!(get.headers[header::IF_RANGE], "\"v1\"");
@@ -61,9 +65,9 @@ async fn whole_file_via_206() {
 
 #[tokio::test]
 async fn fetch_whole_probes_and_streams_in_one_request() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
-    let before = server.state.seen().len();
+    let before = server.log().len();
     let opts = bits_http::RequestOptions::default();
     let (info, mut body) =
         http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
@@ -71,10 +75,10 @@ async fn fetch_whole_probes_and_streams_in_one_request() {
     assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
     assert_eq!(info.validator.last_modified.as_deref(), Some(LAST_MODIFIED));
     assert!(info.same_origin && !info.redirected);
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
-    let seen = server.state.seen();
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
+    let seen = server.log();
     assert_eq!(seen.len() - before, 1, "one request, no HEAD");
-    let get = server.state.last();
+    let get = last(&server);
     assert_eq!(get.method, Method::GET);
     assert_eq!(get.headers[header::RANGE], "bytes=0-");
     assert!(!get.headers.contains_key(header::IF_RANGE), "nothing to continue yet");
@@ -82,7 +86,7 @@ async fn fetch_whole_probes_and_streams_in_one_request() {
 
 #[tokio::test]
 async fn fetch_whole_takes_a_200_only_where_a_full_response_is_allowed() {
-    let server = start(Mode::IgnoreRange).await;
+    let server = start_with(Fault::IgnoreRange).await;
     let http = client();
     let mut opts = bits_http::RequestOptions { allow_full_response: false, ..Default::default() };
     let err = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap_err();
@@ -91,12 +95,12 @@ async fn fetch_whole_takes_a_200_only_where_a_full_response_is_allowed() {
     let (info, mut body) =
         http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
     assert_eq!(info.size, SIZE as u64);
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
 }
 
 #[tokio::test]
 async fn fetch_whole_checks_the_206_like_any_range() {
-    let server = start(Mode::WrongContentRange).await;
+    let server = start_with(Fault::ShiftedContentRange).await;
     let opts = bits_http::RequestOptions::default();
     let err = client().fetch_whole_opts(&server.url("/file"), &opts).await.unwrap_err();
     assert_eq!(err.kind, FetchErrorKind::InvalidResponse, "{err}");
@@ -104,39 +108,39 @@ async fn fetch_whole_checks_the_206_like_any_range() {
 
 #[tokio::test]
 async fn middle_span_via_206_streams_in_chunks() {
-    let (server, http, info) = probed(Mode::Normal).await;
+    let (server, http, info) = probed(None).await;
     let span = Span::new(1234, 56789);
     let mut body = http.get_range(&info, span).await.unwrap();
     let got = read_all(&mut body).await.unwrap();
-    assert_eq!(got, &server.state.data[1234..56789]);
+    assert_eq!(got, &DATA[1234..56789]);
     assert_eq!(body.received(), span.len());
-    assert_eq!(server.state.last().headers[header::RANGE], "bytes=1234-56788");
+    assert_eq!(last(&server).headers[header::RANGE], "bytes=1234-56788");
     // The last byte alone.
     let mut body = http.get_range(&info, Span::new(SIZE as u64 - 1, SIZE as u64)).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[SIZE - 1..]);
+    assert_eq!(read_all(&mut body).await.unwrap(), &DATA[SIZE - 1..]);
 }
 
 #[tokio::test]
 async fn connections_are_reused_across_clones() {
-    let (server, http, info) = probed(Mode::Normal).await;
+    let (server, http, info) = probed(None).await;
     for i in 0..3u64 {
         let clone = http.clone();
         let mut body = clone.get_range(&info, Span::new(i * 100, i * 100 + 50)).await.unwrap();
         read_all(&mut body).await.unwrap();
     }
-    assert_eq!(server.state.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 }
 
 #[tokio::test]
 async fn whole_file_via_200_when_range_is_ignored() {
-    let (server, http, info) = probed(Mode::IgnoreRange).await;
+    let (_server, http, info) = probed(Some(Fault::IgnoreRange)).await;
     let mut body = http.get_range(&info, Span::new(0, info.size)).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
 }
 
 #[tokio::test]
 async fn partial_span_with_range_ignored_is_insufficient_range_support() {
-    let (_server, http, info) = probed(Mode::IgnoreRange).await;
+    let (_server, http, info) = probed(Some(Fault::IgnoreRange)).await;
     let err = http.get_range(&info, Span::new(10, 20)).await.unwrap_err();
     assert_err(
         &err,
@@ -149,7 +153,7 @@ async fn partial_span_with_range_ignored_is_insufficient_range_support() {
 
 #[tokio::test]
 async fn wrong_content_range_is_invalid_response() {
-    let (_server, http, info) = probed(Mode::WrongContentRange).await;
+    let (_server, http, info) = probed(Some(Fault::ShiftedContentRange)).await;
     let err = http.get_range(&info, Span::new(10, 20)).await.unwrap_err();
     assert_err(
         &err,
@@ -161,7 +165,7 @@ async fn wrong_content_range_is_invalid_response() {
 
 #[tokio::test]
 async fn short_body_then_close_is_a_connection_error() {
-    let (server, http, info) = probed(Mode::ShortBody).await;
+    let (_server, http, info) = probed(Some(Fault::ShortBody(500))).await;
     let mut body = http.get_range(&info, Span::new(0, 1000)).await.unwrap();
     let mut got = Vec::new();
     let err = loop {
@@ -171,18 +175,18 @@ async fn short_body_then_close_is_a_connection_error() {
             Err(err) => break err,
         }
     };
-    assert_eq!(got, &server.state.data[..500]);
+    assert_eq!(got, &DATA[..500]);
     assert_err(&err, FetchErrorKind::Transport, Code::ERROR_WINHTTP_CONNECTION_ERROR, true);
     assert_eq!(err.context, ErrorContext::GeneralTransport);
 }
 
 #[tokio::test]
 async fn stalled_body_times_out() {
-    let server = start(Mode::StallBody).await;
+    let server = start_with(Fault::StallBody { after: 500, stall: Duration::from_secs(30) }).await;
     let http = client_with(|c| c.idle_timeout = Duration::from_millis(300));
     let info = http.probe(&server.url("/file")).await.unwrap();
     let mut body = http.get_range(&info, Span::new(0, 1000)).await.unwrap();
-    assert_eq!(body.next_chunk().await.unwrap().unwrap(), &server.state.data[..500]);
+    assert_eq!(body.next_chunk().await.unwrap().unwrap(), &DATA[..500]);
     let started = Instant::now();
     let err = body.next_chunk().await.unwrap_err();
     assert_err(&err, FetchErrorKind::Timeout, Code::ERROR_WINHTTP_TIMEOUT, true);
@@ -193,13 +197,13 @@ async fn stalled_body_times_out() {
 
 #[tokio::test]
 async fn stalled_headers_time_out() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client_with(|c| {
         c.idle_timeout = Duration::from_millis(300);
         c.connect_timeout = Duration::from_millis(300);
     });
     let info = http.probe(&server.url("/file")).await.unwrap();
-    server.state.set_mode(Mode::StallHeaders);
+    set_fault(&server, Some(Fault::StallHeaders(Duration::from_secs(30))));
     let started = Instant::now();
     let err = http.get_range(&info, Span::new(0, 10)).await.unwrap_err();
     assert_err(&err, FetchErrorKind::Timeout, Code::ERROR_WINHTTP_TIMEOUT, true);
@@ -208,21 +212,21 @@ async fn stalled_headers_time_out() {
 
 #[tokio::test]
 async fn http_statuses_are_classified() {
-    let (server, http, info) = probed(Mode::Normal).await;
+    let (server, http, info) = probed(None).await;
     let span = Span::new(0, 10);
     for (code, transient) in
         [(404, false), (403, false), (500, true), (501, false), (429, true), (408, true)]
     {
-        server.state.set_mode(Mode::GetStatus(code));
+        set_fault(&server, Some(Fault::Status(code)));
         let err = http.get_range(&info, span).await.unwrap_err();
         assert_err(&err, FetchErrorKind::Http(code), Code::Http(code), transient);
         assert_eq!(err.context, ErrorContext::RemoteFile);
     }
-    server.state.set_mode(Mode::GetStatus(503));
+    set_fault(&server, Some(Fault::StatusRetryAfter(503, 3)));
     let err = http.get_range(&info, span).await.unwrap_err();
     assert_err(&err, FetchErrorKind::Http(503), Code::Http(503), true);
     assert_eq!(err.retry_after, Some(Duration::from_secs(3)));
-    server.state.set_mode(Mode::GetStatus(412));
+    set_fault(&server, Some(Fault::Status(412)));
     let err = http.get_range(&info, span).await.unwrap_err();
     assert_err(&err, FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
     assert!(err.restarts_file());
@@ -233,24 +237,25 @@ async fn http_statuses_are_classified() {
 
 #[tokio::test]
 async fn range_past_the_end_is_invalid_range() {
-    let (server, http, info) = probed(Mode::Normal).await;
+    let (server, http, info) = probed(None).await;
     // The file shrank behind our back: the server answers 416.
     let stale = RemoteInfo { size: 2 * SIZE as u64, validator: Default::default(), ..info.clone() };
     let err =
         http.get_range(&stale, Span::new(SIZE as u64 + 10, SIZE as u64 + 20)).await.unwrap_err();
     assert_err(&err, FetchErrorKind::InvalidRange, Code::BG_E_INVALID_RANGE, false);
     // Asking past the probed size never reaches the server.
-    let before = server.state.seen().len();
+    let before = server.log().len();
     for span in [Span::new(0, SIZE as u64 + 1), Span::new(5, 5)] {
         let err = http.get_range(&info, span).await.unwrap_err();
         assert_err(&err, FetchErrorKind::InvalidRange, Code::BG_E_INVALID_RANGE, false);
     }
-    assert_eq!(server.state.seen().len(), before);
+    assert_eq!(server.log().len(), before);
 }
 
 #[tokio::test]
 async fn head_without_content_length_is_missing_file_size() {
-    let server = start(Mode::HeadNoLength).await;
+    let server = start().await;
+    server.always("file", HEAD, Fault::NoLength);
     let err = client().probe(&server.url("/file")).await.unwrap_err();
     assert_err(&err, FetchErrorKind::MissingSize, Code::BG_E_MISSING_FILE_SIZE, false);
     assert_eq!(err.context, ErrorContext::RemoteFile);
@@ -259,24 +264,25 @@ async fn head_without_content_length_is_missing_file_size() {
 #[tokio::test]
 async fn head_refused_falls_back_to_a_one_byte_get() {
     for refusal in [405, 501] {
-        let server = start(Mode::HeadStatus(refusal)).await;
+        let server = start().await;
+        server.always("file", HEAD, Fault::Status(refusal));
         let http = client();
         let info = http.probe(&server.url("/file")).await.unwrap();
         assert_eq!(info.size, SIZE as u64);
         assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
         assert!(info.accept_ranges);
-        let seen = server.state.seen();
+        let seen = server.log();
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[1].method, Method::GET);
         assert_eq!(seen[1].headers[header::RANGE], "bytes=0-0");
         let mut body = http.get_range(&info, Span::new(100, 200)).await.unwrap();
-        assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[100..200]);
+        assert_eq!(read_all(&mut body).await.unwrap(), &DATA[100..200]);
     }
 }
 
 #[tokio::test]
 async fn redirects_are_followed_for_head_and_get() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
     // Relative Location with dot segments.
     let info = http.probe(&server.url("/dir/sub/start")).await.unwrap();
@@ -288,19 +294,19 @@ async fn redirects_are_followed_for_head_and_get() {
     // 303 keeps HEAD as HEAD.
     let info = http.probe(&server.url("/see-other")).await.unwrap();
     assert_eq!(info.final_url, server.url("/file"));
-    assert!(server.state.seen().iter().all(|s| s.method == Method::HEAD));
+    assert!(server.log().iter().all(|s| s.method == Method::HEAD));
     // GET follows redirects too.
     let via = RemoteInfo { final_url: server.url("/chain/2"), ..info };
     let mut body = http.get_range(&via, Span::new(7, 70)).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[7..70]);
-    let last = server.state.last();
+    assert_eq!(read_all(&mut body).await.unwrap(), &DATA[7..70]);
+    let last = last(&server);
     assert_eq!((last.method, last.path.as_str()), (Method::GET, "/file"));
     assert_eq!(last.headers[header::RANGE], "bytes=7-69");
 }
 
 #[tokio::test]
 async fn bad_redirects_fail() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
     for path in ["/loop/a", "/chain/10", "/no-location"] {
         let err = http.probe(&server.url(path)).await.unwrap_err();
@@ -316,24 +322,24 @@ async fn bad_redirects_fail() {
 
 #[tokio::test]
 async fn changed_etag_restarts_the_file() {
-    let (server, http, info) = probed(Mode::Normal).await;
-    server.state.set_etag("\"v2\"");
+    let (server, http, info) = probed(None).await;
+    server.put_file("file", file("\"v2\""));
     for span in [Span::new(10, 20), Span::new(0, SIZE as u64)] {
         let err = http.get_range(&info, span).await.unwrap_err();
         assert_err(&err, FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
         assert!(err.restarts_file());
-        assert_eq!(server.state.last().headers[header::IF_RANGE], "\"v1\"");
+        assert_eq!(last(&server).headers[header::IF_RANGE], "\"v1\"");
     }
     // A fresh probe sees the new version and fetching works again.
     let info = http.probe(&server.url("/file")).await.unwrap();
     assert_eq!(info.validator.etag.as_deref(), Some("\"v2\""));
     let mut body = http.get_range(&info, Span::new(10, 20)).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[10..20]);
+    assert_eq!(read_all(&mut body).await.unwrap(), &DATA[10..20]);
 }
 
 #[tokio::test]
 async fn compressed_bodies_are_refused() {
-    let (_server, http, info) = probed(Mode::Gzip).await;
+    let (_server, http, info) = probed(Some(Fault::GzipLabel)).await;
     let err = http.get_range(&info, Span::new(0, 100)).await.unwrap_err();
     assert_err(
         &err,
@@ -345,7 +351,7 @@ async fn compressed_bodies_are_refused() {
 
 #[tokio::test]
 async fn body_longer_than_the_span_is_invalid() {
-    let (_server, http, info) = probed(Mode::LongBody).await;
+    let (_server, http, info) = probed(Some(Fault::ExtraBytes(10))).await;
     let mut body = http.get_range(&info, Span::new(0, 100)).await.unwrap();
     let err = read_all(&mut body).await.unwrap_err();
     assert_err(
@@ -377,7 +383,7 @@ async fn transport_failures() {
 
 #[tokio::test]
 async fn open_connections_counts_pooled_ones_until_they_close() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
     assert_eq!(http.open_connections(), 0);
     let info = http.probe(&server.url("/file")).await.unwrap();
@@ -385,7 +391,7 @@ async fn open_connections_counts_pooled_ones_until_they_close() {
     read_all(&mut body).await.unwrap();
     assert_eq!(http.open_connections(), 1, "one connection, idle in the pool");
     assert_eq!(http.clone().open_connections(), 1, "clones share the pool");
-    server.state.set_mode(Mode::ShortBody);
+    set_fault(&server, Some(Fault::ShortBody(500)));
     let mut body = http.get_range(&info, Span::new(0, SIZE as u64)).await.unwrap();
     assert!(read_all(&mut body).await.is_err());
     drop(body);

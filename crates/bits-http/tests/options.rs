@@ -7,7 +7,10 @@ mod common;
 
 use bits_core::{Code, ErrorContext, Span};
 use bits_http::{FetchError, FetchErrorKind, RedirectPolicy, RemoteInfo, RequestOptions};
-use common::{Mode, SIZE, Seen, client, read_all, start};
+use common::{
+    DATA, Fault, HEAD, Logged, SIZE, client, last, read_all, redirect_to, set_fault, start,
+    start_with,
+};
 use http::{HeaderMap, HeaderValue, Method, header};
 
 fn policy(redirects: RedirectPolicy) -> RequestOptions {
@@ -41,7 +44,7 @@ fn default_options_are_todays_behaviour() {
 
 #[tokio::test]
 async fn disallow_refuses_every_redirect_status_with_its_win32_code() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
     let target = server.url("/file");
     for (status, hresult) in [
@@ -53,13 +56,13 @@ async fn disallow_refuses_every_redirect_status_with_its_win32_code() {
         // No BITS value is documented for 308; it gets HRESULT_FROM_WIN32(308) by the same rule.
         (308, 0x8007_0134),
     ] {
-        let before = server.state.seen().len();
+        let before = server.log().len();
         let url = server.url(&format!("/r/{status}"));
         let err = http.probe_opts(&url, &policy(RedirectPolicy::Disallow)).await.unwrap_err();
         assert_disallowed(&err, status, Some(&target));
         assert_eq!(err.code.hresult(), hresult);
         // The redirect was not followed: one HEAD, nothing to /file.
-        let seen = server.state.seen();
+        let seen = server.log();
         assert_eq!(seen.len(), before + 1, "{status}");
         assert_eq!(seen[before].path, format!("/r/{status}"));
     }
@@ -87,25 +90,25 @@ async fn disallow_refuses_every_redirect_status_with_its_win32_code() {
 
 #[tokio::test]
 async fn disallow_applies_to_ranged_gets_and_not_to_direct_answers() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
     let disallow = policy(RedirectPolicy::Disallow);
     let info = http.probe_opts(&server.url("/file"), &disallow).await.unwrap();
     assert!(!info.redirected);
     let mut body = http.get_range_opts(&info, Span::new(100, 200), &disallow).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[100..200]);
+    assert_eq!(read_all(&mut body).await.unwrap(), &DATA[100..200]);
 
     // The file moved after the probe: the GET is redirected and refused.
     let moved = RemoteInfo { final_url: server.url("/r/307"), ..info };
     let err = http.get_range_opts(&moved, Span::new(0, 10), &disallow).await.unwrap_err();
     assert_disallowed(&err, 307, Some(&server.url("/file")));
-    assert_eq!(server.state.last().method, Method::GET);
-    assert_eq!(server.state.last().path, "/r/307");
+    assert_eq!(last(&server).method, Method::GET);
+    assert_eq!(last(&server).path, "/r/307");
 }
 
 #[tokio::test]
 async fn allow_policies_follow_and_report_the_final_url() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
     for redirects in [RedirectPolicy::AllowSilent, RedirectPolicy::AllowReport] {
         let opts = policy(redirects);
@@ -122,7 +125,7 @@ async fn allow_policies_follow_and_report_the_final_url() {
         // A GET that is redirected is followed too.
         let via = RemoteInfo { final_url: server.url("/r/302"), ..info };
         let mut body = http.get_range_opts(&via, Span::new(5, 50), &opts).await.unwrap();
-        assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[5..50]);
+        assert_eq!(read_all(&mut body).await.unwrap(), &DATA[5..50]);
         // 300 is never followed: it stays an HTTP error.
         let err = http.probe_opts(&server.url("/r/300"), &opts).await.unwrap_err();
         assert_eq!(
@@ -154,13 +157,13 @@ fn custom_headers() -> HeaderMap {
     headers
 }
 
-fn assert_has_all(seen: &Seen, custom: &HeaderMap) {
+fn assert_has_all(seen: &Logged, custom: &HeaderMap) {
     for (name, value) in custom {
         assert_eq!(seen.headers.get(name), Some(value), "{name} missing on {seen:?}");
     }
 }
 
-fn assert_has_none(seen: &Seen, custom: &HeaderMap) {
+fn assert_has_none(seen: &Logged, custom: &HeaderMap) {
     for name in custom.keys() {
         assert!(!seen.headers.contains_key(name), "{name} crossed origins: {seen:?}");
     }
@@ -169,7 +172,7 @@ fn assert_has_none(seen: &Seen, custom: &HeaderMap) {
 
 #[tokio::test]
 async fn custom_headers_ride_along_on_their_origin() {
-    let server = start(Mode::Normal).await;
+    let server = start().await;
     let http = client();
     let custom = custom_headers();
     let opts = RequestOptions { headers: custom.clone(), ..RequestOptions::default() };
@@ -180,7 +183,7 @@ async fn custom_headers_ride_along_on_their_origin() {
     // A redirect within the origin keeps them, on both hops.
     let info = http.probe_opts(&server.url("/r/302"), &opts).await.unwrap();
     assert!(info.redirected && info.same_origin);
-    let seen = server.state.seen();
+    let seen = server.log();
     assert_eq!(seen.len(), 4);
     for s in &seen {
         assert_has_all(s, &custom);
@@ -192,31 +195,32 @@ async fn custom_headers_ride_along_on_their_origin() {
 /// URL, nor a whole-file GET that is redirected.
 #[tokio::test]
 async fn no_custom_header_follows_a_redirect_to_another_origin() {
-    let server = start(Mode::Normal).await;
-    let refuses_head = start(Mode::HeadStatus(405)).await;
-    let other = start(Mode::Normal).await;
+    let server = start().await;
+    let refuses_head = start().await;
+    refuses_head.always("file", HEAD, Fault::Status(405));
+    let other = start().await;
     let http = client();
     let custom = custom_headers();
     let opts = RequestOptions { headers: custom.clone(), ..RequestOptions::default() };
 
-    *server.state.redirect_target.lock().unwrap() = refuses_head.url("/file");
+    redirect_to(&server, &refuses_head.url("/file"));
     let info = http.probe_opts(&server.url("/abs-redirect"), &opts).await.unwrap();
     assert!(info.redirected && !info.same_origin);
-    let seen = refuses_head.state.seen();
+    let seen = refuses_head.log();
     assert_eq!(
         seen.iter().map(|s| s.method.clone()).collect::<Vec<_>>(),
         [Method::HEAD, Method::GET]
     );
     seen.iter().for_each(|s| assert_has_none(s, &custom));
 
-    *server.state.redirect_target.lock().unwrap() = other.url("/file");
+    redirect_to(&server, &other.url("/file"));
     let info = http.probe_opts(&server.url("/abs-redirect"), &opts).await.unwrap();
     let mut body = http.get_range_opts(&info, Span::new(0, 10), &opts).await.unwrap();
     read_all(&mut body).await.unwrap();
     let (_, mut body) =
         http.fetch_whole_opts(&server.url("/abs-redirect"), &opts).await.unwrap().unwrap();
     read_all(&mut body).await.unwrap();
-    let seen = other.state.seen();
+    let seen = other.log();
     assert_eq!(
         seen.iter().map(|s| s.method.clone()).collect::<Vec<_>>(),
         [Method::HEAD, Method::GET, Method::GET]
@@ -224,25 +228,25 @@ async fn no_custom_header_follows_a_redirect_to_another_origin() {
     seen.iter().for_each(|s| assert_has_none(s, &custom));
 
     // The origin that redirected got them every time.
-    let seen = server.state.seen();
+    let seen = server.log();
     assert_eq!(seen.len(), 3);
     seen.iter().for_each(|s| assert_has_all(s, &custom));
 
     // Once a chain has left the origin they are gone for good, even when it comes back.
-    *server.state.redirect_target.lock().unwrap() = other.url("/abs-redirect");
-    *other.state.redirect_target.lock().unwrap() = server.url("/file");
+    redirect_to(&server, &other.url("/abs-redirect"));
+    redirect_to(&other, &server.url("/file"));
     let info = http.probe_opts(&server.url("/abs-redirect"), &opts).await.unwrap();
     assert!(info.same_origin, "the chain ended where it started");
-    let seen = server.state.seen();
+    let seen = server.log();
     assert_eq!((seen.len(), seen[4].path.as_str()), (5, "/file"));
     assert_has_all(&seen[3], &custom);
     assert_has_none(&seen[4], &custom);
-    assert_has_none(&other.state.last(), &custom);
+    assert_has_none(&last(&other), &custom);
 }
 
 #[tokio::test]
 async fn background_jobs_do_not_accept_a_whole_file_200() {
-    let server = start(Mode::IgnoreRange).await;
+    let server = start_with(Fault::IgnoreRange).await;
     let http = client();
     let strict = RequestOptions { allow_full_response: false, ..RequestOptions::default() };
     let info = http.probe_opts(&server.url("/file"), &strict).await.unwrap();
@@ -260,14 +264,14 @@ async fn background_jobs_do_not_accept_a_whole_file_200() {
     );
     // A foreground job (the default) falls back to the plain GET.
     let mut body = http.get_range_opts(&info, whole, &RequestOptions::default()).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
     let mut body = http.get_range_with(&info, whole, &HeaderMap::new()).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
 
     // A server that honours Range is fine either way, for the whole file and for parts.
-    server.state.set_mode(Mode::Normal);
+    set_fault(&server, None);
     let mut body = http.get_range_opts(&info, whole, &strict).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
     let mut body = http.get_range_opts(&info, Span::new(10, 20), &strict).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[10..20]);
+    assert_eq!(read_all(&mut body).await.unwrap(), &DATA[10..20]);
 }

@@ -5,36 +5,17 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use bits_core::{Code, ErrorContext, Span};
 use bits_http::{FetchErrorKind, RedirectPolicy, RequestOptions};
-use common::{Mode, SIZE, client_with, read_all, start, start_tls};
+use bits_testkit::serve::tls::self_signed;
+use common::{DATA, SIZE, client_with, read_all, redirect_to, start, start_tls};
 use http::Version;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-
-fn self_signed() -> (CertificateDer<'static>, rustls::ServerConfig) {
-    let key =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = key.cert.der().clone();
-    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.clone()], private)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    (cert, config)
-}
 
 #[tokio::test]
 async fn https_fetch_uses_http2_and_verifies_the_certificate() {
     let (cert, config) = self_signed();
-    let server = start_tls(Mode::Normal, config).await;
-    let url = format!("https://127.0.0.1:{}/file", server.addr.port());
+    let server = start_tls(config).await;
+    let url = format!("https://127.0.0.1:{}/file", server.addr().port());
 
     let trusted = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
     let info = trusted.probe(&url).await.unwrap();
@@ -42,14 +23,14 @@ async fn https_fetch_uses_http2_and_verifies_the_certificate() {
     assert_eq!(info.final_url, url);
     let mut body = trusted.get_range(&info, Span::new(0, info.size)).await.unwrap();
     assert_eq!(body.http_version(), Version::HTTP_2);
-    assert_eq!(read_all(&mut body).await.unwrap(), server.state.data);
+    assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
     let mut body = trusted.get_range(&info, Span::new(4096, 9000)).await.unwrap();
-    assert_eq!(read_all(&mut body).await.unwrap(), &server.state.data[4096..9000]);
-    let seen = server.state.seen();
+    assert_eq!(read_all(&mut body).await.unwrap(), &DATA[4096..9000]);
+    let seen = server.log();
     assert!(seen.iter().all(|s| s.version == Version::HTTP_2), "{seen:?}");
     assert_eq!(seen.len(), 3);
     // One HTTP/2 connection carries all three requests.
-    assert_eq!(server.state.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(server.connections(), 1);
 
     // Without the extra root the self-signed certificate is rejected.
     let untrusted = client_with(|_| {});
@@ -65,32 +46,32 @@ async fn https_fetch_uses_http2_and_verifies_the_certificate() {
 #[tokio::test]
 async fn https_to_http_redirect_is_refused() {
     let (cert, config) = self_signed();
-    let tls = start_tls(Mode::Normal, config).await;
-    let plain = start(Mode::Normal).await;
-    *tls.state.redirect_target.lock().unwrap() = plain.url("/file");
+    let tls = start_tls(config).await;
+    let plain = start().await;
+    redirect_to(&tls, &plain.url("/file"));
     let http = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
-    let url = format!("https://localhost:{}/abs-redirect", tls.addr.port());
+    let url = format!("https://localhost:{}/abs-redirect", tls.addr().port());
     let err = http.probe(&url).await.unwrap_err();
     assert_eq!(
         (err.kind, err.code, err.transient),
         (FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false),
         "{err}"
     );
-    assert!(plain.state.seen().is_empty());
+    assert!(plain.log().is_empty());
     // Redirects within https are fine.
-    *tls.state.redirect_target.lock().unwrap() = "/file".into();
+    redirect_to(&tls, "/file");
     let info = http.probe(&url).await.unwrap();
-    assert_eq!(info.final_url, format!("https://localhost:{}/file", tls.addr.port()));
+    assert_eq!(info.final_url, format!("https://localhost:{}/file", tls.addr().port()));
 }
 
 #[tokio::test]
 async fn https_to_http_redirect_is_followed_with_the_flag() {
     let (cert, config) = self_signed();
-    let tls = start_tls(Mode::Normal, config).await;
-    let plain = start(Mode::Normal).await;
-    *tls.state.redirect_target.lock().unwrap() = plain.url("/file");
+    let tls = start_tls(config).await;
+    let plain = start().await;
+    redirect_to(&tls, &plain.url("/file"));
     let http = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
-    let url = format!("https://localhost:{}/abs-redirect", tls.addr.port());
+    let url = format!("https://localhost:{}/abs-redirect", tls.addr().port());
 
     let refused = RequestOptions { allow_https_to_http: false, ..RequestOptions::default() };
     let err = http.probe_opts(&url, &refused).await.unwrap_err();
@@ -99,7 +80,7 @@ async fn https_to_http_redirect_is_followed_with_the_flag() {
         (FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false),
         "{err}"
     );
-    assert!(plain.state.seen().is_empty());
+    assert!(plain.log().is_empty());
 
     for redirects in [RedirectPolicy::AllowSilent, RedirectPolicy::AllowReport] {
         let allowed =
@@ -109,7 +90,7 @@ async fn https_to_http_redirect_is_followed_with_the_flag() {
         assert!(info.redirected);
         assert!(!info.same_origin);
         let mut body = http.get_range_opts(&info, Span::new(0, info.size), &allowed).await.unwrap();
-        assert_eq!(read_all(&mut body).await.unwrap(), plain.state.data);
+        assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
     }
 
     // DISALLOW wins over the flag: the redirect is reported, not followed.
@@ -118,9 +99,9 @@ async fn https_to_http_redirect_is_followed_with_the_flag() {
         redirects: RedirectPolicy::Disallow,
         ..RequestOptions::default()
     };
-    let before = plain.state.seen().len();
+    let before = plain.log().len();
     let err = http.probe_opts(&url, &disallow).await.unwrap_err();
     assert_eq!((err.kind, err.code), (FetchErrorKind::RedirectDisallowed, Code::Win32Http(302)));
     assert_eq!(err.redirect_target, Some(plain.url("/file")));
-    assert_eq!(plain.state.seen().len(), before);
+    assert_eq!(plain.log().len(), before);
 }

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod accept;
-pub mod body;
 pub mod data;
 pub mod faults;
 #[cfg(feature = "grpc")]
