@@ -142,6 +142,7 @@ pub fn fault_log(log: &[Logged]) -> String {
 mod tests {
     use super::*;
     use crate::data::random_bytes;
+    use crate::raw::header;
     use std::io;
 
     const GET: Option<Method> = Some(Method::GET);
@@ -213,5 +214,72 @@ mod tests {
         assert_eq!(body, HTML_PAGE.as_bytes());
         let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &range).await;
         assert!(head.starts_with("http/1.1 429") && head.contains("retry-after: 3"), "{head}");
+    }
+
+    /// The content of a chunked body (`SIZE-HEX CRLF bytes CRLF`, ending with a zero size).
+    fn unchunk(mut body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let line = body.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&body[..line]).unwrap(), 16).unwrap();
+            if size == 0 {
+                return out;
+            }
+            out.extend_from_slice(&body[line + 2..line + 2 + size]);
+            body = &body[line + 2 + size + 2..];
+        }
+    }
+
+    #[tokio::test]
+    async fn fault_server_multi_range_parts_and_cuts() {
+        let server = FaultServer::start().await;
+        let data = random_bytes(9, 1000);
+        server.add_file("f.bin", data.clone());
+        let two = [("Range", "bytes=0-1,10-12")];
+        // Off by default: the whole file, as the single-range servers always answered.
+        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &two).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(body, data);
+        server.set_strict_ranges(true);
+        let (head, _, _) = raw(server.addr(), "GET", "/f.bin", &two).await;
+        assert!(head.starts_with("http/1.1 400"), "{head}");
+
+        server.set_multi_range(true);
+        let part = |first: usize, last: usize| {
+            let mut out = format!(
+                "\r\n--00000000000000000007\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Range: bytes {first}-{last}/1000\r\n\r\n"
+            )
+            .into_bytes();
+            out.extend_from_slice(&data[first..=last]);
+            out
+        };
+        let whole =
+            [part(0, 1), part(10, 12), b"\r\n--00000000000000000007--\r\n".to_vec()].concat();
+        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &two).await;
+        assert!(head.starts_with("http/1.1 206"), "{head}");
+        assert!(head.contains("content-type: multipart/byteranges; boundary=00000000000000000007"));
+        assert_eq!(header(&head, "content-length"), Some(whole.len().to_string().as_str()));
+        assert_eq!(body, whole);
+
+        server.push_fault("f.bin", None, Fault::Parts(Parts::Reversed));
+        let (_, body, _) = raw(server.addr(), "GET", "/f.bin", &two).await;
+        let reversed = [part(10, 12), part(0, 1), b"\r\n--00000000000000000007--\r\n".to_vec()];
+        assert_eq!(body, reversed.concat());
+        // Cut just before the second part's delimiter, then a clean chunked end.
+        server.push_fault(
+            "f.bin",
+            None,
+            Fault::CutParts { at: PartCut::Before(1), end: CutEnd::End },
+        );
+        let (head, body, end) = raw(server.addr(), "GET", "/f.bin", &two).await;
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert!(end.is_ok(), "{end:?}");
+        assert_eq!(unchunk(&body), part(0, 1));
+        // One range stays a plain 206.
+        let (head, body, _) = raw(server.addr(), "GET", "/f.bin", &[("Range", "bytes=5-9")]).await;
+        assert!(head.contains("content-range: bytes 5-9/1000"), "{head}");
+        assert_eq!(body, &data[5..10]);
     }
 }

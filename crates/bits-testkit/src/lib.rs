@@ -1,13 +1,14 @@
 //! Test support shared by every test binary of the workspace: one in-process HTTP file server
-//! with the knobs the download tests watch ([`server`]), the same server's hostile twin
-//! ([`faults`]), the one `Range` parser both use ([`range`]), reproducible test content
-//! ([`data`]), a fake gRPC daemon with default stubs (`grpc`, feature "grpc") and a raw HTTP/1.1 request for checking a server byte for byte ([`raw`]).
+//! ([`serve`]) with two faces, the knobs the download tests watch ([`server`]) and the scripted
+//! faults of the hostile-server and client tests ([`faults`]); the one `Range` parser
+//! ([`range`]), reproducible test content ([`data`]), a fake gRPC daemon with default stubs
+//! (`grpc`, feature "grpc") and a raw HTTP/1.1 request for checking a server byte for byte
+//! ([`raw`]).
 
 // This is test support code: a failed setup step should stop the test with its message, which is
 // what unwrap/expect do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod accept;
 pub mod data;
 pub mod faults;
 #[cfg(feature = "grpc")]

@@ -1,6 +1,7 @@
 //! Connections: the one accept loop (plain or TLS), HTTP/1.1 and HTTP/2 on each, and the socket
 //! wrapper that lets a body reset its connection (RST) instead of closing it.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +14,25 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Shared;
+
+/// Runs `serve` on a task of its own for every accepted connection. The connection tasks live in
+/// a set owned by this future, so aborting the task that runs it aborts every connection too.
+async fn accept_each<F, Fut>(listener: TcpListener, mut serve: F)
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                connections.spawn(serve(stream));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
 
 /// Per-connection switches a response can pull.
 #[derive(Default)]
@@ -85,7 +105,7 @@ impl AsyncWrite for FaultIo {
 
 /// Counts the connection and wraps its socket.
 fn accepted(stream: TcpStream, shared: &Shared) -> (FaultIo, Arc<ConnCtl>) {
-    shared.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    shared.connections.fetch_add(1, Ordering::SeqCst);
     let ctl = Arc::new(ConnCtl::default());
     (FaultIo { stream, ctl: ctl.clone() }, ctl)
 }
@@ -103,7 +123,7 @@ where
 }
 
 pub(super) async fn accept_plain(listener: TcpListener, shared: Arc<Shared>) {
-    crate::accept::accept_each(listener, move |stream| {
+    accept_each(listener, move |stream| {
         let (io, ctl) = accepted(stream, &shared);
         serve(io, shared.clone(), ctl)
     })
@@ -117,7 +137,7 @@ pub(super) async fn accept_tls(
     config: rustls::ServerConfig,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    crate::accept::accept_each(listener, move |stream| {
+    accept_each(listener, move |stream| {
         let (io, ctl) = accepted(stream, &shared);
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
         async move {

@@ -3,7 +3,7 @@
 //! and [`crate::faults::FaultServer`] are two faces of it, and the bits-http tests drive it
 //! directly through `FaultServer`.
 //!
-//! One accept loop (`conn.rs`), one request path ([`Server`]'s `respond`: gate, fault rules, log),
+//! One accept loop (`conn.rs`), one request path (`respond`: gate, fault rules, log),
 //! one file model ([`FaultFile`]), one answer builder (`answer.rs`: validators, `If-Range`, single
 //! and multi-range, every fault as a change to the correct answer) and one body (`reply.rs`:
 //! chunks, throttle, cuts, and a log of the bytes hyper took for the socket).
