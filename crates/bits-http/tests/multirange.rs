@@ -59,6 +59,16 @@ fn spans(count: u64, first: u64, len: u64, stride: u64) -> Vec<Span> {
     (0..count).map(|i| Span::new(first + i * stride, first + i * stride + len)).collect()
 }
 
+/// What a multi-range GET of `want` (no fallback to a 200) delivers, read to its end.
+async fn fetch(
+    http: &HttpClient,
+    info: &RemoteInfo,
+    want: &[Span],
+) -> (Vec<(u64, Bytes)>, Option<FetchError>) {
+    let mut body = http.get_ranges_opts(info, want, &no_fallback()).await.unwrap();
+    read_all(&mut body).await
+}
+
 /// Everything delivered, as (offset → bytes), until the end or an error.
 async fn read_all(body: &mut MultiRangeBody) -> (Vec<(u64, Bytes)>, Option<FetchError>) {
     let mut pieces = Vec::new();
@@ -163,8 +173,7 @@ async fn sixty_four_spans_multipart() {
     }
     // The spans up to the file's last byte.
     let tail = [Span::new(0, 1), Span::new(SIZE as u64 - 4096, SIZE as u64)];
-    let mut body = http.get_ranges_opts(&info, &tail, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &tail).await;
     assert!(err.is_none(), "{err:?}");
     assert_exact(&pieces, &tail, &DATA);
 }
@@ -174,8 +183,7 @@ async fn parts_in_another_order_are_accepted() {
     let (server, http, info) = setup(Some(Fault::Parts(Parts::Reversed))).await;
     server.set_chunk(50);
     let want = spans(5, 100, 300, 1000);
-    let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &want).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(pieces[0].0, 4100, "the last span came first");
     assert_exact(&pieces, &want, &DATA);
@@ -200,14 +208,12 @@ async fn coalesced_parts_are_a_fatal_invalid_server_response() {
 async fn repeated_or_missing_parts_are_fatal() {
     let (server, http, info) = setup(Some(Fault::Parts(Parts::FirstTwice))).await;
     let want = spans(3, 0, 10, 20);
-    let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &want).await;
     assert_eq!(runs(&pieces).len(), 1, "the first part was delivered once");
     assert_mismatch(&err.unwrap());
 
     set_fault(&server, Some(Fault::Parts(Parts::LastMissing)));
-    let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &want).await;
     assert_exact(&pieces, &want[..2], &DATA);
     let err = err.unwrap();
     assert_mismatch(&err);
@@ -275,8 +281,7 @@ async fn truncated_body_is_transient_and_keeps_earlier_parts() {
         setup(Some(Fault::CutParts { at: CUT_IN_THE_THIRD, end: CutEnd::Close })).await;
     server.set_chunk(64);
     let want = spans(4, 1000, 500, 1000);
-    let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &want).await;
     assert_cut_in_the_third_part(&pieces, err, &want, &DATA);
 }
 
@@ -309,8 +314,7 @@ async fn body_ending_cleanly_before_the_last_part_is_transient() {
     let (_server, http, info) =
         setup(Some(Fault::CutParts { at: CUT_IN_THE_THIRD, end: CutEnd::End })).await;
     let want = spans(4, 1000, 500, 1000);
-    let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &want).await;
     assert_cut_in_the_third_part(&pieces, err, &want, &DATA);
 }
 
@@ -318,8 +322,7 @@ async fn body_ending_cleanly_before_the_last_part_is_transient() {
 async fn wrong_total_is_remote_changed() {
     let (_server, http, info) = setup(Some(Fault::Parts(Parts::WrongTotal))).await;
     let want = spans(3, 0, 10, 20);
-    let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &want).await;
     assert!(pieces.is_empty());
     let err = err.unwrap();
     assert_err(&err, FetchErrorKind::RemoteChanged, Code::BG_E_REMOTE_FILE_CHANGED, false);
@@ -363,8 +366,7 @@ async fn silence_between_parts_times_out() {
     .unwrap();
     let info = http.probe(&server.url("file")).await.unwrap();
     let want = spans(3, 0, 10, 20);
-    let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-    let (pieces, err) = read_all(&mut body).await;
+    let (pieces, err) = fetch(&http, &info, &want).await;
     assert_exact(&pieces, &want[..1], &DATA);
     assert_err(&err.unwrap(), FetchErrorKind::Timeout, Code::ERROR_WINHTTP_TIMEOUT, true);
 }
@@ -396,8 +398,7 @@ async fn connection_is_reused_after_a_multipart_body() {
     let (server, http, info) = setup(None).await;
     let want = spans(8, 0, 10, 100);
     for _ in 0..3 {
-        let mut body = http.get_ranges_opts(&info, &want, &no_fallback()).await.unwrap();
-        let (pieces, err) = read_all(&mut body).await;
+        let (pieces, err) = fetch(&http, &info, &want).await;
         assert!(err.is_none(), "{err:?}");
         assert_exact(&pieces, &want, &DATA);
     }

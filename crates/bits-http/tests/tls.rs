@@ -6,9 +6,9 @@
 mod common;
 
 use bits_core::{Code, ErrorContext, Span};
-use bits_http::{FetchErrorKind, RedirectPolicy, RequestOptions};
+use bits_http::{FetchError, FetchErrorKind, HttpClient, RedirectPolicy, RequestOptions};
 use bits_testkit::serve::tls::self_signed;
-use common::{DATA, SIZE, client_with, read_all, redirect_to, start, start_tls};
+use common::{DATA, FaultServer, SIZE, client_with, read_all, redirect_to, start, start_tls};
 use http::Version;
 
 #[tokio::test]
@@ -43,20 +43,31 @@ async fn https_fetch_uses_http2_and_verifies_the_certificate() {
     assert_eq!(err.context, ErrorContext::GeneralTransport);
 }
 
-#[tokio::test]
-async fn https_to_http_redirect_is_refused() {
+/// An https server whose `/abs-redirect` points at a plain http one's `/file`, a client that
+/// trusts it, and the redirect's URL (by name, so the certificate's `localhost` matches).
+async fn https_redirecting_to_plain() -> (FaultServer, FaultServer, HttpClient, String) {
     let (cert, config) = self_signed();
     let tls = start_tls(config).await;
     let plain = start().await;
     redirect_to(&tls, &plain.url("/file"));
     let http = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
     let url = format!("https://localhost:{}/abs-redirect", tls.addr().port());
-    let err = http.probe(&url).await.unwrap_err();
+    (tls, plain, http, url)
+}
+
+fn assert_redirect_failed(err: &FetchError) {
     assert_eq!(
         (err.kind, err.code, err.transient),
         (FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn https_to_http_redirect_is_refused() {
+    let (tls, plain, http, url) = https_redirecting_to_plain().await;
+    let err = http.probe(&url).await.unwrap_err();
+    assert_redirect_failed(&err);
     assert!(plain.log().is_empty());
     // Redirects within https are fine.
     redirect_to(&tls, "/file");
@@ -66,20 +77,11 @@ async fn https_to_http_redirect_is_refused() {
 
 #[tokio::test]
 async fn https_to_http_redirect_is_followed_with_the_flag() {
-    let (cert, config) = self_signed();
-    let tls = start_tls(config).await;
-    let plain = start().await;
-    redirect_to(&tls, &plain.url("/file"));
-    let http = client_with(|c| c.extra_root_certs_der = vec![cert.to_vec()]);
-    let url = format!("https://localhost:{}/abs-redirect", tls.addr().port());
+    let (_tls, plain, http, url) = https_redirecting_to_plain().await;
 
     let refused = RequestOptions { allow_https_to_http: false, ..RequestOptions::default() };
     let err = http.probe_opts(&url, &refused).await.unwrap_err();
-    assert_eq!(
-        (err.kind, err.code, err.transient),
-        (FetchErrorKind::Redirect, Code::ERROR_WINHTTP_REDIRECT_FAILED, false),
-        "{err}"
-    );
+    assert_redirect_failed(&err);
     assert!(plain.log().is_empty());
 
     for redirects in [RedirectPolicy::AllowSilent, RedirectPolicy::AllowReport] {
