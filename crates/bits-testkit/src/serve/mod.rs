@@ -41,7 +41,8 @@ const CHUNK: usize = 16 * 1024;
 /// One request as the server saw and answered it.
 #[derive(Clone, Debug)]
 pub struct Logged {
-    /// Order of arrival (after the gate, before any stall).
+    /// Order in the log: of arrival for a request whose head stalls, else of its answer (after
+    /// the gate).
     pub seq: usize,
     /// Arrival (before any stall).
     pub at: Instant,
@@ -126,6 +127,19 @@ struct Shared {
 }
 
 impl Shared {
+    /// Appends a request to the log, numbered in order.
+    fn push_log(&self, mut head: Logged) -> Arc<Record> {
+        let mut log = self.log.lock().unwrap();
+        head.seq = log.len();
+        let record = Arc::new(Record {
+            head: Mutex::new(head),
+            sent: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+        });
+        log.push(record.clone());
+        record
+    }
+
     fn take_fault(&self, path: &str, method: &Method) -> Option<Fault> {
         let mut rules = self.rules.lock().unwrap();
         let queue = rules.get_mut(path)?;
@@ -283,38 +297,33 @@ async fn respond(
     let range = header_text(headers, header::RANGE);
     let if_range = header_text(headers, header::IF_RANGE);
     let fault = shared.take_fault(&path, &method);
-    let record = {
-        let mut log = shared.log.lock().unwrap();
-        let record = Arc::new(Record {
-            head: Mutex::new(Logged {
-                seq: log.len(),
-                at: Instant::now(),
-                method: method.clone(),
-                path: path.clone(),
-                version: req.version(),
-                headers: headers.clone(),
-                range: range.clone(),
-                if_range: if_range.clone(),
-                authorization: header_text(headers, header::AUTHORIZATION),
-                cookie: header_text(headers, header::COOKIE),
-                status: 0,
-                fault: fault.as_ref().map(Fault::label),
-                start: 0,
-                planned: 0,
-                sent: 0,
-                finished: false,
-            }),
-            sent: AtomicU64::new(0),
-            finished: AtomicBool::new(false),
-        });
-        log.push(record.clone());
-        record
+    let mut head = Logged {
+        seq: 0,
+        at: Instant::now(),
+        method: method.clone(),
+        path: path.clone(),
+        version: req.version(),
+        headers: headers.clone(),
+        range: range.clone(),
+        if_range: if_range.clone(),
+        authorization: header_text(headers, header::AUTHORIZATION),
+        cookie: header_text(headers, header::COOKIE),
+        status: 0,
+        fault: fault.as_ref().map(Fault::label),
+        start: 0,
+        planned: 0,
+        sent: 0,
+        finished: false,
     };
 
     if let Some(Fault::Replace(new)) = &fault {
         shared.files.lock().unwrap().insert(path.clone(), new.clone());
     }
+    // A request whose head never comes is in the log while it waits (status 0); any other
+    // appears with its answer decided, so a reader never sees one half logged.
+    let mut record = None;
     if let Some(Fault::StallHeaders(stall)) = &fault {
+        record = Some(shared.push_log(head.clone()));
         tokio::time::sleep(*stall).await;
         ctl.reset();
     }
@@ -327,12 +336,19 @@ async fn respond(
         if_range: if_range.as_deref(),
     };
     let plan = answer::plan(fault.as_ref(), file.as_ref(), &asked, &options);
-    {
-        let mut head = record.head.lock().unwrap();
-        head.status = plan.status;
-        head.start = plan.start;
-        head.planned = plan.content_length.unwrap_or(plan.data.len() as u64);
-    }
+    head.status = plan.status;
+    head.start = plan.start;
+    head.planned = plan.content_length.unwrap_or(plan.data.len() as u64);
+    let record = match record {
+        Some(record) => {
+            {
+                let mut logged = record.head.lock().unwrap();
+                *logged = Logged { seq: logged.seq, ..head };
+            }
+            record
+        }
+        None => shared.push_log(head),
+    };
 
     let mut builder = Response::builder().status(StatusCode::from_u16(plan.status).unwrap());
     for (name, value) in &plan.headers {
