@@ -1,4 +1,4 @@
-//! The fetcher against the bits-testkit server (HTTP/1.1) serving a file correctly or misbehaves in
+//! The fetcher against the bits-testkit server (HTTP/1.1), serving a file correctly or misbehaving in
 //! one specific way per test; each test asserts the exact kind, BITS code and transient flag.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
