@@ -251,6 +251,27 @@ struct Outcome {
     needed: u64,
 }
 
+/// The log's length once the killed daemon's requests are all in it. A request it sent just
+/// before the kill can still be in the server's socket buffer (or the accept queue), to be read
+/// and logged after the kill; counted then, it would land in the next lifetime and look like a
+/// re-fetch of bytes that lifetime had persisted. The kernel closed the daemon's sockets, so
+/// each of its connections ends once the server has read what was sent on it; when none is open
+/// and no new one was accepted for a while, nothing of it is left to come.
+async fn drained_log_len(server: &TestServer) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let accepted = server.connections();
+        while server.open_connections() > 0 {
+            assert!(Instant::now() < deadline, "the dead daemon's connections never closed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if server.connections() == accepted && server.open_connections() == 0 {
+            return server.log_len();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_keep_files_identical_and_refetch_bounded() {
     let seed = std::env::var("CRASH_LOOP_SEED")
@@ -404,8 +425,8 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
     }
 
     let mut rng = Generator::new(seed);
-    // `marks[k]`: the server log's length at crash k+1 (the daemon is dead, so no request of
-    // that lifetime can come later). `persisted[k]`: the filled sets right after restart k+1.
+    // `marks[k]`: the server log's length at crash k+1, once every request the dead daemon sent
+    // has been read (`drained_log_len`). `persisted[k]`: the filled sets right after restart k+1.
     let mut marks = Vec::new();
     let mut persisted: Vec<Vec<RangeSet>> = Vec::new();
     loop {
@@ -418,7 +439,7 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
         }
 
         daemon.kill_9().await;
-        marks.push(server.log_len());
+        marks.push(drained_log_len(server).await);
         let crash = marks.len();
         // Hold every new request until the restarted daemon's state has been checked, so the
         // filled sets seen below are exactly what survived the crash.

@@ -126,6 +126,17 @@ impl TestServer {
         self.0.waiting_at_gate()
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.0.connections()
+    }
+
+    /// Connections accepted and not yet closed. Once a client is gone and this is 0, every
+    /// request it sent has been read and logged.
+    pub fn open_connections(&self) -> usize {
+        self.0.open_connections()
+    }
+
     /// Every request answered so far, in order.
     pub fn log(&self) -> Vec<LoggedRequest> {
         self.log_since(0)

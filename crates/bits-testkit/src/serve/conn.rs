@@ -47,14 +47,17 @@ impl ConnCtl {
     }
 }
 
-/// The socket as hyper (or TLS) sees it; resets on drop when asked to.
+/// The socket as hyper (or TLS) sees it; resets on drop when asked to, and is counted open
+/// until dropped.
 struct FaultIo {
     stream: TcpStream,
     ctl: Arc<ConnCtl>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for FaultIo {
     fn drop(&mut self) {
+        self.shared.open.fetch_sub(1, Ordering::SeqCst);
         if self.ctl.reset.load(Ordering::SeqCst) {
             let _ = self.stream.set_zero_linger();
         }
@@ -104,10 +107,11 @@ impl AsyncWrite for FaultIo {
 }
 
 /// Counts the connection and wraps its socket.
-fn accepted(stream: TcpStream, shared: &Shared) -> (FaultIo, Arc<ConnCtl>) {
+fn accepted(stream: TcpStream, shared: &Arc<Shared>) -> (FaultIo, Arc<ConnCtl>) {
     shared.connections.fetch_add(1, Ordering::SeqCst);
+    shared.open.fetch_add(1, Ordering::SeqCst);
     let ctl = Arc::new(ConnCtl::default());
-    (FaultIo { stream, ctl: ctl.clone() }, ctl)
+    (FaultIo { stream, ctl: ctl.clone(), shared: shared.clone() }, ctl)
 }
 
 /// Serves one connection, HTTP/1.1 or HTTP/2 (by prior knowledge, or as TLS negotiated).

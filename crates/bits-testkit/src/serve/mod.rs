@@ -123,7 +123,10 @@ struct Shared {
     /// `true` while the gate holds new requests.
     gate: watch::Sender<bool>,
     waiting_at_gate: AtomicUsize,
+    /// Accepted so far.
     connections: AtomicUsize,
+    /// Accepted and not yet closed.
+    open: AtomicUsize,
 }
 
 impl Shared {
@@ -196,6 +199,7 @@ impl Server {
             gate: watch::channel(false).0,
             waiting_at_gate: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
         });
         let accept = spawn(listener, shared.clone());
         Server { addr, scheme, shared, accept }
@@ -253,6 +257,10 @@ impl Server {
 
     pub(crate) fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     pub(crate) fn log(&self) -> Vec<Logged> {
