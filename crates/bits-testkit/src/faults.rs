@@ -68,6 +68,13 @@ impl FaultServer {
         self.0.push_rule(name, fault, method, false);
     }
 
+    /// Makes `/ROUTE` a signed route to `/FILE`: each request gets a `302` to a fresh token URL
+    /// (`/ROUTE~N`) that serves the file for `uses` requests (a HEAD counts), then answers `403`,
+    /// as an expired S3 presigned URL or CDN token does.
+    pub fn sign(&self, route: &str, file: &str, uses: u32) {
+        self.0.sign(route, file, uses);
+    }
+
     /// Forgets every rule of `/NAME`: it is served correctly from now on.
     pub fn clear_faults(&self, name: &str) {
         self.0.clear_faults(name);
@@ -190,6 +197,38 @@ mod tests {
         assert_eq!(log[2].sent, 20_000);
         assert_eq!((log[3].range_start(), log[3].cookie.as_deref()), (Some(10), Some("c=1")));
         assert_eq!(server.pending_faults("f.bin"), 0);
+    }
+
+    /// A signed route redirects each request to a fresh token; a token serves the file (HEAD
+    /// and ranges as usual) for its uses, then answers 403, while a newer token still serves.
+    #[tokio::test]
+    async fn signed_routes_issue_tokens_that_expire() {
+        let server = FaultServer::start().await;
+        let data = random_bytes(10, 1000);
+        server.add_file("f.bin", data.clone());
+        server.sign("s", "f.bin", 2);
+        let (head, _, _) = raw(server.addr(), "GET", "/s", &[]).await;
+        assert!(head.starts_with("http/1.1 302") && head.contains("location: /s~1"), "{head}");
+        let (head, _, _) = raw(server.addr(), "HEAD", "/s~1", &[]).await;
+        assert!(head.contains("content-length: 1000"), "{head}");
+        let (_, body, _) = raw(server.addr(), "GET", "/s~1", &[("Range", "bytes=10-19")]).await;
+        assert_eq!(body, &data[10..20]);
+        let (head, _, _) = raw(server.addr(), "GET", "/s~1", &[]).await;
+        assert!(head.starts_with("http/1.1 403"), "{head}");
+        let (head, _, _) = raw(server.addr(), "GET", "/s", &[]).await;
+        assert!(head.contains("location: /s~2"), "{head}");
+        let (_, body, _) = raw(server.addr(), "GET", "/s~2", &[]).await;
+        assert_eq!(body, data);
+        for unknown in ["/s~3", "/s~0", "/s~x", "/f.bin~1"] {
+            let (head, _, _) = raw(server.addr(), "GET", unknown, &[]).await;
+            assert!(head.starts_with("http/1.1 404"), "{unknown}: {head}");
+        }
+        let statuses: Vec<_> = server.log().iter().map(|r| (r.path.clone(), r.status)).collect();
+        assert_eq!(
+            statuses[..6].iter().map(|s| s.1).collect::<Vec<_>>(),
+            [302, 200, 206, 403, 302, 200]
+        );
+        assert_eq!(statuses[3].0, "/s~1");
     }
 
     #[tokio::test]

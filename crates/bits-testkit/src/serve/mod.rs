@@ -12,6 +12,7 @@ mod answer;
 mod conn;
 mod fault;
 mod reply;
+mod signed;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -33,6 +34,7 @@ pub use fault::{CutEnd, DEFAULT_LAST_MODIFIED, Fault, FaultFile, HTML_PAGE, Part
 use answer::Asked;
 use conn::ConnCtl;
 use reply::{Reply, Throttle};
+use signed::Signed;
 
 /// Default largest body frame handed to hyper: small enough that the throttle is smooth and the
 /// log of bytes sent is precise.
@@ -117,6 +119,7 @@ struct Options {
 struct Shared {
     files: Mutex<HashMap<String, FaultFile>>,
     rules: Mutex<HashMap<String, VecDeque<Rule>>>,
+    signed: Mutex<signed::Routes>,
     log: Mutex<Vec<Arc<Record>>>,
     options: Mutex<Options>,
     throttle: Throttle,
@@ -193,6 +196,7 @@ impl Server {
         let shared = Arc::new(Shared {
             files: Mutex::new(HashMap::new()),
             rules: Mutex::new(HashMap::new()),
+            signed: Mutex::new(signed::Routes::default()),
             log: Mutex::new(Vec::new()),
             options: Mutex::new(Options { multi_range: false, strict_ranges: false, chunk: CHUNK }),
             throttle: Throttle::default(),
@@ -221,6 +225,10 @@ impl Server {
     pub(crate) fn push_rule(&self, name: &str, fault: Fault, method: Option<Method>, once: bool) {
         let rule = Rule { fault, method, once };
         self.shared.rules.lock().unwrap().entry(path_of(name)).or_default().push_back(rule);
+    }
+
+    pub(crate) fn sign(&self, route: &str, file: &str, uses: u32) {
+        self.shared.signed.lock().unwrap().add(path_of(route), path_of(file), uses);
     }
 
     pub(crate) fn clear_faults(&self, name: &str) {
@@ -304,7 +312,14 @@ async fn respond(
     let headers = req.headers();
     let range = header_text(headers, header::RANGE);
     let if_range = header_text(headers, header::IF_RANGE);
-    let fault = shared.take_fault(&path, &method);
+    // A signed route or token answers as a redirect or status fault would, or serves its file.
+    let signed = shared.signed.lock().unwrap().answer(&path);
+    let (fault, file_path) = match signed {
+        Some(Signed::Redirect(to)) => (Some(Fault::RedirectTo(to)), path.clone()),
+        Some(Signed::Expired) => (Some(Fault::Status(403)), path.clone()),
+        Some(Signed::Serve(file)) => (shared.take_fault(&path, &method), file),
+        None => (shared.take_fault(&path, &method), path.clone()),
+    };
     let mut head = Logged {
         seq: 0,
         at: Instant::now(),
@@ -335,7 +350,7 @@ async fn respond(
         tokio::time::sleep(*stall).await;
         ctl.reset();
     }
-    let file = shared.files.lock().unwrap().get(&path).cloned();
+    let file = shared.files.lock().unwrap().get(&file_path).cloned();
     let options = *shared.options.lock().unwrap();
     let asked = Asked {
         method: &method,
