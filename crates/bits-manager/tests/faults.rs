@@ -213,9 +213,11 @@ fault_cases! {
     fault_403_on_get_is_fatal: fatal_status(112, GET, 403);
 }
 
+/// BITS' rule for a job that may not take a plain 200 (any priority but FOREGROUND).
 #[tokio::test(start_paused = true)]
-async fn fault_full_200_to_a_partial_range_is_fatal() {
+async fn fault_full_200_to_a_partial_range_is_fatal_in_the_background() {
     let mut f = fc(106).await;
+    f.c.manager.set_priority(me(), f.c.job, Priority::Normal).await.unwrap();
     // The first GET breaks after CUT bytes, so the retry asks for a partial range; that one is
     // answered with the whole file.
     f.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
@@ -254,4 +256,102 @@ async fn fault_more_than_ten_redirects_is_fatal() {
         "10 redirects followed, the 11th refused\n{}",
         f.requests()
     );
+}
+
+/// Issue 16 item 6: a FOREGROUND job whose server ignores Range, cut mid-body. The retry's GET
+/// from the kept bytes gets the whole file (200): instead of BG_E_INSUFFICIENT_RANGE_SUPPORT the
+/// file restarts from byte 0: its kept bytes are forgotten, the next GET asks for all of it and
+/// its 200 is the file. Only the cut counts as an error.
+#[tokio::test(start_paused = true)]
+async fn fault_full_200_to_a_resumed_foreground_get_restarts_the_file_from_zero() {
+    let mut f = fc(118).await;
+    f.server.push_fault(FILE, GET, Fault::ResetAfter(CUT));
+    f.server.always(FILE, GET, Fault::IgnoreRange);
+    f.c.resume().await;
+    f.transient(Code::ERROR_WINHTTP_CONNECTION_ERROR, ErrorContext::GeneralTransport).await;
+    let kept = f.kept();
+    assert!(kept > 0 && kept <= CUT, "kept {kept}\n{}", f.requests());
+    let info = f.c.until(&mut f.seen, JobState::Transferred).await;
+    assert_eq!(info.error_count, 1, "the restart counted as an error: {info:?}");
+    assert_eq!(f.kept(), SIZE as u64);
+    f.completes().await;
+    let gets: Vec<Logged> =
+        f.server.log().into_iter().filter(|r| r.method == Method::GET).collect();
+    let answers: Vec<_> = gets.iter().map(|r| (r.range_start(), r.status)).collect();
+    assert_eq!(
+        answers,
+        [(Some(0), 206), (Some(kept), 200), (Some(0), 200)],
+        "the cut GET, the resumed one refused, the restart\n{}",
+        f.requests()
+    );
+    assert!(gets[2].finished && gets[2].sent == SIZE as u64, "{}", f.requests());
+}
+
+/// A ranged file behind a signed route whose tokens serve `uses` requests each (a HEAD counts):
+/// 4 MiB, two ranges of 1.5 MiB, so each is a GET of its own.
+async fn signed_ranges(seed: u64, uses: u32) -> (Fc, Vec<u8>) {
+    const BIG: &str = "big.bin";
+    let server = FaultServer::start().await;
+    let data = random_bytes(seed, 4 << 20);
+    server.add_file(BIG, data.clone());
+    server.sign("signed", BIG, uses);
+    let ranges = [(0, 3 << 19), (2 << 20, 3 << 19)];
+    let want: Vec<u8> =
+        ranges.iter().flat_map(|&(o, l)| data[o as usize..(o + l) as usize].to_vec()).collect();
+    let ranges = ranges.iter().map(|&(offset, length)| bits_core::ByteRange { offset, length });
+    let c = case_with_ranges(&server.url("signed"), Some(ranges.collect())).await;
+    (Fc { server, c, seen: Seen::default(), seed }, want)
+}
+
+/// Issue 16 item 5: the second range's GET goes to the token the probe was sent to, which has
+/// expired (403). The file follows its remote name again (a fresh token) and finishes: no error
+/// counted, no retry delay, the job never leaves TRANSFERRING.
+#[tokio::test(start_paused = true)]
+async fn an_expired_redirect_target_is_followed_afresh_from_the_remote_name() {
+    let (mut f, want) = signed_ranges(119, 2).await;
+    f.c.resume().await;
+    f.c.until(&mut f.seen, JobState::Transferred).await;
+    let info = f.c.info();
+    assert_eq!((info.error_count, info.error), (0, None), "{}", f.requests());
+    assert!(!f.seen.saw(JobState::TransientError) && !f.seen.saw(JobState::Error));
+    let answers: Vec<_> = f
+        .server
+        .log()
+        .iter()
+        .map(|r| format!("{} {} {:?} {}", r.method, r.path, r.range_start(), r.status))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "HEAD /signed None 302",
+            "HEAD /signed~1 None 200",
+            "GET /signed~1 Some(0) 206",
+            "GET /signed~1 Some(2097152) 403",
+            "HEAD /signed None 302",
+            "HEAD /signed~2 None 200",
+            "GET /signed~2 Some(2097152) 206",
+        ],
+        "{}",
+        f.requests()
+    );
+    assert_eq!(f.c.manager.complete(me(), f.c.job).await.unwrap(), Code::S_OK);
+    assert!(std::fs::read(&f.c.dest).unwrap() == want, "the file differs");
+}
+
+/// A target that refuses even when followed afresh: the remote name is followed once per
+/// failure, and the second refusal (nothing recorded since) is the job's error, fatal as a 403
+/// is, with no request after it.
+#[tokio::test(start_paused = true)]
+async fn a_redirect_target_refused_again_after_a_fresh_follow_counts() {
+    let server = FaultServer::start().await;
+    server.add_file(FILE, random_bytes(120, SIZE));
+    server.sign("signed", FILE, 1);
+    let c = case(&server.url("signed")).await;
+    let mut f = Fc { server, c, seen: Seen::default(), seed: 120 };
+    f.c.resume().await;
+    f.fatal(Code::Http(403), ErrorContext::RemoteFile).await;
+    let follows = f.server.log().iter().filter(|r| r.path == "/signed").count();
+    let refused = f.server.log().iter().filter(|r| r.status == 403).count();
+    assert_eq!((follows, refused), (2, 2), "{}", f.requests());
+    assert_eq!(f.kept(), 0);
 }

@@ -23,6 +23,10 @@ pub(super) enum Halt {
     OnDemandIdle,
     /// The attempt failed; `retry_after` is the server's Retry-After, if it sent one.
     Failed { error: JobError, transient: bool, retry_after: Option<Duration> },
+    /// A GET sent straight to where the probe's redirects led was refused (401, 403, 404, 410):
+    /// a signed URL may have expired. The file follows its remote name's redirects afresh
+    /// before this counts as the failure it carries (`transfer.rs: FileTransfer::run`).
+    TargetRefused { error: JobError, transient: bool, retry_after: Option<Duration> },
 }
 
 /// A file's transfer or tail, with a panic in it turned into a transient failure of the job
@@ -76,6 +80,25 @@ pub(super) fn fetch_halt(e: FetchError, index: u32) -> Halt {
         error: job_error(e.context, e.code, e.message.clone(), index),
         transient: e.transient,
         retry_after: e.retry_after,
+    }
+}
+
+/// Whether a failed GET sent straight to where the probe's redirects led is one a stale signed
+/// URL gets (401, 403, 404, 410: S3 and most CDNs answer 403, others 401, 404 or 410), so that
+/// following the remote name's redirects afresh may help.
+pub(super) fn target_refused(e: &FetchError) -> bool {
+    matches!(e.kind, FetchErrorKind::Http(401 | 403 | 404 | 410))
+}
+
+impl Halt {
+    /// This failure as [`Halt::TargetRefused`].
+    pub(super) fn into_target_refused(self) -> Halt {
+        match self {
+            Halt::Failed { error, transient, retry_after } => {
+                Halt::TargetRefused { error, transient, retry_after }
+            }
+            other => other,
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 
 use bits_core::job::security;
 use bits_core::{
-    Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, RangeSet, Span, TempId, transition,
+    Code, ErrorContext, Event, JobError, JobFile, JobId, Layout, Priority, RangeSet, Span, TempId,
+    transition,
 };
 use bits_http::{HttpClient, RemoteInfo, RequestOptions};
 
@@ -81,6 +82,21 @@ impl JobLedger {
     /// A copy of one file's record.
     pub(super) fn file(&self, index: u32) -> Result<JobFile, Halt> {
         self.read(|entry| entry.file(index).cloned().ok_or(Halt::Stopped))
+    }
+
+    /// Bytes of the file recorded as filled.
+    pub(super) fn filled_len(&self, index: u32) -> Result<u64, Halt> {
+        self.read(|entry| Ok(entry.file(index).ok_or(Halt::Stopped)?.filled.total_len()))
+    }
+
+    /// Whether the file, restarted from zero, would be fetched by one GET of all of it, which a
+    /// FOREGROUND job may take as a plain 200 ([`pick::restart_asks_whole`]).
+    pub(super) fn restart_asks_whole(&self, index: u32) -> Result<bool, Halt> {
+        self.read(|entry| {
+            let job = entry.job();
+            let file = entry.file(index).ok_or(Halt::Stopped)?;
+            Ok(job.priority == Priority::Foreground && pick::restart_asks_whole(job, file))
+        })
     }
 
     /// Everything opening a file needs from the job, under one lock.
@@ -361,7 +377,12 @@ impl JobLedger {
                             tracing::info!(job = %id, "on-demand ranges transferred; job suspended");
                         }
                     }
-                    Err(Halt::Failed { error, transient, retry_after }) => {
+                    // A refused redirect target counts once its file followed the remote
+                    // name afresh (a file's transfer never ends with one otherwise).
+                    Err(
+                        Halt::Failed { error, transient, retry_after }
+                        | Halt::TargetRefused { error, transient, retry_after },
+                    ) => {
                         fail(manager, entry, error, transient, retry_after);
                     }
                 }

@@ -109,6 +109,17 @@ pub(super) fn piece(missing: &RangeSet, file: &JobFile, on_demand: bool) -> Opti
     missing.first_from(position).or_else(|| missing.iter().next())
 }
 
+/// Whether `file`, its progress forgotten, would next be fetched by one GET from byte 0 to its
+/// end on one connection: a whole file (no static ranges) of known, non-zero size, no
+/// requested (on-demand) bytes or download position that would come first, one connection.
+/// Only such a GET may take a server's 200 (the whole body) as the file's bytes.
+pub(super) fn restart_asks_whole(job: &Job, file: &JobFile) -> bool {
+    let Some(size) = file.remote_size.filter(|&size| size > 0) else { return false };
+    file.ranges.is_empty()
+        && job.connections_per_file <= 1
+        && piece(&RangeSet::from_span(0, size), file, job.on_demand) == Some(Span::new(0, size))
+}
+
 /// A piece no larger than this may share a multi-range request with others.
 const SMALL_PIECE: u64 = 1 << 20;
 
@@ -230,6 +241,36 @@ mod tests {
         assert_eq!(piece(&missing, &file, false), Some(Span::new(42, 45)));
         assert_eq!(segment(&missing, &file, false, 2), Some(Span::new(42, 44)), "cut to size");
         assert_eq!(piece(&RangeSet::new(), &file, false), None, "complete");
+    }
+
+    /// A restart from zero asks for the whole file only for a whole file of known size on one
+    /// connection with nothing requested and no download position past byte 0 to come first.
+    #[tokio::test]
+    async fn a_restart_asks_for_the_whole_file_only_when_nothing_comes_before_it() {
+        let mut job = job(1).await;
+        let whole = |job: &Job| restart_asks_whole(job, &job.files[0]);
+        assert!(!whole(&job), "size unknown");
+        job.files[0].remote_size = Some(0);
+        assert!(!whole(&job), "empty: nothing to ask for");
+        job.files[0].remote_size = Some(100);
+        job.files[0].filled.insert(0, 40);
+        assert!(whole(&job), "what is filled is forgotten by the restart");
+        job.files[0].download_position = Some(0);
+        assert!(whole(&job));
+        job.files[0].download_position = Some(50);
+        assert!(!whole(&job), "starts at the download position");
+        job.files[0].download_position = None;
+        job.files[0].requested.insert(60, 70);
+        assert!(!whole(&job), "requested bytes first");
+        job.files[0].requested = RangeSet::new();
+        job.on_demand = true;
+        assert!(!whole(&job), "on demand, nothing requested: nothing asked");
+        job.on_demand = false;
+        job.connections_per_file = 2;
+        assert!(!whole(&job), "segments");
+        job.connections_per_file = 1;
+        job.files[0].ranges = vec![bits_core::ByteRange { offset: 0, length: 10 }];
+        assert!(!whole(&job), "static ranges");
     }
 
     /// Several small missing pieces share a request; one piece, a large first piece, requested

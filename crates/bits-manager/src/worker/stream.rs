@@ -156,7 +156,7 @@ impl<'a> Stream<'a> {
         let (ledger, index, stop) =
             (self.transfer.ledger(), self.transfer.index(), self.transfer.stop());
         let get = ledger.http().get_ranges_opts(&self.remote, pieces, &self.options);
-        let mut body = self.transfer.exchange(stop, get).await?;
+        let mut body = self.transfer.ranged(stop, &self.remote, get).await?;
         let config = ledger.config();
         loop {
             let chunk = tokio::select! {
@@ -191,7 +191,7 @@ impl<'a> Stream<'a> {
             Some(body) => body,
             None => {
                 let get = ledger.http().get_range_opts(&self.remote, piece, &self.options);
-                self.transfer.exchange(stop, get).await?
+                self.transfer.ranged(stop, &self.remote, get).await?
             }
         };
         tracing::debug!(job = %ledger.id(), index, start = piece.start, end = piece.end, "fetching");

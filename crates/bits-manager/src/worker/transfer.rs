@@ -15,7 +15,7 @@ use bits_http::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::halt::{Halt, disk_halt, fetch_halt, job_error, local_halt};
+use super::halt::{Halt, disk_halt, fetch_halt, job_error, local_halt, target_refused};
 use super::ledger::{JobLedger, Persist, disk_error, remote_mtime, run_blocking};
 use super::stream::Stream;
 use crate::access::run_as;
@@ -87,14 +87,32 @@ impl FileTransfer {
         &self.repick
     }
 
-    /// The whole transfer, restarting from zero (counted apart) when the server's file changed
-    /// or our temp file shrank.
+    /// The whole transfer. It restarts from zero (each cause counted apart) when the server's
+    /// file changed, our temp file shrank, or a server that ignores Range answered a FOREGROUND
+    /// job's resumed GET with the whole file; and it opens the file again, following its remote
+    /// name's redirects afresh, when where they led refused a GET (an expired signed URL), once
+    /// per failure: a refusal with no byte recorded since the last fresh follow counts.
     pub(super) async fn run(&self) -> Result<Fetched, Halt> {
-        let (mut changes, mut losses) = (0, 0);
+        let (mut changes, mut losses, mut ignored) = (0, 0, 0);
+        let mut followed_at: Option<u64> = None;
         loop {
             let (count, why) = match self.once().await {
                 Err(Halt::Changed) => (inc(&mut changes), &Restart::CHANGED),
                 Err(Halt::Lost) => (inc(&mut losses), &Restart::LOST),
+                Err(Halt::TargetRefused { error, transient, retry_after }) => {
+                    let filled = self.ledger.filled_len(self.index)?;
+                    if followed_at.replace(filled) == Some(filled) {
+                        return Err(Halt::Failed { error, transient, retry_after });
+                    }
+                    tracing::info!(job = %self.ledger.id(), index = self.index, error = %error.description, "the redirect target refused the request; following the remote name again");
+                    continue;
+                }
+                Err(Halt::Failed { error, .. })
+                    if error.code == Code::BG_E_INSUFFICIENT_RANGE_SUPPORT
+                        && self.ledger.restart_asks_whole(self.index)? =>
+                {
+                    (inc(&mut ignored), &Restart::NO_RANGES)
+                }
                 other => return other,
             };
             let what = why.what;
@@ -237,8 +255,8 @@ impl FileTransfer {
         Ok(Fetched::Tail(Box::pin(tail), size))
     }
 
-    /// One HTTP exchange of this file, abandoned when `stop` fires; a failure becomes the halt
-    /// [`FileTransfer::redirect_aware_halt`] makes of it.
+    /// One HTTP exchange of this file that starts at its remote name, abandoned when `stop`
+    /// fires; a failure becomes the halt [`FileTransfer::redirect_aware_halt`] makes of it.
     pub(super) async fn exchange<T>(
         &self,
         stop: &CancellationToken,
@@ -247,6 +265,24 @@ impl FileTransfer {
         tokio::select! {
             _ = stop.cancelled() => Err(Halt::Stopped),
             got = call => got.map_err(|e| self.redirect_aware_halt(e)),
+        }
+    }
+
+    /// A ranged GET of `remote`, sent straight to its `final_url`, as [`FileTransfer::exchange`];
+    /// a refusal from where the probe's redirects led is [`Halt::TargetRefused`].
+    pub(super) async fn ranged<T>(
+        &self,
+        stop: &CancellationToken,
+        remote: &RemoteInfo,
+        call: impl Future<Output = Result<T, FetchError>>,
+    ) -> Result<T, Halt> {
+        tokio::select! {
+            _ = stop.cancelled() => Err(Halt::Stopped),
+            got = call => got.map_err(|e| {
+                let from_target = remote.redirected && target_refused(&e);
+                let halt = self.redirect_aware_halt(e);
+                if from_target { halt.into_target_refused() } else { halt }
+            }),
         }
     }
 
@@ -328,6 +364,14 @@ impl Restart {
         context: ErrorContext::LocalFile,
         code: Code::E_FAIL,
         what: "the temp file was truncated under the download",
+    };
+    /// A FOREGROUND job may take a whole file in one 200 (spec §6.2), but a resumed GET asks
+    /// for less: the bytes on disk are dropped and the file is fetched again from byte 0 (BITS
+    /// fails the job with BG_E_INSUFFICIENT_RANGE_SUPPORT; docs/compat.md).
+    const NO_RANGES: Restart = Restart {
+        context: ErrorContext::RemoteFile,
+        code: Code::BG_E_INSUFFICIENT_RANGE_SUPPORT,
+        what: "the server ignored Range and sent the whole file to a resumed request",
     };
 }
 

@@ -57,6 +57,11 @@ pub struct Case {
 }
 
 pub async fn case(url: &str) -> Case {
+    case_with_ranges(url, None).await
+}
+
+/// [`case`] for a file added with these ranges (AddFileWithRanges).
+pub async fn case_with_ranges(url: &str, ranges: Option<Vec<bits_core::ByteRange>>) -> Case {
     keep_the_clock_beating();
     let manager = Manager::start(Arc::new(MemStore::new()), config()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -65,7 +70,7 @@ pub async fn case(url: &str) -> Case {
         .create_job(me(), "timers", "", JobType::Download, Priority::Foreground)
         .await
         .unwrap();
-    manager.add_file(me(), job, url, &dest, None).await.unwrap();
+    manager.add_file(me(), job, url, &dest, ranges).await.unwrap();
     manager.set_minimum_retry_delay(me(), job, DELAY.as_secs() as u32).await.unwrap();
     Case { manager, job, _dir: dir, dest }
 }
