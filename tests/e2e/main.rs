@@ -26,6 +26,8 @@ mod extensions;
 mod download_cmd;
 // Whole-file and ranged downloads from nginx, via bitsctl and via gRPC.
 mod downloads;
+// A FOREGROUND file from a server without range support, interrupted: restarted from byte 0.
+mod no_ranges;
 // BITS error codes through gRPC and bitsctl, and bitsctl's JSON output.
 mod errors;
 // SetNotifyCmdLine: the program runs as the job's owner, per the notify flags.
@@ -39,6 +41,8 @@ mod progress;
 mod python;
 // Start-up refusals: a data directory in use, no XDG_RUNTIME_DIR and no session.
 mod startup;
+// A redirect to a signed URL that expires: the remote name is followed afresh once per failure.
+mod redirects_expiry;
 // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice.
 mod restart;
 // Hostile servers: every fault of the fault-injecting server and the state + error it leads to.

@@ -103,6 +103,17 @@ impl FaultServer {
         self.0.set_chunk(bytes);
     }
 
+    /// From now on every new request waits before being answered (bodies already streaming go
+    /// on), as with [`crate::server::TestServer::hold`].
+    pub fn hold(&self) {
+        self.0.hold(true);
+    }
+
+    /// Lets held and future requests through.
+    pub fn release(&self) {
+        self.0.hold(false);
+    }
+
     /// Connections accepted so far (a TLS one counts before its handshake).
     pub fn connections(&self) -> usize {
         self.0.connections()
