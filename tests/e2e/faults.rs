@@ -22,7 +22,9 @@
 //! | stall after 256 KiB of body, socket open        | TRANSIENT_ERROR ERROR_WINHTTP_TIMEOUT (GT); resumes; completes |
 //! | vt: short body (256 KiB of 1 MiB) then clean FIN    | TRANSIENT_ERROR ERROR_WINHTTP_CONNECTION_ERROR (GT); resumes; completes |
 //! | vt: 206 with a wrong Content-Range                  | TRANSIENT_ERROR ERROR_WINHTTP_INVALID_SERVER_RESPONSE (GT), 0 bytes kept; completes |
-//! | vt: 200 + whole file to a resumed (partial) range   | ERROR BG_E_INSUFFICIENT_RANGE_SUPPORT (RF), stays; Resume completes |
+//! | vt: 200 + whole file to a resumed (partial) range, background job | ERROR BG_E_INSUFFICIENT_RANGE_SUPPORT (RF), stays; Resume completes |
+//! | vt: the same, FOREGROUND job                    | no error: the file restarts from byte 0 (issue 16; e2e with a SIGKILL: no_ranges.rs); completes |
+//! | vt: 403 from a redirect target (signed URL expired) | no error: the remote name is followed afresh once (e2e: redirects_expiry.rs); completes; refused again → ERROR BG_E_HTTP_ERROR_403 |
 //! | vt: 416 to the GET                                  | ERROR BG_E_INVALID_RANGE (RF), stays; Resume completes |
 //! | vt: 500 to the HEAD                                 | TRANSIENT_ERROR BG_E_HTTP_ERROR_500 (RF); completes    |
 //! | vt: 502 to the GET                                  | TRANSIENT_ERROR BG_E_HTTP_ERROR_502 (RF); completes    |
