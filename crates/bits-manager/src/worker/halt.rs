@@ -179,6 +179,34 @@ mod tests {
         }
     }
 
+    /// Only the statuses a stale signed URL gets send a file back to its remote name; anything
+    /// else from a redirect target (a 5xx, a cut body, a 416) is the failure it always was.
+    #[test]
+    fn only_401_403_404_410_are_refusals_of_a_redirect_target() {
+        let failure = |kind| FetchError {
+            kind,
+            code: Code::E_FAIL,
+            context: ErrorContext::RemoteFile,
+            transient: false,
+            message: "x".into(),
+            retry_after: None,
+            redirect_target: None,
+        };
+        for status in [401, 403, 404, 410] {
+            assert!(target_refused(&failure(FetchErrorKind::Http(status))), "{status}");
+        }
+        for status in [400, 405, 407, 408, 416, 429, 500, 503] {
+            assert!(!target_refused(&failure(FetchErrorKind::Http(status))), "{status}");
+        }
+        for kind in [FetchErrorKind::InvalidRange, FetchErrorKind::RangeNotSupported] {
+            assert!(!target_refused(&failure(kind)), "{kind:?}");
+        }
+        let halt = fetch_halt(failure(FetchErrorKind::Http(403)), 2).into_target_refused();
+        assert!(matches!(halt, Halt::TargetRefused { error, .. } if error.file_index == Some(2)));
+        let changed = fetch_halt(failure(FetchErrorKind::RemoteChanged), 2).into_target_refused();
+        assert!(matches!(changed, Halt::Changed), "only a failure becomes a refusal");
+    }
+
     /// A task that ends without an answer: a panic (one `caught` missed) is a transient failure
     /// naming no file, a cancelled task a stop.
     #[tokio::test]
