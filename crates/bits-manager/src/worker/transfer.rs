@@ -1,6 +1,8 @@
 //! One file's transfer: probe the server, check the version, then fetch what is missing — a
 //! small fresh file into memory and written whole, anything else streamed ([`Stream`]). A file
-//! whose server copy changed, or whose temp file shrank under the download, restarts from zero.
+//! whose server copy changed, or whose temp file shrank under the download, restarts from zero, as
+//! does a FOREGROUND file whose resumed GET a server without range support answered with all of
+//! it; a redirect target that refuses a GET sends the file back to its remote name.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -365,7 +367,7 @@ impl Restart {
         code: Code::E_FAIL,
         what: "the temp file was truncated under the download",
     };
-    /// A FOREGROUND job may take a whole file in one 200 (spec §6.2), but a resumed GET asks
+    /// A FOREGROUND job may take a whole file in one 200 (spec §5.1, case 58), but a resumed GET asks
     /// for less: the bytes on disk are dropped and the file is fetched again from byte 0 (BITS
     /// fails the job with BG_E_INSUFFICIENT_RANGE_SUPPORT; docs/compat.md).
     const NO_RANGES: Restart = Restart {
