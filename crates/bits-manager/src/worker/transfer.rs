@@ -367,9 +367,9 @@ impl Restart {
         code: Code::E_FAIL,
         what: "the temp file was truncated under the download",
     };
-    /// A FOREGROUND job may take a whole file in one 200 (spec §5.1, case 58), but a resumed GET asks
-    /// for less: the bytes on disk are dropped and the file is fetched again from byte 0 (BITS
-    /// fails the job with BG_E_INSUFFICIENT_RANGE_SUPPORT; docs/compat.md).
+    /// A FOREGROUND job may take a whole file in one 200 (spec §5.1, case 58), but a resumed
+    /// GET asks for less: the bytes on disk are dropped and the file is fetched again from byte
+    /// 0 (BITS fails the job with BG_E_INSUFFICIENT_RANGE_SUPPORT; docs/compat.md).
     const NO_RANGES: Restart = Restart {
         context: ErrorContext::RemoteFile,
         code: Code::BG_E_INSUFFICIENT_RANGE_SUPPORT,
