@@ -24,6 +24,9 @@ const CUT: u64 = 1 << 20;
 /// Longer than the test: a stall the daemon is killed in.
 const LONG: Duration = Duration::from_secs(120);
 const GET: Option<Method> = Some(Method::GET);
+/// What the daemon logs when it restarts the file.
+const RESTART_LINE: &str =
+    "the server ignored Range and sent the whole file to a resumed request; restarting the file";
 
 /// File 0's recorded bytes, by GetFilledFileRanges and by GetProgress (which must agree).
 async fn recorded(d: &Download<FaultServer>) -> u64 {
@@ -59,11 +62,7 @@ async fn a_foreground_file_without_range_support_restarts_from_zero_after_a_cras
     })
     .await;
     assert_eq!(recorded(&d).await, 0, "the kept bytes still count\n{}", d.requests());
-    assert!(
-        d.daemon.log().contains("the server ignored Range and sent the whole file to a resumed request; restarting the file from zero"),
-        "{}",
-        d.daemon.log_tail(30)
-    );
+    assert!(d.daemon.log().contains(RESTART_LINE), "{}", d.daemon.log_tail(30));
     assert_eq!(d.client.get_job(d.job).await.unwrap().error, None, "the restart is not an error");
     // Forgotten durably, before the new GET went out: a crash now finds nothing recorded (the
     // server holds the restarted daemon's requests meanwhile).
