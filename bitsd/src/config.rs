@@ -282,6 +282,15 @@ pub fn load_file(path: &Path, required: bool, euid: u32) -> Result<Config, Confi
     }
 }
 
+/// `field` of a raw table, checked to be at least 1 (a cap, timeout or size of 0 would stop
+/// everything), or its default. The field is named once, so the key an error names
+/// (`control.max_watches`) cannot drift from the field that is read.
+macro_rules! at_least_1 {
+    ($doc:expr, $table:literal, $raw:expr, $default:expr, $field:ident) => {
+        $doc.in_range($raw.$field, concat!($table, ".", stringify!($field)), 1.., $default.$field)?
+    };
+}
+
 /// Parses and checks the text of the file at `path` for a daemon running as `euid` (which decides
 /// whether `tcp.uid` is required). Resolves `access.admin_group` and reads `tcp.token_file`.
 pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> {
@@ -313,39 +322,20 @@ pub fn parse(path: &Path, text: &str, euid: u32) -> Result<Config, ConfigError> 
         },
         control,
         transfer: Transfer {
-            retry_delay_secs: doc.in_range(
-                transfer.retry_delay_secs,
-                "transfer.retry_delay_secs",
-                1..,
-                defaults.retry_delay_secs,
-            )?,
+            retry_delay_secs: at_least_1!(doc, "transfer", transfer, defaults, retry_delay_secs),
             no_progress_timeout_secs: transfer
                 .no_progress_timeout_secs
                 .map_or(defaults.no_progress_timeout_secs, Spanned::into_inner),
-            idle_timeout_ms: doc.in_range(
-                transfer.idle_timeout_ms,
-                "transfer.idle_timeout_ms",
-                1..,
-                defaults.idle_timeout_ms,
-            )?,
-            connect_timeout_ms: doc.in_range(
-                transfer.connect_timeout_ms,
-                "transfer.connect_timeout_ms",
-                1..,
-                defaults.connect_timeout_ms,
-            )?,
-            sync_bytes: doc.in_range(
-                transfer.sync_bytes,
-                "transfer.sync_bytes",
-                1..,
-                defaults.sync_bytes,
-            )?,
-            sync_interval_ms: doc.in_range(
-                transfer.sync_interval_ms,
-                "transfer.sync_interval_ms",
-                1..,
-                defaults.sync_interval_ms,
-            )?,
+            idle_timeout_ms: at_least_1!(doc, "transfer", transfer, defaults, idle_timeout_ms),
+            connect_timeout_ms: at_least_1!(
+                doc,
+                "transfer",
+                transfer,
+                defaults,
+                connect_timeout_ms
+            ),
+            sync_bytes: at_least_1!(doc, "transfer", transfer, defaults, sync_bytes),
+            sync_interval_ms: at_least_1!(doc, "transfer", transfer, defaults, sync_interval_ms),
         },
         admins: Admins {
             uids: raw.access.admin_uids.unwrap_or_else(|| Admins::default().uids),
@@ -474,15 +464,19 @@ impl<'de> Deserialize<'de> for GroupRef {
                 })
             }
             fn visit_i64<E: serde::de::Error>(self, gid: i64) -> Result<GroupRef, E> {
-                u32::try_from(gid)
-                    .map(GroupRef::Gid)
-                    .map_err(|_| E::custom(format!("{gid} is not a gid")))
+                numeric_gid(gid)
             }
             fn visit_u64<E: serde::de::Error>(self, gid: u64) -> Result<GroupRef, E> {
-                u32::try_from(gid)
-                    .map(GroupRef::Gid)
-                    .map_err(|_| E::custom(format!("{gid} is not a gid")))
+                numeric_gid(gid)
             }
+        }
+        /// TOML integers come as i64 or u64 by sign; either must fit a gid.
+        fn numeric_gid<N, E>(gid: N) -> Result<GroupRef, E>
+        where
+            N: TryInto<u32> + fmt::Display + Copy,
+            E: serde::de::Error,
+        {
+            gid.try_into().map(GroupRef::Gid).map_err(|_| E::custom(format!("{gid} is not a gid")))
         }
         deserializer.deserialize_any(Visitor)
     }
@@ -618,42 +612,18 @@ impl Doc<'_> {
     fn control(&self, raw: RawControl) -> Result<Control, ConfigError> {
         let d = Control::default();
         Ok(Control {
-            max_connections_per_user: self.in_range(
-                raw.max_connections_per_user,
-                "control.max_connections_per_user",
-                1..,
-                d.max_connections_per_user,
-            )?,
-            max_connections: self.in_range(
-                raw.max_connections,
-                "control.max_connections",
-                1..,
-                d.max_connections,
-            )?,
-            max_watches_per_user: self.in_range(
-                raw.max_watches_per_user,
-                "control.max_watches_per_user",
-                1..,
-                d.max_watches_per_user,
-            )?,
-            max_watches: self.in_range(
-                raw.max_watches,
-                "control.max_watches",
-                1..,
-                d.max_watches,
-            )?,
-            handshake_timeout_ms: self.in_range(
-                raw.handshake_timeout_ms,
-                "control.handshake_timeout_ms",
-                1..,
-                d.handshake_timeout_ms,
-            )?,
-            idle_timeout_ms: self.in_range(
-                raw.idle_timeout_ms,
-                "control.idle_timeout_ms",
-                1..,
-                d.idle_timeout_ms,
-            )?,
+            max_connections_per_user: at_least_1!(
+                self,
+                "control",
+                raw,
+                d,
+                max_connections_per_user
+            ),
+            max_connections: at_least_1!(self, "control", raw, d, max_connections),
+            max_watches_per_user: at_least_1!(self, "control", raw, d, max_watches_per_user),
+            max_watches: at_least_1!(self, "control", raw, d, max_watches),
+            handshake_timeout_ms: at_least_1!(self, "control", raw, d, handshake_timeout_ms),
+            idle_timeout_ms: at_least_1!(self, "control", raw, d, idle_timeout_ms),
         })
     }
 

@@ -20,6 +20,14 @@ fn err(text: &str) -> String {
     err_as(text, USER)
 }
 
+/// The error for `text`, which must begin `FILE:` then `start` (the line, the key and the first
+/// words of why); the whole of it, for further checks.
+fn err_starting(text: &str, start: &str) -> String {
+    let e = err(text);
+    assert!(e.starts_with(&format!("{FILE}:{start}")), "{e}");
+    e
+}
+
 fn err_as(text: &str, euid: u32) -> String {
     match parse(Path::new(FILE), text, euid) {
         Ok(config) => panic!("accepted: {config:?}"),
@@ -212,22 +220,20 @@ fn unknown_keys_name_file_line_key_and_table() {
             "{FILE}:2: unknown key \"sockets\" at the top level (expected one of socket, data_dir, keep_awake_us, limits, control, transfer, access, tcp, metrics, log)"
         )
     );
-    let e = err("# comment\n\n[limits]\nmax_jobs_per_user = 1\nmax_jobz_per_user = 2\n");
-    assert!(
-        e.starts_with(&format!("{FILE}:5: unknown key \"max_jobz_per_user\" in [limits] (")),
-        "{e}"
+    let e = err_starting(
+        "# comment\n\n[limits]\nmax_jobs_per_user = 1\nmax_jobz_per_user = 2\n",
+        "5: unknown key \"max_jobz_per_user\" in [limits] (",
     );
     assert!(e.contains("max_jobs_per_machine"), "the known keys are listed: {e}");
-    let e = err("[tcp]\nlisten = \"127.0.0.1:1\"\n\n[log]\nlevel = \"info\"\ncolour = true\n");
-    assert!(e.starts_with(&format!("{FILE}:6: unknown key \"colour\" in [log]")), "{e}");
+    err_starting(
+        "[tcp]\nlisten = \"127.0.0.1:1\"\n\n[log]\nlevel = \"info\"\ncolour = true\n",
+        "6: unknown key \"colour\" in [log]",
+    );
     // The same in a dotted key and an inline table.
-    let e = err("\ntransfer.sync_byte = 1\n");
-    assert!(e.starts_with(&format!("{FILE}:2: unknown key \"sync_byte\" in [transfer]")), "{e}");
-    let e = err("access = { admin_uid = [1] }\n");
-    assert!(e.starts_with(&format!("{FILE}:1: unknown key \"admin_uid\" in [access]")), "{e}");
+    err_starting("\ntransfer.sync_byte = 1\n", "2: unknown key \"sync_byte\" in [transfer]");
+    err_starting("access = { admin_uid = [1] }\n", "1: unknown key \"admin_uid\" in [access]");
     // A table bitsd does not know.
-    let e = err("[limit]\nmax_jobs_per_user = 1\n");
-    assert!(e.starts_with(&format!("{FILE}:1: unknown key \"limit\" at the top level")), "{e}");
+    err_starting("[limit]\nmax_jobs_per_user = 1\n", "1: unknown key \"limit\" at the top level");
 }
 
 #[test]
@@ -240,30 +246,27 @@ fn values_of_the_wrong_type_name_the_key() {
         err("\n\n[limits]\nmax_jobs_per_user = -1\n"),
         format!("{FILE}:4: limits.max_jobs_per_user: invalid value: integer `-1`, expected usize")
     );
-    let e = err("[access]\nadmin_uids = [0, \"bob\"]\n");
-    assert!(e.starts_with(&format!("{FILE}:2: access.admin_uids: invalid type: string")), "{e}");
-    let e = err("[access]\nadmin_group = true\n");
-    assert!(
-        e.starts_with(&format!("{FILE}:2: access.admin_group: invalid type: boolean `true`")),
-        "{e}"
+    err_starting(
+        "[access]\nadmin_uids = [0, \"bob\"]\n",
+        "2: access.admin_uids: invalid type: string",
+    );
+    let e = err_starting(
+        "[access]\nadmin_group = true\n",
+        "2: access.admin_group: invalid type: boolean `true`",
     );
     assert!(e.contains("a group name or a numeric gid"), "{e}");
-    let e = err("[log]\nformat = \"xml\"\n");
-    assert!(e.starts_with(&format!("{FILE}:2: log.format: unknown variant `xml`")), "{e}");
-    let e = err("socket = 5\n");
-    assert!(e.starts_with(&format!("{FILE}:1: socket: invalid type: integer `5`")), "{e}");
+    err_starting("[log]\nformat = \"xml\"\n", "2: log.format: unknown variant `xml`");
+    err_starting("socket = 5\n", "1: socket: invalid type: integer `5`");
     assert_eq!(
         err("limits = 3\n"),
         format!("{FILE}:1: limits: invalid type: integer `3`, expected a [limits] table")
     );
-    let e = err("[tcp]\nuid = 1.5\n");
-    assert!(e.starts_with(&format!("{FILE}:2: tcp.uid: invalid type: floating point")), "{e}");
+    err_starting("[tcp]\nuid = 1.5\n", "2: tcp.uid: invalid type: floating point");
 }
 
 #[test]
 fn broken_toml_names_the_line() {
-    let e = err("[limits]\nmax_jobs_per_user = \n");
-    assert!(e.starts_with(&format!("{FILE}:2: invalid TOML: ")), "{e}");
+    err_starting("[limits]\nmax_jobs_per_user = \n", "2: invalid TOML: ");
     assert_eq!(
         err("[limits]\nmax_jobs_per_user = 1\nmax_jobs_per_user = 2\n"),
         format!("{FILE}:3: invalid TOML: duplicate key \"max_jobs_per_user\"")
@@ -315,15 +318,13 @@ fn admin_group_by_name_or_gid_and_unknown_names_are_errors() {
         err("[access]\nadmin_uids = [0]\nadmin_group = \"no-such-group-bitsd\"\n"),
         format!("{FILE}:3: access.admin_group: no group \"no-such-group-bitsd\"")
     );
-    let e = err("[access]\nadmin_group = -5\n");
-    assert!(e.starts_with(&format!("{FILE}:2: access.admin_group: -5 is not a gid")), "{e}");
+    err_starting("[access]\nadmin_group = -5\n", "2: access.admin_group: -5 is not a gid");
 }
 
 #[test]
 fn log_level_must_be_a_filter() {
     assert_eq!(ok("[log]\nlevel = \"debug\"\n").log.level, "debug");
-    let e = err("[log]\nlevel = \"bitsd=loud\"\n");
-    assert!(e.starts_with(&format!("{FILE}:2: log.level: not a log filter")), "{e}");
+    err_starting("[log]\nlevel = \"bitsd=loud\"\n", "2: log.level: not a log filter");
 }
 
 #[test]
@@ -334,12 +335,13 @@ fn tcp_listens_on_loopback_only() {
         assert_eq!(tcp.listen, good.parse::<SocketAddr>().unwrap());
     }
     for bad in ["0.0.0.0:7781", "192.168.1.10:7781", "[::]:7781", "[::ffff:127.0.0.1]:7781"] {
-        let e = err(&tcp_section(bad, &token, ""));
-        assert!(e.starts_with(&format!("{FILE}:2: tcp.listen: ")), "{e}");
+        let e = err_starting(&tcp_section(bad, &token, ""), "2: tcp.listen: ");
         assert!(e.contains("is not a loopback address"), "{e}");
     }
-    let e = err(&tcp_section("localhost:7781", &token, ""));
-    assert!(e.starts_with(&format!("{FILE}:2: tcp.listen: \"localhost:7781\" is not IP:PORT")));
+    err_starting(
+        &tcp_section("localhost:7781", &token, ""),
+        "2: tcp.listen: \"localhost:7781\" is not IP:PORT",
+    );
     let e = err(&tcp_section("127.0.0.1:0", &token, ""));
     assert_eq!(e, format!("{FILE}:2: tcp.listen: must name a port (not 0)"));
 }
@@ -384,15 +386,14 @@ fn tcp_needs_a_token_file() {
         err("\n[tcp]\nlisten = \"127.0.0.1:7781\"\n"),
         format!("{FILE}:2: tcp.token_file: required when tcp.listen is set")
     );
-    let e = err("[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = \"/nonexistent/tcp.token\"\n");
-    assert!(
-        e.starts_with(&format!(
-            "{FILE}:3: tcp.token_file: cannot read /nonexistent/tcp.token: No such file"
-        )),
-        "{e}"
+    err_starting(
+        "[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = \"/nonexistent/tcp.token\"\n",
+        "3: tcp.token_file: cannot read /nonexistent/tcp.token: No such file",
     );
-    let e = err("[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = \"tcp.token\"\n");
-    assert!(e.starts_with(&format!("{FILE}:3: tcp.token_file: must be an absolute path")), "{e}");
+    err_starting(
+        "[tcp]\nlisten = \"127.0.0.1:7781\"\ntoken_file = \"tcp.token\"\n",
+        "3: tcp.token_file: must be an absolute path",
+    );
 }
 
 #[test]
