@@ -10,8 +10,8 @@
 use std::pin::Pin;
 
 use bits_core::{BitsError, Code};
-use bits_manager::{Caller, EventKind, JobEvent, Manager};
-use bits_proto::convert::{self, EventInfo, JobEventInfo};
+use bits_manager::{Caller, JobEvent, Manager};
+use bits_proto::convert::{self, JobEventInfo};
 use bits_proto::status::to_status;
 use bits_proto::v1;
 use tokio::sync::mpsc;
@@ -65,16 +65,6 @@ pub async fn watch_job(
 }
 
 fn event_to_wire(event: &JobEvent) -> v1::JobEvent {
-    let info = match &event.kind {
-        EventKind::JobTransferred => EventInfo::JobTransferred,
-        EventKind::JobError(error) => EventInfo::JobError(error.clone()),
-        EventKind::JobModification { state, progress } => {
-            EventInfo::JobModification { state: *state, progress: progress.clone() }
-        }
-        EventKind::FileTransferred { index } => EventInfo::FileTransferred { index: *index },
-        EventKind::FileRangesTransferred { index, ranges } => {
-            EventInfo::FileRangesTransferred { index: *index, ranges: ranges.clone() }
-        }
-    };
-    convert::job_event_to_wire(&JobEventInfo { job: event.job, time: event.time, event: info })
+    let info = JobEventInfo { job: event.job, time: event.time, event: event.kind.clone() };
+    convert::job_event_to_wire(&info)
 }

@@ -8,6 +8,7 @@ pub mod byte_range;
 pub mod code;
 pub mod defaults;
 pub mod digest;
+pub mod event;
 pub mod job;
 pub mod range_set;
 pub mod state;
@@ -16,6 +17,7 @@ pub mod stats;
 pub use byte_range::{ByteRange, LENGTH_TO_EOF, Layout, validate_static_ranges};
 pub use code::{BitsError, Code};
 pub use digest::parse_sha256;
+pub use event::EventKind;
 pub use job::{
     ErrorContext, FileProgress, Job, JobError, JobFile, JobId, JobType, NotifyCmdLine, Priority,
     Progress, TempId, Validator,

@@ -34,43 +34,12 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// What happened to a job: the kind is the client's too (bits-core), so the wire carries it as
+/// it is.
+pub use bits_core::EventKind;
+
 /// Events the bus holds for slow subscribers before they lag.
 const CAPACITY: usize = 1024;
-
-/// What happened to a job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// The job entered TRANSFERRED (flag 0x01).
-    JobTransferred,
-    /// The job entered ERROR (flag 0x02); TRANSIENT_ERROR never sends it.
-    JobError(JobError),
-    /// Bytes transferred, a file added, a property or the state changed (flag 0x08). Not sent
-    /// for the transitions into TRANSFERRED or ERROR.
-    JobModification { state: JobState, progress: Progress },
-    /// File `index` has all its bytes (flag 0x10); files in order, before JobTransferred.
-    FileTransferred { index: u32 },
-    /// On-demand (RequestFileRanges) bytes of file `index` now durably present, since the
-    /// previous event of this kind for the file (flag 0x20).
-    FileRangesTransferred { index: u32, ranges: RangeSet },
-}
-
-impl EventKind {
-    /// The notify flag that selects this event.
-    pub fn flag(&self) -> u32 {
-        match self {
-            EventKind::JobTransferred => notify::JOB_TRANSFERRED,
-            EventKind::JobError(_) => notify::JOB_ERROR,
-            EventKind::JobModification { .. } => notify::JOB_MODIFICATION,
-            EventKind::FileTransferred { .. } => notify::FILE_TRANSFERRED,
-            EventKind::FileRangesTransferred { .. } => notify::FILE_RANGES_TRANSFERRED,
-        }
-    }
-
-    /// A JobModification into CANCELLED or ACKNOWLEDGED: the last event of a job.
-    pub(crate) fn is_final(&self) -> bool {
-        matches!(self, EventKind::JobModification { state, .. } if state.is_final())
-    }
-}
 
 /// One event of one job.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -492,33 +492,9 @@ pub struct JobEventInfo {
     pub event: EventInfo,
 }
 
-/// What a [`JobEventInfo`] reports (spec §7.1).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventInfo {
-    /// The job entered TRANSFERRED.
-    JobTransferred,
-    /// The job entered ERROR, with the error.
-    JobError(JobError),
-    /// Something about the job changed; its state and progress now.
-    JobModification { state: JobState, progress: Progress },
-    /// File `index` has all its bytes.
-    FileTransferred { index: u32 },
-    /// On-demand ranges of file `index` now present (remote offsets, sorted and merged).
-    FileRangesTransferred { index: u32, ranges: RangeSet },
-}
-
-impl EventInfo {
-    /// The wire name of the event (`JOB_TRANSFERRED`, …), after the notify flag that selects it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            EventInfo::JobTransferred => "JOB_TRANSFERRED",
-            EventInfo::JobError(_) => "JOB_ERROR",
-            EventInfo::JobModification { .. } => "JOB_MODIFICATION",
-            EventInfo::FileTransferred { .. } => "FILE_TRANSFERRED",
-            EventInfo::FileRangesTransferred { .. } => "FILE_RANGES_TRANSFERRED",
-        }
-    }
-}
+/// What a [`JobEventInfo`] reports: the daemon's own [`bits_core::EventKind`], under the name
+/// the client side has always used.
+pub use bits_core::EventKind as EventInfo;
 
 /// A set of spans as wire ranges (offset, length), in order.
 pub fn range_set_to_wire(ranges: &RangeSet) -> Vec<v1::ByteRange> {
