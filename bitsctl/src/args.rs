@@ -73,8 +73,7 @@ pub enum Command {
     },
     /// Add a file to a job and print its index.
     Add {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         url: String,
         /// Destination; made absolute against the current directory.
@@ -89,35 +88,18 @@ pub enum Command {
     /// Add several files at once from LIST (lines of `URL DEST [sha256=HEX]`, `-` for stdin),
     /// all or none, as bitsadmin /addfileset; prints their indexes.
     AddSet {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         list: PathBuf,
     },
     /// Start or restart transferring a job.
-    Resume {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Resume(OneJob),
     /// Pause a job.
-    Suspend {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Suspend(OneJob),
     /// Cancel a job and delete its temporary files.
-    Cancel {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Cancel(OneJob),
     /// Move a transferred job's files into place and end it.
-    Complete {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Complete(OneJob),
     /// Cancel all of your jobs (everyone's with --all-users, administrators only), as
     /// bitsadmin /reset.
     Reset {
@@ -131,42 +113,21 @@ pub enum Command {
         all_users: bool,
     },
     /// Become the owner of another user's job (administrators only). Drops its custom headers.
-    TakeOwnership {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    TakeOwnership(OneJob),
     /// Show a job and its files.
-    Info {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Info(OneJob),
     /// Show a job's files (ListFiles).
-    Files {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Files(OneJob),
     /// Show a job's progress: bytes and files, per file too (GetProgress).
-    Progress {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Progress(OneJob),
     /// Show a job's last error: context, code, description, file (GetError).
-    Error {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
-        job: JobArg,
-    },
+    Error(OneJob),
     /// Change a job's settings, applied one by one in the order given; stops at the first
     /// refused one (those before it stay applied).
     #[command(after_help = "Example:\n  bitsctl set 3f2a --priority high --retry-delay 60 \
         --notify-flags transferred,error --notify-cmd /usr/bin/logger --notify-arg done")]
     Set {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         #[command(flatten)]
         flags: SetFlags,
@@ -178,8 +139,7 @@ pub enum Command {
     /// that they never appear on a command line; --clear removes them.
     #[command(group(ArgGroup::new("source").required(true).args(["from_file", "clear"])))]
     SetHeaders {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
@@ -188,39 +148,34 @@ pub enum Command {
     },
     /// Point a file of a job at another URL (same content; SetRemoteName).
     SetRemoteName {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         file_index: u32,
         url: String,
     },
     /// Replace OLD at the start of every file's URL with NEW (prints S_FALSE if none matched).
     ReplacePrefix {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         old: String,
         new: String,
     },
     /// Tell the daemon how far an on-demand file has been read (UpdateDownloadPosition).
     Position {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         file_index: u32,
         offset: u64,
     },
     /// Show the downloaded ranges of a file, one OFFSET:LENGTH per line.
     Ranges {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         file_index: u32,
     },
     /// Ask for ranges of a file to be downloaded first.
     RequestRanges {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         file_index: u32,
         #[arg(value_name = "OFFSET:LENGTH", required = true, value_parser = parse_range)]
@@ -229,8 +184,7 @@ pub enum Command {
     /// Print a job's notifications and progress as they happen, one line each (--json: one
     /// object a line), until the job is completed or cancelled.
     Watch {
-        /// The job: its id, or a unique prefix of it (4 characters or more).
-        #[arg(value_parser = parse_job)]
+        #[arg(help = JOB_HELP)]
         job: JobArg,
         /// Notify flags for this watcher, by name or number (e.g. `all` or 0x3B); default:
         /// transferred,error,modification. DISABLE (0x4) is refused: it would show nothing.
@@ -257,6 +211,18 @@ pub enum Command {
     Stats,
 }
 
+/// The help of every command's job argument, in one place. (Without a final period: clap drops
+/// it from a doc comment, and the help reads as it did when each argument had its own.)
+const JOB_HELP: &str = "The job: its id, or a unique prefix of it (4 characters or more)";
+
+// The argument of the commands that take nothing but a job. (A doc comment here would become
+// each such command's about text in place of its own.)
+#[derive(Debug, Args)]
+pub struct OneJob {
+    #[arg(help = JOB_HELP)]
+    pub job: JobArg,
+}
+
 /// A job on the command line: its full id, or a unique prefix of it (as git and docker accept),
 /// resolved with ListJobs by `cmd::resolve`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,6 +233,15 @@ pub enum JobArg {
 
 /// The shortest prefix accepted: shorter ones match too many jobs to be worth a round trip.
 pub const MIN_PREFIX: usize = 4;
+
+/// clap's parser of a job argument.
+impl std::str::FromStr for JobArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<JobArg, String> {
+        parse_job(text)
+    }
+}
 
 /// A job id, or at least [`MIN_PREFIX`] of its leading characters.
 pub fn parse_job(text: &str) -> Result<JobArg, String> {

@@ -13,7 +13,7 @@ use bits_client::{Client, NewFile, Token, TokenFileError};
 use bits_core::{BitsError, Code, JobId};
 use serde::Serialize;
 
-use crate::args::{Cli, Command, JobArg, SetOp};
+use crate::args::{Cli, Command, JobArg, OneJob, SetOp};
 use crate::list::UsageError;
 use crate::{headers, list, render};
 
@@ -284,19 +284,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             let job = resolve(&client, &job).await?;
             add_set(&client, job, &list, json).await?;
         }
-        Command::Resume { job } => {
+        Command::Resume(OneJob { job }) => {
             print_code(client.resume(resolve(&client, &job).await?).await?, json)
         }
-        Command::Suspend { job } => {
+        Command::Suspend(OneJob { job }) => {
             print_code(client.suspend(resolve(&client, &job).await?).await?, json)
         }
-        Command::Cancel { job } => {
+        Command::Cancel(OneJob { job }) => {
             print_code(client.cancel(resolve(&client, &job).await?).await?, json)
         }
-        Command::Complete { job } => {
+        Command::Complete(OneJob { job }) => {
             print_code(client.complete(resolve(&client, &job).await?).await?, json)
         }
-        Command::TakeOwnership { job } => {
+        Command::TakeOwnership(OneJob { job }) => {
             print_code(client.take_ownership(resolve(&client, &job).await?).await?, json);
         }
         Command::Reset { all_users } => reset(&client, all_users, json).await?,
@@ -309,7 +309,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 || render::jobs_table(&jobs, all_users),
             );
         }
-        Command::Info { job } => {
+        Command::Info(OneJob { job }) => {
             let job = resolve(&client, &job).await?;
             let info = client.get_job(job).await?;
             let files = client.list_files(job).await?;
@@ -319,7 +319,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 || render::job_info(&info, &files),
             );
         }
-        Command::Files { job } => {
+        Command::Files(OneJob { job }) => {
             let files = client.list_files(resolve(&client, &job).await?).await?;
             print(
                 json,
@@ -327,7 +327,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 || render::files_table(&files),
             );
         }
-        Command::Progress { job } => {
+        Command::Progress(OneJob { job }) => {
             let progress = client.get_progress(resolve(&client, &job).await?).await?;
             print(
                 json,
@@ -335,7 +335,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 || render::progress_text(&progress),
             );
         }
-        Command::Error { job } => {
+        Command::Error(OneJob { job }) => {
             let error = client.get_error(resolve(&client, &job).await?).await?;
             print(json, || render::error_json(&error), || render::error_text(&error));
         }
