@@ -57,6 +57,18 @@ impl Fake {
             _ => Err(not_found(&id.to_string())),
         }
     }
+
+    /// A setter's answer: `change` made to the job, S_OK.
+    fn change_job(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Job),
+    ) -> Result<Response<v1::StatusReply>, Status> {
+        self.with_job(id, |s| {
+            change(s.job.as_mut().unwrap());
+            Response::new(status_reply(Code::S_OK))
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -131,10 +143,7 @@ impl FakeBits for Fake {
         })
     }
     async fn resume(&self, req: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
-        self.with_job(&req.into_inner().job_id, |s| {
-            s.job.as_mut().unwrap().state = JobState::Queued;
-            Response::new(status_reply(Code::S_OK))
-        })
+        self.change_job(&req.into_inner().job_id, |job| job.state = JobState::Queued)
     }
     async fn cancel(&self, req: Request<v1::JobRef>) -> Result<Response<v1::StatusReply>, Status> {
         self.with_job(&req.into_inner().job_id, |s| {
@@ -168,29 +177,20 @@ impl FakeBits for Fake {
             })
         })
     }
-
-    // Not used by these tests.
-
+    /// `bitsctl download` sets both (see download_waits_for_transferred_then_completes).
     async fn set_minimum_retry_delay(
         &self,
         req: Request<v1::SetSecondsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let req = req.into_inner();
-        self.with_job(&req.job_id, |s| {
-            s.job.as_mut().unwrap().minimum_retry_delay_secs = req.seconds.max(5);
-            Response::new(status_reply(Code::S_OK))
-        })
+        self.change_job(&req.job_id, |job| job.minimum_retry_delay_secs = req.seconds.max(5))
     }
-
     async fn set_no_progress_timeout(
         &self,
         req: Request<v1::SetSecondsRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
         let req = req.into_inner();
-        self.with_job(&req.job_id, |s| {
-            s.job.as_mut().unwrap().no_progress_timeout_secs = req.seconds;
-            Response::new(status_reply(Code::S_OK))
-        })
+        self.change_job(&req.job_id, |job| job.no_progress_timeout_secs = req.seconds)
     }
 
     /// Plays the whole download at once: one JobModification with half the bytes, then the
