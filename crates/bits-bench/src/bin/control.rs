@@ -655,19 +655,14 @@ async fn under_load(
         "s",
         Goal::None,
     );
-    table.latency(
-        &format!("GetProgress running job, under load ({} calls)", running.len()),
-        &running,
-        Goal::None,
-        Goal::AtMost(2000.0),
-        ["", ""],
-    );
-    table.latency(
-        &format!("GetProgress queued job, under load ({} calls)", other.len()),
-        &other,
-        Goal::None,
-        Goal::AtMost(2000.0),
-        ["", ""],
-    );
+    for (which, samples) in [("running", &running), ("queued", &other)] {
+        table.latency(
+            &format!("GetProgress {which} job, under load ({} calls)", samples.len()),
+            samples,
+            Goal::None,
+            Goal::AtMost(2000.0),
+            ["", ""],
+        );
+    }
     Ok(())
 }
