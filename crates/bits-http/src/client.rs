@@ -23,8 +23,9 @@ use url::Url;
 use crate::body::RangeBody;
 use crate::classify::is_followed_redirect;
 use crate::counted::Counted;
-use crate::error::FetchError;
+use crate::error::{FetchError, FetchErrorKind};
 use crate::multirange::{self, MultiRangeBody};
+use crate::part_limits::PartLimits;
 use crate::probe::{self, RemoteInfo};
 use crate::redirect::{
     Redirects, is_disallowed_redirect, parse_url, redirect_target, same_origin, to_uri,
@@ -122,6 +123,8 @@ struct Inner {
     open: Arc<AtomicUsize>,
     config: HttpConfig,
     base_headers: HeaderMap,
+    /// Parts per multi-range request each origin returns.
+    part_limits: Arc<PartLimits>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -142,7 +145,10 @@ impl HttpClient {
         })?;
         base_headers.insert(header::USER_AGENT, agent);
         base_headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-        Ok(HttpClient { inner: Arc::new(Inner { client, open, config, base_headers }) })
+        let part_limits = Arc::default();
+        Ok(HttpClient {
+            inner: Arc::new(Inner { client, open, config, base_headers, part_limits }),
+        })
     }
 
     /// Connections to servers open now: in use, or idle in the pool for the next request.
@@ -154,9 +160,18 @@ impl HttpClient {
         &self.inner.config
     }
 
+    /// Most spans worth putting in one [`HttpClient::get_ranges_opts`] request to `url`'s
+    /// origin: [`MAX_SPANS_PER_REQUEST`](crate::MAX_SPANS_PER_REQUEST), or fewer once the origin
+    /// was seen to answer fewer parts than asked (see [`MultiRangeBody::missing`]).
+    pub fn parts_per_request(&self, url: &str) -> usize {
+        let max = crate::MAX_SPANS_PER_REQUEST;
+        let learned = Url::parse(url).ok().and_then(|url| self.inner.part_limits.per_request(&url));
+        learned.map_or(max, |parts| parts.min(max))
+    }
+
     /// HEAD the URL (following redirects) and learn its size and validators. A server that
-    /// refuses HEAD with 405 or 501 is asked `GET` with `Range: bytes=0-0` instead, and the size is
-    /// taken from the Content-Range total.
+    /// refuses HEAD with 403, 405 or 501 is asked `GET` with `Range: bytes=0-0` instead, and the
+    /// size is taken from the Content-Range total.
     pub async fn probe(&self, url: &str) -> Result<RemoteInfo, FetchError> {
         self.probe_with(url, &HeaderMap::new()).await
     }
@@ -176,13 +191,10 @@ impl HttpClient {
         opts: &RequestOptions,
     ) -> Result<RemoteInfo, FetchError> {
         let start = parse_url(url)?;
-        let (resp, final_url) =
-            self.send(Method::HEAD, &start, self.own_headers(), &opts.headers, opts).await?;
-        let (parts, _body) = resp.into_parts();
-        if !probe::head_refused(parts.status) {
-            return probe::from_head(&parts, &final_url)
-                .map(|info| info.reached_from(&start, &final_url));
-        }
+        let (parts, final_url) = match self.head(&start, opts).await? {
+            Head::Answered(info) => return Ok(info),
+            Head::Refused(parts, final_url) => (parts, final_url),
+        };
         debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
         let mut headers = self.own_headers();
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
@@ -196,6 +208,43 @@ impl HttpClient {
             .map(|info| info.reached_from(&start, &final_url))
     }
 
+    /// How a transfer opens a file: HEAD, as [`HttpClient::probe_opts`]; where HEAD cannot tell
+    /// (refused with 403, 405 or 501, or answered without a size, as Apache does for an empty
+    /// file) the file is probed by the `GET bytes=0-` of [`HttpClient::fetch_whole_opts`] from
+    /// the URL asked for, whose checked body comes back to be streamed or dropped. That GET follows
+    /// the redirects afresh: a redirector that signs its targets signs them for the method.
+    pub async fn open_opts(
+        &self,
+        url: &str,
+        opts: &RequestOptions,
+    ) -> Result<(RemoteInfo, Option<RangeBody>), FetchError> {
+        let start = parse_url(url)?;
+        match self.head(&start, opts).await {
+            Ok(Head::Answered(info)) => return Ok((info, None)),
+            Ok(Head::Refused(parts, final_url)) => {
+                debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-");
+            }
+            Err(err) if err.kind == FetchErrorKind::MissingSize => {
+                debug!(%url, error = %err, "HEAD gave no size; probing with GET bytes=0-");
+            }
+            Err(err) => return Err(err),
+        }
+        self.fetch_whole_opts(url, opts).await
+    }
+
+    /// HEAD `start`, following redirects as `opts` allow: the file as its answer describes it, or
+    /// the answer of a server that refuses HEAD.
+    async fn head(&self, start: &Url, opts: &RequestOptions) -> Result<Head, FetchError> {
+        let (resp, final_url) =
+            self.send(Method::HEAD, start, self.own_headers(), &opts.headers, opts).await?;
+        let (parts, _body) = resp.into_parts();
+        if probe::head_refused(parts.status) {
+            return Ok(Head::Refused(parts, final_url));
+        }
+        probe::from_head(&parts, &final_url)
+            .map(|info| Head::Answered(info.reached_from(start, &final_url)))
+    }
+
     /// GET all of `url` with one request that is also the probe: `Range: bytes=0-`, and the size,
     /// validators and final URL are read from the answer (a 206 whose Content-Range covers the
     /// whole file, or — where `opts` allow a full response — a 200 with a Content-Length).
@@ -203,23 +252,23 @@ impl HttpClient {
     /// [`HttpClient::probe_opts`] then [`HttpClient::get_range_opts`], which matters when a job
     /// holds thousands of small files. The body is checked exactly as `get_range_opts` checks it.
     ///
-    /// `Ok(None)`: nothing to stream (an empty file answers 416, or a 206/200 of length 0): probe
-    /// the file the usual way instead.
+    /// No body for an empty file (a 416 `bytes */0`, or a 200 or 206 of length 0): there is
+    /// nothing to stream.
     pub async fn fetch_whole_opts(
         &self,
         url: &str,
         opts: &RequestOptions,
-    ) -> Result<Option<(RemoteInfo, RangeBody)>, FetchError> {
+    ) -> Result<(RemoteInfo, Option<RangeBody>), FetchError> {
         let start = parse_url(url)?;
         let mut headers = self.own_headers();
         headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-"));
         let (resp, final_url) =
             self.send(Method::GET, &start, headers, &opts.headers, opts).await?;
         let (parts, body) = resp.into_parts();
-        let Some(info) = probe::from_open_range(&parts, &final_url)? else {
-            return Ok(None);
-        };
-        let info = info.reached_from(&start, &final_url);
+        let info = probe::from_open_range(&parts, &final_url)?.reached_from(&start, &final_url);
+        if info.size == 0 {
+            return Ok((info, None));
+        }
         let span = Span::new(0, info.size);
         range::check(&parts, &info, span, &final_url, opts.allow_full_response)?;
         let body = RangeBody::new(
@@ -229,7 +278,7 @@ impl HttpClient {
             parts.version,
             final_url.to_string(),
         );
-        Ok(Some((info, body)))
+        Ok((info, Some(body)))
     }
 
     /// GET the remote bytes `span` (`[start, end)`, `end <= remote.size`) of `remote.final_url`,
@@ -287,7 +336,8 @@ impl HttpClient {
     /// at least one byte between neighbours); otherwise `InvalidRange` (`BG_E_INVALID_RANGE`).
     ///
     /// The server may answer a `multipart/byteranges` 206 (parsed as it streams, every part
-    /// checked to be exactly one requested span) or, only when one span was asked, a plain 206
+    /// checked to be exactly one requested span; fewer parts than spans is allowed, and
+    /// [`MultiRangeBody::missing`] then names the rest) or, only when one span was asked, a plain 206
     /// (or a 200 with the whole file, as [`HttpClient::get_range_opts`] accepts it). A server
     /// that merges, splits, repeats, leaves out or adds ranges fails with
     /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE; spec §6.2); a 200 to several spans is
@@ -309,7 +359,8 @@ impl HttpClient {
             remote.size,
             self.inner.config.idle_timeout,
             parts.version,
-            url.to_string(),
+            &url,
+            Arc::clone(&self.inner.part_limits),
         ))
     }
 
@@ -407,6 +458,14 @@ impl HttpClient {
             url = next;
         }
     }
+}
+
+/// What a HEAD said.
+enum Head {
+    /// The file's size and validators.
+    Answered(RemoteInfo),
+    /// HEAD is refused ([`probe::head_refused`]): the answer and the URL that gave it.
+    Refused(http::response::Parts, Url),
 }
 
 /// A job's custom headers and bitsd's own, which win: custom headers are added first, then ours

@@ -69,17 +69,20 @@ pub(crate) fn accepts_byte_ranges(headers: &HeaderMap) -> bool {
     })
 }
 
-/// The first `Content-Encoding` coding other than `identity`, if any.
-pub(crate) fn non_identity_encoding(headers: &HeaderMap) -> Option<String> {
+/// The content-codings of `Content-Encoding` other than `identity`, in order, lower-cased and
+/// joined by `", "` (so two answers about one representation compare equal however they spell
+/// it); `None` for the identity representation.
+pub(crate) fn content_codings(headers: &HeaderMap) -> Option<String> {
+    let mut codings = Vec::new();
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let text = String::from_utf8_lossy(value.as_bytes());
         for coding in text.split(',').map(str::trim) {
             if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
-                return Some(coding.to_string());
+                codings.push(coding.to_ascii_lowercase());
             }
         }
     }
-    None
+    (!codings.is_empty()).then(|| codings.join(", "))
 }
 
 /// `Retry-After` as a delay from now (delta-seconds or an HTTP date).
@@ -141,10 +144,15 @@ mod tests {
 
     #[test]
     fn encodings_ranges_and_retry_after() {
-        assert_eq!(non_identity_encoding(&map(&[("content-encoding", "identity")])), None);
+        assert_eq!(content_codings(&map(&[("content-encoding", "identity")])), None);
+        assert_eq!(content_codings(&map(&[])), None);
         assert_eq!(
-            non_identity_encoding(&map(&[("Content-Encoding", "identity, GZIP")])),
-            Some("GZIP".into())
+            content_codings(&map(&[("Content-Encoding", "identity, GZIP")])),
+            Some("gzip".into())
+        );
+        assert_eq!(
+            content_codings(&map(&[("content-encoding", "gzip"), ("content-encoding", " br ")])),
+            Some("gzip, br".into())
         );
         assert!(accepts_byte_ranges(&map(&[("accept-ranges", "none, Bytes")])));
         assert!(!accepts_byte_ranges(&map(&[("accept-ranges", "none")])));

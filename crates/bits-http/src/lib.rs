@@ -32,6 +32,7 @@ mod error;
 mod headers;
 pub mod multipart;
 mod multirange;
+mod part_limits;
 mod probe;
 mod range;
 mod redirect;

@@ -5,8 +5,12 @@
 //!
 //! A server must not merge, split or repeat the requested ranges (spec §6.1): any part other than
 //! a requested span not delivered yet is `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE), and
-//! so is a plain 206 with one `Content-Range` to a request for several spans.
+//! so is a plain 206 with one `Content-Range` to a request for several spans. It may return fewer
+//! parts than asked (RFC 9110 §15.3.7.2; lighttpd sends the first 10): a multipart answer that
+//! closes cleanly after at least one part ends the body, [`MultiRangeBody::missing`] names the
+//! spans left out, and the origin's limit is remembered (`part_limits.rs`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bits_core::{Code, Span};
@@ -22,6 +26,7 @@ use crate::content_range::ContentRange;
 use crate::error::{FetchError, FetchErrorKind};
 use crate::headers;
 use crate::multipart::{self, Event, MultipartError, MultipartParser};
+use crate::part_limits::PartLimits;
 use crate::probe::RemoteInfo;
 use crate::range;
 
@@ -108,7 +113,7 @@ pub(crate) fn check_head(
         if let Some(why) = headers::validator_change(&remote.validator, &response_validator) {
             return Err(FetchError::remote_changed(format!("{url}: {why}")));
         }
-        range::check_encoding(parts, url)?;
+        range::check_encoding(parts, remote, url)?;
         // The part limit is one above the request so that an extra part is reported with its
         // range (as unrequested or repeated) rather than as a framing error.
         let parser = MultipartParser::new(&boundary)
@@ -236,8 +241,13 @@ struct Multi {
     /// Remote offset of the next body byte of the part being read.
     offset: Option<u64>,
     remote_size: u64,
-    /// The close delimiter was seen (and every span delivered); bytes read since.
+    /// The close delimiter was seen (and at least one span delivered); bytes read since.
     closed: bool,
+    /// The requested spans the server left out, known at the close delimiter.
+    missing: Vec<Span>,
+    /// Where a short answer teaches the origin's limit.
+    limits: Arc<PartLimits>,
+    final_url: Url,
     epilogue: usize,
     idle_timeout: Duration,
     url: String,
@@ -254,6 +264,7 @@ enum Step {
 }
 
 impl MultiRangeBody {
+    #[allow(clippy::too_many_arguments)] // the parts of one answer, each from its own place
     pub(crate) fn new(
         head: Head,
         body: Incoming,
@@ -261,11 +272,12 @@ impl MultiRangeBody {
         remote_size: u64,
         idle_timeout: Duration,
         version: Version,
-        url: String,
+        url: &Url,
+        limits: Arc<PartLimits>,
     ) -> MultiRangeBody {
         let inner = match head {
             Head::Single(span) => {
-                Inner::Single(RangeBody::new(body, span, idle_timeout, version, url))
+                Inner::Single(RangeBody::new(body, span, idle_timeout, version, url.to_string()))
             }
             Head::Multipart(parser) => Inner::Multi(Box::new(Multi {
                 body,
@@ -277,9 +289,12 @@ impl MultiRangeBody {
                 offset: None,
                 remote_size,
                 closed: false,
+                missing: Vec::new(),
+                limits,
+                final_url: url.clone(),
                 epilogue: 0,
                 idle_timeout,
-                url,
+                url: url.to_string(),
                 finished: false,
             })),
         };
@@ -287,12 +302,13 @@ impl MultiRangeBody {
     }
 
     /// The next piece of data: (remote offset, bytes). Parts may arrive in any order; the bytes
-    /// of one part arrive in order. `Ok(None)` after the last part, once every requested span was
-    /// delivered exactly once.
+    /// of one part arrive in order. `Ok(None)` after the last part, once every span the server
+    /// sent was delivered exactly once: every requested span, or, when the server chose to send
+    /// fewer parts, the others are in [`MultiRangeBody::missing`].
     ///
     /// Errors: a part that is not exactly one requested span not delivered yet (merged,
-    /// overlapping, repeated, unrequested) or a missing span is `BG_E_INVALID_SERVER_RESPONSE`
-    /// (fatal, REMOTE_FILE), reported before any byte of that part; a part whose total differs
+    /// overlapping, repeated, unrequested), or an answer without any part, is
+    /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE), reported before any byte of that part; a part whose total differs
     /// from the probed size is `RemoteChanged`; broken framing is a transient
     /// `ERROR_WINHTTP_INVALID_SERVER_RESPONSE`; a body that ends before the last part is a
     /// transient `ERROR_WINHTTP_CONNECTION_ERROR`, and silence for the idle timeout a transient
@@ -314,6 +330,15 @@ impl MultiRangeBody {
     /// File bytes handed out so far.
     pub fn received(&self) -> u64 {
         self.received
+    }
+
+    /// The requested spans the server did not send (it may answer fewer parts than asked), in
+    /// request order; known once [`MultiRangeBody::next_chunk`] returned `Ok(None)`, empty before.
+    pub fn missing(&self) -> &[Span] {
+        match &self.inner {
+            Inner::Single(_) => &[],
+            Inner::Multi(multi) => &multi.missing,
+        }
     }
 
     /// Whether the server answered `multipart/byteranges` (otherwise a plain 206 or 200 for the
@@ -354,9 +379,9 @@ impl Multi {
                 Step::Start(content_range, span) => self.start_part(&content_range, span)?,
                 Step::PartEnd => self.offset = None,
                 Step::Close => {
-                    self.check_all_started()?;
+                    self.check_closed()?;
                     self.closed = true;
-                    debug!(url = %self.url, parts = self.requested.len(), "multi-range body complete");
+                    debug!(url = %self.url, parts = self.requested.len() - self.missing.len(), missing = self.missing.len(), "multi-range body complete");
                 }
                 Step::NeedInput => {
                     if self.closed
@@ -478,17 +503,21 @@ impl Multi {
         }
     }
 
-    /// At the close delimiter: every requested span must have come.
-    fn check_all_started(&self) -> Result<(), FetchError> {
-        let got: Vec<Span> = self
-            .requested
-            .iter()
-            .zip(&self.started)
-            .filter(|(_, started)| **started)
-            .map(|(span, _)| *span)
-            .collect();
-        multipart::check_spans_match_request(&got, &self.requested)
-            .map_err(|err| self.multipart_error(err))
+    /// At the close delimiter: at least one requested span must have come (each part was
+    /// checked to be one when it started). The others are `missing`, and the origin's limit is
+    /// what it sent.
+    fn check_closed(&mut self) -> Result<(), FetchError> {
+        let (got, missing): (Vec<(&Span, &bool)>, Vec<(&Span, &bool)>) =
+            self.requested.iter().zip(&self.started).partition(|(_, started)| **started);
+        if got.is_empty() {
+            let span = self.requested.first().copied().unwrap_or(Span::new(0, 0));
+            return Err(self.multipart_error(MultipartError::Missing { span }));
+        }
+        self.missing = missing.into_iter().map(|(span, _)| *span).collect();
+        if !self.missing.is_empty() {
+            self.limits.returned(&self.final_url, got.len());
+        }
+        Ok(())
     }
 
     fn multipart_error(&self, err: MultipartError) -> FetchError {
@@ -560,6 +589,13 @@ mod tests {
         assert_eq!(head(206, &[MP], &TWO[..1]), Ok("multipart"));
         assert_eq!(head(206, &[MP, ("etag", "\"v2\"")], &TWO), Err(CHANGED));
         assert_eq!(head(206, &[MP, ("content-encoding", "gzip")], &TWO), Err(INVALID));
+        // Apache's multipart answer for a stored .tar.gz its probe saw as gzip.
+        let url = Url::parse("http://h/f").unwrap();
+        let gzip = RemoteInfo { content_encoding: Some("gzip".into()), ..remote() };
+        let labelled = parts(206, &[MP, ("content-encoding", "gzip")]);
+        assert!(matches!(check_head(&labelled, &gzip, &TWO, &url, true), Ok(Head::Multipart(_))));
+        let err = check_head(&parts(206, &[MP]), &gzip, &TWO, &url, true).unwrap_err();
+        assert_eq!(err.code, Code::ERROR_WINHTTP_INVALID_SERVER_RESPONSE);
         let bad_boundary = ("content-type", "multipart/byteranges");
         assert_eq!(head(206, &[bad_boundary], &TWO), Err(INVALID));
         // Plain 206s.

@@ -1,5 +1,5 @@
-//! What a probe learns about a remote file, and how a HEAD answer (or the `GET bytes=0-0`
-//! fallback for servers that refuse HEAD) is turned into it. Pure functions over response heads so
+//! What a probe learns about a remote file, and how a HEAD answer (or the `GET bytes=0-0` and
+//! `GET bytes=0-` fallbacks for servers that refuse HEAD or give it no size) is turned into it. Pure functions over response heads so
 //! every rule is unit-testable without a server.
 
 use std::time::SystemTime;
@@ -31,6 +31,11 @@ pub struct RemoteInfo {
     /// The probe was redirected: `final_url` differs from the URL asked for. Under the
     /// ALLOW_REPORT policy the manager makes `final_url` the file's remote name (spec §6.2).
     pub redirected: bool,
+    /// The probed representation's content-codings (`gzip` for a stored `.tar.gz` that Apache's
+    /// `AddEncoding` or an S3 object labels so), lower-cased; `None` for identity. Its bytes are
+    /// the file as stored on the server: they are kept as they are and never decoded, ranges
+    /// count them (RFC 9110 §14.1.2), and every range answer must carry the same codings.
+    pub content_encoding: Option<String>,
 }
 
 impl RemoteInfo {
@@ -46,6 +51,7 @@ impl RemoteInfo {
             last_modified,
             same_origin: true,
             redirected: false,
+            content_encoding: headers::content_codings(&parts.headers),
         }
     }
 
@@ -58,9 +64,10 @@ impl RemoteInfo {
     }
 }
 
-/// Whether a HEAD answer means "use GET instead".
+/// Whether a HEAD answer means "use GET instead": 405 and 501 say HEAD is not implemented, and
+/// 403 is what S3 presigned GET URLs answer (the signature covers the method).
 pub(crate) fn head_refused(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 405 | 501)
+    matches!(status.as_u16(), 403 | 405 | 501)
 }
 
 /// An error status as a [`FetchError`], carrying `Retry-After`.
@@ -165,18 +172,16 @@ pub(crate) fn from_range_probe(parts: &Parts, url: &Url) -> Result<RemoteInfo, F
 
 /// What the answer to `GET` with `Range: bytes=0-` says about the file: a 206 whose
 /// Content-Range starts at 0 and names the total, or a 200 with a Content-Length (the server
-/// ignored the range; whether that body is acceptable is `range::check`'s call). `None` for an
-/// empty file (416 `bytes */0`, or a length of 0), which has nothing to stream.
-pub(crate) fn from_open_range(parts: &Parts, url: &Url) -> Result<Option<RemoteInfo>, FetchError> {
-    let info = match parts.status.as_u16() {
+/// ignored the range; whether that body is acceptable is `range::check`'s call). An empty file
+/// answers 416 `bytes */0` or a length of 0 (size 0: nothing to stream).
+pub(crate) fn from_open_range(parts: &Parts, url: &Url) -> Result<RemoteInfo, FetchError> {
+    match parts.status.as_u16() {
         206 => {
             let size = total_from_206(parts, url, "bytes=0-", None)?;
-            RemoteInfo::from_parts(parts, url, size, true)
+            Ok(RemoteInfo::from_parts(parts, url, size, true))
         }
-        416 => return Ok(None),
-        _ => from_range_probe(parts, url)?,
-    };
-    Ok((info.size > 0).then_some(info))
+        _ => from_range_probe(parts, url),
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +221,20 @@ mod tests {
     }
 
     #[test]
+    fn the_probed_representation_keeps_its_content_coding() {
+        let head = parts(200, &[("content-length", "5000"), ("content-encoding", "gzip")]);
+        assert_eq!(from_head(&head, &url()).unwrap().content_encoding.as_deref(), Some("gzip"));
+        let plain = parts(200, &[("content-length", "5000"), ("content-encoding", "identity")]);
+        assert_eq!(from_head(&plain, &url()).unwrap().content_encoding, None);
+        let get =
+            parts(206, &[("content-range", "bytes 0-4999/5000"), ("content-encoding", "gzip")]);
+        assert_eq!(
+            from_open_range(&get, &url()).unwrap().content_encoding.as_deref(),
+            Some("gzip")
+        );
+    }
+
+    #[test]
     fn head_without_length_is_missing_size() {
         for p in [parts(200, &[]), parts(200, &[("content-length", "x")])] {
             let err = from_head(&p, &url()).unwrap_err();
@@ -250,13 +269,19 @@ mod tests {
     fn open_range_reads_the_total_and_leaves_empty_files_to_the_probe() {
         let open = |status, pairs: &[(&str, &str)]| from_open_range(&parts(status, pairs), &url());
         let info = open(206, &[("content-range", "bytes 0-76/77"), ("etag", "\"e\"")]).unwrap();
-        let info = info.unwrap();
         assert_eq!((info.size, info.accept_ranges), (77, true));
         assert_eq!(info.validator.etag.as_deref(), Some("\"e\""));
-        let info = open(200, &[("content-length", "5")]).unwrap().unwrap();
+        let info = open(200, &[("content-length", "5")]).unwrap();
         assert_eq!((info.size, info.accept_ranges), (5, false));
-        assert!(open(416, &[("content-range", "bytes */0")]).unwrap().is_none());
-        assert!(open(200, &[("content-length", "0")]).unwrap().is_none());
+        assert_eq!(open(416, &[("content-range", "bytes */0")]).unwrap().size, 0);
+        // Apache's answer for an empty file, whose HEAD has no Content-Length.
+        let info = open(200, &[("content-length", "0"), ("etag", "\"0-6\"")]).unwrap();
+        assert_eq!((info.size, info.validator.etag.as_deref()), (0, Some("\"0-6\"")));
+        // Only an empty file makes bytes=0- unsatisfiable.
+        assert_eq!(
+            open(416, &[("content-range", "bytes */77")]).unwrap_err().code,
+            Code::Http(416)
+        );
         let err = open(206, &[("content-range", "bytes 5-76/77")]).unwrap_err();
         assert_eq!(err.kind, FetchErrorKind::InvalidResponse);
         assert_eq!(

@@ -70,7 +70,7 @@ pub(crate) fn check(
                 return Err(FetchError::remote_changed(format!("{url}: {why}")));
             }
             check_length(parts, span, url)?;
-            check_encoding(parts, url)
+            check_encoding(parts, remote, url)
         }
         200 => {
             // A 200 carries no Content-Range, so it must prove it is the probed version by
@@ -102,7 +102,7 @@ pub(crate) fn check(
                 }
                 Err(why) => return Err(FetchError::invalid_response(format!("{url}: {why}"))),
             }
-            check_encoding(parts, url)?;
+            check_encoding(parts, remote, url)?;
             if !allow_full {
                 return Err(FetchError::range_not_supported(format!(
                     "{url} ignored Range bytes={}-{} and sent the whole file, which this job may \
@@ -147,13 +147,25 @@ fn check_length(parts: &Parts, span: Span, url: &Url) -> Result<(), FetchError> 
     }
 }
 
-pub(crate) fn check_encoding(parts: &Parts, url: &Url) -> Result<(), FetchError> {
-    match headers::non_identity_encoding(&parts.headers) {
-        Some(coding) => Err(FetchError::invalid_response(format!(
-            "{url} sent Content-Encoding {coding} although identity was asked for"
-        ))),
-        None => Ok(()),
+/// The answer must be the representation the probe saw: the same content-codings. A stored
+/// `.tar.gz` labelled `gzip` on its HEAD and on every range is the file's bytes; a `gzip` the
+/// probe did not see (a server compressing on the fly, or a wrong label) is not, and is refused
+/// before any of its body is written.
+pub(crate) fn check_encoding(
+    parts: &Parts,
+    remote: &RemoteInfo,
+    url: &Url,
+) -> Result<(), FetchError> {
+    let got = headers::content_codings(&parts.headers);
+    if got == remote.content_encoding {
+        return Ok(());
     }
+    let name = |codings: &Option<String>| codings.clone().unwrap_or_else(|| "identity".into());
+    Err(FetchError::invalid_response(format!(
+        "{url} sent Content-Encoding {} although its probe saw {} (identity was asked for)",
+        name(&got),
+        name(&remote.content_encoding)
+    )))
 }
 
 #[cfg(test)]
@@ -240,6 +252,32 @@ mod tests {
         );
         assert_eq!(kind(404, &[], whole), Err((FetchErrorKind::Http(404), Code::Http(404), false)));
         assert_eq!(kind(204, &[], whole), Err(INVALID));
+    }
+
+    /// Apache's `AddEncoding gzip .gz`: the HEAD and every range say gzip, and the bytes are the
+    /// stored file's. Only an answer whose codings differ from the probe's is refused.
+    #[test]
+    fn a_content_coding_the_probe_saw_is_the_file() {
+        let url = Url::parse("http://h/f").unwrap();
+        let gzip = RemoteInfo { content_encoding: Some("gzip".into()), ..remote() };
+        let mid = Span::new(10, 20);
+        let check_as = |remote: &RemoteInfo, status, pairs: &[(&str, &str)], span| {
+            check(&parts(status, pairs), remote, span, &url, true)
+                .map_err(|e| (e.kind, e.code, e.transient))
+        };
+        let range = ("content-range", "bytes 10-19/100");
+        assert_eq!(check_as(&gzip, 206, &[range, ("content-encoding", "gzip")], mid), Ok(()));
+        assert_eq!(check_as(&gzip, 206, &[range, ("Content-Encoding", "GZIP")], mid), Ok(()));
+        assert_eq!(check_as(&gzip, 206, &[range], mid), Err(INVALID));
+        assert_eq!(check_as(&gzip, 206, &[range, ("content-encoding", "br")], mid), Err(INVALID));
+        assert_eq!(
+            check_as(&remote(), 206, &[range, ("content-encoding", "gzip")], mid),
+            Err(INVALID)
+        );
+        let whole = [("content-length", "100"), ("etag", "\"v1\""), ("content-encoding", "gzip")];
+        assert_eq!(check_as(&gzip, 200, &whole, Span::new(0, 100)), Ok(()));
+        let err = check(&parts(206, &[range]), &gzip, mid, &url, true).unwrap_err();
+        assert!(err.message.contains("identity although its probe saw gzip"), "{err}");
     }
 
     #[test]

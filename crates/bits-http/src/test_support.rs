@@ -27,6 +27,7 @@ pub(crate) fn remote() -> RemoteInfo {
         last_modified: None,
         same_origin: true,
         redirected: false,
+        content_encoding: None,
     }
 }
 

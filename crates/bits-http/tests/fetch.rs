@@ -85,8 +85,10 @@ async fn fetch_whole_probes_and_streams_in_one_request() {
     let http = client();
     let before = server.log().len();
     let opts = bits_http::RequestOptions::default();
-    let (info, mut body) =
-        http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
+    let (info, Some(mut body)) = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap()
+    else {
+        panic!("a file with bytes has a body to stream")
+    };
     assert_eq!(info.size, SIZE as u64);
     assert_eq!(info.validator.etag.as_deref(), Some("\"v1\""));
     assert_eq!(info.validator.last_modified.as_deref(), Some(LAST_MODIFIED));
@@ -108,8 +110,10 @@ async fn fetch_whole_takes_a_200_only_where_a_full_response_is_allowed() {
     let err = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap_err();
     assert_eq!(err.code, Code::BG_E_INSUFFICIENT_RANGE_SUPPORT, "{err}");
     opts.allow_full_response = true;
-    let (info, mut body) =
-        http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap().unwrap();
+    let (info, Some(mut body)) = http.fetch_whole_opts(&server.url("/file"), &opts).await.unwrap()
+    else {
+        panic!("a file with bytes has a body to stream")
+    };
     assert_eq!(info.size, SIZE as u64);
     assert_eq!(read_all(&mut body).await.unwrap(), *DATA);
 }
@@ -287,6 +291,68 @@ async fn head_refused_falls_back_to_a_one_byte_get() {
         let mut body = http.get_range(&info, Span::new(100, 200)).await.unwrap();
         assert_eq!(read_all(&mut body).await.unwrap(), &DATA[100..200]);
     }
+}
+
+/// S3 presigned GET URLs answer 403 to HEAD; other servers 405 or 501. Opening the file for a
+/// transfer then probes with the whole-file GET, whose body is the file.
+#[tokio::test]
+async fn open_probes_with_a_whole_file_get_where_head_is_refused() {
+    for refusal in [403, 405, 501] {
+        let server = start().await;
+        server.always("file", HEAD, Fault::Status(refusal));
+        let http = client();
+        let opts = bits_http::RequestOptions::default();
+        let (info, Some(mut body)) = http.open_opts(&server.url("/file"), &opts).await.unwrap()
+        else {
+            panic!("{refusal}: no body to stream")
+        };
+        assert_eq!((info.size, info.validator.etag.as_deref()), (SIZE as u64, Some("\"v1\"")));
+        assert_eq!(read_all(&mut body).await.unwrap(), *DATA, "{refusal}");
+        let seen = server.log();
+        let asked: Vec<_> = seen
+            .iter()
+            .map(|r| (r.method.clone(), r.headers.get(header::RANGE).cloned()))
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                (Method::HEAD, None),
+                (Method::GET, Some(header::HeaderValue::from_static("bytes=0-")))
+            ],
+            "{refusal}"
+        );
+    }
+}
+
+/// A HEAD without a size (Apache's for an empty file) is asked again with the whole-file GET;
+/// an empty file has no body, a full one streams from that GET; a HEAD that gives the size is
+/// all there is.
+#[tokio::test]
+async fn open_probes_with_a_whole_file_get_where_head_gives_no_size() {
+    let server = start().await;
+    server.always("file", HEAD, Fault::NoLength);
+    server.add_file("empty", bytes::Bytes::new());
+    server.always("empty", HEAD, Fault::NoLength);
+    let http = client();
+    let opts = bits_http::RequestOptions::default();
+    let (info, body) = http.open_opts(&server.url("/empty"), &opts).await.unwrap();
+    assert_eq!(info.size, 0);
+    assert!(body.is_none());
+    let (info, body) = http.open_opts(&server.url("/file"), &opts).await.unwrap();
+    assert_eq!(info.size, SIZE as u64);
+    assert_eq!(read_all(&mut body.unwrap()).await.unwrap(), *DATA);
+    let methods: Vec<_> = server.log().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, [Method::HEAD, Method::GET, Method::HEAD, Method::GET]);
+    server.clear_faults("file");
+    let before = server.log().len();
+    let (info, body) = http.open_opts(&server.url("/file"), &opts).await.unwrap();
+    assert!(info.size == SIZE as u64 && body.is_none());
+    assert_eq!(server.log().len() - before, 1, "only the HEAD");
+    // A refusal that is not about HEAD stays an error, without a GET.
+    server.always("file", HEAD, Fault::Status(404));
+    let err = http.open_opts(&server.url("/file"), &opts).await.unwrap_err();
+    assert_eq!(err.code, Code::Http(404));
+    assert_eq!(server.log().len() - before, 2);
 }
 
 #[tokio::test]

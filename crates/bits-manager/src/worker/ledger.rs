@@ -161,15 +161,18 @@ impl JobLedger {
         self.with_missing(index, layout, &RangeSet::new(), pick::piece)
     }
 
-    /// The file's next multi-range batch ([`pick::small_pieces`]), leaving out what is `pending`
-    /// (received, not yet recorded).
+    /// The file's next multi-range batch of at most `max` pieces ([`pick::small_pieces`]),
+    /// leaving out what is `pending` (received, not yet recorded).
     pub(super) fn small_pieces(
         &self,
         index: u32,
         layout: &Layout,
         pending: &RangeSet,
+        max: usize,
     ) -> Result<Vec<Span>, Halt> {
-        self.with_missing(index, layout, pending, pick::small_pieces)
+        self.with_missing(index, layout, pending, |missing, file, on_demand| {
+            pick::small_pieces(missing, file, on_demand, max)
+        })
     }
 
     /// The next piece for one connection of a segmented download ([`pick::segment`]), leaving

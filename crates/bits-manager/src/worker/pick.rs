@@ -83,8 +83,13 @@ impl Shape {
     /// to back on one connection, is probed and downloaded by one GET (no HEAD). Other jobs keep
     /// the BITS sequence: HEAD, then ranged GETs.
     pub(super) fn fetch_whole(self, file: &JobFile) -> bool {
-        self.files_at_once > 1
-            && file.ranges.is_empty()
+        self.files_at_once > 1 && self.whole_and_fresh(file)
+    }
+
+    /// A whole file nothing of which is known or on disk yet, fetched front to back on one
+    /// connection: the one file a GET from byte 0 that probed it may go on to stream.
+    pub(super) fn whole_and_fresh(self, file: &JobFile) -> bool {
+        file.ranges.is_empty()
             && file.remote_size.is_none()
             && file.filled.is_empty()
             && file.requested.is_empty()
@@ -123,16 +128,22 @@ pub(super) fn restart_asks_whole(job: &Job, file: &JobFile) -> bool {
 /// A piece no larger than this may share a multi-range request with others.
 const SMALL_PIECE: u64 = 1 << 20;
 
-/// Up to [`bits_http::MAX_SPANS_PER_REQUEST`] small `missing` pieces, lowest first, when requested
-/// (on-demand) bytes do not take precedence and more than one is missing. Empty otherwise.
-pub(super) fn small_pieces(missing: &RangeSet, file: &JobFile, on_demand: bool) -> Vec<Span> {
+/// Up to `max` small `missing` pieces (the parts the server returns to one request, at most
+/// [`bits_http::MAX_SPANS_PER_REQUEST`]), lowest first, when requested (on-demand) bytes do not
+/// take precedence and more than one is missing. Empty otherwise.
+pub(super) fn small_pieces(
+    missing: &RangeSet,
+    file: &JobFile,
+    on_demand: bool,
+    max: usize,
+) -> Vec<Span> {
     if on_demand || !missing.intersect(&file.requested).is_empty() || missing.n_spans() < 2 {
         return Vec::new();
     }
     missing
         .iter()
         .take_while(|s| s.len() <= SMALL_PIECE)
-        .take(bits_http::MAX_SPANS_PER_REQUEST)
+        .take(max.min(bits_http::MAX_SPANS_PER_REQUEST))
         .collect()
 }
 
@@ -279,15 +290,39 @@ mod tests {
     async fn only_several_small_missing_pieces_share_a_multi_range_request() {
         let mut file = job(1).await.files.remove(0);
         let many = set(&[(0, 10), (20, 30), (40, SMALL_PIECE + 41)]);
-        assert_eq!(small_pieces(&many, &file, false), vec![Span::new(0, 10), Span::new(20, 30)]);
-        assert!(small_pieces(&many, &file, true).is_empty(), "on demand");
-        assert!(small_pieces(&set(&[(0, 10)]), &file, false).is_empty(), "one piece");
+        assert_eq!(
+            small_pieces(&many, &file, false, MAX),
+            vec![Span::new(0, 10), Span::new(20, 30)]
+        );
+        assert!(small_pieces(&many, &file, true, MAX).is_empty(), "on demand");
+        assert!(small_pieces(&set(&[(0, 10)]), &file, false, MAX).is_empty(), "one piece");
         let large_first = set(&[(0, SMALL_PIECE + 1), (SMALL_PIECE + 5, SMALL_PIECE + 6)]);
-        assert!(small_pieces(&large_first, &file, false).is_empty());
+        assert!(small_pieces(&large_first, &file, false, MAX).is_empty());
         let lots: Vec<(u64, u64)> = (0..200).map(|i| (i * 10, i * 10 + 1)).collect();
-        assert_eq!(small_pieces(&set(&lots), &file, false).len(), bits_http::MAX_SPANS_PER_REQUEST);
+        assert_eq!(
+            small_pieces(&set(&lots), &file, false, MAX).len(),
+            bits_http::MAX_SPANS_PER_REQUEST
+        );
         file.requested = set(&[(20, 21)]);
-        assert!(small_pieces(&many, &file, false).is_empty(), "requested bytes go first");
+        assert!(small_pieces(&many, &file, false, MAX).is_empty(), "requested bytes go first");
+    }
+
+    const MAX: usize = bits_http::MAX_SPANS_PER_REQUEST;
+
+    /// A server seen to return 10 parts (lighttpd) gets batches of 10, lowest first, so the
+    /// spans it left out come first in the next batch; a limit of 1 is no batch at all.
+    #[tokio::test]
+    async fn batches_fit_the_parts_the_server_returns() {
+        let file = job(1).await.files.remove(0);
+        let lots: Vec<(u64, u64)> = (0..11).map(|i| (i * 1000, i * 1000 + 10)).collect();
+        let first = small_pieces(&set(&lots), &file, false, 10);
+        assert_eq!(first, (0..10).map(|i| Span::new(i * 1000, i * 1000 + 10)).collect::<Vec<_>>());
+        let rest = set(&lots[5..]);
+        assert_eq!(small_pieces(&rest, &file, false, 10).len(), 6);
+        assert_eq!(small_pieces(&rest, &file, false, 3)[0], Span::new(5000, 5010));
+        assert_eq!(small_pieces(&rest, &file, false, 3).len(), 3);
+        assert_eq!(small_pieces(&rest, &file, false, 1).len(), 1);
+        assert_eq!(small_pieces(&rest, &file, false, 1000).len(), 6);
     }
 
     #[test]

@@ -57,7 +57,10 @@ impl<'a> Stream<'a> {
         let mut pending = Unsynced::new();
         loop {
             let batch = if multi_range {
-                ledger.small_pieces(index, &self.layout, pending.spans())?
+                // As many pieces as the server returns to one request: the spans a short answer
+                // left out are still missing, so they lead the next batch.
+                let max = ledger.http().parts_per_request(&self.remote.final_url);
+                ledger.small_pieces(index, &self.layout, pending.spans(), max)?
             } else {
                 Vec::new()
             };
@@ -148,7 +151,8 @@ impl<'a> Stream<'a> {
         }
     }
 
-    /// Fetches several pieces with one multi-range request. Parts may arrive in any order; bytes
+    /// Fetches several pieces with one multi-range request. Parts may arrive in any order, and
+    /// the server may send fewer than asked (what it left out is picked again); bytes
     /// are written at their local offsets, then synced, then recorded once a sync window is full
     /// (`pending` carries the rest to the caller, who syncs it with the next window or before
     /// picking single pieces), so the durability rule holds as for a single piece.
@@ -171,7 +175,12 @@ impl<'a> Stream<'a> {
                         self.sync_and_record(pending).await?;
                     }
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if !body.missing().is_empty() {
+                        tracing::info!(job = %ledger.id(), index, parts = pieces.len() - body.missing().len(), asked = pieces.len(), "the server returned fewer parts than asked; asking again for the rest");
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(fetch_halt(e, index)),
             }
         }

@@ -140,22 +140,20 @@ impl FileTransfer {
     }
 
     /// Asks the server about the file (HEAD, or for a fresh file of a files-at-once job the GET
-    /// itself) and checks it is still the version whose bytes are on disk.
+    /// itself; a server that refuses HEAD or gives it no size gets that GET too) and checks it is
+    /// still the version whose bytes are on disk.
     async fn open(&self) -> Result<Opened, Halt> {
         let (file, options, shape) = self.ledger.opening(self.index)?;
         let http = self.ledger.http();
-        let opened = if shape.fetch_whole(&file) {
+        let (remote, mut first_body) = if shape.fetch_whole(&file) {
             self.exchange(&self.stop, http.fetch_whole_opts(&file.remote_url, &options)).await?
         } else {
-            None
+            self.exchange(&self.stop, http.open_opts(&file.remote_url, &options)).await?
         };
-        let (remote, first_body) = match opened {
-            Some((remote, body)) => (remote, Some(body)),
-            None => {
-                let probe = http.probe_opts(&file.remote_url, &options);
-                (self.exchange(&self.stop, probe).await?, None)
-            }
-        };
+        // A GET that probed a file with bytes on disk, or not fetched whole, is not streamed.
+        if first_body.is_some() && !shape.whole_and_fresh(&file) {
+            first_body = None;
+        }
         let changed = file.remote_size.is_some_and(|s| s != remote.size)
             || (file.validator != Default::default() && file.validator != remote.validator);
         if changed {
