@@ -45,6 +45,9 @@ mod startup;
 mod redirects_expiry;
 // SIGKILL and SIGTERM mid-download, clean restarts: state survives, nothing is fetched twice.
 mod restart;
+// Servers nobody here wrote: lighttpd's 10 parts, Apache's HEAD without a size and gzip label,
+// a HEAD refused.
+mod real_servers;
 // Hostile servers: every fault of the fault-injecting server and the state + error it leads to.
 mod faults;
 // Daemon-wide numbers: GetStats, `bitsctl stats` and the Prometheus endpoint.

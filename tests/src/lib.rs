@@ -1,5 +1,5 @@
 //! Test support for the bitsd end-to-end tests: the real daemon in a temp dir ([`daemon`]), a
-//! private nginx ([`nginx`]), the usual server + daemon + job setup ([`fixture`]), the checks on a
+//! private nginx ([`nginx`]), lighttpd and Apache ([`real_servers`]), the usual server + daemon + job setup ([`fixture`]), the checks on a
 //! download from the fault server ([`hostile`]) and polling with a deadline ([`wait`]). The in-process HTTP servers
 //! and test content are in `bits-testkit`, shared with the library crates' tests.
 
@@ -13,6 +13,7 @@ pub mod helpers;
 pub mod hostile;
 pub mod mounts;
 pub mod nginx;
+pub mod real_servers;
 pub mod users;
 pub mod wait;
 
