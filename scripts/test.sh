@@ -2,8 +2,9 @@
 # The test command: `bash scripts/test.sh` from anywhere in the checkout.
 #
 # 1. fails fast on formatting;
-# 2. installs nginx if it is missing (the end-to-end tests start their own nginx on a random
-#    loopback port with their own config; the system nginx service is never used);
+# 2. installs nginx, lighttpd and apache2 if they are missing (the end-to-end tests start their own
+#    servers on random loopback ports with their own configs; the packages' services are never
+#    used);
 #    likewise systemd-analyze (the unit files in dist/systemd are checked with `verify`);
 #    and a Python venv in target/pyenv with grpcio (the Python client tests, tests/e2e/python.rs,
 #    run it: BITS_TEST_PYTHON);
@@ -50,12 +51,11 @@ need_apt() {
     fi
 }
 
-install_nginx() {
-    local sudo
-    need_apt nginx nginx-light
-    # Keep the package's own service from starting (it would try to bind port 80): policy-rc.d
-    # exit 101 tells invoke-rc.d "not allowed". Without systemd (containers) nothing starts anyway.
-    local policy=/usr/sbin/policy-rc.d created_policy=0
+# Runs "$@" (an apt-get install) with the packages' own services kept from starting (nginx's or
+# apache2's would try to bind port 80): policy-rc.d exit 101 tells invoke-rc.d "not allowed".
+# Without systemd (containers) nothing starts anyway. Uses the caller's `sudo` (need_apt).
+without_services() {
+    local policy=/usr/sbin/policy-rc.d created_policy=0 status=0
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
         "${sudo[@]}" chmod 755 "$policy"
@@ -63,19 +63,51 @@ install_nginx() {
         # Never leave it behind, even if interrupted.
         trap "${sudo[*]} rm -f $policy" EXIT
     fi
-    local status=0
-    "${sudo[@]}" apt-get update -q || status=$?
-    if [ "$status" -eq 0 ]; then
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light \
-            || "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx \
-            || status=$?
-    fi
+    "$@" || status=$?
     if [ "$created_policy" -eq 1 ]; then
         "${sudo[@]}" rm -f "$policy"
         trap - EXIT
     fi
+    return "$status"
+}
+
+# apt-get install of the packages "$@", quiet, without recommends, as root.
+apt_install() {
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
+}
+
+install_nginx() {
+    local sudo
+    need_apt nginx nginx-light
+    local status=0
+    "${sudo[@]}" apt-get update -q || status=$?
+    if [ "$status" -eq 0 ]; then
+        without_services apt_install nginx-light || without_services apt_install nginx || status=$?
+    fi
     if [ "$status" -ne 0 ] || ! find_nginx >/dev/null; then
         echo "error: installing nginx failed (apt-get exit status $status); the end-to-end tests need it" >&2
+        exit 1
+    fi
+}
+
+# The servers of tests/e2e/real_servers.rs, found like nginx: on PATH, else in /usr/sbin.
+find_server() {
+    command -v "$1" 2>/dev/null && return 0
+    [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"
+}
+
+# lighttpd and Apache httpd: tests/e2e/real_servers.rs starts each on a random loopback port with
+# its own config (their packages' services are never used).
+install_real_servers() {
+    local sudo
+    need_apt "lighttpd or apache2" "lighttpd apache2"
+    local status=0
+    "${sudo[@]}" apt-get update -q || status=$?
+    if [ "$status" -eq 0 ]; then
+        without_services apt_install lighttpd apache2 || status=$?
+    fi
+    if [ "$status" -ne 0 ] || ! find_server lighttpd >/dev/null || ! find_server apache2 >/dev/null; then
+        echo "error: installing lighttpd and apache2 failed (apt-get exit status $status); the end-to-end tests need them" >&2
         exit 1
     fi
 }
@@ -88,7 +120,16 @@ install_systemd_analyze() {
     need_apt systemd-analyze systemd
     "${sudo[@]}" apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
-    if ! command -v systemd-analyze >/dev/null 2>&1; then
+    if ! find_server lighttpd >/dev/null || ! find_server apache2 >/dev/null; then
+    step "installing lighttpd and apache2 (needed by tests/e2e/real_servers.rs)"
+    install_real_servers
+fi
+LIGHTTPD="$(find_server lighttpd)"
+APACHE2="$(find_server apache2)"
+echo "lighttpd: $LIGHTTPD ($("$LIGHTTPD" -v 2>&1 | head -n 1)); apache2: $APACHE2 ($("$APACHE2" -v 2>&1 | head -n 1))"
+export LIGHTTPD APACHE2
+
+if ! command -v systemd-analyze >/dev/null 2>&1; then
         echo "error: installing systemd did not provide systemd-analyze; the end-to-end tests need it" >&2
         exit 1
     fi
@@ -161,6 +202,15 @@ fi
 echo "nginx: $nginx_bin ($("$nginx_bin" -v 2>&1))"
 # The tests look nginx up on PATH first; /usr/sbin is not on every user's PATH.
 export NGINX="$nginx_bin"
+
+if ! find_server lighttpd >/dev/null || ! find_server apache2 >/dev/null; then
+    step "installing lighttpd and apache2 (needed by tests/e2e/real_servers.rs)"
+    install_real_servers
+fi
+LIGHTTPD="$(find_server lighttpd)"
+APACHE2="$(find_server apache2)"
+echo "lighttpd: $LIGHTTPD ($("$LIGHTTPD" -v 2>&1 | head -n 1)); apache2: $APACHE2 ($("$APACHE2" -v 2>&1 | head -n 1))"
+export LIGHTTPD APACHE2
 
 if ! command -v systemd-analyze >/dev/null 2>&1; then
     step "installing systemd-analyze (needed to check the systemd units)"
