@@ -254,8 +254,9 @@ async fn error_is_cleared_once_transferring_after_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_without_content_length_is_missing_file_size() {
     let c = case(56, Priority::Foreground).await;
-    // The first request is the probe: a HEAD, or — for a file nothing of which is known yet — a
-    // GET of bytes=0- that doubles as the download. Neither may be answered without a size.
+    // The probe is a HEAD, then, as it gave no size, a GET of bytes=0- (issue 16: Apache's HEAD
+    // of an empty file has no Content-Length); for a fresh file of a files-at-once job that GET
+    // alone. Neither may be answered without a size.
     c.server.always(FILE, HEAD, Fault::HtmlPage { chunked: true });
     c.server.always(FILE, GET, Fault::HtmlPage { chunked: true });
     c.resume().await;
@@ -265,7 +266,9 @@ async fn head_without_content_length_is_missing_file_size() {
     assert_eq!(progress.bytes_total, None, "job BytesTotal is not BG_SIZE_UNKNOWN: {progress:?}");
     assert_eq!(progress.files[0].bytes_total, None, "{progress:?}");
     stays_in_error(&c, Code::BG_E_MISSING_FILE_SIZE).await;
-    assert_eq!(c.server.log().len(), 1, "nothing followed the failed probe\n{}", c.requests());
+    let asked: Vec<_> = c.server.log().into_iter().map(|r| (r.method, r.range)).collect();
+    let probe = [(Method::HEAD, None), (Method::GET, Some("bytes=0-".to_string()))];
+    assert_eq!(asked, probe, "nothing followed the failed probe\n{}", c.requests());
     assert_eq!(progress.bytes_transferred, 0, "no byte of a sizeless answer is kept");
     assert!(!c.dest.exists());
 }
