@@ -120,16 +120,7 @@ install_systemd_analyze() {
     need_apt systemd-analyze systemd
     "${sudo[@]}" apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
-    if ! find_server lighttpd >/dev/null || ! find_server apache2 >/dev/null; then
-    step "installing lighttpd and apache2 (needed by tests/e2e/real_servers.rs)"
-    install_real_servers
-fi
-LIGHTTPD="$(find_server lighttpd)"
-APACHE2="$(find_server apache2)"
-echo "lighttpd: $LIGHTTPD ($("$LIGHTTPD" -v 2>&1 | head -n 1)); apache2: $APACHE2 ($("$APACHE2" -v 2>&1 | head -n 1))"
-export LIGHTTPD APACHE2
-
-if ! command -v systemd-analyze >/dev/null 2>&1; then
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
         echo "error: installing systemd did not provide systemd-analyze; the end-to-end tests need it" >&2
         exit 1
     fi

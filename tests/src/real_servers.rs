@@ -33,8 +33,10 @@ impl Kind {
             return PathBuf::from(path);
         }
         let on_path = std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).map(|d| d.join(self.name())).collect())
-            .unwrap_or_else(Vec::new);
+            .map(|paths| {
+                std::env::split_paths(&paths).map(|d| d.join(self.name())).collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
         on_path
             .into_iter()
             .chain([Path::new("/usr/sbin").join(self.name())])
@@ -133,12 +135,10 @@ impl RealServer {
                 .stderr(Stdio::from(stderr))
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", kind.name()));
-            let mut server = None;
             let deadline = Instant::now() + Duration::from_secs(20);
-            while server.is_none() {
+            loop {
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    server = Some(RealServer { kind, child, addr, prefix });
-                    break;
+                    return RealServer { kind, child, addr, prefix };
                 }
                 if let Some(status) = child.try_wait().unwrap() {
                     last_error = format!(
@@ -149,15 +149,12 @@ impl RealServer {
                     );
                     break;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} did not listen on {addr} within 20 s",
-                    kind.name()
-                );
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{} did not listen on {addr} within 20 s", kind.name());
+                }
                 std::thread::sleep(Duration::from_millis(20));
-            }
-            if let Some(server) = server {
-                return server;
             }
         }
         panic!("{} failed to start 5 times; last attempt: {last_error}", kind.name());

@@ -507,15 +507,15 @@ impl Multi {
     /// checked to be one when it started). The others are `missing`, and the origin's limit is
     /// what it sent.
     fn check_closed(&mut self) -> Result<(), FetchError> {
-        let (got, missing): (Vec<(&Span, &bool)>, Vec<(&Span, &bool)>) =
-            self.requested.iter().zip(&self.started).partition(|(_, started)| **started);
-        if got.is_empty() {
+        let got = self.started.iter().filter(|started| **started).count();
+        if got == 0 {
             let span = self.requested.first().copied().unwrap_or(Span::new(0, 0));
             return Err(self.multipart_error(MultipartError::Missing { span }));
         }
-        self.missing = missing.into_iter().map(|(span, _)| *span).collect();
+        let requested = self.requested.iter().zip(&self.started);
+        self.missing = requested.filter(|(_, started)| !**started).map(|(span, _)| *span).collect();
         if !self.missing.is_empty() {
-            self.limits.returned(&self.final_url, got.len());
+            self.limits.returned(&self.final_url, got);
         }
         Ok(())
     }
