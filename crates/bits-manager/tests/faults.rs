@@ -355,3 +355,50 @@ async fn a_redirect_target_refused_again_after_a_fresh_follow_counts() {
     assert_eq!((follows, refused), (2, 2), "{}", f.requests());
     assert_eq!(f.kept(), 0);
 }
+
+/// A job for `count` ranges of 10 bytes of FILE, 1000 bytes apart, in the case's manager:
+/// resumed, TRANSFERRED without an error, completed with exactly those bytes. Returns how many
+/// ranges each of its GETs asked for.
+async fn ranged_job(f: &Fc, count: u64) -> Vec<usize> {
+    let m = &f.c.manager;
+    let before = f.server.log().len();
+    let job =
+        m.create_job(me(), "parts", "", JobType::Download, Priority::Foreground).await.unwrap();
+    let dest = f.c.dest.with_file_name(format!("r{count}.bin"));
+    let ranges: Vec<_> = (0..count).map(|i| bits_core::ByteRange::new(i * 1000, 10)).collect();
+    m.add_file(me(), job, &f.server.url(FILE), &dest, Some(ranges)).await.unwrap();
+    assert_eq!(m.resume(me(), job).await.unwrap(), Code::S_OK);
+    let started = Instant::now();
+    loop {
+        let info = m.get_job(me(), job).unwrap();
+        assert_eq!((info.error_count, &info.error), (0, &None), "{}", f.requests());
+        if info.state == JobState::Transferred {
+            break;
+        }
+        assert!(started.elapsed() < HANG, "the job hung: {info:?}\n{}", f.requests());
+        tick().await;
+    }
+    assert_eq!(m.complete(me(), job).await.unwrap(), Code::S_OK);
+    let data = random_bytes(f.seed, SIZE);
+    let expected: Vec<u8> =
+        (0..count as usize).flat_map(|i| data[i * 1000..i * 1000 + 10].to_vec()).collect();
+    assert_eq!(std::fs::read(&dest).unwrap(), expected, "{}", f.requests());
+    let log = f.server.log();
+    let gets = log[before..].iter().filter(|r| r.method == Method::GET);
+    gets.map(|r| r.range.as_deref().map_or(0, |r| r.matches(',').count() + 1)).collect()
+}
+
+/// RFC 9110 §15.3.7.2 lets a server answer fewer parts than asked (lighttpd sends the first 10);
+/// this one leaves out the last part of every multipart answer. The parts that came are kept,
+/// the rest asked again, and the origin's count sizes the later batches, of the same job and of
+/// the next one.
+#[tokio::test(start_paused = true)]
+async fn fewer_parts_than_asked_are_kept_and_the_rest_asked_again() {
+    let f = fc(123).await;
+    f.server.set_multi_range(true);
+    f.server.always(FILE, GET, Fault::Parts(bits_testkit::faults::Parts::LastMissing));
+    // 5 asked, 4 came; the 5th alone is a plain range.
+    assert_eq!(ranged_job(&f, 5).await, [5, 1], "{}", f.requests());
+    // The origin returned 4: the next job asks 4 (3 come), then 3 (2 come), then the last one.
+    assert_eq!(ranged_job(&f, 6).await, [4, 3, 1], "{}", f.requests());
+}
