@@ -337,9 +337,9 @@ impl HttpClient {
     ///
     /// The server may answer a `multipart/byteranges` 206 (parsed as it streams, every part
     /// checked to be exactly one requested span; fewer parts than spans is allowed, and
-    /// [`MultiRangeBody::missing`] then names the rest) or, only when one span was asked, a plain 206
-    /// (or a 200 with the whole file, as [`HttpClient::get_range_opts`] accepts it). A server
-    /// that merges, splits, repeats, leaves out or adds ranges fails with
+    /// [`MultiRangeBody::missing`] then names the rest) or, only when one span was asked, a plain
+    /// 206 (or a 200 with the whole file, as [`HttpClient::get_range_opts`] accepts it). A server
+    /// that merges, splits, repeats or adds ranges, or sends no part at all, fails with
     /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE; spec §6.2); a 200 to several spans is
     /// `BG_E_INSUFFICIENT_RANGE_SUPPORT` unless the version checks already say the file changed.
     pub async fn get_ranges_opts(

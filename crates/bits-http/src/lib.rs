@@ -8,7 +8,9 @@
 //! Many small spans can be fetched in one request with [`HttpClient::get_ranges_opts`] (at most
 //! [`MAX_SPANS_PER_REQUEST`] per call): the `multipart/byteranges` answer is parsed as it streams
 //! and every part must be exactly one requested span (a server that merges ranges fails with
-//! `BG_E_INVALID_SERVER_RESPONSE`, spec §6.1–6.2).
+//! `BG_E_INVALID_SERVER_RESPONSE`, spec §6.1–6.2); a server may send fewer parts than asked
+//! ([`MultiRangeBody::missing`]), and the client remembers how many each origin sends
+//! ([`HttpClient::parts_per_request`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), bits_http::FetchError> {

@@ -308,11 +308,11 @@ impl MultiRangeBody {
     ///
     /// Errors: a part that is not exactly one requested span not delivered yet (merged,
     /// overlapping, repeated, unrequested), or an answer without any part, is
-    /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE), reported before any byte of that part; a part whose total differs
-    /// from the probed size is `RemoteChanged`; broken framing is a transient
-    /// `ERROR_WINHTTP_INVALID_SERVER_RESPONSE`; a body that ends before the last part is a
-    /// transient `ERROR_WINHTTP_CONNECTION_ERROR`, and silence for the idle timeout a transient
-    /// timeout. Bytes handed out before an error are correct at their offsets and may be kept.
+    /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE), reported before any byte of that
+    /// part; a part whose total differs from the probed size is `RemoteChanged`; broken framing
+    /// is a transient `ERROR_WINHTTP_INVALID_SERVER_RESPONSE`; a body that ends before the last
+    /// part is a transient `ERROR_WINHTTP_CONNECTION_ERROR`, and silence for the idle timeout a
+    /// transient timeout. Bytes handed out before an error are correct at their offsets and may be kept.
     pub async fn next_chunk(&mut self) -> Result<Option<(u64, Bytes)>, FetchError> {
         let next = match &mut self.inner {
             Inner::Single(body) => {

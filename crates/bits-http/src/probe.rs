@@ -1,6 +1,6 @@
 //! What a probe learns about a remote file, and how a HEAD answer (or the `GET bytes=0-0` and
-//! `GET bytes=0-` fallbacks for servers that refuse HEAD or give it no size) is turned into it. Pure functions over response heads so
-//! every rule is unit-testable without a server.
+//! `GET bytes=0-` fallbacks for servers that refuse HEAD or give it no size) is turned into it.
+//! Pure functions over response heads so every rule is unit-testable without a server.
 
 use std::time::SystemTime;
 
