@@ -113,6 +113,7 @@ impl SledStore {
         check_schema(&engine.db, dir, &path)?;
         let guard = JobCountGuard::open(dir, &path, stored)?;
         let mark = AckMark::open(dir, crate::mark::check(dir, &path, found)?)?;
+        sync_entries(dir, &path)?;
         tracing::debug!(path = %path.display(), jobs = stored, seq = found, "job store opened");
         Ok(SledStore {
             engine: RwLock::new(Some(engine)),
@@ -424,6 +425,22 @@ fn decode_all(db: &sled::Db) -> Result<(), StoreError> {
             Key::File(..) => drop(decode::<JobFile>(&key, &value)?),
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// Makes the names of the store's files (and sled's `conf`) durable. sled creates its log, `conf` and `blobs/`
+/// and, at every open, renames a new snapshot into place, and syncs no directory; the job count
+/// and the mark are created beside it. Without this a power cut after the first acknowledged
+/// flush could take the whole store, guards included, and the daemon would start empty.
+fn sync_entries(dir: &Path, db: &Path) -> Result<(), StoreError> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    // `conf` first: sled writes it unsynced, and reads an empty one back with a warning.
+    let conf = db.join("conf");
+    for d in [Some(conf.as_path()), Some(db), Some(dir), parent].into_iter().flatten() {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::io("sync the job store's directories", e))?;
     }
     Ok(())
 }
