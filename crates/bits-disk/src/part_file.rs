@@ -4,6 +4,7 @@
 use std::fs::{File, FileTimes};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use bits_core::TempId;
@@ -19,6 +20,10 @@ pub struct PartFile {
     file: File,
     path: PathBuf,
     id: TempId,
+    /// The directory holding it: the first sync also syncs the file's name there.
+    dir: Dir,
+    /// Whether that name is known durable (a sync of the directory since this open).
+    named: AtomicBool,
 }
 
 impl PartFile {
@@ -45,7 +50,7 @@ impl PartFile {
                     set_mode(&file, path, mode)?;
                     let stat = rustix::fs::fstat(&file)
                         .map_err(|e| DiskError::from_io(path, "inspect", e.into()))?;
-                    return Ok(PartFile::new(file, path, &stat));
+                    return Ok(PartFile::new(file, path, &stat, dir));
                 }
                 Err(Errno::EXIST) if !replaced => {
                     replaced = true;
@@ -109,12 +114,12 @@ impl PartFile {
         // A record from before `made` was kept: a regular file of the owner's.
         let made = made.or(Some(TempId { ino: stat.st_ino, uid: creator(owner) }));
         dir.check_made(path, &stat, made)?;
-        Ok(Some(PartFile::new(File::from(fd), path, &stat)))
+        Ok(Some(PartFile::new(File::from(fd), path, &stat, dir)))
     }
 
-    fn new(file: File, path: &Path, stat: &rustix::fs::Stat) -> PartFile {
+    fn new(file: File, path: &Path, stat: &rustix::fs::Stat, dir: Dir) -> PartFile {
         let id = TempId { ino: stat.st_ino, uid: stat.st_uid };
-        PartFile { file, path: path.to_path_buf(), id }
+        PartFile { file, path: path.to_path_buf(), id, dir, named: AtomicBool::new(false) }
     }
 
     /// Which file this is: what the job keeps so that only this file is ever reopened.
@@ -174,9 +179,22 @@ impl PartFile {
         Ok(done)
     }
 
-    /// fdatasync: after this returns, everything written so far survives a crash.
+    /// fdatasync: after this returns, everything written so far survives a crash, a power cut
+    /// included. The first sync after an open also syncs the directory: the file's name may be
+    /// no more durable than its bytes (it was just created, or created in a life that crashed
+    /// before any sync), and recorded bytes in a file a power cut unnamed are lost all the same.
     pub fn sync(&self) -> Result<(), DiskError> {
-        self.file.sync_data().map_err(|e| DiskError::from_io(&self.path, "sync", e))
+        self.file.sync_data().map_err(|e| DiskError::from_io(&self.path, "sync", e))?;
+        self.sync_name()
+    }
+
+    fn sync_name(&self) -> Result<(), DiskError> {
+        if self.named.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.dir.sync()?;
+        self.named.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Sets the modification and access times to `mtime`, then fsyncs data and metadata: for a
@@ -185,7 +203,8 @@ impl PartFile {
     /// does for a new file: its inode is written either way.
     pub fn sync_with_times(&self, mtime: SystemTime) -> Result<(), DiskError> {
         set_times(&self.file, &self.path, mtime)?;
-        self.file.sync_all().map_err(|e| DiskError::from_io(&self.path, "sync", e))
+        self.file.sync_all().map_err(|e| DiskError::from_io(&self.path, "sync", e))?;
+        self.sync_name()
     }
 }
 
