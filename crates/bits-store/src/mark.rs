@@ -44,11 +44,14 @@ impl AckMark {
     /// Opens (creating) the mark file, which holds `recorded` (from [`check`]). A missing file is
     /// created with 0, not with the number found: what was found may sit in the page cache only,
     /// and the first flush raises the mark anyway.
+    ///
+    /// This one write is synced: `recorded` was durable in the log when it was first written, so
+    /// it is safe to keep, and without it a power cut left the new file empty (its later writes
+    /// unsynced), so the check was skipped at every start after one.
     pub(crate) fn open(dir: &Path, recorded: u64) -> Result<AckMark, StoreError> {
         let file = NumberFile::open(dir, FILE_NAME)?;
-        let mark = AckMark { file, recorded: Mutex::new(recorded) };
-        mark.write(recorded)?;
-        Ok(mark)
+        file.write(recorded, true)?;
+        Ok(AckMark { file, recorded: Mutex::new(recorded) })
     }
 
     /// A flush made every write up to `seq` durable.
