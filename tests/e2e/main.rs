@@ -32,6 +32,9 @@ mod no_ranges;
 mod errors;
 // SetNotifyCmdLine: the program runs as the job's owner, per the notify flags.
 mod notify_cmd;
+// Power cuts (a FUSE file system that forgets what was not fsynced), 100+ per run: nothing
+// acknowledged is lost.
+mod power_cut;
 // A root daemon shared by several users: ownership, admins, file access as the owner, symlinks.
 mod ownership;
 // GetProgress and GetFilledFileRanges before, during and after a throttled download.
