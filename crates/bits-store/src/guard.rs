@@ -50,13 +50,20 @@ pub(crate) fn check(dir: &Path, db_path: &Path, stored: u64) -> Result<(), Store
 impl JobCountGuard {
     /// Checks the engine's job count against the recorded one (refusing damage) and brings the
     /// file up to date.
+    ///
+    /// The count read back is first written again, synced: it counted only jobs a flush had made
+    /// durable, so it is safe to keep, and without it a power cut left a new file empty (its
+    /// later writes unsynced until a delete), which skipped the check. The engine's count is not
+    /// synced: it may include jobs sled wrote but nothing flushed, which a power cut can take.
     pub(crate) fn open(
         dir: &Path,
         db_path: &Path,
         stored: u64,
     ) -> Result<JobCountGuard, StoreError> {
         check(dir, db_path, stored)?;
+        let durable = recorded(dir)?;
         let file = NumberFile::open(dir, FILE_NAME)?;
+        file.write(durable, true)?;
         let guard =
             JobCountGuard { file, state: Mutex::new(Counts { recorded: stored, pending: 0 }) };
         guard.write(stored, false)?;

@@ -60,11 +60,12 @@ fn a_flushed_job_in_a_new_store_survives_a_power_cut() {
     assert_eq!(ids, want);
 }
 
-/// The mark of acknowledged changes (`acked.seq`) is written unsynced after each flush, but it
-/// was also created unsynced, so after a power cut it read as empty and its check was skipped at
-/// every start (the loop's log: "unreadable acknowledged-change mark" twice per start).
+/// The mark of acknowledged changes (`acked.seq`) and the job count (`jobs.count`) are written
+/// unsynced after each flush, but they were also created unsynced, so after a power cut they read
+/// as empty and their checks were skipped (the loop's log: "unreadable acknowledged-change mark"
+/// twice per start, "unreadable job count" until the first Complete).
 #[test]
-fn the_acknowledged_change_mark_is_readable_after_a_power_cut() {
+fn the_guards_beside_the_store_are_readable_after_a_power_cut() {
     let Some((_dir, fs)) = mounted() else { return };
     let data = fs.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -77,15 +78,18 @@ fn the_acknowledged_change_mark_is_readable_after_a_power_cut() {
     fs.cut();
     let read = || std::fs::read_to_string(data.join("acked.seq")).unwrap().trim().parse::<u64>();
     assert_eq!(read(), Ok(0), "a new store's mark starts at 0, durably");
+    let count = || std::fs::read_to_string(data.join("jobs.count")).unwrap().trim().parse::<u64>();
+    assert_eq!(count(), Ok(0), "a new store's job count starts at 0, durably");
     {
         let store = SledStore::open(&data).unwrap();
         store.put_job(&job(2)).unwrap();
         store.flush().unwrap();
     }
-    // The reopen recorded the first job's number durably; the second's was never synced.
+    // The last open wrote back, synced, what it read: both jobs flushed, so both counted.
     SledStore::open(&data).unwrap();
     fs.cut();
     let mark = read().unwrap();
     assert!(mark > 0, "the mark fell back to {mark}");
+    assert_eq!(count(), Ok(2), "the count read back at the last open was not kept");
     SledStore::open(&data).unwrap();
 }
