@@ -8,7 +8,9 @@
 //! background job with a ranged file whose last range runs to EOF, and a FOREGROUND job of small
 //! files fetched several at once; now and then a one-file job is created right before a cut.
 //! When a round is TRANSFERRED it is completed and the next one created, so cuts also land right
-//! after CreateJob, AddFile and Complete were acknowledged.
+//! after CreateJob, AddFile and Complete were acknowledged; every other round the kill races the
+//! Complete calls instead, and after the cut a job still there must complete with every file
+//! whole, and a job gone must have left them in place.
 //!
 //! After every cut and restart, with the server holding every request (nothing moves while we
 //! look), the store opened (the restart answered) and:
@@ -47,6 +49,8 @@ const THROTTLE: u64 = 1536 * KIB;
 const CUT_DELAY_MS: (u64, u64) = (20, 350);
 /// One time in this many, a one-file job is created (and acknowledged) right before the cut.
 const LATE_JOB_ONE_IN: u64 = 4;
+/// A kill racing Complete comes this long (uniformly, in ms) after the calls were sent.
+const COMPLETE_RACE_MS: u64 = 12;
 const SMALL_FILES: u32 = 10;
 const SMALL_SIZE: u64 = 24 * KIB + 3;
 const FILES_AT_ONCE: u32 = 4;
@@ -112,15 +116,44 @@ impl Case {
     }
 }
 
+/// Complete calls in flight when the daemon is killed.
+struct Racing(tokio::task::JoinHandle<Vec<(JobId, Option<Code>)>>);
+
 /// A job the test created, with what it was told about it.
 struct Tracked {
     id: JobId,
     cases: Vec<Case>,
     /// Complete was acknowledged: the job must stay gone and its files stay in place.
     completed: bool,
+    /// Complete was sent but the daemon was killed before it answered: the job may or may not
+    /// be there after the cut, but its files are whole in one place or the other.
+    completing: bool,
     /// FileTransferred events seen (file indexes).
     files_announced: BTreeSet<u32>,
     events: Option<EventStream>,
+}
+
+impl Tracked {
+    fn is_live(&self) -> bool {
+        !self.completed && !self.completing
+    }
+
+    /// Every file of a completed job is at its destination, whole, with the right bytes.
+    fn check_in_place(&self) -> Result<(), String> {
+        for case in &self.cases {
+            let len = std::fs::metadata(&case.dest).map(|m| m.len()).unwrap_or(0);
+            if len != case.expected.len() as u64 {
+                return Err(format!(
+                    "completed file {} holds {len} bytes, not {}",
+                    case.dest.display(),
+                    case.expected.len()
+                ));
+            }
+            check_durable(&case.dest, [(0, &case.expected[..])])
+                .map_err(|lost| format!("completed file {lost}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// What the daemon reported of one live job just before a cut.
@@ -150,6 +183,11 @@ struct Loop {
     rng: Generator,
     seed: u64,
     next_name: u64,
+    /// Rounds whose Complete calls were sent, and of those, the ones a kill raced.
+    rounds: usize,
+    raced: usize,
+    /// Complete calls the kill cut short (no answer).
+    unanswered: usize,
 }
 
 impl Loop {
@@ -190,6 +228,7 @@ impl Loop {
             id,
             cases,
             completed: false,
+            completing: false,
             files_announced: BTreeSet::new(),
             events: Some(events),
         });
@@ -213,13 +252,13 @@ impl Loop {
     }
 
     fn live(&self) -> impl Iterator<Item = &Tracked> {
-        self.jobs.iter().filter(|j| !j.completed)
+        self.jobs.iter().filter(|j| j.is_live())
     }
 
     /// Takes in the FileTransferred events that have arrived (a stream ended by the kill is
     /// dropped; it is opened again after the restart).
     async fn drain_events(&mut self) {
-        for job in self.jobs.iter_mut().filter(|j| !j.completed) {
+        for job in self.jobs.iter_mut().filter(|j| j.is_live()) {
             let Some(events) = job.events.as_mut() else { continue };
             loop {
                 match tokio::time::timeout(Duration::from_millis(1), events.next()).await {
@@ -262,24 +301,76 @@ impl Loop {
         seen
     }
 
-    /// Completes every live job if all of them are TRANSFERRED, checks their files landed, and
-    /// starts the next round.
-    async fn complete_round(&mut self, client: &Client, seen: &[Seen]) -> bool {
+    /// Once every live job is TRANSFERRED: completes them, either waiting for the answers and
+    /// starting the next round, or (every other time) racing the calls against the next kill,
+    /// whose handle is returned ([`Loop::settle`] finishes the round after the cut).
+    async fn complete_round(&mut self, client: &Client, seen: &[Seen]) -> Option<Racing> {
         if !seen.iter().all(|s| s.state == JobState::Transferred) {
-            return false;
+            return None;
         }
-        for job in self.jobs.iter_mut().filter(|j| !j.completed) {
-            assert_eq!(
-                client.complete(job.id).await.unwrap(),
-                Code::S_OK,
-                "Complete of {}",
-                job.id
-            );
-            job.completed = true;
+        self.rounds += 1;
+        let ids: Vec<JobId> = self.live().map(|j| j.id).collect();
+        for job in self.jobs.iter_mut().filter(|j| j.is_live()) {
+            job.completing = true;
             job.events = None;
         }
+        let calls = client.clone();
+        let racing = tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for id in ids {
+                answers.push((id, calls.complete(id).await.ok()));
+            }
+            answers
+        });
+        if self.rng.next_u64().is_multiple_of(2) {
+            return Some(Racing(racing));
+        }
+        self.take_answers(racing).await;
         self.add_round(client).await;
-        true
+        None
+    }
+
+    /// Marks the jobs whose Complete answered S_OK completed.
+    async fn take_answers(&mut self, racing: tokio::task::JoinHandle<Vec<(JobId, Option<Code>)>>) {
+        for (id, answer) in racing.await.unwrap() {
+            if answer != Some(Code::S_OK) {
+                self.unanswered += 1;
+            } else if let Some(job) = self.jobs.iter_mut().find(|j| j.id == id) {
+                job.completing = false;
+                job.completed = true;
+            }
+        }
+    }
+
+    /// After a cut that came during Complete: a job still there is completed again (its files,
+    /// renamed or not, must all land), one that is gone must have its files in place. Then the
+    /// next round starts.
+    async fn settle(&mut self, client: &Client, cut: usize, daemon: &TestDaemon) {
+        let listed: BTreeSet<JobId> =
+            client.list_jobs().await.unwrap().iter().map(|j| j.id).collect();
+        for job in self.jobs.iter_mut().filter(|j| j.completing) {
+            if listed.contains(&job.id) {
+                let code = client.complete(job.id).await;
+                assert!(
+                    matches!(code, Ok(Code::S_OK)),
+                    "cut {cut} (seed {}): Complete of {} again after a cut during it: {code:?}\n--- bitsd log ---\n{}",
+                    self.seed,
+                    job.id,
+                    daemon.log_tail(40)
+                );
+            }
+            job.completing = false;
+            job.completed = true;
+            if let Err(e) = job.check_in_place() {
+                panic!(
+                    "cut {cut} (seed {}): after a cut during Complete ({}): {e}\n--- bitsd log ---\n{}",
+                    self.seed,
+                    if listed.contains(&job.id) { "job kept" } else { "job gone" },
+                    daemon.log_tail(40)
+                );
+            }
+        }
+        self.add_round(client).await;
     }
 
     /// Everything the daemon reported before the cut still holds.
@@ -304,24 +395,16 @@ impl Loop {
                 if listed.contains(&job.id) {
                     fail(format!("job {} came back after its Complete was acknowledged", job.id));
                 }
-                for case in &job.cases {
-                    let len = std::fs::metadata(&case.dest).map(|m| m.len()).unwrap_or(0);
-                    if len != case.expected.len() as u64 {
-                        fail(format!(
-                            "completed file {} holds {len} bytes, not {}",
-                            case.dest.display(),
-                            case.expected.len()
-                        ));
-                    }
-                    if let Err(lost) = check_durable(&case.dest, [(0, &case.expected[..])]) {
-                        fail(format!("completed file {lost}"));
-                    }
+                if let Err(e) = job.check_in_place() {
+                    fail(e);
                 }
+            } else if job.completing {
+                // Settled below, once the checks of the live jobs are done.
             } else if !listed.contains(&job.id) {
                 fail(format!("job {} is missing although its AddFile was acknowledged", job.id));
             }
         }
-        let live: Vec<usize> = (0..self.jobs.len()).filter(|&i| !self.jobs[i].completed).collect();
+        let live: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].is_live()).collect();
         for (n, &j) in live.iter().enumerate() {
             let job = &self.jobs[j];
             let info = client.get_job(job.id).await.unwrap();
@@ -368,7 +451,7 @@ impl Loop {
     }
 
     async fn watch_again(&mut self, client: &Client) {
-        for job in self.jobs.iter_mut().filter(|j| !j.completed) {
+        for job in self.jobs.iter_mut().filter(|j| j.is_live()) {
             job.events =
                 Some(client.watch_job(job.id, Some(notify::FILE_TRANSFERRED)).await.unwrap());
         }
@@ -416,19 +499,30 @@ async fn power_cuts_lose_nothing_acknowledged() {
         rng: Generator::new(seed),
         seed,
         next_name: 0,
+        rounds: 0,
+        raced: 0,
+        unanswered: 0,
     };
     let started = Instant::now();
     let run = tokio::time::timeout(OVERALL_TIMEOUT, cut_loop(&mut state, &mut daemon, &fs)).await;
-    let Ok((cuts, rounds, dropped)) = run else {
+    let Ok((cuts, dropped)) = run else {
         panic!(
             "the power-cut loop (seed {seed}) did not make {MIN_CUTS} cuts within {OVERALL_TIMEOUT:?}\n--- bitsd log, last 60 lines ---\n{}",
             daemon.log_tail(60)
         );
     };
     eprintln!(
-        "power_cut: seed {seed}: {cuts} cuts in {:.1} s, {rounds} rounds completed, {} jobs, {dropped} inodes dropped by cuts in all",
+        "power_cut: seed {seed}: {cuts} cuts in {:.1} s, {} rounds completed ({} with a kill racing Complete, {} calls left unanswered), {} jobs, {dropped} inodes dropped by cuts in all",
         started.elapsed().as_secs_f64(),
+        state.rounds,
+        state.raced,
+        state.unanswered,
         state.jobs.len()
+    );
+    assert!(
+        state.rounds >= 2,
+        "only {} rounds completed: the cuts never met Complete",
+        state.rounds
     );
     eprintln!("power_cut: the daemon's warnings over all lives: {:?}", warnings(&daemon.log()));
     daemon.kill_9().await;
@@ -447,15 +541,11 @@ fn warnings(log: &str) -> std::collections::BTreeMap<String, usize> {
     counts
 }
 
-/// Returns the number of cuts, of rounds completed and of inodes the cuts dropped.
-async fn cut_loop(
-    state: &mut Loop,
-    daemon: &mut TestDaemon,
-    fs: &PowerCut,
-) -> (usize, usize, usize) {
+/// Returns the number of cuts and of inodes the cuts dropped.
+async fn cut_loop(state: &mut Loop, daemon: &mut TestDaemon, fs: &PowerCut) -> (usize, usize) {
     let mut client = daemon.client().await;
     state.add_round(&client).await;
-    let (mut cuts, mut rounds, mut dropped) = (0, 0, 0);
+    let (mut cuts, mut dropped) = (0, 0);
     while cuts < MIN_CUTS {
         let (lo, hi) = CUT_DELAY_MS;
         tokio::time::sleep(Duration::from_millis(lo + state.rng.next_u64() % (hi - lo + 1))).await;
@@ -463,14 +553,21 @@ async fn cut_loop(
             let case = state.case(0, SMALL_SIZE, vec![]);
             state.add_job(&client, Priority::Foreground, vec![case], None).await;
         }
-        let mut before = state.observe(&client, daemon).await;
-        if state.complete_round(&client, &before).await {
-            rounds += 1;
-            before = state.observe(&client, daemon).await;
-        }
+        let seen = state.observe(&client, daemon).await;
+        let racing = state.complete_round(&client, &seen).await;
+        let before = state.observe(&client, daemon).await;
         state.drain_events().await;
 
-        daemon.kill_9().await;
+        if let Some(Racing(calls)) = racing {
+            // Kill while the Complete calls run (or just after the last one answered).
+            let delay = state.rng.next_u64() % COMPLETE_RACE_MS;
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            daemon.kill_9().await;
+            state.take_answers(calls).await;
+            state.raced += 1;
+        } else {
+            daemon.kill_9().await;
+        }
         dropped += fs.cut().inodes_dropped;
         cuts += 1;
         // Hold every request until the restarted daemon's state has been checked.
@@ -478,8 +575,11 @@ async fn cut_loop(
         daemon.restart().await;
         client = daemon.client().await;
         state.check_after_cut(&client, &before, cuts, daemon).await;
+        if state.jobs.iter().any(|j| j.completing) || state.live().next().is_none() {
+            state.settle(&client, cuts, daemon).await;
+        }
         state.watch_again(&client).await;
         state.server.release();
     }
-    (cuts, rounds, dropped)
+    (cuts, dropped)
 }
