@@ -34,6 +34,7 @@ use bits_core::{ByteRange, Code, JobId, JobState, LENGTH_TO_EOF, Layout, Priorit
 use bits_testkit::data::{Generator, random_bytes, sha256_file, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::helpers::{filled_set, show_set, wanted_and_local};
 use http::Method;
 
 const KIB: u64 = 1 << 10;
@@ -126,18 +127,7 @@ impl Case {
         out: &std::path::Path,
     ) -> Case {
         let source = random_bytes(seed, size as usize);
-        let mut wanted = RangeSet::new();
-        let mut expected = Vec::new();
-        if ranges.is_empty() {
-            wanted.insert(0, size);
-            expected.extend_from_slice(&source);
-        } else {
-            for r in &ranges {
-                let span = r.resolve(size).unwrap();
-                wanted.insert(span.start, span.end);
-                expected.extend_from_slice(&source[span.start as usize..span.end as usize]);
-            }
-        }
+        let (wanted, expected) = wanted_and_local(&source, &ranges);
         Case {
             name: name.to_string(),
             job,
@@ -162,20 +152,6 @@ struct Seen {
     filled: Vec<RangeSet>,
 }
 
-fn to_set(ranges: &[ByteRange]) -> RangeSet {
-    let mut set = RangeSet::new();
-    for r in ranges {
-        assert!(!r.is_to_eof(), "a filled range is never to-EOF: {ranges:?}");
-        set.insert(r.offset, r.offset + r.length);
-    }
-    set
-}
-
-fn show(set: &RangeSet) -> String {
-    let spans: Vec<String> = set.iter().map(|s| format!("[{}, {})", s.start, s.end)).collect();
-    format!("{} bytes in {}", set.total_len(), spans.join(" "))
-}
-
 async fn observe(client: &Client, jobs: &[JobId], cases: &[Case]) -> Seen {
     let mut states = Vec::new();
     for &job in jobs {
@@ -191,7 +167,7 @@ async fn observe(client: &Client, jobs: &[JobId], cases: &[Case]) -> Seen {
     let mut filled = Vec::new();
     for case in cases {
         let ranges = client.get_filled_file_ranges(jobs[case.job], case.index).await.unwrap();
-        filled.push(to_set(&ranges));
+        filled.push(filled_set(&ranges));
     }
     Seen { states, filled }
 }
@@ -206,7 +182,7 @@ fn check_temp_file(case: &Case, temp: &std::path::Path, remote_size: u64, filled
         panic!(
             "{}: {} is filled but temp file {} is unreadable: {e}",
             case.name,
-            show(filled),
+            show_set(filled),
             temp.display()
         )
     });
@@ -485,16 +461,16 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
                 "crash {crash} (seed {seed}): {} shrank across the kill: GetFilledFileRanges showed {} \
                  before it and {} after it; lost {}",
                 case.name,
-                show(was),
-                show(is),
-                show(&lost)
+                show_set(was),
+                show_set(is),
+                show_set(&lost)
             );
             let stray = is.subtract(&case.wanted);
             assert!(
                 stray.is_empty(),
                 "crash {crash}: {} has filled bytes it does not want: {}",
                 case.name,
-                show(&stray)
+                show_set(&stray)
             );
             let info = &files[case.job][case.index as usize];
             let size = info.remote_size.unwrap_or(case.source.len() as u64);
@@ -541,7 +517,7 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
                 again.is_empty(),
                 "lifetime {life}: {} fetched bytes that were persisted when it began: {}",
                 case.name,
-                show(&again)
+                show_set(&again)
             );
             let gained = next[i].subtract(&prev[i]);
             let unserved = gained.subtract(&served);
@@ -549,7 +525,7 @@ async fn crash_loop(server: &TestServer, daemon: &mut TestDaemon, seed: u64) -> 
                 unserved.is_empty(),
                 "lifetime {life}: {} became filled with bytes never served in it: {}",
                 case.name,
-                show(&unserved)
+                show_set(&unserved)
             );
             lost_here += served_sum - gained.total_len();
             if case.job == SMALL_JOB {

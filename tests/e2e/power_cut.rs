@@ -33,10 +33,11 @@ use std::time::{Duration, Instant};
 use bits_client::{Client, EventInfo, EventStream};
 use bits_core::job::notify;
 use bits_core::{ByteRange, Code, JobId, JobState, LENGTH_TO_EOF, Layout, Priority, RangeSet};
-use bits_powercut::{PowerCut, check_durable};
+use bits_powercut::{PowerCut, check_durable, mount_for_test};
 use bits_testkit::data::{Generator, random_bytes};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
+use bits_tests::helpers::{filled_set, show_set, wanted_and_local};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -81,18 +82,7 @@ impl Case {
         out: &Path,
     ) -> Case {
         let source = random_bytes(seed, size as usize);
-        let mut wanted = RangeSet::new();
-        let mut expected = Vec::new();
-        if ranges.is_empty() {
-            wanted.insert(0, size);
-            expected.extend_from_slice(&source);
-        } else {
-            for r in &ranges {
-                let span = r.resolve(size).unwrap();
-                wanted.insert(span.start, span.end);
-                expected.extend_from_slice(&source[span.start as usize..span.end as usize]);
-            }
-        }
+        let (wanted, expected) = wanted_and_local(&source, &ranges);
         let dest = out.join(&name);
         Case { name, index, source, ranges, wanted, expected, dest }
     }
@@ -160,19 +150,6 @@ impl Tracked {
 struct Seen {
     state: JobState,
     filled: Vec<RangeSet>,
-}
-
-fn to_set(ranges: &[ByteRange]) -> RangeSet {
-    let mut set = RangeSet::new();
-    for r in ranges {
-        set.insert(r.offset, r.offset + r.length);
-    }
-    set
-}
-
-fn show(set: &RangeSet) -> String {
-    let spans: Vec<String> = set.iter().map(|s| format!("[{}, {})", s.start, s.end)).collect();
-    format!("{} bytes in {}", set.total_len(), spans.join(" "))
 }
 
 /// The test's side of the loop: the server, the jobs, and what was acknowledged.
@@ -292,7 +269,7 @@ impl Loop {
             );
             let mut filled = Vec::new();
             for case in &job.cases {
-                filled.push(to_set(
+                filled.push(filled_set(
                     &client.get_filled_file_ranges(job.id, case.index).await.unwrap(),
                 ));
             }
@@ -419,27 +396,36 @@ impl Loop {
             }
             let files = client.list_files(job.id).await.unwrap();
             for (c, case) in job.cases.iter().enumerate() {
-                let is = to_set(&client.get_filled_file_ranges(job.id, case.index).await.unwrap());
+                let is =
+                    filled_set(&client.get_filled_file_ranges(job.id, case.index).await.unwrap());
                 if let Some(was) = was {
                     let lost = was.filled[c].subtract(&is);
                     if !lost.is_empty() {
                         fail(format!(
                             "{}: reported filled before the cut, gone after it: {} (before {}, after {})",
                             case.name,
-                            show(&lost),
-                            show(&was.filled[c]),
-                            show(&is)
+                            show_set(&lost),
+                            show_set(&was.filled[c]),
+                            show_set(&is)
                         ));
                     }
                 }
                 if job.files_announced.contains(&case.index)
                     && !case.wanted.subtract(&is).is_empty()
                 {
-                    fail(format!("{}: announced transferred, now only {}", case.name, show(&is)));
+                    fail(format!(
+                        "{}: announced transferred, now only {}",
+                        case.name,
+                        show_set(&is)
+                    ));
                 }
                 let stray = is.subtract(&case.wanted);
                 if !stray.is_empty() {
-                    fail(format!("{}: filled bytes it does not want: {}", case.name, show(&stray)));
+                    fail(format!(
+                        "{}: filled bytes it does not want: {}",
+                        case.name,
+                        show_set(&stray)
+                    ));
                 }
                 if !is.is_empty()
                     && let Err(e) = case.check_temp(&files[case.index as usize].temp_path, &is)
@@ -460,10 +446,7 @@ impl Loop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_lose_nothing_acknowledged() {
-    if let Some(why) = bits_powercut::unavailable() {
-        eprintln!("power_cut: skipped: {why}");
-        return;
-    }
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let seed = std::env::var("POWER_CUT_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
@@ -473,8 +456,6 @@ async fn power_cuts_lose_nothing_acknowledged() {
         });
     eprintln!("power_cut: seed {seed} (replay the cut delays with POWER_CUT_SEED={seed})");
 
-    let mount_dir = tempfile::Builder::new().prefix("bitsd-powercut-").tempdir().unwrap();
-    let fs = PowerCut::mount(mount_dir.path()).unwrap();
     // What an installer would have made durable before bitsd ever ran: its data directory and
     // the users' download directory.
     std::fs::create_dir(fs.path().join("data")).unwrap();

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bits_client::{Client, ClientError, JobInfo};
-use bits_core::{BitsError, ByteRange, Code, JobId, JobState, Priority};
+use bits_core::{BitsError, ByteRange, Code, JobId, JobState, Priority, RangeSet};
 use bits_testkit::server::LoggedRequest;
 use http::Method;
 
@@ -14,6 +14,39 @@ use crate::wait::{TIMEOUT, wait_for};
 /// A static range `(offset, length)` (`bits_core::LENGTH_TO_EOF` for "to the end").
 pub fn range(offset: u64, length: u64) -> ByteRange {
     ByteRange::new(offset, length)
+}
+
+/// The remote bytes a file of `source` wants with these static ranges (none: the whole file),
+/// and its local content once complete (the ranges concatenated in caller order).
+pub fn wanted_and_local(source: &[u8], ranges: &[ByteRange]) -> (RangeSet, Vec<u8>) {
+    let size = source.len() as u64;
+    if ranges.is_empty() {
+        return (RangeSet::from_spans([bits_core::Span { start: 0, end: size }]), source.to_vec());
+    }
+    let mut wanted = RangeSet::new();
+    let mut local = Vec::new();
+    for r in ranges {
+        let span = r.resolve(size).unwrap();
+        wanted.insert(span.start, span.end);
+        local.extend_from_slice(&source[span.start as usize..span.end as usize]);
+    }
+    (wanted, local)
+}
+
+/// GetFilledFileRanges' answer as a set (a filled range is never to-EOF).
+pub fn filled_set(ranges: &[ByteRange]) -> RangeSet {
+    let mut set = RangeSet::new();
+    for r in ranges {
+        assert!(!r.is_to_eof(), "a filled range is never to-EOF: {ranges:?}");
+        set.insert(r.offset, r.offset + r.length);
+    }
+    set
+}
+
+/// `N bytes in [a, b) [c, d)`, for failure messages.
+pub fn show_set(set: &RangeSet) -> String {
+    let spans: Vec<String> = set.iter().map(|s| format!("[{}, {})", s.start, s.end)).collect();
+    format!("{} bytes in {}", set.total_len(), spans.join(" "))
 }
 
 /// Polls GetJob until the job is in `want`. Fails at once if the job lands in ERROR (or any

@@ -5,17 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bits_disk::PartFile;
-use bits_powercut::{PowerCut, check_durable};
-
-fn mounted() -> Option<(tempfile::TempDir, PowerCut)> {
-    if let Some(why) = bits_powercut::unavailable() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let fs = PowerCut::mount(dir.path()).unwrap();
-    Some((dir, fs))
-}
+use bits_powercut::{check_durable, mount_for_test};
 
 /// Found by the power-cut loop: the temp file's bytes were fdatasynced and recorded, but its
 /// name in the destination directory never was, so a cut took the file and every range recorded
@@ -23,7 +13,7 @@ fn mounted() -> Option<(tempfile::TempDir, PowerCut)> {
 /// nothing to trust).
 #[test]
 fn a_synced_temp_file_keeps_its_name_and_bytes_across_a_power_cut() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let out = fs.path().join("out");
     std::fs::create_dir(&out).unwrap();
     fs.sync_all();

@@ -131,6 +131,34 @@ impl Drop for PowerCut {
     }
 }
 
+/// A mount in a fresh temp dir, for one test: unmounted, then the dir removed, when dropped.
+#[derive(Debug)]
+pub struct TestMount {
+    // Declared first so it is dropped (unmounted) before the directory goes.
+    fs: PowerCut,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestMount {
+    type Target = PowerCut;
+
+    fn deref(&self) -> &PowerCut {
+        &self.fs
+    }
+}
+
+/// A [`TestMount`], or `None` where this machine cannot mount one ([`unavailable`]; the reason
+/// is printed, and the test should return: skipped, not failed).
+pub fn mount_for_test() -> io::Result<Option<TestMount>> {
+    if let Some(why) = unavailable() {
+        eprintln!("skipped: {why}");
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new().prefix("bits-powercut-").tempdir()?;
+    let fs = PowerCut::mount(dir.path())?;
+    Ok(Some(TestMount { fs, _dir: dir }))
+}
+
 /// Bytes a program said were durable that are not there after a cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lost {

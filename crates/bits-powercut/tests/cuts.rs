@@ -8,18 +8,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
 use std::path::Path;
 
-use bits_powercut::{PowerCut, check_durable, unavailable};
-
-/// A fresh mount in a temp dir, or `None` (with the reason printed) where this machine cannot.
-fn mounted() -> Option<(tempfile::TempDir, PowerCut)> {
-    if let Some(why) = unavailable() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let fs = PowerCut::mount(dir.path()).unwrap();
-    Some((dir, fs))
-}
+use bits_powercut::{check_durable, mount_for_test};
 
 fn sync_dir(dir: &Path) {
     File::open(dir).unwrap().sync_all().unwrap();
@@ -31,7 +20,7 @@ fn read(path: &Path) -> Option<Vec<u8>> {
 
 #[test]
 fn a_write_not_synced_is_gone_and_a_synced_one_stays() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let path = fs.path().join("f");
     let mut f = File::create(&path).unwrap();
     sync_dir(fs.path());
@@ -50,7 +39,7 @@ fn a_write_not_synced_is_gone_and_a_synced_one_stays() {
 
 #[test]
 fn a_truncate_not_synced_is_undone() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let path = fs.path().join("f");
     std::fs::write(&path, b"0123456789").unwrap();
     File::open(&path).unwrap().sync_all().unwrap();
@@ -63,7 +52,7 @@ fn a_truncate_not_synced_is_undone() {
 
 #[test]
 fn a_create_without_a_directory_sync_is_gone_even_when_the_file_was_synced() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let sub = fs.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
     sync_dir(fs.path());
@@ -86,7 +75,7 @@ fn a_create_without_a_directory_sync_is_gone_even_when_the_file_was_synced() {
 
 #[test]
 fn a_rename_or_unlink_without_the_directory_sync_is_undone() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let (temp, dest, gone) =
         (fs.path().join(".temp"), fs.path().join("dest"), fs.path().join("gone"));
     std::fs::write(&temp, b"new").unwrap();
@@ -109,7 +98,7 @@ fn a_rename_or_unlink_without_the_directory_sync_is_undone() {
 
 #[test]
 fn fdatasync_keeps_the_bytes_but_not_a_mode_change() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let path = fs.path().join("f");
     std::fs::write(&path, b"x").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -167,7 +156,7 @@ fn check_journal(dir: &Path, content: &[u8]) -> Result<usize, bits_powercut::Los
 
 #[test]
 fn a_writer_that_skips_one_sync_is_caught_and_one_that_does_not_passes() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let honest = fs.path().join("honest");
     let sloppy = fs.path().join("sloppy");
     for dir in [&honest, &sloppy] {

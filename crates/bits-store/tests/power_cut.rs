@@ -7,22 +7,12 @@
 use std::time::{Duration, SystemTime};
 
 use bits_core::{Job, JobId};
-use bits_powercut::PowerCut;
+use bits_powercut::mount_for_test;
 use bits_store::{SledStore, Store};
 
 fn job(n: u64) -> Job {
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(n);
     Job { no_progress_timeout_secs: 1, ..Job::new(JobId::new_random(), format!("j{n}"), 0, t) }
-}
-
-fn mounted() -> Option<(tempfile::TempDir, PowerCut)> {
-    if let Some(why) = bits_powercut::unavailable() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let fs = PowerCut::mount(dir.path()).unwrap();
-    Some((dir, fs))
 }
 
 /// The first finding of the power-cut loop: a new store's files (sled's `db/` and its log, the
@@ -31,7 +21,7 @@ fn mounted() -> Option<(tempfile::TempDir, PowerCut)> {
 /// an empty one (the guards that would have noticed were lost with it).
 #[test]
 fn a_flushed_job_in_a_new_store_survives_a_power_cut() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let data = fs.path().join("data");
     std::fs::create_dir(&data).unwrap();
     fs.sync_all();
@@ -66,7 +56,7 @@ fn a_flushed_job_in_a_new_store_survives_a_power_cut() {
 /// twice per start, "unreadable job count" until the first Complete).
 #[test]
 fn the_guards_beside_the_store_are_readable_after_a_power_cut() {
-    let Some((_dir, fs)) = mounted() else { return };
+    let Some(fs) = mount_for_test().unwrap() else { return };
     let data = fs.path().join("data");
     std::fs::create_dir(&data).unwrap();
     fs.sync_all();
