@@ -34,7 +34,7 @@ use bits_core::{ByteRange, Code, JobId, JobState, LENGTH_TO_EOF, Layout, Priorit
 use bits_testkit::data::{Generator, random_bytes, sha256_file, sha256_hex};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::helpers::{filled_set, show_set, wanted_and_local};
+use bits_tests::helpers::{filled_set, seed_from_env, show_set, wanted_and_local};
 use http::Method;
 
 const KIB: u64 = 1 << 10;
@@ -250,13 +250,7 @@ async fn drained_log_len(server: &TestServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sigkills_keep_files_identical_and_refetch_bounded() {
-    let seed = std::env::var("CRASH_LOOP_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-                as u64
-        });
+    let seed = seed_from_env("CRASH_LOOP_SEED");
     eprintln!("crash_loop: seed {seed} (replay the kill delays with CRASH_LOOP_SEED={seed})");
 
     let server = TestServer::start().await;

@@ -37,7 +37,7 @@ use bits_powercut::{PowerCut, check_durable, mount_for_test};
 use bits_testkit::data::{Generator, random_bytes};
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
-use bits_tests::helpers::{filled_set, show_set, wanted_and_local};
+use bits_tests::helpers::{filled_set, seed_from_env, show_set, wanted_and_local};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -447,13 +447,7 @@ impl Loop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_lose_nothing_acknowledged() {
     let Some(fs) = mount_for_test().unwrap() else { return };
-    let seed = std::env::var("POWER_CUT_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-                as u64
-        });
+    let seed = seed_from_env("POWER_CUT_SEED");
     eprintln!("power_cut: seed {seed} (replay the cut delays with POWER_CUT_SEED={seed})");
 
     // What an installer would have made durable before bitsd ever ran: its data directory and

@@ -33,6 +33,14 @@ pub fn wanted_and_local(source: &[u8], ranges: &[ByteRange]) -> (RangeSet, Vec<u
     (wanted, local)
 }
 
+/// A seeded loop's seed: `$var` when set (to replay a run), else the clock; printed by the caller.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+    })
+}
+
 /// GetFilledFileRanges' answer as a set (a filled range is never to-EOF).
 pub fn filled_set(ranges: &[ByteRange]) -> RangeSet {
     let mut set = RangeSet::new();

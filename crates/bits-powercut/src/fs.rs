@@ -36,6 +36,20 @@ fn errno(refusal: Refusal) -> Errno {
     }
 }
 
+fn answer(reply: ReplyEmpty, result: Result<(), Refusal>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn answer_entry(reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn attr(ino: u64, image: &Image) -> FileAttr {
     let size = image.size();
     FileAttr {
@@ -172,10 +186,7 @@ impl Filesystem for PowerCutFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.make(req, parent, name, true, mode, umask) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, self.make(req, parent, name, true, mode, umask))
     }
 
     fn mknod(
@@ -192,10 +203,7 @@ impl Filesystem for PowerCutFs {
         if mode & S_IFMT != S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        match self.make(req, parent, name, false, mode, umask) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, self.make(req, parent, name, false, mode, umask))
     }
 
     fn create(
@@ -215,17 +223,11 @@ impl Filesystem for PowerCutFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.tree().remove(parent.0, name, false) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.tree().remove(parent.0, name, false))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.tree().remove(parent.0, name, true) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.tree().remove(parent.0, name, true))
     }
 
     fn rename(
@@ -242,10 +244,7 @@ impl Filesystem for PowerCutFs {
             return reply.error(Errno::EINVAL);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
-        match self.tree().rename(parent.0, name, newparent.0, newname, no_replace) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.tree().rename(parent.0, name, newparent.0, newname, no_replace))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -310,10 +309,7 @@ impl Filesystem for PowerCutFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.tree().sync(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.tree().sync(ino.0, datasync))
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -356,10 +352,7 @@ impl Filesystem for PowerCutFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.tree().sync(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, self.tree().sync(ino.0, datasync))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -389,9 +382,6 @@ impl Filesystem for PowerCutFs {
         let result = tree.get(ino.0).map(Image::size).and_then(|len| {
             if offset + length > len { tree.set_len(ino.0, offset + length) } else { Ok(()) }
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
-        }
+        answer(reply, result);
     }
 }
