@@ -434,14 +434,20 @@ mod tests {
         assert_eq!(tree.read(f, 0, 10).unwrap(), b"old!");
     }
 
-    #[test]
-    fn a_rename_is_durable_per_directory() {
+    /// Durable directories `a` and `b`, and `a/f` (durable) renamed to `b/g`, nothing synced since.
+    fn moved_from_a_to_b() -> (Tree, u64, u64, u64) {
         let mut tree = Tree::new(0, 0);
         let a = tree.create(ROOT, name("a"), true, Meta::new(0o755, 0, 0)).unwrap();
         let b = tree.create(ROOT, name("b"), true, Meta::new(0o755, 0, 0)).unwrap();
         let f = file(&mut tree, a, "f");
         tree.sync_all();
         tree.rename(a, name("f"), b, name("g"), false).unwrap();
+        (tree, a, b, f)
+    }
+
+    #[test]
+    fn a_rename_is_durable_per_directory() {
+        let (mut tree, a, b, f) = moved_from_a_to_b();
         tree.sync(b, false).unwrap();
         tree.cut();
         // Only the target directory was synced: the file is under both names.
@@ -460,12 +466,7 @@ mod tests {
 
     #[test]
     fn a_file_whose_only_durable_entry_was_removed_is_gone_after_a_cut() {
-        let mut tree = Tree::new(0, 0);
-        let a = tree.create(ROOT, name("a"), true, Meta::new(0o755, 0, 0)).unwrap();
-        let b = tree.create(ROOT, name("b"), true, Meta::new(0o755, 0, 0)).unwrap();
-        let f = file(&mut tree, a, "f");
-        tree.sync_all();
-        tree.rename(a, name("f"), b, name("g"), false).unwrap();
+        let (mut tree, a, b, f) = moved_from_a_to_b();
         tree.sync(a, false).unwrap();
         let report = tree.cut();
         assert_eq!(tree.lookup(a, name("f")), Err(Refusal::NotFound));
