@@ -8,9 +8,9 @@
 #    likewise systemd-analyze (the unit files in dist/systemd are checked with `verify`);
 #    and a Python venv in target/pyenv with grpcio (the Python client tests, tests/e2e/python.rs,
 #    run it: BITS_TEST_PYTHON);
-# 3. builds every target once, with clippy as the compiler of the workspace's own crates (see
+# 3. builds every test target once, with clippy as the compiler of the workspace's own crates (see
 #    `lint_while_building`), so a clippy warning fails the build; the end-to-end tests run the
-#    `bitsd` and `bitsctl` binaries from target/debug;
+#    `bitsd` and `bitsctl` binaries it leaves in target/debug;
 # 4. runs every test in the workspace, with more test threads than cores (see below).
 #    The closing "test result:" lines are what CI counts; one line after them sums them up
 #    (`N passed, N failed`). The exit status is the tests'.
@@ -168,8 +168,9 @@ total_line() {
 # `cargo clippy --workspace --all-targets -- -D warnings`, folded into the build. A separate clippy
 # run checks every dependency a second time (check and build artifacts are not shared), which cost
 # a third of CI's wall time. cargo clippy itself is cargo with clippy-driver as the workspace
-# crates' compiler; doing the same for `cargo test --no-run` and `cargo build --bins` lints every
-# target clippy's --all-targets does (this workspace has no examples or benches) while building it.
+# crates' compiler; doing the same for `cargo test --no-run` lints every target clippy's
+# --all-targets does (this workspace has no examples or benches; binaries are built as they are
+# for their unit tests) while building it.
 # CLIPPY_ARGS is how cargo clippy hands its `-- ARGS` to the driver.
 lint_while_building() {
     local driver
@@ -180,6 +181,9 @@ lint_while_building() {
     fi
     export RUSTC_WORKSPACE_WRAPPER="$driver"
     export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+    # These builds differ from a developer's anyway (the wrapper is part of their fingerprint), and
+    # incremental caches only cost time on a build that runs once.
+    export CARGO_INCREMENTAL=0
 }
 
 step "cargo fmt --all -- --check"
@@ -213,10 +217,13 @@ install_python_env
 "$PYENV/bin/python3" --version
 export BITS_TEST_PYTHON="$PWD/$PYENV/bin/python3"
 
-step "cargo test --workspace --no-run; cargo build --workspace --bins (linted: clippy -D warnings)"
+# `cargo test` builds the `bitsd` and `bitsctl` binaries the end-to-end tests run (their packages
+# have integration tests). A `cargo build --workspace --bins` on top would build tokio, hyper,
+# tonic and every workspace crate again, with the features of a build without dev-dependencies:
+# 40 s for nothing the tests use.
+step "cargo test --workspace --no-run (linted: clippy -D warnings)"
 lint_while_building
 cargo test --workspace --no-run
-cargo build --workspace --bins
 
 step "cargo test --workspace"
 output=target/test-output.log

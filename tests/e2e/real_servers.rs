@@ -7,16 +7,20 @@
 //! | Apache, an empty file                    | HEAD without Content-Length               | GET bytes=0- probes: 0 bytes, at any priority |
 //! | in-process, HEAD answered 403, 405, 501  | (S3 presigned GET URLs answer 403)        | GET bytes=0- probes and streams the file: one GET |
 //! | Apache `AddEncoding gzip .gz`, a .tar.gz | `Content-Encoding: gzip` on HEAD and ranges | the stored bytes, never decoded, whole or in ranges |
+//! | Python `http.server`, FOREGROUND, a crash mid-body | 200 and the whole file to the resumed GET | the file restarts from zero (was BG_E_INSUFFICIENT_RANGE_SUPPORT) |
 //!
 //! The refusals that stay (a gzip label or body the probe did not see) are in `faults.rs`.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use bits_core::{JobState, Priority};
 use bits_testkit::data::{random_bytes, sha256_file};
 use bits_testkit::faults::{Fault, FaultServer};
 use bits_tests::daemon::{CtlOutput, TestDaemon};
-use bits_tests::helpers::entries;
+use bits_tests::fixture::new_job;
+use bits_tests::helpers::{entries, wait_state};
 use bits_tests::real_servers::{Kind, RealServer};
+use bits_tests::wait::TIMEOUT;
 use http::Method;
 
 /// A root holding each `(name, bytes)`, served by `kind`. The files are dated a day back: Apache
@@ -179,4 +183,53 @@ async fn apache_gzip_label_on_a_stored_tar_gz_keeps_its_bytes() {
     let asked = apache.ranges_asked("a.tar.gz");
     assert!(counts(&asked).iter().any(|&n| n > 1), "no multi-range request: {asked:?}");
     assert!(apache.access_log().lines().all(|l| !l.contains(" 416 ")), "{}", apache.access_log());
+}
+
+/// Issue 16 item 6 against the server that showed it: Python's `http.server` ignores Range, so a
+/// FOREGROUND download killed mid-body gets the whole file again in answer to its resumed GET.
+/// That used to fail the job with BG_E_INSUFFICIENT_RANGE_SUPPORT; the file now restarts from
+/// zero, says so in the log, and completes byte for byte. A sync every 8 KiB records the first
+/// bytes early, so the kill lands with almost all of the file still to come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_http_server_foreground_download_restarts_from_zero_after_a_crash() {
+    const SIZE: usize = 32 << 20;
+    let data = random_bytes(167, SIZE);
+    let (_root, python) = serving(Kind::Python, &[("big.bin", &data)]);
+    let mut daemon = TestDaemon::start_with(&["--sync-bytes", "8192"]).await;
+    let client = daemon.client().await;
+    let dest = daemon.out_dir().join("big.bin");
+    let files = [(python.url("big.bin"), dest.clone())];
+    let job = new_job(&client, "no ranges", Priority::Foreground, &files).await;
+    client.resume(job).await.unwrap();
+    // Polled every millisecond (not wait_filled's 50 ms): on loopback the file takes well under
+    // a second, and the kill must land while it is still coming.
+    let deadline = Instant::now() + TIMEOUT;
+    let recorded = loop {
+        let filled = client.get_filled_file_ranges(job, 0).await.unwrap();
+        let recorded: u64 = filled.iter().map(|r| r.length).sum();
+        if recorded > 0 {
+            break recorded;
+        }
+        assert!(Instant::now() < deadline, "nothing recorded within {TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert!(
+        recorded < SIZE as u64,
+        "the download finished before the kill ({recorded} bytes); nothing was interrupted"
+    );
+    eprintln!("killing bitsd with {recorded} of {SIZE} bytes recorded");
+    daemon.kill_9().await;
+    daemon.restart().await;
+    let client = daemon.client().await;
+    wait_state(&client, job, JobState::Transferred).await;
+    client.complete(job).await.unwrap();
+    assert_eq!(sha256_file(&dest).unwrap(), bits_testkit::data::sha256_hex(&data));
+    let log = daemon.log();
+    assert!(
+        log.contains("the server ignored Range and sent the whole file to a resumed request"),
+        "no restart from zero in the daemon's log:\n{log}"
+    );
+    // The first GET, the resumed one its whole-file 200 refused, and the restart from zero.
+    let gets = python.access_log().lines().filter(|l| l.contains("\"GET /big.bin ")).count();
+    assert!(gets >= 3, "{gets} GETs:\n{}", python.access_log());
 }

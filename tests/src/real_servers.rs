@@ -1,7 +1,8 @@
-//! A private lighttpd or Apache httpd on a free loopback port serving a directory: servers nobody
-//! here wrote, each with its own answers to ranges (lighttpd returns at most 10 parts to a
-//! multi-range request; Apache sends no Content-Length on HEAD for an empty file and labels a
-//! `.gz` with `Content-Encoding: gzip` under `AddEncoding`). As with [`crate::nginx`], every
+//! A private lighttpd, Apache httpd or Python `http.server` on a free loopback port serving a
+//! directory: servers nobody here wrote, each with its own answers to ranges (lighttpd returns at
+//! most 10 parts to a multi-range request; Apache sends no Content-Length on HEAD for an empty
+//! file and labels a `.gz` with `Content-Encoding: gzip` under `AddEncoding`; Python's ignores
+//! Range and always sends the whole file). As with [`crate::nginx`], every
 //! instance has its own config and logs in a temp dir, runs in the foreground as one process,
 //! and the packages' own services are never touched.
 
@@ -15,6 +16,8 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     Lighttpd,
     Apache,
+    /// `python3 -m http.server`: no range support at all.
+    Python,
 }
 
 impl Kind {
@@ -22,6 +25,7 @@ impl Kind {
         match self {
             Kind::Lighttpd => "lighttpd",
             Kind::Apache => "apache2",
+            Kind::Python => "python3",
         }
     }
 
@@ -44,14 +48,29 @@ impl Kind {
             .unwrap_or_else(|| panic!("{} not installed: run `bash scripts/test.sh`", self.name()))
     }
 
-    /// The command that runs the server in the foreground, one process, with `conf`.
-    fn command(self, conf: &Path) -> Command {
+    /// The command that runs the server in the foreground, one process, with `conf` (Python's
+    /// takes its root and address as arguments instead).
+    fn command(self, conf: &Path, root: &Path, addr: SocketAddr) -> Command {
         let mut command = Command::new(self.binary());
         match self {
             Kind::Lighttpd => command.arg("-D").arg("-f").arg(conf),
             Kind::Apache => command.arg("-X").arg("-f").arg(conf),
+            Kind::Python => command
+                .args(["-m", "http.server", "--bind"])
+                .arg(addr.ip().to_string())
+                .arg("--directory")
+                .arg(root)
+                .arg(addr.port().to_string()),
         };
         command
+    }
+
+    /// The file its requests are logged to: Python's server logs them on stderr.
+    fn access_log(self) -> &'static str {
+        match self {
+            Kind::Lighttpd | Kind::Apache => "access.log",
+            Kind::Python => "stderr.log",
+        }
     }
 
     /// The config: `root` on `addr`, logs in `prefix`, every access logged as
@@ -94,6 +113,7 @@ AddEncoding gzip .gz
 "#,
                 m = apache_modules().display()
             ),
+            Kind::Python => String::new(),
         }
     }
 }
@@ -129,7 +149,7 @@ impl RealServer {
             std::fs::write(&conf, kind.config(prefix.path(), &root, addr)).unwrap();
             let stderr = std::fs::File::create(prefix.path().join("stderr.log")).unwrap();
             let mut child = kind
-                .command(&conf)
+                .command(&conf, &root, addr)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(stderr))
@@ -169,10 +189,11 @@ impl RealServer {
         self.addr
     }
 
-    /// The access log so far: one line per finished request, `METHOD URI "RANGE" STATUS BYTES`.
-    /// lighttpd writes its log in batches: [`RealServer::stop`] it first to read every line.
+    /// The access log so far: one line per finished request, `METHOD URI "RANGE" STATUS BYTES`
+    /// (Python's: `ADDR - - [TIME] "METHOD URI HTTP/1.1" STATUS -`). lighttpd writes its log in
+    /// batches: [`RealServer::stop`] it first to read every line.
     pub fn access_log(&self) -> String {
-        read_lossy(&self.prefix.path().join("access.log"))
+        read_lossy(&self.prefix.path().join(self.kind.access_log()))
     }
 
     /// Stops the server with SIGTERM and waits for it, so its logs are complete (lighttpd
