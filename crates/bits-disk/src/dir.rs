@@ -28,6 +28,8 @@ pub(crate) struct Dir {
     path: PathBuf,
     /// Its inode number, for [`Dir::check_pinned`].
     ino: u64,
+    /// Its device, with `ino` the key of its shared fsyncs ([`Dir::sync_shared`]).
+    dev: u64,
 }
 
 impl Dir {
@@ -43,8 +45,8 @@ impl Dir {
             Err(Errno::NOSYS) => walk_no_symlinks(path)?,
             Err(e) => return Err(dir_error(path, e)),
         };
-        let ino = rustix::fs::fstat(&fd).map_err(|e| dir_error(path, e))?.st_ino;
-        Ok(Dir { fd, path: path.to_path_buf(), ino })
+        let stat = rustix::fs::fstat(&fd).map_err(|e| dir_error(path, e))?;
+        Ok(Dir { fd, path: path.to_path_buf(), ino: stat.st_ino, dev: stat.st_dev })
     }
 
     /// The directory holding `file`, and the file's name in it.
@@ -152,6 +154,12 @@ impl Dir {
     pub(crate) fn check_writable(&self) -> Result<(), DiskError> {
         rustix::fs::accessat(self.fd(), ".", Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS)
             .map_err(|e| DiskError::from_io(&self.path, "check write access to", e.into()))
+    }
+
+    /// [`Dir::sync`], shared with every other caller syncing this directory at the same time
+    /// (`dir_sync.rs`): returns once the entries made in it before the call are durable.
+    pub(crate) fn sync_shared(&self) -> Result<(), DiskError> {
+        crate::dir_sync::sync_shared((self.dev, self.ino), || self.sync())
     }
 
     /// fsyncs the directory, making renames and creations in it durable.

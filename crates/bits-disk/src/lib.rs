@@ -8,6 +8,7 @@
 //! The API is blocking by design: callers run it on tokio's blocking pool.
 
 mod dir;
+mod dir_sync;
 mod error;
 mod finalize;
 mod identity;

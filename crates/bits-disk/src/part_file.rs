@@ -192,7 +192,7 @@ impl PartFile {
         if self.named.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.dir.sync()?;
+        self.dir.sync_shared()?;
         self.named.store(true, Ordering::Release);
         Ok(())
     }
