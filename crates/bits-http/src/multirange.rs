@@ -245,12 +245,11 @@ struct Multi {
     closed: bool,
     /// The requested spans the server left out, known at the close delimiter.
     missing: Vec<Span>,
-    /// Where a short answer teaches the origin's limit.
+    /// Where a short answer teaches `url`'s origin its limit.
     limits: Arc<PartLimits>,
-    final_url: Url,
     epilogue: usize,
     idle_timeout: Duration,
-    url: String,
+    url: Url,
     finished: bool,
 }
 
@@ -291,10 +290,9 @@ impl MultiRangeBody {
                 closed: false,
                 missing: Vec::new(),
                 limits,
-                final_url: url.clone(),
                 epilogue: 0,
                 idle_timeout,
-                url: url.to_string(),
+                url: url.clone(),
                 finished: false,
             })),
         };
@@ -424,7 +422,7 @@ impl Multi {
     /// Reads the next data frame into `buf`; false at the end of the body once the close
     /// delimiter was seen.
     async fn read_frame(&mut self) -> Result<bool, FetchError> {
-        match next_data(&mut self.body, self.idle_timeout, &self.url).await {
+        match next_data(&mut self.body, self.idle_timeout, self.url.as_str()).await {
             Frame::Idle if self.closed => Ok(false),
             Frame::Idle => Err(FetchError::timeout(format!(
                 "no data from {} for {:?} after {} of {} parts",
@@ -515,13 +513,13 @@ impl Multi {
         let requested = self.requested.iter().zip(&self.started);
         self.missing = requested.filter(|(_, started)| !**started).map(|(span, _)| *span).collect();
         if !self.missing.is_empty() {
-            self.limits.returned(&self.final_url, got);
+            self.limits.returned(&self.url, got);
         }
         Ok(())
     }
 
     fn multipart_error(&self, err: MultipartError) -> FetchError {
-        with_url(err.into(), &self.url)
+        with_url(err.into(), self.url.as_str())
     }
 
     fn framing(&self, why: &str) -> FetchError {
