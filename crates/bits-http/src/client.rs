@@ -196,27 +196,25 @@ impl HttpClient {
             Head::Refused(parts, final_url) => (parts, final_url),
         };
         debug!(url = %final_url, status = parts.status.as_u16(), "HEAD refused; probing with GET bytes=0-0");
-        let mut headers = self.own_headers();
-        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
         // The HEAD was redirected to another origin: the GET starting there gets no custom
         // headers either.
         let custom =
             if same_origin(&start, &final_url) { &opts.headers } else { &HeaderMap::new() };
-        let (resp, final_url) = self.send(Method::GET, &final_url, headers, custom, opts).await?;
-        let (parts, _body) = resp.into_parts();
-        probe::from_range_probe(&parts, &final_url)
-            .map(|info| info.reached_from(&start, &final_url))
+        self.range_probe(&start, &final_url, custom, opts).await
     }
 
     /// How a transfer opens a file: HEAD, as [`HttpClient::probe_opts`]; where HEAD cannot tell
     /// (refused with 403, 405 or 501, or answered without a size, as Apache does for an empty
-    /// file) the file is probed by the `GET bytes=0-` of [`HttpClient::fetch_whole_opts`] from
-    /// the URL asked for, whose checked body comes back to be streamed or dropped. That GET follows
-    /// the redirects afresh: a redirector that signs its targets signs them for the method.
+    /// file) the file is probed by a GET from the URL asked for. With `stream` (the caller would
+    /// fetch the whole file from byte 0 next) that is the `GET bytes=0-` of
+    /// [`HttpClient::fetch_whole_opts`], whose checked body comes back to be streamed; otherwise
+    /// `GET bytes=0-0`, so no body is sent only to be dropped. That GET follows the redirects
+    /// afresh: a redirector that signs its targets signs them for the method.
     pub async fn open_opts(
         &self,
         url: &str,
         opts: &RequestOptions,
+        stream: bool,
     ) -> Result<(RemoteInfo, Option<RangeBody>), FetchError> {
         let start = parse_url(url)?;
         match self.head(&start, opts).await {
@@ -229,7 +227,26 @@ impl HttpClient {
             }
             Err(err) => return Err(err),
         }
-        self.fetch_whole_opts(url, opts).await
+        if stream {
+            return self.fetch_whole_opts(url, opts).await;
+        }
+        Ok((self.range_probe(&start, &start, &opts.headers, opts).await?, None))
+    }
+
+    /// `GET from` with `Range: bytes=0-0`, for a server whose HEAD cannot tell: the size is the
+    /// Content-Range total (or a 200's Content-Length), and `start` is the URL the probe began at.
+    async fn range_probe(
+        &self,
+        start: &Url,
+        from: &Url,
+        custom: &HeaderMap,
+        opts: &RequestOptions,
+    ) -> Result<RemoteInfo, FetchError> {
+        let mut headers = self.own_headers();
+        headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
+        let (resp, final_url) = self.send(Method::GET, from, headers, custom, opts).await?;
+        let (parts, _body) = resp.into_parts();
+        probe::from_range_probe(&parts, &final_url).map(|info| info.reached_from(start, &final_url))
     }
 
     /// HEAD `start`, following redirects as `opts` allow: the file as its answer describes it, or

@@ -294,7 +294,8 @@ async fn head_refused_falls_back_to_a_one_byte_get() {
 }
 
 /// S3 presigned GET URLs answer 403 to HEAD; other servers 405 or 501. Opening the file for a
-/// transfer then probes with the whole-file GET, whose body is the file.
+/// transfer then probes with the whole-file GET, whose body is the file; a caller that will not
+/// stream it (bytes on disk, or ranges) gets the one-byte probe and no body.
 #[tokio::test]
 async fn open_probes_with_a_whole_file_get_where_head_is_refused() {
     for refusal in [403, 405, 501] {
@@ -302,7 +303,8 @@ async fn open_probes_with_a_whole_file_get_where_head_is_refused() {
         server.always("file", HEAD, Fault::Status(refusal));
         let http = client();
         let opts = bits_http::RequestOptions::default();
-        let (info, Some(mut body)) = http.open_opts(&server.url("/file"), &opts).await.unwrap()
+        let (info, Some(mut body)) =
+            http.open_opts(&server.url("/file"), &opts, true).await.unwrap()
         else {
             panic!("{refusal}: no body to stream")
         };
@@ -321,6 +323,15 @@ async fn open_probes_with_a_whole_file_get_where_head_is_refused() {
             ],
             "{refusal}"
         );
+        let (info, body) = http.open_opts(&server.url("/file"), &opts, false).await.unwrap();
+        assert_eq!((info.size, info.validator.etag.as_deref()), (SIZE as u64, Some("\"v1\"")));
+        assert!(body.is_none(), "{refusal}: a body nobody streams");
+        let last = server.log().pop().unwrap();
+        assert_eq!(
+            (last.method, last.headers.get(header::RANGE).cloned()),
+            (Method::GET, Some(header::HeaderValue::from_static("bytes=0-0"))),
+            "{refusal}"
+        );
     }
 }
 
@@ -335,24 +346,33 @@ async fn open_probes_with_a_whole_file_get_where_head_gives_no_size() {
     server.always("empty", HEAD, Fault::NoLength);
     let http = client();
     let opts = bits_http::RequestOptions::default();
-    let (info, body) = http.open_opts(&server.url("/empty"), &opts).await.unwrap();
+    let (info, body) = http.open_opts(&server.url("/empty"), &opts, true).await.unwrap();
     assert_eq!(info.size, 0);
     assert!(body.is_none());
-    let (info, body) = http.open_opts(&server.url("/file"), &opts).await.unwrap();
+    let (info, body) = http.open_opts(&server.url("/file"), &opts, true).await.unwrap();
     assert_eq!(info.size, SIZE as u64);
     assert_eq!(read_all(&mut body.unwrap()).await.unwrap(), *DATA);
     let methods: Vec<_> = server.log().iter().map(|r| r.method.clone()).collect();
     assert_eq!(methods, [Method::HEAD, Method::GET, Method::HEAD, Method::GET]);
     server.clear_faults("file");
     let before = server.log().len();
-    let (info, body) = http.open_opts(&server.url("/file"), &opts).await.unwrap();
+    let (info, body) = http.open_opts(&server.url("/file"), &opts, true).await.unwrap();
     assert!(info.size == SIZE as u64 && body.is_none());
     assert_eq!(server.log().len() - before, 1, "only the HEAD");
     // A refusal that is not about HEAD stays an error, without a GET.
     server.always("file", HEAD, Fault::Status(404));
-    let err = http.open_opts(&server.url("/file"), &opts).await.unwrap_err();
+    let err = http.open_opts(&server.url("/file"), &opts, true).await.unwrap_err();
     assert_eq!(err.code, Code::Http(404));
     assert_eq!(server.log().len() - before, 2);
+    // Not to be streamed: the one-byte probe, which an empty file answers too.
+    for (path, size) in [("/empty", 0), ("/file", SIZE as u64)] {
+        server.clear_faults(path.trim_start_matches('/'));
+        server.always(path.trim_start_matches('/'), HEAD, Fault::NoLength);
+        let (info, body) = http.open_opts(&server.url(path), &opts, false).await.unwrap();
+        assert!(info.size == size && body.is_none(), "{path}");
+        let last = server.log().pop().unwrap();
+        assert_eq!(last.headers.get(header::RANGE).unwrap(), "bytes=0-0", "{path}");
+    }
 }
 
 #[tokio::test]

@@ -145,15 +145,14 @@ impl FileTransfer {
     async fn open(&self) -> Result<Opened, Halt> {
         let (file, options, shape) = self.ledger.opening(self.index)?;
         let http = self.ledger.http();
-        let (remote, mut first_body) = if shape.fetch_whole(&file) {
+        let (remote, first_body) = if shape.fetch_whole(&file) {
             self.exchange(&self.stop, http.fetch_whole_opts(&file.remote_url, &options)).await?
         } else {
-            self.exchange(&self.stop, http.open_opts(&file.remote_url, &options)).await?
+            // Only a file fetched whole from byte 0 can stream a probing GET's body; for one
+            // with bytes on disk or not fetched whole, the probe asks for no more than a byte.
+            let open = http.open_opts(&file.remote_url, &options, shape.whole_and_fresh(&file));
+            self.exchange(&self.stop, open).await?
         };
-        // A GET that probed a file with bytes on disk, or not fetched whole, is not streamed.
-        if first_body.is_some() && !shape.whole_and_fresh(&file) {
-            first_body = None;
-        }
         let changed = file.remote_size.is_some_and(|s| s != remote.size)
             || (file.validator != Default::default() && file.validator != remote.validator);
         if changed {
