@@ -116,12 +116,17 @@ pub(crate) enum Frame {
     Broken(FetchError),
 }
 
-/// The next bytes of `body`, each frame waited for at most `idle_timeout`. Trailers and empty
-/// frames carry no file bytes, so they are skipped (and each wait after them starts afresh): both
-/// body readers (one span, multipart) count only what can be written.
-pub(crate) async fn next_data(body: &mut Incoming, idle_timeout: Duration, url: &str) -> Frame {
+/// The next bytes of `body`, waited for at most `idle_timeout`. Trailers and empty frames carry
+/// no file bytes, so they are skipped and do not restart the wait: a server that sends empty
+/// HTTP/2 DATA frames and nothing else is idle. Both body readers (one span, multipart) count
+/// only what can be written.
+pub(crate) async fn next_data<B>(body: &mut B, idle_timeout: Duration, url: &str) -> Frame
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + idle_timeout;
     loop {
-        match tokio::time::timeout(idle_timeout, body.frame()).await {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Frame::Idle,
             Ok(None) => return Frame::End,
             Ok(Some(Err(err))) => return Frame::Broken(map_hyper_error(&err, url)),
@@ -130,5 +135,39 @@ pub(crate) async fn next_data(body: &mut Incoming, idle_timeout: Duration, url: 
                 _ => {}
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A body that sends an empty DATA frame at each tick of its interval, and nothing else.
+    struct EmptyFrames(tokio::time::Interval);
+
+    impl hyper::body::Body for EmptyFrames {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+            self.0.poll_tick(cx).map(|_| Some(Ok(hyper::body::Frame::data(Bytes::new()))))
+        }
+    }
+
+    /// Empty frames are not data: a server sending only them more often than the idle timeout
+    /// cannot hold a transfer open forever without progress.
+    #[tokio::test]
+    async fn empty_frames_do_not_keep_a_body_alive() {
+        let idle = Duration::from_millis(200);
+        let mut body = EmptyFrames(tokio::time::interval(Duration::from_millis(20)));
+        let next = next_data(&mut body, idle, "http://h/f");
+        let frame = tokio::time::timeout(Duration::from_secs(5), next).await;
+        assert!(matches!(frame, Ok(Frame::Idle)), "still waiting after 5 s of empty frames");
     }
 }
