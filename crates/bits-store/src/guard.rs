@@ -34,8 +34,8 @@ pub(crate) fn recorded(dir: &Path) -> Result<u64, StoreError> {
     number_file::read(dir, FILE_NAME, "job count")
 }
 
-/// Refuses an engine holding fewer jobs than the recorded count. Reads only.
-pub(crate) fn check(dir: &Path, db_path: &Path, stored: u64) -> Result<(), StoreError> {
+/// Refuses an engine holding fewer jobs than the recorded count, which it returns. Reads only.
+pub(crate) fn check(dir: &Path, db_path: &Path, stored: u64) -> Result<u64, StoreError> {
     let recorded = recorded(dir)?;
     if stored < recorded {
         return Err(StoreError::Damaged {
@@ -44,7 +44,7 @@ pub(crate) fn check(dir: &Path, db_path: &Path, stored: u64) -> Result<(), Store
             found: stored,
         });
     }
-    Ok(())
+    Ok(recorded)
 }
 
 impl JobCountGuard {
@@ -60,8 +60,7 @@ impl JobCountGuard {
         db_path: &Path,
         stored: u64,
     ) -> Result<JobCountGuard, StoreError> {
-        check(dir, db_path, stored)?;
-        let durable = recorded(dir)?;
+        let durable = check(dir, db_path, stored)?;
         let file = NumberFile::open(dir, FILE_NAME)?;
         file.write(durable, true)?;
         let guard =
