@@ -188,17 +188,37 @@ mod tests {
         assert_eq!(ran.load(Ordering::SeqCst), 1, "the waiter was taken as covered by a failure");
     }
 
-    /// Different directories never share an fsync.
+    /// Different directories never share an fsync: while one runs, a caller for another
+    /// directory (another inode on the same device, or the same inode number on another device)
+    /// runs its own at once, without waiting for it.
     #[test]
     fn different_directories_each_run_their_own() {
-        let runs = AtomicU64::new(0);
-        for key in [(4, 1), (4, 2), (5, 1)] {
-            sync_shared(key, || {
-                runs.fetch_add(1, Ordering::SeqCst);
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let running = std::thread::spawn(move || {
+            sync_shared((4, 1), || {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
                 Ok::<(), ()>(())
             })
-            .unwrap();
+        });
+        started_rx.recv().unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for key in [(4, 2), (5, 1)] {
+                let ran = AtomicU64::new(0);
+                let result = sync_shared(key, || {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                    Ok::<(), ()>(())
+                });
+                done_tx.send((key, result, ran.load(Ordering::SeqCst))).unwrap();
+            }
+        });
+        for key in [(4, 2), (5, 1)] {
+            let got = done_rx.recv_timeout(Duration::from_secs(10));
+            assert_eq!(got, Ok((key, Ok(()), 1)), "{key:?} waited for (4, 1)'s fsync");
         }
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        release_tx.send(()).unwrap();
+        assert_eq!(running.join().unwrap(), Ok(()));
     }
 }
