@@ -68,19 +68,33 @@ impl Group {
             if !state.running {
                 state.running = true;
                 state.started += 1;
-                let number = state.started;
+                let mut run = Running { group: self, number: state.started, succeeded: false };
                 drop(state);
                 let result = sync();
-                let mut state = lock(&self.state);
-                state.running = false;
-                if result.is_ok() {
-                    state.succeeded = number;
-                }
-                self.finished.notify_all();
+                run.succeeded = result.is_ok();
                 return result;
             }
             state = self.finished.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
+    }
+}
+
+/// The fsync this caller runs. Dropped when it returns, or when it panics (the waiters then run
+/// their own instead of waiting for it for ever): it is no longer running, and wakes them.
+struct Running<'a> {
+    group: &'a Group,
+    number: u64,
+    succeeded: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.group.state);
+        state.running = false;
+        if self.succeeded {
+            state.succeeded = self.number;
+        }
+        self.group.finished.notify_all();
     }
 }
 
@@ -186,6 +200,31 @@ mod tests {
         assert_eq!(failing.join().unwrap(), Err("EIO"));
         assert_eq!(waiter.join().unwrap(), Ok(()));
         assert_eq!(ran.load(Ordering::SeqCst), 1, "the waiter was taken as covered by a failure");
+    }
+
+    /// An fsync that panics is not left running: a caller waiting for it runs its own.
+    #[test]
+    fn a_panicking_fsync_does_not_leave_its_waiters_stuck() {
+        let key = (6, 6);
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let panicking = std::thread::spawn(move || {
+            sync_shared(key, || -> Result<(), ()> {
+                started_tx.send(()).unwrap();
+                release_rx.recv().unwrap();
+                panic!("the fsync panicked");
+            })
+        });
+        started_rx.recv().unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            done_tx.send(sync_shared(key, || Ok::<(), ()>(()))).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        release_tx.send(()).unwrap();
+        assert!(panicking.join().is_err());
+        let got = done_rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(got, Ok(Ok(())), "the waiter still waits for the fsync that panicked");
     }
 
     /// Different directories never share an fsync: while one runs, a caller for another
