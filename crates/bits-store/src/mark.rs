@@ -9,8 +9,9 @@
 //! always carries the highest number, and sled loses a suffix of its log, never a hole: a store
 //! that lost any acknowledged write holds no number as high as the mark, and is refused.
 //!
-//! The mark is written after the flush it describes and never synced: a lost mark write only
+//! The mark is written after the flush it describes and not synced: a lost mark write only
 //! makes the check weaker, never wrong. It costs one `pwrite` per flush, no device round trip.
+//! Only the store's open syncs it, once, with the value it read (see [`AckMark::open`]).
 
 use std::path::Path;
 use std::sync::Mutex;
