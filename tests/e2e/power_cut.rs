@@ -148,6 +148,7 @@ impl Tracked {
 
 /// What the daemon reported of one live job just before a cut.
 struct Seen {
+    id: JobId,
     state: JobState,
     filled: Vec<RangeSet>,
 }
@@ -273,7 +274,7 @@ impl Loop {
                     &client.get_filled_file_ranges(job.id, case.index).await.unwrap(),
                 ));
             }
-            seen.push(Seen { state: info.state, filled });
+            seen.push(Seen { id: job.id, state: info.state, filled });
         }
         seen
     }
@@ -381,34 +382,32 @@ impl Loop {
                 fail(format!("job {} is missing although its AddFile was acknowledged", job.id));
             }
         }
-        let live: Vec<usize> = (0..self.jobs.len()).filter(|&i| self.jobs[i].is_live()).collect();
-        for (n, &j) in live.iter().enumerate() {
-            let job = &self.jobs[j];
+        for job in self.live() {
+            // Every job live now was live when `before` was taken: a missing one would skip
+            // the check of its ranges.
+            let Some(was) = before.iter().find(|s| s.id == job.id) else {
+                fail(format!("job {} was not observed before the cut", job.id));
+            };
             let info = client.get_job(job.id).await.unwrap();
             if info.state == JobState::Error {
                 fail(format!("job {} went to ERROR: {:?}", job.id, info.error));
             }
-            let was = before.get(n);
-            if was.is_some_and(|w| w.state == JobState::Transferred)
-                && info.state != JobState::Transferred
-            {
+            if was.state == JobState::Transferred && info.state != JobState::Transferred {
                 fail(format!("job {} lost TRANSFERRED: it is {}", job.id, info.state.name()));
             }
             let files = client.list_files(job.id).await.unwrap();
             for (c, case) in job.cases.iter().enumerate() {
                 let is =
                     filled_set(&client.get_filled_file_ranges(job.id, case.index).await.unwrap());
-                if let Some(was) = was {
-                    let lost = was.filled[c].subtract(&is);
-                    if !lost.is_empty() {
-                        fail(format!(
-                            "{}: reported filled before the cut, gone after it: {} (before {}, after {})",
-                            case.name,
-                            show_set(&lost),
-                            show_set(&was.filled[c]),
-                            show_set(&is)
-                        ));
-                    }
+                let lost = was.filled[c].subtract(&is);
+                if !lost.is_empty() {
+                    fail(format!(
+                        "{}: reported filled before the cut, gone after it: {} (before {}, after {})",
+                        case.name,
+                        show_set(&lost),
+                        show_set(&was.filled[c]),
+                        show_set(&is)
+                    ));
                 }
                 if job.files_announced.contains(&case.index)
                     && !case.wanted.subtract(&is).is_empty()
