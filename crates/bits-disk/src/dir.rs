@@ -157,16 +157,26 @@ impl Dir {
     }
 
     /// [`Dir::sync`], shared with every other caller syncing this directory at the same time
-    /// (`dir_sync.rs`): returns once the entries made in it before the call are durable.
+    /// (`dir_sync.rs`): returns once the entries made in it before the call are durable. The
+    /// caller opens the directory itself first, so one who may not read it fails whether or not
+    /// another caller's fsync would have covered it.
     pub(crate) fn sync_shared(&self) -> Result<(), DiskError> {
-        crate::dir_sync::sync_shared((self.dev, self.ino), || self.sync())
+        let fd = self.open_to_sync()?;
+        crate::dir_sync::sync_shared((self.dev, self.ino), || self.fsync(fd))
     }
 
     /// fsyncs the directory, making renames and creations in it durable.
     pub(crate) fn sync(&self) -> Result<(), DiskError> {
-        let open = |e: Errno| DiskError::from_io(&self.path, "open directory", e.into());
-        let fd = self.open_at(".".as_ref(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty());
-        match rustix::fs::fsync(fd.map_err(open)?) {
+        self.fsync(self.open_to_sync()?)
+    }
+
+    fn open_to_sync(&self) -> Result<OwnedFd, DiskError> {
+        self.open_at(".".as_ref(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| DiskError::from_io(&self.path, "open directory", e.into()))
+    }
+
+    fn fsync(&self, fd: OwnedFd) -> Result<(), DiskError> {
+        match rustix::fs::fsync(fd) {
             Ok(()) => Ok(()),
             // Some file systems do not support fsync on a directory; nothing more can be done.
             Err(Errno::INVAL) => {
