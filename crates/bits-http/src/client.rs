@@ -356,8 +356,9 @@ impl HttpClient {
     /// checked to be exactly one requested span; fewer parts than spans is allowed, and
     /// [`MultiRangeBody::missing`] then names the rest) or, only when one span was asked, a plain
     /// 206 (or a 200 with the whole file, as [`HttpClient::get_range_opts`] accepts it). A server
-    /// that merges, splits, repeats or adds ranges, or sends no part at all, fails with
-    /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE; spec §6.2); a 200 to several spans is
+    /// that merges, splits, repeats or adds ranges fails with `BG_E_INVALID_SERVER_RESPONSE`
+    /// (fatal, REMOTE_FILE; spec §6.2), one that sends no part at all with the transient
+    /// `ERROR_WINHTTP_INVALID_SERVER_RESPONSE` of any malformed body; a 200 to several spans is
     /// `BG_E_INSUFFICIENT_RANGE_SUPPORT` unless the version checks already say the file changed.
     pub async fn get_ranges_opts(
         &self,

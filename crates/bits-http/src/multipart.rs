@@ -1066,6 +1066,7 @@ Content-Range: bytes 1-1/2\r\n\r\ny\r\n--B--\r\n",
         assert_eq!(parse(&three, "B", 3).unwrap().len(), 3);
         assert_eq!(parse(&three, "B", 2), Err(MultipartError::TooManyParts { max: 2 }));
         assert_eq!(parse_b(b"\r\n--B--\r\n"), Err(MultipartError::NoParts));
+        assert!(parse_b(b"\r\n--B\r\n--B--\r\n").is_err(), "a part without headers");
         assert_eq!(parse_b(b""), Err(MultipartError::Truncated));
         let mixed =
             body(&[("bytes 0-0/9", b"a"), ("bytes 2-2/*", b"b"), ("bytes 4-4/10", b"c")], "B");

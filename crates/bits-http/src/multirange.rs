@@ -305,10 +305,10 @@ impl MultiRangeBody {
     /// fewer parts, the others are in [`MultiRangeBody::missing`].
     ///
     /// Errors: a part that is not exactly one requested span not delivered yet (merged,
-    /// overlapping, repeated, unrequested), or an answer without any part, is
-    /// `BG_E_INVALID_SERVER_RESPONSE` (fatal, REMOTE_FILE), reported before any byte of that
-    /// part; a part whose total differs from the probed size is `RemoteChanged`; broken framing
-    /// is a transient `ERROR_WINHTTP_INVALID_SERVER_RESPONSE`; a body that ends before the last
+    /// overlapping, repeated, unrequested) is `BG_E_INVALID_SERVER_RESPONSE` (fatal,
+    /// REMOTE_FILE), reported before any byte of that part; a part whose total differs from the
+    /// probed size is `RemoteChanged`; broken framing, an answer without any part included, is
+    /// a transient `ERROR_WINHTTP_INVALID_SERVER_RESPONSE`; a body that ends before the last
     /// part is a transient `ERROR_WINHTTP_CONNECTION_ERROR`, and silence for the idle timeout a
     /// transient timeout. Bytes handed out before an error are correct at their offsets and may be kept.
     pub async fn next_chunk(&mut self) -> Result<Option<(u64, Bytes)>, FetchError> {
@@ -377,7 +377,7 @@ impl Multi {
                 Step::Start(content_range, span) => self.start_part(&content_range, span)?,
                 Step::PartEnd => self.offset = None,
                 Step::Close => {
-                    self.check_closed()?;
+                    self.closed();
                     self.closed = true;
                     debug!(url = %self.url, parts = self.requested.len() - self.missing.len(), missing = self.missing.len(), "multi-range body complete");
                 }
@@ -501,21 +501,16 @@ impl Multi {
         }
     }
 
-    /// At the close delimiter: at least one requested span must have come (each part was
-    /// checked to be one when it started). The others are `missing`, and the origin's limit is
-    /// what it sent.
-    fn check_closed(&mut self) -> Result<(), FetchError> {
-        let got = self.started.iter().filter(|started| **started).count();
-        if got == 0 {
-            let span = self.requested.first().copied().unwrap_or(Span::new(0, 0));
-            return Err(self.multipart_error(MultipartError::Missing { span }));
-        }
+    /// At the close delimiter: the requested spans that did not come are `missing`, and the
+    /// origin's limit is what it sent. At least one part came: the parser refuses a close
+    /// delimiter before the first part (`MultipartError::NoParts`), and each part was checked to
+    /// be a requested span when it started.
+    fn closed(&mut self) {
         let requested = self.requested.iter().zip(&self.started);
         self.missing = requested.filter(|(_, started)| !**started).map(|(span, _)| *span).collect();
         if !self.missing.is_empty() {
-            self.limits.returned(&self.url, got);
+            self.limits.returned(&self.url, self.requested.len() - self.missing.len());
         }
-        Ok(())
     }
 
     fn multipart_error(&self, err: MultipartError) -> FetchError {
