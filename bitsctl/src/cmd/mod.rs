@@ -43,7 +43,6 @@ pub fn absolute(dest: &Path) -> Result<PathBuf, BitsError> {
     })
 }
 
-/// Prints a success code: nothing for S_OK, else its name (or `{code, hresult}` under --json).
 /// A command's answer on stdout: the JSON value under `--json`, else the text; only the one
 /// printed is built.
 fn print<T: Serialize>(json: bool, as_json: impl FnOnce() -> T, text: impl FnOnce() -> String) {
@@ -54,12 +53,13 @@ fn print<T: Serialize>(json: bool, as_json: impl FnOnce() -> T, text: impl FnOnc
     }
 }
 
+/// Prints a success code: nothing for S_OK, else its name (or `{code, hresult}` under --json).
 fn print_code(code: Code, json: bool) {
-    if json {
-        out(&render::to_json(&render::code_json(code)));
-    } else if code != Code::S_OK {
-        out(&format!("{}\n", code.name()));
-    }
+    print(
+        json,
+        || render::code_json(code),
+        || if code == Code::S_OK { String::new() } else { format!("{}\n", code.name()) },
+    );
 }
 
 /// `--tcp` without a usable token: a usage error (exit 2) like clap's, found only when
@@ -175,19 +175,20 @@ async fn set(client: &Client, job: JobId, ops: &[SetOp], json: bool) -> Result<(
             }
         }
     }
-    if json {
-        let list: Vec<_> = applied
-            .iter()
-            .map(|(flag, code)| {
-                serde_json::json!({ "flag": flag, "code": code.name(), "hresult": render::hresult(*code) })
-            })
-            .collect();
-        out(&render::to_json(&list));
-    } else {
-        for (flag, code) in applied.iter().filter(|(_, code)| *code != Code::S_OK) {
-            out(&format!("{flag}: {}\n", code.name()));
-        }
-    }
+    print(
+        json,
+        || {
+            let entry = |(flag, code): &(_, Code)| {
+                let (name, hresult) = (code.name(), render::hresult(*code));
+                serde_json::json!({ "flag": flag, "code": name, "hresult": hresult })
+            };
+            applied.iter().map(entry).collect::<Vec<_>>()
+        },
+        || {
+            let not_ok = applied.iter().filter(|(_, code)| *code != Code::S_OK);
+            not_ok.map(|(flag, code)| format!("{flag}: {}\n", code.name())).collect()
+        },
+    );
     Ok(())
 }
 
@@ -202,18 +203,21 @@ async fn reset(client: &Client, all_users: bool, json: bool) -> Result<()> {
             Err(e) => failed.push((job.id.to_string(), e.to_string())),
         }
     }
-    if json {
-        let failed: Vec<_> = failed
-            .iter()
-            .map(|(id, error)| serde_json::json!({ "job_id": id, "error": error }))
-            .collect();
-        out(&render::to_json(&serde_json::json!({ "cancelled": cancelled, "failed": failed })));
-    } else {
-        out(&format!("{} of {} jobs cancelled\n", cancelled.len(), jobs.len()));
-        for (id, error) in &failed {
-            out(&format!("{id}: {error}\n"));
-        }
-    }
+    print(
+        json,
+        || {
+            let failed: Vec<_> = failed
+                .iter()
+                .map(|(id, error)| serde_json::json!({ "job_id": id, "error": error }))
+                .collect();
+            serde_json::json!({ "cancelled": cancelled, "failed": failed })
+        },
+        || {
+            let mut text = format!("{} of {} jobs cancelled\n", cancelled.len(), jobs.len());
+            text.extend(failed.iter().map(|(id, error)| format!("{id}: {error}\n")));
+            text
+        },
+    );
     if failed.is_empty() {
         Ok(())
     } else {
