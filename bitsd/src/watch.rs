@@ -45,7 +45,7 @@ pub async fn watch_job(
     tokio::spawn(async move {
         let _slot = slot;
         for event in replay {
-            if tx.send(Ok(event_to_wire(&event))).await.is_err() {
+            if tx.send(Ok(event_to_wire(event))).await.is_err() {
                 return;
             }
         }
@@ -55,7 +55,7 @@ pub async fn watch_job(
                 next = subscription.recv() => next,
             };
             let Some(event) = next else { break };
-            if tx.send(Ok(event_to_wire(&event))).await.is_err() {
+            if tx.send(Ok(event_to_wire(event))).await.is_err() {
                 break;
             }
         }
@@ -64,7 +64,9 @@ pub async fn watch_job(
     Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
 }
 
-fn event_to_wire(event: &JobEvent) -> v1::JobEvent {
-    let info = JobEventInfo { job: event.job, time: event.time, event: event.kind.clone() };
-    convert::job_event_to_wire(&info)
+/// Moves the event's kind into the wire form's input rather than cloning its progress, error or
+/// ranges: every event is sent once and then dropped.
+fn event_to_wire(event: JobEvent) -> v1::JobEvent {
+    let JobEvent { job, time, kind } = event;
+    convert::job_event_to_wire(&JobEventInfo { job, time, event: kind })
 }
