@@ -185,8 +185,6 @@ impl FakeBits for Fake {
         Ok(Response::new(status_reply(Code::S_OK)))
     }
 
-    // Not used by these tests.
-
     async fn get_stats(
         &self,
         _: Request<v1::GetStatsRequest>,
