@@ -71,6 +71,16 @@ without_services() {
     return "$status"
 }
 
+# apt-get update, at most once a run: every install below needs it, and a second one would only
+# fetch the same package lists again. Uses the caller's `sudo` (need_apt).
+apt_updated=0
+apt_update() {
+    if [ "$apt_updated" -eq 0 ]; then
+        "${sudo[@]}" apt-get update -q || return
+        apt_updated=1
+    fi
+}
+
 # apt-get install of the packages "$@", quiet, without recommends, as root.
 apt_install() {
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
@@ -80,7 +90,7 @@ install_nginx() {
     local sudo
     need_apt nginx nginx-light
     local status=0
-    "${sudo[@]}" apt-get update -q || status=$?
+    apt_update || status=$?
     if [ "$status" -eq 0 ]; then
         without_services apt_install nginx-light || without_services apt_install nginx || status=$?
     fi
@@ -102,7 +112,7 @@ install_real_servers() {
     local sudo
     need_apt "lighttpd or apache2" "lighttpd apache2"
     local status=0
-    "${sudo[@]}" apt-get update -q || status=$?
+    apt_update || status=$?
     if [ "$status" -eq 0 ]; then
         without_services apt_install lighttpd apache2 || status=$?
     fi
@@ -118,8 +128,8 @@ install_real_servers() {
 install_systemd_analyze() {
     local sudo
     need_apt systemd-analyze systemd
-    "${sudo[@]}" apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends systemd
+    apt_update
+    apt_install systemd
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         echo "error: installing systemd did not provide systemd-analyze; the end-to-end tests need it" >&2
         exit 1
@@ -142,8 +152,8 @@ install_python_env() {
     if ! command -v python3 >/dev/null 2>&1 || ! python3 -m venv "$PYENV" >/dev/null 2>&1; then
         rm -rf "$PYENV"
         need_apt "python3 with venv" "python3-venv"
-        "${sudo[@]}" apt-get update -q
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3 python3-venv
+        apt_update
+        apt_install python3 python3-venv
         python3 -m venv "$PYENV"
     fi
     # shellcheck disable=SC2086 # one word per package
