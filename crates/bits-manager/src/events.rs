@@ -354,28 +354,25 @@ impl EventBus {
                 _ = bus.inner.closed.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
-            let mut notes = bus.notes();
-            if let Some(entry) = notes.get_mut(&job) {
-                if let Some(pending) = entry.pending.get_mut(&index) {
-                    pending.timer = false;
-                }
-                bus.flush_ranges(job, entry, index);
-            }
+            bus.timer_fired(job, index);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(flush);
             }
             // No runtime (cannot happen inside the daemon): send at once rather than never.
-            Err(_) => {
-                let mut notes = self.notes();
-                if let Some(entry) = notes.get_mut(&job) {
-                    if let Some(pending) = entry.pending.get_mut(&index) {
-                        pending.timer = false;
-                    }
-                    self.flush_ranges(job, entry, index);
-                }
+            Err(_) => self.timer_fired(job, index),
+        }
+    }
+
+    /// File `index`'s flush timer is done: it is no longer scheduled, and what is pending goes.
+    fn timer_fired(&self, job: JobId, index: u32) {
+        let mut notes = self.notes();
+        if let Some(entry) = notes.get_mut(&job) {
+            if let Some(pending) = entry.pending.get_mut(&index) {
+                pending.timer = false;
             }
+            self.flush_ranges(job, entry, index);
         }
     }
 
