@@ -25,6 +25,7 @@ use std::time::Duration;
 use bits_core::{JobId, JobState, NotifyCmdLine};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::events::Due;
 use crate::handle::Manager;
@@ -71,8 +72,11 @@ struct Runner {
     all: Arc<Semaphore>,
     per_user: Arc<Mutex<HashMap<u32, Arc<Semaphore>>>>,
     /// The due each job's task is delivering (waiting, running or waiting to retry): the same
-    /// due again (SetNotifyCmdLine repeated with the same line) starts no second task.
-    owed: Arc<Mutex<HashMap<JobId, Due>>>,
+    /// due again (SetNotifyCmdLine repeated with the same line) starts no second task. Its
+    /// token is cancelled when another due of the job replaces it, so the replaced task stops
+    /// waiting for a slot or a retry: an owner who keeps changing the command line while their
+    /// programs hold every slot leaves one waiting task per job, not one per change.
+    owed: Arc<Mutex<HashMap<JobId, (Due, CancellationToken)>>>,
 }
 
 impl Runner {
@@ -84,33 +88,43 @@ impl Runner {
                 next = due.recv() => next,
             };
             let Some(next) = next else { return };
-            if self.owe(&next) {
-                tokio::spawn(self.clone().deliver(next));
+            if let Some(superseded) = self.owe(&next) {
+                tokio::spawn(self.clone().deliver(next, superseded));
             }
         }
     }
 
-    fn owed(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Due>> {
+    fn owed(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, (Due, CancellationToken)>> {
         self.owed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `due` as owed; false if a task already delivers it.
-    fn owe(&self, due: &Due) -> bool {
-        self.owed().insert(due.id(), due.clone()).as_ref() != Some(due)
+    /// Records `due` as owed, cancelling the job's earlier due; `None` if a task already
+    /// delivers it, else the token that tells the new task it was replaced in turn.
+    fn owe(&self, due: &Due) -> Option<CancellationToken> {
+        let mut owed = self.owed();
+        if owed.get(&due.id()).is_some_and(|(owing, _)| owing == due) {
+            return None;
+        }
+        let superseded = CancellationToken::new();
+        if let Some((_, earlier)) = owed.insert(due.id(), (due.clone(), superseded.clone())) {
+            earlier.cancel();
+        }
+        Some(superseded)
     }
 
     /// Runs `due`'s program until it succeeds or the job no longer owes it, waiting the job's
-    /// retry delay after each failure.
-    async fn deliver(self, due: Due) {
+    /// retry delay after each failure; stops waiting once `superseded` is cancelled.
+    async fn deliver(self, due: Due, superseded: CancellationToken) {
         let shutdown = self.manager.stopping().clone();
-        while let Some(delay) = self.run_one(&due).await {
+        while let Some(delay) = self.run_one(&due, &superseded).await {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = superseded.cancelled() => break,
                 _ = tokio::time::sleep(delay) => {}
             }
         }
         let mut owed = self.owed();
-        if owed.get(&due.id()) == Some(&due) {
+        if owed.get(&due.id()).is_some_and(|(owing, _)| *owing == due) {
             owed.remove(&due.id());
         }
     }
@@ -134,7 +148,7 @@ impl Runner {
     }
 
     /// One run of `due`'s program, if the job still owes it; the retry delay if it failed.
-    async fn run_one(&self, due: &Due) -> Option<Duration> {
+    async fn run_one(&self, due: &Due, superseded: &CancellationToken) -> Option<Duration> {
         let uid = self.owner_if_due(due)?;
         if uid < FIRST_USER_UID {
             tracing::info!(job = %due.id(), uid, "notify program not run: the job belongs to a system account");
@@ -145,8 +159,15 @@ impl Runner {
             tracing::warn!(job = %due.id(), uid, "notify program not run: this daemon cannot act as the job's owner");
             return None;
         }
-        let mine = self.user_slots(uid).acquire_owned().await.ok()?;
-        let any = self.all.clone().acquire_owned().await.ok()?;
+        let slots = async {
+            let mine = self.user_slots(uid).acquire_owned().await.ok()?;
+            let any = self.all.clone().acquire_owned().await.ok()?;
+            Some((mine, any))
+        };
+        let (mine, any) = tokio::select! {
+            _ = superseded.cancelled() => return None,
+            slots = slots => slots?,
+        };
         // Waiting for a slot may have taken a while: the job may have moved on.
         if self.owner_if_due(due) != Some(uid) {
             return None;
@@ -413,15 +434,56 @@ mod tests {
         job.notify_cmd_line =
             Some(NotifyCmdLine { program: "/bin/true".into(), arguments: vec![] });
         let due = Due::of(&job).unwrap();
-        assert!(runner.owe(&due));
-        assert!(!runner.owe(&due));
-        // Another line for the job is owed anew.
+        let first = runner.owe(&due).unwrap();
+        assert!(runner.owe(&due).is_none());
+        // Another line for the job is owed anew, and the first task is told it was replaced.
         job.notify_cmd_line =
             Some(NotifyCmdLine { program: "/bin/false".into(), arguments: vec![] });
-        assert!(runner.owe(&Due::of(&job).unwrap()));
+        assert!(!first.is_cancelled());
+        assert!(runner.owe(&Due::of(&job).unwrap()).is_some());
+        assert!(first.is_cancelled());
         // The first task ends: the second's record stays.
-        runner.clone().deliver(due).await;
-        assert!(!runner.owe(&Due::of(&job).unwrap()));
+        runner.clone().deliver(due, first).await;
+        assert!(runner.owe(&Due::of(&job).unwrap()).is_none());
+    }
+
+    /// An owner whose programs hold all their slots and who keeps changing the command line
+    /// leaves no pile of tasks waiting for a slot: each replaced one stops waiting.
+    #[tokio::test]
+    async fn a_replaced_due_stops_waiting_for_a_slot() {
+        let (manager, _dir, id) = crate::testing::manager_with_job(1).await;
+        let runner = Runner {
+            manager: manager.clone(),
+            all: Arc::new(Semaphore::new(MAX_RUNNING)),
+            per_user: Arc::default(),
+            owed: Arc::default(),
+        };
+        let uid = FIRST_USER_UID + 1;
+        let line = |program: &str| NotifyCmdLine { program: program.into(), arguments: vec![] };
+        let due = |program: &str| {
+            crate::testing::with_entry(&manager, id, |entry| {
+                let job = entry.job_mut();
+                job.owner_uid = uid;
+                job.notify_flags = bits_core::job::notify::JOB_ERROR;
+                job.notify_cmd_line = Some(line(program));
+                job.state = JobState::Error;
+            });
+            Due::of(manager.table().get(&id).unwrap().job()).unwrap()
+        };
+        // The owner's programs hold every slot of theirs.
+        let _held = runner.user_slots(uid).acquire_many_owned(MAX_RUNNING_PER_USER as u32).await;
+        let first = due("/bin/true");
+        let waiting =
+            tokio::spawn(runner.clone().deliver(first.clone(), runner.owe(&first).unwrap()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the first due waits for a slot");
+        let second = due("/bin/false");
+        let _second = runner.owe(&second).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the replaced due stopped waiting")
+            .unwrap();
+        assert!(runner.owe(&second).is_none(), "the replacement is still owed");
     }
 
     #[tokio::test]
