@@ -137,11 +137,7 @@ impl Pipeline {
 
     fn check(&self) -> Result<(), DiskError> {
         if self.poisoned {
-            return Err(DiskError::Io {
-                path: self.part.path().to_path_buf(),
-                op: "write after an earlier write or sync failed",
-                source: std::io::Error::other("the write pipeline stopped at its first error"),
-            });
+            return Err(poisoned(&self.part));
         }
         Ok(())
     }
@@ -215,24 +211,66 @@ impl Pipeline {
 }
 
 /// Bytes received for a file and not yet synced (so not yet recorded), with when the last sync
-/// was: the multi-range path's write window, carried across requests.
+/// was: the multi-range path's write window, carried across requests. The window's bytes are
+/// written as each [`WRITE_BATCH`] gathers (only the sync waits for the window to fill), so
+/// memory holds one batch, not a whole window of `sync_bytes` per file. After a failed write
+/// nothing more is written or reported (as for the [`Pipeline`]).
 pub(crate) struct Unsynced {
     batch: Vec<(u64, Bytes)>,
+    batch_len: usize,
     spans: RangeSet,
     bytes: u64,
     since: Instant,
+    poisoned: bool,
 }
 
 impl Unsynced {
     pub(crate) fn new() -> Unsynced {
-        Unsynced { batch: Vec::new(), spans: RangeSet::new(), bytes: 0, since: Instant::now() }
+        Unsynced {
+            batch: Vec::new(),
+            batch_len: 0,
+            spans: RangeSet::new(),
+            bytes: 0,
+            since: Instant::now(),
+            poisoned: false,
+        }
     }
 
-    pub(crate) fn push(&mut self, offset: u64, bytes: Bytes) {
+    /// Queues `bytes` received for remote offset `offset`, and writes the batch once it holds
+    /// [`WRITE_BATCH`] bytes.
+    pub(crate) async fn push(
+        &mut self,
+        offset: u64,
+        bytes: Bytes,
+        part: &Arc<PartFile>,
+        layout: &Arc<Layout>,
+    ) -> Result<(), DiskError> {
+        if self.poisoned {
+            return Err(poisoned(part));
+        }
         let n = bytes.len() as u64;
         self.spans.insert(offset, offset + n);
         self.bytes += n;
+        self.batch_len += bytes.len();
         self.batch.push((offset, bytes));
+        if self.batch_len < WRITE_BATCH {
+            return Ok(());
+        }
+        let (writes, part, layout) = (self.take_batch(), part.clone(), layout.clone());
+        let written = tokio::task::spawn_blocking(move || write_batch(&part, &layout, &writes))
+            .await
+            .unwrap_or_else(|e| Err(join_error(e)));
+        if written.is_err() {
+            // Nothing of this window is reported: a later sync does not vouch for a failed write.
+            self.poisoned = true;
+            self.spans = RangeSet::new();
+        }
+        written
+    }
+
+    fn take_batch(&mut self) -> Vec<(u64, Bytes)> {
+        self.batch_len = 0;
+        std::mem::take(&mut self.batch)
     }
 
     /// The remote spans received and not yet synced.
@@ -253,9 +291,8 @@ impl Unsynced {
         layout: &Arc<Layout>,
     ) -> Result<Option<Synced>, DiskError> {
         let mut done = None;
-        if !self.batch.is_empty() {
-            let (writes, part, layout) =
-                (std::mem::take(&mut self.batch), part.clone(), layout.clone());
+        if !self.poisoned && !self.spans.is_empty() {
+            let (writes, part, layout) = (self.take_batch(), part.clone(), layout.clone());
             tokio::task::spawn_blocking(move || {
                 write_batch(&part, &layout, &writes)
                     .and_then(|()| part.sync())
@@ -326,6 +363,15 @@ fn write_batch(part: &PartFile, layout: &Layout, batch: &[(u64, Bytes)]) -> Resu
         }
     }
     Ok(())
+}
+
+/// What a write path answers after its first error (see the module docs).
+fn poisoned(part: &PartFile) -> DiskError {
+    DiskError::Io {
+        path: part.path().to_path_buf(),
+        op: "write after an earlier write or sync failed",
+        source: std::io::Error::other("the write pipeline stopped at its first error"),
+    }
 }
 
 fn join_error(e: tokio::task::JoinError) -> DiskError {
@@ -404,6 +450,43 @@ mod tests {
         assert!(pipe.is_poisoned());
         assert!(pipe.push(20, Bytes::from(vec![3u8; 10])).await.is_err());
         assert!(pipe.checkpoint(30).await.is_err());
+    }
+
+    /// The multi-range window writes each batch as it fills: memory holds at most one batch,
+    /// not the window, and its spans are still reported only by the sync.
+    #[tokio::test]
+    async fn the_unsynced_window_writes_each_batch_and_reports_only_after_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 3 * WRITE_BATCH as u64;
+        let (_, part) = pipeline(dir.path(), Layout::new(&[], len).unwrap());
+        let layout = Arc::new(Layout::new(&[], len).unwrap());
+        let mut window = Unsynced::new();
+        let chunk = 64 << 10;
+        for offset in (0..len).step_by(chunk) {
+            window.push(offset, Bytes::from(vec![7u8; chunk]), &part, &layout).await.unwrap();
+            assert!(window.batch_len < WRITE_BATCH, "at {offset}: {}", window.batch_len);
+        }
+        assert_eq!(window.spans(), &RangeSet::from_span(0, len));
+        let on_disk = std::fs::read(part.path()).unwrap();
+        assert!(on_disk.iter().all(|b| *b == 7), "every full batch is written before the sync");
+        let synced = window.sync(&part, &layout).await.unwrap().unwrap();
+        assert_eq!(synced.spans(), &RangeSet::from_span(0, len));
+        assert!(window.spans().is_empty());
+    }
+
+    /// After a failed write the window reports nothing, and accepts nothing more.
+    #[tokio::test]
+    async fn a_failed_window_write_reports_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, part) = pipeline(dir.path(), Layout::new(&[], 100).unwrap());
+        let layout = Arc::new(Layout::new(&[], 100).unwrap());
+        let mut window = Unsynced::new();
+        window.push(0, Bytes::from(vec![1u8; 10]), &part, &layout).await.unwrap();
+        // Outside the layout, and a whole batch: its write fails.
+        let past = Bytes::from(vec![2u8; WRITE_BATCH]);
+        assert!(window.push(500, past, &part, &layout).await.is_err());
+        assert!(window.push(10, Bytes::from(vec![3u8; 10]), &part, &layout).await.is_err());
+        assert_eq!(window.sync(&part, &layout).await.unwrap(), None);
     }
 
     /// A temp file truncated under the pipeline is caught before the span written after the cut

@@ -170,7 +170,9 @@ impl<'a> Stream<'a> {
             };
             match chunk {
                 Ok(Some((offset, bytes))) => {
-                    pending.push(offset, bytes);
+                    if let Err(e) = pending.push(offset, bytes, &self.part, &self.layout).await {
+                        return Err(disk_halt(e, index));
+                    }
                     if pending.full(config.sync_bytes, config.sync_interval) {
                         self.sync_and_record(pending).await?;
                     }
