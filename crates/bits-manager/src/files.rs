@@ -273,7 +273,7 @@ impl Manager {
         index: u32,
         url: &str,
     ) -> Result<Code, BitsError> {
-        self.modify(caller, id, Scope::Files, |job| {
+        self.modify(caller, id, Scope::File(index), |job| {
             validate::remote_url(url)?;
             let file = crate::table::file_mut(job, index)?;
             file.remote_url = url.to_string();
@@ -329,7 +329,7 @@ impl Manager {
         index: u32,
         offset: u64,
     ) -> Result<Code, BitsError> {
-        self.modify(caller, id, Scope::Files, |job| {
+        self.modify(caller, id, Scope::File(index), |job| {
             let file = crate::table::file_mut(job, index)?;
             if !file.ranges.is_empty() {
                 return Err(BitsError::new(

@@ -306,30 +306,42 @@ pub(crate) enum Scope {
     /// Its files' sources too (remote names, download positions): the files it changed are
     /// stored, and taken back with the rest.
     Files,
+    /// One file's source too, as [`Scope::Files`]: a change of one file (SetRemoteName,
+    /// UpdateDownloadPosition, which a player may call often) copies only that file's source
+    /// under the table lock, not every file's.
+    File(u32),
 }
 
-/// A job's settings and, for a change of files, each file's remote name and download position:
-/// what [`Manager::modify`] restores when a change fails.
+/// A job's settings and, for a change of files, the remote name and download position of each
+/// file it may touch: what [`Manager::modify`] restores when a change fails.
 struct Snapshot {
     settings: Settings,
-    /// Per file, in order; empty unless the change may touch files.
-    sources: Vec<(String, Option<u64>)>,
+    /// (index, remote name, download position) of each file the change may touch.
+    sources: Vec<(u32, String, Option<u64>)>,
 }
 
 impl Snapshot {
     fn of(job: &Job, scope: Scope) -> Snapshot {
+        let source = |(i, f): (usize, &bits_core::JobFile)| {
+            (i as u32, f.remote_url.clone(), f.download_position)
+        };
         let sources = match scope {
             Scope::Job => Vec::new(),
-            Scope::Files => {
-                job.files.iter().map(|f| (f.remote_url.clone(), f.download_position)).collect()
-            }
+            Scope::Files => job.files.iter().enumerate().map(source).collect(),
+            Scope::File(index) => job
+                .files
+                .get(index as usize)
+                .map(|f| source((index as usize, f)))
+                .into_iter()
+                .collect(),
         };
         Snapshot { settings: Settings::of(job), sources }
     }
 
     fn restore(&self, job: &mut Job) {
         self.settings.restore(job);
-        for (file, (url, position)) in job.files.iter_mut().zip(&self.sources) {
+        for (index, url, position) in &self.sources {
+            let Some(file) = job.files.get_mut(*index as usize) else { continue };
             file.remote_url.clone_from(url);
             file.download_position = *position;
         }
@@ -337,10 +349,11 @@ impl Snapshot {
 
     fn restore_unchanged(&self, after: &Snapshot, job: &mut Job) {
         self.settings.restore_unchanged(&after.settings, job);
-        for ((file, (url, position)), now) in
-            job.files.iter_mut().zip(&self.sources).zip(&after.sources)
+        for ((index, url, position), (_, now_url, now_position)) in
+            self.sources.iter().zip(&after.sources)
         {
-            if (&file.remote_url, file.download_position) == (&now.0, now.1) {
+            let Some(file) = job.files.get_mut(*index as usize) else { continue };
+            if (&file.remote_url, file.download_position) == (now_url, *now_position) {
                 file.remote_url.clone_from(url);
                 file.download_position = *position;
             }
@@ -349,9 +362,10 @@ impl Snapshot {
 
     /// Stores each file whose source differs from this snapshot.
     fn persist_changed_files(&self, manager: &Manager, job: &Job) -> Result<(), BitsError> {
-        for (index, (file, (url, position))) in job.files.iter().zip(&self.sources).enumerate() {
+        for (index, url, position) in &self.sources {
+            let Some(file) = job.files.get(*index as usize) else { continue };
             if file.remote_url != *url || file.download_position != *position {
-                manager.persist_file(job.id, index as u32, file)?;
+                manager.persist_file(job.id, *index, file)?;
             }
         }
         Ok(())
