@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 
 use bits_client::{Client, EventInfo, EventStream, JobEventInfo, PropertyValue};
 use bits_core::job::{notify, property};
-use bits_core::{ByteRange, Code, JobId, JobState, Priority, RangeSet, Span};
+use bits_core::{ByteRange, Code, JobId, JobState, Priority, RangeSet};
 use bits_testkit::data::random_bytes;
 use bits_testkit::faults::{Fault, FaultServer};
+use bits_testkit::notify::assert_file_ranges_events;
 use bits_testkit::server::TestServer;
 use bits_tests::daemon::TestDaemon;
 use bits_tests::fixture::{Download, foreground, fresh_job};
@@ -221,25 +222,17 @@ async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_int
     })
     .await;
     let seen = [seen, drain(&mut events, interval * 2).await].concat();
-    let ranges: Vec<(SystemTime, RangeSet)> = seen
+    let ranges: Vec<(Duration, RangeSet)> = seen
         .iter()
         .filter_map(|e| match &e.event {
-            EventInfo::FileRangesTransferred { index: 0, ranges } => Some((e.time, ranges.clone())),
+            EventInfo::FileRangesTransferred { index: 0, ranges } => {
+                Some((e.time.duration_since(SystemTime::UNIX_EPOCH).unwrap(), ranges.clone()))
+            }
             _ => None,
         })
         .collect();
-    assert!(ranges.len() >= 2, "expected the bytes over several events: {ranges:?}");
-    let union = ranges.iter().fold(RangeSet::new(), |union, (_, set)| union.union(set));
-    let total: u64 = ranges.iter().map(|(_, set)| set.total_len()).sum();
-    let want =
-        RangeSet::from_spans(requested.iter().map(|r| Span::new(r.offset, r.offset + r.length)));
-    assert_eq!(union, want, "events: {ranges:?}");
-    assert_eq!(total, want.total_len(), "a byte reported twice: {ranges:?}");
-    for pair in ranges.windows(2) {
-        let gap = pair[1].0.duration_since(pair[0].0).unwrap_or_default();
-        // The stamps are the daemon's clock; allow for its timer's rounding.
-        assert!(gap + Duration::from_millis(20) >= interval, "events {gap:?} apart: {ranges:?}");
-    }
+    // The stamps are the daemon's clock; allow for its timer's rounding.
+    assert_file_ranges_events(&ranges, &requested, 2, interval, Duration::from_millis(20));
 }
 
 /// Issue item 7: `bitsctl watch --json` prints one object per line and exits when the job is

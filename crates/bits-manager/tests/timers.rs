@@ -269,8 +269,9 @@ async fn maximum_download_time_ignores_time_between_attempts() {
 #[tokio::test(start_paused = true)]
 async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_interval() {
     use bits_core::job::{notify, property};
-    use bits_core::{ByteRange, RangeSet, Span};
+    use bits_core::{ByteRange, RangeSet};
     use bits_manager::{EventKind, PropertyValue};
+    use bits_testkit::notify::assert_file_ranges_events;
     use futures::FutureExt;
 
     let server = TestServer::start().await;
@@ -307,15 +308,7 @@ async fn file_ranges_transferred_covers_the_requested_bytes_and_respects_the_int
         }
         tick().await;
     }
-    assert!(ranges.len() >= 3, "expected the bytes over several events: {ranges:?}");
-    let union = ranges.iter().fold(RangeSet::new(), |union, (_, set)| union.union(set));
-    let total: u64 = ranges.iter().map(|(_, set)| set.total_len()).sum();
-    let want =
-        RangeSet::from_spans(requested.iter().map(|r| Span::new(r.offset, r.offset + r.length)));
-    assert_eq!(union, want, "events: {ranges:?}");
-    assert_eq!(total, want.total_len(), "a byte reported twice: {ranges:?}");
-    for pair in ranges.windows(2) {
-        let gap = pair[1].0.duration_since(pair[0].0);
-        assert!(gap + STEP >= interval, "events {gap:?} apart: {ranges:?}");
-    }
+    let ranges: Vec<(Duration, RangeSet)> =
+        ranges.into_iter().map(|(at, set)| (at.duration_since(started), set)).collect();
+    assert_file_ranges_events(&ranges, &requested, 3, interval, STEP);
 }
