@@ -25,6 +25,26 @@ fn module_code(path: &Path) -> String {
     code
 }
 
+/// The top-level modules a path after `crate::` names: `a` of `a::…`, or each of `{a, b::c}`.
+fn named_after(rest: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+    };
+    let Some(group) = rest.strip_prefix('{') else { return vec![ident(rest)] };
+    let mut names = vec![ident(group)];
+    let mut depth = 0;
+    for (at, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => break,
+            '}' => depth -= 1,
+            ',' if depth == 0 => names.push(ident(&group[at + 1..])),
+            _ => {}
+        }
+    }
+    names
+}
+
 /// Top-level module → the top-level modules its non-test code names through `crate::`.
 fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph = BTreeMap::new();
@@ -38,13 +58,8 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let code = module_code(&path);
         let mut used = BTreeSet::new();
         for (at, _) in code.match_indices("crate::") {
-            let name: String = code[at + "crate::".len()..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if name != module {
-                used.insert(name);
-            }
+            let names = named_after(&code[at + "crate::".len()..]);
+            used.extend(names.into_iter().filter(|name| *name != module));
         }
         graph.entry(module).or_insert_with(BTreeSet::new).extend(used);
     }
@@ -96,9 +111,16 @@ fn bits_http_modules_import_one_way() {
 #[test]
 fn a_circle_of_imports_is_found() {
     let dir = tempfile::tempdir().unwrap();
-    for (module, uses) in [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a"), ("e", "d"), ("f", "e")] {
-        let text = format!("use crate::{uses}::Thing;\n");
-        std::fs::write(dir.path().join(format!("{module}.rs")), text).unwrap();
+    // c closes the circle through a grouped import, which names its modules after the brace.
+    for (module, text) in [
+        ("a", "use crate::b::Thing;"),
+        ("b", "use crate::c::Thing;"),
+        ("c", "use crate::{d::{self, Other}, a::Thing};"),
+        ("d", "use crate::a::Thing;"),
+        ("e", "use crate::d::Thing;"),
+        ("f", "use crate::e::Thing;"),
+    ] {
+        std::fs::write(dir.path().join(format!("{module}.rs")), format!("{text}\n")).unwrap();
     }
     let graph = imports(dir.path());
     let cycle = cycle_from(&graph, "a").expect("a → b → c → a is a cycle");
