@@ -21,7 +21,7 @@ fn job(n: u64) -> Job {
 /// an empty one (the guards that would have noticed were lost with it).
 #[test]
 fn a_flushed_job_in_a_new_store_survives_a_power_cut() {
-    let Some(fs) = mount_for_test().unwrap() else { return };
+    let fs = mount_for_test().unwrap();
     let data = fs.path().join("data");
     std::fs::create_dir(&data).unwrap();
     fs.sync_all();
@@ -56,7 +56,7 @@ fn a_flushed_job_in_a_new_store_survives_a_power_cut() {
 /// twice per start, "unreadable job count" until the first Complete).
 #[test]
 fn the_guards_beside_the_store_are_readable_after_a_power_cut() {
-    let Some(fs) = mount_for_test().unwrap() else { return };
+    let fs = mount_for_test().unwrap();
     let data = fs.path().join("data");
     std::fs::create_dir(&data).unwrap();
     fs.sync_all();
